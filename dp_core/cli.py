@@ -1,0 +1,177 @@
+"""Command line for training one configuration: ``python -m dp_core.train``.
+
+Flags are generated from the configuration dataclasses, so every setting has exactly one
+spelling (``--max-grad-norm`` for ``max_grad_norm``); the seed script's names are accepted as
+aliases (``--sigma``, ``-c``, ``--architecture``, ``--clip-per-layer``, ``--optim``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dp_core import config as config_module
+from dp_core.config import ConfigError, TrainConfig
+
+__all__ = ["main", "build_parser"]
+
+_HELP = {
+    "dataset": "dataset name (digits is bundled; mnist, fashion_mnist, cifar10 read torchvision's files)",
+    "data_root": "folder with torchvision's dataset layout (default: $DPSWEEP_DATA or ~/.cache/dpsweep/data)",
+    "download": "let torchvision download the dataset if missing",
+    "model": "architecture from the model zoo",
+    "gn_groups": "GroupNorm groups for resnet18_gn / wrn16_4",
+    "optimizer": "sgd, adam or rmsprop",
+    "lr": "learning rate",
+    "lr_schedule": "constant or cos (cosine annealing over all steps)",
+    "max_grad_norm": "per-example clipping bound C",
+    "noise_multiplier": "σ: noise std is σ·C (give this or --target-epsilon)",
+    "target_epsilon": "calibrate σ so the whole run spends at most this ε",
+    "delta": "δ of the (ε, δ) guarantee; must be < 1/N",
+    "accountant": "prv (tight, default) or rdp",
+    "clipping": "flat (one bound over all parameters) or per_layer",
+    "epsilon_budget": "stop before the step that would exceed this ε",
+    "disable_dp": "train without clipping or noise (the non-private reference)",
+    "secure_mode": "secure noise (refused: needs torchcsprng, see message)",
+    "grad_sample_mode": "per-sample gradient engine: hooks or functorch",
+    "epochs": "number of epochs (1/q Poisson-sampled steps each)",
+    "batch_size": "expected logical batch size B (sample rate q = B/N)",
+    "sample_rate": "Poisson sampling rate q (instead of --batch-size)",
+    "max_physical_batch_size": "split logical batches into chunks of at most this many (virtual batches)",
+    "seed": "seed for initialisation, sampling and noise",
+    "device": "auto, cpu or cuda",
+    "test_batch_size": "batch size for evaluation",
+}
+_ALIASES = {
+    "noise_multiplier": ["--sigma"],
+    "max_grad_norm": ["-c", "--max-per-sample-grad-norm"],
+    "model": ["--architecture"],
+    "optimizer": ["--optim"],
+    "data_root": ["--data-root-dir"],
+}
+
+
+def _flag_type(annotation: Any) -> Any:
+    hints = {"int": int, "float": float, "str": str, "bool": bool}
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    for name, kind in hints.items():
+        if text.split("|")[0].strip() == name:
+            return kind
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dp_core.train",
+        description="Train one model with DP-SGD (Opacus) and print its accuracy and ε.",
+    )
+    parser.add_argument("--config", type=Path, help="YAML file of flat settings; flags override it")
+    parser.add_argument("--checkpoint", type=Path, help="save after every epoch; resume if it exists")
+    parser.add_argument("--metrics-json", type=Path, help="also write the final metrics JSON here")
+    parser.add_argument("--clip-per-layer", action="store_true", help="alias for --clipping per_layer")
+    defaults = TrainConfig().to_dict()
+    for section in (config_module.DataConfig, config_module.ModelConfig, config_module.OptimizerConfig,
+                    config_module.PrivacyConfig):
+        for field in dataclasses.fields(section):
+            _add_flag(parser, field.name, field.type, defaults[field.name])
+    for key in ("epochs", "batch_size", "sample_rate", "max_physical_batch_size", "seed", "device", "test_batch_size"):
+        field = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
+        _add_flag(parser, key, field.type, defaults[key])
+    return parser
+
+
+def _add_flag(parser: argparse.ArgumentParser, key: str, annotation: Any, default: Any) -> None:
+    names = [f"--{key.replace('_', '-')}", *_ALIASES.get(key, [])]
+    kind = _flag_type(annotation)
+    help_text = f"{_HELP.get(key, key)} (default: {default})"
+    if kind is bool:
+        parser.add_argument(*names, dest=key, action="store_true", default=None, help=help_text)
+    else:
+        parser.add_argument(*names, dest=key, type=kind, default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, Any] = {}
+    where = "command line"
+    if args.config is not None:
+        loaded = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"Expected {args.config} to hold a mapping of settings, but got {type(loaded).__name__}.")
+        values.update(loaded)
+        where = f"{args.config} and the command line"
+    for key in config_module.known_keys():
+        value = getattr(args, key, None)
+        if value is not None:
+            values[key] = value
+    if args.clip_per_layer:
+        values["clipping"] = "per_layer"
+    # A flag for one of two alternatives replaces the other one's default.
+    if "sample_rate" in values and "batch_size" not in values:
+        values["batch_size"] = None
+    if values.get("noise_multiplier") is not None and "target_epsilon" in values and args.config is None:
+        values.pop("target_epsilon")
+    return TrainConfig.from_dict(values, where=where)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tqdm import tqdm
+
+    from dp_core.train import EpochReport, TrainingDiverged, train
+
+    try:
+        config = config_from_args(args)
+        bar = tqdm(total=config.epochs, desc="epochs", unit="epoch", file=sys.stderr)
+
+        def on_epoch(report: EpochReport) -> None:
+            bar.update(1)
+            bar.set_postfix(acc=f"{report.test_accuracy:.3f}", loss=f"{report.train_loss:.3f}",
+                            eps=f"{report.epsilon:.2f}", delta=f"{report.delta:g}", accountant=report.accountant)
+
+        result = train(config, on_epoch=on_epoch, checkpoint_path=args.checkpoint)
+        bar.close()
+    except (ConfigError, TrainingDiverged) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    final = result.final
+    metrics = {
+        "test_accuracy": final.test_accuracy,
+        "test_loss": final.test_loss,
+        "train_loss": final.train_loss,
+        "epochs_trained": final.epoch,
+        "steps": final.steps,
+        "epsilon": _finite_or_none(final.epsilon),
+        "delta": final.delta,
+        "accountant": final.accountant,
+        "noise_multiplier": result.plan.noise_multiplier,
+        "sample_rate": result.plan.sample_rate,
+        "stopped_early": result.stopped_early,
+        "train_seconds": sum(r.train_seconds for r in result.reports),
+        "config": result.config.to_dict(),
+    }
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.metrics_json is not None:
+        args.metrics_json.write_text(text + "\n")
+    privacy = "no privacy (ε = ∞)" if not math.isfinite(final.epsilon) else (
+        f"ε = {final.epsilon:.3f} (δ = {final.delta:g}, {final.accountant.upper()} accountant, σ = {result.plan.noise_multiplier:.3f})"
+    )
+    print(f"test accuracy {final.test_accuracy:.4f} after {final.epoch} epochs; {privacy}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""Datasets by name, loaded whole into memory as normalised tensors.
+
+Every dataset here is small enough to hold in memory, so each split is converted once, in a single vectorised
+operation, into a ``TensorDataset`` of float32 images (N x C x H x W) and int64 labels. That keeps per-step cost at
+indexing a tensor, which matters under DP-SGD where Poisson sampling draws a fresh batch of indices every step.
+No augmentation is applied: under DP it is off by default (it changes the per-example gradient the accountant sees).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+from torchvision import datasets as tv_datasets
+
+from dp_core._validate import ConfigError, require_choice
+
+__all__ = ["DATASETS", "DatasetSplits", "canonical_train_size", "load_dataset"]
+
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10")
+
+# Training-split sizes known without touching the disk: the privacy accountant needs the sampling rate
+# (batch size / N) when a sweep is planned, long before any worker loads data. Read-only on purpose.
+_TRAIN_SIZES = types.MappingProxyType({"digits": 1437, "mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000})
+
+# The usual published per-channel statistics of each training set; CIFAR-10's are those of the Opacus example,
+# so accuracies stay comparable with it.
+_MNIST_STATS = ((0.1307,), (0.3081,))
+_FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
+_CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetSplits:
+    """A dataset's train and test splits, both ``TensorDataset(images float32 NCHW, labels int64)``."""
+
+    name: str
+    train: TensorDataset
+    test: TensorDataset
+    num_classes: int
+    input_shape: tuple[int, int, int]  # (C, H, W)
+
+
+def canonical_train_size(name: str) -> int:
+    """Number of training examples of dataset ``name``, without loading it."""
+    require_choice(name, key="dataset", choices=DATASETS)
+    return _TRAIN_SIZES[name]
+
+
+def load_dataset(
+    name: str, *, root: str | os.PathLike[str] | None = None, download: bool = False
+) -> DatasetSplits:
+    """Load dataset ``name`` whole into memory, normalised.
+
+    ``root`` is the folder holding torchvision's on-disk layout (default: ``$DPSWEEP_DATA`` if set, else
+    ``~/.cache/dpsweep/data``); it is ignored for ``digits``, which ships with scikit-learn. With ``download=False``
+    (the default, so that nothing reaches the network unasked) missing files raise :class:`ConfigError`.
+    """
+    require_choice(name, key="dataset", choices=DATASETS)
+    if name == "digits":
+        return _load_digits()
+    return _load_torchvision(name, _resolve_root(root), download)
+
+
+def _resolve_root(root: str | os.PathLike[str] | None) -> Path:
+    if root is not None:
+        return Path(root).expanduser()
+    # Read at call time rather than import time, so that setting DPSWEEP_DATA after import still takes effect.
+    env = os.environ.get("DPSWEEP_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "dpsweep" / "data"
+
+
+def _load_digits() -> DatasetSplits:
+    # Imported here: only this dataset needs scikit-learn, and its import is not free.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32) / 16.0  # pixel values are counts 0..16
+    labels = bunch.target.astype(np.int64)
+    # A fixed, stratified split: the same 1437/360 examples on every call and every machine, so runs compare.
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, labels, test_size=0.2, stratify=labels, random_state=0
+    )
+    # Normalise with statistics of the training split only: computing them on test data would leak it into
+    # preprocessing. One scalar mean/std, as the images have a single channel.
+    mean = float(x_train.mean(dtype=np.float64))
+    std = float(x_train.std(dtype=np.float64))
+
+    def to_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+        tensor = torch.from_numpy((x - mean) / std).to(torch.float32).unsqueeze(1)
+        return TensorDataset(tensor, torch.from_numpy(y))
+
+    return DatasetSplits(
+        name="digits",
+        train=to_dataset(x_train, y_train),
+        test=to_dataset(x_test, y_test),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+    )
+
+
+def _normalise(images_nchw_uint8: torch.Tensor, stats: tuple[tuple[float, ...], tuple[float, ...]]) -> torch.Tensor:
+    """uint8 N x C x H x W -> float32 ``(x/255 - mean) / std`` per channel, for the whole split at once."""
+    mean = torch.tensor(stats[0], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(stats[1], dtype=torch.float32).view(1, -1, 1, 1)
+    return ((images_nchw_uint8.to(torch.float32) / 255.0 - mean) / std).contiguous()
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> DatasetSplits:
+    loader, folder, stats, shape = {
+        "mnist": (tv_datasets.MNIST, "MNIST/raw", _MNIST_STATS, (1, 28, 28)),
+        "fashion_mnist": (tv_datasets.FashionMNIST, "FashionMNIST/raw", _FASHION_MNIST_STATS, (1, 28, 28)),
+        "cifar10": (tv_datasets.CIFAR10, "cifar-10-batches-py", _CIFAR10_STATS, (3, 32, 32)),
+    }[name]
+    splits = []
+    for train in (True, False):
+        try:
+            # torchvision's own loader reads the raw files; we only take its .data/.targets arrays and skip its
+            # per-item PIL transforms, which would cost seconds per epoch.
+            raw = loader(str(root), train=train, download=download)
+        except RuntimeError as err:
+            # torchvision signals missing or corrupted files with a bare RuntimeError ("Dataset not found ...");
+            # anything else (e.g. a failed download) is not a configuration problem, so let it through.
+            if "not found" not in str(err):
+                raise
+            raise ConfigError(
+                f"Dataset {name!r} was not found under root={str(root)!r} (looked for {folder}/ there; "
+                f"torchvision said: {err}). Pass download=True (--download on the command line) to fetch it, "
+                f"or set DPSWEEP_DATA (or root) to a folder that holds torchvision's layout for {name}."
+            ) from err
+        if name == "cifar10":
+            # CIFAR-10 arrives as a numpy uint8 array N x H x W x C; move channels first.
+            images = torch.from_numpy(np.asarray(raw.data)).permute(0, 3, 1, 2)
+        else:
+            images = raw.data.unsqueeze(1)  # uint8 N x 28 x 28 -> N x 1 x 28 x 28
+        labels = torch.as_tensor(raw.targets, dtype=torch.int64)
+        splits.append(TensorDataset(_normalise(images, stats), labels))
+    return DatasetSplits(name=name, train=splits[0], test=splits[1], num_classes=10, input_shape=shape)

@@ -1,0 +1,223 @@
+"""The model zoo: DP-compatible image classifiers by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torchvision
+from opacus.utils.module_utils import trainable_modules
+from opacus.validators import ModuleValidator
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from ._validate import ConfigError, require, require_choice
+
+__all__ = ["MODELS", "register_model", "build_model", "make_dp_compatible"]
+
+Shape = tuple[int, int, int]
+
+# Plain dict, like Opacus' GRAD_SAMPLERS / VALIDATORS: registering a name again replaces its builder.
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+MODELS: tuple[str, ...]  # computed on access by __getattr__ so it always matches the registry
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MODELS":
+        return tuple(_REGISTRY)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Make ``builder(input_shape=, num_classes=, gn_groups=)`` available as ``build_model(name, ...)``."""
+    require(isinstance(name, str) and name != "", key="name", value=name, allowed="to be a non-empty string")
+    require(callable(builder), key="builder", value=builder, allowed="to be callable")
+    _REGISTRY[name] = builder
+
+
+def build_model(name: str, *, input_shape: Shape, num_classes: int, gn_groups: int = 8) -> nn.Module:
+    """Build the registered model ``name`` for ``input_shape`` = (C, H, W) and make it DP-compatible."""
+    require_choice(name, key="model", choices=_REGISTRY)
+    shape_ok = (
+        isinstance(input_shape, (tuple, list))
+        and len(input_shape) == 3
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in input_shape)
+    )
+    require(shape_ok, key="input_shape", value=input_shape, allowed="to be (C, H, W) with positive ints")
+    for key, value in (("num_classes", num_classes), ("gn_groups", gn_groups)):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        require(ok, key=key, value=value, allowed="to be an int >= 1")
+    model = _REGISTRY[name](input_shape=tuple(input_shape), num_classes=num_classes, gn_groups=gn_groups)
+    return make_dp_compatible(model)
+
+
+def make_dp_compatible(model: nn.Module) -> nn.Module:
+    """Return ``model`` fixed for Opacus (BatchNorm -> GroupNorm, no in-place ops), or raise ConfigError.
+
+    Works in place where it can, but ``ModuleValidator.fix`` returns a copy: always use the result.
+    """
+    was_training = model.training
+    model.train()  # Opacus' validator rejects eval mode; that is a run-time switch, not an architecture flaw
+    if ModuleValidator.validate(model, strict=False):
+        try:
+            model = ModuleValidator.fix(model)
+        except Exception as exc:  # some fixers fail outright, e.g. nn.LSTM(proj_size>0) -> DPLSTM
+            why = f"ModuleValidator.fix() failed with {type(exc).__name__}: {exc}"
+            raise ConfigError(_cannot_train(model, why)) from exc
+    _remove_inplace_ops(model)
+    if _problems(model):
+        raise ConfigError(_cannot_train(model, "ModuleValidator.fix() could not repair it"))
+    return model.train(was_training)
+
+
+def _problems(model: nn.Module) -> list[str]:
+    """One line per offending module, named, with Opacus' reason (ModuleValidator does not name them)."""
+    lines = []
+    for name, module in trainable_modules(model):
+        where = f"{name or '<root>'} ({type(module).__name__})"
+        validator = ModuleValidator.VALIDATORS.get(type(module))
+        lines += [f"{where}: {err}" for err in (validator(module) if validator else [])]
+        if any(True for _ in module.buffers()):  # what GradSampleModule(strict=True), hence make_private, rejects
+            lines.append(f"{where}: trainable layer with buffers (e.g. running statistics), which Opacus cannot "
+                         "keep private")
+    for name, module in model.named_modules():
+        # A frozen or affine=False BatchNorm escapes ModuleValidator (it only looks at trainable layers),
+        # yet in training mode it still normalises each example with its batch peers' statistics.
+        frozen = not any(p.requires_grad for p in module.parameters(recurse=False))
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and frozen:
+            lines.append(f"{name or '<root>'} ({type(module).__name__}): non-trainable BatchNorm still mixes the "
+                         "examples of a batch through its batch statistics, which leaks privacy")
+    return lines
+
+
+def _cannot_train(model: nn.Module, why: str) -> str:
+    return (f"{type(model).__name__} cannot be trained privately with Opacus ({why}):\n  - "
+            + "\n  - ".join(_problems(model) or ["(no per-module detail)"]))
+
+
+# Opacus hooks (register_full_backward_hook) return each hooked layer's output as a view made by
+# BackwardHookFunction; modifying it in place raises "RuntimeError: Output 0 of BackwardHookFunction is
+# a view and is being modified inplace" (torch 2.14). torchvision's resnet18 does so twice: ReLU(inplace=True)
+# right after a norm layer, and `out += identity` after bn2/bn3. Hence the out-of-place blocks below.
+class _OutOfPlaceBasicBlock(BasicBlock):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + identity)
+
+
+class _OutOfPlaceBottleneck(Bottleneck):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+_OUT_OF_PLACE = {BasicBlock: _OutOfPlaceBasicBlock, Bottleneck: _OutOfPlaceBottleneck}
+
+
+def _remove_inplace_ops(model: nn.Module) -> None:
+    for module in model.modules():
+        if getattr(module, "inplace", None) is True:  # ReLU, LeakyReLU, SiLU, Hardtanh, Dropout, ...
+            module.inplace = False  # flipping the flag keeps module sharing (resnet reuses self.relu)
+        if type(module) in _OUT_OF_PLACE:
+            module.__class__ = _OUT_OF_PLACE[type(module)]  # same parameters and state_dict keys
+
+
+# ---------------------------------------------------------------------------------------------- builders
+
+
+def _require_hw(model: str, shape: Shape, minimum: int) -> None:
+    ok = shape[1] >= minimum and shape[2] >= minimum
+    require(ok, key="input_shape", value=shape, allowed=f"to be (C, H, W) with H, W >= {minimum} for model {model!r}")
+
+
+def _group_norm(model: str, groups: int) -> Callable[[int], nn.GroupNorm]:
+    """A norm_layer factory that explains a bad gn_groups instead of GroupNorm's bare ValueError."""
+
+    def make(channels: int) -> nn.GroupNorm:
+        allowed = f"to divide every GroupNorm channel count of model {model!r}, including {channels}"
+        require(channels % groups == 0, key="gn_groups", value=groups, allowed=allowed)
+        return nn.GroupNorm(groups, channels)
+
+    return make
+
+
+def _mlp(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
+    c, h, w = input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+
+def _digits_cnn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
+    _require_hw("digits_cnn", input_shape, 8)
+    return nn.Sequential(
+        nn.Conv2d(input_shape[0], 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(32, num_classes),
+    )  # fmt: skip
+
+
+def _mnist_cnn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
+    c, h, w = input_shape
+    _require_hw("mnist_cnn", input_shape, 28)
+    flat = 20 * (((h - 4) // 2 - 4) // 2) * (((w - 4) // 2 - 4) // 2)  # after two (conv5, pool2): 320 at 28x28
+    # Logits, not log_softmax as in the quickstart: the trainer applies CrossEntropyLoss.
+    return nn.Sequential(
+        nn.Conv2d(c, 10, 5), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(10, 20, 5), nn.Dropout2d(), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(flat, 50), nn.ReLU(), nn.Dropout(), nn.Linear(50, num_classes),
+    )  # fmt: skip
+
+
+def _cifar_cnn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
+    _require_hw("cifar_cnn", input_shape, 16)
+    layers: list[nn.Module] = []
+    for i, (cin, cout) in enumerate(((input_shape[0], 32), (32, 64), (64, 64), (64, 128))):
+        pool = nn.AvgPool2d(2) if i < 3 else nn.AdaptiveAvgPool2d(1)
+        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), pool]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128, num_classes))
+
+
+def _resnet18_gn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
+    _require_hw("resnet18_gn", input_shape, 16)  # 32x downsampling; smaller inputs leave nothing to pool
+    norm = _group_norm("resnet18_gn", gn_groups)
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes, norm_layer=norm)
+    if input_shape[0] != 3:
+        model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+class _WideBlock(nn.Module):
+    """Pre-activation basic block of a Wide-ResNet; the residual add is out of place (see above)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: Callable[[int], nn.Module]) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = norm(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.norm2, self.conv2 = norm(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.relu = nn.ReLU()
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.relu(self.norm1(x))
+        out = self.conv2(self.relu(self.norm2(self.conv1(a))))
+        return out + (x if self.shortcut is None else self.shortcut(a))
+
+
+def _wrn16_4(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
+    _require_hw("wrn16_4", input_shape, 8)
+    norm = _group_norm("wrn16_4", gn_groups)
+    layers: list[nn.Module] = [nn.Conv2d(input_shape[0], 16, 3, padding=1, bias=False)]
+    cin = 16
+    for width, stride in ((64, 1), (128, 2), (256, 2)):  # depth 16 = 6 * 2 blocks + 4; widen factor 4
+        layers += [_WideBlock(cin, width, stride, norm), _WideBlock(width, width, 1, norm)]
+        cin = width
+    layers += [norm(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    return nn.Sequential(*layers)
+
+
+_REGISTRY.update(
+    mlp=_mlp, digits_cnn=_digits_cnn, mnist_cnn=_mnist_cnn, cifar_cnn=_cifar_cnn,
+    resnet18_gn=_resnet18_gn, wrn16_4=_wrn16_4,
+)  # fmt: skip

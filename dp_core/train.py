@@ -1,0 +1,257 @@
+"""Train one configuration with DP-SGD: the loop every sweep trial runs.
+
+``train(config, on_epoch=...)`` reads top to bottom: plan the privacy spend, load data, build
+the model and optimizer, wrap them for DP-SGD, loop over epochs of Poisson-sampled batches,
+evaluate, report. A sweep observes the run only through the ``on_epoch`` hook; raising
+``StopTraining`` from the hook ends the run cleanly (pruning).
+
+Run ``python -m dp_core.train --help`` for the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dp_core.config import ConfigError, TrainConfig
+from dp_core.data import DatasetSplits, load_dataset
+from dp_core.dpsgd import make_private, poisson_batches
+from dp_core.models import build_model
+from dp_core.plan import PrivacyPlan, plan_privacy
+
+__all__ = ["EpochReport", "TrainResult", "StopTraining", "TrainingDiverged", "train", "resolve_device"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EpochReport:
+    """What one epoch produced. ``epsilon`` is an upper bound from ``accountant`` at ``delta``."""
+
+    epoch: int
+    steps: int
+    train_loss: float
+    test_loss: float
+    test_accuracy: float
+    epsilon: float
+    delta: float
+    accountant: str
+    noise_multiplier: float
+    train_seconds: float
+    eval_seconds: float
+    stopped_by_budget: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainResult:
+    config: TrainConfig
+    plan: PrivacyPlan
+    reports: tuple[EpochReport, ...]
+    stopped_early: bool
+    model: nn.Module
+
+    @property
+    def final(self) -> EpochReport:
+        return self.reports[-1]
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_epoch`` hook to end training after the current epoch (e.g. pruning)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the run's results are meaningless."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("Expected device to be available, but got device='cuda' on a machine without CUDA.")
+    return torch.device(device)
+
+
+def _build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    opt = config.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opt.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    if opt.optimizer == "adam":
+        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
+    return torch.optim.RMSprop(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy, kept on the device until one sync at the end."""
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    for start in range(0, len(images), batch_size):
+        logits = model(images[start:start + batch_size])
+        target = labels[start:start + batch_size]
+        loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum")
+        correct += (logits.argmax(dim=1) == target).sum()
+    model.train()
+    return loss_sum.item() / len(images), correct.item() / len(images)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    # Write then rename: a run killed mid-save leaves the previous checkpoint intact.
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    data: DatasetSplits | None = None,
+) -> TrainResult:
+    """Train ``config`` with DP-SGD and return every epoch's report.
+
+    ``data`` may be passed pre-loaded (warm sweep workers reuse it across trials).
+    With ``checkpoint_path``, state is saved after every epoch and a matching checkpoint is
+    resumed from, so a resumed run reaches the same steps, and so the same ε, as an
+    uninterrupted one.
+    """
+    privacy = config.privacy
+    data = data if data is not None else load_dataset(config.data.dataset, root=config.data.data_root, download=config.data.download)
+    train_size = len(data.train)
+    plan = plan_privacy(config, train_size=train_size)
+    device = resolve_device(config.device)
+
+    torch.manual_seed(config.seed)  # model init and dropout
+    sampling_generator = torch.Generator().manual_seed(config.seed + 1)
+    noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
+
+    train_images, train_labels = (t.to(device) for t in data.train.tensors)
+    test_images, test_labels = (t.to(device) for t in data.test.tensors)
+    model = build_model(
+        config.model.model, input_shape=data.input_shape, num_classes=data.num_classes,
+        gn_groups=config.model.gn_groups,
+    ).to(device)
+    optimizer = _build_optimizer(config, model)
+    if plan.private:
+        model, optimizer = make_private(
+            model, optimizer, noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=privacy.max_grad_norm, expected_batch_size=plan.sample_rate * train_size,
+            clipping=privacy.clipping, grad_sample_mode=privacy.grad_sample_mode,
+            noise_generator=noise_generator,
+        )
+    base_optimizer = getattr(optimizer, "original_optimizer", optimizer)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(base_optimizer, T_max=plan.max_steps)
+        if config.optimizer.lr_schedule == "cos" else None
+    )
+
+    reports: list[EpochReport] = []
+    steps = 0
+    checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state["config"] != config.to_dict():
+            raise ConfigError(
+                f"Expected checkpoint {checkpoint} to belong to this configuration, but it was written "
+                "by a different one; delete it or choose another checkpoint path."
+            )
+        model.load_state_dict(state["model"])
+        base_optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        sampling_generator.set_state(state["sampling_rng"])
+        noise_generator.set_state(state["noise_rng"].to(noise_generator.get_state().device))
+        torch.set_rng_state(state["torch_rng"])
+        steps = state["steps"]
+        reports = [EpochReport(**r) for r in state["reports"]]
+
+    stopped_early = bool(reports) and reports[-1].stopped_by_budget
+    model.train()
+    epoch = len(reports)
+    while epoch < config.epochs and steps < plan.max_steps and not stopped_early:
+        epoch += 1
+        epoch_steps = min(plan.steps_per_epoch, plan.max_steps - steps)
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        for indices, ends_step in poisson_batches(
+            num_examples=train_size, sample_rate=plan.sample_rate, steps=epoch_steps,
+            generator=sampling_generator, max_physical_batch_size=config.max_physical_batch_size,
+            optimizer=optimizer if plan.private else None,
+        ):
+            indices = indices.to(device)
+            images, labels = train_images[indices], train_labels[indices]
+            if len(indices) > 0:
+                loss = nn.functional.cross_entropy(model(images), labels)
+                loss.backward()
+                loss_sum += loss.detach() * len(indices)
+                seen += len(indices)
+            elif plan.private:
+                # An empty Poisson batch is still a step of the mechanism: it releases pure noise.
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.grad_sample = torch.zeros((0, *p.shape), device=device, dtype=p.dtype)
+            else:
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ends_step:
+                steps += 1
+                if scheduler is not None:
+                    scheduler.step()
+        train_seconds = time.perf_counter() - started
+        train_loss = loss_sum.item() / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(
+                f"train loss became {train_loss} in epoch {epoch} (lr={config.optimizer.lr}, "
+                f"max_grad_norm={privacy.max_grad_norm}); lower the learning rate."
+            )
+        started = time.perf_counter()
+        test_loss, test_accuracy = evaluate(model, test_images, test_labels, batch_size=config.test_batch_size)
+        eval_seconds = time.perf_counter() - started
+        stopped_early = steps >= plan.max_steps and plan.max_steps < plan.planned_steps
+        report = EpochReport(
+            epoch=epoch, steps=steps, train_loss=train_loss, test_loss=test_loss,
+            test_accuracy=test_accuracy, epsilon=plan.epsilon_at(steps), delta=plan.delta,
+            accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
+            train_seconds=train_seconds, eval_seconds=eval_seconds, stopped_by_budget=stopped_early,
+        )
+        reports.append(report)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {
+                "config": config.to_dict(), "model": model.state_dict(),
+                "optimizer": base_optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "sampling_rng": sampling_generator.get_state(), "noise_rng": noise_generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "steps": steps,
+                "reports": [r.to_dict() for r in reports],
+            })
+        if on_epoch is not None:
+            try:
+                on_epoch(report)
+            except StopTraining:
+                stopped_early = True
+                break
+
+    resolved = config.replace(noise_multiplier=plan.noise_multiplier) if plan.private else config
+    return TrainResult(
+        config=resolved, plan=plan, reports=tuple(reports), stopped_early=stopped_early,
+        model=getattr(model, "_module", model),
+    )
+
+
+if __name__ == "__main__":
+    from dp_core.cli import main
+
+    raise SystemExit(main())

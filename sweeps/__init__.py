@@ -1,0 +1,1 @@
+"""dpsweep's sweeps: search spaces, Ray Tune orchestration, Optuna search, MLflow tracking."""

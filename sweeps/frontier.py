@@ -1,0 +1,207 @@
+"""The accuracy-vs-ε frontier of a sweep: Pareto set, ε buckets, CSV and plot.
+
+Pure data and plotting, run after the trials finish: nothing here imports Ray, Optuna, MLflow
+or torch, so reports can be rebuilt from logged results on any machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULT_BUCKETS", "Point", "best_per_bucket", "default_buckets", "format_frontier_table",
+           "pareto_front", "plot_frontier", "write_frontier_csv"]
+
+DEFAULT_BUCKETS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 20.0, 50.0)
+_FIXED_COLUMNS = ("epsilon", "accuracy", "on_frontier", "run_id", "trial", "epoch")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Point:
+    """One (ε, accuracy) measurement: a trial's test accuracy after ``epoch``, at privacy cost ε.
+
+    ``epsilon`` is ``math.inf`` for non-private trials; ``params`` are the trial's hyperparameters.
+    """
+
+    epsilon: float
+    accuracy: float
+    run_id: str
+    trial: str
+    epoch: int
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _comparable(p: Point) -> bool:
+    # A NaN (a diverged or failed trial) is neither better nor worse than anything, so it can
+    # neither dominate nor be best; it is left out of the frontier and the buckets.
+    return not (math.isnan(p.epsilon) or math.isnan(p.accuracy))
+
+
+def pareto_front(points: Iterable[Point]) -> list[Point]:
+    """The Pareto-optimal points for (minimise ε, maximise accuracy), sorted by ε ascending.
+
+    p is dominated if some q has q.ε <= p.ε and q.acc >= p.acc, one of them strict. Of several
+    points with identical (ε, acc) exactly one is kept: the first in input order. Along the
+    result accuracy strictly increases. Points with NaN ε or accuracy are ignored. O(n log n).
+    """
+    # Stable sort by (ε asc, acc desc): within equal ε the best comes first, and among identical
+    # (ε, acc) the earliest input stays first, so "strictly better than all so far" keeps it.
+    ordered = sorted((p for p in points if _comparable(p)), key=lambda p: (p.epsilon, -p.accuracy))
+    front: list[Point] = []
+    for p in ordered:
+        if not front or p.accuracy > front[-1].accuracy:
+            front.append(p)
+    return front
+
+
+def best_per_bucket(points: Iterable[Point], buckets: Sequence[float]) -> list[tuple[float, Point | None]]:
+    """For each ε bound b, the most accurate point with ε <= b (ties: lower ε, then first seen), or None."""
+    pts = [p for p in points if _comparable(p)]
+    result: list[tuple[float, Point | None]] = []
+    for b in buckets:
+        eligible = [(-p.accuracy, p.epsilon, i) for i, p in enumerate(pts) if p.epsilon <= b]
+        result.append((b, pts[min(eligible)[2]] if eligible else None))
+    return result
+
+
+def default_buckets(budget: float | None) -> list[float]:
+    """The standard ε bounds up to the budget, plus the budget itself; all of them without a budget."""
+    if budget is None or not math.isfinite(budget):
+        return list(DEFAULT_BUCKETS)
+    cut = [b for b in DEFAULT_BUCKETS if b <= budget]
+    return cut if budget in cut else [*cut, float(budget)]
+
+
+def _row_order(p: Point) -> tuple[bool, float, bool, float]:
+    # NaNs last; they would otherwise break the total order and scramble the rows around them.
+    return (math.isnan(p.epsilon), p.epsilon, math.isnan(p.accuracy), -p.accuracy)
+
+
+def _identity(p: Point) -> tuple[str, str, int, float, float]:
+    # Params are a dict (unhashable), and the front may come back as copies, so match on fields.
+    return (p.run_id, p.trial, p.epoch, p.epsilon, p.accuracy)
+
+
+def write_frontier_csv(path: str | os.PathLike[str], points: Iterable[Point], front: Iterable[Point]) -> None:
+    """One row per point, sorted by ε then -accuracy; ε = ∞ is written as "inf".
+
+    Columns: epsilon, accuracy, on_frontier (true/false), run_id, trial, epoch, then one per param
+    key (union over points, sorted; a key clashing with a fixed column gets a "param_" prefix).
+    """
+    pts = sorted(points, key=_row_order)
+    on_front = {_identity(p) for p in front}
+    keys = sorted({k for p in pts for k in p.params})
+    columns = {k: f"param_{k}" if k in _FIXED_COLUMNS else k for k in keys}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([*_FIXED_COLUMNS, *columns.values()])
+        for p in pts:
+            flag = "true" if _identity(p) in on_front else "false"
+            # repr round-trips floats exactly and spells infinity "inf", which float() reads back.
+            row = [repr(float(p.epsilon)), repr(float(p.accuracy)), flag, p.run_id, p.trial, p.epoch]
+            writer.writerow(row + [p.params.get(k, "") for k in keys])
+
+
+def _epsilon_label(delta: float, accountant: str) -> str:
+    return f"ε (δ = {delta:g}, {accountant.upper()} accountant)"
+
+
+def plot_frontier(
+    path: str | os.PathLike[str],
+    points: Iterable[Point],
+    front: Iterable[Point],
+    *,
+    budget: float | None,
+    delta: float,
+    accountant: str,
+    title: str,
+    extra_lines: Mapping[str, float] | None = None,
+) -> None:
+    """Save a PNG of all finite-ε points (faint) and the frontier (step line) against ε."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # here, not at import: importing this module must not pick a backend
+    import matplotlib.pyplot as plt
+
+    pts = [p for p in points if _comparable(p)]
+    finite = [p for p in pts if math.isfinite(p.epsilon)]
+    n_hidden = len(pts) - len(finite)
+    fr = [p for p in front if _comparable(p) and math.isfinite(p.epsilon)]
+
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    try:
+        if finite:
+            ax.scatter([p.epsilon for p in finite], [p.accuracy for p in finite], s=14, c="grey",
+                       alpha=0.25, linewidths=0, label=f"all trials × epochs ({len(finite)})")
+        if fr:
+            xs, ys = [p.epsilon for p in fr], [p.accuracy for p in fr]
+            # Carry the last step to the largest ε seen: past it nothing more accurate was found.
+            x_end = max([p.epsilon for p in finite] + xs)
+            ax.step(xs + [x_end], ys + [ys[-1]], where="post", color="tab:red", lw=2, marker="o", ms=6,
+                    markevery=list(range(len(xs))), zorder=3, label=f"Pareto frontier ({len(fr)})")
+        if budget is not None and math.isfinite(budget):
+            ax.axvline(budget, color="black", ls="--", lw=1.2, label=f"ε budget = {budget:g}")
+        styles = iter([("tab:blue", ":"), ("tab:green", "-."), ("tab:purple", ":"), ("tab:orange", "-.")] * 8)
+        for name, value in (extra_lines or {}).items():
+            colour, ls = next(styles)
+            ax.axvline(value, color=colour, ls=ls, lw=1.2, label=f"{name} = {value:g}")
+        if n_hidden:
+            # An empty handle puts the note in the legend, next to the counts it qualifies.
+            ax.plot([], [], " ", label=f"{n_hidden} non-private points not shown")
+        if not finite:
+            ax.text(0.5, 0.5, "no finite-ε points", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(_epsilon_label(delta, accountant))
+        ax.set_ylabel("test accuracy")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize="small", framealpha=0.9)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, format="png")
+    finally:
+        plt.close(fig)  # figures held by pyplot otherwise accumulate over a long-lived sweep
+
+
+def _fmt_param(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_frontier_table(
+    front: Sequence[Point], *, delta: float, accountant: str, param_keys: Sequence[str] = ()
+) -> str:
+    """A plain-text table of the frontier: ε (3 decimals), accuracy (4), trial, epoch, then params."""
+    header = f"Accuracy-vs-ε frontier (δ = {delta:g}, {accountant.upper()} accountant): {len(front)} point(s)"
+    names = ["ε", "accuracy", "trial", "epoch", *param_keys]
+    rows = [
+        [f"{p.epsilon:.3f}", f"{p.accuracy:.4f}", p.trial, str(p.epoch)]
+        + [_fmt_param(p.params.get(k, "")) for k in param_keys]
+        for p in front
+    ]
+    # Numbers right-aligned so decimals line up; names (trial, string params) left-aligned.
+    numeric = [i != 2 and all(_is_number(r[i]) or not r[i] for r in rows) for i in range(len(names))]
+    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    out = [header, line(names), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,245 @@
+"""``python -m sweeps.launch --space NAME``: run a DP-SGD sweep and leave its frontier in MLflow.
+
+Order of work: load and validate the space, plan every trial's privacy spend (bad input stops
+here, before Ray or MLflow is touched), open the MLflow parent run, record over-budget trials as
+skipped, run the rest on Ray Tune, then compute the accuracy-vs-ε frontier from what MLflow
+holds and attach it (CSV, PNG, per-bucket best) to the parent run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dp_core.config import ConfigError
+
+__all__ = ["main"]
+
+
+def _versions() -> dict[str, str]:
+    names = ("torch", "opacus", "ray", "optuna", "mlflow", "dpsweep")
+    found = {}
+    for name in names:
+        try:
+            found[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[f"version.{name}"] = "not installed"
+    found["python"] = platform.python_version()
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sweeps.launch", description=__doc__.splitlines()[0])
+    parser.add_argument("--space", help="a shipped space name (see --list) or a path to a .yaml file")
+    parser.add_argument("--list", action="store_true", help="list the shipped search spaces and exit")
+    parser.add_argument("--search", choices=("grid", "optuna"), help="override the space's search mode")
+    parser.add_argument("--trials", type=int, help="override the number of Optuna trials")
+    parser.add_argument("--address", help="Ray cluster address (default: start local Ray)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default, sqlite:///mlflow.db)")
+    parser.add_argument("--experiment", default="dpsweep", help="MLflow experiment name (default: dpsweep)")
+    parser.add_argument("--results-dir", type=Path, default=Path("dpsweep_results"),
+                        help="where Ray Tune keeps trial state and checkpoints (default: ./dpsweep_results)")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="SWEEP",
+                        help="continue an interrupted sweep (the latest of this space, or a sweep folder name)")
+    return parser
+
+
+def _list_spaces() -> int:
+    from sweeps.space import list_spaces
+
+    for space in list_spaces():
+        print(f"{space.name:<18} {space.search:<7} {space.description}")
+    return 0
+
+
+def _sweep_name(space_name: str, results_dir: Path, resume: str | None) -> str:
+    if resume is None:
+        return f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume != "latest":
+        if not (results_dir / resume).is_dir():
+            raise ConfigError(f"Expected --resume to name a sweep folder in {results_dir}, but got {resume!r}.")
+        return resume
+    earlier = sorted(p.name for p in results_dir.glob(f"{space_name}-*") if p.is_dir())
+    if not earlier:
+        raise ConfigError(f"Expected an earlier sweep of space {space_name!r} in {results_dir} to resume, but found none.")
+    return earlier[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        return _list_spaces()
+    if not args.space:
+        print("error: give --space NAME (or --list to see the shipped spaces)", file=sys.stderr)
+        return 2
+    try:
+        return _run(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _plan_grid(space: Any) -> list[Any]:
+    from sweeps.planning import plan_trial
+
+    planned = []
+    for index, values in enumerate(space.grid_axis_values()):
+        planned.append(plan_trial(space.trial_config(values), name=f"trial_{index:04d}", axis_values=values,
+                                  where=str(space.source)))
+    return planned
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sweeps.planning import EpsilonBudget
+    from sweeps.space import load_space
+
+    space = load_space(args.space)
+    if args.search or args.trials:
+        space = space.with_overrides(search=args.search, trials=args.trials)
+    budget = EpsilonBudget(space.epsilon_budget)
+    # Plan before touching Ray or MLflow: any bad value fails here with nothing created.
+    grid = _plan_grid(space) if space.search == "grid" else None
+    runnable = [t for t in grid if budget.rejects(t) is None] if grid is not None else None
+    over_budget = [t for t in grid if budget.rejects(t) is not None] if grid is not None else []
+    if grid is not None and not runnable:
+        cheapest = min(grid, key=lambda t: t.planned_epsilon)
+        raise ConfigError(
+            f"Expected epsilon_budget to admit at least one trial, but got epsilon_budget={space.epsilon_budget} "
+            f"in {space.source}: the cheapest trial ({dict(cheapest.axis_values)}) plans "
+            f"ε = {cheapest.planned_epsilon:.3f} (δ = {cheapest.plan.delta:g}, "
+            f"{cheapest.plan.accountant.upper()} accountant). Raise the budget or the noise."
+        )
+    results_dir = args.results_dir.resolve()
+    sweep_name = _sweep_name(space.name, results_dir, args.resume)
+
+    import mlflow
+
+    from sweeps import runner
+    from sweeps.frontier import (best_per_bucket, default_buckets, format_frontier_table, pareto_front,
+                                 plot_frontier, write_frontier_csv)
+    from sweeps.planning import plan_trial
+    from sweeps.search import BudgetedOptunaSearch
+    from sweeps.tracking import SweepTracker
+
+    tracking_uri = args.tracking_uri or mlflow.get_tracking_uri()
+    tracker = SweepTracker(tracking_uri=tracking_uri, experiment=args.experiment)
+    first = grid[0].plan if grid else None
+    delta = first.delta if first else float(space.fixed.get("delta", 1e-5))
+    accountant = first.accountant if first else str(space.fixed.get("accountant", "prv"))
+    tracker.start_sweep(
+        sweep_id=sweep_name, run_name=sweep_name,
+        params={"space": space.name, "space_file": str(space.source), "search": space.search,
+                "objective": space.objective, "pruner": space.pruner, "epsilon_budget": space.epsilon_budget,
+                "delta": delta, "accountant": accountant, "trials": space.trials,
+                **{f"fixed.{k}": v for k, v in space.fixed.items()}, **_versions()},
+        tags={"dpsweep.space": space.name},
+    )
+    print(f"sweep {sweep_name}: space {space.name} ({space.search}), ε budget {space.epsilon_budget} "
+          f"(δ = {delta:g}, {accountant.upper()} accountant); MLflow {tracking_uri}, "
+          f"experiment {args.experiment!r}, parent run {tracker.parent_run_id}", flush=True)
+
+    skipped = 0
+
+    def on_skip(planned: Any, values: dict[str, Any], reason: str) -> None:
+        nonlocal skipped
+        skipped += 1
+        if planned is None:
+            print(f"  skipped {values.get('name', '?')}: {reason}", flush=True)
+            return
+        tracker.log_skipped(key=planned.key, name=planned.name, params=planned.params(),
+                            planned_epsilon=planned.planned_epsilon, reason=reason)
+        print(f"  skipped {planned.name}: {reason}", flush=True)
+
+    searcher = None
+    if grid is not None:
+        for trial in over_budget:
+            on_skip(trial, dict(trial.axis_values), budget.rejects(trial) or "")
+        print(f"{len(grid)} grid points: {len(runnable)} to run, {skipped} skipped over budget", flush=True)
+    else:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        searcher = BudgetedOptunaSearch(
+            space, storage=f"sqlite:///{results_dir / (sweep_name + '-optuna.db')}", study_name=sweep_name,
+            plan=lambda values, name: plan_trial(values, name=name, axis_values={
+                k: values[k] for k in space.axes}, where=str(space.source)),
+            on_skip=on_skip,
+        )
+
+    runner.connect_ray(args.address)
+    stats, _ = runner.run_trials(space, tracker=tracker, storage_path=results_dir, name=sweep_name,
+                                 grid=runnable, searcher=searcher, resume=args.resume is not None)
+    orphans = tracker.close_orphans()
+
+    # The frontier is computed from what MLflow holds, so it is exactly the logged points.
+    points = tracker.points()
+    front = pareto_front(points)
+    buckets = best_per_bucket(points, default_buckets(space.epsilon_budget))
+    axis_keys = list(space.axes)
+    with tempfile.TemporaryDirectory() as folder:
+        csv_path = Path(folder) / "frontier.csv"
+        png_path = Path(folder) / "frontier.png"
+        best_path = Path(folder) / "best_per_epsilon.json"
+        write_frontier_csv(csv_path, points, front)
+        plot_frontier(png_path, points, front, budget=space.epsilon_budget, delta=delta, accountant=accountant,
+                      title=f"{space.name}: accuracy vs ε ({len(points)} points, {len(front)} on the frontier)")
+        best_path.write_text(json.dumps([
+            {"epsilon_at_most": bound, "accuracy": p.accuracy, "epsilon": p.epsilon, "run_id": p.run_id,
+             "trial": p.trial, "epoch": p.epoch, "params": {k: p.params.get(k) for k in axis_keys}}
+            if p is not None else {"epsilon_at_most": bound, "accuracy": None}
+            for bound, p in buckets
+        ], indent=2))
+        for path in (csv_path, png_path, best_path):
+            tracker.log_artifact(str(path))
+
+    wall = stats.wall_seconds()
+    slots = _slots(space)
+    slot_seconds = wall * slots
+    split = {
+        "wall_seconds": wall, "slots": slots, "train_seconds": stats.train_seconds,
+        "eval_seconds": stats.eval_seconds, "train_share": stats.train_seconds / slot_seconds if slot_seconds else 0.0,
+        "orchestration_share": 1 - (stats.train_seconds + stats.eval_seconds) / slot_seconds if slot_seconds else 0.0,
+    }
+    best = max((p for p in points if math.isfinite(p.epsilon)), key=lambda p: p.accuracy, default=None)
+    tracker.log_sweep_metrics({**split, "frontier_points": len(front), "points": len(points),
+                               "best_accuracy": best.accuracy if best else float("nan"),
+                               "best_accuracy_epsilon": best.epsilon if best else float("nan")})
+    outcomes = tracker.outcomes()
+    tracker.log_sweep_tags({f"dpsweep.trials.{k}": v for k, v in outcomes.items()})
+    tracker.end_sweep()
+
+    print()
+    print(format_frontier_table(front, delta=delta, accountant=accountant, param_keys=axis_keys))
+    print()
+    for bound, p in buckets:
+        text = f"acc {p.accuracy:.4f} at ε = {p.epsilon:.3f} ({p.trial}, epoch {p.epoch})" if p else "no trial"
+        print(f"  best with ε ≤ {bound:<5g} (δ = {delta:g}, {accountant.upper()}): {text}")
+    print(f"\ntrials: {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}"
+          + (f"; {orphans} left running by a dead process marked failed" if orphans else ""))
+    print(f"time: {wall:.1f} s wall on {slots:g} trial slots; training {split['train_share']:.0%} of slot time, "
+          f"evaluation {stats.eval_seconds / slot_seconds if slot_seconds else 0:.0%}, "
+          f"orchestration (Ray start, scheduling, logging, idle) {split['orchestration_share']:.0%}")
+    print(f"open the results: mlflow ui --backend-store-uri {tracking_uri}  → experiment {args.experiment!r}, "
+          f"run {sweep_name}")
+    return 0
+
+
+def _slots(space: Any) -> float:
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    by_cpu = cpus // space.cpus_per_trial
+    by_gpu = gpus // space.gpus_per_trial if space.gpus_per_trial else by_cpu
+    return max(1.0, float(min(by_cpu, by_gpu)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

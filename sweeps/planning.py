@@ -1,0 +1,74 @@
+"""Planning trials before they run: resolved σ, planned ε, and the ε-budget admission rule.
+
+Planning is pure (no Ray, no MLflow): a trial's privacy spend is a function of its
+configuration, so whether it may run is decided before any compute is spent on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from dp_core.config import TrainConfig
+from dp_core.data import canonical_train_size
+from dp_core.plan import PrivacyPlan, plan_privacy
+from sweeps.tracking import trial_key
+
+__all__ = ["PlannedTrial", "EpsilonBudget", "plan_trial"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PlannedTrial:
+    name: str
+    key: str
+    axis_values: Mapping[str, Any]
+    train_config: Mapping[str, Any]   # flat, with σ resolved: what the worker trains
+    plan: PrivacyPlan
+
+    @property
+    def planned_epsilon(self) -> float:
+        """ε of the full planned run, ignoring any in-trial budget stop."""
+        return self.plan.epsilon_by_epoch[-1]
+
+    def params(self) -> dict[str, Any]:
+        """What the tracker logs as the run's params: every setting, plus the planned spend."""
+        return {
+            **self.train_config,
+            **{f"axis.{k}": v for k, v in self.axis_values.items()},
+            "planned_epsilon": self.planned_epsilon if math.isfinite(self.planned_epsilon) else "inf",
+            "sample_rate_resolved": self.plan.sample_rate,
+            "steps_planned": self.plan.planned_steps,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class EpsilonBudget:
+    """Admit a trial only if its whole planned run stays within the budget (None: no budget)."""
+
+    budget: float | None
+
+    def rejects(self, trial: PlannedTrial) -> str | None:
+        """The reason this trial must not start, or None if it may."""
+        if self.budget is None or trial.planned_epsilon <= self.budget:
+            return None
+        return (
+            f"planned ε = {trial.planned_epsilon:.3f} (δ = {trial.plan.delta:g}, "
+            f"{trial.plan.accountant.upper()} accountant) exceeds the budget ε = {self.budget:g}"
+        )
+
+
+def plan_trial(config_values: Mapping[str, Any], *, name: str, axis_values: Mapping[str, Any], where: str = "") -> PlannedTrial:
+    """Validate one trial's flat configuration and plan its privacy spend.
+
+    Raises ConfigError for values no run can use (δ ≥ 1/N, an unreachable target ε, …).
+    """
+    config = TrainConfig.from_dict(config_values, where=where)
+    train_size = canonical_train_size(config.data.dataset)
+    # Plan the full run without the in-trial budget stop: whether it may start at all is the
+    # EpsilonBudget rule's decision, made on the whole planned spend.
+    plan = plan_privacy(config.replace(epsilon_budget=None), train_size=train_size)
+    resolved = config.replace(noise_multiplier=plan.noise_multiplier) if plan.private else config
+    flat = resolved.to_dict()
+    return PlannedTrial(name=name, key=trial_key(flat), axis_values=dict(axis_values), train_config=flat, plan=plan)

@@ -1,0 +1,195 @@
+"""Running a sweep's trials on Ray Tune: the only module of dpsweep that drives Ray.
+
+Trials run as Ray Tune function trainables (local Ray by default, a cluster with ``address``).
+A Tune callback in the driver forwards every epoch to the MLflow tracker, so logging happens
+off the training path, and prints one progress line per finished trial.
+"""
+
+from __future__ import annotations
+
+import os
+
+# We keep one checkpoint per trial; Ray warns on every snapshot that forces, which floods the
+# console for short epochs. The snapshots themselves stay on.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import ray
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from sweeps.planning import PlannedTrial
+from sweeps.pruning import BandedSuccessiveHalving, epsilon_band
+from sweeps.search import BudgetedOptunaSearch, trial_outcome
+from sweeps.space import SearchSpace
+from sweeps.tracking import SweepTracker
+from sweeps.trial import encode_spec, run_trial, trial_spec
+
+__all__ = ["SweepStats", "run_trials", "connect_ray"]
+
+
+@dataclasses.dataclass
+class SweepStats:
+    """Where a sweep's time went, summed over trials as results arrive in the driver."""
+
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    trials_finished: int = 0
+    epochs: int = 0
+
+    def wall_seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+class TrackingCallback(tune.Callback):
+    """Forwards trial events to the MLflow tracker and prints progress."""
+
+    def __init__(self, tracker: SweepTracker, stats: SweepStats, *, total: int | None, out: TextIO = sys.stdout):
+        self.tracker = tracker
+        self.stats = stats
+        self.total = total
+        self.out = out
+        self._runs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["out"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.out = sys.stdout
+
+    def _run(self, trial: Any) -> str:
+        if trial.trial_id not in self._runs:
+            spec = trial_spec(trial.config)
+            self._runs[trial.trial_id] = self.tracker.start_trial(key=spec["key"], name=spec["name"], params=spec["params"])
+        return self._runs[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._run(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("diverged"):
+            return
+        self.stats.train_seconds += result["epoch_seconds"]
+        self.stats.eval_seconds += result["eval_seconds"]
+        self.stats.epochs += 1
+        metrics = {k: result[k] for k in ("test_accuracy", "test_loss", "train_loss", "epoch_seconds")}
+        if result["epsilon"] >= 0:
+            metrics["epsilon"] = result["epsilon"]
+        self.tracker.log_epoch(self._run(trial), step=int(result["epoch"]), metrics=metrics)
+
+    def _finish(self, trial: Any, *, error: bool) -> None:
+        result = trial.last_result or {}
+        outcome = trial_outcome(result, error=error)
+        tags = {}
+        if result.get("diverged"):
+            tags["dpsweep.failure"] = result["diverged"]
+        elif error:
+            tags["dpsweep.failure"] = f"trial raised an error; see {trial.error_file}"
+        self.tracker.end_trial(self._run(trial), outcome=outcome, tags=tags)
+        self.stats.trials_finished += 1
+        name = trial_spec(trial.config)["name"]
+        count = f"[{self.stats.trials_finished}/{self.total}]" if self.total else f"[{self.stats.trials_finished}]"
+        if "test_accuracy" in result and not result.get("diverged"):
+            eps = result["epsilon"]
+            privacy = (f"ε = {eps:.3f} (δ = {result['delta']:g}, {result['accountant'].upper()})"
+                       if eps >= 0 else "ε = ∞ (no noise)")
+            detail = f"epoch {result['epoch']}/{result['epochs_planned']}  acc {result['test_accuracy']:.4f}  {privacy}"
+        else:
+            detail = tags.get("dpsweep.failure", "")
+        print(f"{count} {name:<11} {outcome:<17} {detail}", file=self.out, flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, error=True)
+
+
+class BandedASHA(FIFOScheduler):
+    """Ray Tune adapter for :class:`sweeps.pruning.BandedSuccessiveHalving`."""
+
+    def __init__(self, rule: BandedSuccessiveHalving) -> None:
+        super().__init__()
+        self.rule = rule
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True  # always test_accuracy, maximised
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if "test_accuracy" not in result or result.get("diverged"):
+            return TrialScheduler.CONTINUE
+        planned = trial_spec(trial.config)["params"]["planned_epsilon"]
+        band = epsilon_band(float(planned))
+        stop = self.rule.should_stop(trial_id=trial.trial_id, band=band, epoch=int(result["epoch"]),
+                                     accuracy=float(result["test_accuracy"]))
+        return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+
+
+def connect_ray(address: str | None) -> None:
+    """Local Ray with this machine's resources, or an existing cluster at ``address``."""
+    if ray.is_initialized():
+        return
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             configure_logging=True)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"{trial_spec(trial.config)['name']}_{trial.trial_id}"
+
+
+def run_trials(
+    space: SearchSpace,
+    *,
+    tracker: SweepTracker,
+    storage_path: Path,
+    name: str,
+    grid: Sequence[PlannedTrial] | None,
+    searcher: BudgetedOptunaSearch | None,
+    resume: bool,
+    max_failures: int = 2,
+) -> tuple[SweepStats, Any]:
+    """Run the trials on Ray Tune; returns the time split and Ray's ResultGrid."""
+    stats = SweepStats()
+    total = len(grid) if grid is not None else space.trials
+    callback = TrackingCallback(tracker, stats, total=total)
+    trainable = tune.with_resources(run_trial, {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
+    experiment = storage_path / name
+    if resume and tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+        tuner._local_tuner._run_config.callbacks = [callback]  # the restored callback lost its tracker state
+        return stats, tuner.fit()
+
+    scheduler = None
+    if space.pruner == "asha":
+        max_epochs = max(int(t.train_config["epochs"]) for t in grid) if grid else int(space.fixed.get("epochs", 15))
+        scheduler = BandedASHA(BandedSuccessiveHalving(grace_period=max(1, max_epochs // 4), max_epochs=max_epochs))
+    param_space: dict[str, Any] = {}
+    if grid is not None:
+        param_space = {"trial": tune.grid_search([
+            encode_spec({"train": dict(t.train_config), "name": t.name, "key": t.key, "params": t.params()})
+            for t in grid
+        ])}
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=1 if grid is not None else space.trials,
+            reuse_actors=True, trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage_path), verbose=0, callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    return stats, tuner.fit()

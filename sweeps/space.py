@@ -1,0 +1,581 @@
+"""Search spaces: YAML sweep definitions, validated before anything runs.
+
+A search space is a small YAML file (shipped ones live in the ``search_spaces`` package)::
+
+    name: digits_quick              # must equal the file stem
+    description: one line shown by --list
+    fixed: {dataset: digits, model: digits_cnn, epochs: 15, delta: 1.0e-5}
+    axes:
+      max_grad_norm: [0.5, 1.0, 2.0]                     # a grid list
+      lr: {low: 0.2, high: 2.0, log: true, num: 3}       # a range
+    epsilon_budget: 8.0
+    search: grid                    # grid | optuna
+    trials: 24                      # optuna: required; grid: optional cap on the points run
+    objective: single               # single | multi
+    pruner: asha                    # asha | none
+    resources: {cpus: 1, gpus: 0}
+    seed: 0
+
+Files are data: they are read with ``yaml.safe_load`` only, nothing named in them is imported
+or evaluated. Every check runs in :func:`load_space`, so a typo fails in milliseconds with a
+message naming the file, the key, the bad value and what is allowed, instead of after an hour
+of trials. The training keys under ``fixed`` and ``axes`` are dp_core's flat ``TrainConfig``
+keys, and each trial configuration is validated by ``TrainConfig.from_dict`` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import itertools
+import math
+import re
+import types
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import search_spaces
+from dp_core import config as dp_config
+from dp_core._validate import ConfigError, require, require_choice, require_positive
+
+__all__ = [
+    "SPACES_DIR",
+    "SEARCH_MODES",
+    "OBJECTIVES",
+    "PRUNERS",
+    "Range",
+    "Axis",
+    "SearchSpace",
+    "list_spaces",
+    "load_space",
+]
+
+SPACES_DIR: Path = Path(search_spaces.__file__).parent
+
+SEARCH_MODES = ("grid", "optuna")
+OBJECTIVES = ("single", "multi")
+PRUNERS = ("asha", "none")
+
+_TOP_LEVEL_KEYS = (
+    "name", "description", "fixed", "axes", "epsilon_budget", "search", "trials", "objective",
+    "pruner", "resources", "seed",
+)  # fmt: skip
+_REQUIRED_KEYS = ("name", "fixed", "axes", "search")
+_RANGE_KEYS = ("low", "high", "log", "num")
+_RESOURCE_KEYS = ("cpus", "gpus")
+# Pairs of TrainConfig keys that say the same thing two ways; a space may give only one of each.
+_EXCLUSIVE_KEYS = (("noise_multiplier", "target_epsilon"), ("batch_size", "sample_rate"))
+# Names people write for TrainConfig keys (Opacus example flags, other libraries) that difflib
+# cannot match by spelling: "learning_rate" is far from "lr".
+_SYNONYMS = {
+    "learning_rate": "lr", "learningrate": "lr", "step_size": "lr",
+    "sigma": "noise_multiplier", "noise": "noise_multiplier", "noise_scale": "noise_multiplier",
+    "c": "max_grad_norm", "clip": "max_grad_norm", "clipping_norm": "max_grad_norm", "clip_norm": "max_grad_norm",
+    "max_norm": "max_grad_norm", "max_per_sample_grad_norm": "max_grad_norm", "l2_norm_clip": "max_grad_norm",
+    "epsilon": "target_epsilon", "eps": "target_epsilon", "target_eps": "target_epsilon",
+    "batch": "batch_size", "bs": "batch_size", "arch": "model", "architecture": "model",
+    "n_epochs": "epochs", "num_epochs": "epochs", "wd": "weight_decay", "optim": "optimizer",
+    "schedule": "lr_schedule", "lr_scheduler": "lr_schedule",
+}  # fmt: skip
+# YAML 1.1 (PyYAML) reads 1e-5 and 1.0e5 as strings: it wants a dot and a signed exponent.
+_SCIENTIFIC = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+# ---- the data ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Range:
+    """A numeric interval: Optuna samples it; grid search uses ``num`` points across it."""
+
+    low: float
+    high: float
+    log: bool = False
+    num: int | None = None
+    integer: bool = False
+
+    def grid_values(self) -> list[float]:
+        """``num`` points from low to high (geometric if ``log``), rounded to 4 significant digits.
+
+        Integer ranges (keys such as batch_size, epochs) give distinct ints; the ends are exact.
+        """
+        if self.num is None:
+            raise ConfigError(
+                f"Expected num (an integer >= 1) for a grid over the range [{self.low}, {self.high}], "
+                "but got num=None."
+            )
+        num = self.num
+        if num == 1:
+            raw = [float(self.low)]
+        elif self.log:
+            a, b = math.log(self.low), math.log(self.high)
+            raw = [math.exp(a + (b - a) * i / (num - 1)) for i in range(num)]
+        else:
+            raw = [self.low + (self.high - self.low) * i / (num - 1) for i in range(num)]
+        if num > 1:
+            raw[0], raw[-1] = float(self.low), float(self.high)
+        values: list[Any]
+        if self.integer:
+            values = [int(round(v)) for v in raw]
+        else:
+            values = [float(f"{v:.4g}") for v in raw]
+            values[0] = float(self.low)
+            values[-1] = float(self.high) if num > 1 else values[-1]
+        return list(dict.fromkeys(values))  # distinct, in order (rounding can merge integer points)
+
+
+Axis = tuple[Any, ...] | Range  # a grid list is stored as a tuple
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchSpace:
+    """One validated search space. ``fixed`` and ``axes`` are read-only mappings in file order."""
+
+    name: str
+    description: str
+    source: Path
+    fixed: Mapping[str, Any]
+    axes: Mapping[str, Axis]
+    epsilon_budget: float | None
+    search: str
+    trials: int | None
+    objective: str
+    pruner: str
+    cpus_per_trial: float
+    gpus_per_trial: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fixed", types.MappingProxyType(dict(self.fixed)))
+        object.__setattr__(self, "axes", types.MappingProxyType(dict(self.axes)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # MappingProxyType does not pickle; Ray ships the space to workers, so rebuild from dicts.
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        state["fixed"], state["axes"] = dict(self.fixed), dict(self.axes)
+        return (_rebuild_space, (state,))
+
+    @property
+    def grid_size(self) -> int:
+        """Number of points of the full cartesian product (before any ``trials`` cap)."""
+        return math.prod(len(values) for values in self._axis_values().values())
+
+    def grid_axis_values(self) -> list[dict[str, Any]]:
+        """The grid's points as axis values only (no ``fixed``), in :meth:`grid_points` order.
+
+        Axes vary in file order, the last axis fastest; ranges contribute ``grid_values()``.
+        When ``trials`` is set, only the first ``trials`` points in that order are returned.
+        """
+        axis_values = self._axis_values()
+        names = list(axis_values)
+        product: Iterator[tuple[Any, ...]] = itertools.product(*axis_values.values())
+        if self.trials is not None:
+            product = itertools.islice(product, self.trials)
+        return [dict(zip(names, combo, strict=True)) for combo in product]
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every grid point as a full flat config for ``TrainConfig.from_dict`` (see ``trial_config``)."""
+        return [self.trial_config(values) for values in self.grid_axis_values()]
+
+    def with_overrides(self, *, search: str | None = None, trials: int | None = None) -> SearchSpace:
+        """A copy with the search mode and/or trial count replaced (CLI flags), validated again.
+
+        ``None`` keeps the file's value. Switching to grid needs ``num`` on every range; switching
+        to optuna needs a trial count from the file or from ``trials``.
+        """
+        changed = dataclasses.replace(
+            self, search=self.search if search is None else search, trials=self.trials if trials is None else trials,
+        )
+        _check_search_settings(changed, self.source, override=True)
+        _check_trial_configs(changed, self.source)
+        return changed
+
+    def trial_config(self, axis_values: Mapping[str, Any]) -> dict[str, Any]:
+        """``fixed`` ∪ ``axis_values`` ∪ ``{"epsilon_budget": budget}`` as one flat mapping."""
+        for key in axis_values:
+            if key not in self.axes:
+                raise dp_config.unknown_key_error(str(key), tuple(self.axes), where=f"axes of {self.source}")
+        merged = {**self.fixed, **axis_values}
+        if self.epsilon_budget is not None and "epsilon_budget" not in merged:
+            merged["epsilon_budget"] = self.epsilon_budget
+        return merged
+
+    def _axis_values(self) -> dict[str, list[Any]]:
+        return {
+            key: axis.grid_values() if isinstance(axis, Range) else list(axis) for key, axis in self.axes.items()
+        }
+
+
+def _rebuild_space(state: dict[str, Any]) -> SearchSpace:
+    return SearchSpace(**state)
+
+
+# ---- finding and loading ----------------------------------------------------------------------
+
+
+def list_spaces() -> list[SearchSpace]:
+    """Every shipped space (``*.yaml`` in :data:`SPACES_DIR`), validated, sorted by name."""
+    return sorted((load_space(str(path)) for path in SPACES_DIR.glob("*.yaml")), key=lambda s: s.name)
+
+
+def load_space(name_or_path: str | Path) -> SearchSpace:
+    """Load and validate a shipped space by name (``"digits_quick"``) or a ``.yaml`` file by path."""
+    text = str(name_or_path)
+    looks_like_path = isinstance(name_or_path, Path) or "/" in text or "\\" in text or text.endswith((".yaml", ".yml"))
+    if looks_like_path:
+        path = Path(text).expanduser().absolute()  # Ray workers may run elsewhere: keep no cwd-relative path
+        if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise ConfigError(f"Search space file {path} {what}. Give a path to a .yaml file or a shipped name.")
+    else:
+        path = SPACES_DIR / f"{text}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+            close = difflib.get_close_matches(text, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"Unknown search space {text!r}.{hint} Known spaces: {', '.join(known) or '(none)'} "
+                f"(in {SPACES_DIR}); or give a path to a .yaml file."
+            )
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"Could not read search space file {path}: {error}.") from None
+    return _parse(_safe_load(source, path), path)
+
+
+def _safe_load(source: str, path: Path) -> Any:
+    try:
+        return yaml.safe_load(source)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        detail = getattr(error, "problem", None) or str(error)
+        context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+        if context:
+            at = f" at line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark is not None else ""
+            detail = f"{detail} ({context}{at})"
+        note = ""
+        if isinstance(error, yaml.constructor.ConstructorError):
+            note = (
+                " Search spaces are plain data: tags such as !!python/... are refused and nothing "
+                "named in a file is ever imported or run."
+            )
+        raise ConfigError(f"Malformed YAML in {where}: {detail}.{note}") from None
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _in_file(path: Path) -> Iterator[None]:
+    """Re-raise dp_core's ConfigError messages with the file named, as ``from_dict(where=)`` does."""
+    try:
+        yield
+    except ConfigError as error:
+        raise ConfigError(f"{error} (in {path})") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _coerce(value: Any) -> Any:
+    """Read ``1e-5``-style strings as numbers, as YAML 1.2 and every user would."""
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def _integer_keys() -> frozenset[str]:
+    """TrainConfig keys typed ``int`` (batch_size, epochs, ...), read from dp_core's dataclasses."""
+    classes = (
+        dp_config.DataConfig, dp_config.ModelConfig, dp_config.OptimizerConfig,
+        dp_config.PrivacyConfig, dp_config.TrainConfig,
+    )  # fmt: skip
+    keys = set()
+    for cls in classes:
+        for field in dataclasses.fields(cls):
+            parts = {part.strip() for part in str(field.type).split("|")}
+            if "int" in parts and "float" not in parts:
+                keys.add(field.name)
+    return frozenset(keys)
+
+
+def _parse(data: Any, path: Path) -> SearchSpace:
+    require_here = _require_in(path)
+
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"{type(data).__name__} {data!r}"
+        raise ConfigError(
+            f"Expected the top level of {path} to be a mapping with keys {', '.join(_TOP_LEVEL_KEYS)} "
+            f"(required: {', '.join(_REQUIRED_KEYS)}), but got {got}."
+        )
+    for key in data:
+        if key not in _TOP_LEVEL_KEYS:
+            raise dp_config.unknown_key_error(str(key), _TOP_LEVEL_KEYS, where=str(path))
+    for key in _REQUIRED_KEYS:
+        if key not in data:
+            raise ConfigError(
+                f"Missing required key {key!r} in {path}. Required keys: {', '.join(_REQUIRED_KEYS)}."
+            )
+
+    name = data["name"]
+    require_here(isinstance(name, str) and name != "", key="name", value=name, allowed="to be a non-empty string")
+    require_here(
+        name == path.stem, key="name", value=name,
+        allowed=f"to equal the file name without .yaml ({path.stem!r}), so spaces are found by name",
+    )
+    description = data.get("description", "")
+    description = "" if description is None else description
+    require_here(isinstance(description, str), key="description", value=description, allowed="to be a string")
+
+    search = data["search"]
+    known = dp_config.known_keys()
+    fixed = _parse_fixed(data["fixed"], path, known)
+    axes = _parse_axes(data["axes"], path, known)
+
+    for key in axes:
+        if key in fixed:
+            raise ConfigError(
+                f"Key {key!r} is in both fixed and axes of {path}, with fixed {key}={fixed[key]!r} and "
+                f"axes {key}={_describe_axis(axes[key])}. Give it in one place only."
+            )
+    present = {**fixed, **axes}
+    for first, second in _EXCLUSIVE_KEYS:
+        if first in present and second in present:
+            raise ConfigError(
+                f"Expected at most one of {first} and {second} in fixed/axes of {path}, but got both "
+                f"({first}={_describe(present, fixed, first)}, {second}={_describe(present, fixed, second)})."
+            )
+
+    trials = data.get("trials")
+
+    objective = data.get("objective", "single")
+    pruner = data.get("pruner", "none")
+    with _in_file(path):
+        require_choice(objective, key="objective", choices=OBJECTIVES)
+        require_choice(pruner, key="pruner", choices=PRUNERS)
+
+    budget = _coerce(data.get("epsilon_budget"))
+    if budget is not None:
+        with _in_file(path):
+            require_positive(budget, key="epsilon_budget")
+        budget = float(budget)
+    for where, section in (("fixed", fixed), ("axes", axes)):
+        if "epsilon_budget" in section:
+            raise ConfigError(
+                f"Expected epsilon_budget at the top level of {path}, but got it in {where} "
+                f"({where}.epsilon_budget={_describe(present, fixed, 'epsilon_budget')}). The sweep "
+                "skips trials over the budget and every trial stops at it, so it is one value per space."
+            )
+
+    cpus, gpus = _parse_resources(data.get("resources"), path)
+
+    seed = data.get("seed", 0)
+    require_here(_is_int(seed) and seed >= 0, key="seed", value=seed, allowed="to be an integer >= 0")
+
+    space = SearchSpace(
+        name=name, description=description, source=path, fixed=fixed, axes=axes, epsilon_budget=budget,
+        search=search, trials=trials, objective=objective, pruner=pruner,
+        cpus_per_trial=cpus, gpus_per_trial=gpus, seed=seed,
+    )  # fmt: skip
+    _check_search_settings(space, path)
+    _check_trial_configs(space, path)
+    return space
+
+
+def _require_in(path: Path) -> Any:
+    def check(condition: bool, *, key: str, value: Any, allowed: str) -> None:
+        with _in_file(path):
+            require(condition, key=key, value=value, allowed=allowed)
+
+    return check
+
+
+def _describe(present: Mapping[str, Any], fixed: Mapping[str, Any], key: str) -> str:
+    value = present[key]
+    return repr(value) if key in fixed else _describe_axis(value)
+
+
+def _describe_axis(axis: Axis) -> str:
+    if isinstance(axis, Range):
+        parts = [f"low: {axis.low}", f"high: {axis.high}", f"log: {str(axis.log).lower()}"]
+        if axis.num is not None:
+            parts.append(f"num: {axis.num}")
+        return "{" + ", ".join(parts) + "}"
+    return repr(list(axis))
+
+
+def _check_train_keys(section: Any, path: Path, known: tuple[str, ...], *, where: str) -> None:
+    for key in section:
+        if not isinstance(key, str) or key not in known:
+            raise _unknown_train_key(str(key), known, where=f"{where} of {path}")
+
+
+def _unknown_train_key(key: str, known: tuple[str, ...], *, where: str) -> ConfigError:
+    """dp_core's unknown-key error, with a hint for common synonyms that spelling alone misses."""
+    error = dp_config.unknown_key_error(key, known, where=where)
+    synonym = _SYNONYMS.get(key.lower().replace("-", "_"))
+    message = str(error)
+    if "Did you mean" in message or synonym not in known:
+        return error
+    head, marker, tail = message.partition(" Known keys: ")
+    return ConfigError(f"{head} Did you mean {synonym!r}?{marker}{tail}")
+
+
+def _parse_fixed(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    _require_in(path)(
+        isinstance(raw, dict), key="fixed", value=raw,
+        allowed="to be a mapping of training keys to values (it may be empty: fixed: {})",
+    )
+    _check_train_keys(raw, path, known, where="fixed")
+    return {key: _coerce(value) for key, value in raw.items()}
+
+
+def _parse_axes(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Axis]:
+    _require_in(path)(
+        isinstance(raw, dict) and len(raw) > 0, key="axes", value=raw,
+        allowed="to be a non-empty mapping of training keys to a list of values or a range {low, high, log, num}",
+    )
+    _check_train_keys(raw, path, known, where="axes")
+    integer_keys = _integer_keys()
+    return {
+        key: _parse_axis(value, path, key=key, integer=key in integer_keys) for key, value in raw.items()
+    }
+
+
+def _parse_axis(raw: Any, path: Path, *, key: str, integer: bool) -> Axis:
+    require_here = _require_in(path)
+    label = f"axes.{key}"
+    if isinstance(raw, list):
+        if not raw:
+            raise ConfigError(
+                f"Expected {label} to be a non-empty list of values, but got an empty grid "
+                f"({label}=[]) in {path}. Give at least one value, or move the key to fixed."
+            )
+        values = [_coerce(value) for value in raw]
+        for i, value in enumerate(values):
+            require_here(
+                value is None or isinstance(value, (str, int, float, bool)), key=f"{label}[{i}]", value=value,
+                allowed="to be a single value (a number, string, true/false or null), not a list or mapping",
+            )
+        for i, value in enumerate(values):
+            if any(value == other and type(value) is type(other) for other in values[:i]):
+                raise ConfigError(
+                    f"Expected the values of {label} to be distinct, but got {value!r} twice "
+                    f"({label}={raw!r}) in {path}; a repeated value only repeats trials."
+                )
+        return tuple(values)
+
+    if isinstance(raw, dict):
+        for sub in raw:
+            if sub not in _RANGE_KEYS:
+                raise dp_config.unknown_key_error(str(sub), _RANGE_KEYS, where=f"the range {label} of {path}")
+        for sub in ("low", "high"):
+            if sub not in raw:
+                raise ConfigError(
+                    f"Missing {sub!r} in the range {label} of {path} (got {raw!r}). A range needs "
+                    "low and high, and optionally log (true/false) and num (grid points)."
+                )
+        low, high = _coerce(raw["low"]), _coerce(raw["high"])
+        kind = "an integer" if integer else "a finite number"
+        for sub, value in (("low", low), ("high", high)):
+            ok = _is_int(value) if integer else _is_number(value)
+            require_here(
+                ok, key=f"{label}.{sub}", value=value,
+                allowed=f"to be {kind}" + (f" ({key} takes integers)" if integer else ""),
+            )
+        if not low <= high:
+            raise ConfigError(f"`low <= high` must hold, but got (low={low!r}, high={high!r}) for {label} in {path}.")
+        log = raw.get("log", False)
+        require_here(isinstance(log, bool), key=f"{label}.log", value=log, allowed="to be true or false")
+        if log and not low > 0:
+            raise ConfigError(
+                f"`low > 0` must hold for a log range, but got (low={low!r}, high={high!r}, log=true) "
+                f"for {label} in {path}. Use log: false, or a positive low."
+            )
+        num = raw.get("num")
+        if num is not None:
+            require_here(_is_int(num) and num >= 1, key=f"{label}.num", value=num, allowed="to be an integer >= 1")
+        return Range(
+            low=low if integer else float(low), high=high if integer else float(high),
+            log=log, num=num, integer=integer,
+        )
+
+    raise ConfigError(
+        f"Expected {label} to be a list of values (e.g. [0.5, 1.0]) or a range mapping "
+        f"{{low, high, log, num}}, but got {label}={raw!r} ({type(raw).__name__}) in {path}. "
+        f"A single value belongs in fixed."
+    )
+
+
+def _parse_resources(raw: Any, path: Path) -> tuple[float, float]:
+    require_here = _require_in(path)
+    if raw is None:
+        raw = {}
+    require_here(
+        isinstance(raw, dict), key="resources", value=raw, allowed="to be a mapping such as {cpus: 1, gpus: 0}",
+    )
+    for key in raw:
+        if key not in _RESOURCE_KEYS:
+            raise dp_config.unknown_key_error(str(key), _RESOURCE_KEYS, where=f"resources of {path}")
+    cpus, gpus = _coerce(raw.get("cpus", 1)), _coerce(raw.get("gpus", 0))
+    require_here(_is_number(cpus) and cpus > 0, key="resources.cpus", value=cpus, allowed="to be a number > 0")
+    require_here(
+        _is_number(gpus) and gpus >= 0, key="resources.gpus", value=gpus,
+        allowed="to be a number >= 0 (fractions such as 0.25 share a GPU between trials)",
+    )
+    return float(cpus), float(gpus)
+
+
+def _check_search_settings(space: SearchSpace, path: Path, *, override: bool = False) -> None:
+    """What the search mode needs: a trial count for optuna, ``num`` on every range for grid."""
+    source = " (overridden from the command line)" if override else ""
+    with _in_file(path):
+        require_choice(space.search, key="search", choices=SEARCH_MODES)
+    trials = space.trials
+    if trials is not None or space.search == "optuna":
+        allowed = (
+            "to be an integer >= 1 (required for search: optuna: the number of trials to sample)"
+            if space.search == "optuna"
+            else "to be an integer >= 1 (for search: grid, a cap on the grid points run) or absent"
+        )
+        _require_in(path)(_is_int(trials) and trials >= 1, key="trials", value=trials, allowed=allowed + source)
+    if space.search == "grid":
+        for key, axis in space.axes.items():
+            if isinstance(axis, Range) and axis.num is None:
+                raise ConfigError(
+                    f"Expected axes.{key}.num (an integer >= 1, the number of grid points) for search: grid"
+                    f"{source}, but got axes.{key}={_describe_axis(axis)} without num in {path}. Add num, "
+                    "give a list of values, or use search: optuna."
+                )
+
+
+def _check_trial_configs(space: SearchSpace, path: Path) -> None:
+    """Build a TrainConfig for every trial the space can run (grid), or for each axis' extremes (optuna)."""
+    if space.search == "grid":
+        names = list(space.axes)
+        candidates = [{key: point[key] for key in names} for point in space.grid_points()]
+    else:
+        base = {key: axis.low if isinstance(axis, Range) else axis[0] for key, axis in space.axes.items()}
+        candidates = [base]
+        for key, axis in space.axes.items():
+            values = (axis.low, axis.high) if isinstance(axis, Range) else axis
+            candidates += [{**base, key: value} for value in values if value != base[key]]
+    for axis_values in candidates:
+        try:
+            dp_config.TrainConfig.from_dict(space.trial_config(axis_values), where=str(path))
+        except ConfigError as error:
+            shown = ", ".join(f"{key}={value!r}" for key, value in axis_values.items())
+            raise ConfigError(f"{error} First failing trial: {shown}.") from None

@@ -1,0 +1,183 @@
+"""End to end: `python -m sweeps.launch` on real local Ray with a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.frontier import Point, pareto_front
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+# One slot (a trial takes both CPUs), so trials run in grid order and pruning is deterministic:
+# trial_0001 (lr 0.001) reaches the first rung behind trial_0000 (lr 2), same ε band.
+TINY_SPACE = """
+name: {name}
+description: tiny end-to-end sweep
+fixed:
+  dataset: digits
+  model: mlp
+  batch_size: 256
+  epochs: 4
+  delta: 1.0e-5
+  accountant: rdp
+axes:
+  noise_multiplier: [1.5, 0.3]
+  lr: [2.0, 0.001]
+epsilon_budget: 6.0
+search: grid
+pruner: asha
+resources: {{cpus: 2, gpus: 0}}
+"""
+
+
+def _launch(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.launch", *args, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+         "--results-dir", str(tmp_path / "results")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def _runs(tmp_path: Path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("dpsweep")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("dpsweep.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"]
+    return client, parents, children
+
+
+def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Path) -> None:
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE.format(name="tiny"))
+    done = _launch(tmp_path, "--space", str(space))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "skipped trial_0002" in done.stdout  # σ = 0.3 is far over an ε budget of 6
+    assert "frontier" in done.stdout and "RDP" in done.stdout
+
+    client, parents, children = _runs(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.params["epsilon_budget"] == "6.0" and parent.data.params["accountant"] == "rdp"
+    assert "version.opacus" in parent.data.params
+    assert len(children) == 4  # one child run per grid point, skipped ones included
+
+    outcomes = {c.info.run_name: c.data.tags["dpsweep.outcome"] for c in children}
+    assert outcomes["trial_0002"] == outcomes["trial_0003"] == "skipped_over_budget"
+    assert outcomes["trial_0000"] == "completed"
+    assert outcomes["trial_0001"] == "pruned"
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.params["max_grad_norm"] and child.data.params["noise_multiplier"]
+        if outcomes[child.info.run_name] == "skipped_over_budget":
+            assert child.data.metrics["planned_epsilon"] > 6.0
+            assert not client.get_metric_history(child.info.run_id, "test_accuracy")  # never trained
+
+    # Every logged ε is within the budget, per epoch.
+    points = []
+    for child in children:
+        accuracy = client.get_metric_history(child.info.run_id, "test_accuracy")
+        epsilon = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "epsilon")}
+        assert all(value <= 6.0 for value in epsilon.values())
+        if outcomes[child.info.run_name] == "completed":
+            assert [m.step for m in accuracy] == [1, 2, 3, 4]
+        for m in accuracy:
+            points.append(Point(epsilon=epsilon[m.step], accuracy=m.value, run_id=child.info.run_id,
+                                trial=child.info.run_name, epoch=m.step))
+
+    # The frontier artifact is exactly the Pareto set of the logged points.
+    folder = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path / "artifacts")))
+    assert {"frontier.csv", "frontier.png", "best_per_epsilon.json"} <= {p.name for p in folder.iterdir()}
+    with open(folder / "frontier.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(points)
+    on_front = {(r["run_id"], int(r["epoch"])) for r in rows if r["on_frontier"] == "true"}
+    assert on_front == {(p.run_id, p.epoch) for p in pareto_front(points)}
+    assert (folder / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert parent.data.metrics["train_share"] > 0
+
+
+def test_bad_space_stops_before_anything_runs(tmp_path: Path) -> None:
+    space = tmp_path / "typo.yaml"
+    space.write_text(TINY_SPACE.format(name="typo").replace("noise_multiplier:", "noise_multiplyer:"))
+    done = _launch(tmp_path, "--space", str(space), timeout=120)
+    assert done.returncode == 2
+    assert "noise_multiplyer" in done.stderr and "noise_multiplier" in done.stderr and str(space) in done.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
+
+    unknown = _launch(tmp_path, "--space", "no_such_space", timeout=120)
+    assert unknown.returncode == 2 and "digits_quick" in unknown.stderr
+
+
+def test_delta_not_below_one_over_n_stops_before_anything_runs(tmp_path: Path) -> None:
+    space = tmp_path / "bigdelta.yaml"
+    space.write_text(TINY_SPACE.format(name="bigdelta").replace("delta: 1.0e-5", "delta: 1.0e-3"))
+    done = _launch(tmp_path, "--space", str(space), timeout=120)
+    assert done.returncode == 2 and "1/N" in done.stderr and "delta" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_budget_below_every_trial_stops_before_anything_runs(tmp_path: Path) -> None:
+    space = tmp_path / "tight.yaml"
+    space.write_text(TINY_SPACE.format(name="tight").replace("epsilon_budget: 6.0", "epsilon_budget: 0.5"))
+    done = _launch(tmp_path, "--space", str(space), timeout=120)
+    assert done.returncode == 2 and "epsilon_budget" in done.stderr and "cheapest trial" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_list_shows_the_shipped_spaces(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "sweeps.launch", "--list"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0
+    for name in ("digits_quick", "digits_grid", "mnist_grid", "cifar10_grid"):
+        assert name in done.stdout
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
+    space = tmp_path / "resumable.yaml"
+    space.write_text(TINY_SPACE.format(name="resumable").replace("pruner: asha", "pruner: none")
+                     .replace("epochs: 4", "epochs: 6"))
+    command = [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri",
+               f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results")]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = []
+    deadline = time.monotonic() + 300
+    assert process.stdout is not None
+    for line in process.stdout:  # wait for the first trial to finish, then interrupt like Ctrl-C
+        lines.append(line)
+        if line.startswith("[1/2]") or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=180)
+    log = "".join(lines) + rest
+    assert "[1/2]" in log, log
+    _, _, children = _runs(tmp_path)
+    finished_before = {c.info.run_name for c in children if c.data.tags["dpsweep.outcome"] == "completed"}
+    assert finished_before and len(finished_before) < 2, log
+
+    resumed = _launch(tmp_path, "--space", str(space), "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    client, parents, children = _runs(tmp_path)
+    assert len(parents) == 1  # the same sweep, continued
+    assert sorted(c.info.run_name for c in children) == [f"trial_000{i}" for i in range(4)]  # no duplicates
+    trained = [c for c in children if c.data.tags["dpsweep.outcome"] != "skipped_over_budget"]
+    assert {c.data.tags["dpsweep.outcome"] for c in trained} == {"completed"}
+    for child in trained:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "test_accuracy")]
+        assert steps == sorted(set(steps)) == list(range(1, 7)), (child.info.run_name, steps)
+    progress = [line for line in resumed.stdout.splitlines() if line.startswith("[")]
+    for name in finished_before:  # finished trials were not run again
+        assert not any(name in line for line in progress), progress
+    assert all(math.isfinite(c.data.metrics.get("epsilon", 0)) for c in trained)

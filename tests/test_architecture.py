@@ -1,0 +1,27 @@
+"""The layering the folder tree promises: dp_core never imports the orchestration stack."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_contracts_hold() -> None:
+    command = shutil.which("lint-imports")
+    assert command is not None, "import-linter is a test dependency: pip install -e '.[test]'"
+    done = subprocess.run([command], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "broken" in done.stdout and "0 broken" in done.stdout
+
+
+def test_dp_core_runs_without_ray_optuna_mlflow() -> None:
+    """Importing and planning with dp_core loads none of the orchestration libraries."""
+    code = (
+        "import sys; import dp_core.train, dp_core.plan, dp_core.cli; "
+        "bad = [m for m in ('ray', 'optuna', 'mlflow', 'sweeps') if m in sys.modules]; "
+        "print(bad); raise SystemExit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
