@@ -171,6 +171,13 @@ def plot_frontier(
 
 
 def _fmt_param(value: Any) -> str:
+    # MLflow hands params back as strings; show long floats (Optuna's samples) to 4 digits.
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return value if len(value) <= 8 else f"{number:.4g}"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

@@ -181,3 +181,56 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     for name in finished_before:  # finished trials were not run again
         assert not any(name in line for line in progress), progress
     assert all(math.isfinite(c.data.metrics.get("epsilon", 0)) for c in trained)
+
+
+OPTUNA_SPACE = """
+name: tinyopt
+description: tiny optuna sweep
+fixed:
+  dataset: digits
+  model: mlp
+  batch_size: 256
+  epochs: 3
+  delta: 1.0e-5
+  accountant: rdp
+axes:
+  noise_multiplier: {{low: 0.3, high: 4.0, log: true}}
+  lr: {{low: 0.5, high: 3.0, log: true}}
+epsilon_budget: 4.0
+search: optuna
+trials: 4
+objective: {objective}
+pruner: none
+resources: {{cpus: 1, gpus: 0}}
+seed: 3
+"""
+
+
+@pytest.mark.parametrize("objective", ["single", "multi"])
+def test_optuna_search_skips_over_budget_suggestions_and_tells_optuna(tmp_path: Path, objective: str) -> None:
+    import optuna
+
+    space = tmp_path / "tinyopt.yaml"
+    space.write_text(OPTUNA_SPACE.format(objective=objective))
+    done = _launch(tmp_path, "--space", str(space))
+    assert done.returncode == 0, done.stdout + done.stderr
+    client, parents, children = _runs(tmp_path)
+    outcomes = [c.data.tags["dpsweep.outcome"] for c in children]
+    assert outcomes.count("completed") == 4  # `trials: 4` counts trained trials
+    skipped = [c for c in children if c.data.tags["dpsweep.outcome"] == "skipped_over_budget"]
+    assert skipped, "seed 3 suggests some σ whose planned ε is over the budget"
+    for child in skipped:
+        assert child.data.metrics["planned_epsilon"] > 4.0
+        assert float(child.data.params["noise_multiplier"]) < 2.0
+    for child in children:
+        for m in client.get_metric_history(child.info.run_id, "epsilon"):
+            assert m.value <= 4.0
+
+    # The Optuna study saw every suggestion: trained ones complete, over-budget ones pruned.
+    storage = f"sqlite:///{next((tmp_path / 'results').glob('*-optuna.db'))}"
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(skipped)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert all(len(t.values) == (2 if objective == "multi" else 1) for t in complete)
