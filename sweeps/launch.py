@@ -9,12 +9,9 @@ holds and attach it (CSV, PNG, per-bucket best) to the parent run.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -68,7 +65,9 @@ def _sweep_name(space_name: str, results_dir: Path, resume: str | None) -> str:
         if not (results_dir / resume).is_dir():
             raise ConfigError(f"Expected --resume to name a sweep folder in {results_dir}, but got {resume!r}.")
         return resume
-    earlier = sorted(p.name for p in results_dir.glob(f"{space_name}-*") if p.is_dir())
+    # A sweep folder is one Ray Tune can restore from (it holds Tune's experiment state).
+    earlier = sorted(p.name for p in results_dir.glob(f"{space_name}-*")
+                     if p.is_dir() and any(p.glob("experiment_state*.json")))
     if not earlier:
         raise ConfigError(f"Expected an earlier sweep of space {space_name!r} in {results_dir} to resume, but found none.")
     return earlier[-1]
@@ -124,25 +123,28 @@ def _run(args: argparse.Namespace) -> int:
     import mlflow
 
     from sweeps import runner
-    from sweeps.frontier import (best_per_bucket, default_buckets, format_frontier_table, pareto_front,
-                                 plot_frontier, write_frontier_csv)
     from sweeps.planning import plan_trial
+    from sweeps.report import FrontierReport
     from sweeps.search import BudgetedOptunaSearch
-    from sweeps.tracking import SweepTracker
+    from sweeps.tracking import SweepTracker, TrackingUnavailable
 
     tracking_uri = args.tracking_uri or mlflow.get_tracking_uri()
-    tracker = SweepTracker(tracking_uri=tracking_uri, experiment=args.experiment)
+    journal = results_dir / f"{sweep_name}-mlflow-journal.jsonl"
+    tracker = SweepTracker(tracking_uri=tracking_uri, experiment=args.experiment, journal=journal)
     first = grid[0].plan if grid else None
     delta = first.delta if first else float(space.fixed.get("delta", 1e-5))
     accountant = first.accountant if first else str(space.fixed.get("accountant", "prv"))
-    tracker.start_sweep(
-        sweep_id=sweep_name, run_name=sweep_name,
-        params={"space": space.name, "space_file": str(space.source), "search": space.search,
-                "objective": space.objective, "pruner": space.pruner, "epsilon_budget": space.epsilon_budget,
-                "delta": delta, "accountant": accountant, "trials": space.trials,
-                **{f"fixed.{k}": v for k, v in space.fixed.items()}, **_versions()},
-        tags={"dpsweep.space": space.name},
-    )
+    try:
+        tracker.start_sweep(
+            sweep_id=sweep_name, run_name=sweep_name,
+            params={"space": space.name, "space_file": str(space.source), "search": space.search,
+                    "objective": space.objective, "pruner": space.pruner, "epsilon_budget": space.epsilon_budget,
+                    "delta": delta, "accountant": accountant, "trials": space.trials,
+                    **{f"fixed.{k}": v for k, v in space.fixed.items()}, **_versions()},
+            tags={"dpsweep.space": space.name},
+        )
+    except TrackingUnavailable as error:
+        raise ConfigError(f"{error}. Start the tracking server or pass another --tracking-uri.") from None
     print(f"sweep {sweep_name}: space {space.name} ({space.search}), ε budget {space.epsilon_budget} "
           f"(δ = {delta:g}, {accountant.upper()} accountant); MLflow {tracking_uri}, "
           f"experiment {args.experiment!r}, parent run {tracker.parent_run_id}", flush=True)
@@ -174,30 +176,32 @@ def _run(args: argparse.Namespace) -> int:
         )
 
     runner.connect_ray(args.address)
-    stats, _ = runner.run_trials(space, tracker=tracker, storage_path=results_dir, name=sweep_name,
-                                 grid=runnable, searcher=searcher, resume=args.resume is not None)
-    orphans = tracker.close_orphans()
+    callback, results = runner.run_trials(space, tracker=tracker, storage_path=results_dir, name=sweep_name,
+                                          grid=runnable, searcher=searcher, resume=args.resume is not None)
+    stats = callback.stats
+    if tracker.offline:
+        tracker.flush()  # the server may be back by now
+    online = not tracker.offline
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    if unfinished:
+        # Interrupted (Ctrl-C, a lost driver): leave the state for --resume, no frontier yet.
+        if online:
+            tracker.close_orphans(outcome="interrupted")
+        tracker.log_sweep_tags({"dpsweep.state": "interrupted"})
+        tracker.end_sweep(status="KILLED")
+        print(f"\nsweep interrupted with {unfinished} trial(s) unfinished; nothing finished is lost. Continue with:\n"
+              f"  python -m sweeps.launch --space {args.space} --resume {sweep_name}", file=sys.stderr)
+        return 130
+    orphans = tracker.close_orphans() if online else 0
 
-    # The frontier is computed from what MLflow holds, so it is exactly the logged points.
-    points = tracker.points()
-    front = pareto_front(points)
-    buckets = best_per_bucket(points, default_buckets(space.epsilon_budget))
-    axis_keys = list(space.axes)
-    with tempfile.TemporaryDirectory() as folder:
-        csv_path = Path(folder) / "frontier.csv"
-        png_path = Path(folder) / "frontier.png"
-        best_path = Path(folder) / "best_per_epsilon.json"
-        write_frontier_csv(csv_path, points, front)
-        plot_frontier(png_path, points, front, budget=space.epsilon_budget, delta=delta, accountant=accountant,
-                      title=f"{space.name}: accuracy vs ε ({len(points)} points, {len(front)} on the frontier)")
-        best_path.write_text(json.dumps([
-            {"epsilon_at_most": bound, "accuracy": p.accuracy, "epsilon": p.epsilon, "run_id": p.run_id,
-             "trial": p.trial, "epoch": p.epoch, "params": {k: p.params.get(k) for k in axis_keys}}
-            if p is not None else {"epsilon_at_most": bound, "accuracy": None}
-            for bound, p in buckets
-        ], indent=2))
-        for path in (csv_path, png_path, best_path):
-            tracker.log_artifact(str(path))
+    # The frontier is computed from what MLflow holds, so it is exactly the logged points; with
+    # MLflow away, from what this process saw.
+    points = tracker.points() if online else callback.points
+    report = FrontierReport(points, budget=space.epsilon_budget, delta=delta, accountant=accountant,
+                            axis_keys=list(space.axes))
+    frontier_dir = results_dir / sweep_name / "frontier"
+    for path in report.write(frontier_dir, title=space.name):
+        tracker.log_artifact(str(path))
 
     wall = stats.wall_seconds()
     slots = _slots(space)
@@ -207,25 +211,27 @@ def _run(args: argparse.Namespace) -> int:
         "eval_seconds": stats.eval_seconds, "train_share": stats.train_seconds / slot_seconds if slot_seconds else 0.0,
         "orchestration_share": 1 - (stats.train_seconds + stats.eval_seconds) / slot_seconds if slot_seconds else 0.0,
     }
-    best = max((p for p in points if math.isfinite(p.epsilon)), key=lambda p: p.accuracy, default=None)
-    tracker.log_sweep_metrics({**split, "frontier_points": len(front), "points": len(points),
+    best = report.best()
+    tracker.log_sweep_metrics({**split, "frontier_points": len(report.front), "points": len(points),
                                "best_accuracy": best.accuracy if best else float("nan"),
                                "best_accuracy_epsilon": best.epsilon if best else float("nan")})
-    outcomes = tracker.outcomes()
+    outcomes = tracker.outcomes() if online else dict(callback.outcomes, skipped_over_budget=skipped)
     tracker.log_sweep_tags({f"dpsweep.trials.{k}": v for k, v in outcomes.items()})
     tracker.end_sweep()
 
     print()
-    print(format_frontier_table(front, delta=delta, accountant=accountant, param_keys=axis_keys))
-    print()
-    for bound, p in buckets:
-        text = f"acc {p.accuracy:.4f} at ε = {p.epsilon:.3f} ({p.trial}, epoch {p.epoch})" if p else "no trial"
-        print(f"  best with ε ≤ {bound:<5g} (δ = {delta:g}, {accountant.upper()}): {text}")
+    print(report.summary())
     print(f"\ntrials: {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}"
           + (f"; {orphans} left running by a dead process marked failed" if orphans else ""))
     print(f"time: {wall:.1f} s wall on {slots:g} trial slots; training {split['train_share']:.0%} of slot time, "
           f"evaluation {stats.eval_seconds / slot_seconds if slot_seconds else 0:.0%}, "
           f"orchestration (Ray start, scheduling, logging, idle) {split['orchestration_share']:.0%}")
+    print(f"frontier files: {frontier_dir}")
+    if tracker.offline:
+        print(f"\nMLflow at {tracking_uri} could not be reached during the sweep. Training finished and "
+              f"nothing is lost: the tracking writes are kept in {journal}.\nWhen the server is back, run:\n"
+              f"  python -m sweeps.sync {journal}", file=sys.stderr)
+        return 3
     print(f"open the results: mlflow ui --backend-store-uri {tracking_uri}  → experiment {args.experiment!r}, "
           f"run {sweep_name}")
     return 0

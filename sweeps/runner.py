@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from sweeps.frontier import Point
 from sweeps.planning import PlannedTrial
 from sweeps.pruning import BandedSuccessiveHalving, epsilon_band
 from sweeps.search import BudgetedOptunaSearch, trial_outcome
@@ -56,7 +58,9 @@ class TrackingCallback(tune.Callback):
         self.stats = stats
         self.total = total
         self.out = out
-        self._runs: dict[str, str] = {}
+        self._started: set[str] = set()
+        self.points: list[Point] = []  # what this process saw; the frontier if MLflow is away
+        self.outcomes: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -67,14 +71,15 @@ class TrackingCallback(tune.Callback):
         self.__dict__.update(state)
         self.out = sys.stdout
 
-    def _run(self, trial: Any) -> str:
-        if trial.trial_id not in self._runs:
-            spec = trial_spec(trial.config)
-            self._runs[trial.trial_id] = self.tracker.start_trial(key=spec["key"], name=spec["name"], params=spec["params"])
-        return self._runs[trial.trial_id]
+    def _key(self, trial: Any) -> str:
+        spec = trial_spec(trial.config)
+        if trial.trial_id not in self._started:
+            self.tracker.start_trial(key=spec["key"], name=spec["name"], params=spec["params"])
+            self._started.add(trial.trial_id)
+        return spec["key"]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run(trial)
+        self._key(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get("diverged"):
@@ -85,7 +90,10 @@ class TrackingCallback(tune.Callback):
         metrics = {k: result[k] for k in ("test_accuracy", "test_loss", "train_loss", "epoch_seconds")}
         if result["epsilon"] >= 0:
             metrics["epsilon"] = result["epsilon"]
-        self.tracker.log_epoch(self._run(trial), step=int(result["epoch"]), metrics=metrics)
+        spec = trial_spec(trial.config)
+        self.points.append(Point(epsilon=metrics.get("epsilon", math.inf), accuracy=result["test_accuracy"],
+                                 run_id="", trial=spec["name"], epoch=int(result["epoch"]), params=spec["params"]))
+        self.tracker.log_epoch(key=self._key(trial), step=int(result["epoch"]), metrics=metrics)
 
     def _finish(self, trial: Any, *, error: bool) -> None:
         result = trial.last_result or {}
@@ -95,7 +103,8 @@ class TrackingCallback(tune.Callback):
             tags["dpsweep.failure"] = result["diverged"]
         elif error:
             tags["dpsweep.failure"] = f"trial raised an error; see {trial.error_file}"
-        self.tracker.end_trial(self._run(trial), outcome=outcome, tags=tags)
+        self.tracker.end_trial(key=self._key(trial), outcome=outcome, tags=tags)
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         self.stats.trials_finished += 1
         name = trial_spec(trial.config)["name"]
         count = f"[{self.stats.trials_finished}/{self.total}]" if self.total else f"[{self.stats.trials_finished}]"
@@ -157,8 +166,8 @@ def run_trials(
     searcher: BudgetedOptunaSearch | None,
     resume: bool,
     max_failures: int = 2,
-) -> tuple[SweepStats, Any]:
-    """Run the trials on Ray Tune; returns the time split and Ray's ResultGrid."""
+) -> tuple[TrackingCallback, Any]:
+    """Run the trials on Ray Tune; returns the callback (time split, points seen) and Ray's ResultGrid."""
     stats = SweepStats()
     total = len(grid) if grid is not None else space.trials
     callback = TrackingCallback(tracker, stats, total=total)
@@ -167,7 +176,7 @@ def run_trials(
     if resume and tune.Tuner.can_restore(str(experiment)):
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
         tuner._local_tuner._run_config.callbacks = [callback]  # the restored callback lost its tracker state
-        return stats, tuner.fit()
+        return callback, tuner.fit()
 
     scheduler = None
     if space.pruner == "asha":
@@ -192,4 +201,4 @@ def run_trials(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    return stats, tuner.fit()
+    return callback, tuner.fit()

@@ -1,8 +1,16 @@
 """MLflow tracking of a sweep: one parent run, one child run per trial, the frontier on the parent.
 
-This is the only module of dpsweep that talks to MLflow. Child runs are keyed by a hash of the
-trial's configuration (tag ``dpsweep.trial_key``), so a resumed sweep finds and continues the
-runs it started instead of creating duplicates.
+This is the only module of dpsweep that talks to MLflow. Two properties make it safe for long
+sweeps:
+
+- Idempotent writes. Child runs are keyed by a hash of the trial's configuration (tag
+  ``dpsweep.trial_key``) and the parent by the sweep's name (tag ``dpsweep.sweep_id``), so a
+  resumed sweep, a retried trial or a replayed journal finds and continues its runs instead of
+  creating duplicates.
+- Nothing lost when the tracking server goes away. If a write fails because MLflow cannot be
+  reached, that write and every later one go to a local journal (JSON lines, next to Ray's trial
+  state) while training goes on; the journal is replayed as soon as the server answers again,
+  and ``python -m sweeps.sync JOURNAL`` replays whatever is left after the sweep.
 """
 
 from __future__ import annotations
@@ -10,20 +18,50 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import sqlite3
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.tracking import MlflowClient
+# A dead tracking server should cost seconds, not MLflow's default minutes of retries per call:
+# the journal keeps the writes. Users can still override these.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
-from sweeps.frontier import Point
+import requests  # noqa: E402  (after the environment defaults above)
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
-__all__ = ["SweepTracker", "trial_key", "OUTCOMES"]
+from sweeps.frontier import Point  # noqa: E402
+
+__all__ = ["SweepTracker", "TrackingUnavailable", "trial_key", "OUTCOMES"]
 
 # What happened to a trial, as the tag `dpsweep.outcome`.
-OUTCOMES = ("running", "completed", "stopped_by_budget", "pruned", "skipped_over_budget", "failed")
+OUTCOMES = ("running", "completed", "stopped_by_budget", "pruned", "skipped_over_budget", "failed", "interrupted")
 _PARENT = "mlflow.parentRunId"
+# Writes that may be journaled and replayed, in the order they were made.
+_JOURNALED = ("start_trial", "log_epoch", "end_trial", "log_skipped", "log_sweep_metrics", "log_sweep_tags",
+              "log_artifact", "end_sweep")
+
+
+class TrackingUnavailable(RuntimeError):
+    """MLflow cannot be reached (server down, network, locked database)."""
+
+
+def _is_unreachable(error: BaseException) -> bool:
+    if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return True
+    if isinstance(error, sqlite3.OperationalError):
+        return True
+    if isinstance(error, MlflowException):
+        text = str(error)
+        return ("failed with exception" in text or "Max retries exceeded" in text
+                or "TEMPORARILY_UNAVAILABLE" in str(error.error_code) or "database is locked" in text)
+    return False
 
 
 def trial_key(train_config: Mapping[str, Any]) -> str:
@@ -33,19 +71,23 @@ def trial_key(train_config: Mapping[str, Any]) -> str:
 
 
 def _params(values: Mapping[str, Any]) -> list[Param]:
-    # MLflow caps a param value at 6000 characters; ours are short scalars.
     return [Param(str(k), "None" if v is None else str(v)) for k, v in sorted(values.items())]
 
 
 class SweepTracker:
     """Writes a sweep into an MLflow experiment. Picklable: the client is created lazily."""
 
-    def __init__(self, *, tracking_uri: str, experiment: str) -> None:
+    def __init__(self, *, tracking_uri: str, experiment: str, journal: str | os.PathLike | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
+        self.journal = Path(journal) if journal is not None else None
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
+        self._sweep: dict[str, Any] | None = None  # start_sweep's arguments, to reopen the parent
         self.parent_run_id: str | None = None
+        self._run_ids: dict[str, str] = {}  # trial key -> child run id
+        self._offline = False
+        self._last_retry = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -59,6 +101,11 @@ class SweepTracker:
         return self._client
 
     @property
+    def offline(self) -> bool:
+        """True while writes go to the journal because MLflow could not be reached."""
+        return self._offline
+
+    @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.experiment)
@@ -67,10 +114,85 @@ class SweepTracker:
             )
         return self._experiment_id
 
+    # ---- journaling --------------------------------------------------------------------------
+
+    def _write(self, op: str, **kwargs: Any) -> None:
+        """Apply a write now, or journal it (and every later one, to keep order) if MLflow is away."""
+        if self._offline:
+            self._append(op, kwargs)
+            if time.monotonic() - self._last_retry > 30:
+                self.flush()
+            return
+        try:
+            getattr(self, f"_{op}")(**kwargs)
+        except Exception as error:  # noqa: BLE001 - re-raised unless it means "unreachable"
+            if not _is_unreachable(error) or self.journal is None:
+                raise
+            self._offline = True
+            self._last_retry = time.monotonic()
+            self._append(op, kwargs)
+
+    def _append(self, op: str, kwargs: dict[str, Any]) -> None:
+        assert self.journal is not None
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.journal, "a") as handle:
+            if handle.tell() == 0:
+                handle.write(json.dumps({"op": "sweep", "kwargs": {
+                    "tracking_uri": self.tracking_uri, "experiment": self.experiment, **(self._sweep or {})}}) + "\n")
+            handle.write(json.dumps({"op": op, "kwargs": kwargs}, default=str) + "\n")
+
+    def flush(self) -> int:
+        """Replay the journal if MLflow answers again; returns how many writes were replayed."""
+        self._last_retry = time.monotonic()
+        if self.journal is None or not self.journal.exists():
+            self._offline = False
+            return 0
+        lines = [json.loads(line) for line in self.journal.read_text().splitlines() if line.strip()]
+        pending = [entry for entry in lines if entry["op"] in _JOURNALED]
+        try:
+            if self.parent_run_id is None and self._sweep is not None:
+                self._open_parent(**self._sweep)
+            for entry in pending:
+                getattr(self, f"_{entry['op']}")(**entry["kwargs"])
+        except Exception as error:  # noqa: BLE001
+            if not _is_unreachable(error):
+                raise
+            return 0  # still away; replays are idempotent, so the journal stays whole
+        self.journal.unlink()
+        self._offline = False
+        return len(pending)
+
+    @classmethod
+    def replay(cls, journal: str | os.PathLike, *, tracking_uri: str | None = None) -> int:
+        """Replay a journal left by a sweep whose MLflow server was unreachable."""
+        path = Path(journal)
+        header = json.loads(path.read_text().splitlines()[0])["kwargs"]
+        tracker = cls(tracking_uri=tracking_uri or header.pop("tracking_uri"), experiment=header.pop("experiment"),
+                      journal=path)
+        header.pop("tracking_uri", None)
+        tracker._sweep = header
+        count = tracker.flush()
+        if path.exists():
+            raise TrackingUnavailable(f"MLflow at {tracker.tracking_uri} is still unreachable; {path} is kept.")
+        return count
+
     # ---- the sweep (parent run) --------------------------------------------------------------
 
     def start_sweep(self, *, sweep_id: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """Create the parent run, or reopen the one with the same ``sweep_id`` (resume)."""
+        """Create the parent run, or reopen the one with the same ``sweep_id`` (resume).
+
+        Unlike later writes this one is not journaled: a sweep that cannot reach its tracking
+        store at the start fails before training anything.
+        """
+        self._sweep = {"sweep_id": sweep_id, "run_name": run_name, "params": dict(params), "tags": dict(tags)}
+        try:
+            return self._open_parent(**self._sweep)
+        except Exception as error:  # noqa: BLE001
+            if _is_unreachable(error):
+                raise TrackingUnavailable(f"Cannot reach MLflow at {self.tracking_uri}: {error}") from error
+            raise
+
+    def _open_parent(self, *, sweep_id: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         existing = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`dpsweep.sweep_id` = '{sweep_id}'", max_results=1
         )
@@ -86,79 +208,105 @@ class SweepTracker:
         return self.parent_run_id
 
     def end_sweep(self, *, status: str = "FINISHED") -> None:
-        assert self.parent_run_id is not None
+        self._write("end_sweep", status=status)
+
+    def _end_sweep(self, *, status: str) -> None:
         self.client.set_terminated(self.parent_run_id, status=status)
 
     def log_sweep_metrics(self, metrics: Mapping[str, float]) -> None:
-        assert self.parent_run_id is not None
+        self._write("log_sweep_metrics", metrics={k: float(v) for k, v in metrics.items()})
+
+    def _log_sweep_metrics(self, *, metrics: Mapping[str, float]) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(v)]
         self.client.log_batch(self.parent_run_id, metrics=batch)
 
-    def log_sweep_tags(self, tags: Mapping[str, str]) -> None:
-        assert self.parent_run_id is not None
-        self.client.log_batch(self.parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    def log_sweep_tags(self, tags: Mapping[str, Any]) -> None:
+        self._write("log_sweep_tags", tags={k: str(v) for k, v in tags.items()})
+
+    def _log_sweep_tags(self, *, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_artifact(self, path: str) -> None:
-        assert self.parent_run_id is not None
+        """Attach a local file to the parent run (journaled by path: keep the file)."""
+        self._write("log_artifact", path=str(path))
+
+    def _log_artifact(self, *, path: str) -> None:
         self.client.log_artifact(self.parent_run_id, path)
 
-    # ---- trials (child runs) -----------------------------------------------------------------
+    # ---- trials (child runs), addressed by trial key -------------------------------------------
 
     def _find_trial(self, key: str) -> str | None:
-        assert self.parent_run_id is not None
+        if key in self._run_ids:
+            return self._run_ids[key]
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{_PARENT}` = '{self.parent_run_id}' and tags.`dpsweep.trial_key` = '{key}'",
             max_results=1,
         )
-        return found[0].info.run_id if found else None
+        if found:
+            self._run_ids[key] = found[0].info.run_id
+        return self._run_ids.get(key)
 
-    def start_trial(self, *, key: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str] = {}) -> str:
-        """The child run for this trial: reopened if it exists (retry/resume), else created."""
+    def start_trial(self, *, key: str, name: str, params: Mapping[str, Any]) -> None:
+        """Open the child run for this trial: reopened if it exists (retry/resume), else created."""
+        self._write("start_trial", key=key, name=name, params={k: str(v) for k, v in params.items()})
+
+    def _start_trial(self, *, key: str, name: str, params: Mapping[str, Any]) -> str:
         run_id = self._find_trial(key)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "dpsweep.outcome", "running")
             return run_id
-        assert self.parent_run_id is not None
         run = self.client.create_run(
             self.experiment_id, run_name=name,
             tags={_PARENT: self.parent_run_id, "dpsweep.trial_key": key, "dpsweep.role": "trial",
-                  "dpsweep.outcome": "running", **tags},
+                  "dpsweep.outcome": "running"},
         )
         self.client.log_batch(run.info.run_id, params=_params(params))
+        self._run_ids[key] = run.info.run_id
         return run.info.run_id
 
-    def log_epoch(self, run_id: str, *, step: int, metrics: Mapping[str, float]) -> None:
+    def log_epoch(self, *, key: str, step: int, metrics: Mapping[str, float]) -> None:
         """One batched write per epoch. Non-finite values (ε = ∞ without noise) are not logged."""
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        self._write("log_epoch", key=key, step=step, metrics={k: float(v) for k, v in metrics.items()},
+                    timestamp=int(time.time() * 1000))
+
+    def _log_epoch(self, *, key: str, step: int, metrics: Mapping[str, float], timestamp: int) -> None:
+        run_id = self._find_trial(key)
+        assert run_id is not None, f"log_epoch before start_trial for trial {key}"
+        batch = [Metric(k, v, timestamp, step) for k, v in metrics.items() if math.isfinite(v)]
         self.client.log_batch(run_id, metrics=batch)
 
-    def end_trial(self, run_id: str, *, outcome: str, tags: Mapping[str, str] = {}) -> None:
+    def end_trial(self, *, key: str, outcome: str, tags: Mapping[str, str] | None = None) -> None:
         assert outcome in OUTCOMES, outcome
-        self.client.log_batch(
-            run_id, tags=[RunTag("dpsweep.outcome", outcome), *(RunTag(k, str(v)) for k, v in tags.items())]
-        )
+        self._write("end_trial", key=key, outcome=outcome, tags={k: str(v) for k, v in (tags or {}).items()})
+
+    def _end_trial(self, *, key: str, outcome: str, tags: Mapping[str, str]) -> None:
+        run_id = self._find_trial(key)
+        assert run_id is not None, f"end_trial before start_trial for trial {key}"
+        self.client.log_batch(run_id, tags=[RunTag("dpsweep.outcome", outcome),
+                                            *(RunTag(k, v) for k, v in tags.items())])
         status = RunStatus.to_string(RunStatus.FAILED if outcome == "failed" else RunStatus.FINISHED)
         self.client.set_terminated(run_id, status=status)
 
-    def log_skipped(self, *, key: str, name: str, params: Mapping[str, Any], planned_epsilon: float, reason: str) -> str:
+    def log_skipped(self, *, key: str, name: str, params: Mapping[str, Any], planned_epsilon: float, reason: str) -> None:
         """Record a trial that was never started because its planned ε exceeds the budget."""
-        run_id = self._find_trial(key)
-        if run_id is None:
-            run_id = self.start_trial(key=key, name=name, params=params)
-        self.log_epoch(run_id, step=0, metrics={"planned_epsilon": planned_epsilon})
-        self.end_trial(run_id, outcome="skipped_over_budget", tags={"dpsweep.skip_reason": reason})
-        return run_id
+        self._write("log_skipped", key=key, name=name, params={k: str(v) for k, v in params.items()},
+                    planned_epsilon=float(planned_epsilon), reason=reason)
 
-    def close_orphans(self) -> int:
-        """Mark child runs still 'RUNNING' (their process died) as KILLED; returns how many."""
+    def _log_skipped(self, *, key: str, name: str, params: Mapping[str, Any], planned_epsilon: float, reason: str) -> None:
+        self._start_trial(key=key, name=name, params=params)
+        self._log_epoch(key=key, step=0, metrics={"planned_epsilon": planned_epsilon}, timestamp=int(time.time() * 1000))
+        self._end_trial(key=key, outcome="skipped_over_budget", tags={"dpsweep.skip_reason": reason})
+
+    def close_orphans(self, *, outcome: str = "failed") -> int:
+        """Mark child runs still 'RUNNING' (their process died, or the sweep was interrupted) as
+        KILLED with this outcome; returns how many. A resumed sweep reopens them."""
         closed = 0
         for run in self.trial_runs():
             if run.info.status == "RUNNING":
-                self.client.set_tag(run.info.run_id, "dpsweep.outcome", "failed")
+                self.client.set_tag(run.info.run_id, "dpsweep.outcome", outcome)
                 self.client.set_terminated(run.info.run_id, status="KILLED")
                 closed += 1
         return closed
@@ -166,7 +314,6 @@ class SweepTracker:
     # ---- reading back ------------------------------------------------------------------------
 
     def trial_runs(self) -> list[Any]:
-        assert self.parent_run_id is not None
         return self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{_PARENT}` = '{self.parent_run_id}'", max_results=50_000
         )
@@ -177,6 +324,7 @@ class SweepTracker:
         for run in self.trial_runs():
             if run.data.tags.get("dpsweep.outcome") == "skipped_over_budget":
                 continue
+            # A step logged twice (an epoch re-reported after a restore) counts once.
             accuracy = {m.step: m.value for m in self.client.get_metric_history(run.info.run_id, "test_accuracy")}
             epsilon = {m.step: m.value for m in self.client.get_metric_history(run.info.run_id, "epsilon")}
             for step, value in sorted(accuracy.items()):
