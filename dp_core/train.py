@@ -105,6 +105,24 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
     return loss_sum.item() / len(images), correct.item() / len(images)
 
 
+def _check_plan(plan: PrivacyPlan, config: TrainConfig, *, train_size: int) -> None:
+    """A pre-computed plan must describe this configuration's mechanism, or its ε would be wrong."""
+    privacy = config.privacy
+    expected = {
+        "private": privacy.is_private,
+        "sample_rate": config.resolved_sample_rate(train_size),
+        "steps_per_epoch": config.steps_per_epoch(train_size),
+        "planned_steps": config.steps_per_epoch(train_size) * config.epochs,
+        "delta": privacy.delta,
+        "accountant": privacy.accountant,
+    }
+    if privacy.is_private and privacy.noise_multiplier is not None:
+        expected["noise_multiplier"] = float(privacy.noise_multiplier)
+    wrong = {k: (getattr(plan, k), v) for k, v in expected.items() if getattr(plan, k) != v}
+    if wrong or (privacy.epsilon_budget is not None and plan.epsilon > privacy.epsilon_budget):
+        raise ConfigError(f"Expected the privacy plan to match the configuration, but got (plan, config) = {wrong}.")
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     # Write then rename: a run killed mid-save leaves the previous checkpoint intact.
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -117,19 +135,27 @@ def train(
     *,
     on_epoch: Callable[[EpochReport], None] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_every_seconds: float = 0.0,
     data: DatasetSplits | None = None,
+    plan: PrivacyPlan | None = None,
 ) -> TrainResult:
     """Train ``config`` with DP-SGD and return every epoch's report.
 
-    ``data`` may be passed pre-loaded (warm sweep workers reuse it across trials).
+    ``data`` may be passed pre-loaded (warm sweep workers reuse it across trials), and ``plan``
+    pre-computed (a sweep plans every trial before starting it); a plan that does not belong to
+    this configuration is refused.
     With ``checkpoint_path``, state is saved after every epoch and a matching checkpoint is
     resumed from, so a resumed run reaches the same steps, and so the same ε, as an
-    uninterrupted one.
+    uninterrupted one. ``checkpoint_every_seconds`` saves at most that often (and always after
+    the last epoch): for epochs of milliseconds, saving every one would cost more than training.
     """
     privacy = config.privacy
     data = data if data is not None else load_dataset(config.data.dataset, root=config.data.data_root, download=config.data.download)
     train_size = len(data.train)
-    plan = plan_privacy(config, train_size=train_size)
+    if plan is None:
+        plan = plan_privacy(config, train_size=train_size)
+    else:
+        _check_plan(plan, config, train_size=train_size)
     device = resolve_device(config.device)
 
     torch.manual_seed(config.seed)  # model init and dropout
@@ -177,6 +203,7 @@ def train(
         reports = [EpochReport(**r) for r in state["reports"]]
 
     stopped_early = bool(reports) and reports[-1].stopped_by_budget
+    last_saved = time.monotonic()
     model.train()
     epoch = len(reports)
     while epoch < config.epochs and steps < plan.max_steps and not stopped_early:
@@ -228,7 +255,9 @@ def train(
             train_seconds=train_seconds, eval_seconds=eval_seconds, stopped_by_budget=stopped_early,
         )
         reports.append(report)
-        if checkpoint is not None:
+        last_epoch = epoch >= config.epochs or steps >= plan.max_steps
+        if checkpoint is not None and (last_epoch or time.monotonic() - last_saved >= checkpoint_every_seconds):
+            last_saved = time.monotonic()
             _save_checkpoint(checkpoint, {
                 "config": config.to_dict(), "model": model.state_dict(),
                 "optimizer": base_optimizer.state_dict(),

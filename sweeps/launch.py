@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the shipped search spaces and exit")
     parser.add_argument("--search", choices=("grid", "optuna"), help="override the space's search mode")
     parser.add_argument("--trials", type=int, help="override the number of Optuna trials")
+    parser.add_argument("--time-budget", type=float, metavar="SECONDS",
+                        help="stop starting and running trials after this many seconds (Ray Tune time_budget_s)")
     parser.add_argument("--address", help="Ray cluster address (default: start local Ray)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default, sqlite:///mlflow.db)")
     parser.add_argument("--experiment", default="dpsweep", help="MLflow experiment name (default: dpsweep)")
@@ -98,6 +100,7 @@ def _plan_grid(space: Any) -> list[Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    launched = time.monotonic()
     from sweeps.planning import EpsilonBudget
     from sweeps.space import load_space
 
@@ -106,7 +109,9 @@ def _run(args: argparse.Namespace) -> int:
         space = space.with_overrides(search=args.search, trials=args.trials)
     budget = EpsilonBudget(space.epsilon_budget)
     # Plan before touching Ray or MLflow: any bad value fails here with nothing created.
+    planning_started = time.monotonic()
     grid = _plan_grid(space) if space.search == "grid" else None
+    planning_seconds = time.monotonic() - planning_started
     runnable = [t for t in grid if budget.rejects(t) is None] if grid is not None else None
     over_budget = [t for t in grid if budget.rejects(t) is not None] if grid is not None else []
     if grid is not None and not runnable:
@@ -177,13 +182,14 @@ def _run(args: argparse.Namespace) -> int:
 
     runner.connect_ray(args.address)
     callback, results = runner.run_trials(space, tracker=tracker, storage_path=results_dir, name=sweep_name,
-                                          grid=runnable, searcher=searcher, resume=args.resume is not None)
+                                          grid=runnable, searcher=searcher, resume=args.resume is not None,
+                                          time_budget_s=args.time_budget)
     stats = callback.stats
     if tracker.offline:
         tracker.flush()  # the server may be back by now
     online = not tracker.offline
     unfinished = len(results) - results.num_terminated - results.num_errors
-    if unfinished:
+    if unfinished and not callback.time_budget_reached():
         # Interrupted (Ctrl-C, a lost driver): leave the state for --resume, no frontier yet.
         if online:
             tracker.close_orphans(outcome="interrupted")
@@ -203,14 +209,9 @@ def _run(args: argparse.Namespace) -> int:
     for path in report.write(frontier_dir, title=space.name):
         tracker.log_artifact(str(path))
 
-    wall = stats.wall_seconds()
     slots = _slots(space)
-    slot_seconds = wall * slots
-    split = {
-        "wall_seconds": wall, "slots": slots, "train_seconds": stats.train_seconds,
-        "eval_seconds": stats.eval_seconds, "train_share": stats.train_seconds / slot_seconds if slot_seconds else 0.0,
-        "orchestration_share": 1 - (stats.train_seconds + stats.eval_seconds) / slot_seconds if slot_seconds else 0.0,
-    }
+    split = {**stats.split(slots=slots), "planning_seconds": planning_seconds + (searcher.planning_seconds if searcher else 0.0),
+             "total_seconds": time.monotonic() - launched}
     best = report.best()
     tracker.log_sweep_metrics({**split, "frontier_points": len(report.front), "points": len(points),
                                "best_accuracy": best.accuracy if best else float("nan"),
@@ -223,9 +224,11 @@ def _run(args: argparse.Namespace) -> int:
     print(report.summary())
     print(f"\ntrials: {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}"
           + (f"; {orphans} left running by a dead process marked failed" if orphans else ""))
-    print(f"time: {wall:.1f} s wall on {slots:g} trial slots; training {split['train_share']:.0%} of slot time, "
-          f"evaluation {stats.eval_seconds / slot_seconds if slot_seconds else 0:.0%}, "
-          f"orchestration (Ray start, scheduling, logging, idle) {split['orchestration_share']:.0%}")
+    print(f"time: {split['total_seconds']:.1f} s in all; planning (σ calibration, per-epoch ε) "
+          f"{split['planning_seconds']:.1f} s; trials {split['wall_seconds']:.1f} s on {slots:g} slots, of whose time "
+          f"training {split['train_share']:.0%}, evaluation {split['eval_share']:.0%}, trial set-up "
+          f"{split['setup_share']:.0%}, reporting/checkpoints {split['report_share']:.0%}, idle/scheduling "
+          f"{split['idle_share']:.0%}; {split['trial_epochs_per_second']:.2f} trial-epochs/s")
     print(f"frontier files: {frontier_dir}")
     if tracker.offline:
         print(f"\nMLflow at {tracking_uri} could not be reached during the sweep. Training finished and "

@@ -13,6 +13,7 @@ from typing import Any
 
 from dp_core.config import TrainConfig
 from dp_core.data import canonical_train_size
+from dp_core.federated import is_federated
 from dp_core.plan import PrivacyPlan, plan_privacy
 from sweeps.tracking import trial_key
 
@@ -31,6 +32,13 @@ class PlannedTrial:
     def planned_epsilon(self) -> float:
         """ε of the full planned run, ignoring any in-trial budget stop."""
         return self.plan.epsilon_by_epoch[-1]
+
+    def spec(self) -> dict[str, Any]:
+        """What a worker needs to run this trial (JSON-able): configuration, identity, plan."""
+        plan = dataclasses.asdict(self.plan)
+        plan["epsilon_by_epoch"] = list(plan["epsilon_by_epoch"])
+        return {"train": dict(self.train_config), "name": self.name, "key": self.key, "params": self.params(),
+                "plan": plan}
 
     def params(self) -> dict[str, Any]:
         """What the tracker logs as the run's params: every setting, plus the planned spend."""
@@ -63,7 +71,12 @@ def plan_trial(config_values: Mapping[str, Any], *, name: str, axis_values: Mapp
     """Validate one trial's flat configuration and plan its privacy spend.
 
     Raises ConfigError for values no run can use (δ ≥ 1/N, an unreachable target ε, …).
+    ``kind: federated`` configurations are planned per client (ε is the maximum over clients).
     """
+    if is_federated(config_values):
+        from sweeps.federated_planning import plan_federated_trial  # it subclasses PlannedTrial
+
+        return plan_federated_trial(config_values, name=name, axis_values=axis_values, where=where)
     config = TrainConfig.from_dict(config_values, where=where)
     train_size = canonical_train_size(config.data.dataset)
     # Plan the full run without the in-trial budget stop: whether it may start at all is the

@@ -15,7 +15,9 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 import dataclasses
 import math
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +27,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from sweeps.federated_actors import trial_resources
 from sweeps.frontier import Point
 from sweeps.planning import PlannedTrial
 from sweeps.pruning import BandedSuccessiveHalving, epsilon_band
@@ -41,19 +44,74 @@ class SweepStats:
     """Where a sweep's time went, summed over trials as results arrive in the driver."""
 
     started: float = dataclasses.field(default_factory=time.monotonic)
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
+    train_seconds: float = 0.0  # inside training epochs (worker)
+    eval_seconds: float = 0.0  # evaluating on the test set (worker)
+    setup_seconds: float = 0.0  # trial start to first epoch: imports, data, model, σ (worker)
+    report_seconds: float = 0.0  # between epochs: checkpoints, ε lookup, reporting (worker)
+    logging_seconds: float = 0.0  # MLflow writes (driver, a background thread)
     trials_finished: int = 0
     epochs: int = 0
 
     def wall_seconds(self) -> float:
         return time.monotonic() - self.started
 
+    def split(self, *, slots: float) -> dict[str, float]:
+        """Shares of the slots' time (wall time x concurrent trial slots) and the raw seconds."""
+        wall = self.wall_seconds()
+        slot_seconds = max(wall * slots, 1e-9)
+        busy = self.train_seconds + self.eval_seconds + self.setup_seconds + self.report_seconds
+        return {
+            "wall_seconds": wall, "slots": slots, "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds, "setup_seconds": self.setup_seconds,
+            "report_seconds": self.report_seconds, "logging_seconds": self.logging_seconds,
+            "train_share": self.train_seconds / slot_seconds, "eval_share": self.eval_seconds / slot_seconds,
+            "setup_share": self.setup_seconds / slot_seconds, "report_share": self.report_seconds / slot_seconds,
+            "idle_share": max(0.0, 1 - busy / slot_seconds),
+            "trial_epochs_per_second": self.epochs / max(wall, 1e-9),
+        }
+
+
+class _BackgroundWriter:
+    """Runs tracking writes on one thread, in order, so Tune's control loop never waits on MLflow."""
+
+    def __init__(self, stats: SweepStats) -> None:
+        self.stats = stats
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="dpsweep-mlflow", daemon=True)
+        self._thread.start()
+
+    def submit(self, write: Callable[..., Any], **kwargs: Any) -> None:
+        self._queue.put((write, kwargs))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            write, kwargs = item
+            started = time.perf_counter()
+            try:
+                if self._error is None:
+                    write(**kwargs)
+            except BaseException as error:  # noqa: BLE001 - re-raised in close()
+                self._error = error
+            self.stats.logging_seconds += time.perf_counter() - started
+
+    def close(self) -> None:
+        """Wait for every queued write; raise the first error a write raised."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
 
 class TrackingCallback(tune.Callback):
     """Forwards trial events to the MLflow tracker and prints progress."""
 
-    def __init__(self, tracker: SweepTracker, stats: SweepStats, *, total: int | None, out: TextIO = sys.stdout):
+    def __init__(self, tracker: SweepTracker, stats: SweepStats, *, total: int | None,
+                 time_budget_s: float | None = None, out: TextIO = sys.stdout):
+        self.time_budget_s = time_budget_s
         self.tracker = tracker
         self.stats = stats
         self.total = total
@@ -61,20 +119,36 @@ class TrackingCallback(tune.Callback):
         self._started: set[str] = set()
         self.points: list[Point] = []  # what this process saw; the frontier if MLflow is away
         self.outcomes: dict[str, int] = {}
+        self._writer: _BackgroundWriter | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["out"] = None
+        state["_writer"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.out = sys.stdout
 
+    def _write(self, write: Callable[..., Any], **kwargs: Any) -> None:
+        if self._writer is None:
+            self._writer = _BackgroundWriter(self.stats)
+        self._writer.submit(write, **kwargs)
+
+    def time_budget_reached(self) -> bool:
+        return self.time_budget_s is not None and self.stats.wall_seconds() >= self.time_budget_s
+
+    def close(self) -> None:
+        """Wait until every tracking write is done (call before reading MLflow back)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
     def _key(self, trial: Any) -> str:
         spec = trial_spec(trial.config)
         if trial.trial_id not in self._started:
-            self.tracker.start_trial(key=spec["key"], name=spec["name"], params=spec["params"])
+            self._write(self.tracker.start_trial, key=spec["key"], name=spec["name"], params=spec["params"])
             self._started.add(trial.trial_id)
         return spec["key"]
 
@@ -86,14 +160,17 @@ class TrackingCallback(tune.Callback):
             return
         self.stats.train_seconds += result["epoch_seconds"]
         self.stats.eval_seconds += result["eval_seconds"]
+        self.stats.setup_seconds += result.get("setup_seconds", 0.0)
+        self.stats.report_seconds += result.get("report_seconds", 0.0)
         self.stats.epochs += 1
         metrics = {k: result[k] for k in ("test_accuracy", "test_loss", "train_loss", "epoch_seconds")}
+        metrics.update({k: v for k, v in result.items() if k.startswith("epsilon_client_") and v >= 0})  # federated
         if result["epsilon"] >= 0:
             metrics["epsilon"] = result["epsilon"]
         spec = trial_spec(trial.config)
         self.points.append(Point(epsilon=metrics.get("epsilon", math.inf), accuracy=result["test_accuracy"],
                                  run_id="", trial=spec["name"], epoch=int(result["epoch"]), params=spec["params"]))
-        self.tracker.log_epoch(key=self._key(trial), step=int(result["epoch"]), metrics=metrics)
+        self._write(self.tracker.log_epoch, key=self._key(trial), step=int(result["epoch"]), metrics=metrics)
 
     def _finish(self, trial: Any, *, error: bool) -> None:
         result = trial.last_result or {}
@@ -103,7 +180,7 @@ class TrackingCallback(tune.Callback):
             tags["dpsweep.failure"] = result["diverged"]
         elif error:
             tags["dpsweep.failure"] = f"trial raised an error; see {trial.error_file}"
-        self.tracker.end_trial(key=self._key(trial), outcome=outcome, tags=tags)
+        self._write(self.tracker.end_trial, key=self._key(trial), outcome=outcome, tags=tags)
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         self.stats.trials_finished += 1
         name = trial_spec(trial.config)["name"]
@@ -166,17 +243,22 @@ def run_trials(
     searcher: BudgetedOptunaSearch | None,
     resume: bool,
     max_failures: int = 2,
+    time_budget_s: float | None = None,
 ) -> tuple[TrackingCallback, Any]:
     """Run the trials on Ray Tune; returns the callback (time split, points seen) and Ray's ResultGrid."""
     stats = SweepStats()
     total = len(grid) if grid is not None else space.trials
-    callback = TrackingCallback(tracker, stats, total=total)
-    trainable = tune.with_resources(run_trial, {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
+    callback = TrackingCallback(tracker, stats, total=total, time_budget_s=time_budget_s)
+    # Federated trials reserve one bundle per client actor; other trials, {"cpu": ..., "gpu": ...}.
+    trainable = tune.with_resources(run_trial, trial_resources(space))
     experiment = storage_path / name
     if resume and tune.Tuner.can_restore(str(experiment)):
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
         tuner._local_tuner._run_config.callbacks = [callback]  # the restored callback lost its tracker state
-        return callback, tuner.fit()
+        try:
+            return callback, tuner.fit()
+        finally:
+            callback.close()
 
     scheduler = None
     if space.pruner == "asha":
@@ -185,14 +267,14 @@ def run_trials(
     param_space: dict[str, Any] = {}
     if grid is not None:
         param_space = {"trial": tune.grid_search([
-            encode_spec({"train": dict(t.train_config), "name": t.name, "key": t.key, "params": t.params()})
-            for t in grid
+            encode_spec(t.spec()) for t in grid
         ])}
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=1 if grid is not None else space.trials,
+            time_budget_s=time_budget_s,
             reuse_actors=True, trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
@@ -201,4 +283,7 @@ def run_trials(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    return callback, tuner.fit()
+    try:
+        return callback, tuner.fit()
+    finally:
+        callback.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +73,7 @@ class BudgetedOptunaSearch(Searcher):
         self.on_skip = on_skip
         self.budget = EpsilonBudget(space.epsilon_budget)
         self.max_consecutive_skips = max_consecutive_skips
+        self.planning_seconds = 0.0  # driver time spent planning suggestions (σ, per-epoch ε)
         self._live: dict[str, int] = {}  # Ray trial id -> Optuna trial number
         self._asked: dict[str, optuna.Trial] = {}  # not persisted: only for intermediate values
         self._study: optuna.Study | None = None
@@ -97,12 +99,15 @@ class BudgetedOptunaSearch(Searcher):
             values = {key: _suggest(ot_trial, key, axis) for key, axis in self.space.axes.items()}
             name = f"trial_{ot_trial.number:04d}"
             config_values = self.space.trial_config(values)
+            started = time.monotonic()
             try:
                 planned = self.plan(config_values, name)
             except ValueError as error:  # ConfigError: e.g. a target ε no σ reaches
                 self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
                 self.on_skip(None, {"name": name, **values}, str(error))
                 continue
+            finally:
+                self.planning_seconds += time.monotonic() - started
             reason = self.budget.rejects(planned)
             ot_trial.set_user_attr("planned_epsilon", planned.planned_epsilon)
             if reason is not None:
@@ -111,8 +116,7 @@ class BudgetedOptunaSearch(Searcher):
                 continue
             self._live[trial_id] = ot_trial.number
             self._asked[trial_id] = ot_trial
-            return {"trial": encode_spec({"train": dict(planned.train_config), "name": name,
-                                          "key": planned.key, "params": planned.params()})}
+            return {"trial": encode_spec(planned.spec())}
         return Searcher.FINISHED  # the space has (almost) nothing left within budget
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

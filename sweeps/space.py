@@ -15,12 +15,15 @@ A search space is a small YAML file (shipped ones live in the ``search_spaces`` 
     pruner: asha                    # asha | none
     resources: {cpus: 1, gpus: 0}
     seed: 0
+    kind: train                     # train | federated (FedAvg over DP-SGD clients)
 
 Files are data: they are read with ``yaml.safe_load`` only, nothing named in them is imported
 or evaluated. Every check runs in :func:`load_space`, so a typo fails in milliseconds with a
 message naming the file, the key, the bad value and what is allowed, instead of after an hour
 of trials. The training keys under ``fixed`` and ``axes`` are dp_core's flat ``TrainConfig``
-keys, and each trial configuration is validated by ``TrainConfig.from_dict`` itself.
+keys, and each trial configuration is validated by ``TrainConfig.from_dict`` itself. With
+``kind: federated`` they may also be ``dp_core.federated``'s keys (clients, rounds, local_epochs,
+partition, dirichlet_alpha), and each trial is validated by ``dp_core.federated.split_flat``.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ import yaml
 import search_spaces
 from dp_core import config as dp_config
 from dp_core._validate import ConfigError, require, require_choice, require_positive
+from dp_core.federated import FEDERATED_KEYS, KIND, FederatedConfig, split_flat
 
 __all__ = [
     "SPACES_DIR",
     "SEARCH_MODES",
     "OBJECTIVES",
     "PRUNERS",
+    "KINDS",
     "Range",
     "Axis",
     "SearchSpace",
@@ -59,10 +64,11 @@ SPACES_DIR: Path = Path(search_spaces.__file__).parent
 SEARCH_MODES = ("grid", "optuna")
 OBJECTIVES = ("single", "multi")
 PRUNERS = ("asha", "none")
+KINDS = ("train", "federated")  # what a trial runs: dp_core.train, or dp_core.federated
 
 _TOP_LEVEL_KEYS = (
     "name", "description", "fixed", "axes", "epsilon_budget", "search", "trials", "objective",
-    "pruner", "resources", "seed",
+    "pruner", "resources", "seed", "kind",
 )  # fmt: skip
 _REQUIRED_KEYS = ("name", "fixed", "axes", "search")
 _RANGE_KEYS = ("low", "high", "log", "num")
@@ -148,6 +154,7 @@ class SearchSpace:
     cpus_per_trial: float
     gpus_per_trial: float
     seed: int
+    kind: str = "train"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed", types.MappingProxyType(dict(self.fixed)))
@@ -200,6 +207,8 @@ class SearchSpace:
             if key not in self.axes:
                 raise dp_config.unknown_key_error(str(key), tuple(self.axes), where=f"axes of {self.source}")
         merged = {**self.fixed, **axis_values}
+        if self.kind == "federated":
+            merged["kind"] = KIND
         if self.epsilon_budget is not None and "epsilon_budget" not in merged:
             merged["epsilon_budget"] = self.epsilon_budget
         return merged
@@ -299,7 +308,7 @@ def _integer_keys() -> frozenset[str]:
     """TrainConfig keys typed ``int`` (batch_size, epochs, ...), read from dp_core's dataclasses."""
     classes = (
         dp_config.DataConfig, dp_config.ModelConfig, dp_config.OptimizerConfig,
-        dp_config.PrivacyConfig, dp_config.TrainConfig,
+        dp_config.PrivacyConfig, dp_config.TrainConfig, FederatedConfig,
     )  # fmt: skip
     keys = set()
     for cls in classes:
@@ -339,7 +348,10 @@ def _parse(data: Any, path: Path) -> SearchSpace:
     require_here(isinstance(description, str), key="description", value=description, allowed="to be a string")
 
     search = data["search"]
-    known = dp_config.known_keys()
+    kind = data.get("kind", "train")
+    with _in_file(path):
+        require_choice(kind, key="kind", choices=KINDS)
+    known = dp_config.known_keys() if kind == "train" else tuple(sorted({*dp_config.known_keys(), *FEDERATED_KEYS}))
     fixed = _parse_fixed(data["fixed"], path, known)
     axes = _parse_axes(data["axes"], path, known)
 
@@ -386,7 +398,7 @@ def _parse(data: Any, path: Path) -> SearchSpace:
     space = SearchSpace(
         name=name, description=description, source=path, fixed=fixed, axes=axes, epsilon_budget=budget,
         search=search, trials=trials, objective=objective, pruner=pruner,
-        cpus_per_trial=cpus, gpus_per_trial=gpus, seed=seed,
+        cpus_per_trial=cpus, gpus_per_trial=gpus, seed=seed, kind=kind,
     )  # fmt: skip
     _check_search_settings(space, path)
     _check_trial_configs(space, path)
@@ -424,6 +436,8 @@ def _check_train_keys(section: Any, path: Path, known: tuple[str, ...], *, where
 def _unknown_train_key(key: str, known: tuple[str, ...], *, where: str) -> ConfigError:
     """dp_core's unknown-key error, with a hint for common synonyms that spelling alone misses."""
     error = dp_config.unknown_key_error(key, known, where=where)
+    if key in FEDERATED_KEYS and key not in known:
+        return ConfigError(f"{error} {key!r} is a key of federated trials: add `kind: federated` at the top level.")
     synonym = _SYNONYMS.get(key.lower().replace("-", "_"))
     message = str(error)
     if "Did you mean" in message or synonym not in known:
@@ -575,7 +589,11 @@ def _check_trial_configs(space: SearchSpace, path: Path) -> None:
             candidates += [{**base, key: value} for value in values if value != base[key]]
     for axis_values in candidates:
         try:
-            dp_config.TrainConfig.from_dict(space.trial_config(axis_values), where=str(path))
+            values = space.trial_config(axis_values)
+            if space.kind == "federated":
+                split_flat(values, where=str(path))
+            else:
+                dp_config.TrainConfig.from_dict(values, where=str(path))
         except ConfigError as error:
             shown = ", ".join(f"{key}={value!r}" for key, value in axis_values.items())
             raise ConfigError(f"{error} First failing trial: {shown}.") from None

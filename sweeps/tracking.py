@@ -20,6 +20,7 @@ import json
 import math
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,6 +93,7 @@ class SweepTracker:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_client"] = None
+        state["_lock"] = None
         return state
 
     @property
@@ -118,10 +120,20 @@ class SweepTracker:
 
     def _write(self, op: str, **kwargs: Any) -> None:
         """Apply a write now, or journal it (and every later one, to keep order) if MLflow is away."""
+        with self._locked():
+            self._write_unlocked(op, **kwargs)
+
+    def _locked(self) -> threading.RLock:
+        # Writes come from the driver's main thread and from the background logging thread.
+        if self.__dict__.get("_lock") is None:
+            self._lock = threading.RLock()
+        return self._lock
+
+    def _write_unlocked(self, op: str, **kwargs: Any) -> None:
         if self._offline:
             self._append(op, kwargs)
             if time.monotonic() - self._last_retry > 30:
-                self.flush()
+                self._flush_unlocked()
             return
         try:
             getattr(self, f"_{op}")(**kwargs)
@@ -143,6 +155,10 @@ class SweepTracker:
 
     def flush(self) -> int:
         """Replay the journal if MLflow answers again; returns how many writes were replayed."""
+        with self._locked():
+            return self._flush_unlocked()
+
+    def _flush_unlocked(self) -> int:
         self._last_retry = time.monotonic()
         if self.journal is None or not self.journal.exists():
             self._offline = False

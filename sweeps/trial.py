@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,16 @@ from ray import tune
 
 from dp_core.config import TrainConfig
 from dp_core.data import DatasetSplits, load_dataset
+from dp_core.federated import is_federated
+from dp_core.plan import PrivacyPlan
 from dp_core.train import EpochReport, TrainingDiverged, train
 
 __all__ = ["run_trial", "trial_spec", "encode_spec", "CHECKPOINT_FILE"]
 
 CHECKPOINT_FILE = "dp_state.pt"
+# A dead worker redoes at most this much training; saving and persisting a checkpoint after
+# every millisecond-long epoch would cost more than the epochs.
+CHECKPOINT_EVERY_SECONDS = 5.0
 
 
 @functools.lru_cache(maxsize=4)
@@ -72,7 +78,15 @@ def run_trial(tune_config: dict[str, Any]) -> None:
 
     A diverged run (NaN loss) is reported, not raised: retrying it would only diverge again.
     """
-    config = TrainConfig.from_dict(trial_spec(tune_config)["train"])
+    started = time.perf_counter()
+    spec = trial_spec(tune_config)
+    if is_federated(spec["train"]):
+        from sweeps.federated_trial import run_federated_trial  # FedAvg, clients as Ray actors
+
+        return run_federated_trial(tune_config)
+    config = TrainConfig.from_dict(spec["train"])
+    # Planned in the driver already (σ calibration, ε after every epoch): not again per trial.
+    plan = PrivacyPlan(**{**spec["plan"], "epsilon_by_epoch": tuple(spec["plan"]["epsilon_by_epoch"])})
     cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if cpus > 0:
         torch.set_num_threads(cpus)
@@ -84,13 +98,28 @@ def run_trial(tune_config: dict[str, Any]) -> None:
     if restored is not None:
         with restored.as_directory() as folder:
             shutil.copy(Path(folder) / CHECKPOINT_FILE, state_file)
+    reported_state = state_file.stat().st_mtime_ns if state_file.exists() else None
+    last_return = started
 
     def on_epoch(report: EpochReport) -> None:
-        checkpoint = tune.Checkpoint.from_directory(str(workdir))
-        tune.report(epoch_metrics(report, epochs_planned=config.epochs), checkpoint=checkpoint)
+        nonlocal reported_state, last_return
+        now = time.perf_counter()
+        # Time between two epochs that was neither training nor evaluation: trial set-up before
+        # the first epoch (imports, data, model, σ), reporting and checkpointing after the others.
+        overhead = now - last_return - report.train_seconds - report.eval_seconds
+        metrics = epoch_metrics(report, epochs_planned=config.epochs)
+        metrics["setup_seconds" if last_return == started else "report_seconds"] = max(overhead, 0.0)
+        state = state_file.stat().st_mtime_ns if state_file.exists() else None
+        checkpoint = None
+        if state is not None and state != reported_state:  # a new checkpoint was saved this epoch
+            checkpoint = tune.Checkpoint.from_directory(str(workdir))
+            reported_state = state
+        tune.report(metrics, checkpoint=checkpoint)
+        last_return = time.perf_counter()
 
     try:
-        train(config, on_epoch=on_epoch, checkpoint_path=state_file, data=data)
+        train(config, on_epoch=on_epoch, checkpoint_path=state_file, data=data,
+              checkpoint_every_seconds=CHECKPOINT_EVERY_SECONDS, plan=plan)
     except TrainingDiverged as error:
         tune.report({"diverged": str(error), "epoch": 0, "epochs_planned": config.epochs,
                      "test_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False})
