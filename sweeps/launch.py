@@ -89,19 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _plan_grid(space: Any) -> list[Any]:
-    from sweeps.planning import plan_trial
-
-    planned = []
-    for index, values in enumerate(space.grid_axis_values()):
-        planned.append(plan_trial(space.trial_config(values), name=f"trial_{index:04d}", axis_values=values,
-                                  where=str(space.source)))
-    return planned
-
-
 def _run(args: argparse.Namespace) -> int:
     launched = time.monotonic()
-    from sweeps.planning import EpsilonBudget
+    from sweeps.planning import EpsilonBudget, plan_grid
     from sweeps.space import load_space
 
     space = load_space(args.space)
@@ -110,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     budget = EpsilonBudget(space.epsilon_budget)
     # Plan before touching Ray or MLflow: any bad value fails here with nothing created.
     planning_started = time.monotonic()
-    grid = _plan_grid(space) if space.search == "grid" else None
+    grid = plan_grid(space) if space.search == "grid" else None
     planning_seconds = time.monotonic() - planning_started
     runnable = [t for t in grid if budget.rejects(t) is None] if grid is not None else None
     over_budget = [t for t in grid if budget.rejects(t) is not None] if grid is not None else []
