@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tracking_uri = _check_tracking_uri(args.tracking_uri)
         results_dir = _check_results_dir(args.results_dir)
+        _space_file(args.space)  # a bad space stops here, before the cluster is contacted
         from ray.job_submission import JobStatus, JobSubmissionClient
 
         try:

@@ -1,0 +1,210 @@
+"""A real two-node Ray cluster on this machine: a sweep submitted as a Ray Job, and one attached with
+``sweeps.launch --address``, run their trials on the cluster's nodes and log every trial to MLflow.
+
+The cluster is what ``ray start`` builds anywhere: a head and a worker node, each with its own
+resources and its own temp folder (as on separate machines), token authentication on, the Job
+API on loopback. Nodes on one machine share a filesystem, so a local absolute ``--results-dir``
+is the "shared path" that Ray Tune needs on a multi-node cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from _infra_support import free_ports, kill_processes_mentioning
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+# One CPU per node and one CPU per trial: the two trials can only run at the same time on
+# different nodes. Trials last long enough (30 small-batch epochs) that both nodes' trial
+# actors are up before either trial ends, so Tune's actor reuse cannot move the second trial
+# onto the first node's actor. gpus: 0.5 requests half of a node's (logical) GPU: fractional
+# GPUs are scheduled by Ray; without CUDA on this machine the trainer falls back to the CPU.
+SPACE = """
+name: {name}
+description: two trials on a two-node cluster
+fixed:
+  dataset: digits
+  model: mlp
+  batch_size: 32
+  epochs: {epochs}
+  delta: 1.0e-5
+  accountant: rdp
+axes:
+  noise_multiplier: [1.5, 2.0]
+epsilon_budget: 50.0
+search: grid
+pruner: none
+resources: {{cpus: 1, gpus: 0.5}}
+"""
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    base: Path  # every process of this cluster names a folder under it
+    gcs_address: str
+    dashboard_url: str
+    env: dict[str, str]  # what a client of this cluster needs: the auth mode and token
+
+    def state(self, code: str) -> object:
+        """Run ``code`` (which prints JSON) in a fresh Python with this cluster's credentials."""
+        done = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
+                              timeout=120, cwd=ROOT)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _ray_start(args: list[str], env: dict[str, str]) -> None:
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    assert ray is not None, "the `ray` command is missing: pip install -e '.[test]'"
+    done = subprocess.run([ray, "start", *args, "--disable-usage-stats"], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, f"ray start {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    # Short: Ray's Unix sockets live below it, and their paths are limited to 107 bytes.
+    base = Path(tempfile.mkdtemp(prefix="dpray-", dir="/tmp"))
+    token = base / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PYTHONPATH=str(ROOT))
+    gcs, dashboard, client, head_agent, worker_agent = free_ports(5)
+    node = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "1",
+            "--object-store-memory", str(100 * 1024**2)]
+    try:
+        _ray_start(["--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+                    "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(head_agent),
+                    "--temp-dir", str(base / "head"), *node], env)
+        _ray_start(["--address", f"127.0.0.1:{gcs}", "--dashboard-agent-listen-port", str(worker_agent),
+                    "--temp-dir", str(base / "worker"), *node], env)
+        yield LocalCluster(base=base, gcs_address=f"127.0.0.1:{gcs}", dashboard_url=f"http://127.0.0.1:{dashboard}",
+                           env=env)
+    finally:
+        kill_processes_mentioning(str(base))
+        shutil.rmtree(base, ignore_errors=True)
+
+
+NODES_AND_TRIAL_ACTORS = """
+import json
+from ray.util.state import list_actors, list_nodes
+nodes = [{"node_id": n.node_id, "is_head": n.is_head_node} for n in list_nodes(address=%(url)r, detail=True)]
+actors = [{"pid": a.pid, "node_id": a.node_id, "job_id": a.job_id, "resources": a.required_resources}
+          for a in list_actors(address=%(url)r, filters=[("class_name", "=", "ImplicitFunc")], detail=True,
+                               limit=10000)]
+print(json.dumps({"nodes": nodes, "actors": actors}))
+"""
+
+
+def _trial_pids(results: Path) -> dict[str, set[int]]:
+    """Ray Tune's own per-trial results: which worker process (pid) reported each epoch."""
+    pids = {}
+    for result_file in results.glob("*/trial_*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        trial = re.match(r"(trial_\d+)_", result_file.parent.name).group(1)  # trial_0000_<tune id>
+        pids[trial] = {row["pid"] for row in rows}
+    return pids
+
+
+def _trial_runs(tracking_uri: str) -> tuple[MlflowClient, list, list]:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("dpsweep")
+    runs = client.search_runs([experiment.experiment_id])
+    return (client, [r for r in runs if r.data.tags.get("dpsweep.role") == "sweep"],
+            [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"])
+
+
+def test_submitted_sweep_runs_its_trials_on_both_nodes_and_logs_every_trial(cluster: LocalCluster,
+                                                                            tmp_path: Path) -> None:
+    nodes = cluster.state(NODES_AND_TRIAL_ACTORS % {"url": cluster.dashboard_url})["nodes"]
+    assert sorted(n["is_head"] for n in nodes) == [False, True], nodes
+    space = tmp_path / "cluster_tiny.yaml"  # outside the project: submit ships it with the job
+    space.write_text(SPACE.format(name="cluster_tiny", epochs=30))
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.submit", "--space", str(space), "--address", cluster.dashboard_url,
+         "--tracking-uri", tracking_uri, "--results-dir", str(tmp_path / "results")],
+        cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=600,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    job_id = re.search(r"submitted job (\S+) to ", done.stdout).group(1)
+    assert f"job {job_id}: SUCCEEDED" in done.stdout, log
+    # The job's own output, streamed back while it ran: the sweep's progress lines and frontier.
+    assert "[2/2] trial_000" in done.stdout and "Accuracy-vs-ε frontier" in done.stdout, log
+    print(f"submitted sweep took {time.monotonic() - started:.0f} s")
+
+    # It ran through the Job API with the launcher as entrypoint (what the dashboard recorded).
+    job = cluster.state(
+        "import json; from ray.job_submission import JobSubmissionClient; "
+        f"info = JobSubmissionClient({cluster.dashboard_url!r}).get_job_info({job_id!r}); "
+        "print(json.dumps({'status': str(info.status), 'entrypoint': info.entrypoint}))")
+    assert job["status"] == "SUCCEEDED" and job["entrypoint"].startswith("python -m sweeps.launch --space "), job
+
+    # Which node ran each trial: Tune's results name the worker process, Ray's state API the node
+    # of every trial actor (ImplicitFunc) with its pid.
+    state = cluster.state(NODES_AND_TRIAL_ACTORS % {"url": cluster.dashboard_url})
+    node_of_pid = {a["pid"]: a["node_id"] for a in state["actors"]}
+    pids = _trial_pids(tmp_path / "results")
+    assert sorted(pids) == ["trial_0000", "trial_0001"], pids
+    assert all(len(p) == 1 for p in pids.values()), pids  # one process per trial, never restarted
+    trial_nodes = {name: node_of_pid[next(iter(p))] for name, p in pids.items()}
+    assert set(trial_nodes.values()) == {n["node_id"] for n in state["nodes"]}, (trial_nodes, state["nodes"])
+
+    # Each trial asked Ray for one CPU and half a GPU, as the space says.
+    trial_pids = set().union(*pids.values())
+    for actor in (a for a in state["actors"] if a["pid"] in trial_pids):
+        # Tune places each trial in a placement group: CPU_group_0_<id>, GPU_group_0_<id>, ...
+        granted = {key.split("_group_")[0]: value for key, value in actor["resources"].items() if "_group_0_" in key}
+        assert granted.get("CPU") == 1.0 and granted.get("GPU") == 0.5, actor["resources"]
+
+    # Every trial reached the MLflow store, every epoch of it.
+    client, parents, children = _trial_runs(tracking_uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.info.run_name for c in children) == ["trial_0000", "trial_0001"]
+    for child in children:
+        assert child.data.tags["dpsweep.outcome"] == "completed"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "test_accuracy")]
+        assert steps == list(range(1, 31)), (child.info.run_name, steps)
+
+
+def test_launch_with_address_attaches_to_the_running_cluster(cluster: LocalCluster, tmp_path: Path) -> None:
+    space = tmp_path / "attached_tiny.yaml"
+    space.write_text(SPACE.format(name="attached_tiny", epochs=2))
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--address", cluster.gcs_address,
+         "--tracking-uri", tracking_uri, "--results-dir", str(tmp_path / "results")],
+        cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    # The trials ran as actors of this cluster (not of a private local Ray the launcher started).
+    state = cluster.state(NODES_AND_TRIAL_ACTORS % {"url": cluster.dashboard_url})
+    cluster_nodes = {n["node_id"] for n in state["nodes"]}
+    node_of_pid = {a["pid"]: a["node_id"] for a in state["actors"]}
+    pids = _trial_pids(tmp_path / "results")
+    assert len(pids) == 2 and all(next(iter(p)) in node_of_pid for p in pids.values()), (pids, node_of_pid)
+    assert {node_of_pid[next(iter(p))] for p in pids.values()} <= cluster_nodes
+
+    client, parents, children = _trial_runs(tracking_uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert [c.data.tags["dpsweep.outcome"] for c in children] == ["completed", "completed"]

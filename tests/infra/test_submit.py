@@ -1,0 +1,109 @@
+"""sweeps.submit without a cluster: what a job is made of, and bad input stopped before submitting.
+
+The real submission, to a real two-node cluster, is tests/infra/test_ray_cluster.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shlex
+from pathlib import Path
+
+import pytest
+
+from sweeps import submit
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """``python -m sweeps.submit ARGS`` in this process: (exit code, stderr)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+
+    def run(*args: str) -> tuple[int, str]:
+        code = submit.main(list(args))
+        return code, capsys.readouterr().err
+
+    return run
+
+
+def test_entrypoint_is_the_launcher_with_the_options_passed_through() -> None:
+    command = submit.job_entrypoint(space="digits quick.yaml", tracking_uri="http://mlflow:5000",
+                                    results_dir="/mnt/dpsweep/results", experiment="team a")
+    assert shlex.split(command) == ["python", "-m", "sweeps.launch", "--space", "digits quick.yaml", "--tracking-uri",
+                                    "http://mlflow:5000", "--results-dir", "/mnt/dpsweep/results",
+                                    "--experiment", "team a"]
+
+
+def test_a_shipped_space_uploads_the_project_root_without_local_results() -> None:
+    with submit.job_runtime_env(submit._space_file("digits_quick")) as (runtime_env, space_in_job):
+        assert space_in_job is None  # the name works as it is: the space ships with the project
+        assert runtime_env["working_dir"] == str(submit.PROJECT_ROOT)
+        assert {".git", "mlflow.db", "dpsweep_results", "mlruns", "*.pt"} <= set(runtime_env["excludes"])
+
+
+def test_a_space_file_inside_the_project_is_named_relative_to_it() -> None:
+    shipped = submit.PROJECT_ROOT / "search_spaces" / "digits_grid.yaml"
+    with submit.job_runtime_env(submit._space_file(str(shipped))) as (runtime_env, space_in_job):
+        assert runtime_env["working_dir"] == str(submit.PROJECT_ROOT)
+        assert space_in_job == "search_spaces/digits_grid.yaml"
+
+
+def test_a_space_file_from_elsewhere_travels_in_a_copy_of_the_project(tmp_path: Path) -> None:
+    space = tmp_path / "mine.yaml"
+    space.write_text((submit.PROJECT_ROOT / "search_spaces" / "digits_quick.yaml").read_text()
+                     .replace("name: digits_quick", "name: mine"))
+    with submit.job_runtime_env(submit._space_file(str(space))) as (runtime_env, space_in_job):
+        stage = Path(runtime_env["working_dir"])
+        assert (stage / space_in_job).read_text() == space.read_text()
+        for needed in ("pyproject.toml", "dp_core/train.py", "sweeps/launch.py", "search_spaces/digits_quick.yaml"):
+            assert (stage / needed).is_file(), needed
+        assert not (stage / ".git").exists() and not list(stage.rglob("__pycache__"))
+    assert not stage.exists()  # removed once Ray has uploaded it
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--space", "digits_quick"], "Expected --tracking-uri"),
+    (["--space", "digits_quick", "--tracking-uri", "sqlite:///mlflow.db"], "relative path"),
+    (["--space", "digits_quick", "--tracking-uri", "http://m:5000", "--results-dir", "results"],
+     "Expected --results-dir to be an absolute path"),
+    (["--space", "no_such_space", "--tracking-uri", "http://m:5000"], "Known spaces: "),
+])
+def test_bad_input_stops_before_the_cluster_is_contacted(cli, args: list[str], message: str) -> None:
+    # Nothing listens on port 9 of loopback: reaching the connection step would say so instead.
+    code, stderr = cli(*args, "--address", "http://127.0.0.1:9")
+    assert code == 2 and message in stderr, stderr
+    assert "Cannot reach" not in stderr
+
+
+def test_an_unreachable_cluster_is_reported_with_its_address(cli) -> None:
+    code, stderr = cli("--space", "digits_quick", "--tracking-uri", "http://m:5000", "--address", "http://127.0.0.1:9")
+    assert code == 2 and "Cannot reach the Ray Job API at http://127.0.0.1:9" in stderr, stderr
+
+
+class _Status(str):
+    def is_terminal(self) -> bool:
+        return self in ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class _ClosingLogStream:
+    """A Job API whose log stream ends early (a dashboard restart) while the job still runs."""
+
+    def __init__(self) -> None:
+        self.statuses = [_Status("RUNNING"), _Status("RUNNING"), _Status("SUCCEEDED")]
+
+    async def tail_job_logs(self, job_id: str):
+        yield "epoch 1\n"
+        await asyncio.sleep(0)
+        raise RuntimeError("Unexpected error while tailing logs")
+
+    def get_job_status(self, job_id: str) -> _Status:
+        return self.statuses.pop(0)
+
+
+def test_follow_waits_for_the_job_when_the_log_stream_closes_early() -> None:
+    out = io.StringIO()
+    status = submit.follow(_ClosingLogStream(), "raysubmit_x", out=out, poll_seconds=0)
+    assert status == "SUCCEEDED"
+    assert out.getvalue().startswith("epoch 1\n") and "log stream closed" in out.getvalue()
