@@ -40,7 +40,7 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 LR_SCHEDULES = ("constant", "cos")
 CLIPPING_MODES = ("flat", "per_layer")
-GRAD_SAMPLE_MODES = ("hooks", "functorch")
+GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ew", "ghost", "bk")  # dp_core.engines; auto = fastest that fits
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -122,7 +122,7 @@ class PrivacyConfig:
     epsilon_budget: float | None = None
     disable_dp: bool = False
     secure_mode: bool = False
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "auto"
 
     def __post_init__(self) -> None:
         from dp_core.accounting import ACCOUNTANTS

@@ -5,6 +5,10 @@ engine derives the sampling rate as ``1 / len(data_loader)``, which differs from
 ``batch_size / N`` users ask for whenever N is not a multiple of the batch (e.g. 1437 digits
 with batches of 64: 1/23 vs 64/1437). Here the sampling rate the sampler uses is exactly the
 one the accountant is given.
+
+``make_private_step`` wraps a model and optimizer with a per-sample gradient engine
+(``dp_core.engines``) and returns a ``PrivateStep``: ``loss = step.backward(images, labels)`` then
+``step.optimizer.step()`` is the whole DP-SGD step whichever engine computes it.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import math
 from collections.abc import Iterator
 
 import torch
-from opacus.grad_sample.utils import wrap_model
-from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
+from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-__all__ = ["make_private", "poisson_batches", "per_layer_norms"]
+from dp_core._validate import ConfigError
+from dp_core.engines import Engine, PrivateStep, choose_engine
+
+__all__ = ["PlainStep", "PrivateStep", "make_private", "make_private_step", "poisson_batches", "per_layer_norms"]
 
 
 def per_layer_norms(max_grad_norm: float, model: nn.Module) -> list[float]:
@@ -26,6 +32,35 @@ def per_layer_norms(max_grad_norm: float, model: nn.Module) -> list[float]:
     norm is still at most C (the seed CIFAR-10 script's rule)."""
     n_tensors = sum(1 for p in model.parameters() if p.requires_grad)
     return [max_grad_norm / math.sqrt(n_tensors)] * n_tensors
+
+
+def make_private_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: float,
+    clipping: str = "flat",
+    grad_sample_mode: str = "auto",
+    noise_generator: torch.Generator | None = None,
+) -> PrivateStep:
+    """Wrap ``model`` and ``optimizer`` for DP-SGD with a per-sample gradient engine.
+
+    Each step: every example's gradient g_i is clipped to norm ≤ C (flat: over all parameters;
+    per_layer: C/√n per tensor), the clipped gradients are summed, N(0, σ²C²) is added to every
+    coordinate, and the result is divided by the *expected* batch size qN (not the realised
+    Poisson batch size, which would depend on the data and break the sensitivity bound).
+    Every engine computes this same quantity; they differ in speed and memory. ``auto`` picks
+    the fastest one that supports the model (``dp_core.engines.AUTO_ORDER``).
+
+    Train with ``loss = step.backward(images, labels); step.optimizer.step()``: engines that clip
+    inside backward (ghost, bk) need their own backward, and their optimizer refuses to step
+    on gradients from a plain ``loss.backward()``.
+    """
+    engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=clipping)
+    return _prepare(engine, model, optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                    expected_batch_size=expected_batch_size, clipping=clipping, noise_generator=noise_generator)
 
 
 def make_private(
@@ -39,29 +74,46 @@ def make_private(
     grad_sample_mode: str = "hooks",
     noise_generator: torch.Generator | None = None,
 ) -> tuple[nn.Module, DPOptimizer]:
-    """Wrap ``model`` to compute per-sample gradients and ``optimizer`` to privatise them.
+    """``make_private_step`` as Opacus' ``(model, optimizer)`` pair, for a plain ``loss.backward()`` loop.
 
-    Each step: every example's gradient g_i is clipped to norm ≤ C (flat: over all parameters;
-    per_layer: C/√n per tensor), the clipped gradients are summed, N(0, σ²C²) is added to every
-    coordinate, and the result is divided by the *expected* batch size qN (not the realised
-    Poisson batch size, which would depend on the data and break the sensitivity bound).
+    Only engines that clip in ``optimizer.step()`` fit that loop (hooks, functorch, ew; ``auto``
+    picks the fastest of them); ghost and bk need ``make_private_step(...).backward``.
     """
-    private_model = wrap_model(model, grad_sample_mode=grad_sample_mode, batch_first=True, loss_reduction="mean")
-    # Poisson sampling assumes each step sees a fresh batch: accumulating per-sample gradients
-    # over two forward passes would change the sensitivity, so Opacus forbids it.
-    private_model.forbid_grad_accumulation()
-    if clipping == "per_layer":
-        private_optimizer: DPOptimizer = DPPerLayerOptimizer(
-            optimizer, noise_multiplier=noise_multiplier,
-            max_grad_norm=per_layer_norms(max_grad_norm, model),
-            expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator,
+    engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=clipping, plain_backward=True)
+    if not engine.clips_in_optimizer_step:
+        raise ConfigError(
+            f"Expected an engine that clips in optimizer.step(), but got grad_sample_mode={engine.name!r}, which "
+            "clips during its own backward; use make_private_step(...).backward(images, labels) instead."
         )
-    else:
-        private_optimizer = DPOptimizer(
-            optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator,
-        )
-    return private_model, private_optimizer
+    step = _prepare(engine, model, optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                    expected_batch_size=expected_batch_size, clipping=clipping, noise_generator=noise_generator)
+    return step.model, step.optimizer
+
+
+def _prepare(
+    engine: Engine, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
+    max_grad_norm: float, expected_batch_size: float, clipping: str, noise_generator: torch.Generator | None,
+) -> PrivateStep:
+    flat = clipping == "flat"
+    return engine.prepare(
+        model, optimizer, noise_multiplier=noise_multiplier,
+        max_grad_norms=[max_grad_norm] if flat else per_layer_norms(max_grad_norm, model),
+        flat=flat, expected_batch_size=expected_batch_size, noise_generator=noise_generator,
+    )
+
+
+class PlainStep:
+    """The non-private reference step, with ``PrivateStep``'s interface: mean cross-entropy, one backward."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.engine = "none"
+        self.model = model
+        self.optimizer = optimizer
+
+    def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(self.model(images), labels)
+        loss.backward()
+        return loss.detach()
 
 
 def poisson_batches(

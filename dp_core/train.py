@@ -23,7 +23,7 @@ from torch import nn
 
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_dataset
-from dp_core.dpsgd import make_private, poisson_batches
+from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
 from dp_core.models import build_model
 from dp_core.plan import PrivacyPlan, plan_privacy
 
@@ -169,13 +169,15 @@ def train(
         gn_groups=config.model.gn_groups,
     ).to(device)
     optimizer = _build_optimizer(config, model)
+    step = PlainStep(model, optimizer)
     if plan.private:
-        model, optimizer = make_private(
+        step = make_private_step(
             model, optimizer, noise_multiplier=plan.noise_multiplier,
             max_grad_norm=privacy.max_grad_norm, expected_batch_size=plan.sample_rate * train_size,
             clipping=privacy.clipping, grad_sample_mode=privacy.grad_sample_mode,
             noise_generator=noise_generator,
         )
+        model, optimizer = step.model, step.optimizer
     base_optimizer = getattr(optimizer, "original_optimizer", optimizer)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(base_optimizer, T_max=plan.max_steps)
@@ -219,18 +221,11 @@ def train(
         ):
             indices = indices.to(device)
             images, labels = train_images[indices], train_labels[indices]
-            if len(indices) > 0:
-                loss = nn.functional.cross_entropy(model(images), labels)
-                loss.backward()
-                loss_sum += loss.detach() * len(indices)
-                seen += len(indices)
-            elif plan.private:
-                # An empty Poisson batch is still a step of the mechanism: it releases pure noise.
-                for p in model.parameters():
-                    if p.requires_grad:
-                        p.grad_sample = torch.zeros((0, *p.shape), device=device, dtype=p.dtype)
-            else:
-                continue
+            if len(indices) == 0 and not plan.private:
+                continue  # under DP an empty Poisson batch is still a step: it releases pure noise
+            loss = step.backward(images, labels)  # the engine's protocol (hooks, ghost, bk), empty batches included
+            loss_sum += loss * len(indices)
+            seen += len(indices)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ends_step:

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where Ray Tune keeps trial state and checkpoints (default: ./dpsweep_results)")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="SWEEP",
                         help="continue an interrupted sweep (the latest of this space, or a sweep folder name)")
+    parser.add_argument("--audit", action="store_true",
+                        help="after the sweep, retrain the best trial with canaries and log an empirical ε lower "
+                             "bound next to its theoretical ε (grid sweeps of kind: train)")
     return parser
 
 
@@ -112,6 +115,22 @@ def _run(args: argparse.Namespace) -> int:
             f"ε = {cheapest.planned_epsilon:.3f} (δ = {cheapest.plan.delta:g}, "
             f"{cheapest.plan.accountant.upper()} accountant). Raise the budget or the noise."
         )
+    admitted = runnable
+    if grid is not None and space.private_selection is not None:
+        from sweeps.selection import select_trials
+
+        if args.time_budget is not None:
+            raise ConfigError(
+                f"Expected no --time-budget with private_selection (in {space.source}), but got --time-budget "
+                f"{args.time_budget:g}: trials not started by the deadline would cut the drawn trial count short, "
+                "and the guarantee is for K drawn from the distribution, not a truncated one."
+            )
+        runnable = select_trials(space, admitted)  # K ~ private_selection, drawn before anything runs
+    if args.audit and (grid is None or space.kind != "train"):
+        raise ConfigError(
+            f"Expected a grid sweep of kind: train with --audit (it retrains the best planned trial), but got "
+            f"search={space.search!r}, kind={space.kind!r} in {space.source}."
+        )
     results_dir = args.results_dir.resolve()
     sweep_name = _sweep_name(space.name, results_dir, args.resume)
 
@@ -161,6 +180,10 @@ def _run(args: argparse.Namespace) -> int:
         for trial in over_budget:
             on_skip(trial, dict(trial.axis_values), budget.rejects(trial) or "")
         print(f"{len(grid)} grid points: {len(runnable)} to run, {skipped} skipped over budget", flush=True)
+        if space.private_selection is not None:
+            print(f"private selection: drew K = {len(runnable)} trials ({space.private_selection.distribution}, mean "
+                  f"{space.private_selection.mean:g}), uniformly with replacement from the {len(admitted)} admitted "
+                  "grid points, each with its own seed", flush=True)
     else:
         results_dir.mkdir(parents=True, exist_ok=True)
         searcher = BudgetedOptunaSearch(
@@ -196,7 +219,16 @@ def _run(args: argparse.Namespace) -> int:
     report = FrontierReport(points, budget=space.epsilon_budget, delta=delta, accountant=accountant,
                             axis_keys=list(space.axes))
     frontier_dir = results_dir / sweep_name / "frontier"
-    for path in report.write(frontier_dir, title=space.name):
+    # What releasing the selected model costs, the search included (sweeps.selection).
+    selection_privacy = None
+    if space.kind == "train":
+        from sweeps.selection import TrialMechanism, sweep_privacy
+
+        ran = runnable if grid is not None else TrialMechanism.from_points(points)
+        selection_privacy = sweep_privacy(space, admitted=admitted if grid is not None else ran, trials_run=ran,
+                                          delta=delta)
+    for path in report.write(frontier_dir, title=space.name,
+                             extra_lines=selection_privacy.plot_lines() if selection_privacy else None):
         tracker.log_artifact(str(path))
 
     slots = _slots(space)
@@ -206,12 +238,21 @@ def _run(args: argparse.Namespace) -> int:
     tracker.log_sweep_metrics({**split, "frontier_points": len(report.front), "points": len(points),
                                "best_accuracy": best.accuracy if best else float("nan"),
                                "best_accuracy_epsilon": best.epsilon if best else float("nan")})
+    if selection_privacy is not None:
+        tracker.log_sweep_metrics(selection_privacy.metrics())
+    audit_result = _audit_best(runnable, best) if args.audit and best is not None else None
+    if audit_result is not None:
+        tracker.log_sweep_metrics(audit_result.metrics())
     outcomes = tracker.outcomes() if online else dict(callback.outcomes, skipped_over_budget=skipped)
     tracker.log_sweep_tags({f"dpsweep.trials.{k}": v for k, v in outcomes.items()})
     tracker.end_sweep()
 
     print()
     print(report.summary())
+    if selection_privacy is not None:
+        print("\n" + selection_privacy.summary())
+    if audit_result is not None:
+        print(audit_result.summary())
     print(f"\ntrials: {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}"
           + (f"; {orphans} left running by a dead process marked failed" if orphans else ""))
     print(f"time: {split['total_seconds']:.1f} s in all; planning (σ calibration, per-epoch ε) "
@@ -225,9 +266,20 @@ def _run(args: argparse.Namespace) -> int:
               f"nothing is lost: the tracking writes are kept in {journal}.\nWhen the server is back, run:\n"
               f"  python -m sweeps.sync {journal}", file=sys.stderr)
         return 3
-    print(f"open the results: mlflow ui --backend-store-uri {tracking_uri}  → experiment {args.experiment!r}, "
-          f"run {sweep_name}")
+    where = (f"open {tracking_uri}" if tracking_uri.startswith(("http://", "https://"))
+             else f"mlflow ui --backend-store-uri {tracking_uri}")
+    print(f"open the results: {where}  → experiment {args.experiment!r}, run {sweep_name}")
     return 0
+
+
+def _audit_best(trials: list[Any], best: Any) -> Any:
+    """Retrain the best trial's configuration with canaries (dp_core.audit), in this process."""
+    from dp_core.audit import audit
+    from dp_core.config import TrainConfig
+
+    trial = next(t for t in trials if t.name == best.trial)
+    print(f"auditing {trial.name} (retrained with canaries) ...", flush=True)
+    return audit(TrainConfig.from_dict(dict(trial.train_config)))
 
 
 def _slots(space: Any) -> float:

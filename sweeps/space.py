@@ -16,6 +16,7 @@ A search space is a small YAML file (shipped ones live in the ``search_spaces`` 
     resources: {cpus: 1, gpus: 0}
     seed: 0
     kind: train                     # train | federated (FedAvg over DP-SGD clients)
+    private_selection: {distribution: poisson, mean: 10}   # optional, grid only: see below
 
 Files are data: they are read with ``yaml.safe_load`` only, nothing named in them is imported
 or evaluated. Every check runs in :func:`load_space`, so a typo fails in milliseconds with a
@@ -24,6 +25,13 @@ of trials. The training keys under ``fixed`` and ``axes`` are dp_core's flat ``T
 keys, and each trial configuration is validated by ``TrainConfig.from_dict`` itself. With
 ``kind: federated`` they may also be ``dp_core.federated``'s keys (clients, rounds, local_epochs,
 partition, dirichlet_alpha), and each trial is validated by ``dp_core.federated.split_flat``.
+
+``private_selection`` (``distribution: poisson | truncated_negative_binomial``, ``mean``, and for
+the latter an optional shape ``eta``, default 1) makes a grid sweep draw its number of trials K
+from that distribution and run K grid points drawn uniformly with replacement, so that releasing
+the best model has Papernot–Steinke's guarantee (:mod:`sweeps.selection`). The theorem needs
+i.i.d. runs of one mechanism, so it is refused with search: optuna (adaptive), pruner: asha
+(runs depend on each other), a trials cap, a seed axis and kind: federated.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ __all__ = [
     "OBJECTIVES",
     "PRUNERS",
     "KINDS",
+    "SELECTION_DISTRIBUTIONS",
+    "PrivateSelection",
     "Range",
     "Axis",
     "SearchSpace",
@@ -65,14 +75,16 @@ SEARCH_MODES = ("grid", "optuna")
 OBJECTIVES = ("single", "multi")
 PRUNERS = ("asha", "none")
 KINDS = ("train", "federated")  # what a trial runs: dp_core.train, or dp_core.federated
+SELECTION_DISTRIBUTIONS = ("poisson", "truncated_negative_binomial")  # of the trial count K
 
 _TOP_LEVEL_KEYS = (
     "name", "description", "fixed", "axes", "epsilon_budget", "search", "trials", "objective",
-    "pruner", "resources", "seed", "kind",
+    "pruner", "resources", "seed", "kind", "private_selection",
 )  # fmt: skip
 _REQUIRED_KEYS = ("name", "fixed", "axes", "search")
 _RANGE_KEYS = ("low", "high", "log", "num")
 _RESOURCE_KEYS = ("cpus", "gpus")
+_SELECTION_KEYS = ("distribution", "mean", "eta")
 # Pairs of TrainConfig keys that say the same thing two ways; a space may give only one of each.
 _EXCLUSIVE_KEYS = (("noise_multiplier", "target_epsilon"), ("batch_size", "sample_rate"))
 # Names people write for TrainConfig keys (Opacus example flags, other libraries) that difflib
@@ -138,6 +150,15 @@ Axis = tuple[Any, ...] | Range  # a grid list is stored as a tuple
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class PrivateSelection:
+    """Draw the trial count K ~ ``distribution`` with E[K] = ``mean`` (``eta``: TNB shape, else None)."""
+
+    distribution: str
+    mean: float
+    eta: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SearchSpace:
     """One validated search space. ``fixed`` and ``axes`` are read-only mappings in file order."""
 
@@ -155,6 +176,7 @@ class SearchSpace:
     gpus_per_trial: float
     seed: int
     kind: str = "train"
+    private_selection: PrivateSelection | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed", types.MappingProxyType(dict(self.fixed)))
@@ -394,11 +416,12 @@ def _parse(data: Any, path: Path) -> SearchSpace:
 
     seed = data.get("seed", 0)
     require_here(_is_int(seed) and seed >= 0, key="seed", value=seed, allowed="to be an integer >= 0")
+    private_selection = _parse_private_selection(data.get("private_selection"), path)
 
     space = SearchSpace(
         name=name, description=description, source=path, fixed=fixed, axes=axes, epsilon_budget=budget,
         search=search, trials=trials, objective=objective, pruner=pruner,
-        cpus_per_trial=cpus, gpus_per_trial=gpus, seed=seed, kind=kind,
+        cpus_per_trial=cpus, gpus_per_trial=gpus, seed=seed, kind=kind, private_selection=private_selection,
     )  # fmt: skip
     _check_search_settings(space, path)
     _check_trial_configs(space, path)
@@ -553,6 +576,68 @@ def _parse_resources(raw: Any, path: Path) -> tuple[float, float]:
     return float(cpus), float(gpus)
 
 
+def _parse_private_selection(raw: Any, path: Path) -> PrivateSelection | None:
+    if raw is None:
+        return None
+    require_here = _require_in(path)
+    require_here(
+        isinstance(raw, dict), key="private_selection", value=raw,
+        allowed="to be a mapping such as {distribution: poisson, mean: 10}",
+    )
+    for key in raw:
+        if key not in _SELECTION_KEYS:
+            raise dp_config.unknown_key_error(str(key), _SELECTION_KEYS, where=f"private_selection of {path}")
+    for key in ("distribution", "mean"):
+        if key not in raw:
+            raise ConfigError(
+                f"Missing {key!r} in private_selection of {path} (got {raw!r}). It needs distribution "
+                f"({' | '.join(SELECTION_DISTRIBUTIONS)}) and mean, and optionally eta for the negative binomial."
+            )
+    distribution, mean, eta = raw["distribution"], _coerce(raw["mean"]), _coerce(raw.get("eta"))
+    with _in_file(path):
+        require_choice(distribution, key="private_selection.distribution", choices=SELECTION_DISTRIBUTIONS)
+    require_here(
+        _is_number(mean) and mean >= 1, key="private_selection.mean", value=mean,
+        allowed="to be a finite number >= 1 (the expected number of trials)",
+    )
+    if distribution == "poisson":
+        require_here(eta is None, key="private_selection.eta", value=eta,
+                     allowed="to be absent for distribution: poisson (eta is the negative binomial's shape)")
+    elif eta is None:
+        eta = 1.0  # the geometric distribution
+    else:
+        require_here(
+            _is_number(eta) and eta >= 0, key="private_selection.eta", value=eta,
+            allowed="to be a number >= 0 (0: logarithmic, 1: geometric distribution of the trial count)",
+        )
+    return PrivateSelection(distribution=distribution, mean=float(mean), eta=None if eta is None else float(eta))
+
+
+def _check_private_selection(space: SearchSpace, path: Path, source: str) -> None:
+    """Papernot–Steinke need K i.i.d. runs of one mechanism: refuse what would break that."""
+    if space.private_selection is None:
+        return
+    why = {
+        "search": (space.search != "grid", space.search,
+                   "grid (Optuna proposes from earlier results, so its runs are not independent draws)"),
+        "pruner": (space.pruner != "none", space.pruner,
+                   "none (ASHA stops a run based on other runs' results, so runs are not independent)"),
+        "trials": (space.trials is not None, space.trials,
+                   "absent (the number of trials is drawn from private_selection's distribution)"),
+        "kind": (space.kind != "train", space.kind, "train (a federated run is not one sampled Gaussian mechanism)"),
+    }
+    for key, (broken, value, allowed) in why.items():
+        if broken:
+            raise ConfigError(
+                f"Expected {key} to be {allowed} with private_selection, but got {key}={value!r}{source} in {path}."
+            )
+    if "seed" in space.axes:
+        raise ConfigError(
+            f"Expected no seed axis with private_selection, but got axes.seed={_describe_axis(space.axes['seed'])} "
+            f"in {path}: each drawn trial gets its own seed (fixed.seed + draw index)."
+        )
+
+
 def _check_search_settings(space: SearchSpace, path: Path, *, override: bool = False) -> None:
     """What the search mode needs: a trial count for optuna, ``num`` on every range for grid."""
     source = " (overridden from the command line)" if override else ""
@@ -574,6 +659,7 @@ def _check_search_settings(space: SearchSpace, path: Path, *, override: bool = F
                     f"{source}, but got axes.{key}={_describe_axis(axis)} without num in {path}. Add num, "
                     "give a list of values, or use search: optuna."
                 )
+    _check_private_selection(space, path, source)
 
 
 def _check_trial_configs(space: SearchSpace, path: Path) -> None:

@@ -1,0 +1,328 @@
+"""Book-keeping (BK) clipping: Σ_i clip(g_i) from one forward and one output-only backward pass.
+
+Bu, Wang, Zha and Karypis, "Differentially Private Optimization on Large Model at Small Cost"
+(ICML 2023), Algorithm 1. For every trainable layer y = f(a; W) the per-example gradient is a
+function of the layer's input a_i and of its output gradient b_i = ∂ℓ_i/∂y_i only, so
+
+1. one forward pass records each layer's input a (hooks live only for that pass);
+2. one backward pass of Σ_i ℓ_i is taken to the layer *outputs* (``torch.autograd.grad``), which
+   yields every b and skips the parameter gradients a normal backward would compute;
+3. per layer, the squared per-example norms ‖g_i‖² come either from the ghost norm
+   ‖Σ_t b_it a_itᵀ‖²_F = ⟨a_i a_iᵀ, b_i b_iᵀ⟩ (Goodfellow 2015; Li et al. 2022), cheap when the
+   layer has few positions T, or from the instantiated per-example gradients g_i = b_iᵀ a_i —
+   whichever costs less: ghost iff 2T² < p·d (Bu et al., "mixed" clipping, for p·d weights);
+4. the clip factors c_i = min(1, C / (‖g_i‖ + 1e-6)) (Opacus' formula) weight the sum
+   Σ_i c_i g_i, contracted from the instantiated g_i or computed as the layer's weight gradient
+   with b_i rescaled by c_i. There is no second backward pass.
+
+Linear and Conv2d (groups=1) layers take these fast paths; every other layer type with an Opacus
+grad sampler (GroupNorm, LayerNorm, Embedding, ...) instantiates its per-example gradients with
+that sampler, which is cheap for normalisation layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from opacus.grad_sample.grad_sample_module import GradSampleModule
+from opacus.layers.dp_rnn import DPGRU, DPLSTM, DPRNN, RNNLinear
+from torch import nn
+
+__all__ = ["BookkeepingClipper", "unsupported_layers"]
+
+# Σ_i c_i g_i for each parameter of a layer, given each parameter's per-example factors c.
+_Finish = Callable[[Mapping[nn.Parameter, torch.Tensor]], dict[nn.Parameter, torch.Tensor]]
+# (layer, its forward inputs, its output gradient) -> squared per-example norms per parameter, finish
+_Handler = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], tuple[dict[nn.Parameter, torch.Tensor], _Finish]]
+
+_EPS = 1e-6  # Opacus' clip-factor guard: c = C / (‖g‖ + 1e-6)
+
+
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters(recurse=False) if p.requires_grad]
+
+
+def _ghost_is_cheaper(positions: int, weights: int) -> bool:
+    """Bu et al.'s rule: a T×T Gram per example costs ~2T² against p·d for the gradient itself."""
+    return 2 * positions * positions < weights
+
+
+def _linear(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor):
+    batch = grad_output.shape[0]
+    a = inputs[0].reshape(batch, -1, inputs[0].shape[-1]).to(grad_output.dtype)  # (B, T, d_in)
+    b = grad_output.reshape(batch, -1, grad_output.shape[-1])  # (B, T, d_out)
+    weight, bias = module.weight, module.bias
+    norms: dict[nn.Parameter, torch.Tensor] = {}
+    sums: dict[nn.Parameter, Callable[[torch.Tensor], torch.Tensor]] = {}
+    if weight.requires_grad:
+        positions = a.shape[1]
+        if positions == 1:  # ‖b aᵀ‖ = ‖a‖·‖b‖: the ghost norm is free
+            a1, b1 = a[:, 0], b[:, 0]
+            norms[weight] = a1.square().sum(1) * b1.square().sum(1)
+            sums[weight] = lambda c: (b1 * c[:, None]).T @ a1
+        elif _ghost_is_cheaper(positions, weight.numel()):
+            norms[weight] = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(b, b.transpose(1, 2))).sum((1, 2))
+            sums[weight] = lambda c: (b * c[:, None, None]).flatten(0, 1).T @ a.flatten(0, 1)
+        else:
+            per_example = torch.bmm(b.transpose(1, 2), a)  # (B, d_out, d_in)
+            norms[weight] = per_example.square().sum((1, 2))
+            sums[weight] = lambda c: (c @ per_example.flatten(1)).view_as(weight)
+    if bias is not None and bias.requires_grad:
+        bias_per_example = b.sum(1)
+        norms[bias] = bias_per_example.square().sum(1)
+        sums[bias] = lambda c: c @ bias_per_example
+    return norms, lambda coefs: {p: sums[p](coefs[p]) for p in sums}
+
+
+def _unfold2d(a: torch.Tensor, module: nn.Conv2d) -> torch.Tensor:
+    """im2col as one strided copy: (B, C, H, W) -> (B, C·kh·kw, T), like ``F.unfold`` but faster on CPU."""
+    ph, pw = module.padding  # type: ignore[misc]  # string paddings go to Opacus' sampler instead
+    if ph or pw:
+        a = F.pad(a, (pw, pw, ph, ph))
+    a = a.contiguous()
+    batch, channels, height, width = a.shape
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+    out_h = (height - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width - dw * (kw - 1) - 1) // sw + 1
+    s_b, s_c, s_h, s_w = a.stride()
+    patches = a.as_strided((batch, channels, kh, kw, out_h, out_w), (s_b, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
+    return patches.reshape(batch, channels * kh * kw, out_h * out_w)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConvGeometry:
+    """A conv's input seen as stride-1 "phase" images of width ``wq`` (the padded input split into
+    stride_h·stride_w polyphase components), so that tap (u, v) of output position q = i·wq + j
+    reads flat index q + offset of one phase: patches never need to be copied out (no im2col)."""
+
+    taps: tuple[tuple[tuple[int, int], int], ...]  # per (u, v): (phase, flat offset)
+    phase_pixels: int  # hq·wq
+    phases: int  # distinct phases the taps read
+    wq: int
+    out_h: int
+    out_w: int
+    wide: int  # L = (out_h - 1)·wq + out_w "wide" output positions (those with j >= out_w are padding)
+
+
+def _geometry(module: nn.Conv2d, height: int, width: int) -> _ConvGeometry:
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = module.kernel_size, module.stride, module.dilation, module.padding
+    hp, wp = height + 2 * ph, width + 2 * pw  # type: ignore[operator]
+    out_h, out_w = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    hq, wq = -(-hp // sh), -(-wp // sw)
+    taps = tuple(
+        (((dh * u) % sh, (dw * v) % sw), ((dh * u) // sh) * wq + (dw * v) // sw)
+        for u in range(kh) for v in range(kw)
+    )
+    return _ConvGeometry(taps=taps, phase_pixels=hq * wq, phases=len({phase for phase, _ in taps}), wq=wq,
+                         out_h=out_h, out_w=out_w, wide=(out_h - 1) * wq + out_w)
+
+
+def _ghost_norm_wide(a: torch.Tensor, b: torch.Tensor, module: nn.Conv2d, geo: _ConvGeometry) -> torch.Tensor:
+    """‖g_i‖² = ⟨A_iᵀA_i, B_iᵀB_i⟩ with the patch Gram A_iᵀA_i summed from per-phase channel Grams
+    (Σ over taps of a shifted block), which costs C·(hq·wq)² instead of C·k²·T² and no im2col."""
+    batch, channels = a.shape[:2]
+    (ph, pw), (sh, sw) = module.padding, module.stride
+    hp, wp = a.shape[2] + 2 * ph, a.shape[3] + 2 * pw  # type: ignore[operator]
+    hq = geo.phase_pixels // geo.wq
+    padded = F.pad(a, (pw, pw + geo.wq * sw - wp, ph, ph + hq * sh - hp))  # type: ignore[operator]
+    grid = padded.view(batch, channels, hq, sh, geo.wq, sw)
+    wide, gram_a = geo.wide, None
+    for phase in dict.fromkeys(p for p, _ in geo.taps):
+        image = grid[:, :, :, phase[0], :, phase[1]].reshape(batch, channels, geo.phase_pixels)
+        channel_gram = torch.bmm(image.transpose(1, 2), image)
+        for tap_phase, offset in geo.taps:
+            if tap_phase == phase:
+                block = channel_gram[:, offset:offset + wide, offset:offset + wide]
+                gram_a = block.clone() if gram_a is None else gram_a.add_(block)
+    b_wide = F.pad(b, (0, geo.wq - geo.out_w)).reshape(batch, b.shape[1], -1)[:, :, :wide]
+    return (gram_a * torch.bmm(b_wide.transpose(1, 2), b_wide)).sum((1, 2))
+
+
+def _conv_strategy(module: nn.Conv2d, channels: int, geo: _ConvGeometry, positions: int) -> str:
+    """Which way computes this layer's norms and clipped sum fastest (measured on CPU, see bench).
+
+    The ghost norm costs O·L² + min(C·phases·(hq·wq)², P·T²) per example and still needs the weight
+    gradient (O·P·T) for the clipped sum; instantiating g_i costs about one weight gradient and
+    makes the clipped sum a cheap contraction. Ghost wins when its norm costs under half a weight
+    gradient (few positions, many channels). Instantiation goes through im2col for thin inputs
+    (≤ 4 channels) and 1×1 kernels, else through a grouped weight-gradient convolution (groups = B).
+    """
+    patch = channels * module.kernel_size[0] * module.kernel_size[1]
+    out_channels = module.out_channels
+    gram_flops = min(channels * geo.phases * geo.phase_pixels ** 2, patch * positions ** 2)
+    if out_channels * geo.wide ** 2 + gram_flops < 0.5 * out_channels * patch * positions:
+        return "ghost_wide" if channels * geo.phases * geo.phase_pixels ** 2 < patch * positions ** 2 else "ghost_unfold"
+    if channels <= 4 or module.kernel_size == (1, 1):
+        return "instantiate_unfold"
+    return "instantiate_grouped"
+
+
+def _conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor):
+    a = inputs[0].to(grad_output.dtype).contiguous()
+    batch, channels, height, width = a.shape
+    out_channels = grad_output.shape[1]
+    b = grad_output.contiguous()
+    weight, bias = module.weight, module.bias
+    conv_args = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation}
+    norms: dict[nn.Parameter, torch.Tensor] = {}
+    sums: dict[nn.Parameter, Callable[[torch.Tensor], torch.Tensor]] = {}
+    if weight.requires_grad:
+        geo = _geometry(module, height, width)
+        strategy = _conv_strategy(module, channels, geo, b.shape[2] * b.shape[3])
+        if strategy.startswith("ghost"):
+            if strategy == "ghost_wide":
+                norms[weight] = _ghost_norm_wide(a, b, module, geo)
+            else:
+                patches, b_flat = _unfold2d(a, module), b.flatten(2)
+                gram_a = torch.bmm(patches.transpose(1, 2), patches)
+                norms[weight] = (gram_a * torch.bmm(b_flat.transpose(1, 2), b_flat)).sum((1, 2))
+                del patches, gram_a
+            sums[weight] = lambda c: torch.nn.grad.conv2d_weight(a, weight.shape, b * c.view(-1, 1, 1, 1), **conv_args)
+        else:
+            if strategy == "instantiate_unfold":
+                # (B, P, T) @ (B, T, O): the long T axis contracted last is ~1.5x faster than b @ Aᵀ on CPU
+                per_example = torch.bmm(_unfold2d(a, module), b.flatten(2).transpose(1, 2)).transpose(1, 2).flatten(1)
+            else:  # every example is one group of a grouped convolution's weight gradient
+                per_example = torch.nn.grad.conv2d_weight(
+                    a.view(1, batch * channels, height, width), (batch * out_channels, *weight.shape[1:]),
+                    b.view(1, batch * out_channels, *b.shape[2:]), groups=batch, **conv_args,
+                ).view(batch, -1)
+            norms[weight] = per_example.square().sum(1)
+            sums[weight] = lambda c: (c @ per_example).view_as(weight)
+    if bias is not None and bias.requires_grad:
+        bias_per_example = b.sum((2, 3))
+        norms[bias] = bias_per_example.square().sum(1)
+        sums[bias] = lambda c: c @ bias_per_example
+    return norms, lambda coefs: {p: sums[p](coefs[p]) for p in sums}
+
+
+def _instantiated(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor):
+    """Any layer with an Opacus grad sampler: per-example gradients, then their norms and weighted sum."""
+    sampler = GradSampleModule.GRAD_SAMPLERS[type(module)]
+    per_example = {p: g for p, g in sampler(module, list(inputs), grad_output).items() if p.requires_grad}
+    norms = {p: g.flatten(1).square().sum(1) for p, g in per_example.items()}
+    return norms, lambda coefs: {p: (coefs[p].to(g.dtype) @ g.flatten(1)).view_as(p) for p, g in per_example.items()}
+
+
+def _handler(module: nn.Module) -> _Handler | None:
+    if type(module) is nn.Linear:
+        return _linear
+    if type(module) is nn.Conv2d and module.groups == 1 and not isinstance(module.padding, str) \
+            and module.padding_mode == "zeros":
+        return _conv2d
+    if type(module) in GradSampleModule.GRAD_SAMPLERS and type(module) not in (DPRNN, DPLSTM, DPGRU, RNNLinear):
+        return _instantiated
+    return None
+
+
+def unsupported_layers(model: nn.Module) -> list[str]:
+    """One line per layer this engine cannot clip; empty when the whole model is supported."""
+    problems = []
+    owners: dict[int, str] = {}
+    for name, module in model.named_modules():
+        params = _trainable(module)
+        where = f"{name or '<root>'} ({type(module).__name__})"
+        if params and _handler(module) is None:
+            problems.append(f"{where}: no per-example gradient rule for this layer type")
+        if params and any(True for _ in module.buffers(recurse=False)):
+            problems.append(f"{where}: trainable layer with buffers (e.g. running statistics)")
+        for p in params:
+            if id(p) in owners:
+                problems.append(f"{where}: shares a parameter with {owners[id(p)]} (weight tying)")
+            owners[id(p)] = where
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            problems.append(f"{where}: BatchNorm mixes the examples of a batch")
+    return problems
+
+
+class BookkeepingClipper:
+    """Writes Σ_i clip(g_i) into ``p.grad`` for a model's trainable parameters (Bu et al., 2023).
+
+    ``max_grad_norms`` maps every trainable parameter to its bound: with ``flat`` the first value
+    bounds the whole per-example gradient (all bounds must then be equal); otherwise each
+    parameter tensor is clipped to its own bound (per-layer clipping, as ``DPPerLayerOptimizer``).
+    """
+
+    def __init__(self, model: nn.Module, *, max_grad_norms: Mapping[nn.Parameter, float], flat: bool) -> None:
+        problems = unsupported_layers(model)
+        if problems:
+            raise ValueError("bk cannot clip this model:\n  - " + "\n  - ".join(problems))
+        self.model = model
+        self.flat = flat
+        self.max_grad_norms = dict(max_grad_norms)
+        self.layers = [m for m in model.modules() if _trainable(m)]
+        self.params = [p for m in self.layers for p in _trainable(m)]
+        missing = [p for p in self.params if p not in self.max_grad_norms]
+        if missing:
+            raise ValueError(f"Expected a clipping bound for every trainable parameter, but {len(missing)} have none.")
+        if flat and len(set(self.max_grad_norms.values())) > 1:
+            raise ValueError(f"Expected one bound for flat clipping, but got {sorted(set(self.max_grad_norms.values()))}.")
+        self.last_norms: torch.Tensor | None = None
+
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[dict[nn.Module, tuple[tuple[torch.Tensor, ...], torch.Tensor, int]]]:
+        """Record (detached inputs, output, output version) of every trainable layer for one forward."""
+        records: dict[nn.Module, tuple[tuple[torch.Tensor, ...], torch.Tensor, int]] = {}
+
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if module in records:
+                raise RuntimeError(
+                    f"{type(module).__name__} ran twice in one forward pass; bk needs each trainable layer "
+                    "called once per example batch (use grad_sample_mode='hooks')."
+                )
+            records[module] = (tuple(t.detach() for t in inputs), output, output._version)
+
+        handles = [m.register_forward_hook(hook) for m in self.layers]
+        try:
+            yield records
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Set ``p.grad = Σ_i clip(g_i)`` over the batch (a sum, not a mean); return the mean loss."""
+        with self._recording() as records:
+            logits = self.model(images)
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        layers = [m for m, (_, out, _) in records.items() if out.requires_grad]
+        for module in layers:
+            _, output, version = records[module]
+            if output._version != version:
+                # The gradient we would take is that of the modified tensor, not of the layer's output.
+                raise RuntimeError(
+                    f"The output of {type(module).__name__} was modified in place after the layer ran; bk "
+                    "needs out-of-place operations (dp_core.models.make_dp_compatible removes them)."
+                )
+        grad_outputs = torch.autograd.grad(losses.sum(), [records[m][1] for m in layers], allow_unused=True)
+
+        norms_sq: dict[nn.Parameter, torch.Tensor] = {}
+        finishers = []
+        for module, grad_output in zip(layers, grad_outputs):
+            if grad_output is None:  # the layer does not reach the loss: its gradients are zero
+                continue
+            layer_norms, finish = _handler(module)(module, records[module][0], grad_output)  # type: ignore[misc]
+            norms_sq.update(layer_norms)
+            finishers.append(finish)
+        del records, grad_outputs
+
+        zeros = losses.new_zeros(len(losses))
+        per_param = {p: norms_sq.get(p, zeros) for p in self.params}
+        total = torch.stack(list(per_param.values())).sum(0).sqrt() if per_param else zeros
+        self.last_norms = total.detach()
+        if self.flat:
+            bound = next(iter(self.max_grad_norms.values()), 0.0)
+            factor = (bound / (total + _EPS)).clamp(max=1.0)
+            coefs = {p: factor for p in self.params}
+        else:
+            coefs = {p: (self.max_grad_norms[p] / (n.sqrt() + _EPS)).clamp(max=1.0) for p, n in per_param.items()}
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+        for finish in finishers:
+            for p, clipped_sum in finish(coefs).items():
+                p.grad += clipped_sum.view_as(p).to(p.dtype)
+        return losses.detach().mean()
+

@@ -1,0 +1,340 @@
+"""Per-sample gradient engines: one DP-SGD step protocol, several ways to compute clipped gradients.
+
+Every engine turns ``(model, optimizer)`` into a ``PrivateStep`` whose ``backward(images, labels)``
+leaves in the optimizer exactly what its ``step()`` needs for one (physical) batch, so the
+training loop is the same whatever the engine:
+
+    loss = step.backward(images, labels)   # engine-specific: hooks, two passes, book-keeping...
+    step.optimizer.step()                  # clip (if not done), sum, add N(0, σ²C²) once, divide by qN
+    step.optimizer.zero_grad(set_to_none=True)
+
+Engines (names as ``grad_sample_mode``):
+
+- ``hooks``: Opacus ``GradSampleModule``: per-layer per-sample gradient formulas in backward hooks.
+- ``functorch``: the same hooks, but every layer's per-sample gradients from ``torch.func.vmap``.
+- ``ew``: PyTorch's ExpandedWeights (``call_for_per_sample_grads``) behind Opacus'
+  ``GradSampleModuleExpandedWeights``.
+- ``ghost``: Opacus' fast gradient / ghost clipping: per-sample *norms* in a first backward (ghost
+  norms for Linear, instantiated gradients elsewhere), then a second backward of Σ_i c_i ℓ_i.
+  Flat clipping only.
+- ``bk``: our book-keeping engine (``dp_core._bookkeeping``): per-layer choice between ghost norms
+  and instantiated gradients, one output-only backward and no second pass.
+
+``auto`` (the default) takes the first engine of ``AUTO_ORDER`` that supports the model and the
+clipping mode; the order comes from ``python -m dp_core.bench`` (see the README's figures).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from opacus.grad_sample.grad_sample_module import GradSampleModule
+from opacus.grad_sample.utils import wrap_model
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping, DPPerLayerOptimizer
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from opacus.utils.module_utils import trainable_modules
+from torch import nn
+
+from dp_core import _bookkeeping
+from dp_core._validate import ConfigError
+
+__all__ = [
+    "AUTO_ORDER",
+    "ENGINES",
+    "Engine",
+    "PrivateStep",
+    "choose_engine",
+    "get_engine",
+    "register_engine",
+]
+
+
+class PrivateStep(abc.ABC):
+    """A model and DP optimizer wrapped by one engine, with that engine's backward protocol."""
+
+    def __init__(self, *, engine: str, model: nn.Module, optimizer: DPOptimizer) -> None:
+        self.engine = engine
+        self.model = model
+        self.optimizer = optimizer
+
+    @abc.abstractmethod
+    def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Prepare ``optimizer.step()`` for this batch; return its mean cross-entropy (detached).
+
+        An empty batch (Poisson sampling draws them) returns 0 and leaves zero clipped gradients:
+        the step still adds noise, as the accountant assumes.
+        """
+
+    @abc.abstractmethod
+    def per_sample_norms(self) -> torch.Tensor:
+        """‖g_i‖ (before clipping, over all parameters) of the examples of the last ``backward``."""
+
+    def per_sample_gradients(self) -> list[torch.Tensor] | None:
+        """g_i of the last ``backward``, one (B, *shape) tensor per parameter, for engines that keep them."""
+        return None
+
+
+class Engine(abc.ABC):
+    """How to wrap a model and optimizer for one way of computing per-sample clipped gradients."""
+
+    name: str
+    supports_per_layer: bool = True
+    # False for engines that clip inside their own backward (ghost, bk): a plain
+    # ``loss.backward(); optimizer.step()`` loop cannot drive them (their optimizer refuses to step).
+    clips_in_optimizer_step: bool = True
+
+    def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
+        """Reasons this engine cannot train ``model`` with ``clipping``; empty when it can."""
+        reasons = [] if clipping == "flat" or self.supports_per_layer else [
+            f"{self.name} supports flat clipping only, not clipping={clipping!r}"
+        ]
+        return reasons + [str(e) for e in GradSampleModule.validate(model, strict=False)]
+
+    @abc.abstractmethod
+    def prepare(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
+        max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
+    ) -> PrivateStep:
+        """Wrap for DP-SGD. ``max_grad_norms`` is one bound if ``flat``, else one per optimizer parameter."""
+
+
+# ---------------------------------------------------------------------------------------------- Opacus
+
+
+def _dp_optimizer(
+    optimizer: torch.optim.Optimizer, *, noise_multiplier: float, max_grad_norms: list[float], flat: bool,
+    expected_batch_size: float, noise_generator: torch.Generator | None,
+) -> DPOptimizer:
+    if flat:
+        return DPOptimizer(
+            optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norms[0],
+            expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator,
+        )
+    return DPPerLayerOptimizer(
+        optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norms,
+        expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator,
+    )
+
+
+class _GradSampleStep(PrivateStep):
+    """Engines that fill ``p.grad_sample`` during ``loss.backward()``; the optimizer clips."""
+
+    def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if len(images) == 0:
+            for p in self.optimizer.params:
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            return torch.zeros((), device=images.device)
+        loss = nn.functional.cross_entropy(self.model(images), labels)
+        loss.backward()
+        return loss.detach()
+
+    def per_sample_norms(self) -> torch.Tensor:
+        samples = self.optimizer.grad_samples
+        return torch.stack([g.flatten(1).norm(dim=1) for g in samples], dim=1).norm(dim=1)
+
+    def per_sample_gradients(self) -> list[torch.Tensor]:
+        return list(self.optimizer.grad_samples)
+
+
+class _Hooks(Engine):
+    def __init__(self, name: str) -> None:
+        self.name = name  # "hooks" or "functorch": same module, functorch forced for every layer
+
+    def prepare(self, model, optimizer, *, noise_multiplier, max_grad_norms, flat, expected_batch_size, noise_generator):
+        private_model = wrap_model(model, grad_sample_mode=self.name, batch_first=True, loss_reduction="mean")
+        # Poisson sampling assumes each step sees a fresh batch: accumulating per-sample gradients
+        # over two forward passes would change the sensitivity, so Opacus forbids it.
+        private_model.forbid_grad_accumulation()
+        dp_optimizer = _dp_optimizer(
+            optimizer, noise_multiplier=noise_multiplier, max_grad_norms=max_grad_norms, flat=flat,
+            expected_batch_size=expected_batch_size, noise_generator=noise_generator,
+        )
+        return _GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
+
+
+# Layer types whose functional ops torch's ExpandedWeights implements (expanded_weights_impl.HANDLED_FUNCTIONS).
+_EW_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.GroupNorm, nn.LayerNorm,
+              nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+class _ExpandedWeights(Engine):
+    name = "ew"
+
+    def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
+        reasons = super().unsupported(model, clipping=clipping)
+        return reasons + [
+            f"{name or '<root>'} ({type(m).__name__}): ExpandedWeights has no rule for this layer"
+            for name, m in trainable_modules(model) if type(m) not in _EW_LAYERS
+        ]
+
+    def prepare(self, model, optimizer, *, noise_multiplier, max_grad_norms, flat, expected_batch_size, noise_generator):
+        private_model = wrap_model(model, grad_sample_mode="ew", batch_first=True, loss_reduction="mean")
+        dp_optimizer = _dp_optimizer(
+            optimizer, noise_multiplier=noise_multiplier, max_grad_norms=max_grad_norms, flat=flat,
+            expected_batch_size=expected_batch_size, noise_generator=noise_generator,
+        )
+        return _GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
+
+
+class _ClippedSumOptimizer(DPOptimizerFastGradientClipping):
+    """Opacus' optimizer for engines that clip in backward: ``p.grad`` arrives as Σ_i clip(g_i).
+
+    It sums chunks of a virtual batch, adds N(0, σ²C²) once per logical batch and divides by the
+    expected batch size qN. Unlike Opacus' class it refuses to step on gradients its engine did not
+    produce: after a plain ``loss.backward()`` it would otherwise add noise to *unclipped*
+    gradients, a silent loss of privacy.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._clipped_sum_ready = False
+
+    def mark_clipped_sum_ready(self) -> None:
+        self._clipped_sum_ready = True
+
+    def pre_step(self, closure=None):  # noqa: ANN001, ANN201 - Opacus' signature
+        if not self._clipped_sum_ready:
+            raise RuntimeError(
+                "Expected p.grad to hold clipped per-sample gradients, but the engine's backward was not "
+                "run since the last step; call PrivateStep.backward(images, labels), not loss.backward()."
+            )
+        self._clipped_sum_ready = False
+        return super().pre_step(closure)
+
+
+class _GhostStep(PrivateStep):
+    def __init__(self, *, model: nn.Module, optimizer: _ClippedSumOptimizer) -> None:
+        super().__init__(engine="ghost", model=model, optimizer=optimizer)
+        self.criterion = DPLossFastGradientClipping(model, optimizer, nn.CrossEntropyLoss(), loss_reduction="mean")
+        self._norms: torch.Tensor | None = None
+
+    def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if len(images) == 0:
+            _zero_grads(self.optimizer)
+            self._norms = torch.zeros((0,), device=images.device)
+            return torch.zeros((), device=images.device)
+        loss = self.criterion(self.model(images), labels)
+        loss.backward()  # Opacus: backward for norms, then backward of Σ_i c_i ℓ_i into p.grad
+        self._norms = self.model.per_sample_gradient_norms.detach()
+        self.optimizer.mark_clipped_sum_ready()
+        return loss.detach()
+
+    def per_sample_norms(self) -> torch.Tensor:
+        assert self._norms is not None, "call backward first"
+        return self._norms
+
+
+def _zero_grads(optimizer: _ClippedSumOptimizer) -> None:
+    for p in optimizer.params:
+        p.grad = torch.zeros_like(p)
+    optimizer.mark_clipped_sum_ready()
+
+
+class _Ghost(Engine):
+    name = "ghost"
+    supports_per_layer = False
+    clips_in_optimizer_step = False
+
+    def prepare(self, model, optimizer, *, noise_multiplier, max_grad_norms, flat, expected_batch_size, noise_generator):
+        private_model = wrap_model(
+            model, grad_sample_mode="ghost", batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norms[0],
+        )
+        dp_optimizer = _ClippedSumOptimizer(
+            optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norms[0],
+            expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator,
+        )
+        return _GhostStep(model=private_model, optimizer=dp_optimizer)
+
+
+# ---------------------------------------------------------------------------------------------- ours
+
+
+class _BookkeepingStep(PrivateStep):
+    def __init__(self, *, model: nn.Module, optimizer: _ClippedSumOptimizer, clipper: _bookkeeping.BookkeepingClipper):
+        super().__init__(engine="bk", model=model, optimizer=optimizer)
+        self.clipper = clipper
+
+    def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if len(images) == 0:
+            _zero_grads(self.optimizer)
+            self.clipper.last_norms = torch.zeros((0,), device=images.device)
+            return torch.zeros((), device=images.device)
+        loss = self.clipper.backward(images, labels)
+        self.optimizer.mark_clipped_sum_ready()
+        return loss
+
+    def per_sample_norms(self) -> torch.Tensor:
+        assert self.clipper.last_norms is not None, "call backward first"
+        return self.clipper.last_norms
+
+
+class _Bookkeeping(Engine):
+    name = "bk"
+    clips_in_optimizer_step = False
+
+    def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
+        return _bookkeeping.unsupported_layers(model)
+
+    def prepare(self, model, optimizer, *, noise_multiplier, max_grad_norms, flat, expected_batch_size, noise_generator):
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        bounds = dict(zip(params, max_grad_norms * len(params) if flat else max_grad_norms))
+        clipper = _bookkeeping.BookkeepingClipper(model, max_grad_norms=bounds, flat=flat)
+        # Sensitivity of Σ_i clip(g_i): C flat, √(Σ_p C_p²) per layer (as DPPerLayerOptimizer computes it).
+        sensitivity = max_grad_norms[0] if flat else torch.norm(torch.tensor(max_grad_norms)).item()
+        dp_optimizer = _ClippedSumOptimizer(
+            optimizer, noise_multiplier=noise_multiplier, max_grad_norm=sensitivity,
+            expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator,
+        )
+        return _BookkeepingStep(model=model, optimizer=dp_optimizer, clipper=clipper)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+# Plain dict, like Opacus' GRAD_SAMPLERS: registering a name again replaces its engine.
+ENGINES: dict[str, Engine] = {}
+
+# ``auto`` takes the first of these that supports the model: bk was the fastest correct engine on
+# every model of the zoo in ``python -m dp_core.bench``; hooks runs whatever Opacus can.
+AUTO_ORDER: tuple[str, ...] = ("bk", "hooks")
+
+
+def register_engine(engine: Engine) -> None:
+    ENGINES[engine.name] = engine
+
+
+def get_engine(name: str) -> Engine:
+    if name not in ENGINES:
+        raise ConfigError(f"Unknown grad_sample_mode {name!r}. Known engines: auto, {', '.join(ENGINES)}.")
+    return ENGINES[name]
+
+
+def choose_engine(
+    model: nn.Module, *, grad_sample_mode: str = "auto", clipping: str = "flat", plain_backward: bool = False,
+) -> Engine:
+    """The engine ``grad_sample_mode`` names, or for ``auto`` the first of ``AUTO_ORDER`` that fits.
+
+    ``plain_backward`` restricts ``auto`` to engines a plain ``loss.backward(); optimizer.step()``
+    loop can drive. Raises ConfigError when a named engine cannot train ``model`` with
+    ``clipping``, saying why.
+    """
+    if grad_sample_mode == "auto":
+        for name in AUTO_ORDER:
+            engine = ENGINES[name]
+            if (engine.clips_in_optimizer_step or not plain_backward) and not engine.unsupported(model, clipping=clipping):
+                return engine
+        grad_sample_mode = AUTO_ORDER[-1]  # let the last resort explain why it cannot either
+    engine = get_engine(grad_sample_mode)
+    reasons = engine.unsupported(model, clipping=clipping)
+    if reasons:
+        raise ConfigError(
+            f"Expected grad_sample_mode to support this model and clipping={clipping!r}, but got "
+            f"grad_sample_mode={grad_sample_mode!r}:\n  - " + "\n  - ".join(reasons)
+            + "\nUse grad_sample_mode='auto' to pick an engine that can."
+        )
+    return engine
+
+
+for _engine in (_Hooks("hooks"), _Hooks("functorch"), _ExpandedWeights(), _Ghost(), _Bookkeeping()):
+    register_engine(_engine)
+del _engine

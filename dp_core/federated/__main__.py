@@ -1,0 +1,127 @@
+"""Command line for one federated run: ``python -m dp_core.federated --dataset digits --clients 2``.
+
+Prints, after every round, the global model's test accuracy and every client's ε (with its δ
+and accountant). Flags for the clients' local training are those of ``python -m dp_core.train``
+(same spellings and aliases, e.g. ``--sigma`` for ``--noise-multiplier``), minus ``--epochs``:
+clients train ``--local-epochs`` per round for ``--rounds`` rounds. Clients run in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dp_core import config as config_module
+from dp_core.accounting import PrivacySpent
+from dp_core.cli import _add_flag
+from dp_core.config import ConfigError, TrainConfig
+from dp_core.federated._config import FEDERATED_KEYS, FederatedConfig, split_flat
+from dp_core.federated._server import RoundReport, train_federated
+from dp_core.train import TrainingDiverged
+
+__all__ = ["main", "build_parser"]
+
+_FEDERATED_HELP = {
+    "clients": "number of clients, each with a disjoint shard of the training set",
+    "rounds": "FedAvg rounds: clients train, the server averages their models",
+    "local_epochs": "epochs of local DP-SGD per client per round",
+    "partition": "iid (uniform shards) or dirichlet (label-skewed shards)",
+    "dirichlet_alpha": "Dirichlet concentration for --partition dirichlet (small: few classes per client)",
+}
+_SECTIONS = (config_module.DataConfig, config_module.ModelConfig, config_module.OptimizerConfig,
+             config_module.PrivacyConfig)
+_TOP_LEVEL = ("batch_size", "sample_rate", "max_physical_batch_size", "seed", "device", "test_batch_size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dp_core.federated",
+        description="FedAvg with DP-SGD clients (Opacus): per-round global accuracy and each client's ε.",
+    )
+    parser.add_argument("--config", type=Path, help="YAML file of flat settings; flags override it")
+    parser.add_argument("--metrics-json", type=Path, help="also write every round's report as JSON here")
+    defaults = FederatedConfig().to_dict()
+    for field in dataclasses.fields(FederatedConfig):
+        kind = int if field.name in ("clients", "rounds", "local_epochs") else (
+            float if field.name == "dirichlet_alpha" else str)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind, default=None,
+                            help=f"{_FEDERATED_HELP[field.name]} (default: {defaults[field.name]})")
+    train_defaults = TrainConfig().to_dict()
+    for section in _SECTIONS:
+        for field in dataclasses.fields(section):
+            _add_flag(parser, field.name, field.type, train_defaults[field.name])
+    for key in _TOP_LEVEL:
+        field = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
+        _add_flag(parser, key, field.type, train_defaults[key])
+    return parser
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[TrainConfig, FederatedConfig]:
+    values: dict[str, Any] = {}
+    where = "command line"
+    if args.config is not None:
+        loaded = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"Expected {args.config} to hold a mapping of settings, but got {type(loaded).__name__}.")
+        values.update(loaded)
+        where = f"{args.config} and the command line"
+    for key in (*FEDERATED_KEYS, *config_module.known_keys()):
+        value = getattr(args, key, None)
+        if value is not None:
+            values[key] = value
+    # A flag for one of two alternatives replaces the other one's value from the file.
+    for given, other in (("sample_rate", "batch_size"), ("noise_multiplier", "target_epsilon")):
+        if getattr(args, given, None) is not None and getattr(args, other, None) is None:
+            values.pop(other, None)
+        if getattr(args, other, None) is not None and getattr(args, given, None) is None:
+            values.pop(given, None)
+    if "sample_rate" in values and "batch_size" not in values:
+        values["batch_size"] = None
+    return split_flat(values, where=where)
+
+
+def _print_round(report: RoundReport, *, rounds: int) -> None:
+    print(f"round {report.round}/{rounds}: global test accuracy {report.test_accuracy:.4f} "
+          f"(test loss {report.test_loss:.4f}, clients' train loss {report.train_loss:.4f})", flush=True)
+    for client, epsilon in enumerate(report.client_epsilons):
+        spent = PrivacySpent(epsilon=epsilon, delta=report.delta, accountant=report.accountant)
+        print(f"  client {client}: {spent}, {report.client_steps[client]} steps", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config, federated = configs_from_args(args)
+        result = train_federated(config, federated,
+                                 on_round=lambda report: _print_round(report, rounds=federated.rounds))
+    except (ConfigError, TrainingDiverged) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    plan, final = result.plan, result.final
+    shards = ", ".join(f"client {c.client}: n = {c.shard_size}, q = {c.sample_rate:.4g}" for c in plan.clients)
+    print(f"shards ({federated.partition}): {shards}")
+    if plan.private and math.isfinite(final.epsilon):
+        print(f"run: {plan.spent(final.epsilon)} = max over clients, σ = {plan.noise_multiplier:.4g}, "
+              f"C = {config.privacy.max_grad_norm:g}; test accuracy {final.test_accuracy:.4f} after "
+              f"{final.round} rounds" + (" (stopped by the ε budget)" if result.stopped_early else ""))
+    else:
+        print(f"run: no privacy (ε = ∞); test accuracy {final.test_accuracy:.4f} after {final.round} rounds")
+    if args.metrics_json is not None:
+        args.metrics_json.write_text(json.dumps({
+            "config": result.config.to_dict(), "federated": federated.to_dict(),
+            "rounds": [{**r.to_dict(), "epsilon": r.epsilon if math.isfinite(r.epsilon) else None,
+                        "client_epsilons": [e if math.isfinite(e) else None for e in r.client_epsilons]}
+                       for r in result.reports],
+        }, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
