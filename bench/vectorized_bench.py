@@ -25,6 +25,8 @@ import torch
 
 from dp_core.config import TrainConfig
 from dp_core.data import load_dataset
+from dp_core.engines import choose_engine
+from dp_core.models import build_model
 from dp_core.plan import plan_privacy
 from dp_core.train import train
 from dp_core.vectorized import train_vectorized
@@ -32,12 +34,12 @@ from dp_core.vectorized import train_vectorized
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def configs_for(group_size: int, *, epochs: int) -> list[TrainConfig]:
+def configs_for(group_size: int, *, epochs: int, model: str = "mlp") -> list[TrainConfig]:
     """``group_size`` configurations of a typical sweep: same model and sampling, other numbers."""
     lrs, sigmas, clips, momenta = (0.5, 1.0, 2.0, 4.0), (0.8, 1.0, 1.5), (0.5, 1.0, 2.0), (0.0, 0.5, 0.9)
     return [
         TrainConfig.from_dict({
-            "dataset": "digits", "model": "mlp", "epochs": epochs, "batch_size": 128, "device": "cpu",
+            "dataset": "digits", "model": model, "epochs": epochs, "batch_size": 128, "device": "cpu",
             "accountant": "rdp", "lr": lrs[k % 4], "noise_multiplier": sigmas[k % 3],
             "max_grad_norm": clips[(k // 3) % 3], "momentum": momenta[(k // 2) % 3], "seed": k,
         })
@@ -51,12 +53,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="mlp", help="digits_cnn takes the per-example route (no ghost clipping)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Full backward hook")  # Opacus on the first layer; harmless
 
     data = load_dataset("digits")
-    groups = {k: configs_for(k, epochs=args.epochs) for k in args.groups}
+    groups = {k: configs_for(k, epochs=args.epochs, model=args.model) for k in args.groups}
     plans = {k: [plan_privacy(c, train_size=len(data.train)) for c in configs] for k, configs in groups.items()}
 
     def sequential(k: int) -> tuple[float, float]:
@@ -83,7 +86,7 @@ def main() -> None:
                 times[k][side].append(sequential(k) if side == "sequential" else vectorised(k))
 
     rows = []
-    print(f"digits mlp, {args.epochs} epochs, batch 128, {args.threads} thread(s), median of {args.repeats}")
+    print(f"digits {args.model}, {args.epochs} epochs, batch 128, {args.threads} thread(s), median of {args.repeats}")
     print(f"{'K':>3} {'seq wall s':>11} {'vec wall s':>11} {'speedup':>8} {'seq cpu s':>10} {'vec cpu s':>10} "
           f"{'speedup':>8}")
     for k in args.groups:
@@ -99,18 +102,24 @@ def main() -> None:
               f"{row['speedup_wall']:>7.2f}x {row['sequential_cpu_s']:>10.2f} {row['vectorized_cpu_s']:>10.2f} "
               f"{row['speedup_cpu']:>7.2f}x")
 
+    config = groups[args.groups[0]][0]
+    engine = choose_engine(build_model(args.model, input_shape=data.input_shape, num_classes=data.num_classes),
+                           grad_sample_mode=config.privacy.grad_sample_mode).name
+    print(f"train() per-sample gradient engine: {engine} (grad_sample_mode={config.privacy.grad_sample_mode!r})")
     today = datetime.date.today().isoformat()
     report = {
         "benchmark": "vectorized_bench", "date": today,
-        "setup": {"dataset": "digits", "model": "mlp", "epochs": args.epochs, "batch_size": 128,
-                  "repeats": args.repeats, "planning": "excluded (plans passed to both sides)"},
+        "setup": {"dataset": "digits", "model": args.model, "epochs": args.epochs, "batch_size": 128,
+                  "repeats": args.repeats, "planning": "excluded (plans passed to both sides)",
+                  "sequential_engine": engine},
         "machine": {"processor": platform.processor() or platform.machine(), "platform": platform.platform(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads()},
         "results": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"vectorized-cpu-{today}.json"
+    suffix = "" if args.model == "mlp" else f"-{args.model}"
+    path = RESULTS / f"vectorized-cpu-{today}{suffix}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -6,18 +6,22 @@ function of the layer's input a_i and of its output gradient b_i = ∂ℓ_i/∂y
 
 1. one forward pass records each layer's input a (hooks live only for that pass);
 2. one backward pass of Σ_i ℓ_i is taken to the layer *outputs* (``torch.autograd.grad``), which
-   yields every b and skips the parameter gradients a normal backward would compute;
+   yields every b and skips the parameter gradients a normal backward computes;
 3. per layer, the squared per-example norms ‖g_i‖² come either from the ghost norm
-   ‖Σ_t b_it a_itᵀ‖²_F = ⟨a_i a_iᵀ, b_i b_iᵀ⟩ (Goodfellow 2015; Li et al. 2022), cheap when the
-   layer has few positions T, or from the instantiated per-example gradients g_i = b_iᵀ a_i —
-   whichever costs less: ghost iff 2T² < p·d (Bu et al., "mixed" clipping, for p·d weights);
+   ‖Σ_t b_it a_itᵀ‖²_F = ⟨A_i A_iᵀ, B_i B_iᵀ⟩ (Goodfellow 2015; Li et al. 2022), cheap when the
+   layer has few positions T, or from the instantiated per-example gradients g_i, whichever
+   costs less ("mixed" clipping, Bu et al.);
 4. the clip factors c_i = min(1, C / (‖g_i‖ + 1e-6)) (Opacus' formula) weight the sum
-   Σ_i c_i g_i, contracted from the instantiated g_i or computed as the layer's weight gradient
-   with b_i rescaled by c_i. There is no second backward pass.
+   Σ_i c_i g_i: a contraction of the instantiated g_i, or for ghost layers the layer's weight
+   gradient with b_i rescaled by c_i. There is no second backward pass.
 
-Linear and Conv2d (groups=1) layers take these fast paths; every other layer type with an Opacus
-grad sampler (GroupNorm, LayerNorm, Embedding, ...) instantiates its per-example gradients with
-that sampler, which is cheap for normalisation layers.
+Instantiating g_i costs about one weight gradient, which BK then no longer needs, so a layer
+costs little more than in non-private training; a ghost layer pays its Gram matrices on top.
+Conv2d (groups=1) picks one of four ways by a cost rule measured on CPU (``_conv_strategy``):
+ghost norms from im2col patches or from per-phase channel Grams (no im2col), instantiation by
+im2col + bmm or by one grouped weight-gradient convolution with groups = B. Linear layers use
+the free ghost norm ‖a_i‖·‖b_i‖ for 2-D inputs. Every other layer type with an Opacus grad
+sampler (GroupNorm, LayerNorm, Embedding, ...) instantiates g_i with that sampler.
 """
 
 from __future__ import annotations
@@ -34,10 +38,9 @@ from torch import nn
 
 __all__ = ["BookkeepingClipper", "unsupported_layers"]
 
-# Σ_i c_i g_i for each parameter of a layer, given each parameter's per-example factors c.
-_Finish = Callable[[Mapping[nn.Parameter, torch.Tensor]], dict[nn.Parameter, torch.Tensor]]
-# (layer, its forward inputs, its output gradient) -> squared per-example norms per parameter, finish
-_Handler = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], tuple[dict[nn.Parameter, torch.Tensor], _Finish]]
+# Per parameter: (‖g_i‖² for every example i, and c ↦ Σ_i c_i g_i for per-example factors c).
+_Sum = Callable[[torch.Tensor], torch.Tensor]
+_Rule = dict[nn.Parameter, tuple[torch.Tensor, _Sum]]
 
 _EPS = 1e-6  # Opacus' clip-factor guard: c = C / (‖g‖ + 1e-6)
 
@@ -46,36 +49,46 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters(recurse=False) if p.requires_grad]
 
 
+# The sums are built by small factories so that each closure keeps alive only what it needs
+# (the per-example gradients of an instantiated layer, not also its input and output gradient).
+def _contract(per_example: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, _Sum]:
+    """Instantiated g_i, flattened to (B, n): their squared norms and Σ_i c_i g_i as one matvec."""
+    return per_example.square().sum(1), lambda c: (c.to(per_example.dtype) @ per_example).view(shape)
+
+
+def _weighted_linear_grad(a: torch.Tensor, b: torch.Tensor) -> _Sum:
+    """Σ_i c_i b_iᵀ a_i for a (B, T, d_in), b (B, T, d_out): the weight gradient with b rescaled."""
+    return lambda c: (b * c[:, None, None]).flatten(0, 1).T @ a.flatten(0, 1)
+
+
+def _weighted_conv_grad(a: torch.Tensor, b: torch.Tensor, shape: torch.Size, conv_args: dict) -> _Sum:
+    return lambda c: torch.nn.grad.conv2d_weight(a, shape, b * c.view(-1, 1, 1, 1), **conv_args)
+
+
 def _ghost_is_cheaper(positions: int, weights: int) -> bool:
     """Bu et al.'s rule: a T×T Gram per example costs ~2T² against p·d for the gradient itself."""
     return 2 * positions * positions < weights
 
 
-def _linear(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor):
+def _linear(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor) -> _Rule:
     batch = grad_output.shape[0]
     a = inputs[0].reshape(batch, -1, inputs[0].shape[-1]).to(grad_output.dtype)  # (B, T, d_in)
     b = grad_output.reshape(batch, -1, grad_output.shape[-1])  # (B, T, d_out)
     weight, bias = module.weight, module.bias
-    norms: dict[nn.Parameter, torch.Tensor] = {}
-    sums: dict[nn.Parameter, Callable[[torch.Tensor], torch.Tensor]] = {}
+    rules: _Rule = {}
     if weight.requires_grad:
         positions = a.shape[1]
         if positions == 1:  # ‖b aᵀ‖ = ‖a‖·‖b‖: the ghost norm is free
-            a1, b1 = a[:, 0], b[:, 0]
-            norms[weight] = a1.square().sum(1) * b1.square().sum(1)
-            sums[weight] = lambda c: (b1 * c[:, None]).T @ a1
+            norms = a.square().sum((1, 2)) * b.square().sum((1, 2))
+            rules[weight] = norms, _weighted_linear_grad(a, b)
         elif _ghost_is_cheaper(positions, weight.numel()):
-            norms[weight] = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(b, b.transpose(1, 2))).sum((1, 2))
-            sums[weight] = lambda c: (b * c[:, None, None]).flatten(0, 1).T @ a.flatten(0, 1)
+            norms = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(b, b.transpose(1, 2))).sum((1, 2))
+            rules[weight] = norms, _weighted_linear_grad(a, b)
         else:
-            per_example = torch.bmm(b.transpose(1, 2), a)  # (B, d_out, d_in)
-            norms[weight] = per_example.square().sum((1, 2))
-            sums[weight] = lambda c: (c @ per_example.flatten(1)).view_as(weight)
+            rules[weight] = _contract(torch.bmm(b.transpose(1, 2), a).flatten(1), weight.shape)
     if bias is not None and bias.requires_grad:
-        bias_per_example = b.sum(1)
-        norms[bias] = bias_per_example.square().sum(1)
-        sums[bias] = lambda c: c @ bias_per_example
-    return norms, lambda coefs: {p: sums[p](coefs[p]) for p in sums}
+        rules[bias] = _contract(b.sum(1), bias.shape)
+    return rules
 
 
 def _unfold2d(a: torch.Tensor, module: nn.Conv2d) -> torch.Tensor:
@@ -161,54 +174,46 @@ def _conv_strategy(module: nn.Conv2d, channels: int, geo: _ConvGeometry, positio
     return "instantiate_grouped"
 
 
-def _conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor):
+def _conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor) -> _Rule:
     a = inputs[0].to(grad_output.dtype).contiguous()
     batch, channels, height, width = a.shape
     out_channels = grad_output.shape[1]
     b = grad_output.contiguous()
     weight, bias = module.weight, module.bias
     conv_args = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation}
-    norms: dict[nn.Parameter, torch.Tensor] = {}
-    sums: dict[nn.Parameter, Callable[[torch.Tensor], torch.Tensor]] = {}
+    rules: _Rule = {}
     if weight.requires_grad:
         geo = _geometry(module, height, width)
         strategy = _conv_strategy(module, channels, geo, b.shape[2] * b.shape[3])
-        if strategy.startswith("ghost"):
-            if strategy == "ghost_wide":
-                norms[weight] = _ghost_norm_wide(a, b, module, geo)
-            else:
-                patches, b_flat = _unfold2d(a, module), b.flatten(2)
-                gram_a = torch.bmm(patches.transpose(1, 2), patches)
-                norms[weight] = (gram_a * torch.bmm(b_flat.transpose(1, 2), b_flat)).sum((1, 2))
-                del patches, gram_a
-            sums[weight] = lambda c: torch.nn.grad.conv2d_weight(a, weight.shape, b * c.view(-1, 1, 1, 1), **conv_args)
-        else:
-            if strategy == "instantiate_unfold":
-                # (B, P, T) @ (B, T, O): the long T axis contracted last is ~1.5x faster than b @ Aᵀ on CPU
-                per_example = torch.bmm(_unfold2d(a, module), b.flatten(2).transpose(1, 2)).transpose(1, 2).flatten(1)
-            else:  # every example is one group of a grouped convolution's weight gradient
-                per_example = torch.nn.grad.conv2d_weight(
-                    a.view(1, batch * channels, height, width), (batch * out_channels, *weight.shape[1:]),
-                    b.view(1, batch * out_channels, *b.shape[2:]), groups=batch, **conv_args,
-                ).view(batch, -1)
-            norms[weight] = per_example.square().sum(1)
-            sums[weight] = lambda c: (c @ per_example).view_as(weight)
+        if strategy == "ghost_wide":
+            rules[weight] = _ghost_norm_wide(a, b, module, geo), _weighted_conv_grad(a, b, weight.shape, conv_args)
+        elif strategy == "ghost_unfold":
+            patches, b_flat = _unfold2d(a, module), b.flatten(2)
+            norms = (torch.bmm(patches.transpose(1, 2), patches) * torch.bmm(b_flat.transpose(1, 2), b_flat)).sum((1, 2))
+            rules[weight] = norms, _weighted_conv_grad(a, b, weight.shape, conv_args)
+        elif strategy == "instantiate_unfold":
+            # (B, P, T) @ (B, T, O): the long T axis contracted last is ~1.5x faster than b @ Aᵀ on CPU
+            per_example = torch.bmm(_unfold2d(a, module), b.flatten(2).transpose(1, 2))
+            rules[weight] = _contract(per_example.transpose(1, 2).flatten(1), weight.shape)
+        else:  # instantiate_grouped: every example is one group of a grouped convolution's weight gradient
+            per_example = torch.nn.grad.conv2d_weight(
+                a.view(1, batch * channels, height, width), (batch * out_channels, *weight.shape[1:]),
+                b.view(1, batch * out_channels, *b.shape[2:]), groups=batch, **conv_args,
+            )
+            rules[weight] = _contract(per_example.view(batch, -1), weight.shape)
     if bias is not None and bias.requires_grad:
-        bias_per_example = b.sum((2, 3))
-        norms[bias] = bias_per_example.square().sum(1)
-        sums[bias] = lambda c: c @ bias_per_example
-    return norms, lambda coefs: {p: sums[p](coefs[p]) for p in sums}
+        rules[bias] = _contract(b.sum((2, 3)), bias.shape)
+    return rules
 
 
-def _instantiated(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor):
-    """Any layer with an Opacus grad sampler: per-example gradients, then their norms and weighted sum."""
+def _instantiated(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor) -> _Rule:
+    """Any layer with an Opacus grad sampler (GroupNorm, LayerNorm, Embedding, ...): instantiated g_i."""
     sampler = GradSampleModule.GRAD_SAMPLERS[type(module)]
-    per_example = {p: g for p, g in sampler(module, list(inputs), grad_output).items() if p.requires_grad}
-    norms = {p: g.flatten(1).square().sum(1) for p, g in per_example.items()}
-    return norms, lambda coefs: {p: (coefs[p].to(g.dtype) @ g.flatten(1)).view_as(p) for p, g in per_example.items()}
+    per_example = sampler(module, list(inputs), grad_output)
+    return {p: _contract(g.flatten(1), p.shape) for p, g in per_example.items() if p.requires_grad}
 
 
-def _handler(module: nn.Module) -> _Handler | None:
+def _handler(module: nn.Module) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], _Rule] | None:
     if type(module) is nn.Linear:
         return _linear
     if type(module) is nn.Conv2d and module.groups == 1 and not isinstance(module.padding, str) \
@@ -297,32 +302,26 @@ class BookkeepingClipper:
                     f"The output of {type(module).__name__} was modified in place after the layer ran; bk "
                     "needs out-of-place operations (dp_core.models.make_dp_compatible removes them)."
                 )
-        grad_outputs = torch.autograd.grad(losses.sum(), [records[m][1] for m in layers], allow_unused=True)
-
-        norms_sq: dict[nn.Parameter, torch.Tensor] = {}
-        finishers = []
-        for module, grad_output in zip(layers, grad_outputs):
-            if grad_output is None:  # the layer does not reach the loss: its gradients are zero
-                continue
-            layer_norms, finish = _handler(module)(module, records[module][0], grad_output)  # type: ignore[misc]
-            norms_sq.update(layer_norms)
-            finishers.append(finish)
-        del records, grad_outputs
+        # Gradients w.r.t. the layer outputs only: autograd skips every parameter gradient.
+        grad_outputs = list(torch.autograd.grad(losses.sum(), [records[m][1] for m in layers], allow_unused=True))
+        rules: _Rule = {}
+        for index, module in enumerate(layers):
+            inputs = records.pop(module)[0]
+            grad_output, grad_outputs[index] = grad_outputs[index], None  # free each as soon as it is used
+            if grad_output is not None:  # None: the layer does not reach the loss, its gradients are zero
+                rules.update(_handler(module)(module, inputs, grad_output))  # type: ignore[misc]
+            del inputs, grad_output
 
         zeros = losses.new_zeros(len(losses))
-        per_param = {p: norms_sq.get(p, zeros) for p in self.params}
-        total = torch.stack(list(per_param.values())).sum(0).sqrt() if per_param else zeros
+        norms_sq = {p: rules[p][0] if p in rules else zeros for p in self.params}
+        total = torch.stack(list(norms_sq.values())).sum(0).sqrt() if norms_sq else zeros
         self.last_norms = total.detach()
         if self.flat:
-            bound = next(iter(self.max_grad_norms.values()), 0.0)
-            factor = (bound / (total + _EPS)).clamp(max=1.0)
-            coefs = {p: factor for p in self.params}
+            factor = (next(iter(self.max_grad_norms.values()), 0.0) / (total + _EPS)).clamp(max=1.0)
+            factors = dict.fromkeys(self.params, factor)
         else:
-            coefs = {p: (self.max_grad_norms[p] / (n.sqrt() + _EPS)).clamp(max=1.0) for p, n in per_param.items()}
-        for p in self.params:
-            p.grad = torch.zeros_like(p)
-        for finish in finishers:
-            for p, clipped_sum in finish(coefs).items():
-                p.grad += clipped_sum.view_as(p).to(p.dtype)
+            factors = {p: (self.max_grad_norms[p] / (n.sqrt() + _EPS)).clamp(max=1.0) for p, n in norms_sq.items()}
+        for p in self.params:  # a fresh tensor per parameter: the optimizer takes ownership of it
+            rule = rules.pop(p, None)
+            p.grad = rule[1](factors[p]).view_as(p).to(p.dtype) if rule is not None else torch.zeros_like(p)
         return losses.detach().mean()
-

@@ -336,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", help="comma-separated models of the zoo (default: all)")
     parser.add_argument("--engines", help=f"comma-separated engines (default: {','.join(ENGINES)})")
     parser.add_argument("--batch-size", type=int, help="one batch size for every model")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, here one per core)")
     parser.add_argument("--warmup", type=int, help="untimed rounds first (default 3, quick 2)")
     parser.add_argument("--repeats", type=int, help="timed rounds (default 15, quick 5)")
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results"), help="where the JSON goes")
@@ -346,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cases = default_cases(args.device, quick=args.quick)
     if args.models:
         wanted = args.models.split(",")

@@ -32,6 +32,7 @@ import torch
 from opacus.grad_sample.grad_sample_module import GradSampleModule
 from opacus.grad_sample.utils import wrap_model
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping, DPPerLayerOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from opacus.utils.module_utils import trainable_modules
 from torch import nn
@@ -192,6 +193,35 @@ class _ClippedSumOptimizer(DPOptimizerFastGradientClipping):
 
     def mark_clipped_sum_ready(self) -> None:
         self._clipped_sum_ready = True
+
+    def accumulate(self) -> None:
+        """Sum the engine's Σ_i clip(g_i) over the chunks of a logical batch into ``p.summed_grad``.
+
+        The engine wrote a fresh ``p.grad``: it is taken over instead of copied (Opacus deep-copies it).
+        """
+        for p in self.params:
+            if p.summed_grad is None:
+                p.summed_grad = p.grad
+            else:
+                p.summed_grad.add_(p.grad)
+            p.grad = None
+
+    def add_noise(self) -> None:
+        """``p.grad = p.summed_grad + N(0, σ²C²)``, once per logical batch.
+
+        Draws exactly what Opacus' ``_generate_noise`` draws (same generator calls, same order),
+        so every engine sees the same noise stream; it only skips Opacus' extra zero tensor and sum.
+        """
+        std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
+        if std == 0 or self.secure_mode:
+            super().add_noise()
+            return
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            noise = torch.normal(mean=0, std=std, size=p.summed_grad.shape, device=p.summed_grad.device,
+                                 generator=self.generator, dtype=p.summed_grad.dtype)
+            p.grad = noise.add_(p.summed_grad).view_as(p)
+            _mark_as_processed(p.summed_grad)
 
     def pre_step(self, closure=None):  # noqa: ANN001, ANN201 - Opacus' signature
         if not self._clipped_sum_ready:

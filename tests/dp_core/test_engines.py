@@ -114,13 +114,12 @@ def test_every_conv_strategy_gives_per_example_norms_and_clipped_sums(strategy: 
     b = torch.randn_like(layer(a))
     params = [p for p in layer.parameters()]
     per_example = [torch.autograd.grad(layer(a[i:i + 1]), params, b[i:i + 1]) for i in range(len(a))]
-    norms, finish = _bookkeeping._conv2d(layer, (a,), b)
+    rules = _bookkeeping._conv2d(layer, (a,), b)
+    factors = torch.rand(len(a), dtype=torch.float64)
     for k, p in enumerate(params):
-        torch.testing.assert_close(norms[p], torch.stack([g[k].square().sum() for g in per_example]))
-    coefs = torch.rand(len(a), dtype=torch.float64)
-    sums = finish({p: coefs for p in params})
-    for k, p in enumerate(params):
-        torch.testing.assert_close(sums[p].view_as(p), sum(c * g[k] for c, g in zip(coefs, per_example)))
+        norms_sq, clipped_sum = rules[p]
+        torch.testing.assert_close(norms_sq, torch.stack([g[k].square().sum() for g in per_example]))
+        torch.testing.assert_close(clipped_sum(factors).view_as(p), sum(c * g[k] for c, g in zip(factors, per_example)))
 
 
 def _linear_model() -> nn.Module:
