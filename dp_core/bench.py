@@ -7,7 +7,8 @@ backward, optimizer step, as ``dp_core.train`` runs it) is timed for non-private
 every correct engine, round-robin so that load on a shared machine hits all of them alike; the
 figures are medians after warm-up, with ratios to the non-private step of the same run, and the
 peak memory a step allocates above the resting state (parameters, optimizer state, batch).
-The table is printed and written to ``bench/results/<device>-<date>.json``.
+The table is printed and written to ``bench/results/<device>-<date>.json`` (``-quick`` added for
+``--quick`` runs).
 
 ``--quick`` runs a CPU-sized version in under three minutes; ``--device cuda`` runs the GPU cases
 (ResNet-18-GN and WRN-16-4 at B=128 and 256 on CIFAR-sized input, besides the small models).
@@ -250,7 +251,16 @@ def benchmark_case(case: Case, engines: Sequence[str], *, device: torch.device, 
                 expected_batch_size=case.batch_size, grad_sample_mode=engine,
                 noise_generator=torch.Generator(device=device).manual_seed(0),
             )
-            runs[engine] = _step_fn(step, images, labels)
+            run = _step_fn(step, images, labels)
+            try:
+                run()  # e.g. out of memory at this batch size: report it rather than lose the whole run
+            except Exception as error:
+                rows[engine] = {"status": "failed", "reason": f"{type(error).__name__} at B={case.batch_size}: {error}"}
+                del step, run, model
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            runs[engine] = run
     seconds = time_variants(runs, device=device, warmup=warmup, repeats=repeats)
     base_wall, base_cpu = (statistics.median(seconds["none"][k]) for k in ("wall", "cpu"))
     base_mem = max(_peak_step_bytes(runs["none"], device), 1)
@@ -323,7 +333,8 @@ def run_benchmark(
     }
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{device.type}-{report['date']}.json"
+        suffix = "-quick" if quick else ""  # a quick run never overwrites the full figures of the day
+        path = out_dir / f"{device.type}-{report['date']}{suffix}.json"
         path.write_text(json.dumps(report, indent=1, default=float) + "\n")
         report["path"] = str(path)
     return report
@@ -338,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="one batch size for every model")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, here one per core)")
     parser.add_argument("--warmup", type=int, help="untimed rounds first (default 3, quick 2)")
-    parser.add_argument("--repeats", type=int, help="timed rounds (default 15, quick 5)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default 25, quick 5)")
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results"), help="where the JSON goes")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
@@ -365,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_benchmark(
         cases=cases, engines=engines, device=device, quick=args.quick,
         warmup=args.warmup if args.warmup is not None else (2 if args.quick else 3),
-        repeats=args.repeats if args.repeats is not None else (5 if args.quick else 15),
+        repeats=args.repeats if args.repeats is not None else (5 if args.quick else 25),
         out_dir=None if args.no_save else args.out_dir,
     )
     print(f"\n{report['device_name']}, torch {report['torch']}, opacus {report['opacus']}; "

@@ -142,7 +142,10 @@ class _Hooks(Engine):
     def __init__(self, name: str) -> None:
         self.name = name  # "hooks" or "functorch": same module, functorch forced for every layer
 
-    def prepare(self, model, optimizer, *, noise_multiplier, max_grad_norms, flat, expected_batch_size, noise_generator):
+    def prepare(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
+        max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
+    ) -> PrivateStep:
         private_model = wrap_model(model, grad_sample_mode=self.name, batch_first=True, loss_reduction="mean")
         # Poisson sampling assumes each step sees a fresh batch: accumulating per-sample gradients
         # over two forward passes would change the sensitivity, so Opacus forbids it.
@@ -169,7 +172,10 @@ class _ExpandedWeights(Engine):
             for name, m in trainable_modules(model) if type(m) not in _EW_LAYERS
         ]
 
-    def prepare(self, model, optimizer, *, noise_multiplier, max_grad_norms, flat, expected_batch_size, noise_generator):
+    def prepare(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
+        max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
+    ) -> PrivateStep:
         private_model = wrap_model(model, grad_sample_mode="ew", batch_first=True, loss_reduction="mean")
         dp_optimizer = _dp_optimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norms=max_grad_norms, flat=flat,
@@ -266,7 +272,10 @@ class _Ghost(Engine):
     supports_per_layer = False
     clips_in_optimizer_step = False
 
-    def prepare(self, model, optimizer, *, noise_multiplier, max_grad_norms, flat, expected_batch_size, noise_generator):
+    def prepare(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
+        max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
+    ) -> PrivateStep:
         private_model = wrap_model(
             model, grad_sample_mode="ghost", batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norms[0],
         )
@@ -306,7 +315,10 @@ class _Bookkeeping(Engine):
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         return _bookkeeping.unsupported_layers(model)
 
-    def prepare(self, model, optimizer, *, noise_multiplier, max_grad_norms, flat, expected_batch_size, noise_generator):
+    def prepare(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
+        max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
+    ) -> PrivateStep:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
         bounds = dict(zip(params, max_grad_norms * len(params) if flat else max_grad_norms))
         clipper = _bookkeeping.BookkeepingClipper(model, max_grad_norms=bounds, flat=flat)

@@ -18,7 +18,10 @@ class _MeanAsSum(engines.Engine):
 
     name = "mean_as_sum"
 
-    def prepare(self, model, optimizer, *, noise_multiplier, max_grad_norms, flat, expected_batch_size, noise_generator):
+    def prepare(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
+        max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
+    ) -> engines.PrivateStep:
         private_model = wrap_model(model, grad_sample_mode="hooks", batch_first=True, loss_reduction="sum")
         dp_optimizer = engines._dp_optimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norms=max_grad_norms, flat=flat,
