@@ -21,7 +21,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -168,15 +168,17 @@ def _budget_reason(plans: dict[int, PrivacyPlan]) -> str | None:
 def train_vectorized(
     configs: Sequence[TrainConfig],
     *,
-    on_epoch: Callable[[int, list[EpochReport]], None] | None = None,
+    on_epoch: Callable[[int, dict[int, EpochReport]], Collection[int] | None] | None = None,
     data: DatasetSplits | None = None,
     plans: Sequence[PrivacyPlan] | None = None,
 ) -> list[TrainResult]:
     """Train ``configs`` together; return one ``TrainResult`` per configuration, in order.
 
     Each result equals ``train(config)``'s up to floating-point rounding. ``on_epoch(epoch,
-    reports)`` gets one report per configuration after every epoch; ``StopTraining`` raised from
-    it ends all of them (``stopped_early=True``). ``data`` and ``plans`` may be passed pre-loaded
+    reports)`` gets ``{index into configs: report}`` for every configuration still training after
+    each epoch; it may return indices of configurations to stop there (e.g. pruned by a
+    scheduler): they keep their results so far (``stopped_early=True``) and the others go on
+    exactly as before, since each has its own streams. ``StopTraining`` raised from it ends all. ``data`` and ``plans`` may be passed pre-loaded
     and pre-computed, as for ``train``. A report's ``train_seconds`` and ``eval_seconds`` are the
     group's time divided by its size, so a sweep summing them counts the machine time used.
     Raises ConfigError if the configurations cannot be trained together (``can_vectorize``), and
@@ -218,17 +220,29 @@ def train_vectorized(
     test_images, test_labels = (t.to(device) for t in data.test.tensors)
     max_grad_norm = torch.tensor([float(c.privacy.max_grad_norm) for c in configs], device=device)
     # Opacus' DPOptimizer: noise std σ·C, then division by the *expected* batch size qN.
-    noise_std = [plan.noise_multiplier * config.privacy.max_grad_norm for plan, config in zip(plans, configs)]
+    noise_stds = [plan.noise_multiplier * config.privacy.max_grad_norm for plan, config in zip(plans, configs)]
     expected_batch_size = torch.tensor([plan.sample_rate * train_size for plan in plans], device=device)
 
     reports: list[list[EpochReport]] = [[] for _ in configs]
-    stopped_early, steps = False, 0
+    stopped, steps = [False] * group, 0
+    running = list(range(group))  # configs[running[j]] is row j of every stacked tensor
+
+    def finish(rows: list[int]) -> None:
+        """Copy the trained weights of these rows back into their configurations' models."""
+        with torch.no_grad():
+            for row in rows:
+                for name, parameter in models[running[row]].named_parameters():
+                    parameter.copy_(params[name][row])
+
     for epoch in range(1, first.epochs + 1):
         started = time.perf_counter()
-        loss_sum, seen = torch.zeros(group, device=device), [0] * group
+        width = len(running)
+        loss_sum, seen = torch.zeros(width, device=device), [0] * width
         # Each configuration's own stream, drawn epoch by epoch exactly as train() draws it.
         streams = [poisson_batches(num_examples=train_size, sample_rate=plans[0].sample_rate,
-                                   steps=plans[0].steps_per_epoch, generator=g) for g in sampling_generators]
+                                   steps=plans[0].steps_per_epoch, generator=sampling_generators[k]) for k in running]
+        noise_std = [noise_stds[k] for k in running]
+        step_generators = [noise_generators[k] for k in running]
         for batches in zip(*streams):
             indices = [batch for batch, _ in batches]  # without virtual batches every batch ends a step
             summed, batch_loss = _clipped_sums(clipping, params, buffers, indices, train_images, train_labels,
@@ -236,48 +250,63 @@ def train_vectorized(
             loss_sum += batch_loss
             seen = [n + len(i) for n, i in zip(seen, indices)]
             optimizer.step(params, {
-                name: (total + _noise(noise_std, total, noise_generators)) / _per_config(expected_batch_size, total)
+                name: (total + _noise(noise_std, total, step_generators)) / _per_config(expected_batch_size, total)
                 for name, total in summed.items()
             })
             steps += 1
-        train_seconds = (time.perf_counter() - started) / group
+        train_seconds = (time.perf_counter() - started) / width
         train_loss = [total / max(n, 1) for total, n in zip(loss_sum.tolist(), seen)]
-        diverged = tuple(k for k, loss in enumerate(train_loss) if not math.isfinite(loss))
+        diverged = tuple(running[row] for row, loss in enumerate(train_loss) if not math.isfinite(loss))
         if diverged:
-            details = "; ".join(f"config {k}: loss {train_loss[k]} (lr={configs[k].optimizer.lr}, "
+            details = "; ".join(f"config {k}: loss {train_loss[running.index(k)]} (lr={configs[k].optimizer.lr}, "
                                 f"max_grad_norm={configs[k].privacy.max_grad_norm})" for k in diverged)
             raise ConfigsDiverged(f"train loss became non-finite in epoch {epoch} for {details}; lower the "
                                   "learning rate.", config_indices=diverged)
         started = time.perf_counter()
         test_loss, test_accuracy = _evaluate(logits_of, params, buffers, test_images, test_labels,
                                              batch_size=first.test_batch_size)
-        eval_seconds = (time.perf_counter() - started) / group
-        epoch_reports = [
-            EpochReport(
-                epoch=epoch, steps=steps, train_loss=train_loss[k], test_loss=test_loss[k],
-                test_accuracy=test_accuracy[k], epsilon=plan.epsilon_at(steps), delta=plan.delta,
-                accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
+        eval_seconds = (time.perf_counter() - started) / width
+        epoch_reports = {
+            k: EpochReport(
+                epoch=epoch, steps=steps, train_loss=train_loss[row], test_loss=test_loss[row],
+                test_accuracy=test_accuracy[row], epsilon=plans[k].epsilon_at(steps), delta=plans[k].delta,
+                accountant=plans[k].accountant, noise_multiplier=plans[k].noise_multiplier,
                 train_seconds=train_seconds, eval_seconds=eval_seconds,
             )
-            for k, plan in enumerate(plans)
-        ]
-        for own, report in zip(reports, epoch_reports):
-            own.append(report)
-        if on_epoch is not None:
-            try:
-                on_epoch(epoch, epoch_reports)
-            except StopTraining:
-                stopped_early = True
-                break
+            for row, k in enumerate(running)
+        }
+        for k, report in epoch_reports.items():
+            reports[k].append(report)
+        if on_epoch is None:
+            continue
+        try:
+            to_stop = set(on_epoch(epoch, epoch_reports) or ())
+        except StopTraining:
+            to_stop = set(running)
+        unknown = to_stop - set(running)
+        if unknown:
+            raise ValueError(f"on_epoch asked to stop configurations {sorted(unknown)}, which are not training.")
+        if not to_stop:
+            continue
+        rows_out = [row for row, k in enumerate(running) if k in to_stop]
+        finish(rows_out)
+        for k in to_stop:
+            stopped[k] = True
+        keep = [row for row, k in enumerate(running) if k not in to_stop]
+        running = [running[row] for row in keep]
+        if not running:
+            break
+        rows = torch.tensor(keep, device=device)
+        params = {name: value.index_select(0, rows) for name, value in params.items()}
+        buffers = {name: value.index_select(0, rows) for name, value in buffers.items()}
+        max_grad_norm, expected_batch_size = max_grad_norm[rows], expected_batch_size[rows]
+        optimizer.keep(keep)
 
-    with torch.no_grad():
-        for k, model in enumerate(models):
-            for name, parameter in model.named_parameters():
-                parameter.copy_(params[name][k])
+    finish(list(range(len(running))))
     return [
         TrainResult(config=config.replace(noise_multiplier=plan.noise_multiplier), plan=plan,
-                    reports=tuple(own), stopped_early=stopped_early, model=model)
-        for config, plan, own, model in zip(configs, plans, reports, models)
+                    reports=tuple(own), stopped_early=stop, model=model)
+        for config, plan, own, model, stop in zip(configs, plans, reports, models, stopped)
     ]
 
 
@@ -494,8 +523,17 @@ class _StackedSGD:
         self._buffers: Tensors = {}
         self._lr_holders = [torch.optim.SGD([torch.zeros(0, requires_grad=True)], lr=c.optimizer.lr) for c in configs]
         self._schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(holder, T_max=plan.max_steps)
-                            for holder, config, plan in zip(self._lr_holders, configs, plans)
-                            if config.optimizer.lr_schedule == "cos"]
+                            if config.optimizer.lr_schedule == "cos" else None
+                            for holder, config, plan in zip(self._lr_holders, configs, plans)]
+        self._lr = self._current_lr()
+
+    def keep(self, rows: list[int]) -> None:
+        """Go on with these rows (configurations) only, in this order."""
+        index = torch.tensor(rows, device=self._device)
+        self._momentum, self._weight_decay = self._momentum[index], self._weight_decay[index]
+        self._buffers = {name: buffer.index_select(0, index) for name, buffer in self._buffers.items()}
+        self._lr_holders = [self._lr_holders[row] for row in rows]
+        self._schedulers = [self._schedulers[row] for row in rows]
         self._lr = self._current_lr()
 
     def _current_lr(self) -> torch.Tensor:
@@ -515,11 +553,12 @@ class _StackedSGD:
                     buffer.mul_(_per_config(self._momentum, buffer)).add_(direction)
                 direction = buffer
             theta.sub_(_per_config(self._lr, theta) * direction)
-        if self._schedulers:
+        if any(self._schedulers):
             for holder in self._lr_holders:
                 holder.step()  # a no-op (no gradients) that keeps the scheduler from warning about order
             for scheduler in self._schedulers:
-                scheduler.step()
+                if scheduler is not None:
+                    scheduler.step()
             self._lr = self._current_lr()
 
 

@@ -66,10 +66,10 @@ def _assert_same_run(together: TrainResult, alone: TrainResult, *, rtol: float =
 @pytest.fixture(scope="module", params=["mlp", "digits_cnn"])
 def runs(request: pytest.FixtureRequest) -> tuple[list[TrainConfig], list[TrainResult], list[TrainResult]]:
     configs = _group(request.param)
-    seen: list[tuple[int, list[EpochReport]]] = []
+    seen: list[tuple[int, dict[int, EpochReport]]] = []
     together = train_vectorized(configs, data=DIGITS, on_epoch=lambda epoch, reports: seen.append((epoch, reports)))
     assert [epoch for epoch, _ in seen] == [1, 2, 3]
-    assert all(len(reports) == len(configs) for _, reports in seen)
+    assert all(sorted(reports) == list(range(len(configs))) for _, reports in seen)
     alone = [train(config, data=DIGITS) for config in configs]
     return configs, together, alone
 
@@ -173,13 +173,37 @@ def test_stop_training_from_the_hook_stops_every_configuration() -> None:
     configs = [TrainConfig.from_dict({**BASE, "model": "mlp", "noise_multiplier": s, "seed": i})
                for i, s in enumerate((0.8, 1.2))]
 
-    def stop_after_first(epoch: int, reports: list[EpochReport]) -> None:
+    def stop_after_first(epoch: int, reports: dict[int, EpochReport]) -> None:
         if epoch == 1:
             raise StopTraining
 
     results = train_vectorized(configs, data=DIGITS, on_epoch=stop_after_first)
     assert [len(r.reports) for r in results] == [1, 1]
     assert all(r.stopped_early and not r.final.stopped_by_budget for r in results)
+
+
+def test_stopping_one_configuration_leaves_the_others_as_if_alone() -> None:
+    """A pruned member stops where the hook said; the rest go on exactly as if trained alone."""
+    configs = _group("mlp")
+
+    def prune_middle(epoch: int, reports: dict[int, EpochReport]) -> list[int]:
+        return [1] if epoch == 1 else []
+
+    together = train_vectorized(configs, data=DIGITS, on_epoch=prune_middle)
+
+    def stop_after_first(report: EpochReport) -> None:
+        if report.epoch == 1:
+            raise StopTraining
+
+    _assert_same_run(together[1], train(configs[1], data=DIGITS, on_epoch=stop_after_first))
+    for k in (0, 2):
+        _assert_same_run(together[k], train(configs[k], data=DIGITS))
+
+
+def test_stopping_an_unknown_configuration_is_refused() -> None:
+    configs = _group("mlp")[:2]
+    with pytest.raises(ValueError, match=r"\[5\]"):
+        train_vectorized(configs, data=DIGITS, on_epoch=lambda epoch, reports: [5])
 
 
 def test_a_diverging_configuration_is_named() -> None:
