@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
-from torchvision import datasets as tv_datasets
 
 from dp_core._validate import ConfigError, require_choice
 
@@ -113,6 +112,8 @@ def _normalise(images_nchw_uint8: torch.Tensor, stats: tuple[tuple[float, ...], 
 
 
 def _load_torchvision(name: str, root: Path, download: bool) -> DatasetSplits:
+    from torchvision import datasets as tv_datasets  # here, not at import: it costs ~1.5 s per process
+
     loader, folder, stats, shape = {
         "mnist": (tv_datasets.MNIST, "MNIST/raw", _MNIST_STATS, (1, 28, 28)),
         "fashion_mnist": (tv_datasets.FashionMNIST, "FashionMNIST/raw", _FASHION_MNIST_STATS, (1, 28, 28)),

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import functools
+import sys
+
 import torch
 import torch.nn as nn
-import torchvision
 from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ._validate import ConfigError, require, require_choice
 
@@ -101,29 +102,33 @@ def _cannot_train(model: nn.Module, why: str) -> str:
 # BackwardHookFunction; modifying it in place raises "RuntimeError: Output 0 of BackwardHookFunction is
 # a view and is being modified inplace" (torch 2.14). torchvision's resnet18 does so twice: ReLU(inplace=True)
 # right after a norm layer, and `out += identity` after bn2/bn3. Hence the out-of-place blocks below.
-class _OutOfPlaceBasicBlock(BasicBlock):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        return self.relu(out + identity)
+@functools.cache
+def _torchvision_out_of_place() -> dict[type, type]:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
 
+    class _OutOfPlaceBasicBlock(BasicBlock):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return self.relu(out + identity)
 
-class _OutOfPlaceBottleneck(Bottleneck):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
-        return self.relu(self.bn3(self.conv3(out)) + identity)
+    class _OutOfPlaceBottleneck(Bottleneck):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+            return self.relu(self.bn3(self.conv3(out)) + identity)
 
-
-_OUT_OF_PLACE = {BasicBlock: _OutOfPlaceBasicBlock, Bottleneck: _OutOfPlaceBottleneck}
+    return {BasicBlock: _OutOfPlaceBasicBlock, Bottleneck: _OutOfPlaceBottleneck}
 
 
 def _remove_inplace_ops(model: nn.Module) -> None:
+    # torchvision is imported only where needed (~1.5 s per process); a model without it has no resnet blocks.
+    out_of_place = _torchvision_out_of_place() if "torchvision" in sys.modules else {}
     for module in model.modules():
         if getattr(module, "inplace", None) is True:  # ReLU, LeakyReLU, SiLU, Hardtanh, Dropout, ...
             module.inplace = False  # flipping the flag keeps module sharing (resnet reuses self.relu)
-        if type(module) in _OUT_OF_PLACE:
-            module.__class__ = _OUT_OF_PLACE[type(module)]  # same parameters and state_dict keys
+        if type(module) in out_of_place:
+            module.__class__ = out_of_place[type(module)]  # same parameters and state_dict keys
 
 
 # ---------------------------------------------------------------------------------------------- builders
@@ -183,6 +188,8 @@ def _cifar_cnn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Mo
 def _resnet18_gn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
     _require_hw("resnet18_gn", input_shape, 16)  # 32x downsampling; smaller inputs leave nothing to pool
     norm = _group_norm("resnet18_gn", gn_groups)
+    import torchvision.models  # here, not at import: it costs ~1.5 s per process
+
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes, norm_layer=norm)
     if input_shape[0] != 3:
         model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)

@@ -83,7 +83,9 @@ class ConfigsDiverged(TrainingDiverged):
 # ---------------------------------------------------------------------------------------------- grouping
 
 
-def can_vectorize(configs: Sequence[TrainConfig], *, data: DatasetSplits | None = None) -> str | None:
+def can_vectorize(
+    configs: Sequence[TrainConfig], *, data: DatasetSplits | None = None, plans: Sequence[PrivacyPlan] | None = None,
+) -> str | None:
     """``None`` if ``configs`` can be trained together by ``train_vectorized``, else the reason.
 
     They must share dataset, model, epochs, sampling rate (batch_size / N), δ, accountant, device
@@ -91,11 +93,14 @@ def can_vectorize(configs: Sequence[TrainConfig], *, data: DatasetSplits | None 
     randomness in its forward pass (dropout) and run under ``torch.func.vmap``; and none may stop
     early at its ``epsilon_budget`` (a group trains in lockstep). N and the input shape come from
     ``data`` when given, else from the dataset's name. A config invalid for the dataset (δ ≥ 1/N)
-    with an ``epsilon_budget`` raises ConfigError, as planning it would.
+    with an ``epsilon_budget`` raises ConfigError, as planning it would. ``plans`` (one per config,
+    as ``train_vectorized`` takes them) saves planning them again.
     """
     reason = _structural_reason(configs, data)
     if reason is not None:
         return reason
+    if plans is not None:
+        return _budget_reason(dict(enumerate(plans)))
     train_size = len(data.train) if data is not None else canonical_train_size(configs[0].data.dataset)
     return _budget_reason({i: plan_privacy(c, train_size=train_size) for i, c in enumerate(configs)
                            if c.privacy.epsilon_budget is not None})

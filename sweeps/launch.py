@@ -194,9 +194,10 @@ def _run(args: argparse.Namespace) -> int:
         )
 
     runner.connect_ray(args.address)
+    slots = _slots(space)
     callback, results = runner.run_trials(space, tracker=tracker, storage_path=results_dir, name=sweep_name,
                                           grid=runnable, searcher=searcher, resume=args.resume is not None,
-                                          time_budget_s=args.time_budget)
+                                          slots=int(slots), time_budget_s=args.time_budget)
     stats = callback.stats
     if tracker.offline:
         tracker.flush()  # the server may be back by now
@@ -231,7 +232,6 @@ def _run(args: argparse.Namespace) -> int:
                              extra_lines=selection_privacy.plot_lines() if selection_privacy else None):
         tracker.log_artifact(str(path))
 
-    slots = _slots(space)
     split = {**stats.split(slots=slots), "planning_seconds": planning_seconds + (searcher.planning_seconds if searcher else 0.0),
              "total_seconds": time.monotonic() - launched}
     best = report.best()

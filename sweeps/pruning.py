@@ -40,8 +40,13 @@ class BandedSuccessiveHalving:
             epoch *= reduction_factor
         self.reduction_factor = reduction_factor
         self._recorded: dict[tuple[int, int], dict[str, float]] = {}
+        self._stopped: set[str] = set()
 
     def should_stop(self, *, trial_id: str, band: int, epoch: int, accuracy: float) -> bool:
+        """Whether this trial stops after this epoch. A trial once stopped stays stopped, so a
+        retried run (its worker died) is stopped where the first attempt was."""
+        if trial_id in self._stopped:
+            return True
         for rung in reversed(self.rungs):
             if epoch < rung:
                 continue
@@ -51,5 +56,16 @@ class BandedSuccessiveHalving:
             cutoff = (np.nanpercentile(list(recorded.values()), (1 - 1 / self.reduction_factor) * 100)
                       if recorded else None)
             recorded[trial_id] = accuracy
-            return bool(cutoff is not None and accuracy < cutoff)
+            if cutoff is not None and accuracy < cutoff:
+                self._stopped.add(trial_id)
+                return True
+            return False
         return False
+
+    def judge(self, rows: list[tuple[str, int, int, float]]) -> list[str]:
+        """``should_stop`` for many (trial_id, band, epoch, accuracy) at once; the ids to stop.
+
+        One call per epoch of a pack (its members' rows), so a remote board costs one round trip.
+        """
+        return [trial_id for trial_id, band, epoch, accuracy in rows
+                if self.should_stop(trial_id=trial_id, band=band, epoch=epoch, accuracy=accuracy)]

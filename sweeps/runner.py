@@ -1,8 +1,11 @@
 """Running a sweep's trials on Ray Tune: the only module of dpsweep that drives Ray.
 
-Trials run as Ray Tune function trainables (local Ray by default, a cluster with ``address``).
-A Tune callback in the driver forwards every epoch to the MLflow tracker, so logging happens
-off the training path, and prints one progress line per finished trial.
+Trials run as Ray Tune function trainables (local Ray by default, a cluster with ``address``);
+trials of a small model run several at once as packs (:mod:`sweeps.packing`). A Tune callback in
+the driver forwards every epoch of every trial, packed or not, to the MLflow tracker, so logging
+happens off the training path, and prints one progress line per finished trial. Pruning
+decisions come from one pruning board (a Ray actor), asked by the driver for lone trials and by
+the workers for the members of packs, so all trials of a sweep compete under one rule.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import dataclasses
+import json
 import math
 import queue
 import sys
@@ -29,6 +33,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from sweeps.federated_actors import trial_resources
 from sweeps.frontier import Point
+from sweeps.packing import member_specs, pack_spec, pack_trials
 from sweeps.planning import PlannedTrial
 from sweeps.pruning import BandedSuccessiveHalving, epsilon_band
 from sweeps.search import BudgetedOptunaSearch, trial_outcome
@@ -116,7 +121,10 @@ class TrackingCallback(tune.Callback):
         self.stats = stats
         self.total = total
         self.out = out
-        self._started: set[str] = set()
+        self._started: set[str] = set()  # member trial keys whose MLflow run is open
+        self._last_rows: dict[str, dict[str, Any]] = {}  # member trial key -> its latest epoch metrics
+        self._unlogged: dict[str, list[tuple[int, dict[str, float]]]] = {}  # epochs not yet sent to MLflow
+        self._last_flush = time.monotonic()
         self.points: list[Point] = []  # what this process saw; the frontier if MLflow is away
         self.outcomes: dict[str, int] = {}
         self._writer: _BackgroundWriter | None = None
@@ -141,49 +149,87 @@ class TrackingCallback(tune.Callback):
 
     def close(self) -> None:
         """Wait until every tracking write is done (call before reading MLflow back)."""
+        self._flush()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
-    def _key(self, trial: Any) -> str:
-        spec = trial_spec(trial.config)
-        if trial.trial_id not in self._started:
-            self._write(self.tracker.start_trial, key=spec["key"], name=spec["name"], params=spec["params"])
-            self._started.add(trial.trial_id)
-        return spec["key"]
+    def _members(self, trial: Any) -> list[dict[str, Any]]:
+        """The trial specs behind a Ray trial (a pack's members, or itself), their runs opened."""
+        members = member_specs(trial_spec(trial.config))
+        for spec in members:
+            if spec["key"] not in self._started:
+                self._write(self.tracker.start_trial, key=spec["key"], name=spec["name"], params=spec["params"])
+                self._started.add(spec["key"])
+        return members
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._key(trial)
+        self._members(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if result.get("diverged"):
-            return
-        self.stats.train_seconds += result["epoch_seconds"]
-        self.stats.eval_seconds += result["eval_seconds"]
+        members = {spec["key"]: spec for spec in self._members(trial)}
+        # A pack sends one result with each running member's epoch in it; a lone trial, its own.
+        rows = json.loads(result["members"]) if "members" in result else {next(iter(members)): result}
+        self.stats.train_seconds += result.get("epoch_seconds", 0.0)
+        self.stats.eval_seconds += result.get("eval_seconds", 0.0)
         self.stats.setup_seconds += result.get("setup_seconds", 0.0)
         self.stats.report_seconds += result.get("report_seconds", 0.0)
+        for key, row in rows.items():
+            last = self._last_rows.get(key)
+            if row.get("diverged"):
+                self._last_rows[key] = row
+                continue
+            if last is not None and last.get("epoch", 0) >= row["epoch"]:
+                continue  # a pack started over (a member diverged, or its worker died): logged already
+            self._last_rows[key] = row
+            self._log_epoch(members[key], row)
+        if time.monotonic() - self._last_flush >= self.FLUSH_SECONDS:
+            self._flush()
+        elif result.get("checkpoint_dir_name"):
+            # A restarted trial resumes after this checkpoint: its epochs so far must reach MLflow.
+            self._flush(list(rows))
+
+    #: Epochs are sent to MLflow in one batch per trial at most this often (and when a trial ends).
+    FLUSH_SECONDS = 1.0
+
+    def _flush(self, keys: Any = None) -> None:
+        for key in list(self._unlogged) if keys is None else keys:
+            epochs = self._unlogged.pop(key, None)
+            if epochs:
+                self._write(self.tracker.log_epochs, key=key, epochs=epochs)
+        if keys is None:
+            self._last_flush = time.monotonic()
+
+    def _log_epoch(self, spec: dict[str, Any], row: dict[str, Any]) -> None:
         self.stats.epochs += 1
-        metrics = {k: result[k] for k in ("test_accuracy", "test_loss", "train_loss", "epoch_seconds")}
-        metrics.update({k: v for k, v in result.items() if k.startswith("epsilon_client_") and v >= 0})  # federated
-        if result["epsilon"] >= 0:
-            metrics["epsilon"] = result["epsilon"]
-        spec = trial_spec(trial.config)
-        self.points.append(Point(epsilon=metrics.get("epsilon", math.inf), accuracy=result["test_accuracy"],
-                                 run_id="", trial=spec["name"], epoch=int(result["epoch"]), params=spec["params"]))
-        self._write(self.tracker.log_epoch, key=self._key(trial), step=int(result["epoch"]), metrics=metrics)
+        metrics = {k: row[k] for k in ("test_accuracy", "test_loss", "train_loss", "epoch_seconds")}
+        metrics.update({k: v for k, v in row.items() if k.startswith("epsilon_client_") and v >= 0})  # federated
+        if row["epsilon"] >= 0:
+            metrics["epsilon"] = row["epsilon"]
+        self.points.append(Point(epsilon=metrics.get("epsilon", math.inf), accuracy=row["test_accuracy"],
+                                 run_id="", trial=spec["name"], epoch=int(row["epoch"]), params=spec["params"]))
+        self._unlogged.setdefault(spec["key"], []).append((int(row["epoch"]), metrics))
 
     def _finish(self, trial: Any, *, error: bool) -> None:
-        result = trial.last_result or {}
+        for spec in self._members(trial):
+            result = self._last_rows.pop(spec["key"], None) or {}
+            # A pack that errored out may still have finished some members before it did.
+            finished = bool(result) and (result.get("pruned") or result.get("diverged")
+                                         or result.get("epoch", 0) >= result.get("epochs_planned", math.inf))
+            self._finish_member(spec, result, error=error and not finished, error_file=trial.error_file)
+
+    def _finish_member(self, spec: dict[str, Any], result: dict[str, Any], *, error: bool, error_file: Any) -> None:
+        self._flush([spec["key"]])
         outcome = trial_outcome(result, error=error)
         tags = {}
         if result.get("diverged"):
             tags["dpsweep.failure"] = result["diverged"]
         elif error:
-            tags["dpsweep.failure"] = f"trial raised an error; see {trial.error_file}"
-        self._write(self.tracker.end_trial, key=self._key(trial), outcome=outcome, tags=tags)
+            tags["dpsweep.failure"] = f"trial raised an error; see {error_file}"
+        self._write(self.tracker.end_trial, key=spec["key"], outcome=outcome, tags=tags)
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         self.stats.trials_finished += 1
-        name = trial_spec(trial.config)["name"]
+        name = spec["name"]
         count = f"[{self.stats.trials_finished}/{self.total}]" if self.total else f"[{self.stats.trials_finished}]"
         if "test_accuracy" in result and not result.get("diverged"):
             eps = result["epsilon"]
@@ -202,23 +248,44 @@ class TrackingCallback(tune.Callback):
 
 
 class BandedASHA(FIFOScheduler):
-    """Ray Tune adapter for :class:`sweeps.pruning.BandedSuccessiveHalving`."""
+    """Ray Tune adapter for :class:`sweeps.pruning.BandedSuccessiveHalving`, kept on a pruning board.
 
-    def __init__(self, rule: BandedSuccessiveHalving) -> None:
+    The rule's state lives in one Ray actor (the board, named ``board_name``) so that lone
+    trials (judged here, in the driver) and the members of packs (judged by their workers, which
+    ask the board directly) compete in the same bands and rungs.
+    """
+
+    def __init__(self, board_name: str) -> None:
         super().__init__()
-        self.rule = rule
+        self.board_name = board_name
+        self._board: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_board": None}  # Tune saves its scheduler; an actor handle is per session
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True  # always test_accuracy, maximised
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if "test_accuracy" not in result or result.get("diverged"):
-            return TrialScheduler.CONTINUE
-        planned = trial_spec(trial.config)["params"]["planned_epsilon"]
-        band = epsilon_band(float(planned))
-        stop = self.rule.should_stop(trial_id=trial.trial_id, band=band, epoch=int(result["epoch"]),
-                                     accuracy=float(result["test_accuracy"]))
+        if "members" in result or "test_accuracy" not in result or result.get("diverged"):
+            return TrialScheduler.CONTINUE  # a pack's workers ask the board for their members themselves
+        if self._board is None:
+            self._board = ray.get_actor(self.board_name)
+        spec = trial_spec(trial.config)
+        row = (spec["key"], epsilon_band(float(spec["params"]["planned_epsilon"])), int(result["epoch"]),
+               float(result["test_accuracy"]))
+        stop = bool(ray.get(self._board.judge.remote([row])))
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+
+
+def start_pruning_board(name: str, *, grace_period: int, max_epochs: int) -> Any:
+    """The sweep's pruning board: a :class:`BandedSuccessiveHalving` in a Ray actor named ``name``.
+
+    It takes no CPU (one dict lookup per call). A resumed sweep starts a fresh board: trials
+    that ran before the interruption are not compared again.
+    """
+    board = ray.remote(num_cpus=0)(BandedSuccessiveHalving)
+    return board.options(name=name, get_if_exists=True).remote(grace_period=grace_period, max_epochs=max_epochs)
 
 
 def connect_ray(address: str | None) -> None:
@@ -242,34 +309,54 @@ def run_trials(
     grid: Sequence[PlannedTrial] | None,
     searcher: BudgetedOptunaSearch | None,
     resume: bool,
+    slots: int = 1,
     max_failures: int = 2,
     time_budget_s: float | None = None,
 ) -> tuple[TrackingCallback, Any]:
-    """Run the trials on Ray Tune; returns the callback (time split, points seen) and Ray's ResultGrid."""
+    """Run the trials on Ray Tune; returns the callback (time split, points seen) and Ray's ResultGrid.
+
+    ``slots`` (trials the cluster runs at once) decides how a grid is cut into packs.
+    """
     stats = SweepStats()
     total = len(grid) if grid is not None else space.trials
     callback = TrackingCallback(tracker, stats, total=total, time_budget_s=time_budget_s)
     # Federated trials reserve one bundle per client actor; other trials, {"cpu": ..., "gpu": ...}.
     trainable = tune.with_resources(run_trial, trial_resources(space))
     experiment = storage_path / name
-    if resume and tune.Tuner.can_restore(str(experiment)):
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
-        tuner._local_tuner._run_config.callbacks = [callback]  # the restored callback lost its tracker state
-        try:
-            return callback, tuner.fit()
-        finally:
-            callback.close()
-
-    scheduler = None
+    board, board_name = None, None
     if space.pruner == "asha":
         max_epochs = max(int(t.train_config["epochs"]) for t in grid) if grid else int(space.fixed.get("epochs", 15))
-        scheduler = BandedASHA(BandedSuccessiveHalving(grace_period=max(1, max_epochs // 4), max_epochs=max_epochs))
+        board_name = f"dpsweep-pruning-{name}"
+        board = start_pruning_board(board_name, grace_period=max(1, max_epochs // 4), max_epochs=max_epochs)
+    if searcher is not None:
+        searcher.board_name, searcher.slots = board_name, slots
+    try:
+        if resume and tune.Tuner.can_restore(str(experiment)):
+            tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+            tuner._local_tuner._run_config.callbacks = [callback]  # the restored callback lost its tracker state
+            return callback, tuner.fit()
+        return callback, _new_tuner(space, trainable, name=name, storage_path=storage_path, grid=grid,
+                                    searcher=searcher, board_name=board_name, slots=slots, callback=callback,
+                                    max_failures=max_failures, time_budget_s=time_budget_s).fit()
+    finally:
+        callback.close()
+        if board is not None:
+            ray.kill(board)
+
+
+def _new_tuner(
+    space: SearchSpace, trainable: Any, *, name: str, storage_path: Path, grid: Sequence[PlannedTrial] | None,
+    searcher: BudgetedOptunaSearch | None, board_name: str | None, slots: int, callback: TrackingCallback,
+    max_failures: int, time_budget_s: float | None,
+) -> tune.Tuner:
+    scheduler = BandedASHA(board_name) if board_name is not None else None
     param_space: dict[str, Any] = {}
     if grid is not None:
-        param_space = {"trial": tune.grid_search([
-            encode_spec(t.spec()) for t in grid
-        ])}
-    tuner = tune.Tuner(
+        packs = pack_trials(grid, vectorize=space.vectorize, slots=slots)
+        param_space = {"trial": tune.grid_search([encode_spec(pack_spec(pack)) for pack in packs])}
+    if board_name is not None:
+        param_space["board"] = board_name
+    return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
@@ -283,7 +370,3 @@ def run_trials(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    try:
-        return callback, tuner.fit()
-    finally:
-        callback.close()

@@ -10,11 +10,17 @@ plans its privacy spend (pure, instant), and:
   (single objective); a trial stopped before its planned epochs is told as PRUNED, others as
   COMPLETE with accuracy (single objective) or (accuracy, ε) (multi-objective).
 
+With ``vectorize`` (see :mod:`sweeps.packing`), one suggestion is a pack: up to N admitted
+configurations asked of Optuna at once (Optuna's ask-and-tell takes several open trials) that
+share model, data and steps, trained together by one Ray trial and told to Optuna one by one.
+A configuration that cannot join the pack being built waits for the next suggestion.
+
 The study lives in a sqlite file in the sweep folder, so ``--resume`` continues it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import time
@@ -24,6 +30,10 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
+from dp_core.config import TrainConfig
+from dp_core.federated import is_federated
+from dp_core.vectorized import can_vectorize
+from sweeps.packing import _group_key, pack_size, pack_spec
 from sweeps.planning import EpsilonBudget, PlannedTrial
 from sweeps.space import Range, SearchSpace
 from sweeps.trial import encode_spec
@@ -74,8 +84,14 @@ class BudgetedOptunaSearch(Searcher):
         self.budget = EpsilonBudget(space.epsilon_budget)
         self.max_consecutive_skips = max_consecutive_skips
         self.planning_seconds = 0.0  # driver time spent planning suggestions (σ, per-epoch ε)
-        self._live: dict[str, int] = {}  # Ray trial id -> Optuna trial number
-        self._asked: dict[str, optuna.Trial] = {}  # not persisted: only for intermediate values
+        self.board_name: str | None = None  # the sweep's pruning board, passed on to packs
+        self.slots = 1  # trials the cluster runs at once: the last packs are cut to keep them all busy
+        self._live: dict[str, dict[str, int]] = {}  # Ray trial id -> {member trial key: Optuna trial number}
+        self._asked: dict[str, optuna.Trial] = {}  # member key -> open Optuna trial, for intermediate values
+        self._last_rows: dict[str, dict[str, Any]] = {}  # member key -> its latest epoch metrics
+        self._waiting: list[tuple[PlannedTrial, optuna.Trial]] = []  # admitted, not yet in a pack
+        self._issued = 0  # configurations handed to Ray (space.trials caps them, not the packs)
+        self._vectorizes: dict[str, bool] = {}
         self._study: optuna.Study | None = None
 
     @property
@@ -93,7 +109,8 @@ class BudgetedOptunaSearch(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # metric and mode come from the space, not from TuneConfig
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def _next_admitted(self) -> tuple[PlannedTrial, optuna.Trial] | None:
+        """Ask Optuna until a configuration plans within the budget; None after too many skips."""
         for _ in range(self.max_consecutive_skips):
             ot_trial = self.study.ask()
             values = {key: _suggest(ot_trial, key, axis) for key, axis in self.space.axes.items()}
@@ -114,23 +131,80 @@ class BudgetedOptunaSearch(Searcher):
                 self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
                 self.on_skip(planned, values, reason)
                 continue
-            self._live[trial_id] = ot_trial.number
-            self._asked[trial_id] = ot_trial
-            return {"trial": encode_spec(planned.spec())}
-        return Searcher.FINISHED  # the space has (almost) nothing left within budget
+            return planned, ot_trial
+        return None
+
+    def _pack_limit(self, planned: PlannedTrial) -> int:
+        """How many configurations may share ``planned``'s unit of work."""
+        if is_federated(planned.train_config):
+            return 1
+        size = pack_size(self.space.vectorize, str(planned.train_config.get("model")))
+        group = _group_key(planned)
+        if size > 1 and group not in self._vectorizes:
+            self._vectorizes[group] = can_vectorize([TrainConfig.from_dict(dict(planned.train_config))],
+                                                    plans=[planned.plan]) is None
+        return size if size > 1 and self._vectorizes[group] else 1
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        remaining = self.space.trials - self._issued if self.space.trials is not None else math.inf
+        if remaining <= 0:
+            return Searcher.FINISHED
+        first = self._waiting.pop(0) if self._waiting else self._next_admitted()
+        if first is None:
+            return Searcher.FINISHED  # the space has (almost) nothing left within budget
+        members = [first]
+        limit = self._pack_limit(first[0])
+        if math.isfinite(remaining):
+            limit = min(limit, math.ceil(remaining / max(self.slots, 1)))
+        group = _group_key(first[0])
+        for _ in range(2 * limit):  # a few misfits may wait for the next pack
+            if len(members) >= limit:
+                break
+            candidate = next((w for w in self._waiting if _group_key(w[0]) == group), None)
+            if candidate is not None:
+                self._waiting.remove(candidate)
+            else:
+                candidate = self._next_admitted()
+                if candidate is None:
+                    break
+                if _group_key(candidate[0]) != group:
+                    self._waiting.append(candidate)
+                    continue
+            members.append(candidate)
+        self._issued += len(members)
+        self._live[trial_id] = {planned.key: ot_trial.number for planned, ot_trial in members}
+        for planned, ot_trial in members:
+            self._asked[planned.key] = ot_trial
+        config: dict[str, Any] = {"trial": encode_spec(pack_spec([planned for planned, _ in members]))}
+        if self.board_name is not None:
+            config["board"] = self.board_name
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if self.space.objective == "multi":
-            return  # Optuna does not take intermediate values for multi-objective studies
-        trial = self._asked.get(trial_id)
-        if trial is not None and "test_accuracy" in result:
-            trial.report(result["test_accuracy"], step=int(result["epoch"]))
+        number_of = self._live.get(trial_id, {})
+        rows = json.loads(result["members"]) if "members" in result else {next(iter(number_of), ""): result}
+        for key, row in rows.items():
+            self._last_rows[key] = row
+            if self.space.objective == "multi":
+                continue  # Optuna does not take intermediate values for multi-objective studies
+            trial = self._asked.get(key)
+            if trial is not None and "test_accuracy" in row and not row.get("diverged"):
+                trial.report(row["test_accuracy"], step=int(row["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        number = self._live.pop(trial_id, None)
-        self._asked.pop(trial_id, None)
-        if number is None:
+        numbers = self._live.pop(trial_id, None)
+        if numbers is None:
             return
+        for key, number in numbers.items():
+            self._asked.pop(key, None)
+            row = self._last_rows.pop(key, None)
+            if row is None and result is not None and "members" not in result:
+                row = result
+            finished = bool(row) and (row.get("pruned") or row.get("diverged")
+                                      or row.get("epoch", 0) >= row.get("epochs_planned", math.inf))
+            self._tell(number, row, error=error and not finished)
+
+    def _tell(self, number: int, result: dict[str, Any] | None, *, error: bool) -> None:
         outcome = trial_outcome(result, error=error)
         states = optuna.trial.TrialState
         if outcome == "failed":
@@ -146,14 +220,16 @@ class BudgetedOptunaSearch(Searcher):
     # Ray saves searchers with the experiment; the study itself is already in its sqlite file.
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
-            pickle.dump({"live": self._live}, handle)
+            pickle.dump({"live": self._live, "issued": self._issued}, handle)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as handle:
-            self._live = pickle.load(handle)["live"]
+            state = pickle.load(handle)
+        self._live, self._issued = state["live"], state.get("issued", 0)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_study"] = None
         state["_asked"] = {}
+        state["_waiting"] = []  # open Optuna trials are not picklable; unasked work is simply asked again
         return state

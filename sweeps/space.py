@@ -16,6 +16,7 @@ A search space is a small YAML file (shipped ones live in the ``search_spaces`` 
     resources: {cpus: 1, gpus: 0}
     seed: 0
     kind: train                     # train | federated (FedAvg over DP-SGD clients)
+    vectorize: auto                 # auto | off | N: configurations trained at once per unit of work
     private_selection: {distribution: poisson, mean: 10}   # optional, grid only: see below
 
 Files are data: they are read with ``yaml.safe_load`` only, nothing named in them is imported
@@ -32,6 +33,12 @@ from that distribution and run K grid points drawn uniformly with replacement, s
 the best model has Papernot–Steinke's guarantee (:mod:`sweeps.selection`). The theorem needs
 i.i.d. runs of one mechanism, so it is refused with search: optuna (adaptive), pruner: asha
 (runs depend on each other), a trials cap, a seed axis and kind: federated.
+
+``vectorize`` packs trials that share a model, data and steps into one unit of work trained by
+``dp_core.vectorized.train_vectorized`` (up to N configurations at once; each still reported,
+pruned and logged as its own trial, with the results it would have alone). ``auto`` packs up to
+:data:`sweeps.packing.AUTO_PACK_SIZE` for the models where that measured faster; ``off`` (or 1)
+runs one trial per unit.
 """
 
 from __future__ import annotations
@@ -79,7 +86,7 @@ SELECTION_DISTRIBUTIONS = ("poisson", "truncated_negative_binomial")  # of the t
 
 _TOP_LEVEL_KEYS = (
     "name", "description", "fixed", "axes", "epsilon_budget", "search", "trials", "objective",
-    "pruner", "resources", "seed", "kind", "private_selection",
+    "pruner", "resources", "seed", "kind", "private_selection", "vectorize",
 )  # fmt: skip
 _REQUIRED_KEYS = ("name", "fixed", "axes", "search")
 _RANGE_KEYS = ("low", "high", "log", "num")
@@ -177,6 +184,7 @@ class SearchSpace:
     seed: int
     kind: str = "train"
     private_selection: PrivateSelection | None = None
+    vectorize: int | str = "auto"  # "auto" or the most configurations per unit of work (1: off)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed", types.MappingProxyType(dict(self.fixed)))
@@ -417,11 +425,17 @@ def _parse(data: Any, path: Path) -> SearchSpace:
     seed = data.get("seed", 0)
     require_here(_is_int(seed) and seed >= 0, key="seed", value=seed, allowed="to be an integer >= 0")
     private_selection = _parse_private_selection(data.get("private_selection"), path)
+    vectorize = data.get("vectorize", "auto")
+    if vectorize is False or vectorize == "off":  # YAML reads a bare `off` as False
+        vectorize = 1
+    require_here(vectorize == "auto" or (_is_int(vectorize) and vectorize >= 1), key="vectorize", value=vectorize,
+                 allowed="to be auto, off or an integer >= 1 (configurations trained at once)")
 
     space = SearchSpace(
         name=name, description=description, source=path, fixed=fixed, axes=axes, epsilon_budget=budget,
         search=search, trials=trials, objective=objective, pruner=pruner,
         cpus_per_trial=cpus, gpus_per_trial=gpus, seed=seed, kind=kind, private_selection=private_selection,
+        vectorize=vectorize,
     )  # fmt: skip
     _check_search_settings(space, path)
     _check_trial_configs(space, path)

@@ -45,7 +45,7 @@ __all__ = ["SweepTracker", "TrackingUnavailable", "trial_key", "OUTCOMES"]
 OUTCOMES = ("running", "completed", "stopped_by_budget", "pruned", "skipped_over_budget", "failed", "interrupted")
 _PARENT = "mlflow.parentRunId"
 # Writes that may be journaled and replayed, in the order they were made.
-_JOURNALED = ("start_trial", "log_epoch", "end_trial", "log_skipped", "log_sweep_metrics", "log_sweep_tags",
+_JOURNALED = ("start_trial", "log_epoch", "log_epochs", "end_trial", "log_skipped", "log_sweep_metrics", "log_sweep_tags",
               "log_artifact", "end_sweep")
 
 
@@ -87,6 +87,7 @@ class SweepTracker:
         self._sweep: dict[str, Any] | None = None  # start_sweep's arguments, to reopen the parent
         self.parent_run_id: str | None = None
         self._run_ids: dict[str, str] = {}  # trial key -> child run id
+        self._last_step: dict[str, int] = {}  # trial key -> last epoch logged (for reopened runs)
         self._offline = False
         self._last_retry = 0.0
 
@@ -273,6 +274,9 @@ class SweepTracker:
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "dpsweep.outcome", "running")
+            # A run that starts over (a pack rerun after an interruption) reports epochs logged already.
+            history = self.client.get_metric_history(run_id, "test_accuracy")
+            self._last_step[key] = max((m.step for m in history), default=0)
             return run_id
         run = self.client.create_run(
             self.experiment_id, run_name=name,
@@ -291,8 +295,26 @@ class SweepTracker:
     def _log_epoch(self, *, key: str, step: int, metrics: Mapping[str, float], timestamp: int) -> None:
         run_id = self._find_trial(key)
         assert run_id is not None, f"log_epoch before start_trial for trial {key}"
+        if step <= self._last_step.get(key, -1) and "test_accuracy" in metrics:
+            return  # logged before this run was reopened: the same epoch, recomputed
         batch = [Metric(k, v, timestamp, step) for k, v in metrics.items() if math.isfinite(v)]
         self.client.log_batch(run_id, metrics=batch)
+
+    def log_epochs(self, *, key: str, epochs: list[tuple[int, Mapping[str, float]]]) -> None:
+        """Several epochs of one trial as one batched write (a sweep of millisecond epochs would
+        otherwise spend its driver's CPU on one database transaction per epoch)."""
+        self._write("log_epochs", key=key, epochs=[[int(step), {k: float(v) for k, v in metrics.items()}]
+                                                   for step, metrics in epochs],
+                    timestamp=int(time.time() * 1000))
+
+    def _log_epochs(self, *, key: str, epochs: list[list[Any]], timestamp: int) -> None:
+        run_id = self._find_trial(key)
+        assert run_id is not None, f"log_epochs before start_trial for trial {key}"
+        last = self._last_step.get(key, -1)
+        batch = [Metric(k, v, timestamp, step) for step, metrics in epochs if step > last or "test_accuracy" not in metrics
+                 for k, v in metrics.items() if math.isfinite(v)]
+        for start in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(run_id, metrics=batch[start:start + 1000])
 
     def end_trial(self, *, key: str, outcome: str, tags: Mapping[str, str] | None = None) -> None:
         assert outcome in OUTCOMES, outcome

@@ -80,6 +80,10 @@ def run_trial(tune_config: dict[str, Any]) -> None:
     """
     started = time.perf_counter()
     spec = trial_spec(tune_config)
+    if "pack" in spec:
+        from sweeps.pack_trial import run_pack  # several trials of one small model trained at once
+
+        return run_pack(tune_config)
     if is_federated(spec["train"]):
         from sweeps.federated_trial import run_federated_trial  # FedAvg, clients as Ray actors
 

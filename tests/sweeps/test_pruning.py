@@ -28,6 +28,19 @@ def test_a_low_noise_trial_does_not_prune_a_high_noise_one() -> None:
 def test_a_trial_is_judged_once_per_rung() -> None:
     rule = BandedSuccessiveHalving(grace_period=2, max_epochs=10)
     rule.should_stop(trial_id="a", band=0, epoch=2, accuracy=0.9)
-    assert rule.should_stop(trial_id="b", band=0, epoch=2, accuracy=0.1)
-    assert not rule.should_stop(trial_id="b", band=0, epoch=3, accuracy=0.1)  # same rung: no new verdict
+    assert not rule.should_stop(trial_id="c", band=0, epoch=2, accuracy=0.95)
+    assert not rule.should_stop(trial_id="c", band=0, epoch=3, accuracy=0.0)  # same rung: no new verdict
     assert not rule.should_stop(trial_id="a", band=0, epoch=1, accuracy=0.0)  # before the first rung
+
+
+def test_a_stopped_trial_stays_stopped_when_retried() -> None:
+    rule = BandedSuccessiveHalving(grace_period=2, max_epochs=10)
+    rule.should_stop(trial_id="a", band=0, epoch=2, accuracy=0.9)
+    assert rule.should_stop(trial_id="b", band=0, epoch=2, accuracy=0.1)
+    # Its worker died and the run starts over: the verdict is the same, at any epoch.
+    assert rule.should_stop(trial_id="b", band=0, epoch=1, accuracy=0.5)
+
+
+def test_judge_answers_for_many_trials_at_once() -> None:
+    rule = BandedSuccessiveHalving(grace_period=2, max_epochs=10)
+    assert rule.judge([("a", 0, 2, 0.9), ("b", 0, 2, 0.1), ("c", 1, 2, 0.1), ("d", 0, 1, 0.0)]) == ["b"]

@@ -1,0 +1,177 @@
+"""Packing planned trials into units of work (pure), and packed sweeps on real Ray and MLflow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.packing import AUTO_PACK_SIZE, member_specs, pack_size, pack_spec, pack_trials
+from sweeps.planning import plan_trial
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = {"dataset": "digits", "model": "mlp", "batch_size": 256, "epochs": 3, "delta": 1e-5, "accountant": "rdp"}
+
+
+def _planned(count: int, **overrides) -> list:
+    return [plan_trial({**BASE, "noise_multiplier": 1.0 + i / 10, **overrides}, name=f"trial_{i:04d}",
+                       axis_values={"noise_multiplier": 1.0 + i / 10}) for i in range(count)]
+
+
+def test_auto_packs_only_the_models_that_train_faster_together() -> None:
+    assert pack_size("auto", "mlp") == AUTO_PACK_SIZE
+    assert pack_size("auto", "digits_cnn") == 1
+    assert pack_size(3, "digits_cnn") == 3 and pack_size(1, "mlp") == 1
+
+
+def test_packs_fill_every_slot_and_keep_grid_order() -> None:
+    trials = _planned(20)
+    packs = pack_trials(trials, vectorize=8, slots=2)
+    assert [len(p) for p in packs] == [5, 5, 5, 5]  # not 8 + 8 + 4: the last round would leave a slot idle
+    assert [t.name for p in packs for t in p] == [t.name for t in trials]
+    assert [len(p) for p in pack_trials(trials, vectorize=8, slots=1)] == [7, 7, 6]
+    assert [len(p) for p in pack_trials(trials[:3], vectorize=8, slots=4)] == [1, 1, 1]
+    assert all(len(p) == 1 for p in pack_trials(trials, vectorize=1, slots=2))
+
+
+def test_trials_that_cannot_share_a_unit_are_not_packed_together() -> None:
+    small, large = _planned(2), _planned(2, batch_size=64)  # another sampling rate: other steps
+    packs = pack_trials([small[0], large[0], small[1], large[1]], vectorize=8, slots=1)
+    assert sorted(sorted(t.plan.sample_rate for t in p) for p in packs) == [[64 / 1437] * 2, [256 / 1437] * 2]
+    # A model with dropout cannot be vectorised (each configuration would need its own dropout stream).
+    dropout = _planned(3, dataset="mnist", model="mnist_cnn", batch_size=600)
+    assert [len(p) for p in pack_trials(dropout, vectorize=8, slots=1)] == [1, 1, 1]
+
+
+def test_a_pack_spec_carries_every_member_and_a_pack_of_one_is_the_trial() -> None:
+    trials = _planned(3)
+    spec = pack_spec(trials)
+    assert [m["key"] for m in member_specs(spec)] == [t.key for t in trials]
+    assert member_specs(pack_spec(trials[:1])) == [trials[0].spec()]
+
+
+SPACE = """
+name: {name}
+description: packed sweep test
+fixed:
+  dataset: digits
+  model: mlp
+  batch_size: 128
+  epochs: 4
+  delta: 1.0e-5
+  accountant: rdp
+axes:
+  noise_multiplier: [1.0, 2.0]
+  lr: [2.0, 0.5]
+  max_grad_norm: [0.5, 2.0]
+epsilon_budget: 20.0
+search: grid
+pruner: none
+vectorize: {vectorize}
+resources: {{cpus: 1, gpus: 0}}
+"""
+
+
+def _sweep(tmp_path: Path, vectorize: str) -> dict[str, dict]:
+    folder = tmp_path / vectorize
+    folder.mkdir()
+    space = folder / f"packed_{vectorize}.yaml"
+    space.write_text(SPACE.format(name=f"packed_{vectorize}", vectorize=vectorize))
+    uri = f"sqlite:///{folder}/mlflow.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri", uri,
+         "--results-dir", str(folder / "results")],
+        cwd=folder, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("dpsweep").experiment_id])
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("dpsweep.role") == "trial"}
+    return {
+        name: {
+            "outcome": run.data.tags["dpsweep.outcome"], "status": run.info.status,
+            **{key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key),
+                                                        key=lambda m: m.step)]
+               for key in ("test_accuracy", "epsilon", "train_loss")},
+        }
+        for name, run in children.items()
+    }
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_logs_each_member_as_the_trial_it_would_be_alone(tmp_path: Path) -> None:
+    packed, alone = _sweep(tmp_path, "4"), _sweep(tmp_path, "off")
+    assert sorted(packed) == sorted(alone) == [f"trial_{i:04d}" for i in range(8)]
+    for name, mine in packed.items():
+        theirs = alone[name]
+        assert mine["outcome"] == theirs["outcome"] == "completed" and mine["status"] == "FINISHED"
+        assert [s for s, _ in mine["test_accuracy"]] == [1, 2, 3, 4]  # each epoch logged once
+        assert mine["epsilon"] == theirs["epsilon"]  # the same plan, to the last bit
+        for (step, a), (_, b) in zip(mine["test_accuracy"], theirs["test_accuracy"]):
+            assert a == pytest.approx(b, abs=1.01 / 360), (name, step)  # at most one test example flips
+        for (step, a), (_, b) in zip(mine["train_loss"], theirs["train_loss"]):
+            assert a == pytest.approx(b, rel=1e-3), (name, step)
+
+
+OPTUNA_SPACE = """
+name: packed_optuna
+description: packed optuna sweep test
+fixed:
+  dataset: digits
+  model: mlp
+  batch_size: 128
+  epochs: 6
+  delta: 1.0e-5
+  accountant: rdp
+axes:
+  noise_multiplier: {low: 0.8, high: 4.0, log: true}
+  lr: {low: 0.01, high: 3.0, log: true}
+epsilon_budget: 10.0
+search: optuna
+trials: 8
+pruner: asha
+vectorize: 4
+resources: {cpus: 1, gpus: 0}
+seed: 1
+"""
+
+
+@pytest.mark.slow
+def test_optuna_packs_are_told_to_optuna_member_by_member_and_pruned_by_the_board(tmp_path: Path) -> None:
+    import optuna
+
+    space = tmp_path / "packed_optuna.yaml"
+    space.write_text(OPTUNA_SPACE)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri", uri,
+         "--results-dir", str(tmp_path / "results")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("dpsweep").experiment_id])
+    trained = [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"
+               and r.data.tags["dpsweep.outcome"] != "skipped_over_budget"]
+    assert len(trained) == 8  # `trials: 8` counts configurations, not packs
+    outcomes = sorted(r.data.tags["dpsweep.outcome"] for r in trained)
+    assert set(outcomes) <= {"completed", "pruned"} and "pruned" in outcomes, outcomes
+    for run in trained:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")]
+        assert steps == list(range(1, len(steps) + 1))  # every epoch once, in order
+        assert (len(steps) == 6) == (run.data.tags["dpsweep.outcome"] == "completed")
+
+    storage = f"sqlite:///{next((tmp_path / 'results').glob('*-optuna.db'))}"
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    by_name = {f"trial_{t.number:04d}": t for t in study.trials}
+    for run in trained:  # each member told as its own Optuna trial, with its own learning curve
+        told = by_name[run.info.run_name]
+        expected = optuna.trial.TrialState.COMPLETE if run.data.tags["dpsweep.outcome"] == "completed" \
+            else optuna.trial.TrialState.PRUNED
+        assert told.state == expected
+        accuracy = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_accuracy")}
+        assert told.intermediate_values == pytest.approx(accuracy)
