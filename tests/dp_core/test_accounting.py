@@ -28,8 +28,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 
 import dp_accounting
+import numpy as np
 import pytest
 from scipy import integrate
 
@@ -69,7 +71,7 @@ def oracle_rdp(q: float, sigma: float, steps: int, delta: float, orders: tuple[f
 
 
 def _prv_eps_error(eps: float) -> float:
-    """The eps_error our PRV uses at this ε (see accounting._prv_epsilon)."""
+    """The eps_error our PRV uses at this ε (see accounting._prv_epsilons)."""
     return 0.01 if eps >= 2 else max(0.005 * eps, 1e-3)
 
 
@@ -154,6 +156,43 @@ def test_fractional_order_rdp_is_exact(q: float, sigma: float, alpha: float) -> 
     assert ours == pytest.approx(exact, rel=1e-7)
 
 
+RDP_GRID_SIGMAS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def _opacus_rdp(sigma: float, q: float) -> np.ndarray:
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
+    return np.array(opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(RDP_ORDERS)))
+
+
+@pytest.mark.parametrize("q", [1e-4, 1e-3, 0.01, 0.05, 0.2, 0.5])
+def test_vectorised_rdp_equals_opacus(q: float) -> None:
+    """The one-step RDP curve (Opacus' terms summed in numpy) equals Opacus' compute_rdp at every order.
+
+    Tolerance: 1e-9 relative, or 2e-12 absolute on log A_α = (α-1)·RDP(α). Both are float64 sums of
+    the same terms (up to ~2e4 of them, the largest ~1) and both drop the series after the first
+    terms below e^-30 ~ 1e-13, so where RDP itself is ~1e-12 (σ=100, q=1e-4) they agree to that
+    round-off only (against 40-digit quadrature, each is within ~1e-12 of log A_α, on either side).
+    """
+    orders = np.array(RDP_ORDERS)
+    for sigma in RDP_GRID_SIGMAS:
+        ours = accounting._rdp_one_step(sigma, q)
+        theirs = _opacus_rdp(sigma, q)
+        assert np.all(np.isfinite(ours)), sigma
+        close = np.abs(ours - theirs) <= 1e-9 * np.abs(theirs) + 2e-12 / (orders - 1)
+        assert close.all(), (sigma, orders[~close], ours[~close], theirs[~close])
+
+
+def test_distrusted_rdp_orders_come_from_opacus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the vectorised series is not trusted (here: forced for every fractional order),
+    the value is Opacus' own, bit for bit."""
+    monkeypatch.setattr(accounting, "_CANCELLATION_LIMIT", math.inf)
+    sigma, q = 0.8, 0.05
+    ours = accounting._rdp_one_step.__wrapped__(sigma, q)  # bypass the cache
+    fractional = np.array([not float(order).is_integer() for order in RDP_ORDERS])
+    np.testing.assert_array_equal(ours[fractional], np.maximum(_opacus_rdp(sigma, q)[fractional], 0.0))
+
+
 # ------------------------------------------------------------------------------------------
 # published figures of the seed projects
 
@@ -211,17 +250,139 @@ def test_noise_multiplier_for_round_trip(target: float, q: float, steps: int, de
     assert epsilon(noise_multiplier=sigma * (1 - 2 * tolerance), **common) > target
 
 
-def test_epsilons_equal_per_entry_and_nondecreasing() -> None:
-    for accountant, steps in (("rdp", [0, 1, 10, 98, 196, 980, 9800]), ("prv", [0, 50, 100, 200, 400])):
-        common = dict(noise_multiplier=1.0, sample_rate=0.02, delta=1e-5, accountant=accountant)
-        together = epsilons(steps=steps, **common)
-        accounting._prv_epsilon.cache_clear()
-        accounting._prv_coarse.cache_clear()
-        one_by_one = [epsilon(steps=s, **common) for s in steps]
-        assert together == one_by_one
-        assert together[0] == 0.0
-        assert all(a < b for a, b in zip(together[1:], together[2:])), together
-        assert all(type(e) is float for e in together)
+@pytest.mark.parametrize(
+    ("target", "accountant"), [(0.5, "prv"), (2.0, "prv"), (8.0, "prv"), (0.5, "rdp"), (8.0, "rdp")]
+)
+def test_noise_multiplier_for_contract(monkeypatch: pytest.MonkeyPatch, target: float, accountant: str) -> None:
+    """The σ returned was evaluated and fits; some σ' in [σ(1 - tolerance), σ) was evaluated and does not."""
+    q, steps, delta, tolerance = 128 / 1437, 240, 1e-5, 0.01
+    probes: list[tuple[float, bool]] = []
+    real = accounting._fit
+
+    def recording(sigma, sample_rate, steps_, delta_, accountant_, budget):  # type: ignore[no-untyped-def]
+        fits, value = real(sigma, sample_rate, steps_, delta_, accountant_, budget)
+        if accountant_ == accountant:
+            probes.append((sigma, fits))
+        return fits, value
+
+    monkeypatch.setattr(accounting, "_fit", recording)
+    sigma = noise_multiplier_for(
+        target_epsilon=target, sample_rate=q, steps=steps, delta=delta, accountant=accountant, tolerance=tolerance
+    )
+    assert (sigma, True) in probes
+    below = [probe for probe, fits in probes if not fits and sigma * (1 - tolerance) <= probe < sigma]
+    assert below, probes
+    assert len(probes) <= 8, probes  # a secant search, not a bisection (~12 probes at 1%)
+    common = dict(sample_rate=q, steps=steps, delta=delta, accountant=accountant)
+    assert epsilon(noise_multiplier=sigma, **common) <= target
+    assert epsilon(noise_multiplier=max(below), **common) > target
+
+
+def test_rdp_epsilons_equal_per_entry_and_nondecreasing() -> None:
+    steps = [0, 1, 10, 98, 196, 980, 9800]
+    common = dict(noise_multiplier=1.0, sample_rate=0.02, delta=1e-5, accountant="rdp")
+    together = epsilons(steps=steps, **common)
+    assert together == [epsilon(steps=s, **common) for s in steps]
+    assert together[0] == 0.0
+    assert all(a < b for a, b in zip(together[1:], together[2:])), together
+    assert all(type(e) is float for e in together)
+
+
+def test_prv_epsilon_is_epsilons_of_one_count() -> None:
+    common = dict(noise_multiplier=1.0, sample_rate=0.02, delta=1e-5, accountant="prv")
+    alone = epsilon(steps=200, **common)
+    assert epsilons(steps=[200], **common) == [alone]
+    assert epsilons(steps=[0, 200, 200], **common) == [0.0, alone, alone]
+
+
+# A typical sweep trial: batch 128 of 1437 examples, 20 epochs of 12 steps, ε after every epoch.
+EPOCH_ENDS = [12 * (epoch + 1) for epoch in range(20)]
+
+
+@pytest.mark.parametrize("sigma", [9.9, 2.95, 1.11], ids=lambda s: f"s={s}")  # final ε ~ 0.5, 2, 8
+def test_prv_epsilons_on_a_shared_grid_stay_certified(sigma: float) -> None:
+    """All step counts on the grid the largest needs, vs each count on its own grid, vs the PLD oracle.
+
+    Both are certified upper ends of Gopi et al.'s interval, each within ~2 eps_error of the true ε,
+    so they agree within the interval width; neither is below dp_accounting's PLD.
+    """
+    q, delta = 128 / 1437, 1e-5
+    common = dict(noise_multiplier=sigma, sample_rate=q, delta=delta, accountant="prv")
+    together = epsilons(steps=EPOCH_ENDS, **common)
+    alone = [epsilon(steps=steps, **common) for steps in EPOCH_ENDS]
+    assert all(type(e) is float for e in together)
+    assert all(a < b for a, b in zip(together, together[1:])), together
+    for steps, shared, own in zip(EPOCH_ENDS, together, alone):
+        assert abs(shared - own) <= 2 * _prv_eps_error(own), (steps, shared, own)
+    for index in (0, 19):
+        oracle = oracle_pld(q, sigma, EPOCH_ENDS[index], delta)
+        assert together[index] >= oracle - 2e-3 * oracle, (EPOCH_ENDS[index], together[index], oracle)
+        assert together[index] - oracle <= 2 * _prv_eps_error(oracle) + 1e-3, (together[index], oracle)
+
+
+def test_prv_epsilons_fall_back_to_a_count_own_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A count that cannot be certified on the shared grid gets its own grid's (coarse) bound."""
+    real = accounting._certified_bounds
+    common = dict(noise_multiplier=1.0, sample_rate=0.02, delta=1e-5, accountant="prv")
+
+    def failing_on_shared_grid(power, domain, steps, delta, eps_error, where):  # type: ignore[no-untyped-def]
+        if steps == 50 and eps_error < 0.0099:  # its own coarse grid has eps_error = 0.01
+            raise accounting._PrvOutOfRange("round-off (test)")
+        return real(power, domain, steps, delta, eps_error, where)
+
+    _clear_prv_caches()
+    expected = epsilons(steps=[100, 200, 400], **common)
+    monkeypatch.setattr(accounting, "_certified_bounds", failing_on_shared_grid)
+    try:
+        together = epsilons(steps=[50, 100, 200, 400], **common)
+        own_grid = accounting._prv_coarse(1.0, 0.02, (50,), 1e-5)[0][2]
+    finally:
+        _clear_prv_caches()
+    assert together[0] == own_grid
+    assert together[1:] == pytest.approx(expected, rel=1e-9)  # the same grid; products in another order
+
+
+def _clear_prv_caches() -> None:
+    for cached in (accounting._prv_coarse, accounting._prv_epsilons, accounting._prv_spectrum, accounting._fit):
+        cached.cache_clear()
+
+
+def test_prv_composition_is_opacus_compose_fourier() -> None:
+    """One discretization and products of its spectrum give Opacus' discretize + _compose_fourier."""
+    from opacus.accountants.analysis import prv as opacus_prv
+
+    sigma, q, half_width, mesh = 1.0, 0.02, 6.0, 1e-3
+    spectrum, domain = accounting._prv_spectrum(sigma, q, half_width, mesh)
+    grid = accounting._prv_domain(half_width, mesh)
+    assert grid.size % 2 == 0 and grid.t_min == pytest.approx(-(grid.size // 2 - 1) * mesh)
+    truncated = opacus_prv.TruncatedPrivacyRandomVariable(
+        opacus_prv.PoissonSubsampledGaussianPRV(q, sigma), grid.t_min, grid.t_max
+    )
+    reference = opacus_prv.discretize(truncated, grid)
+    assert domain.shifts == pytest.approx(reference.domain.shifts, rel=1e-9, abs=1e-14)
+    counts = (1, 2, 7, 10, 24)
+    for count, power in zip(counts, accounting._spectrum_powers(spectrum, counts)):
+        ours = accounting._compose(power, domain, count)
+        theirs = opacus_prv.compose_heterogeneous(dprvs=[reference], num_self_compositions=[count])
+        assert ours.domain.t_min == pytest.approx(theirs.domain.t_min, abs=1e-12)
+        assert np.max(np.abs(ours.pmf - theirs.pmf)) <= 1e-11 * np.max(theirs.pmf), count
+
+
+@pytest.mark.parametrize("config", CONFIGS[:6], ids=_ids)
+def test_prv_first_pass_is_opacus_prv_accountant(config: tuple) -> None:
+    """Pass 1 for one count is Opacus' PRVAccountant.get_epsilon (eps_error 0.01), up to its
+    wider FFT-friendly domain and the round-off margin on δ, which can only raise it."""
+    from opacus.accountants import PRVAccountant
+
+    q, sigma, steps, delta = config
+    opacus_accountant = PRVAccountant()
+    opacus_accountant.history = [(sigma, q, steps)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = opacus_accountant.get_epsilon(delta)
+    ours = accounting._prv_coarse(sigma, q, (steps,), delta)[0][2]
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    assert epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta) <= ours
 
 
 def test_epsilons_without_noise() -> None:
