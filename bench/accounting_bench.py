@@ -41,7 +41,7 @@ import threadpoolctl
 from opacus.accountants import PRVAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from dp_core import accounting
+from dp_core import _prv, _rdp, accounting
 from dp_core.config import TrainConfig
 from dp_core.plan import PrivacyPlan, plan_privacy
 
@@ -76,10 +76,11 @@ def opacus_plan(*, sample_rate: float, epoch_ends: list[int], target_epsilon: fl
 
 
 def clear_accounting_caches() -> None:
-    """Empty every lru cache in dp_core.accounting: the next plan starts cold, like a new trial's."""
-    for value in vars(accounting).values():
-        if callable(getattr(value, "cache_clear", None)):
-            value.cache_clear()
+    """Empty every lru cache of dp_core's accounting: the next plan starts cold, like a new trial's."""
+    for module in (accounting, _prv, _rdp):
+        for value in vars(module).values():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
 
 
 def timed(work: Callable[[], object]) -> tuple[float, float, object]:

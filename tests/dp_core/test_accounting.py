@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from dp_core import accounting
+from dp_core import _prv, _rdp, accounting
 from dp_core._validate import ConfigError
 from dp_core.accounting import (
     ACCOUNTANTS,
@@ -186,7 +186,7 @@ def test_vectorised_rdp_equals_opacus(q: float) -> None:
 def test_distrusted_rdp_orders_come_from_opacus(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the vectorised series is not trusted (here: forced for every fractional order),
     the value is Opacus' own, bit for bit."""
-    monkeypatch.setattr(accounting, "_CANCELLATION_LIMIT", math.inf)
+    monkeypatch.setattr(_rdp, "_CANCELLATION_LIMIT", math.inf)  # where _log_a_fractional_orders reads it
     sigma, q = 0.8, 0.05
     ours = accounting._rdp_one_step.__wrapped__(sigma, q)  # bypass the cache
     fractional = np.array([not float(order).is_integer() for order in RDP_ORDERS])
@@ -322,7 +322,7 @@ def test_prv_epsilons_on_a_shared_grid_stay_certified(sigma: float) -> None:
 
 def test_prv_epsilons_fall_back_to_a_count_own_grid(monkeypatch: pytest.MonkeyPatch) -> None:
     """A count that cannot be certified on the shared grid gets its own grid's (coarse) bound."""
-    real = accounting._certified_bounds
+    real = _prv._certified_bounds
     common = dict(noise_multiplier=1.0, sample_rate=0.02, delta=1e-5, accountant="prv")
 
     def failing_on_shared_grid(power, domain, steps, delta, eps_error, where):  # type: ignore[no-untyped-def]
@@ -332,7 +332,7 @@ def test_prv_epsilons_fall_back_to_a_count_own_grid(monkeypatch: pytest.MonkeyPa
 
     _clear_prv_caches()
     expected = epsilons(steps=[100, 200, 400], **common)
-    monkeypatch.setattr(accounting, "_certified_bounds", failing_on_shared_grid)
+    monkeypatch.setattr(_prv, "_certified_bounds", failing_on_shared_grid)  # where _prv_pass looks it up
     try:
         together = epsilons(steps=[50, 100, 200, 400], **common)
         own_grid = accounting._prv_coarse(1.0, 0.02, (50,), 1e-5)[0][2]
