@@ -68,6 +68,8 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from dp_core._prv import (
     _PRV_MIN_EPS_ERROR,
     _PRV_REL_EPS_ERROR,
@@ -75,12 +77,11 @@ from dp_core._prv import (
     _prv_epsilons,
     _PrvOutOfRange,
 )
-from dp_core._rdp import RDP_ORDERS, _rdp_epsilon
+from dp_core._rdp import RDP_ORDERS, _rdp_epsilon, _rdp_one_step
 from dp_core._validate import ConfigError, require, require_choice, require_in_range, require_positive
 
 # Unused here: the tests check these internals against Opacus as ``accounting.<name>``.
 from dp_core._prv import _certified_bounds, _compose, _prv_domain, _prv_spectrum, _spectrum_powers  # noqa: F401
-from dp_core._rdp import _rdp_one_step  # noqa: F401
 
 __all__ = [
     "ACCOUNTANTS",
@@ -90,6 +91,7 @@ __all__ = [
     "epsilons",
     "noise_multiplier_for",
     "max_steps_within",
+    "rdp_curve",
 ]
 
 ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
@@ -392,3 +394,18 @@ def max_steps_within(
         else:
             high = mid
     return low
+
+
+def rdp_curve(*, noise_multiplier: float, sample_rate: float, steps: int) -> np.ndarray:
+    """Rényi DP of ``steps`` sampled Gaussian steps at each order of :data:`RDP_ORDERS` (a new array).
+
+    For composing several runs (RDP adds up) before one conversion to (ε, δ). ``+inf`` marks an
+    order whose value could not be computed (it drops out of any minimum over orders).
+    """
+    _check_mechanism(noise_multiplier, sample_rate, 0.5, "rdp")
+    _check_steps(steps)
+    if steps == 0:
+        return np.zeros(len(RDP_ORDERS))
+    if noise_multiplier == 0:
+        return np.full(len(RDP_ORDERS), math.inf)
+    return int(steps) * _rdp_one_step(float(noise_multiplier), float(sample_rate))

@@ -187,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         results_dir.mkdir(parents=True, exist_ok=True)
         searcher = BudgetedOptunaSearch(
-            space, storage=f"sqlite:///{results_dir / (sweep_name + '-optuna.db')}", study_name=sweep_name,
+            space, storage=results_dir / f"{sweep_name}-optuna.journal", study_name=sweep_name,
             plan=lambda values, name: plan_trial(values, name=name, axis_values={
                 k: values[k] for k in space.axes}, where=str(space.source)),
             on_skip=on_skip,
@@ -212,7 +212,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\nsweep interrupted with {unfinished} trial(s) unfinished; nothing finished is lost. Continue with:\n"
               f"  python -m sweeps.launch --space {args.space} --resume {sweep_name}", file=sys.stderr)
         return 130
-    orphans = tracker.close_orphans() if online else 0
+    # Trials cut off by --time-budget are interrupted, not failed; otherwise a run left open died with its process.
+    orphans = tracker.close_orphans(outcome="interrupted" if callback.time_budget_reached() else "failed") \
+        if online else 0
 
     # The frontier is computed from what MLflow holds, so it is exactly the logged points; with
     # MLflow away, from what this process saw.
@@ -254,7 +256,8 @@ def _run(args: argparse.Namespace) -> int:
     if audit_result is not None:
         print(audit_result.summary())
     print(f"\ntrials: {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}"
-          + (f"; {orphans} left running by a dead process marked failed" if orphans else ""))
+          + (f"; {orphans} left running marked {'interrupted (time budget)' if callback.time_budget_reached() else 'failed (their process died)'}"
+             if orphans else ""))
     print(f"time: {split['total_seconds']:.1f} s in all; planning (σ calibration, per-epoch ε) "
           f"{split['planning_seconds']:.1f} s; trials {split['wall_seconds']:.1f} s on {slots:g} slots, of whose time "
           f"training {split['train_share']:.0%}, evaluation {split['eval_share']:.0%}, trial set-up "

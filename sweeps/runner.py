@@ -190,7 +190,7 @@ class TrackingCallback(tune.Callback):
             self._flush(list(rows))
 
     #: Epochs are sent to MLflow in one batch per trial at most this often (and when a trial ends).
-    FLUSH_SECONDS = 1.0
+    FLUSH_SECONDS = 3.0
 
     def _flush(self, keys: Any = None) -> None:
         for key in list(self._unlogged) if keys is None else keys:
@@ -361,6 +361,9 @@ def _new_tuner(
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=1 if grid is not None else space.trials,
+            # Without it Tune keeps one trial pending for a custom searcher, and a second slot
+            # waited for a suggestion until the first trial ended: half the machine idle.
+            max_concurrent_trials=slots if searcher is not None else None,
             time_budget_s=time_budget_s,
             reuse_actors=True, trial_dirname_creator=_trial_dirname,
         ),

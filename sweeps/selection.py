@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dp_core._validate import ConfigError, require, require_choice, require_in_range
-from dp_core.accounting import RDP_ORDERS
+from dp_core.accounting import RDP_ORDERS, rdp_curve
 from dp_core.plan import PrivacyPlan
 from sweeps.space import SELECTION_DISTRIBUTIONS
 
@@ -200,7 +200,7 @@ def _mechanism(trial: Any) -> TrialMechanism:
 
 
 @functools.lru_cache(maxsize=512)
-def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+def _dp_accounting_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     """RDP of one sampled Gaussian step at each of RDP_ORDERS, from dp-accounting (read-only)."""
     from dp_accounting import dp_event
 
@@ -212,14 +212,23 @@ def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     return curve
 
 
-def _rdp_curve(mechanism: TrialMechanism) -> np.ndarray:
-    """RDP of the whole run: ``steps`` x the one-step curve (RDP composes additively)."""
+def _selection_curve(mechanism: TrialMechanism) -> np.ndarray:
+    """RDP of the whole run for Papernot–Steinke: dp-accounting's curve, the one its
+    ``RepeatAndSelectDpEvent`` uses, so that the sweep ε is exactly dp-accounting's."""
     if mechanism.steps == 0:
         return np.zeros(len(RDP_ORDERS))
     if mechanism.noise_multiplier == 0:
         return np.full(len(RDP_ORDERS), math.inf)
-    # The same arithmetic as dp-accounting's SelfComposedDpEvent: count x one-step RDP.
-    return mechanism.steps * _rdp_one_step(mechanism.noise_multiplier, mechanism.sample_rate)
+    return mechanism.steps * _dp_accounting_one_step(mechanism.noise_multiplier, mechanism.sample_rate)
+
+
+def _rdp_curve(mechanism: TrialMechanism) -> np.ndarray:
+    """RDP of the whole run, from dp_core's vectorised sampled-Gaussian RDP: for composing many
+    runs (an Optuna sweep's hundreds of distinct configurations), where dp-accounting's took 0.2 s
+    per run. Equal to Opacus' and to numerical integration; dp-accounting's fractional-order series
+    stops early at small σ and is then slightly larger (looser), never smaller."""
+    return rdp_curve(noise_multiplier=mechanism.noise_multiplier, sample_rate=mechanism.sample_rate,
+                     steps=mechanism.steps)
 
 
 def _epsilon_of(curve: np.ndarray, delta: float) -> float:
@@ -384,7 +393,7 @@ def sweep_epsilon(
     if not trial_plans:
         raise ConfigError("Expected at least one configuration for the sweep to draw from, but got none.")
     mechanisms = {_mechanism(t) for t in trial_plans}
-    base = np.max([_rdp_curve(m) for m in mechanisms], axis=0)  # RDP of the random-configuration run
+    base = np.max([_selection_curve(m) for m in mechanisms], axis=0)  # RDP of the random-configuration run
     if np.all(np.isinf(base)):
         selected = math.inf  # a configuration without noise: no privacy, selected or not
     else:

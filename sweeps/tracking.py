@@ -216,13 +216,30 @@ class SweepTracker:
         if existing:
             self.parent_run_id = existing[0].info.run_id
             self.client.update_run(self.parent_run_id, status="RUNNING")
+            self._load_trials()
             return self.parent_run_id
         run = self.client.create_run(
             self.experiment_id, run_name=run_name, tags={"dpsweep.sweep_id": sweep_id, "dpsweep.role": "sweep", **tags}
         )
         self.parent_run_id = run.info.run_id
         self.client.log_batch(self.parent_run_id, params=_params(params))
+        self._all_trials_known = True  # a new parent has no children but the ones this tracker makes
         return self.parent_run_id
+
+    def _load_trials(self) -> None:
+        """Map every existing child run by trial key in one paged query (not one query per trial)."""
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{_PARENT}` = '{self.parent_run_id}'",
+                                           max_results=1000, page_token=token)
+            for run in page:
+                key = run.data.tags.get("dpsweep.trial_key")
+                if key is not None:
+                    self._run_ids.setdefault(key, run.info.run_id)
+            token = page.token
+            if not token:
+                break
+        self._all_trials_known = True
 
     def end_sweep(self, *, status: str = "FINISHED") -> None:
         self._write("end_sweep", status=status)
@@ -254,8 +271,8 @@ class SweepTracker:
     # ---- trials (child runs), addressed by trial key -------------------------------------------
 
     def _find_trial(self, key: str) -> str | None:
-        if key in self._run_ids:
-            return self._run_ids[key]
+        if key in self._run_ids or self.__dict__.get("_all_trials_known"):
+            return self._run_ids.get(key)
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{_PARENT}` = '{self.parent_run_id}' and tags.`dpsweep.trial_key` = '{key}'",

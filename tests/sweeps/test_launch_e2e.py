@@ -228,7 +228,9 @@ def test_optuna_search_skips_over_budget_suggestions_and_tells_optuna(tmp_path: 
             assert m.value <= 4.0
 
     # The Optuna study saw every suggestion: trained ones complete, over-budget ones pruned.
-    storage = f"sqlite:///{next((tmp_path / 'results').glob('*-optuna.db'))}"
+    from sweeps.search import journal_storage
+
+    storage = journal_storage(next((tmp_path / "results").glob("*-optuna.journal")))
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4

@@ -165,7 +165,9 @@ def test_optuna_packs_are_told_to_optuna_member_by_member_and_pruned_by_the_boar
         assert steps == list(range(1, len(steps) + 1))  # every epoch once, in order
         assert (len(steps) == 6) == (run.data.tags["dpsweep.outcome"] == "completed")
 
-    storage = f"sqlite:///{next((tmp_path / 'results').glob('*-optuna.db'))}"
+    from sweeps.search import journal_storage
+
+    storage = journal_storage(next((tmp_path / "results").glob("*-optuna.journal")))
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
     by_name = {f"trial_{t.number:04d}": t for t in study.trials}
     for run in trained:  # each member told as its own Optuna trial, with its own learning curve

@@ -78,7 +78,10 @@ def test_digits_quick_sweep_epsilon_sits_between_one_trial_and_naive_composition
     for distribution, eta in (("poisson", None), ("truncated_negative_binomial", 1.0), ("truncated_negative_binomial", 0.0)):
         result = sweep_epsilon(trial_plans=DIGITS_QUICK, trials_run=ran, distribution=distribution, mean=10, eta=eta,
                                delta=DELTA)
-        assert result.largest_trial_epsilon == pytest.approx(_dp_accounting_epsilon(DIGITS_QUICK[0].dp_event()))
+        # dp_core's exact RDP (equal to numerical integration, see test_accounting) against
+        # dp-accounting's, whose fractional-order series stops early at σ = 1.1 and is a little looser.
+        oracle = _dp_accounting_epsilon(DIGITS_QUICK[0].dp_event())
+        assert oracle * (1 - 1e-3) < result.largest_trial_epsilon <= oracle
         assert result.largest_trial_epsilon < result.sweep_epsilon < result.naive_composition_epsilon
         assert result.configurations == 5 and result.trials_run == 10
         # σ = 1.1 dominates every other configuration, so the mixture's curve is its curve.
@@ -86,7 +89,7 @@ def test_digits_quick_sweep_epsilon_sits_between_one_trial_and_naive_composition
                               eta=eta, delta=DELTA)
         assert result.sweep_epsilon == alone.sweep_epsilon
     naive = _dp_accounting_epsilon(dp_event.SelfComposedDpEvent(DIGITS_QUICK[0].dp_event(), 10))
-    assert result.naive_composition_epsilon == pytest.approx(naive, rel=1e-12)
+    assert naive * (1 - 1e-2) < result.naive_composition_epsilon <= naive
 
 
 def test_naive_composition_of_cheap_draws_can_undercut_the_sweep_epsilon() -> None:
