@@ -255,14 +255,32 @@ def _search_noise_multiplier(
     ``high - low <= tolerance·high``. Safeguards: outside a bracket, steps are at least 2b and at
     most a doubling-per-probe gallop; inside, probes stay in the inner 90% and every third probe
     that did not halve the bracket is a bisection.
+
+    Every probe is a point σ = exp(k·c) of one geometric grid, c = -log(1 - tolerance), so the
+    search ends between two neighbours of the grid, and calibrations for different targets probe
+    the same σ's: an Optuna sweep's hundreds of target ε's hit the cached ε of the σ's probed
+    before (the PRV passes are cached by σ), and each trial's per-epoch ε too.
     """
-    x_min, x_max = math.log(_SIGMA_MIN), math.log(_SIGMA_MAX)
-    close = -math.log(1 - tolerance)  # high - low <= tolerance·high  <=>  x_high - x_low <= close
+    # high - low <= tolerance·high  <=>  x_high - x_low <= -log(1 - tolerance); a hair less, so
+    # that neighbouring grid points satisfy it despite rounding.
+    close = -math.log(1 - tolerance) * (1 - 1e-9)
+    k_min, k_max = math.ceil(math.log(_SIGMA_MIN) / close), math.floor(math.log(_SIGMA_MAX) / close)
+    x_min, x_max = k_min * close, k_max * close
     step = 0.3 * close
+
+    def on_grid(x: float) -> float:
+        """The grid point nearest x, strictly inside the bracket when there is one."""
+        k = min(max(round(x / close), k_min), k_max)
+        if low is not None:
+            k = max(k, round(low[0] / close) + 1)
+        if high is not None:
+            k = min(k, round(high[0] / close) - 1)
+        return k * close
+
     low: tuple[float, float] | None = None  # (x, gap)
     high: tuple[float, float] | None = None
     recent: list[tuple[float, float]] = []
-    x = min(max(math.log(start), x_min), x_max)
+    x = on_grid(min(max(math.log(start), x_min), x_max))
     gallop, widths = math.log(4.0), []
     while True:
         fits, gap = probe(math.exp(x))
@@ -276,7 +294,7 @@ def _search_noise_multiplier(
             secant = (recent[1][1] - recent[0][1]) / (recent[1][0] - recent[0][0])
             if secant < 0:
                 slope = secant
-        if high is not None and (high[0] <= x_min or (low is not None and high[0] - low[0] <= close)):
+        if high is not None and (high[0] <= x_min or (low is not None and high[0] - low[0] <= close * (1 + 1e-9))):
             return (math.exp(low[0]) if low else 0.0), math.exp(high[0]), slope
         if low is not None and low[0] >= x_max:
             return math.exp(low[0]), math.inf, slope
@@ -298,6 +316,7 @@ def _search_noise_multiplier(
             else:
                 target = root + step if high[0] - root > root - low[0] else root - step
                 x = min(max(target, low[0] + 0.05 * width), high[0] - 0.05 * width)
+        x = on_grid(x)
 
 
 def noise_multiplier_for(

@@ -124,16 +124,15 @@ def run_dpsweep(*, seconds: float, workdir: Path) -> dict[str, Any]:
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise RuntimeError(f"dpsweep failed:\n{done.stdout}\n{done.stderr}")
+    from sweeps.tracking import SweepTracker
+
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
     experiment = client.get_experiment_by_name("dpsweep")
-    runs = client.search_runs([experiment.experiment_id])
-    parent = next(r for r in runs if r.data.tags.get("dpsweep.role") == "sweep")
-    children = [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"
-                and r.data.tags.get("dpsweep.outcome") != "skipped_over_budget"]
-    points = []
-    for child in children:
-        eps = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "epsilon")}
-        points += [(eps[m.step], m.value) for m in client.get_metric_history(child.info.run_id, "test_accuracy")]
+    parent = client.search_runs([experiment.experiment_id], filter_string="tags.`dpsweep.role` = 'sweep'")[0]
+    tracker = SweepTracker(tracking_uri=f"sqlite:///{workdir}/mlflow.db", experiment="dpsweep")
+    tracker.parent_run_id = parent.info.run_id
+    children = [r for r in tracker.trial_runs() if r.data.tags.get("dpsweep.outcome") != "skipped_over_budget"]
+    points = [(p.epsilon, p.accuracy) for p in tracker.points()]
     metrics = parent.data.metrics
     finished = sum(r.data.tags.get("dpsweep.outcome") == "completed" for r in children)
     summary = _summary(points=points, wall=wall, train_seconds=metrics["train_seconds"], epochs=len(points),

@@ -506,3 +506,15 @@ def test_rdp_curve_equals_numerical_integration_where_dp_accounting_is_looser() 
         assert curve[index] == pytest.approx(exact, rel=1e-9)
         assert curve[index] <= theirs.rdp[index] * (1 + 1e-12)
     assert (accounting.rdp_curve(noise_multiplier=sigma, sample_rate=q, steps=7) == 7 * curve).all()
+
+
+def test_calibrated_noise_multipliers_lie_on_one_geometric_grid() -> None:
+    """Different targets probe (and return) the same σ's, σ = exp(k·c) with c = -log(1 - tolerance),
+    so a sweep's many calibrations reuse each other's cached ε."""
+    step = -math.log(1 - 0.01)
+    for target in (0.7, 1.3, 5.0):
+        for accountant in ("prv", "rdp"):
+            sigma = accounting.noise_multiplier_for(target_epsilon=target, sample_rate=0.01, steps=500, delta=1e-5,
+                                                    accountant=accountant)
+            k = math.log(sigma) / (step * (1 - 1e-9))
+            assert abs(k - round(k)) < 1e-6, (target, accountant, sigma)
