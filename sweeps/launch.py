@@ -213,12 +213,13 @@ def _run(args: argparse.Namespace) -> int:
               f"  python -m sweeps.launch --space {args.space} --resume {sweep_name}", file=sys.stderr)
         return 130
     # Trials cut off by --time-budget are interrupted, not failed; otherwise a run left open died with its process.
-    orphans = tracker.close_orphans(outcome="interrupted" if callback.time_budget_reached() else "failed") \
-        if online else 0
+    orphans = tracker.read_or(
+        lambda: tracker.close_orphans(outcome="interrupted" if callback.time_budget_reached() else "failed"),
+        lambda: 0)
 
     # The frontier is computed from what MLflow holds, so it is exactly the logged points; with
-    # MLflow away, from what this process saw.
-    points = tracker.points() if online else callback.points
+    # MLflow away (it may also go away now), from what this process saw.
+    points = tracker.read_or(tracker.points, lambda: callback.points)
     report = FrontierReport(points, budget=space.epsilon_budget, delta=delta, accountant=accountant,
                             axis_keys=list(space.axes))
     frontier_dir = results_dir / sweep_name / "frontier"
@@ -245,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
     audit_result = _audit_best(runnable, best) if args.audit and best is not None else None
     if audit_result is not None:
         tracker.log_sweep_metrics(audit_result.metrics())
-    outcomes = tracker.outcomes() if online else dict(callback.outcomes, skipped_over_budget=skipped)
+    outcomes = tracker.read_or(tracker.outcomes, lambda: dict(callback.outcomes, skipped_over_budget=skipped))
     tracker.log_sweep_tags({f"dpsweep.trials.{k}": v for k, v in outcomes.items()})
     tracker.end_sweep()
 

@@ -43,6 +43,8 @@ def pack_size(vectorize: int | str, model: str) -> int:
 def _group_key(trial: PlannedTrial) -> str:
     """What members of one pack must share (dp_core.vectorized checks it again, with reasons)."""
     config = dict(trial.train_config)
+    if is_federated(config):
+        return json.dumps({"federated": trial.key})  # a federated trial runs on its own
     shared = {k: config.get(k) for k in ("dataset", "data_root", "model", "gn_groups", "epochs", "delta", "accountant",
                                          "max_physical_batch_size", "device", "test_batch_size")}
     shared["sample_rate"] = trial.plan.sample_rate

@@ -125,6 +125,7 @@ class TrackingCallback(tune.Callback):
         self._last_rows: dict[str, dict[str, Any]] = {}  # member trial key -> its latest epoch metrics
         self._unlogged: dict[str, list[tuple[int, dict[str, float]]]] = {}  # epochs not yet sent to MLflow
         self._last_flush = time.monotonic()
+        self._shown: set[str] = set()  # member keys with an epoch sent to MLflow already
         self.points: list[Point] = []  # what this process saw; the frontier if MLflow is away
         self.outcomes: dict[str, int] = {}
         self._writer: _BackgroundWriter | None = None
@@ -185,9 +186,11 @@ class TrackingCallback(tune.Callback):
             self._log_epoch(members[key], row)
         if time.monotonic() - self._last_flush >= self.FLUSH_SECONDS:
             self._flush()
-        elif result.get("checkpoint_dir_name"):
+        elif result.get("checkpoint_dir_name") or not self._shown.issuperset(rows):
             # A restarted trial resumes after this checkpoint: its epochs so far must reach MLflow.
+            # A trial's first epoch is shown at once, so that a user sees it started.
             self._flush(list(rows))
+        self._shown.update(rows)
 
     #: Epochs are sent to MLflow in one batch per trial at most this often (and when a trial ends).
     FLUSH_SECONDS = 3.0

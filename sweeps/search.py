@@ -123,6 +123,7 @@ class BudgetedOptunaSearch(Searcher):
         self._live: dict[str, dict[str, int]] = {}  # Ray trial id -> {member trial key: Optuna trial number}
         self._asked: dict[str, optuna.Trial] = {}  # member key -> open Optuna trial, for intermediate values
         self._last_rows: dict[str, dict[str, Any]] = {}  # member key -> its latest epoch metrics
+        self._reported: set[tuple[str, int]] = set()  # (member key, epoch) told to Optuna
         self._waiting: list[tuple[PlannedTrial, optuna.Trial]] = []  # admitted, not yet in a pack
         self._issued = 0  # configurations handed to Ray (space.trials caps them, not the packs)
         self._vectorizes: dict[str, bool] = {}
@@ -254,22 +255,30 @@ class BudgetedOptunaSearch(Searcher):
         number_of = self._live.get(trial_id, {})
         rows = json.loads(result["members"]) if "members" in result else {next(iter(number_of), ""): result}
         for key, row in rows.items():
+            stale = row.get("epoch", -1) < self._last_rows.get(key, {}).get("epoch", -1)
+            if "epoch" not in row or (stale and not row.get("diverged")):
+                continue  # not an epoch, or one reported before (a pack that started over)
             self._last_rows[key] = row
             if self.space.objective == "multi":
                 continue  # Optuna does not take intermediate values for multi-objective studies
             trial = self._asked.get(key)
-            if trial is not None and "test_accuracy" in row and not row.get("diverged"):
+            if trial is not None and "test_accuracy" in row and not row.get("diverged") \
+                    and (key, row["epoch"]) not in self._reported:
                 trial.report(row["test_accuracy"], step=int(row["epoch"]))
+                self._reported.add((key, row["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        numbers = self._live.pop(trial_id, None)
+        numbers = self._live.get(trial_id)
         if numbers is None:
             return
+        if result:
+            # A trial's last result (one that ends it: its last epoch, or a pruning decision) comes
+            # here only, not through on_trial_result.
+            self.on_trial_result(trial_id, result)
+        del self._live[trial_id]
         for key, number in numbers.items():
             self._asked.pop(key, None)
             row = self._last_rows.pop(key, None)
-            if row is None and result is not None and "members" not in result:
-                row = result
             finished = bool(row) and (row.get("pruned") or row.get("diverged")
                                       or row.get("epoch", 0) >= row.get("epochs_planned", math.inf))
             self._tell(number, row, error=error and not finished)

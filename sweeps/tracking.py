@@ -108,6 +108,19 @@ class SweepTracker:
         """True while writes go to the journal because MLflow could not be reached."""
         return self._offline
 
+    def read_or(self, read: Any, fallback: Any) -> Any:
+        """``read()`` from MLflow, or ``fallback()`` when it cannot be reached (then later writes go
+        to the journal, as when a write fails)."""
+        if not self._offline:
+            try:
+                return read()
+            except Exception as error:  # noqa: BLE001 - re-raised unless it means "unreachable"
+                if not _is_unreachable(error) or self.journal is None:
+                    raise
+                self._offline = True
+                self._last_retry = time.monotonic()
+        return fallback()
+
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:

@@ -170,13 +170,15 @@ def test_each_clients_epsilon_is_accounted_on_its_own_shard() -> None:
     sizes = [len(shard) for shard in partition_data(DIGITS, train, federated)]
     assert len(set(sizes)) == 3  # unequal shards: the clients' ε differ
     assert [r.round for r in seen] == [1, 2] and result.reports == tuple(seen)
+    # Each client's ε after every round, its own mechanism's per-round ε in one computation.
+    by_round = [accounting.epsilons(noise_multiplier=1.2, sample_rate=32 / n, steps=[r * 2 * (n // 32) for r in (1, 2)],
+                                    delta=1e-5, accountant="prv") for n in sizes]
     for report in seen:
-        expected = [
-            accounting.epsilon(noise_multiplier=1.2, sample_rate=32 / n, steps=report.round * 2 * (n // 32),
-                               delta=1e-5, accountant="prv")
-            for n in sizes
-        ]
+        expected = [client[report.round - 1] for client in by_round]
         assert list(report.client_epsilons) == expected
+        alone = [accounting.epsilon(noise_multiplier=1.2, sample_rate=32 / n, steps=report.round * 2 * (n // 32),
+                                    delta=1e-5, accountant="prv") for n in sizes]
+        assert expected == pytest.approx(alone, abs=0.02)  # each round on its own grid: within 2 × eps_error
         assert report.epsilon == max(expected)
         assert report.client_steps == tuple(report.round * 2 * (n // 32) for n in sizes)
         assert report.delta == 1e-5 and report.accountant == "prv"

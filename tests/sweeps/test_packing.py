@@ -76,11 +76,8 @@ resources: {{cpus: 1, gpus: 0}}
 """
 
 
-def _sweep(tmp_path: Path, vectorize: str) -> dict[str, dict]:
-    folder = tmp_path / vectorize
-    folder.mkdir()
-    space = folder / f"packed_{vectorize}.yaml"
-    space.write_text(SPACE.format(name=f"packed_{vectorize}", vectorize=vectorize))
+def _launch(folder: Path, space: Path) -> tuple[MlflowClient, list]:
+    """``python -m sweeps.launch`` on ``space`` with a sqlite MLflow store in ``folder``; its runs."""
     uri = f"sqlite:///{folder}/mlflow.db"
     done = subprocess.run(
         [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri", uri,
@@ -89,7 +86,15 @@ def _sweep(tmp_path: Path, vectorize: str) -> dict[str, dict]:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("dpsweep").experiment_id])
+    return client, client.search_runs([client.get_experiment_by_name("dpsweep").experiment_id])
+
+
+def _sweep(tmp_path: Path, vectorize: str) -> dict[str, dict]:
+    folder = tmp_path / vectorize
+    folder.mkdir()
+    space = folder / f"packed_{vectorize}.yaml"
+    space.write_text(SPACE.format(name=f"packed_{vectorize}", vectorize=vectorize))
+    client, runs = _launch(folder, space)
     children = {r.info.run_name: r for r in runs if r.data.tags.get("dpsweep.role") == "trial"}
     return {
         name: {
@@ -128,8 +133,8 @@ fixed:
   delta: 1.0e-5
   accountant: rdp
 axes:
-  noise_multiplier: {low: 0.8, high: 4.0, log: true}
-  lr: {low: 0.01, high: 3.0, log: true}
+  noise_multiplier: [1.2]                    # one ε band: every member competes at the rungs
+  lr: {low: 0.01, high: 3.0, log: true}      # from hopeless to good: the slow ones get pruned
 epsilon_budget: 10.0
 search: optuna
 trials: 8
@@ -146,15 +151,7 @@ def test_optuna_packs_are_told_to_optuna_member_by_member_and_pruned_by_the_boar
 
     space = tmp_path / "packed_optuna.yaml"
     space.write_text(OPTUNA_SPACE)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    done = subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri", uri,
-         "--results-dir", str(tmp_path / "results")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("dpsweep").experiment_id])
+    client, runs = _launch(tmp_path, space)
     trained = [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"
                and r.data.tags["dpsweep.outcome"] != "skipped_over_budget"]
     assert len(trained) == 8  # `trials: 8` counts configurations, not packs
