@@ -42,7 +42,7 @@ from dp_core.train import (
     resolve_device,
 )
 
-__all__ = ["ConfigsDiverged", "can_vectorize", "train_vectorized"]
+__all__ = ["ConfigsDiverged", "can_vectorize", "group_signature", "train_vectorized"]
 
 Tensors = dict[str, torch.Tensor]
 
@@ -104,6 +104,14 @@ def can_vectorize(
     train_size = len(data.train) if data is not None else canonical_train_size(configs[0].data.dataset)
     return _budget_reason({i: plan_privacy(c, train_size=train_size) for i, c in enumerate(configs)
                            if c.privacy.epsilon_budget is not None})
+
+
+def group_signature(config: TrainConfig, *, train_size: int) -> tuple[Any, ...]:
+    """Configurations with equal signatures agree on everything a group must share and on every
+    per-configuration condition of ``can_vectorize`` (private, SGD, flat clipping), so one of them
+    answers ``can_vectorize`` for all (up to an ε-budget stop, which needs their plans)."""
+    return (*(value_of(config) for _, value_of in _SHARED), config.resolved_sample_rate(train_size),
+            config.privacy.disable_dp, config.optimizer.optimizer, config.privacy.clipping)
 
 
 def _structural_reason(configs: Sequence[TrainConfig], data: DatasetSplits | None) -> str | None:

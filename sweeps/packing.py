@@ -13,17 +13,18 @@ Pure: no Ray, no MLflow. The worker side is ``sweeps.pack_trial``.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from dp_core.config import TrainConfig
+from dp_core.data import canonical_train_size
 from dp_core.federated import is_federated
-from dp_core.vectorized import can_vectorize
+from dp_core.vectorized import can_vectorize, group_signature
 from sweeps.planning import PlannedTrial
 
-__all__ = ["AUTO_PACK_SIZE", "AUTO_MODELS", "pack_size", "pack_trials", "pack_spec", "member_specs"]
+__all__ = ["AUTO_PACK_SIZE", "AUTO_MODELS", "group_key", "pack_limit", "pack_size", "pack_trials", "pack_spec",
+           "member_specs"]
 
 #: ``vectorize: auto`` packs up to this many configurations of a model in AUTO_MODELS.
 AUTO_PACK_SIZE = 8
@@ -40,15 +41,27 @@ def pack_size(vectorize: int | str, model: str) -> int:
     return int(vectorize)
 
 
-def _group_key(trial: PlannedTrial) -> str:
-    """What members of one pack must share (dp_core.vectorized checks it again, with reasons)."""
-    config = dict(trial.train_config)
-    if is_federated(config):
-        return json.dumps({"federated": trial.key})  # a federated trial runs on its own
-    shared = {k: config.get(k) for k in ("dataset", "data_root", "model", "gn_groups", "epochs", "delta", "accountant",
-                                         "max_physical_batch_size", "device", "test_batch_size")}
-    shared["sample_rate"] = trial.plan.sample_rate
-    return json.dumps(shared, sort_keys=True, default=str)
+def group_key(trial: PlannedTrial) -> tuple[Any, ...]:
+    """Trials with equal keys may share a unit of work (``dp_core.vectorized.group_signature``)."""
+    if is_federated(trial.train_config):
+        return ("federated", trial.key)  # a federated trial runs on its own
+    config = TrainConfig.from_dict(dict(trial.train_config))
+    return group_signature(config, train_size=canonical_train_size(config.data.dataset))
+
+
+# Per group key: whether its model trains vectorised (a model build and one vmap step to find out).
+_VECTORIZES: dict[tuple[Any, ...], bool] = {}
+
+
+def pack_limit(trial: PlannedTrial, *, vectorize: int | str) -> int:
+    """How many trials of ``trial``'s group one unit of work may train (1: one at a time)."""
+    if is_federated(trial.train_config):
+        return 1
+    size = pack_size(vectorize, str(trial.train_config.get("model")))
+    key = group_key(trial)
+    if size > 1 and key not in _VECTORIZES:
+        _VECTORIZES[key] = can_vectorize([TrainConfig.from_dict(dict(trial.train_config))], plans=[trial.plan]) is None
+    return size if size > 1 and _VECTORIZES[key] else 1
 
 
 def pack_trials(trials: Sequence[PlannedTrial], *, vectorize: int | str, slots: int) -> list[list[PlannedTrial]]:
@@ -58,17 +71,14 @@ def pack_trials(trials: Sequence[PlannedTrial], *, vectorize: int | str, slots: 
     allows, and into at least ``slots`` packs where there are enough trials, so that every slot
     has work: 20 trials, size 8, 2 slots give 4 packs of 5, not 8 + 8 + 4.
     """
-    groups: dict[str, list[PlannedTrial]] = {}
+    groups: dict[tuple[Any, ...], list[PlannedTrial]] = {}
     for trial in trials:
-        groups.setdefault(_group_key(trial), []).append(trial)
+        groups.setdefault(group_key(trial), []).append(trial)
     packs: list[list[PlannedTrial]] = []
     for group in groups.values():
-        first = group[0]
-        size = 1 if is_federated(first.train_config) else pack_size(vectorize, str(first.train_config.get("model")))
-        if size > 1 and len(group) > 1:
-            configs = [TrainConfig.from_dict(dict(t.train_config)) for t in group]
-            if can_vectorize(configs, plans=[t.plan for t in group]) is not None:
-                size = 1
+        size = pack_limit(group[0], vectorize=vectorize)
+        if size > 1 and any(t.plan.stops_early for t in group):
+            size = 1  # a pack trains in lockstep: no member may stop at its ε budget
         count = max(math.ceil(len(group) / size), min(slots, len(group)))
         count = min(len(group), slots * math.ceil(count / slots))  # whole rounds of the slots
         base, extra = divmod(len(group), count)

@@ -34,10 +34,7 @@ import optuna
 import ray
 from ray.tune.search import Searcher
 
-from dp_core.config import TrainConfig
-from dp_core.federated import is_federated
-from dp_core.vectorized import can_vectorize
-from sweeps.packing import AUTO_PACK_SIZE, _group_key, pack_size, pack_spec
+from sweeps.packing import AUTO_PACK_SIZE, group_key, pack_limit, pack_spec
 from sweeps.planning import EpsilonBudget, PlannedTrial
 from sweeps.space import Range, SearchSpace
 from sweeps.trial import encode_spec
@@ -126,7 +123,6 @@ class BudgetedOptunaSearch(Searcher):
         self._reported: set[tuple[str, int]] = set()  # (member key, epoch) told to Optuna
         self._waiting: list[tuple[PlannedTrial, optuna.Trial]] = []  # admitted, not yet in a pack
         self._issued = 0  # configurations handed to Ray (space.trials caps them, not the packs)
-        self._vectorizes: dict[str, bool] = {}
         self._ready: list[tuple[_Asked, PlannedTrial | None, str | None]] = []  # planned, not yet judged
         self._planning: tuple[list[_Asked], Any] | None = None  # asked, being planned by a Ray task
         self._study: optuna.Study | None = None
@@ -205,17 +201,6 @@ class BudgetedOptunaSearch(Searcher):
             return planned, ot_trial
         return None
 
-    def _pack_limit(self, planned: PlannedTrial) -> int:
-        """How many configurations may share ``planned``'s unit of work."""
-        if is_federated(planned.train_config):
-            return 1
-        size = pack_size(self.space.vectorize, str(planned.train_config.get("model")))
-        group = _group_key(planned)
-        if size > 1 and group not in self._vectorizes:
-            self._vectorizes[group] = can_vectorize([TrainConfig.from_dict(dict(planned.train_config))],
-                                                    plans=[planned.plan]) is None
-        return size if size > 1 and self._vectorizes[group] else 1
-
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         remaining = self.space.trials - self._issued if self.space.trials is not None else math.inf
         if remaining <= 0:
@@ -224,21 +209,21 @@ class BudgetedOptunaSearch(Searcher):
         if first is None:
             return Searcher.FINISHED  # the space has (almost) nothing left within budget
         members = [first]
-        limit = self._pack_limit(first[0])
+        limit = pack_limit(first[0], vectorize=self.space.vectorize)
         if math.isfinite(remaining):
             limit = min(limit, math.ceil(remaining / max(self.slots, 1)))
-        group = _group_key(first[0])
+        group = group_key(first[0])
         for _ in range(2 * limit):  # a few misfits may wait for the next pack
             if len(members) >= limit:
                 break
-            candidate = next((w for w in self._waiting if _group_key(w[0]) == group), None)
+            candidate = next((w for w in self._waiting if group_key(w[0]) == group), None)
             if candidate is not None:
                 self._waiting.remove(candidate)
             else:
                 candidate = self._next_admitted()
                 if candidate is None:
                     break
-                if _group_key(candidate[0]) != group:
+                if group_key(candidate[0]) != group:
                     self._waiting.append(candidate)
                     continue
             members.append(candidate)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.packing import AUTO_PACK_SIZE, member_specs, pack_size, pack_spec, pack_trials
+from sweeps.packing import AUTO_PACK_SIZE, group_key, member_specs, pack_limit, pack_size, pack_spec, pack_trials
 from sweeps.planning import plan_trial
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +45,14 @@ def test_trials_that_cannot_share_a_unit_are_not_packed_together() -> None:
     # A model with dropout cannot be vectorised (each configuration would need its own dropout stream).
     dropout = _planned(3, dataset="mnist", model="mnist_cnn", batch_size=600)
     assert [len(p) for p in pack_trials(dropout, vectorize=8, slots=1)] == [1, 1, 1]
+
+
+def test_trials_with_another_optimizer_are_another_group() -> None:
+    sgd, adam = _planned(2), _planned(2, optimizer="adam")
+    packs = pack_trials([sgd[0], adam[0], sgd[1], adam[1]], vectorize=8, slots=1)
+    assert sorted(len(p) for p in packs) == [1, 1, 2]  # the SGD pair together; Adam cannot be vectorised
+    assert pack_limit(adam[0], vectorize=8) == 1 and pack_limit(sgd[0], vectorize=8) == 8
+    assert group_key(sgd[0]) == group_key(sgd[1]) != group_key(adam[0])
 
 
 def test_a_pack_spec_carries_every_member_and_a_pack_of_one_is_the_trial() -> None:
