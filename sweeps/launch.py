@@ -217,9 +217,14 @@ def _run(args: argparse.Namespace) -> int:
         lambda: tracker.close_orphans(outcome="interrupted" if callback.time_budget_reached() else "failed"),
         lambda: 0)
 
-    # The frontier is computed from what MLflow holds, so it is exactly the logged points; with
-    # MLflow away (it may also go away now), from what this process saw.
-    points = tracker.read_or(tracker.points, lambda: callback.points)
+    # The frontier is made of exactly the logged points. A new sweep whose writes all reached
+    # MLflow logged them from this process, so they are taken from here (reading thousands of
+    # metric histories back took seconds per thousand trials); a resumed sweep reads MLflow,
+    # which also holds the points of the runs before; with MLflow away, what this process saw.
+    if args.resume is None and not tracker.offline:
+        points = callback.logged_points()
+    else:
+        points = tracker.read_or(tracker.points, lambda: callback.points)
     report = FrontierReport(points, budget=space.epsilon_budget, delta=delta, accountant=accountant,
                             axis_keys=list(space.axes))
     frontier_dir = results_dir / sweep_name / "frontier"

@@ -1,9 +1,14 @@
 """The Ray Tune trainable of a pack: its member trials trained together, reported one by one.
 
-Every epoch the pack sends one Tune result whose ``members`` field holds each running member's
-epoch metrics (the ones a lone trial reports), keyed by the member's trial key; the driver logs
-them as separate trials. Pruning is asked of the sweep's pruning board (a Ray actor shared by all
-trials) once per epoch for all members; pruned members stop and the others go on unchanged.
+A pack's results carry, in the field ``members``, each running member's epoch metrics (the ones
+a lone trial reports) since the pack's previous result, keyed by the member's trial key; the
+driver logs them as separate trials. A pack sends a result at most every ``REPORT_SECONDS`` and
+when it ends, not after every epoch: a Ray Tune function trainable waits inside
+``tune.report`` until the driver's control loop has taken the result, and a digits pack's
+epochs take a tenth of a second, so per-epoch results kept its worker waiting on the driver
+for most of its time. Pruning does not wait for results: at the pruning rungs the pack asks
+the sweep's pruning board (a Ray actor shared by all trials) about all its members at once;
+pruned members stop and the others go on unchanged.
 
 A member whose loss diverges is reported as failed and the others start over without it (same
 seeds, so the same results; the driver logs each epoch once). A pack keeps no checkpoint: it is
@@ -12,7 +17,6 @@ a few seconds of small-model training, so a pack whose worker died is simply run
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -25,6 +29,7 @@ from dp_core.config import TrainConfig
 from dp_core.plan import PrivacyPlan
 from dp_core.train import EpochReport
 from dp_core.vectorized import ConfigsDiverged, train_vectorized
+from sweeps.packing import encode_member_rows
 from sweeps.pruning import epsilon_band
 from sweeps.trial import _dataset, epoch_metrics, trial_spec
 
@@ -33,6 +38,10 @@ __all__ = ["run_pack"]
 
 def _plan(raw: dict[str, Any]) -> PrivacyPlan:
     return PrivacyPlan(**{**raw, "epsilon_by_epoch": tuple(raw["epsilon_by_epoch"])})
+
+
+#: A pack sends its members' epochs to Ray Tune at most this often (and when it ends).
+REPORT_SECONDS = 2.0
 
 
 def run_pack(tune_config: dict[str, Any]) -> None:
@@ -48,36 +57,53 @@ def run_pack(tune_config: dict[str, Any]) -> None:
         torch.set_num_threads(cpus)
     data = _dataset(configs[0].data.dataset, configs[0].data.data_root, configs[0].data.download)
     board = ray.get_actor(tune_config["board"]) if tune_config.get("board") else None
+    rungs = set(ray.get(board.rung_epochs.remote())) if board is not None else set()
 
     active = list(range(len(members)))  # members still to train, as indices into members
     pruned: set[int] = set()
-    last_return = started
+    unsent: dict[str, list[dict[str, Any]]] = {}  # member key -> epochs not yet sent to Tune
+    # Where the pack's time went, in seconds: training and evaluation (from the trainer's own
+    # reports), set-up before the first epoch, and everything else (waiting on Tune and the
+    # board included). What is not yet in a result is the difference of the two sums.
+    spent = {"epoch_seconds": 0.0, "eval_seconds": 0.0, "setup_seconds": 0.0, "report_seconds": 0.0}
+    sent = dict(spent)
+    last_sent = time.perf_counter()
+
+    def send() -> None:
+        nonlocal last_sent
+        now = time.perf_counter()
+        spent["report_seconds"] = now - started - spent["epoch_seconds"] - spent["eval_seconds"] - spent["setup_seconds"]
+        latest = [rows[-1] for rows in unsent.values()]
+        tune.report({
+            "epoch": max(row["epoch"] for row in latest), "epochs_planned": epochs, "members": encode_member_rows(unsent),
+            **{k: spent[k] - sent[k] for k in spent},
+            # Ray Tune insists that every result carries the searcher's metrics; the members' own
+            # values are in ``members``, these summary values decide nothing.
+            "test_accuracy": max(row["test_accuracy"] for row in latest),
+            "epsilon": max(row["epsilon"] for row in latest),
+        })
+        sent.update(spent)
+        unsent.clear()
+        last_sent = time.perf_counter()
 
     def on_epoch(epoch: int, reports: dict[int, EpochReport]) -> list[int]:
-        nonlocal last_return
-        now = time.perf_counter()
         rows = {active[i]: epoch_metrics(r, epochs_planned=epochs) for i, r in reports.items()}
         train_seconds = sum(r.train_seconds for r in reports.values())  # the pack's time, split evenly
         eval_seconds = sum(r.eval_seconds for r in reports.values())
+        if not any(spent.values()):
+            spent["setup_seconds"] = time.perf_counter() - started - train_seconds - eval_seconds
+        spent["epoch_seconds"] += train_seconds
+        spent["eval_seconds"] += eval_seconds
         stop: set[int] = set()
-        if board is not None and epoch < epochs:
-            verdicts = ray.get(board.judge.remote([(members[k]["key"], bands[k], epoch, row["test_accuracy"])
-                                                   for k, row in rows.items()]))
-            stop = {k for k in rows if members[k]["key"] in set(verdicts)}
+        if epoch in rungs and epoch < epochs:
+            verdicts = set(ray.get(board.judge.remote([(members[k]["key"], bands[k], epoch, row["test_accuracy"])
+                                                       for k, row in rows.items()])))
+            stop = {k for k in rows if members[k]["key"] in verdicts}
         for k, row in rows.items():
             row["pruned"] = k in stop
-        overhead = max(now - last_return - train_seconds - eval_seconds, 0.0)
-        tune.report({
-            "epoch": epoch, "epochs_planned": epochs, "members": json.dumps({members[k]["key"]: row
-                                                                           for k, row in rows.items()}),
-            "epoch_seconds": train_seconds, "eval_seconds": eval_seconds,
-            "setup_seconds" if last_return == started else "report_seconds": overhead,
-            # Ray Tune insists that every result carries the searcher's metrics; the members' own
-            # values are in ``members``, these summary values decide nothing.
-            "test_accuracy": max(row["test_accuracy"] for row in rows.values()),
-            "epsilon": max(row["epsilon"] for row in rows.values()),
-        })
-        last_return = time.perf_counter()
+            unsent.setdefault(members[k]["key"], []).append(row)
+        if time.perf_counter() - last_sent >= REPORT_SECONDS:
+            send()
         pruned.update(stop)
         return [i for i, k in enumerate(active) if k in stop]
 
@@ -85,13 +111,14 @@ def run_pack(tune_config: dict[str, Any]) -> None:
         try:
             train_vectorized([configs[k] for k in active], data=data, plans=[plans[k] for k in active],
                              on_epoch=on_epoch)
+            if unsent:
+                send()
             return
         except ConfigsDiverged as error:
             diverged = {active[i] for i in error.config_indices}
-            tune.report({"epoch": 0, "epochs_planned": epochs, "members": json.dumps({
-                members[k]["key"]: {"diverged": str(error), "epoch": 0, "epochs_planned": epochs,
-                                    "test_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False}
-                for k in diverged}), "test_accuracy": 0.0, "epsilon": -1.0})
+            for k in diverged:
+                unsent[members[k]["key"]] = [{"diverged": str(error), "epoch": 0, "epochs_planned": epochs,
+                                             "test_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False}]
+            send()
             # The others start over without them: their own streams, so the results they had.
             active = [k for k in active if k not in diverged and k not in pruned]
-            last_return = time.perf_counter()

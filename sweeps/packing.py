@@ -13,6 +13,7 @@ Pure: no Ray, no MLflow. The worker side is ``sweeps.pack_trial``.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -24,13 +25,16 @@ from dp_core.vectorized import can_vectorize, group_signature
 from sweeps.planning import PlannedTrial
 
 __all__ = ["AUTO_PACK_SIZE", "AUTO_MODELS", "group_key", "pack_limit", "pack_size", "pack_trials", "pack_spec",
-           "member_specs"]
+           "member_specs", "encode_member_rows", "member_rows"]
 
-#: ``vectorize: auto`` packs up to this many configurations of a model in AUTO_MODELS.
-AUTO_PACK_SIZE = 8
+#: ``vectorize: auto`` packs up to this many configurations of a model in AUTO_MODELS. Past
+#: the kernel's own gain (below), a bigger pack pays Ray's start and end of a trial, about a
+#: quarter of a second, once for more trials: the benchmark sweep ran 117 trial-epochs/s with
+#: packs of 8 and 142 with packs of 16 (60 s each on 2 CPU cores).
+AUTO_PACK_SIZE = 16
 #: Models whose vectorised step measured faster than one trial after another on 2 CPU cores
-#: (bench/vectorized_bench.py: the digits MLP 1.39x at 4 and 1.64x at 8 configurations;
-#: digits_cnn was slower vectorised, so it runs one trial per unit).
+#: (bench/vectorized_bench.py: the digits MLP 1.26x at 4, 1.60x at 8 and 1.71x at 16
+#: configurations; digits_cnn was slower vectorised, so it runs one trial per unit).
 AUTO_MODELS = frozenset({"mlp"})
 
 
@@ -105,3 +109,16 @@ def pack_spec(members: Sequence[PlannedTrial]) -> dict[str, Any]:
 def member_specs(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """The trial specs a Ray trial's spec stands for: its members, or itself."""
     return list(spec["pack"]) if "pack" in spec else [spec]
+
+
+def encode_member_rows(rows: dict[str, list[dict[str, Any]]]) -> str:
+    """A pack's result field ``members``: each member's epochs since the pack's last result."""
+    return json.dumps(rows)
+
+
+def member_rows(result: dict[str, Any], lone_key: str) -> dict[str, list[dict[str, Any]]]:
+    """The epochs a Ray Tune result carries, per member trial key, in order: a pack's members'
+    (several epochs each, see :mod:`sweeps.pack_trial`), or a lone trial's one epoch under ``lone_key``."""
+    if "members" in result:
+        return json.loads(result["members"])
+    return {lone_key: [result]}

@@ -62,6 +62,10 @@ class BandedSuccessiveHalving:
             return False
         return False
 
+    def rung_epochs(self) -> list[int]:
+        """The epochs at which ``should_stop`` may stop a trial (it never does at others)."""
+        return list(self.rungs)
+
     def judge(self, rows: list[tuple[str, int, int, float]]) -> list[str]:
         """``should_stop`` for many (trial_id, band, epoch, accuracy) at once; the ids to stop.
 

@@ -17,7 +17,6 @@ import os
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import dataclasses
-import json
 import math
 import queue
 import sys
@@ -33,7 +32,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from sweeps.federated_actors import trial_resources
 from sweeps.frontier import Point
-from sweeps.packing import member_specs, pack_spec, pack_trials
+from sweeps.packing import member_rows, member_specs, pack_spec, pack_trials
 from sweeps.planning import PlannedTrial
 from sweeps.pruning import BandedSuccessiveHalving, epsilon_band
 from sweeps.search import BudgetedOptunaSearch, trial_outcome
@@ -121,12 +120,13 @@ class TrackingCallback(tune.Callback):
         self.stats = stats
         self.total = total
         self.out = out
-        self._started: set[str] = set()  # member trial keys whose MLflow run is open
+        self._specs: dict[str, dict[str, Any]] = {}  # member trial key -> its spec (name, params)
         self._last_rows: dict[str, dict[str, Any]] = {}  # member trial key -> its latest epoch metrics
         self._unlogged: dict[str, list[tuple[int, dict[str, float]]]] = {}  # epochs not yet sent to MLflow
-        self._last_flush = time.monotonic()
+        self._unlogged_since: dict[str, float] = {}  # member key -> when its oldest unlogged epoch came
         self._shown: set[str] = set()  # member keys with an epoch sent to MLflow already
-        self.points: list[Point] = []  # what this process saw; the frontier if MLflow is away
+        self.points: list[Point] = []  # every epoch this process logged, as MLflow's params are (strings)
+        self._point_keys: list[str] = []  # the trial key of each point
         self.outcomes: dict[str, int] = {}
         self._writer: _BackgroundWriter | None = None
 
@@ -145,6 +145,12 @@ class TrackingCallback(tune.Callback):
             self._writer = _BackgroundWriter(self.stats)
         self._writer.submit(write, **kwargs)
 
+    def logged_points(self) -> list[Point]:
+        """``points`` with their MLflow run ids: after ``close``, what reading the sweep's runs
+        back from MLflow gives when this process logged all of them (no resume, MLflow reached)."""
+        return [dataclasses.replace(point, run_id=self.tracker.run_id_of(key))
+                for point, key in zip(self.points, self._point_keys)]
+
     def time_budget_reached(self) -> bool:
         return self.time_budget_s is not None and self.stats.wall_seconds() >= self.time_budget_s
 
@@ -156,52 +162,59 @@ class TrackingCallback(tune.Callback):
             self._writer = None
 
     def _members(self, trial: Any) -> list[dict[str, Any]]:
-        """The trial specs behind a Ray trial (a pack's members, or itself), their runs opened."""
+        """The trial specs behind a Ray trial: a pack's members, or itself."""
         members = member_specs(trial_spec(trial.config))
         for spec in members:
-            if spec["key"] not in self._started:
-                self._write(self.tracker.start_trial, key=spec["key"], name=spec["name"], params=spec["params"])
-                self._started.add(spec["key"])
+            self._specs.setdefault(spec["key"], spec)
         return members
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._members(trial)
+        members = self._members(trial)
+        if len(members) == 1:
+            # A lone trial may run for hours: its run shows in MLflow from the start. The members
+            # of a pack (seconds of training) show with their first epochs.
+            self._write(self.tracker.log_trial, key=members[0]["key"], name=members[0]["name"],
+                        params=members[0]["params"])
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         members = {spec["key"]: spec for spec in self._members(trial)}
-        # A pack sends one result with each running member's epoch in it; a lone trial, its own.
-        rows = json.loads(result["members"]) if "members" in result else {next(iter(members)): result}
+        # A pack's result holds its running members' epochs since its last one; a lone trial's, its own.
+        rows = member_rows(result, next(iter(members)))
         self.stats.train_seconds += result.get("epoch_seconds", 0.0)
         self.stats.eval_seconds += result.get("eval_seconds", 0.0)
         self.stats.setup_seconds += result.get("setup_seconds", 0.0)
         self.stats.report_seconds += result.get("report_seconds", 0.0)
-        for key, row in rows.items():
-            last = self._last_rows.get(key)
-            if row.get("diverged"):
+        for key, epochs in rows.items():
+            for row in epochs:
+                last = self._last_rows.get(key)
+                if row.get("diverged"):
+                    self._last_rows[key] = row
+                    continue
+                if last is not None and last.get("epoch", 0) >= row["epoch"]:
+                    continue  # a pack started over (a member diverged, or its worker died): logged already
                 self._last_rows[key] = row
-                continue
-            if last is not None and last.get("epoch", 0) >= row["epoch"]:
-                continue  # a pack started over (a member diverged, or its worker died): logged already
-            self._last_rows[key] = row
-            self._log_epoch(members[key], row)
-        if time.monotonic() - self._last_flush >= self.FLUSH_SECONDS:
-            self._flush()
-        elif result.get("checkpoint_dir_name") or not self._shown.issuperset(rows):
+                self._log_epoch(members[key], row)
+        if result.get("checkpoint_dir_name") or ("members" not in result and not self._shown.issuperset(rows)):
             # A restarted trial resumes after this checkpoint: its epochs so far must reach MLflow.
-            # A trial's first epoch is shown at once, so that a user sees it started.
+            # A lone trial's first epoch is shown at once, so that a user sees it started.
             self._flush(list(rows))
         self._shown.update(rows)
 
-    #: Epochs are sent to MLflow in one batch per trial at most this often (and when a trial ends).
-    FLUSH_SECONDS = 3.0
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        self._flush([key for key, since in self._unlogged_since.items() if now - since >= self.FLUSH_SECONDS])
+
+    #: A running trial's epochs reach MLflow at most this long after they arrive, a finished
+    #: trial's at once; so the trials of a pack, done in seconds, are logged in one go each.
+    FLUSH_SECONDS = 5.0
 
     def _flush(self, keys: Any = None) -> None:
         for key in list(self._unlogged) if keys is None else keys:
             epochs = self._unlogged.pop(key, None)
+            self._unlogged_since.pop(key, None)
             if epochs:
-                self._write(self.tracker.log_epochs, key=key, epochs=epochs)
-        if keys is None:
-            self._last_flush = time.monotonic()
+                spec = self._specs[key]
+                self._write(self.tracker.log_trial, key=key, name=spec["name"], params=spec["params"], epochs=epochs)
 
     def _log_epoch(self, spec: dict[str, Any], row: dict[str, Any]) -> None:
         self.stats.epochs += 1
@@ -210,8 +223,11 @@ class TrackingCallback(tune.Callback):
         if row["epsilon"] >= 0:
             metrics["epsilon"] = row["epsilon"]
         self.points.append(Point(epsilon=metrics.get("epsilon", math.inf), accuracy=row["test_accuracy"],
-                                 run_id="", trial=spec["name"], epoch=int(row["epoch"]), params=spec["params"]))
+                                 run_id="", trial=spec["name"], epoch=int(row["epoch"]),
+                                 params={k: "None" if v is None else str(v) for k, v in spec["params"].items()}))
+        self._point_keys.append(spec["key"])
         self._unlogged.setdefault(spec["key"], []).append((int(row["epoch"]), metrics))
+        self._unlogged_since.setdefault(spec["key"], time.monotonic())
 
     def _finish(self, trial: Any, *, error: bool) -> None:
         for spec in self._members(trial):
@@ -222,14 +238,16 @@ class TrackingCallback(tune.Callback):
             self._finish_member(spec, result, error=error and not finished, error_file=trial.error_file)
 
     def _finish_member(self, spec: dict[str, Any], result: dict[str, Any], *, error: bool, error_file: Any) -> None:
-        self._flush([spec["key"]])
         outcome = trial_outcome(result, error=error)
         tags = {}
         if result.get("diverged"):
             tags["dpsweep.failure"] = result["diverged"]
         elif error:
             tags["dpsweep.failure"] = f"trial raised an error; see {error_file}"
-        self._write(self.tracker.end_trial, key=spec["key"], outcome=outcome, tags=tags)
+        self._write(self.tracker.log_trial, key=spec["key"], name=spec["name"], params=spec["params"],
+                    epochs=self._unlogged.pop(spec["key"], []), outcome=outcome, tags=tags)
+        self._unlogged_since.pop(spec["key"], None)
+        self._specs.pop(spec["key"], None)
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         self.stats.trials_finished += 1
         name = spec["name"]
@@ -343,6 +361,8 @@ def run_trials(
                                     max_failures=max_failures, time_budget_s=time_budget_s).fit()
     finally:
         callback.close()
+        if searcher is not None:
+            searcher.close()
         if board is not None:
             ray.kill(board)
 
@@ -365,8 +385,10 @@ def _new_tuner(
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=1 if grid is not None else space.trials,
             # Without it Tune keeps one trial pending for a custom searcher, and a second slot
-            # waited for a suggestion until the first trial ended: half the machine idle.
-            max_concurrent_trials=slots if searcher is not None else None,
+            # waited for a suggestion until the first trial ended: half the machine idle. One
+            # more than the slots keeps a suggestion waiting, so a slot that frees up starts its
+            # next pack at once instead of waiting for Optuna and the planner.
+            max_concurrent_trials=slots + 1 if searcher is not None else None,
             time_budget_s=time_budget_s,
             reuse_actors=True, trial_dirname_creator=_trial_dirname,
         ),

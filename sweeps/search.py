@@ -22,7 +22,6 @@ took a third of the driver's time in a sweep of second-long trials.
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 import time
@@ -34,7 +33,7 @@ import optuna
 import ray
 from ray.tune.search import Searcher
 
-from sweeps.packing import AUTO_PACK_SIZE, group_key, pack_limit, pack_spec
+from sweeps.packing import AUTO_PACK_SIZE, group_key, member_rows, pack_limit, pack_spec
 from sweeps.planning import EpsilonBudget, PlannedTrial
 from sweeps.space import Range, SearchSpace
 from sweeps.trial import encode_spec
@@ -88,9 +87,16 @@ def _plan_batch(plan: Callable[[dict[str, Any], str], PlannedTrial],
     return out
 
 
-# Planning the next suggestions runs as a Ray task while the current ones train: Tune's control
-# loop (which also takes the trials' results) waits on nothing but the previous batch.
-_plan_batch_remote = ray.remote(num_cpus=0)(_plan_batch)
+class _Planner:
+    """Plans batches of suggestions in a Ray actor: off Tune's control loop, and in one process
+    for the whole sweep, so its σ and ε caches stay warm (a planning task could land on a fresh
+    worker, with cold caches, every time)."""
+
+    def __init__(self, plan: Callable[[dict[str, Any], str], PlannedTrial]) -> None:
+        self.plan = plan
+
+    def plan_batch(self, jobs: list[tuple[dict[str, Any], str]]) -> list[tuple[PlannedTrial | None, str | None, float]]:
+        return _plan_batch(self.plan, jobs)
 
 
 class BudgetedOptunaSearch(Searcher):
@@ -121,10 +127,12 @@ class BudgetedOptunaSearch(Searcher):
         self._asked: dict[str, optuna.Trial] = {}  # member key -> open Optuna trial, for intermediate values
         self._last_rows: dict[str, dict[str, Any]] = {}  # member key -> its latest epoch metrics
         self._reported: set[tuple[str, int]] = set()  # (member key, epoch) told to Optuna
+        self._rungs: frozenset[int] | None = None  # the pruning board's rung epochs
         self._waiting: list[tuple[PlannedTrial, optuna.Trial]] = []  # admitted, not yet in a pack
         self._issued = 0  # configurations handed to Ray (space.trials caps them, not the packs)
         self._ready: list[tuple[_Asked, PlannedTrial | None, str | None]] = []  # planned, not yet judged
-        self._planning: tuple[list[_Asked], Any] | None = None  # asked, being planned by a Ray task
+        self._planning: list[tuple[list[_Asked], Any]] = []  # asked, being planned by the planner, oldest first
+        self._planner: Any = None  # the _Planner actor, started with the first suggestion
         self._study: optuna.Study | None = None
 
     @property
@@ -156,29 +164,42 @@ class BudgetedOptunaSearch(Searcher):
         size = AUTO_PACK_SIZE if self.space.vectorize == "auto" else int(self.space.vectorize)
         if self.space.trials is None:
             return size
-        return min(size, self.space.trials - self._issued - len(self._waiting) - len(self._ready))
+        return min(size, self.space.trials - self._issued - len(self._waiting) - len(self._ready)
+                   - sum(len(asked) for asked, _ in self._planning))
 
-    def _plan_next(self) -> None:
-        """Ask for the next batch and plan it in the background (a Ray task)."""
-        count = self._batch_size()
-        if count > 0 and self._planning is None:
+    #: Batches asked of Optuna and being planned ahead of Tune's requests: enough that the
+    #: control loop finds a planned pack ready, few enough that Optuna's later suggestions still
+    #: learn from the results coming in.
+    PLAN_AHEAD = 2
+
+    def _plan_ahead(self) -> None:
+        """Keep ``PLAN_AHEAD`` batches asked and being planned by the planner actor."""
+        if self._planner is None:
+            self._planner = ray.remote(num_cpus=0)(_Planner).remote(self.plan)
+        while len(self._planning) < self.PLAN_AHEAD:
+            count = self._batch_size()
+            if count <= 0:
+                return
             asked = self._ask(count)
             jobs = [(config_values, name) for _, _, name, config_values in asked]
-            self._planning = (asked, _plan_batch_remote.remote(self.plan, jobs))
+            self._planning.append((asked, self._planner.plan_batch.remote(jobs)))
 
     def _collect(self) -> None:
-        """Take the batch being planned (or plan one here, the first time), then start the next."""
-        if self._planning is None:
-            asked = self._ask(max(self._batch_size(), 1))
+        """Take the oldest batch being planned (waiting for it only if none is ahead), plan more."""
+        if self._planner is None:
+            # The first batch is planned here, while the planner actor starts (seconds of imports).
+            asked = self._ask(self._batch_size())
             results = _plan_batch(self.plan, [(config_values, name) for _, _, name, config_values in asked])
         else:
-            asked, ref = self._planning
-            self._planning = None
+            self._plan_ahead()  # skipped suggestions may have left room under the trial cap
+            if not self._planning:
+                return  # the trial cap is reached
+            asked, ref = self._planning.pop(0)
             results = ray.get(ref)
         for item, (planned, error, seconds) in zip(asked, results):
             self.planning_seconds += seconds
             self._ready.append((item, planned, error))
-        self._plan_next()
+        self._plan_ahead()
 
     def _next_admitted(self) -> tuple[PlannedTrial, optuna.Trial] | None:
         """The next planned configuration within the budget; None after too many skips."""
@@ -238,19 +259,33 @@ class BudgetedOptunaSearch(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         number_of = self._live.get(trial_id, {})
-        rows = json.loads(result["members"]) if "members" in result else {next(iter(number_of), ""): result}
-        for key, row in rows.items():
-            stale = row.get("epoch", -1) < self._last_rows.get(key, {}).get("epoch", -1)
-            if "epoch" not in row or (stale and not row.get("diverged")):
-                continue  # not an epoch, or one reported before (a pack that started over)
-            self._last_rows[key] = row
-            if self.space.objective == "multi":
-                continue  # Optuna does not take intermediate values for multi-objective studies
-            trial = self._asked.get(key)
-            if trial is not None and "test_accuracy" in row and not row.get("diverged") \
-                    and (key, row["epoch"]) not in self._reported:
-                trial.report(row["test_accuracy"], step=int(row["epoch"]))
-                self._reported.add((key, row["epoch"]))
+        for key, epochs in member_rows(result, next(iter(number_of), "")).items():
+            for row in epochs:
+                self._take_epoch(key, row)
+
+    def _take_epoch(self, key: str, row: dict[str, Any]) -> None:
+        stale = row.get("epoch", -1) < self._last_rows.get(key, {}).get("epoch", -1)
+        if "epoch" not in row or (stale and not row.get("diverged")):
+            return  # not an epoch, or one reported before (a pack that started over)
+        self._last_rows[key] = row
+        if self.space.objective == "multi":
+            return  # Optuna does not take intermediate values for multi-objective studies
+        trial = self._asked.get(key)
+        if trial is not None and "test_accuracy" in row and not row.get("diverged") \
+                and (key, row["epoch"]) not in self._reported and self._tells_optuna(row):
+            trial.report(row["test_accuracy"], step=int(row["epoch"]))
+            self._reported.add((key, row["epoch"]))
+
+    def _tells_optuna(self, row: dict[str, Any]) -> bool:
+        """Whether this epoch's accuracy goes to Optuna: at the pruning rungs (where the board
+        judges trials) and at a trial's last epoch, which is what TPE reads of a pruned trial.
+        Every epoch was a journal write with an fsync, a fifth of the driver's time in a sweep
+        of packs; the whole learning curve is in MLflow."""
+        if self._rungs is None:
+            board = ray.get_actor(self.board_name) if self.board_name else None
+            self._rungs = frozenset(ray.get(board.rung_epochs.remote())) if board is not None else frozenset()
+        return (row["epoch"] in self._rungs or bool(row.get("pruned")) or bool(row.get("stopped_by_budget"))
+                or row["epoch"] >= row.get("epochs_planned", math.inf))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         numbers = self._live.get(trial_id)
@@ -281,6 +316,12 @@ class BudgetedOptunaSearch(Searcher):
             epsilon = float(result["epsilon"]) if result["epsilon"] >= 0 else math.inf
             self.study.tell(number, [accuracy, epsilon] if self.space.objective == "multi" else accuracy)
 
+    def close(self) -> None:
+        """Stop the planner actor (the sweep is over, or interrupted)."""
+        if self._planner is not None:
+            ray.kill(self._planner)
+            self._planner, self._planning = None, []
+
     # Ray saves searchers with the experiment; the study itself is already in its journal file.
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
@@ -296,5 +337,5 @@ class BudgetedOptunaSearch(Searcher):
         state["_study"] = None
         state["_asked"] = {}
         # Open Optuna trials and object refs are not picklable; work not yet handed out is asked again.
-        state["_waiting"], state["_ready"], state["_planning"] = [], [], None
+        state["_waiting"], state["_ready"], state["_planning"], state["_planner"] = [], [], [], None
         return state

@@ -102,6 +102,13 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
     with open(folder / "frontier.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(points)
+    # Row for row the logged points (the launcher takes them from what it logged, not read back),
+    # with each run's params as MLflow holds them.
+    assert {(r["run_id"], r["trial"], int(r["epoch"]), float(r["epsilon"]), float(r["accuracy"])) for r in rows} \
+        == {(p.run_id, p.trial, p.epoch, p.epsilon, p.accuracy) for p in points}
+    params = {c.info.run_id: c.data.params for c in children}
+    for row in rows:
+        assert {k: row[k] for k in params[row["run_id"]]} == params[row["run_id"]]
     on_front = {(r["run_id"], int(r["epoch"])) for r in rows if r["on_frontier"] == "true"}
     assert on_front == {(p.run_id, p.epoch) for p in pareto_front(points)}
     assert (folder / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

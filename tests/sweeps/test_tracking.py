@@ -1,0 +1,58 @@
+"""SweepTracker against a real sqlite MLflow store: one trial's writes, retries and resumes."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from sweeps.tracking import SweepTracker
+
+PARAMS = {"lr": 0.5, "max_grad_norm": 1.0, "seed": None}
+
+
+def _tracker(tmp_path: Path) -> SweepTracker:
+    tracker = SweepTracker(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="dpsweep")
+    tracker.start_sweep(sweep_id="s1", run_name="s1", params={"space": "t"}, tags={})
+    return tracker
+
+
+def _epochs(steps: range) -> list[tuple[int, dict[str, float]]]:
+    return [(s, {"test_accuracy": s / 10, "epsilon": 0.1 * s}) for s in steps]
+
+
+def test_a_trial_logged_whole_is_one_finished_run_with_its_params_epochs_and_outcome(tmp_path: Path) -> None:
+    tracker = _tracker(tmp_path)
+    tracker.log_trial(key="k1", name="trial_0000", params=PARAMS, epochs=_epochs(range(1, 4)), outcome="pruned",
+                      tags={"dpsweep.note": "x"})
+    client = MlflowClient(tracking_uri=tracker.tracking_uri)
+    run = client.get_run(tracker.run_id_of("k1"))
+    assert run.info.status == "FINISHED" and run.info.run_name == "trial_0000"
+    assert run.data.tags["dpsweep.outcome"] == "pruned" and run.data.tags["dpsweep.note"] == "x"
+    assert run.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
+    assert run.data.params == {"lr": "0.5", "max_grad_norm": "1.0", "seed": "None"}
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_accuracy")] \
+        == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    # The store keeps a write-ahead log (one append per commit, not a journal file per commit).
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_running_trial_shows_then_ends_and_a_resumed_one_logs_no_epoch_twice(tmp_path: Path) -> None:
+    tracker = _tracker(tmp_path)
+    tracker.log_trial(key="k1", name="trial_0000", params=PARAMS, epochs=_epochs(range(1, 3)))
+    client = MlflowClient(tracking_uri=tracker.tracking_uri)
+    run_id = tracker.run_id_of("k1")
+    running = client.get_run(run_id)
+    assert running.info.status == "RUNNING" and running.data.tags["dpsweep.outcome"] == "running"
+    tracker.log_trial(key="k1", name="trial_0000", params=PARAMS, epochs=_epochs(range(3, 5)), outcome="completed")
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+    # A resumed sweep (a new tracker on the same parent) finds the run and skips epochs it holds.
+    again = _tracker(tmp_path)
+    assert again.parent_run_id == tracker.parent_run_id and again.run_id_of("k1") == run_id
+    again.log_trial(key="k1", name="trial_0000", params=PARAMS, epochs=_epochs(range(1, 6)), outcome="completed")
+    steps = [m.step for m in client.get_metric_history(run_id, "test_accuracy")]
+    assert steps == [1, 2, 3, 4, 5]
+    assert client.get_run(run_id).info.status == "FINISHED"
