@@ -35,7 +35,7 @@ from sweeps.frontier import Point
 from sweeps.packing import member_rows, member_specs, pack_spec, pack_trials
 from sweeps.planning import PlannedTrial
 from sweeps.pruning import BandedSuccessiveHalving, epsilon_band
-from sweeps.search import BudgetedOptunaSearch, trial_outcome
+from sweeps.search import BudgetedOptunaSearch, ended_normally, trial_outcome
 from sweeps.space import SearchSpace
 from sweeps.tracking import SweepTracker
 from sweeps.trial import encode_spec, run_trial, trial_spec
@@ -224,7 +224,7 @@ class TrackingCallback(tune.Callback):
             metrics["epsilon"] = row["epsilon"]
         self.points.append(Point(epsilon=metrics.get("epsilon", math.inf), accuracy=row["test_accuracy"],
                                  run_id="", trial=spec["name"], epoch=int(row["epoch"]),
-                                 params={k: "None" if v is None else str(v) for k, v in spec["params"].items()}))
+                                 params={k: str(v) for k, v in spec["params"].items()}))  # as log_trial logs them
         self._point_keys.append(spec["key"])
         self._unlogged.setdefault(spec["key"], []).append((int(row["epoch"]), metrics))
         self._unlogged_since.setdefault(spec["key"], time.monotonic())
@@ -233,9 +233,7 @@ class TrackingCallback(tune.Callback):
         for spec in self._members(trial):
             result = self._last_rows.pop(spec["key"], None) or {}
             # A pack that errored out may still have finished some members before it did.
-            finished = bool(result) and (result.get("pruned") or result.get("diverged")
-                                         or result.get("epoch", 0) >= result.get("epochs_planned", math.inf))
-            self._finish_member(spec, result, error=error and not finished, error_file=trial.error_file)
+            self._finish_member(spec, result, error=error and not ended_normally(result), error_file=trial.error_file)
 
     def _finish_member(self, spec: dict[str, Any], result: dict[str, Any], *, error: bool, error_file: Any) -> None:
         outcome = trial_outcome(result, error=error)

@@ -38,7 +38,7 @@ from sweeps.planning import EpsilonBudget, PlannedTrial
 from sweeps.space import Range, SearchSpace
 from sweeps.trial import encode_spec
 
-__all__ = ["BudgetedOptunaSearch", "trial_outcome", "journal_storage"]
+__all__ = ["BudgetedOptunaSearch", "ended_normally", "trial_outcome", "journal_storage"]
 
 
 def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
@@ -47,6 +47,13 @@ def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def ended_normally(last_row: dict[str, Any] | None) -> bool:
+    """Whether a trial whose latest epoch row is ``last_row`` was done: pruned there, diverged,
+    or through all its planned epochs (so an error after it does not make the trial failed)."""
+    return bool(last_row) and bool(last_row.get("pruned") or last_row.get("diverged")
+                                   or last_row.get("epoch", 0) >= last_row.get("epochs_planned", math.inf))
 
 
 def trial_outcome(last_result: dict[str, Any] | None, *, error: bool = False) -> str:
@@ -284,8 +291,7 @@ class BudgetedOptunaSearch(Searcher):
         if self._rungs is None:
             board = ray.get_actor(self.board_name) if self.board_name else None
             self._rungs = frozenset(ray.get(board.rung_epochs.remote())) if board is not None else frozenset()
-        return (row["epoch"] in self._rungs or bool(row.get("pruned")) or bool(row.get("stopped_by_budget"))
-                or row["epoch"] >= row.get("epochs_planned", math.inf))
+        return row["epoch"] in self._rungs or ended_normally(row) or bool(row.get("stopped_by_budget"))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         numbers = self._live.get(trial_id)
@@ -299,9 +305,7 @@ class BudgetedOptunaSearch(Searcher):
         for key, number in numbers.items():
             self._asked.pop(key, None)
             row = self._last_rows.pop(key, None)
-            finished = bool(row) and (row.get("pruned") or row.get("diverged")
-                                      or row.get("epoch", 0) >= row.get("epochs_planned", math.inf))
-            self._tell(number, row, error=error and not finished)
+            self._tell(number, row, error=error and not ended_normally(row))
 
     def _tell(self, number: int, result: dict[str, Any] | None, *, error: bool) -> None:
         outcome = trial_outcome(result, error=error)

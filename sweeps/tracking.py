@@ -395,6 +395,9 @@ class SweepTracker:
                     planned_epsilon=float(planned_epsilon), reason=reason)
 
     def _log_skipped(self, *, key: str, name: str, params: Mapping[str, Any], planned_epsilon: float, reason: str) -> None:
+        # The planned ε's accountant and δ are in the run's params (``accountant``, ``delta``), and
+        # the skip reason (EpsilonBudget.rejects) names both beside the ε.
+        assert {"accountant", "delta"} <= set(params), "a planned ε is logged with its accountant and δ"
         self._log_trial(key=key, name=name, params=params, epochs=[[0, {"planned_epsilon": planned_epsilon}]],
                         outcome="skipped_over_budget", tags={"dpsweep.skip_reason": reason},
                         timestamp=int(time.time() * 1000))
