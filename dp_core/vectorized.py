@@ -181,23 +181,33 @@ def _budget_reason(plans: dict[int, PrivacyPlan]) -> str | None:
 def train_vectorized(
     configs: Sequence[TrainConfig],
     *,
-    on_epoch: Callable[[int, dict[int, EpochReport]], Collection[int] | None] | None = None,
+    on_epoch: Callable[[dict[int, EpochReport]], Collection[int] | None] | None = None,
     data: DatasetSplits | None = None,
     plans: Sequence[PrivacyPlan] | None = None,
+    width: int | None = None,
 ) -> list[TrainResult]:
     """Train ``configs`` together; return one ``TrainResult`` per configuration, in order.
 
-    Each result equals ``train(config)``'s up to floating-point rounding. ``on_epoch(epoch,
-    reports)`` gets ``{index into configs: report}`` for every configuration still training after
-    each epoch; it may return indices of configurations to stop there (e.g. pruned by a
-    scheduler): they keep their results so far (``stopped_early=True``) and the others go on
-    exactly as before, since each has its own streams. ``StopTraining`` raised from it ends all. ``data`` and ``plans`` may be passed pre-loaded
-    and pre-computed, as for ``train``. A report's ``train_seconds`` and ``eval_seconds`` are the
-    group's time divided by its size, so a sweep summing them counts the machine time used.
-    Raises ConfigError if the configurations cannot be trained together (``can_vectorize``), and
-    ConfigsDiverged (a TrainingDiverged) naming those whose loss became NaN or infinite.
+    Each result equals ``train(config)``'s up to floating-point rounding. At most ``width``
+    configurations (default: all) train at once; the others wait in order, and each takes the
+    place of one that stopped, so the stack stays full while its configurations are pruned at
+    different epochs. A configuration's epochs are its own, counted from when it joined; since
+    its streams are its own too, when it joins changes nothing in its results.
+
+    ``on_epoch(reports)`` gets ``{index into configs: report}`` for every configuration that
+    has just finished an epoch (``report.epoch`` says which of its own); it may return indices
+    to stop there (e.g. pruned by a scheduler): they keep their results so far
+    (``stopped_early=True``) and the others go on exactly as before. ``StopTraining`` raised
+    from it ends all; configurations that had not started keep no reports. ``data`` and
+    ``plans`` may be passed pre-loaded and pre-computed, as for ``train``. A report's
+    ``train_seconds`` and ``eval_seconds`` are the stack's time divided by its size, so a sweep
+    summing them counts the machine time used. Raises ConfigError if the configurations cannot
+    be trained together (``can_vectorize``), and ConfigsDiverged (a TrainingDiverged) naming
+    those whose loss became NaN or infinite.
     """
     configs = list(configs)
+    if width is not None and width < 1:
+        raise ValueError(f"Expected width >= 1, but got width={width}.")
     if configs and data is None:
         data = load_dataset(configs[0].data.dataset, root=configs[0].data.data_root, download=configs[0].data.download)
     reason = _structural_reason(configs, data)
@@ -215,30 +225,51 @@ def train_vectorized(
     if reason is not None:
         raise ConfigError(f"Cannot train these configurations together: {reason}")
     group, first, device = len(configs), configs[0], resolve_device(configs[0].device)
+    width = group if width is None else width
+
+    def build(k: int) -> nn.Module:
+        """Configuration k's model, initialised as train() initialises it."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(configs[k].seed)
+            return build_model(first.model.model, input_shape=data.input_shape, num_classes=data.num_classes,
+                               gn_groups=first.model.gn_groups).to(device)
 
     # Per configuration, what train() seeds: model init, sampling stream, noise stream.
-    models = []
-    for config in configs:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            models.append(build_model(first.model.model, input_shape=data.input_shape,
-                                      num_classes=data.num_classes, gn_groups=first.model.gn_groups).to(device))
+    models: list[nn.Module | None] = [None] * group
+    models[0] = build(0)
     sampling_generators = [torch.Generator().manual_seed(c.seed + 1) for c in configs]
     noise_generators = [torch.Generator(device=device).manual_seed(c.seed + 2) for c in configs]
-    params, buffers = _stack(models)
     clipping = _clipping_for(models[0])
     logits_of = vmap(_logits_of(_stateless(models[0])), in_dims=(0, 0, None))
     optimizer = _StackedSGD(configs, plans, device=device)
     train_images, train_labels = (t.to(device) for t in data.train.tensors)
     test_images, test_labels = (t.to(device) for t in data.test.tensors)
-    max_grad_norm = torch.tensor([float(c.privacy.max_grad_norm) for c in configs], device=device)
+    all_max_grad_norms = torch.tensor([float(c.privacy.max_grad_norm) for c in configs], device=device)
     # Opacus' DPOptimizer: noise std σ·C, then division by the *expected* batch size qN.
     noise_stds = [plan.noise_multiplier * config.privacy.max_grad_norm for plan, config in zip(plans, configs)]
-    expected_batch_size = torch.tensor([plan.sample_rate * train_size for plan in plans], device=device)
+    all_expected_batch_sizes = torch.tensor([plan.sample_rate * train_size for plan in plans], device=device)
 
     reports: list[list[EpochReport]] = [[] for _ in configs]
-    stopped, steps = [False] * group, 0
-    running = list(range(group))  # configs[running[j]] is row j of every stacked tensor
+    stopped = [False] * group
+    waiting = list(range(group))  # not started yet, in order
+    running: list[int] = []  # configs[running[j]] is row j of every stacked tensor
+    params: Tensors = {}
+    buffers: Tensors = {}
+
+    def restack(rows: list[int]) -> None:
+        """Make ``rows`` (configuration indices) the stack, in this order: rows already in it keep
+        their state, new ones join with their freshly initialised models."""
+        nonlocal params, buffers, running
+        position = {k: j for j, k in enumerate(running)}
+        joining = [k for k in rows if k not in position]
+        for k in joining:
+            models[k] = models[k] or build(k)
+        kept = torch.tensor([position[k] for k in rows if k in position], device=device, dtype=torch.long)
+        fresh_params, fresh_buffers = _stack([models[k] for k in joining]) if joining else ({}, {})
+        params = _rows_then(params, kept, fresh_params)
+        buffers = _rows_then(buffers, kept, fresh_buffers)
+        running = [k for k in rows if k in position] + joining
+        optimizer.restack(running)
 
     def finish(rows: list[int]) -> None:
         """Copy the trained weights of these rows back into their configurations' models."""
@@ -247,10 +278,15 @@ def train_vectorized(
                 for name, parameter in models[running[row]].named_parameters():
                     parameter.copy_(params[name][row])
 
-    for epoch in range(1, first.epochs + 1):
+    while running or waiting:
+        joining, waiting = waiting[:width - len(running)], waiting[width - len(running):]
+        if joining:
+            restack(running + joining)
+        index = torch.tensor(running, device=device)
+        max_grad_norm, expected_batch_size = all_max_grad_norms[index], all_expected_batch_sizes[index]
         started = time.perf_counter()
-        width = len(running)
-        loss_sum, seen = torch.zeros(width, device=device), [0] * width
+        size = len(running)
+        loss_sum, seen = torch.zeros(size, device=device), [0] * size
         # Each configuration's own stream, drawn epoch by epoch exactly as train() draws it.
         streams = [poisson_batches(num_examples=train_size, sample_rate=plans[0].sample_rate,
                                    steps=plans[0].steps_per_epoch, generator=sampling_generators[k]) for k in running]
@@ -266,61 +302,59 @@ def train_vectorized(
                 name: (total + _noise(noise_std, total, step_generators)) / _per_config(expected_batch_size, total)
                 for name, total in summed.items()
             })
-            steps += 1
-        train_seconds = (time.perf_counter() - started) / width
+        train_seconds = (time.perf_counter() - started) / size
         train_loss = [total / max(n, 1) for total, n in zip(loss_sum.tolist(), seen)]
         diverged = tuple(running[row] for row, loss in enumerate(train_loss) if not math.isfinite(loss))
         if diverged:
             details = "; ".join(f"config {k}: loss {train_loss[running.index(k)]} (lr={configs[k].optimizer.lr}, "
                                 f"max_grad_norm={configs[k].privacy.max_grad_norm})" for k in diverged)
-            raise ConfigsDiverged(f"train loss became non-finite in epoch {epoch} for {details}; lower the "
-                                  "learning rate.", config_indices=diverged)
+            raise ConfigsDiverged(f"train loss became non-finite in epoch {len(reports[diverged[0]]) + 1} for "
+                                  f"{details}; lower the learning rate.", config_indices=diverged)
         started = time.perf_counter()
         test_loss, test_accuracy = _evaluate(logits_of, params, buffers, test_images, test_labels,
                                              batch_size=first.test_batch_size)
-        eval_seconds = (time.perf_counter() - started) / width
-        epoch_reports = {
-            k: EpochReport(
+        eval_seconds = (time.perf_counter() - started) / size
+        epoch_reports = {}
+        for row, k in enumerate(running):
+            epoch = len(reports[k]) + 1
+            steps = epoch * plans[k].steps_per_epoch
+            epoch_reports[k] = EpochReport(
                 epoch=epoch, steps=steps, train_loss=train_loss[row], test_loss=test_loss[row],
                 test_accuracy=test_accuracy[row], epsilon=plans[k].epsilon_at(steps), delta=plans[k].delta,
                 accountant=plans[k].accountant, noise_multiplier=plans[k].noise_multiplier,
                 train_seconds=train_seconds, eval_seconds=eval_seconds,
             )
-            for row, k in enumerate(running)
-        }
-        for k, report in epoch_reports.items():
-            reports[k].append(report)
-        if on_epoch is None:
-            continue
-        try:
-            to_stop = set(on_epoch(epoch, epoch_reports) or ())
-        except StopTraining:
-            to_stop = set(running)
-        unknown = to_stop - set(running)
-        if unknown:
-            raise ValueError(f"on_epoch asked to stop configurations {sorted(unknown)}, which are not training.")
-        if not to_stop:
-            continue
-        rows_out = [row for row, k in enumerate(running) if k in to_stop]
-        finish(rows_out)
+            reports[k].append(epoch_reports[k])
+        to_stop: set[int] = set()
+        if on_epoch is not None:
+            try:
+                to_stop = set(on_epoch(epoch_reports) or ())
+            except StopTraining:
+                to_stop, waiting = set(running), []
+            unknown = to_stop - set(running)
+            if unknown:
+                raise ValueError(f"on_epoch asked to stop configurations {sorted(unknown)}, which are not training.")
         for k in to_stop:
-            stopped[k] = True
-        keep = [row for row, k in enumerate(running) if k not in to_stop]
-        running = [running[row] for row in keep]
-        if not running:
-            break
-        rows = torch.tensor(keep, device=device)
-        params = {name: value.index_select(0, rows) for name, value in params.items()}
-        buffers = {name: value.index_select(0, rows) for name, value in buffers.items()}
-        max_grad_norm, expected_batch_size = max_grad_norm[rows], expected_batch_size[rows]
-        optimizer.keep(keep)
+            stopped[k] = True  # as train() marks a run its hook stopped, even at its last epoch
+        leaving = to_stop | {k for k in running if len(reports[k]) >= configs[k].epochs}
+        if leaving:
+            finish([row for row, k in enumerate(running) if k in leaving])
+            restack([k for k in running if k not in leaving])
 
-    finish(list(range(len(running))))
     return [
         TrainResult(config=config.replace(noise_multiplier=plan.noise_multiplier), plan=plan,
-                    reports=tuple(own), stopped_early=stop, model=model)
-        for config, plan, own, model, stop in zip(configs, plans, reports, models, stopped)
+                    reports=tuple(own), stopped_early=stop or not own, model=model or build(k))
+        for k, (config, plan, own, model, stop) in enumerate(zip(configs, plans, reports, models, stopped))
     ]
+
+
+def _rows_then(stacked: Tensors, rows: torch.Tensor, fresh: Tensors) -> Tensors:
+    """The given rows of each stacked tensor, then the fresh rows of the same name."""
+    if not stacked:
+        return dict(fresh)
+    if not fresh:
+        return {name: value.index_select(0, rows) for name, value in stacked.items()}
+    return {name: torch.cat([value.index_select(0, rows), fresh[name]]) for name, value in stacked.items()}
 
 
 # ---------------------------------------------------------------------------------------------- clipping
@@ -523,30 +557,40 @@ class _StackedSGD:
     """``torch.optim.SGD`` (no dampening, no Nesterov) on stacked parameters, lr/momentum/wd per config.
 
     d = g + wd·θ;  b = d on the first step, then b = μ·b + d;  θ ← θ − lr·b  (torch's rule; with
-    μ = 0 the buffer is exactly d). Learning rates come from a real ``CosineAnnealingLR`` per
-    configuration (T_max = plan.max_steps, as in train()), so the schedule's floats are torch's.
+    μ = 0 the buffer is exactly d). A configuration joins the stack with a zero buffer, so that
+    μ·0 + d gives it exactly d on its first step. Learning rates come from a real
+    ``CosineAnnealingLR`` per configuration (T_max = plan.max_steps, as in train()), so the
+    schedule's floats are torch's.
     """
 
     def __init__(self, configs: list[TrainConfig], plans: Sequence[PrivacyPlan], *, device: torch.device) -> None:
         self._device = device
-        self._momentum = torch.tensor([c.optimizer.momentum for c in configs], device=device)
-        self._weight_decay = torch.tensor([c.optimizer.weight_decay for c in configs], device=device)
+        self._all_momentum = torch.tensor([c.optimizer.momentum for c in configs], device=device)
+        self._all_weight_decay = torch.tensor([c.optimizer.weight_decay for c in configs], device=device)
         self._uses_momentum = any(c.optimizer.momentum != 0 for c in configs)
         self._uses_weight_decay = any(c.optimizer.weight_decay != 0 for c in configs)
+        self._all_lr_holders = [torch.optim.SGD([torch.zeros(0, requires_grad=True)], lr=c.optimizer.lr)
+                                for c in configs]
+        self._all_schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(holder, T_max=plan.max_steps)
+                                if config.optimizer.lr_schedule == "cos" else None
+                                for holder, config, plan in zip(self._all_lr_holders, configs, plans)]
+        self._rows: list[int] = []  # configuration index of each stacked row
         self._buffers: Tensors = {}
-        self._lr_holders = [torch.optim.SGD([torch.zeros(0, requires_grad=True)], lr=c.optimizer.lr) for c in configs]
-        self._schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(holder, T_max=plan.max_steps)
-                            if config.optimizer.lr_schedule == "cos" else None
-                            for holder, config, plan in zip(self._lr_holders, configs, plans)]
-        self._lr = self._current_lr()
+        self.restack([])
 
-    def keep(self, rows: list[int]) -> None:
-        """Go on with these rows (configurations) only, in this order."""
-        index = torch.tensor(rows, device=self._device)
-        self._momentum, self._weight_decay = self._momentum[index], self._weight_decay[index]
-        self._buffers = {name: buffer.index_select(0, index) for name, buffer in self._buffers.items()}
-        self._lr_holders = [self._lr_holders[row] for row in rows]
-        self._schedulers = [self._schedulers[row] for row in rows]
+    def restack(self, rows: list[int]) -> None:
+        """Go on with these configurations (indices into the constructor's), in this order; those
+        already stacked keep their momentum buffers, new ones start with zero buffers."""
+        index = torch.tensor(rows, device=self._device, dtype=torch.long)
+        position = {k: j for j, k in enumerate(self._rows)}
+        # Row len(self._rows) of the padded buffer is the zero row that joining configurations take.
+        source = torch.tensor([position.get(k, len(self._rows)) for k in rows], device=self._device, dtype=torch.long)
+        self._buffers = {name: torch.cat([buffer, buffer.new_zeros((1, *buffer.shape[1:]))]).index_select(0, source)
+                         for name, buffer in self._buffers.items()}
+        self._rows = list(rows)
+        self._momentum, self._weight_decay = self._all_momentum[index], self._all_weight_decay[index]
+        self._lr_holders = [self._all_lr_holders[k] for k in rows]
+        self._schedulers = [self._all_schedulers[k] for k in rows]
         self._lr = self._current_lr()
 
     def _current_lr(self) -> torch.Tensor:

@@ -47,7 +47,8 @@ REPORT_SECONDS = 2.0
 def run_pack(tune_config: dict[str, Any]) -> None:
     """Ray Tune function trainable for a spec with ``pack`` (see :func:`sweeps.packing.pack_spec`)."""
     started = time.perf_counter()
-    members = trial_spec(tune_config)["pack"]
+    spec = trial_spec(tune_config)
+    members, width = spec["pack"], spec.get("width")
     configs = [TrainConfig.from_dict(m["train"]) for m in members]
     plans = [_plan(m["plan"]) for m in members]
     bands = [epsilon_band(float(m["params"]["planned_epsilon"])) for m in members]
@@ -60,7 +61,7 @@ def run_pack(tune_config: dict[str, Any]) -> None:
     rungs = set(ray.get(board.rung_epochs.remote())) if board is not None else set()
 
     active = list(range(len(members)))  # members still to train, as indices into members
-    pruned: set[int] = set()
+    ended: set[int] = set()  # members pruned or through their epochs
     unsent: dict[str, list[dict[str, Any]]] = {}  # member key -> epochs not yet sent to Tune
     # Where the pack's time went, in seconds: training and evaluation (from the trainer's own
     # reports), set-up before the first epoch, and everything else (waiting on Tune and the
@@ -86,7 +87,7 @@ def run_pack(tune_config: dict[str, Any]) -> None:
         unsent.clear()
         last_sent = time.perf_counter()
 
-    def on_epoch(epoch: int, reports: dict[int, EpochReport]) -> list[int]:
+    def on_epoch(reports: dict[int, EpochReport]) -> list[int]:
         rows = {active[i]: epoch_metrics(r, epochs_planned=epochs) for i, r in reports.items()}
         train_seconds = sum(r.train_seconds for r in reports.values())  # the pack's time, split evenly
         eval_seconds = sum(r.eval_seconds for r in reports.values())
@@ -94,23 +95,25 @@ def run_pack(tune_config: dict[str, Any]) -> None:
             spent["setup_seconds"] = time.perf_counter() - started - train_seconds - eval_seconds
         spent["epoch_seconds"] += train_seconds
         spent["eval_seconds"] += eval_seconds
+        at_rung = [k for k, row in rows.items() if row["epoch"] in rungs and row["epoch"] < epochs]
         stop: set[int] = set()
-        if epoch in rungs and epoch < epochs:
-            verdicts = set(ray.get(board.judge.remote([(members[k]["key"], bands[k], epoch, row["test_accuracy"])
-                                                       for k, row in rows.items()])))
-            stop = {k for k in rows if members[k]["key"] in verdicts}
+        if at_rung:
+            verdicts = set(ray.get(board.judge.remote([(members[k]["key"], bands[k], rows[k]["epoch"],
+                                                        rows[k]["test_accuracy"]) for k in at_rung])))
+            stop = {k for k in at_rung if members[k]["key"] in verdicts}
         for k, row in rows.items():
             row["pruned"] = k in stop
             unsent.setdefault(members[k]["key"], []).append(row)
+            if k in stop or row["epoch"] >= epochs:
+                ended.add(k)
         if time.perf_counter() - last_sent >= REPORT_SECONDS:
             send()
-        pruned.update(stop)
         return [i for i, k in enumerate(active) if k in stop]
 
     while active:
         try:
             train_vectorized([configs[k] for k in active], data=data, plans=[plans[k] for k in active],
-                             on_epoch=on_epoch)
+                             on_epoch=on_epoch, width=width)
             if unsent:
                 send()
             return
@@ -121,4 +124,4 @@ def run_pack(tune_config: dict[str, Any]) -> None:
                                              "test_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False}]
             send()
             # The others start over without them: their own streams, so the results they had.
-            active = [k for k in active if k not in diverged and k not in pruned]
+            active = [k for k in active if k not in diverged and k not in ended]

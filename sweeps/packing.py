@@ -5,7 +5,10 @@ sweep of such trials spends its slots on starting, reporting and logging trials.
 Ray Tune trial whose members are ordinary planned trials that share model, data and steps; the
 worker trains them together with ``dp_core.vectorized.train_vectorized`` (stacked parameters,
 one vmap over configurations), and each member still reports, is pruned and is logged as its
-own trial, with the results it would have had alone (same seed, same noise).
+own trial, with the results it would have had alone (same seed, same noise). A pack holds up
+to ``PACK_DEPTH`` times the configurations it trains at once (its width): as members are
+pruned or finish, waiting members take their places, so the stack stays full and Ray's cost of
+starting and ending a trial is paid once for several rounds of members.
 
 Pure: no Ray, no MLflow. The worker side is ``sweeps.pack_trial``.
 """
@@ -24,8 +27,8 @@ from dp_core.federated import is_federated
 from dp_core.vectorized import can_vectorize, group_signature
 from sweeps.planning import PlannedTrial
 
-__all__ = ["AUTO_PACK_SIZE", "AUTO_MODELS", "group_key", "pack_limit", "pack_size", "pack_trials", "pack_spec",
-           "member_specs", "encode_member_rows", "member_rows"]
+__all__ = ["AUTO_PACK_SIZE", "AUTO_MODELS", "PACK_DEPTH", "group_key", "pack_capacity", "pack_limit", "pack_size",
+           "pack_trials", "pack_spec", "member_specs", "encode_member_rows", "member_rows"]
 
 #: ``vectorize: auto`` packs up to this many configurations of a model in AUTO_MODELS. Past
 #: the kernel's own gain (below), a bigger pack pays Ray's start and end of a trial, about a
@@ -36,6 +39,11 @@ AUTO_PACK_SIZE = 16
 #: (bench/vectorized_bench.py: the digits MLP 1.26x at 4, 1.60x at 8 and 1.71x at 16
 #: configurations; digits_cnn was slower vectorised, so it runs one trial per unit).
 AUTO_MODELS = frozenset({"mlp"})
+#: A pack of width W (configurations trained at once) holds up to PACK_DEPTH x W members. Ray
+#: Tune takes about half a second between the end of one trial and the start of the next on a
+#: 2-core machine, and a pack of 16 pruned digits MLPs trains for about a second: a deeper
+#: pack pays that gap once for several rounds of members.
+PACK_DEPTH = 3
 
 
 def pack_size(vectorize: int | str, model: str) -> int:
@@ -43,6 +51,11 @@ def pack_size(vectorize: int | str, model: str) -> int:
     if vectorize == "auto":
         return AUTO_PACK_SIZE if model in AUTO_MODELS else 1
     return int(vectorize)
+
+
+def pack_capacity(width: int) -> int:
+    """How many members one pack of ``width`` (configurations trained at once) holds."""
+    return width * PACK_DEPTH if width > 1 else 1
 
 
 def group_key(trial: PlannedTrial) -> tuple[Any, ...]:
@@ -58,7 +71,7 @@ _VECTORIZES: dict[tuple[Any, ...], bool] = {}
 
 
 def pack_limit(trial: PlannedTrial, *, vectorize: int | str) -> int:
-    """How many trials of ``trial``'s group one unit of work may train (1: one at a time)."""
+    """How many trials of ``trial``'s group one unit of work may train at once (1: one at a time)."""
     if is_federated(trial.train_config):
         return 1
     size = pack_size(vectorize, str(trial.train_config.get("model")))
@@ -71,18 +84,20 @@ def pack_limit(trial: PlannedTrial, *, vectorize: int | str) -> int:
 def pack_trials(trials: Sequence[PlannedTrial], *, vectorize: int | str, slots: int) -> list[list[PlannedTrial]]:
     """Split ``trials`` into packs, in order; a trial that cannot share its unit is a pack of one.
 
-    Trials that can be trained together are cut into packs of at most the size ``vectorize``
-    allows, and into at least ``slots`` packs where there are enough trials, so that every slot
-    has work: 20 trials, size 8, 2 slots give 4 packs of 5, not 8 + 8 + 4.
+    Trials that can be trained together are cut into packs of at most ``pack_capacity`` of the
+    width ``vectorize`` allows, and into at least ``slots`` packs where there are enough
+    trials, so that every slot has work: 20 trials, width 8, 2 slots give 2 packs of 10 (each
+    trained 5 at a time: whole rounds, see :func:`pack_spec`), not 8 + 8 + 4.
     """
     groups: dict[tuple[Any, ...], list[PlannedTrial]] = {}
     for trial in trials:
         groups.setdefault(group_key(trial), []).append(trial)
     packs: list[list[PlannedTrial]] = []
     for group in groups.values():
-        size = pack_limit(group[0], vectorize=vectorize)
-        if size > 1 and any(t.plan.stops_early for t in group):
-            size = 1  # a pack trains in lockstep: no member may stop at its ε budget
+        width = pack_limit(group[0], vectorize=vectorize)
+        if width > 1 and any(t.plan.stops_early for t in group):
+            width = 1  # a pack trains in lockstep: no member may stop at its ε budget
+        size = pack_capacity(width)
         count = max(math.ceil(len(group) / size), min(slots, len(group)))
         count = min(len(group), slots * math.ceil(count / slots))  # whole rounds of the slots
         base, extra = divmod(len(group), count)
@@ -94,14 +109,20 @@ def pack_trials(trials: Sequence[PlannedTrial], *, vectorize: int | str, slots: 
     return packs
 
 
-def pack_spec(members: Sequence[PlannedTrial]) -> dict[str, Any]:
-    """What a worker needs to run ``members`` (JSON-able). A pack of one is the member's own spec."""
+def pack_spec(members: Sequence[PlannedTrial], *, width: int) -> dict[str, Any]:
+    """What a worker needs to run ``members`` (JSON-able), training at most ``width`` at once. A
+    pack of one is the member's own spec.
+
+    The width is cut to whole rounds: 10 members of width 8 train 5 at a time, twice, rather than
+    8 and then 2 (the rounds of a pack whose members are pruned overlap anyway).
+    """
     if len(members) == 1:
         return members[0].spec()
     keys = [m.key for m in members]
     return {
         "name": f"pack_{members[0].name}+{len(members) - 1}",
         "key": hashlib.sha256(" ".join(keys).encode()).hexdigest()[:16],
+        "width": math.ceil(len(members) / math.ceil(len(members) / max(width, 1))),
         "pack": [m.spec() for m in members],
     }
 

@@ -32,7 +32,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from sweeps.federated_actors import trial_resources
 from sweeps.frontier import Point
-from sweeps.packing import member_rows, member_specs, pack_spec, pack_trials
+from sweeps.packing import member_rows, member_specs, pack_limit, pack_spec, pack_trials
 from sweeps.planning import PlannedTrial
 from sweeps.pruning import BandedSuccessiveHalving, epsilon_band
 from sweeps.search import BudgetedOptunaSearch, ended_normally, trial_outcome
@@ -56,8 +56,10 @@ class SweepStats:
     trials_finished: int = 0
     epochs: int = 0
 
+    ended: float | None = None  # when the trials were over and their logging done (run_trials' end)
+
     def wall_seconds(self) -> float:
-        return time.monotonic() - self.started
+        return (self.ended if self.ended is not None else time.monotonic()) - self.started
 
     def split(self, *, slots: float) -> dict[str, float]:
         """Shares of the slots' time (wall time x concurrent trial slots) and the raw seconds."""
@@ -125,6 +127,7 @@ class TrackingCallback(tune.Callback):
         self._unlogged: dict[str, list[tuple[int, dict[str, float]]]] = {}  # epochs not yet sent to MLflow
         self._unlogged_since: dict[str, float] = {}  # member key -> when its oldest unlogged epoch came
         self._shown: set[str] = set()  # member keys with an epoch sent to MLflow already
+        self._finished: set[str] = set()  # members of running packs that have ended
         self.points: list[Point] = []  # every epoch this process logged, as MLflow's params are (strings)
         self._point_keys: list[str] = []  # the trial key of each point
         self.outcomes: dict[str, int] = {}
@@ -165,7 +168,8 @@ class TrackingCallback(tune.Callback):
         """The trial specs behind a Ray trial: a pack's members, or itself."""
         members = member_specs(trial_spec(trial.config))
         for spec in members:
-            self._specs.setdefault(spec["key"], spec)
+            if spec["key"] not in self._finished:
+                self._specs.setdefault(spec["key"], spec)
         return members
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -185,6 +189,8 @@ class TrackingCallback(tune.Callback):
         self.stats.setup_seconds += result.get("setup_seconds", 0.0)
         self.stats.report_seconds += result.get("report_seconds", 0.0)
         for key, epochs in rows.items():
+            if key in self._finished:
+                continue
             for row in epochs:
                 last = self._last_rows.get(key)
                 if row.get("diverged"):
@@ -199,6 +205,13 @@ class TrackingCallback(tune.Callback):
             # A lone trial's first epoch is shown at once, so that a user sees it started.
             self._flush(list(rows))
         self._shown.update(rows)
+        if "members" in result:
+            # A pack's member is done when its rows say so: logged and shown then, not when its
+            # pack ends (a pack holds several rounds of members).
+            for key in rows:
+                if key not in self._finished and ended_normally(self._last_rows.get(key)):
+                    self._finished.add(key)
+                    self._finish_member(members[key], self._last_rows.pop(key), error=False, error_file=None)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
@@ -231,6 +244,9 @@ class TrackingCallback(tune.Callback):
 
     def _finish(self, trial: Any, *, error: bool) -> None:
         for spec in self._members(trial):
+            if spec["key"] in self._finished:
+                self._finished.discard(spec["key"])
+                continue
             result = self._last_rows.pop(spec["key"], None) or {}
             # A pack that errored out may still have finished some members before it did.
             self._finish_member(spec, result, error=error and not ended_normally(result), error_file=trial.error_file)
@@ -264,6 +280,20 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=True)
+
+
+class PlanAheadPump(tune.Callback):
+    """Lets the searcher ask Optuna for its next batches a slice at a time, after each step of
+    Tune's control loop, instead of a pack's worth at once when a slot frees up."""
+
+    #: Seconds of asking per step of the loop (a step waits at most 0.1 s for an event).
+    SLICE_SECONDS = 0.05
+
+    def __init__(self, searcher: BudgetedOptunaSearch) -> None:
+        self.searcher = searcher
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.searcher.plan_ahead(seconds=self.SLICE_SECONDS)
 
 
 class BandedASHA(FIFOScheduler):
@@ -359,6 +389,9 @@ def run_trials(
                                     max_failures=max_failures, time_budget_s=time_budget_s).fit()
     finally:
         callback.close()
+        # The slots are the sweep's until its trials are over and logged; the frontier and
+        # reports that follow do not use them.
+        stats.ended = time.monotonic()
         if searcher is not None:
             searcher.close()
         if board is not None:
@@ -374,7 +407,8 @@ def _new_tuner(
     param_space: dict[str, Any] = {}
     if grid is not None:
         packs = pack_trials(grid, vectorize=space.vectorize, slots=slots)
-        param_space = {"trial": tune.grid_search([encode_spec(pack_spec(pack)) for pack in packs])}
+        param_space = {"trial": tune.grid_search([
+            encode_spec(pack_spec(pack, width=pack_limit(pack[0], vectorize=space.vectorize))) for pack in packs])}
     if board_name is not None:
         param_space["board"] = board_name
     return tune.Tuner(
@@ -391,7 +425,8 @@ def _new_tuner(
             reuse_actors=True, trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage_path), verbose=0, callbacks=[callback],
+            name=name, storage_path=str(storage_path), verbose=0,
+            callbacks=[callback] if searcher is None else [callback, PlanAheadPump(searcher)],
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),

@@ -33,7 +33,7 @@ import optuna
 import ray
 from ray.tune.search import Searcher
 
-from sweeps.packing import AUTO_PACK_SIZE, group_key, member_rows, pack_limit, pack_spec
+from sweeps.packing import AUTO_PACK_SIZE, group_key, member_rows, pack_capacity, pack_limit, pack_spec
 from sweeps.planning import EpsilonBudget, PlannedTrial
 from sweeps.space import Range, SearchSpace
 from sweeps.trial import encode_spec
@@ -76,6 +76,9 @@ def _suggest(trial: optuna.Trial, key: str, axis: Any) -> Any:
         return trial.suggest_float(key, axis.low, axis.high, log=axis.log)
     return trial.suggest_categorical(key, list(axis))
 
+
+#: ``_next_admitted``'s answer while the next configuration is still being planned.
+_NOT_YET = object()
 
 # One configuration asked of Optuna: (open trial, axis values, trial name, flat config values).
 _Asked = tuple[optuna.Trial, dict[str, Any], str, dict[str, Any]]
@@ -139,6 +142,7 @@ class BudgetedOptunaSearch(Searcher):
         self._issued = 0  # configurations handed to Ray (space.trials caps them, not the packs)
         self._ready: list[tuple[_Asked, PlannedTrial | None, str | None]] = []  # planned, not yet judged
         self._planning: list[tuple[list[_Asked], Any]] = []  # asked, being planned by the planner, oldest first
+        self._asking: list[_Asked] = []  # asked, not yet a whole batch for the planner
         self._planner: Any = None  # the _Planner actor, started with the first suggestion
         self._study: optuna.Study | None = None
 
@@ -168,7 +172,7 @@ class BudgetedOptunaSearch(Searcher):
 
     def _batch_size(self) -> int:
         """How many configurations to ask and plan at once: a pack's worth, within the trial cap."""
-        size = AUTO_PACK_SIZE if self.space.vectorize == "auto" else int(self.space.vectorize)
+        size = pack_capacity(self._pack_width())
         if self.space.trials is None:
             return size
         return min(size, self.space.trials - self._issued - len(self._waiting) - len(self._ready)
@@ -179,38 +183,71 @@ class BudgetedOptunaSearch(Searcher):
     #: learn from the results coming in.
     PLAN_AHEAD = 2
 
-    def _plan_ahead(self) -> None:
-        """Keep ``PLAN_AHEAD`` batches asked and being planned by the planner actor."""
+    def plan_ahead(self, *, seconds: float | None = None) -> None:
+        """Keep ``PLAN_AHEAD`` batches asked and being planned by the planner actor, asking Optuna
+        for at most about ``seconds`` (None: until they are).
+
+        Tune's control loop calls this with a time slice after each of its steps (see
+        ``sweeps.runner``): TPE takes 10-40 ms per suggestion in a study of thousands of trials,
+        so asking a pack's worth at once, as ``suggest`` did, held the loop for a second, and
+        with it the start of the next pack on a slot that had just come free.
+        """
         if self._planner is None:
             self._planner = ray.remote(num_cpus=0)(_Planner).remote(self.plan)
-        while len(self._planning) < self.PLAN_AHEAD:
+        deadline = math.inf if seconds is None else time.monotonic() + seconds
+        while len(self._planning) < self.PLAN_AHEAD and time.monotonic() < deadline:
             count = self._batch_size()
-            if count <= 0:
-                return
-            asked = self._ask(count)
-            jobs = [(config_values, name) for _, _, name, config_values in asked]
-            self._planning.append((asked, self._planner.plan_batch.remote(jobs)))
+            if count <= len(self._asking):
+                if not self._asking:
+                    return  # the trial cap is reached
+                self._send_asked()
+                continue
+            self._asking += self._ask(1)
+            if len(self._asking) >= count:
+                self._send_asked()
+
+    def _send_asked(self) -> None:
+        """Hand the configurations asked so far to the planner actor, as one batch."""
+        asked, self._asking = self._asking, []
+        jobs = [(config_values, name) for _, _, name, config_values in asked]
+        self._planning.append((asked, self._planner.plan_batch.remote(jobs)))
 
     def _collect(self) -> None:
-        """Take the oldest batch being planned (waiting for it only if none is ahead), plan more."""
+        """Take the oldest batch being planned, waiting for it if need be, and plan more."""
         if self._planner is None:
-            # The first batch is planned here, while the planner actor starts (seconds of imports).
-            asked = self._ask(self._batch_size())
-            results = _plan_batch(self.plan, [(config_values, name) for _, _, name, config_values in asked])
-        else:
-            self._plan_ahead()  # skipped suggestions may have left room under the trial cap
-            if not self._planning:
-                return  # the trial cap is reached
+            # The first batch is planned here, while the planner actor starts (seconds of
+            # imports): one round of a pack for each slot, so that every slot starts at once.
+            asked = self._ask(min(self._batch_size(), self._pack_width() * max(self.slots, 1)))
+            self._take(asked, _plan_batch(self.plan, [(config_values, name) for _, _, name, config_values in asked]))
+            self.plan_ahead(seconds=0.0)  # starts the planner actor
+            return
+        self.plan_ahead()  # skipped suggestions may have left room under the trial cap
+        if self._planning:
             asked, ref = self._planning.pop(0)
-            results = ray.get(ref)
+            self._take(asked, ray.get(ref))
+
+    def _collect_done(self) -> None:
+        """Take the batches the planner has finished, oldest first, without waiting."""
+        while self._planning and ray.wait([self._planning[0][1]], timeout=0)[0]:
+            asked, ref = self._planning.pop(0)
+            self._take(asked, ray.get(ref))
+
+    def _take(self, asked: list[_Asked], results: list[tuple[PlannedTrial | None, str | None, float]]) -> None:
         for item, (planned, error, seconds) in zip(asked, results):
             self.planning_seconds += seconds
             self._ready.append((item, planned, error))
-        self._plan_ahead()
 
-    def _next_admitted(self) -> tuple[PlannedTrial, optuna.Trial] | None:
-        """The next planned configuration within the budget; None after too many skips."""
+    def _pack_width(self) -> int:
+        return AUTO_PACK_SIZE if self.space.vectorize == "auto" else int(self.space.vectorize)
+
+    def _next_admitted(self, *, block: bool) -> tuple[PlannedTrial, optuna.Trial] | None | object:
+        """The next planned configuration within the budget; None after too many skips or at the
+        trial cap; ``_NOT_YET`` if ``block`` is false and the next one is still being planned."""
         for _ in range(self.max_consecutive_skips):
+            if not self._ready and self._planner is not None:
+                self._collect_done()
+                if not self._ready and not block and (self._planning or self._asking):
+                    return _NOT_YET
             if not self._ready:
                 self._collect()
             if not self._ready:
@@ -230,14 +267,26 @@ class BudgetedOptunaSearch(Searcher):
         return None
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """The next pack (or lone trial) of planned configurations within the budget.
+
+        It never waits on the planner actor while Tune's control loop has other work: with
+        nothing planned yet it answers None (Tune asks again after its next step), and a pack
+        takes the configurations planned so far rather than wait for a full one. Waiting here
+        had held the loop, and so the start of trials on free slots, for seconds.
+        """
         remaining = self.space.trials - self._issued if self.space.trials is not None else math.inf
         if remaining <= 0:
             return Searcher.FINISHED
-        first = self._waiting.pop(0) if self._waiting else self._next_admitted()
+        first = self._waiting.pop(0) if self._waiting else self._next_admitted(block=False)
+        if first is _NOT_YET:
+            return None
         if first is None:
             return Searcher.FINISHED  # the space has (almost) nothing left within budget
         members = [first]
-        limit = pack_limit(first[0], vectorize=self.space.vectorize)
+        width = pack_limit(first[0], vectorize=self.space.vectorize)
+        limit = pack_capacity(width)
+        if self._issued < width * self.slots:
+            limit = min(limit, width)  # every slot's first pack is one round: all slots start at once
         if math.isfinite(remaining):
             limit = min(limit, math.ceil(remaining / max(self.slots, 1)))
         group = group_key(first[0])
@@ -248,8 +297,8 @@ class BudgetedOptunaSearch(Searcher):
             if candidate is not None:
                 self._waiting.remove(candidate)
             else:
-                candidate = self._next_admitted()
-                if candidate is None:
+                candidate = self._next_admitted(block=False)
+                if candidate is None or candidate is _NOT_YET:
                     break
                 if group_key(candidate[0]) != group:
                     self._waiting.append(candidate)
@@ -259,7 +308,7 @@ class BudgetedOptunaSearch(Searcher):
         self._live[trial_id] = {planned.key: ot_trial.number for planned, ot_trial in members}
         for planned, ot_trial in members:
             self._asked[planned.key] = ot_trial
-        config: dict[str, Any] = {"trial": encode_spec(pack_spec([planned for planned, _ in members]))}
+        config: dict[str, Any] = {"trial": encode_spec(pack_spec([planned for planned, _ in members], width=width))}
         if self.board_name is not None:
             config["board"] = self.board_name
         return config
@@ -267,8 +316,15 @@ class BudgetedOptunaSearch(Searcher):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         number_of = self._live.get(trial_id, {})
         for key, epochs in member_rows(result, next(iter(number_of), "")).items():
+            if key not in number_of:
+                continue  # told already (a lone trial's last result comes twice, see on_trial_complete)
             for row in epochs:
                 self._take_epoch(key, row)
+            if ended_normally(self._last_rows.get(key)):
+                # A pack's member is told when it ends, not when its pack does: TPE learns from
+                # it sooner, and the pack's end does not wait on dozens of tells.
+                self._asked.pop(key, None)
+                self._tell(number_of.pop(key), self._last_rows.pop(key), error=False)
 
     def _take_epoch(self, key: str, row: dict[str, Any]) -> None:
         stale = row.get("epoch", -1) < self._last_rows.get(key, {}).get("epoch", -1)
@@ -342,4 +398,5 @@ class BudgetedOptunaSearch(Searcher):
         state["_asked"] = {}
         # Open Optuna trials and object refs are not picklable; work not yet handed out is asked again.
         state["_waiting"], state["_ready"], state["_planning"], state["_planner"] = [], [], [], None
+        state["_asking"] = []
         return state

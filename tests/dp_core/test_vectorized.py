@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -66,10 +67,10 @@ def _assert_same_run(together: TrainResult, alone: TrainResult, *, rtol: float =
 @pytest.fixture(scope="module", params=["mlp", "digits_cnn"])
 def runs(request: pytest.FixtureRequest) -> tuple[list[TrainConfig], list[TrainResult], list[TrainResult]]:
     configs = _group(request.param)
-    seen: list[tuple[int, dict[int, EpochReport]]] = []
-    together = train_vectorized(configs, data=DIGITS, on_epoch=lambda epoch, reports: seen.append((epoch, reports)))
-    assert [epoch for epoch, _ in seen] == [1, 2, 3]
-    assert all(sorted(reports) == list(range(len(configs))) for _, reports in seen)
+    seen: list[dict[int, EpochReport]] = []
+    together = train_vectorized(configs, data=DIGITS, on_epoch=seen.append)
+    assert [{r.epoch for r in reports.values()} for reports in seen] == [{1}, {2}, {3}]
+    assert all(sorted(reports) == list(range(len(configs))) for reports in seen)
     alone = [train(config, data=DIGITS) for config in configs]
     return configs, together, alone
 
@@ -173,8 +174,8 @@ def test_stop_training_from_the_hook_stops_every_configuration() -> None:
     configs = [TrainConfig.from_dict({**BASE, "model": "mlp", "noise_multiplier": s, "seed": i})
                for i, s in enumerate((0.8, 1.2))]
 
-    def stop_after_first(epoch: int, reports: dict[int, EpochReport]) -> None:
-        if epoch == 1:
+    def stop_after_first(reports: dict[int, EpochReport]) -> None:
+        if any(r.epoch == 1 for r in reports.values()):
             raise StopTraining
 
     results = train_vectorized(configs, data=DIGITS, on_epoch=stop_after_first)
@@ -186,8 +187,8 @@ def test_stopping_one_configuration_leaves_the_others_as_if_alone() -> None:
     """A pruned member stops where the hook said; the rest go on exactly as if trained alone."""
     configs = _group("mlp")
 
-    def prune_middle(epoch: int, reports: dict[int, EpochReport]) -> list[int]:
-        return [1] if epoch == 1 else []
+    def prune_middle(reports: dict[int, EpochReport]) -> list[int]:
+        return [1] if 1 in reports and reports[1].epoch == 1 else []
 
     together = train_vectorized(configs, data=DIGITS, on_epoch=prune_middle)
 
@@ -200,10 +201,56 @@ def test_stopping_one_configuration_leaves_the_others_as_if_alone() -> None:
         _assert_same_run(together[k], train(configs[k], data=DIGITS))
 
 
+def test_a_configuration_that_joins_a_running_stack_trains_as_if_alone() -> None:
+    """With width 2, five configurations take turns: each joins when one stops (pruned, or
+    through its epochs), starts at its own epoch 1, and ends with the results it has alone."""
+    configs = _group("mlp") + [
+        TrainConfig.from_dict({**BASE, "model": "mlp", "noise_multiplier": s, "max_grad_norm": c, "lr": lr,
+                               "momentum": 0.9, "seed": seed})
+        for s, c, lr, seed in ((0.9, 1.5, 1.5, 11), (1.3, 0.7, 0.8, 12))
+    ]
+    prune_at = {1: 1, 3: 2}  # configuration -> its epoch after which the hook stops it
+    rounds: list[dict[int, int]] = []
+
+    def prune(reports: dict[int, EpochReport]) -> list[int]:
+        rounds.append({k: r.epoch for k, r in reports.items()})
+        return [k for k, r in reports.items() if prune_at.get(k) == r.epoch]
+
+    together = train_vectorized(configs, data=DIGITS, on_epoch=prune, width=2)
+    assert rounds == [{0: 1, 1: 1}, {0: 2, 2: 1}, {0: 3, 2: 2}, {2: 3, 3: 1}, {3: 2, 4: 1}, {4: 2}, {4: 3}]
+
+    def stop_at(epoch: int) -> Callable[[EpochReport], None]:
+        def hook(report: EpochReport) -> None:
+            if report.epoch == epoch:
+                raise StopTraining
+        return hook
+
+    for k, config in enumerate(configs):
+        alone = train(config, data=DIGITS, on_epoch=stop_at(prune_at[k]) if k in prune_at else None)
+        _assert_same_run(together[k], alone)
+
+
+def test_stop_training_leaves_configurations_that_had_not_started_without_reports() -> None:
+    configs = [TrainConfig.from_dict({**BASE, "model": "mlp", "noise_multiplier": s, "seed": i})
+               for i, s in enumerate((0.8, 1.2, 1.0))]
+
+    def stop(reports: dict[int, EpochReport]) -> None:
+        raise StopTraining
+
+    results = train_vectorized(configs, data=DIGITS, on_epoch=stop, width=2)
+    assert [len(r.reports) for r in results] == [1, 1, 0]
+    assert all(r.stopped_early for r in results)
+
+
+def test_a_width_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="width >= 1"):
+        train_vectorized(_group("mlp")[:1], data=DIGITS, width=0)
+
+
 def test_stopping_an_unknown_configuration_is_refused() -> None:
     configs = _group("mlp")[:2]
     with pytest.raises(ValueError, match=r"\[5\]"):
-        train_vectorized(configs, data=DIGITS, on_epoch=lambda epoch, reports: [5])
+        train_vectorized(configs, data=DIGITS, on_epoch=lambda reports: [5])
 
 
 def test_a_diverging_configuration_is_named() -> None:

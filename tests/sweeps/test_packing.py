@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.packing import AUTO_PACK_SIZE, group_key, member_specs, pack_limit, pack_size, pack_spec, pack_trials
+from sweeps.packing import AUTO_PACK_SIZE, PACK_DEPTH, group_key, member_specs, pack_limit, pack_size, pack_spec, pack_trials
 from sweeps.planning import plan_trial
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,9 +32,11 @@ def test_auto_packs_only_the_models_that_train_faster_together() -> None:
 def test_packs_fill_every_slot_and_keep_grid_order() -> None:
     trials = _planned(20)
     packs = pack_trials(trials, vectorize=8, slots=2)
-    assert [len(p) for p in packs] == [5, 5, 5, 5]  # not 8 + 8 + 4: the last round would leave a slot idle
+    assert [len(p) for p in packs] == [10, 10]  # not 8 + 8 + 4: the last round would leave a slot idle
     assert [t.name for p in packs for t in p] == [t.name for t in trials]
-    assert [len(p) for p in pack_trials(trials, vectorize=8, slots=1)] == [7, 7, 6]
+    deep = pack_trials(trials, vectorize=4, slots=1)  # up to PACK_DEPTH x 4 members each
+    assert len(deep) == math.ceil(20 / (4 * PACK_DEPTH)) and max(map(len, deep)) - min(map(len, deep)) <= 1
+    assert [len(p) for p in pack_trials(trials, vectorize=8, slots=1)] == [20]
     assert [len(p) for p in pack_trials(trials[:3], vectorize=8, slots=4)] == [1, 1, 1]
     assert all(len(p) == 1 for p in pack_trials(trials, vectorize=1, slots=2))
 
@@ -57,9 +60,16 @@ def test_trials_with_another_optimizer_are_another_group() -> None:
 
 def test_a_pack_spec_carries_every_member_and_a_pack_of_one_is_the_trial() -> None:
     trials = _planned(3)
-    spec = pack_spec(trials)
+    spec = pack_spec(trials, width=8)
     assert [m["key"] for m in member_specs(spec)] == [t.key for t in trials]
-    assert member_specs(pack_spec(trials[:1])) == [trials[0].spec()]
+    assert member_specs(pack_spec(trials[:1], width=8)) == [trials[0].spec()]
+
+
+def test_a_pack_trains_whole_rounds_of_its_members_at_once() -> None:
+    trials = _planned(10)
+    assert pack_spec(trials, width=8)["width"] == 5  # two rounds of 5, not 8 and then 2
+    assert pack_spec(trials, width=16)["width"] == 10
+    assert pack_spec(trials, width=3)["width"] == 3
 
 
 SPACE = """
@@ -117,7 +127,8 @@ def _sweep(tmp_path: Path, vectorize: str) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_a_packed_sweep_logs_each_member_as_the_trial_it_would_be_alone(tmp_path: Path) -> None:
-    packed, alone = _sweep(tmp_path, "4"), _sweep(tmp_path, "off")
+    # Width 2: each of the two packs of 4 trains two members, then the other two in their places.
+    packed, alone = _sweep(tmp_path, "2"), _sweep(tmp_path, "off")
     assert sorted(packed) == sorted(alone) == [f"trial_{i:04d}" for i in range(8)]
     for name, mine in packed.items():
         theirs = alone[name]
