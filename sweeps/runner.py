@@ -283,17 +283,14 @@ class TrackingCallback(tune.Callback):
 
 
 class PlanAheadPump(tune.Callback):
-    """Lets the searcher ask Optuna for its next batches a slice at a time, after each step of
-    Tune's control loop, instead of a pack's worth at once when a slot frees up."""
-
-    #: Seconds of asking per step of the loop (a step waits at most 0.1 s for an event).
-    SLICE_SECONDS = 0.05
+    """Keeps the searcher's planner actor asking Optuna for the next batches, after each step of
+    Tune's control loop, so that a slot that frees up finds its next pack planned."""
 
     def __init__(self, searcher: BudgetedOptunaSearch) -> None:
         self.searcher = searcher
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        self.searcher.plan_ahead(seconds=self.SLICE_SECONDS)
+        self.searcher.plan_ahead()
 
 
 class BandedASHA(FIFOScheduler):

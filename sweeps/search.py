@@ -22,6 +22,7 @@ took a third of the driver's time in a sweep of second-long trials.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import time
@@ -32,6 +33,7 @@ from typing import Any
 import optuna
 import ray
 from ray.tune.search import Searcher
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from sweeps.packing import AUTO_PACK_SIZE, group_key, member_rows, pack_capacity, pack_limit, pack_spec
 from sweeps.planning import EpsilonBudget, PlannedTrial
@@ -80,33 +82,79 @@ def _suggest(trial: optuna.Trial, key: str, axis: Any) -> Any:
 #: ``_next_admitted``'s answer while the next configuration is still being planned.
 _NOT_YET = object()
 
-# One configuration asked of Optuna: (open trial, axis values, trial name, flat config values).
-_Asked = tuple[optuna.Trial, dict[str, Any], str, dict[str, Any]]
+@dataclasses.dataclass(frozen=True)
+class _Asked:
+    """One configuration asked of Optuna and planned: ``planned`` None with ``error`` saying why
+    it cannot be planned (e.g. a target ε no σ reaches)."""
+
+    number: int  # the Optuna trial's number
+    trial_id: int  # its id in the study's storage (what optuna.Trial is made from)
+    values: dict[str, Any]  # the axis values
+    name: str
+    planned: PlannedTrial | None
+    error: str | None
+    plan_seconds: float
 
 
-def _plan_batch(plan: Callable[[dict[str, Any], str], PlannedTrial],
-                jobs: list[tuple[dict[str, Any], str]]) -> list[tuple[PlannedTrial | None, str | None, float]]:
-    """Plan each (config values, name): (planned, None, seconds) or (None, why not, seconds)."""
-    out: list[tuple[PlannedTrial | None, str | None, float]] = []
-    for config_values, name in jobs:
-        started = time.monotonic()
-        try:
-            out.append((plan(config_values, name), None, time.monotonic() - started))
-        except ValueError as error:  # ConfigError: e.g. a target ε no σ reaches
-            out.append((None, str(error), time.monotonic() - started))
+def _sampler(space: SearchSpace, *, seed: int | None) -> optuna.samplers.BaseSampler:
+    if space.objective == "multi":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _ask(study: optuna.Study, space: SearchSpace, count: int) -> list[tuple[int, int, dict[str, Any], str]]:
+    """Ask ``study`` for ``count`` configurations of ``space``: (number, trial id, axis values, name)."""
+    out = []
+    for _ in range(count):
+        trial = study.ask()
+        values = {key: _suggest(trial, key, axis) for key, axis in space.axes.items()}
+        out.append((trial.number, trial._trial_id, values, f"trial_{trial.number:04d}"))
     return out
 
 
+def _plan(study: optuna.Study, space: SearchSpace, plan: Callable[[dict[str, Any], str], PlannedTrial],
+          asked: list[tuple[int, int, dict[str, Any], str]]) -> list[_Asked]:
+    """Plan each asked configuration's privacy spend; its planned ε goes to its Optuna trial."""
+    out = []
+    for number, trial_id, values, name in asked:
+        started = time.monotonic()
+        try:
+            planned, error = plan(space.trial_config(values), name), None
+        except ValueError as failure:  # ConfigError: e.g. a target ε no σ reaches
+            planned, error = None, str(failure)
+        seconds = time.monotonic() - started
+        if planned is not None:
+            optuna.trial.Trial(study, trial_id).set_user_attr("planned_epsilon", planned.planned_epsilon)
+        out.append(_Asked(number, trial_id, values, name, planned, error, seconds))
+    return out
+
+
+class _Asker:
+    """Asks Optuna for configurations in a Ray actor on the driver's machine (the study's
+    journal file is there): TPE takes 20-70 ms per suggestion in a study of thousands of trials,
+    and in the driver that held Tune's control loop, so packs waited to report and to start.
+    Its study is the driver's, through the journal: it sees every result the driver tells."""
+
+    def __init__(self, space: SearchSpace, storage: str, study_name: str, seed: int | None) -> None:
+        self.space = space
+        self.study = optuna.load_study(study_name=study_name, storage=journal_storage(storage),
+                                       sampler=_sampler(space, seed=seed))
+
+    def ask(self, count: int) -> list[tuple[int, int, dict[str, Any], str]]:
+        return _ask(self.study, self.space, count)
+
+
 class _Planner:
-    """Plans batches of suggestions in a Ray actor: off Tune's control loop, and in one process
-    for the whole sweep, so its σ and ε caches stay warm (a planning task could land on a fresh
-    worker, with cold caches, every time)."""
+    """Plans asked configurations in a Ray actor, beside the asker (the two work in parallel,
+    batch after batch), in one process for the whole sweep, so its σ and ε caches stay warm."""
 
-    def __init__(self, plan: Callable[[dict[str, Any], str], PlannedTrial]) -> None:
-        self.plan = plan
+    def __init__(self, space: SearchSpace, storage: str, study_name: str,
+                 plan: Callable[[dict[str, Any], str], PlannedTrial]) -> None:
+        self.space, self.plan = space, plan
+        self.study = optuna.load_study(study_name=study_name, storage=journal_storage(storage))
 
-    def plan_batch(self, jobs: list[tuple[dict[str, Any], str]]) -> list[tuple[PlannedTrial | None, str | None, float]]:
-        return _plan_batch(self.plan, jobs)
+    def plan_batch(self, asked: list[tuple[int, int, dict[str, Any], str]]) -> list[_Asked]:
+        return _plan(self.study, self.space, self.plan, asked)
 
 
 class BudgetedOptunaSearch(Searcher):
@@ -134,26 +182,25 @@ class BudgetedOptunaSearch(Searcher):
         self.board_name: str | None = None  # the sweep's pruning board, passed on to packs
         self.slots = 1  # trials the cluster runs at once: the last packs are cut to keep them all busy
         self._live: dict[str, dict[str, int]] = {}  # Ray trial id -> {member trial key: Optuna trial number}
-        self._asked: dict[str, optuna.Trial] = {}  # member key -> open Optuna trial, for intermediate values
+        self._asked: dict[str, int] = {}  # member key -> its open Optuna trial's id, for intermediate values
         self._last_rows: dict[str, dict[str, Any]] = {}  # member key -> its latest epoch metrics
         self._reported: set[tuple[str, int]] = set()  # (member key, epoch) told to Optuna
         self._rungs: frozenset[int] | None = None  # the pruning board's rung epochs
-        self._waiting: list[tuple[PlannedTrial, optuna.Trial]] = []  # admitted, not yet in a pack
+        self._waiting: list[_Asked] = []  # admitted, not yet in a pack
         self._issued = 0  # configurations handed to Ray (space.trials caps them, not the packs)
-        self._ready: list[tuple[_Asked, PlannedTrial | None, str | None]] = []  # planned, not yet judged
-        self._planning: list[tuple[list[_Asked], Any]] = []  # asked, being planned by the planner, oldest first
-        self._asking: list[_Asked] = []  # asked, not yet a whole batch for the planner
-        self._planner: Any = None  # the _Planner actor, started with the first suggestion
+        self._ready: list[_Asked] = []  # planned, not yet judged against the budget
+        self._planning: list[tuple[int, Any]] = []  # (count, ref) of batches the planner works on, oldest first
+        self._asker: Any = None  # the _Asker and _Planner actors, started with the first suggestion
+        self._planner: Any = None
         self._study: optuna.Study | None = None
 
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
             multi = self.space.objective == "multi"
-            sampler = (optuna.samplers.NSGAIISampler(seed=self.space.seed) if multi
-                       else optuna.samplers.TPESampler(seed=self.space.seed))
             self._study = optuna.create_study(
-                storage=journal_storage(self.storage), study_name=self.study_name, sampler=sampler,
+                storage=journal_storage(self.storage), study_name=self.study_name,
+                sampler=_sampler(self.space, seed=self.space.seed),
                 load_if_exists=True,
                 directions=["maximize", "minimize"] if multi else ["maximize"],
             )
@@ -162,153 +209,134 @@ class BudgetedOptunaSearch(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # metric and mode come from the space, not from TuneConfig
 
-    def _ask(self, count: int) -> list[_Asked]:
-        asked = []
-        for _ in range(count):
-            ot_trial = self.study.ask()
-            values = {key: _suggest(ot_trial, key, axis) for key, axis in self.space.axes.items()}
-            asked.append((ot_trial, values, f"trial_{ot_trial.number:04d}", self.space.trial_config(values)))
-        return asked
-
     def _batch_size(self) -> int:
         """How many configurations to ask and plan at once: a pack's worth, within the trial cap."""
         size = pack_capacity(self._pack_width())
         if self.space.trials is None:
             return size
         return min(size, self.space.trials - self._issued - len(self._waiting) - len(self._ready)
-                   - sum(len(asked) for asked, _ in self._planning))
+                   - sum(count for count, _ in self._planning))
 
-    #: Batches asked of Optuna and being planned ahead of Tune's requests: enough that the
-    #: control loop finds a planned pack ready, few enough that Optuna's later suggestions still
-    #: learn from the results coming in.
+    #: Batches being asked and planned ahead of Tune's requests: enough that the control loop
+    #: finds a planned pack ready, few enough that Optuna's later suggestions still learn from
+    #: the results coming in.
     PLAN_AHEAD = 2
 
-    def plan_ahead(self, *, seconds: float | None = None) -> None:
-        """Keep ``PLAN_AHEAD`` batches asked and being planned by the planner actor, asking Optuna
-        for at most about ``seconds`` (None: until they are).
-
-        Tune's control loop calls this with a time slice after each of its steps (see
-        ``sweeps.runner``): TPE takes 10-40 ms per suggestion in a study of thousands of trials,
-        so asking a pack's worth at once, as ``suggest`` did, held the loop for a second, and
-        with it the start of the next pack on a slot that had just come free.
-        """
+    def plan_ahead(self) -> None:
+        """Keep ``PLAN_AHEAD`` batches being asked and planned by the planner actor (it does not
+        wait for them). Tune's control loop calls this after each of its steps (``sweeps.runner``)."""
         if self._planner is None:
-            self._planner = ray.remote(num_cpus=0)(_Planner).remote(self.plan)
-        deadline = math.inf if seconds is None else time.monotonic() + seconds
-        while len(self._planning) < self.PLAN_AHEAD and time.monotonic() < deadline:
+            return  # started by the first suggestion (_collect)
+        while len(self._planning) < self.PLAN_AHEAD:
             count = self._batch_size()
-            if count <= len(self._asking):
-                if not self._asking:
-                    return  # the trial cap is reached
-                self._send_asked()
-                continue
-            self._asking += self._ask(1)
-            if len(self._asking) >= count:
-                self._send_asked()
-
-    def _send_asked(self) -> None:
-        """Hand the configurations asked so far to the planner actor, as one batch."""
-        asked, self._asking = self._asking, []
-        jobs = [(config_values, name) for _, _, name, config_values in asked]
-        self._planning.append((asked, self._planner.plan_batch.remote(jobs)))
+            if count <= 0:
+                return  # the trial cap is reached
+            # Ray hands the asker's answer to the planner directly, without a trip through here.
+            self._planning.append((count, self._planner.plan_batch.remote(self._asker.ask.remote(count))))
 
     def _collect(self) -> None:
         """Take the oldest batch being planned, waiting for it if need be, and plan more."""
         if self._planner is None:
-            # The first batch is planned here, while the planner actor starts (seconds of
-            # imports): one round of a pack for each slot, so that every slot starts at once.
-            asked = self._ask(min(self._batch_size(), self._pack_width() * max(self.slots, 1)))
-            self._take(asked, _plan_batch(self.plan, [(config_values, name) for _, _, name, config_values in asked]))
-            self.plan_ahead(seconds=0.0)  # starts the planner actor
+            # The first batch is asked and planned here, while the planner actor starts (seconds
+            # of imports): one round of a pack for each slot, so that every slot starts at once.
+            count = min(self._batch_size(), self._pack_width() * max(self.slots, 1))
+            self._take(_plan(self.study, self.space, self.plan, _ask(self.study, self.space, count)))
+            node = ray.get_runtime_context().get_node_id()  # the machine with the journal file
+            on_this_machine = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+            self._asker = ray.remote(num_cpus=0)(_Asker).options(scheduling_strategy=on_this_machine).remote(
+                self.space, self.storage, self.study_name,
+                None if self.space.seed is None else self.space.seed + 1)  # not the driver's stream again
+            self._planner = ray.remote(num_cpus=0)(_Planner).options(scheduling_strategy=on_this_machine).remote(
+                self.space, self.storage, self.study_name, self.plan)
+            self.plan_ahead()
             return
         self.plan_ahead()  # skipped suggestions may have left room under the trial cap
         if self._planning:
-            asked, ref = self._planning.pop(0)
-            self._take(asked, ray.get(ref))
+            self._take(ray.get(self._planning.pop(0)[1]))
+            self.plan_ahead()
 
     def _collect_done(self) -> None:
         """Take the batches the planner has finished, oldest first, without waiting."""
         while self._planning and ray.wait([self._planning[0][1]], timeout=0)[0]:
-            asked, ref = self._planning.pop(0)
-            self._take(asked, ray.get(ref))
+            self._take(ray.get(self._planning.pop(0)[1]))
+        self.plan_ahead()
 
-    def _take(self, asked: list[_Asked], results: list[tuple[PlannedTrial | None, str | None, float]]) -> None:
-        for item, (planned, error, seconds) in zip(asked, results):
-            self.planning_seconds += seconds
-            self._ready.append((item, planned, error))
+    def _take(self, batch: list[_Asked]) -> None:
+        self.planning_seconds += sum(asked.plan_seconds for asked in batch)
+        self._ready += batch
 
     def _pack_width(self) -> int:
         return AUTO_PACK_SIZE if self.space.vectorize == "auto" else int(self.space.vectorize)
 
-    def _next_admitted(self, *, block: bool) -> tuple[PlannedTrial, optuna.Trial] | None | object:
+    def _next_admitted(self, *, block: bool) -> _Asked | None | object:
         """The next planned configuration within the budget; None after too many skips or at the
         trial cap; ``_NOT_YET`` if ``block`` is false and the next one is still being planned."""
         for _ in range(self.max_consecutive_skips):
             if not self._ready and self._planner is not None:
                 self._collect_done()
-                if not self._ready and not block and (self._planning or self._asking):
+                if not self._ready and not block and self._planning:
                     return _NOT_YET
             if not self._ready:
                 self._collect()
             if not self._ready:
                 return None  # the trial cap is reached
-            (ot_trial, values, name, _), planned, error = self._ready.pop(0)
-            if planned is None:
-                self.study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-                self.on_skip(None, {"name": name, **values}, str(error))
+            asked = self._ready.pop(0)
+            if asked.planned is None:
+                self.study.tell(asked.number, state=optuna.trial.TrialState.FAIL)
+                self.on_skip(None, {"name": asked.name, **asked.values}, str(asked.error))
                 continue
-            reason = self.budget.rejects(planned)
-            ot_trial.set_user_attr("planned_epsilon", planned.planned_epsilon)
+            reason = self.budget.rejects(asked.planned)
             if reason is not None:
-                self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-                self.on_skip(planned, values, reason)
+                self.study.tell(asked.number, state=optuna.trial.TrialState.PRUNED)
+                self.on_skip(asked.planned, asked.values, reason)
                 continue
-            return planned, ot_trial
+            return asked
         return None
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """The next pack (or lone trial) of planned configurations within the budget.
 
-        It never waits on the planner actor while Tune's control loop has other work: with
-        nothing planned yet it answers None (Tune asks again after its next step), and a pack
-        takes the configurations planned so far rather than wait for a full one. Waiting here
-        had held the loop, and so the start of trials on free slots, for seconds.
+        While Tune's control loop has trials of ours to run, it never waits on the planner
+        actor: with nothing planned yet it answers None (Tune asks again after its next step),
+        and a pack takes the configurations planned so far rather than wait for a full one.
+        Waiting here had held the loop, and so the start of trials on free slots, for seconds.
         """
         remaining = self.space.trials - self._issued if self.space.trials is not None else math.inf
         if remaining <= 0:
             return Searcher.FINISHED
-        first = self._waiting.pop(0) if self._waiting else self._next_admitted(block=False)
+        # With no trial of ours in Tune's hands, Tune itself waits for this answer (re-asking
+        # every second, without stepping its loop): then planning is waited for here.
+        first = self._waiting.pop(0) if self._waiting else self._next_admitted(block=not self._live)
         if first is _NOT_YET:
             return None
         if first is None:
             return Searcher.FINISHED  # the space has (almost) nothing left within budget
         members = [first]
-        width = pack_limit(first[0], vectorize=self.space.vectorize)
+        width = pack_limit(first.planned, vectorize=self.space.vectorize)
         limit = pack_capacity(width)
         if self._issued < width * self.slots:
             limit = min(limit, width)  # every slot's first pack is one round: all slots start at once
         if math.isfinite(remaining):
             limit = min(limit, math.ceil(remaining / max(self.slots, 1)))
-        group = group_key(first[0])
+        group = group_key(first.planned)
         for _ in range(2 * limit):  # a few misfits may wait for the next pack
             if len(members) >= limit:
                 break
-            candidate = next((w for w in self._waiting if group_key(w[0]) == group), None)
+            candidate = next((w for w in self._waiting if group_key(w.planned) == group), None)
             if candidate is not None:
                 self._waiting.remove(candidate)
             else:
                 candidate = self._next_admitted(block=False)
                 if candidate is None or candidate is _NOT_YET:
                     break
-                if group_key(candidate[0]) != group:
+                if group_key(candidate.planned) != group:
                     self._waiting.append(candidate)
                     continue
             members.append(candidate)
         self._issued += len(members)
-        self._live[trial_id] = {planned.key: ot_trial.number for planned, ot_trial in members}
-        for planned, ot_trial in members:
-            self._asked[planned.key] = ot_trial
-        config: dict[str, Any] = {"trial": encode_spec(pack_spec([planned for planned, _ in members], width=width))}
+        self._live[trial_id] = {asked.planned.key: asked.number for asked in members}
+        self._asked.update({asked.planned.key: asked.trial_id for asked in members})
+        config: dict[str, Any] = {"trial": encode_spec(pack_spec([asked.planned for asked in members], width=width))}
         if self.board_name is not None:
             config["board"] = self.board_name
         return config
@@ -333,10 +361,11 @@ class BudgetedOptunaSearch(Searcher):
         self._last_rows[key] = row
         if self.space.objective == "multi":
             return  # Optuna does not take intermediate values for multi-objective studies
-        trial = self._asked.get(key)
-        if trial is not None and "test_accuracy" in row and not row.get("diverged") \
+        trial_id = self._asked.get(key)
+        if trial_id is not None and "test_accuracy" in row and not row.get("diverged") \
                 and (key, row["epoch"]) not in self._reported and self._tells_optuna(row):
-            trial.report(row["test_accuracy"], step=int(row["epoch"]))
+            # The planner actor asked it: an optuna.Trial of the driver's study is made from its id.
+            optuna.trial.Trial(self.study, trial_id).report(row["test_accuracy"], step=int(row["epoch"]))
             self._reported.add((key, row["epoch"]))
 
     def _tells_optuna(self, row: dict[str, Any]) -> bool:
@@ -377,10 +406,11 @@ class BudgetedOptunaSearch(Searcher):
             self.study.tell(number, [accuracy, epsilon] if self.space.objective == "multi" else accuracy)
 
     def close(self) -> None:
-        """Stop the planner actor (the sweep is over, or interrupted)."""
-        if self._planner is not None:
-            ray.kill(self._planner)
-            self._planner, self._planning = None, []
+        """Stop the asker and planner actors (the sweep is over, or interrupted)."""
+        for actor in (self._asker, self._planner):
+            if actor is not None:
+                ray.kill(actor)
+        self._asker, self._planner, self._planning = None, None, []
 
     # Ray saves searchers with the experiment; the study itself is already in its journal file.
     def save(self, checkpoint_path: str) -> None:
@@ -395,8 +425,7 @@ class BudgetedOptunaSearch(Searcher):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_study"] = None
-        state["_asked"] = {}
-        # Open Optuna trials and object refs are not picklable; work not yet handed out is asked again.
+        # Object refs and actor handles are not picklable; work not yet handed out is asked again.
         state["_waiting"], state["_ready"], state["_planning"], state["_planner"] = [], [], [], None
-        state["_asking"] = []
+        state["_asker"] = None
         return state
