@@ -35,10 +35,11 @@ i.i.d. runs of one mechanism, so it is refused with search: optuna (adaptive), p
 (runs depend on each other), a trials cap, a seed axis and kind: federated.
 
 ``vectorize`` packs trials that share a model, data and steps into one unit of work trained by
-``dp_core.vectorized.train_vectorized`` (up to N configurations at once; each still reported,
-pruned and logged as its own trial, with the results it would have alone). ``auto`` packs up to
-:data:`sweeps.packing.AUTO_PACK_SIZE` for the models where that measured faster; ``off`` (or 1)
-runs one trial per unit.
+``dp_core.vectorized.train_vectorized`` (up to N configurations at once, a unit holding several
+rounds of N that take the places of pruned or finished ones; each still reported, pruned and
+logged as its own trial, with the results it would have alone). ``auto`` trains up to
+:data:`sweeps.packing.AUTO_PACK_SIZE` at once for the models where that measured faster; ``off``
+(or 1) runs one trial per unit.
 """
 
 from __future__ import annotations
