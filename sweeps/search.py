@@ -6,14 +6,18 @@ planned ε is over budget without starting it. This searcher asks Optuna for a c
 plans its privacy spend (pure, instant), and:
 
 - over budget: tells Optuna the trial was pruned and records it as skipped, using no compute;
-- within budget: hands it to Ray Tune; per-epoch accuracy goes to Optuna as intermediate values
-  (single objective); a trial stopped before its planned epochs is told as PRUNED, others as
-  COMPLETE with accuracy (single objective) or (accuracy, ε) (multi-objective).
+- within budget: hands it to Ray Tune; accuracy at the pruning rungs and the last epoch goes to
+  Optuna as intermediate values (single objective); a trial stopped before its planned epochs
+  is told as PRUNED, others as COMPLETE with accuracy (single objective) or (accuracy, ε)
+  (multi-objective), each as soon as its last epoch arrives.
 
-With ``vectorize`` (see :mod:`sweeps.packing`), one suggestion is a pack: up to N admitted
-configurations asked of Optuna at once (Optuna's ask-and-tell takes several open trials) that
-share model, data and steps, trained together by one Ray trial and told to Optuna one by one.
-A configuration that cannot join the pack being built waits for the next suggestion.
+With ``vectorize`` (see :mod:`sweeps.packing`), one suggestion is a pack: admitted
+configurations asked of Optuna in a batch (Optuna's ask-and-tell takes several open trials)
+that share model, data and steps, trained together by one Ray trial and told to Optuna one by
+one. A configuration that cannot join the pack being built waits for the next suggestion.
+
+Asking (TPE) and planning run in two Ray actors on the driver's machine, batches ahead of Tune's
+requests; the driver's part is to hand out what they planned and to tell Optuna the results.
 
 The study lives in an Optuna journal file in the sweep folder (``--resume`` continues it);
 Optuna's sqlite storage cost a database transaction per ask, suggestion and epoch report, which
@@ -223,8 +227,9 @@ class BudgetedOptunaSearch(Searcher):
     PLAN_AHEAD = 2
 
     def plan_ahead(self) -> None:
-        """Keep ``PLAN_AHEAD`` batches being asked and planned by the planner actor (it does not
-        wait for them). Tune's control loop calls this after each of its steps (``sweeps.runner``)."""
+        """Keep ``PLAN_AHEAD`` batches being asked and planned by the asker and planner actors
+        (without waiting for them). Tune's control loop calls this after each of its steps
+        (``sweeps.runner.PlanAheadPump``)."""
         if self._planner is None:
             return  # started by the first suggestion (_collect)
         while len(self._planning) < self.PLAN_AHEAD:
