@@ -19,7 +19,7 @@ import torch
 from dp_core.data import load_dataset
 from dp_core.federated import FederatedPlan, partition, plan_federated, split_flat, to_flat
 from sweeps.planning import PlannedTrial
-from sweeps.tracking import trial_key
+from sweeps.keys import trial_key
 
 __all__ = ["FederatedPlannedTrial", "plan_federated_trial"]
 

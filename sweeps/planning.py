@@ -15,7 +15,7 @@ from dp_core.config import TrainConfig
 from dp_core.data import canonical_train_size
 from dp_core.federated import is_federated
 from dp_core.plan import PrivacyPlan, plan_privacy
-from sweeps.tracking import trial_key
+from sweeps.keys import trial_key
 
 __all__ = ["PlannedTrial", "EpsilonBudget", "plan_trial"]
 

@@ -38,7 +38,8 @@ from sweeps.pruning import BandedSuccessiveHalving, epsilon_band
 from sweeps.search import BudgetedOptunaSearch, ended_normally, trial_outcome
 from sweeps.space import SearchSpace
 from sweeps.tracking import SweepTracker
-from sweeps.trial import encode_spec, run_trial, trial_spec
+from sweeps.trainable import run_trial
+from sweeps.trial import encode_spec, trial_spec
 
 __all__ = ["SweepStats", "run_trials", "connect_ray"]
 

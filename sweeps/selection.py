@@ -475,7 +475,7 @@ def select_trials(space: SearchSpace, admitted: Sequence[PlannedTrial], *,
     ``numpy.random.default_rng(space.seed)``: a resumed sweep draws the same trials. Raises
     ConfigError when K = 0 (Poisson): the sweep then releases nothing.
     """
-    from sweeps.tracking import trial_key
+    from sweeps.keys import trial_key
 
     selection = space.private_selection
     if selection is None:

@@ -15,7 +15,6 @@ sweeps:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -38,6 +37,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from sweeps.frontier import Point  # noqa: E402
+from sweeps.keys import trial_key  # noqa: E402  (re-exported: callers identify runs by it)
 
 __all__ = ["SweepTracker", "TrackingUnavailable", "trial_key", "OUTCOMES"]
 
@@ -63,12 +63,6 @@ def _is_unreachable(error: BaseException) -> bool:
         return ("failed with exception" in text or "Max retries exceeded" in text
                 or "TEMPORARILY_UNAVAILABLE" in str(error.error_code) or "database is locked" in text)
     return False
-
-
-def trial_key(train_config: Mapping[str, Any]) -> str:
-    """A stable identity for a trial: the hash of its flat configuration."""
-    text = json.dumps(dict(train_config), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # sqlite files (real paths) whose connections in this process use a write-ahead log; see _fast_sqlite.
