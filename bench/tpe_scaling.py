@@ -1,8 +1,11 @@
-"""How Optuna's TPE cost per suggestion grows with the study, for a dpsweep-shaped study.
+"""Optuna's TPE cost per suggestion vs study size, refitted per suggestion and fitted once per pack.
 
-Three log-uniform parameters (target ε, C, lr, as in ``bench/spaces/digits_bench.yaml``); four
-trials in five pruned after their first rung, the rest completed; in-memory storage, so only the
-sampler is timed. At each study size, the mean time of 20 asks (three suggestions each).
+A dpsweep-shaped study: three log-uniform parameters (target ε, C, lr, as in
+``bench/spaces/digits_bench.yaml``); four trials in five pruned after their first rung, the rest
+completed; 50 trials left running (the packs in flight); in-memory storage, so only the sampler
+is timed. At each study size, two identically seeded studies with the same history are asked
+for one pack of ``PACK`` configurations: Optuna's TPESampler (one fit per suggestion) and
+dpsweep's :class:`sweeps.batch_tpe.BatchTPESampler` inside ``one_fit`` (one fit per pack).
 
     python bench/tpe_scaling.py        # prints a table, writes bench/results/tpe-scaling-<date>.json
 """
@@ -13,12 +16,19 @@ import json
 import os
 import platform
 import random
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sweeps.batch_tpe import BatchTPESampler  # noqa: E402
+
 SIZES = (500, 1000, 2000, 4000)
+PACK = 48  # configurations of one digits pack (sweeps.packing.AUTO_PACK_SIZE's rounds)
+RUNNING = 50
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:
@@ -29,30 +39,62 @@ def _ask(study: optuna.Study) -> optuna.Trial:
     return trial
 
 
+def _grow(study: optuna.Study, rng: random.Random, count: int) -> None:
+    for _ in range(count):
+        trial = _ask(study)
+        trial.report(rng.random(), 5)
+        if rng.random() < 0.8:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            trial.report(rng.random(), 15)
+            study.tell(trial, rng.random())
+
+
+def _time_pack(study: optuna.Study, *, batched: bool) -> float:
+    """Seconds to ask one pack; the pack's trials are then told pruned (as most are)."""
+    sampler = study.sampler
+    started = time.perf_counter()
+    if batched:
+        assert isinstance(sampler, BatchTPESampler)
+        with sampler.one_fit():
+            pack = [_ask(study) for _ in range(PACK)]
+    else:
+        pack = [_ask(study) for _ in range(PACK)]
+    seconds = time.perf_counter() - started
+    for trial in pack:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return seconds
+
+
 def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
-    rng = random.Random(0)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    studies = {"per_suggestion": optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0)),
+               "per_pack": optuna.create_study(direction="maximize", sampler=BatchTPESampler(seed=0))}
+    rngs = {name: random.Random(0) for name in studies}
+    grown = 0
     rows = []
     for size in SIZES:
-        while len(study.trials) < size:
-            trial = _ask(study)
-            trial.report(rng.random(), 5)
-            if rng.random() < 0.8:
+        row: dict[str, float] = {"trials": size}
+        for name, study in studies.items():
+            _grow(study, rngs[name], size - grown)
+            running = [_ask(study) for _ in range(RUNNING)]
+            row[f"ms_per_suggestion_{name}"] = _time_pack(study, batched=name == "per_pack") / PACK * 1000
+            for trial in running:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                trial.report(rng.random(), 15)
-                study.tell(trial, rng.random())
-        started = time.perf_counter()
-        for _ in range(20):
-            study.tell(_ask(study), state=optuna.trial.TrialState.PRUNED)
-        rows.append({"trials": size, "ms_per_suggestion": (time.perf_counter() - started) / 20 * 1000})
-        print(f"{size:6d} trials: {rows[-1]['ms_per_suggestion']:6.1f} ms per suggestion (ask + 3 parameters)")
+        grown = size + RUNNING + PACK
+        row["ratio"] = row["ms_per_suggestion_per_suggestion"] / row["ms_per_suggestion_per_pack"]
+        rows.append(row)
+        print(f"{size:6d} trials: {row['ms_per_suggestion_per_suggestion']:6.1f} ms per suggestion fitted per "
+              f"suggestion, {row['ms_per_suggestion_per_pack']:5.2f} ms fitted once per pack of {PACK}: "
+              f"{row['ratio']:.0f}x", flush=True)
     out = Path(__file__).resolve().parent / "results" / f"tpe-scaling-{time.strftime('%Y-%m-%d')}.json"
-    out.write_text(json.dumps({"benchmark": "Optuna TPE cost per suggestion vs study size", "optuna": optuna.__version__,
-                               "machine": {"processor": platform.processor() or platform.machine(),
-                                           "cpus": os.cpu_count(), "python": platform.python_version()},
-                               "results": rows}, indent=2))
+    out.write_text(json.dumps({
+        "benchmark": "Optuna TPE cost per suggestion vs study size: one fit per suggestion vs one per pack",
+        "optuna": optuna.__version__, "pack": PACK, "running_trials": RUNNING,
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
+        "results": rows}, indent=2))
     print(f"→ {out}")
     return 0
 
