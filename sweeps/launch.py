@@ -259,6 +259,10 @@ def _run(args: argparse.Namespace) -> int:
     print(report.summary())
     if selection_privacy is not None:
         print("\n" + selection_privacy.summary())
+        if "seed" in space.fixed and space.private_selection is None and selection_privacy.trials_run > 1:
+            print(f"  Every trial trained with fixed.seed = {space.fixed['seed']}: one noise stream for all, so the "
+                  "trials are not independent mechanisms and no composition above bounds releasing several of "
+                  "them. Without fixed.seed each trial draws its own seed.")
     if audit_result is not None:
         print(audit_result.summary())
     print(f"\ntrials: {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}"

@@ -110,7 +110,7 @@ def plan_grid(space: Any, *, workers: int | None = None) -> list[PlannedTrial]:
 
     groups: dict[str, list[tuple[int, tuple[dict[str, Any], str, dict[str, Any], str]]]] = {}
     for index, values in enumerate(space.grid_axis_values()):
-        config = space.trial_config(values)
+        config = space.trial_config(values, number=index)
         mechanism = json.dumps({k: config.get(k) for k in _MECHANISM_KEYS}, sort_keys=True, default=str)
         groups.setdefault(mechanism, []).append((index, (config, f"trial_{index:04d}", values, str(space.source))))
     workers = min(workers or os.cpu_count() or 1, len(groups))

@@ -130,7 +130,7 @@ def _plan(study: optuna.Study, space: SearchSpace, plan: Callable[[dict[str, Any
     for number, trial_id, values, name in asked:
         started = time.monotonic()
         try:
-            planned, error = plan(space.trial_config(values), name), None
+            planned, error = plan(space.trial_config(values, number=number), name), None
         except ValueError as failure:  # ConfigError: e.g. a target ε no σ reaches
             planned, error = None, str(failure)
         seconds = time.monotonic() - started

@@ -14,7 +14,7 @@ A search space is a small YAML file (shipped ones live in the ``search_spaces`` 
     objective: single               # single | multi
     pruner: asha                    # asha | none
     resources: {cpus: 1, gpus: 0}
-    seed: 0
+    seed: 0                         # the sweep's: Optuna's sampler, and each trial's own training seed
     kind: train                     # train | federated (FedAvg over DP-SGD clients)
     vectorize: auto                 # auto | off | N: configurations trained at once per unit of work
     private_selection: {distribution: poisson, mean: 10}   # optional, grid only: see below
@@ -33,6 +33,12 @@ from that distribution and run K grid points drawn uniformly with replacement, s
 the best model has Papernot–Steinke's guarantee (:mod:`sweeps.selection`). The theorem needs
 i.i.d. runs of one mechanism, so it is refused with search: optuna (adaptive), pruner: asha
 (runs depend on each other), a trials cap, a seed axis and kind: federated.
+
+Each trial trains with its own seed (model init, Poisson sampling, noise), drawn from ``seed``
+and the trial's number (:meth:`SearchSpace.trial_seed`), unless the space sets one itself
+(``fixed.seed`` or a ``seed`` axis). Trials that shared one noise stream would not be
+independent runs, and the sweep's privacy statement composes its trials as independent
+mechanisms (:mod:`sweeps.selection`).
 
 ``vectorize`` packs trials that share a model, data and steps into one unit of work trained by
 ``dp_core.vectorized.train_vectorized`` (up to N configurations at once, a unit holding several
@@ -55,6 +61,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 import search_spaces
@@ -232,8 +239,10 @@ class SearchSpace:
         _check_trial_configs(changed, self.source)
         return changed
 
-    def trial_config(self, axis_values: Mapping[str, Any]) -> dict[str, Any]:
-        """``fixed`` ∪ ``axis_values`` ∪ ``{"epsilon_budget": budget}`` as one flat mapping."""
+    def trial_config(self, axis_values: Mapping[str, Any], *, number: int | None = None) -> dict[str, Any]:
+        """``fixed`` ∪ ``axis_values`` ∪ ``{"epsilon_budget": budget}`` as one flat mapping; for the
+        sweep's trial ``number`` (grid index, Optuna trial number), with its own training seed
+        (:meth:`trial_seed`) when the space sets none."""
         for key in axis_values:
             if key not in self.axes:
                 raise dp_config.unknown_key_error(str(key), tuple(self.axes), where=f"axes of {self.source}")
@@ -242,7 +251,16 @@ class SearchSpace:
             merged["kind"] = KIND
         if self.epsilon_budget is not None and "epsilon_budget" not in merged:
             merged["epsilon_budget"] = self.epsilon_budget
+        if number is not None and "seed" not in merged:
+            merged["seed"] = self.trial_seed(number)
         return merged
+
+    def trial_seed(self, number: int) -> int:
+        """The training seed of the sweep's trial ``number``: a 62-bit hash of (sweep seed, number),
+        so trials draw independent streams (two equal among 10,000 trials: odds ~1e-11) and a
+        resumed sweep's trials draw the ones they drew before."""
+        words = np.random.SeedSequence([self.seed, number]).generate_state(2, dtype=np.uint32)
+        return (int(words[0]) << 30) ^ int(words[1])  # < 2**62: the trainer adds 1 and 2 to it
 
     def _axis_values(self) -> dict[str, list[Any]]:
         return {

@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.frontier import Point, pareto_front
+from sweeps.space import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -72,6 +73,10 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
     assert parent.data.params["epsilon_budget"] == "6.0" and parent.data.params["accountant"] == "rdp"
     assert "version.opacus" in parent.data.params
     assert len(children) == 4  # one child run per grid point, skipped ones included
+    # Each trial trained with its own seed, the one its grid index gives: independent runs.
+    seeds = {c.info.run_name: int(c.data.params["seed"]) for c in children}
+    assert seeds == {f"trial_{i:04d}": load_space(str(space)).trial_seed(i) for i in range(4)}
+    assert len(set(seeds.values())) == 4
 
     outcomes = {c.info.run_name: c.data.tags["dpsweep.outcome"] for c in children}
     assert outcomes["trial_0002"] == outcomes["trial_0003"] == "skipped_over_budget"
@@ -233,6 +238,7 @@ def test_optuna_search_skips_over_budget_suggestions_and_tells_optuna(tmp_path: 
     for child in children:
         for m in client.get_metric_history(child.info.run_id, "epsilon"):
             assert m.value <= 4.0
+    assert len({c.data.params["seed"] for c in children}) == len(children)  # each its own noise stream
 
     # The Optuna study saw every suggestion: trained ones complete, over-budget ones pruned.
     from sweeps.search import journal_storage
