@@ -231,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
     # What releasing the selected model costs, the search included (sweeps.selection).
     selection_privacy = None
     if space.kind == "train":
-        from sweeps.selection import TrialMechanism, sweep_privacy
+        from sweeps.selection import TrialMechanism, shared_seed_note, sweep_privacy
 
         ran = runnable if grid is not None else TrialMechanism.from_points(points)
         selection_privacy = sweep_privacy(space, admitted=admitted if grid is not None else ran, trials_run=ran,
@@ -259,10 +259,9 @@ def _run(args: argparse.Namespace) -> int:
     print(report.summary())
     if selection_privacy is not None:
         print("\n" + selection_privacy.summary())
-        if "seed" in space.fixed and space.private_selection is None and selection_privacy.trials_run > 1:
-            print(f"  Every trial trained with fixed.seed = {space.fixed['seed']}: one noise stream for all, so the "
-                  "trials are not independent mechanisms and no composition above bounds releasing several of "
-                  "them. Without fixed.seed each trial draws its own seed.")
+        shared_seeds = shared_seed_note(points)
+        if shared_seeds is not None:
+            print(shared_seeds)
     if audit_result is not None:
         print(audit_result.summary())
     print(f"\ntrials: {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}"

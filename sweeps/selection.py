@@ -186,6 +186,24 @@ class TrialMechanism:
         )
 
 
+def shared_seed_note(points: Iterable[Point]) -> str | None:
+    """A line for the privacy summary when trials among ``points`` trained with the same seed
+    (``fixed.seed``, or a seed axis with other axes beside it), else None.
+
+    Trials that share a seed share their noise stream and Poisson masks: they are not the
+    independent mechanisms that any composition of the trials is about.
+    """
+    seed_of: dict[str, Any] = {}
+    for point in points:
+        seed_of.setdefault(point.run_id or point.trial, point.params.get("seed"))
+    distinct = len(set(seed_of.values()))
+    if distinct == len(seed_of):
+        return None
+    return (f"  {len(seed_of)} trials trained with {distinct} distinct seed{'' if distinct == 1 else 's'}: trials "
+            "that share a seed share one noise stream, so they are not independent mechanisms and no composition "
+            "above bounds releasing them together. Without fixed.seed or a seed axis each trial draws its own seed.")
+
+
 def _mechanism(trial: Any) -> TrialMechanism:
     """A TrialMechanism from itself, a PrivacyPlan, or anything with a ``.plan`` (a PlannedTrial)."""
     if isinstance(trial, TrialMechanism):

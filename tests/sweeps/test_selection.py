@@ -14,6 +14,7 @@ from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant, compute_epsi
 
 from dp_core._validate import ConfigError
 from dp_core.accounting import RDP_ORDERS
+from sweeps.frontier import Point
 from sweeps.planning import plan_trial
 from sweeps.selection import (
     TrialMechanism,
@@ -21,6 +22,7 @@ from sweeps.selection import (
     largest_trial_epsilon,
     naive_composition_epsilon,
     select_trials,
+    shared_seed_note,
     sweep_epsilon,
     sweep_privacy,
 )
@@ -254,3 +256,15 @@ def test_mechanism_from_logged_params_reads_mlflow_strings() -> None:
     assert TrialMechanism.from_params(params) == TrialMechanism(noise_multiplier=1.1, sample_rate=0.0890744606819763,
                                                                  steps=220)
     assert TrialMechanism.from_params({**params, "disable_dp": "True"}).noise_multiplier == 0.0
+
+
+def test_trials_that_share_a_seed_are_named_in_the_privacy_summary() -> None:
+    def points(seeds: list[str]) -> list[Point]:  # two epochs per trial, params as MLflow holds them
+        return [Point(epsilon=1.0, accuracy=0.5, run_id=f"run{i}", trial=f"trial_{i:04d}", epoch=epoch,
+                      params={"lr": "0.5", "seed": seed}) for i, seed in enumerate(seeds) for epoch in (1, 2)]
+
+    assert shared_seed_note(points(["11", "12", "13"])) is None  # each trial its own seed
+    note = shared_seed_note(points(["5", "5", "5"]))  # fixed.seed: 5
+    assert note is not None and "3 trials trained with 1 distinct seed:" in note and "not independent" in note
+    note = shared_seed_note(points(["0", "1", "0", "1"]))  # a seed axis beside an lr axis
+    assert note is not None and "4 trials trained with 2 distinct seeds:" in note
