@@ -11,7 +11,6 @@ Run ``python -m dp_core.train --help`` for the command line.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Callable
@@ -36,7 +35,8 @@ class EpochReport:
 
     epoch: int
     steps: int
-    train_loss: float
+    # No training loss: the mean of unclipped per-example losses is an un-noised statistic of the
+    # training data. Test loss and accuracy are measured on data never trained on.
     test_loss: float
     test_accuracy: float
     epsilon: float
@@ -69,7 +69,11 @@ class StopTraining(Exception):
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the run's results are meaningless."""
+    """The training loss became NaN or infinite; the run's results are meaningless.
+
+    The message names the epoch and the hyperparameters, never the loss: it is logged (an MLflow
+    tag), and the loss is an un-noised statistic of the training data.
+    """
 
 
 def resolve_device(device: str) -> torch.device:
@@ -188,7 +192,9 @@ def train(
     steps = 0
     checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        # Loaded on the CPU: generators take their state only as a CPU ByteTensor, and the model's
+        # and optimizer's load_state_dict copy onto the parameters' device themselves.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state["config"] != config.to_dict():
             raise ConfigError(
                 f"Expected checkpoint {checkpoint} to belong to this configuration, but it was written "
@@ -201,8 +207,13 @@ def train(
         sampling_generator.set_state(state["sampling_rng"])
         noise_generator.set_state(state["noise_rng"].to(noise_generator.get_state().device))
         torch.set_rng_state(state["torch_rng"])
+        # Dropout on a GPU draws from the CUDA generators, not the CPU one: without their state a
+        # resumed run would add the same noise but drop other units. Older checkpoints lack it.
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         steps = state["steps"]
-        reports = [EpochReport(**r) for r in state["reports"]]
+        # Checkpoints written before train_loss was withdrawn from the reports still hold it.
+        reports = [EpochReport(**{k: v for k, v in r.items() if k != "train_loss"}) for r in state["reports"]]
 
     stopped_early = bool(reports) and reports[-1].stopped_by_budget
     last_saved = time.monotonic()
@@ -212,8 +223,8 @@ def train(
         epoch += 1
         epoch_steps = min(plan.steps_per_epoch, plan.max_steps - steps)
         started = time.perf_counter()
+        # Summed only to detect divergence; never reported (see EpochReport).
         loss_sum = torch.zeros((), device=device)
-        seen = 0
         for indices, ends_step in poisson_batches(
             num_examples=train_size, sample_rate=plan.sample_rate, steps=epoch_steps,
             generator=sampling_generator, max_physical_batch_size=config.max_physical_batch_size,
@@ -225,7 +236,6 @@ def train(
                 continue  # under DP an empty Poisson batch is still a step: it releases pure noise
             loss = step.backward(images, labels)  # the engine's protocol (hooks, ghost, bk), empty batches included
             loss_sum += loss * len(indices)
-            seen += len(indices)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ends_step:
@@ -233,10 +243,9 @@ def train(
                 if scheduler is not None:
                     scheduler.step()
         train_seconds = time.perf_counter() - started
-        train_loss = loss_sum.item() / max(seen, 1)
-        if not math.isfinite(train_loss):
+        if not torch.isfinite(loss_sum).item():
             raise TrainingDiverged(
-                f"train loss became {train_loss} in epoch {epoch} (lr={config.optimizer.lr}, "
+                f"the loss became non-finite in epoch {epoch} (lr={config.optimizer.lr}, "
                 f"max_grad_norm={privacy.max_grad_norm}); lower the learning rate."
             )
         started = time.perf_counter()
@@ -244,7 +253,7 @@ def train(
         eval_seconds = time.perf_counter() - started
         stopped_early = steps >= plan.max_steps and plan.max_steps < plan.planned_steps
         report = EpochReport(
-            epoch=epoch, steps=steps, train_loss=train_loss, test_loss=test_loss,
+            epoch=epoch, steps=steps, test_loss=test_loss,
             test_accuracy=test_accuracy, epsilon=plan.epsilon_at(steps), delta=plan.delta,
             accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
             train_seconds=train_seconds, eval_seconds=eval_seconds, stopped_by_budget=stopped_early,
@@ -258,7 +267,10 @@ def train(
                 "optimizer": base_optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "sampling_rng": sampling_generator.get_state(), "noise_rng": noise_generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "steps": steps,
+                "torch_rng": torch.get_rng_state(),
+                # Only a run on a GPU draws from the CUDA generators; asking others would start CUDA.
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                "steps": steps,
                 "reports": [r.to_dict() for r in reports],
             })
         if on_epoch is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -286,7 +285,7 @@ def train_vectorized(
         max_grad_norm, expected_batch_size = all_max_grad_norms[index], all_expected_batch_sizes[index]
         started = time.perf_counter()
         size = len(running)
-        loss_sum, seen = torch.zeros(size, device=device), [0] * size
+        loss_sum = torch.zeros(size, device=device)  # only to detect divergence; never reported, as in train()
         # Each configuration's own stream, drawn epoch by epoch exactly as train() draws it.
         streams = [poisson_batches(num_examples=train_size, sample_rate=plans[0].sample_rate,
                                    steps=plans[0].steps_per_epoch, generator=sampling_generators[k]) for k in running]
@@ -297,18 +296,17 @@ def train_vectorized(
             summed, batch_loss = _clipped_sums(clipping, params, buffers, indices, train_images, train_labels,
                                                max_grad_norm=max_grad_norm, chunk=first.max_physical_batch_size)
             loss_sum += batch_loss
-            seen = [n + len(i) for n, i in zip(seen, indices)]
             optimizer.step(params, {
                 name: (total + _noise(noise_std, total, step_generators)) / _per_config(expected_batch_size, total)
                 for name, total in summed.items()
             })
         train_seconds = (time.perf_counter() - started) / size
-        train_loss = [total / max(n, 1) for total, n in zip(loss_sum.tolist(), seen)]
-        diverged = tuple(running[row] for row, loss in enumerate(train_loss) if not math.isfinite(loss))
+        finite = torch.isfinite(loss_sum).tolist()
+        diverged = tuple(running[row] for row, ok in enumerate(finite) if not ok)
         if diverged:
-            details = "; ".join(f"config {k}: loss {train_loss[running.index(k)]} (lr={configs[k].optimizer.lr}, "
+            details = "; ".join(f"config {k} (lr={configs[k].optimizer.lr}, "
                                 f"max_grad_norm={configs[k].privacy.max_grad_norm})" for k in diverged)
-            raise ConfigsDiverged(f"train loss became non-finite in epoch {len(reports[diverged[0]]) + 1} for "
+            raise ConfigsDiverged(f"the loss became non-finite in epoch {len(reports[diverged[0]]) + 1} for "
                                   f"{details}; lower the learning rate.", config_indices=diverged)
         started = time.perf_counter()
         test_loss, test_accuracy = _evaluate(logits_of, params, buffers, test_images, test_labels,
@@ -319,7 +317,7 @@ def train_vectorized(
             epoch = len(reports[k]) + 1
             steps = epoch * plans[k].steps_per_epoch
             epoch_reports[k] = EpochReport(
-                epoch=epoch, steps=steps, train_loss=train_loss[row], test_loss=test_loss[row],
+                epoch=epoch, steps=steps, test_loss=test_loss[row],
                 test_accuracy=test_accuracy[row], epsilon=plans[k].epsilon_at(steps), delta=plans[k].delta,
                 accountant=plans[k].accountant, noise_multiplier=plans[k].noise_multiplier,
                 train_seconds=train_seconds, eval_seconds=eval_seconds,

@@ -38,7 +38,6 @@ def round_metrics(report: RoundReport, *, rounds_planned: int) -> dict[str, Any]
         "steps": max(report.client_steps),
         "test_accuracy": report.test_accuracy,
         "test_loss": report.test_loss,
-        "train_loss": report.train_loss,
         "epsilon": _finite_or_minus_one(report.epsilon),
         "delta": report.delta,
         "accountant": report.accountant,

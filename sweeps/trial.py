@@ -63,7 +63,6 @@ def epoch_metrics(report: EpochReport, *, epochs_planned: int) -> dict[str, Any]
         "steps": report.steps,
         "test_accuracy": report.test_accuracy,
         "test_loss": report.test_loss,
-        "train_loss": report.train_loss,
         "epsilon": report.epsilon if math.isfinite(report.epsilon) else -1.0,
         "delta": report.delta,
         "accountant": report.accountant,

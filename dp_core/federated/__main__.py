@@ -89,7 +89,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[TrainConfig, FederatedC
 
 def _print_round(report: RoundReport, *, rounds: int) -> None:
     print(f"round {report.round}/{rounds}: global test accuracy {report.test_accuracy:.4f} "
-          f"(test loss {report.test_loss:.4f}, clients' train loss {report.train_loss:.4f})", flush=True)
+          f"(test loss {report.test_loss:.4f})", flush=True)
     for client, epsilon in enumerate(report.client_epsilons):
         spent = PrivacySpent(epsilon=epsilon, delta=report.delta, accountant=report.accountant)
         print(f"  client {client}: {spent}, {report.client_steps[client]} steps", flush=True)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
-import time
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -69,14 +67,17 @@ class ClientSetup:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ClientUpdate:
-    """What a client sends back after a round: its parameters and its FedAvg weight n_i."""
+    """What a client sends back after a round: its parameters and its FedAvg weight n_i, nothing else.
 
-    index: int
+    The parameters are the global model moved by clipped, noised gradients only (the round's DP
+    output; the zoo's models hold no buffers, which would be un-noised statistics), and the shard
+    size is the FedAvg weight the server needs. Anything else measured on the shard (its training
+    loss, its own timing, which follows the Poisson batch sizes) is an un-noised statistic of the
+    client's data and stays on the client; the order of the updates says which client sent which.
+    """
+
     num_examples: int
     state: dict[str, torch.Tensor]
-    train_loss: float
-    steps: int
-    seconds: float
 
 
 def _own_rng(device: torch.device) -> contextlib.AbstractContextManager:
@@ -147,31 +148,29 @@ class LocalClient:
         training from the global model, as in FedAvg (McMahan et al. 2017, "Communication-
         Efficient Learning of Deep Networks from Decentralized Data", Algorithm 1).
         """
-        started = time.perf_counter()
         self.module.load_state_dict(global_state)
         self.base_optimizer.state.clear()
         self.optimizer.zero_grad(set_to_none=True)
         with _own_rng(self.device), _threads(self.num_threads):
             torch.manual_seed(_stream(self.setup.seed, _DROPOUT, round_index))  # dropout masks
             self.model.train()
-            loss_sum, seen = self._steps(self.setup.steps_per_round)
-        train_loss = loss_sum / max(seen, 1)
-        if not math.isfinite(train_loss):
+            finite = self._steps(self.setup.steps_per_round)
+        if not finite:
             lr, clip = self.setup.config.optimizer.lr, self.setup.config.privacy.max_grad_norm
             raise TrainingDiverged(
-                f"client {self.setup.index}'s train loss became {train_loss} in round {round_index} "
+                f"client {self.setup.index}'s loss became non-finite in round {round_index} "
                 f"(lr={lr}, max_grad_norm={clip}); lower the learning rate."
             )
         state = {key: value.detach().to("cpu", copy=True) for key, value in self.module.state_dict().items()}
-        return ClientUpdate(index=self.setup.index, num_examples=self.setup.num_examples, state=state,
-                            train_loss=train_loss, steps=self.setup.steps_per_round,
-                            seconds=time.perf_counter() - started)
+        return ClientUpdate(num_examples=self.setup.num_examples, state=state)
 
-    def _steps(self, steps: int) -> tuple[float, int]:
-        """``steps`` logical DP-SGD steps on Poisson batches of the shard (dp_core.train's loop)."""
+    def _steps(self, steps: int) -> bool:
+        """``steps`` logical DP-SGD steps on Poisson batches of the shard (dp_core.train's loop).
+
+        Returns whether the loss stayed finite; the loss itself never leaves the client.
+        """
         private = self.setup.private
         loss_sum = torch.zeros((), device=self.device)
-        seen = 0
         for indices, ends_step in poisson_batches(
             num_examples=self.setup.num_examples, sample_rate=self.setup.sample_rate, steps=steps,
             generator=self.sampling_generator, max_physical_batch_size=self.setup.config.max_physical_batch_size,
@@ -182,9 +181,8 @@ class LocalClient:
             indices = indices.to(self.device)
             loss = self.step.backward(self.images[indices], self.labels[indices])  # the engine's protocol
             loss_sum += loss * len(indices)
-            seen += len(indices)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if ends_step and self.scheduler is not None:
                 self.scheduler.step()
-        return loss_sum.item(), seen
+        return bool(torch.isfinite(loss_sum).item())

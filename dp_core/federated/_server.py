@@ -33,11 +33,14 @@ __all__ = ["RoundReport", "FederatedResult", "fed_avg", "partition_data", "train
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RoundReport:
-    """What one round produced. ``epsilon`` is the maximum of ``client_epsilons`` (at ``delta``)."""
+    """What one round produced. ``epsilon`` is the maximum of ``client_epsilons`` (at ``delta``).
+
+    Nothing measured on the clients' data is reported: a client sends only its noised parameters
+    and its shard size (see ``ClientUpdate``); losses and accuracy are the global model's on test data.
+    """
 
     round: int
     client_steps: tuple[int, ...]  # each client's DP-SGD steps so far
-    train_loss: float  # the clients' local losses, averaged with the FedAvg weights
     test_loss: float
     test_accuracy: float
     epsilon: float
@@ -156,7 +159,6 @@ def train_federated(
             weights = [update.num_examples for update in updates]
             model.load_state_dict(fed_avg([update.state for update in updates], weights))
             train_seconds = time.perf_counter() - started
-            train_loss = sum(u.train_loss * w for u, w in zip(updates, weights, strict=True)) / sum(weights)
 
             started = time.perf_counter()
             test_loss, test_accuracy = evaluate(model, test_images, test_labels, batch_size=config.test_batch_size)
@@ -165,7 +167,7 @@ def train_federated(
             client_epsilons = plan.client_epsilons(round_index)
             report = RoundReport(
                 round=round_index, client_steps=tuple(c.steps_after(round_index) for c in plan.clients),
-                train_loss=train_loss, test_loss=test_loss, test_accuracy=test_accuracy,
+                test_loss=test_loss, test_accuracy=test_accuracy,
                 epsilon=max(client_epsilons), client_epsilons=client_epsilons, delta=plan.delta,
                 accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
                 train_seconds=train_seconds, eval_seconds=eval_seconds, stopped_by_budget=stopped_early,

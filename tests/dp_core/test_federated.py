@@ -20,6 +20,7 @@ from dp_core.federated import (
     ClientSetup,
     FederatedConfig,
     InProcessExecutor,
+    LocalClient,
     RoundReport,
     client_seed,
     fed_avg,
@@ -30,7 +31,7 @@ from dp_core.federated import (
     to_flat,
     train_federated,
 )
-from dp_core.train import StopTraining
+from dp_core.train import StopTraining, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = load_dataset("digits")
@@ -104,6 +105,32 @@ def test_fedavg_of_identical_clients_equals_one_clients_model() -> None:
         together = fed_avg([u.state for u in updates], [u.num_examples for u in updates])
         assert _same_state(together, alone)
     assert not _same_state(alone, state)  # it did train
+
+
+# ---- what a client releases --------------------------------------------------------------------
+
+
+def test_a_client_sends_only_its_noised_parameters_and_its_shard_size() -> None:
+    shard = torch.arange(300)
+    setup = _setup(shard)
+    global_state = {k: v.clone() for k, v in LocalClient(setup).module.state_dict().items()}
+    client = LocalClient(setup)
+    update = client.train_round(global_state, round_index=1)
+    assert {field.name for field in dataclasses.fields(update)} == {"state", "num_examples"}
+    assert update.num_examples == len(shard)
+    # The state is the model's parameters and nothing else the client computed (no buffers).
+    assert update.state.keys() == {name for name, _ in client.module.named_parameters()}
+    # The same client without noise (same batches, same everything else) sends other parameters: they are noised.
+    noiseless = LocalClient(dataclasses.replace(setup, noise_multiplier=0.0)).train_round(global_state, round_index=1)
+    assert not _same_state(update.state, noiseless.state)
+
+
+def test_rounds_report_no_training_loss_and_a_diverging_client_does_not_reveal_its_loss() -> None:
+    assert "train_loss" not in {field.name for field in dataclasses.fields(RoundReport)}
+    train, federated = split_flat({**FAST, "disable_dp": True, "lr": 1e30, "clients": 2, "rounds": 2})
+    with pytest.raises(TrainingDiverged, match="lower the learning rate") as caught:
+        train_federated(train, federated, data=DIGITS)
+    assert "non-finite" in str(caught.value) and "nan" not in str(caught.value).lower()
 
 
 # ---- partition ---------------------------------------------------------------------------------
@@ -263,6 +290,7 @@ def test_command_line_prints_accuracy_and_every_clients_epsilon_with_delta_and_a
         assert sum(line.strip().startswith(f"client {client}: ε = ") and "(δ = 1e-05, RDP accountant)" in line
                    for line in lines) == 2
     assert "max over clients" in done.stdout
+    assert "train loss" not in done.stdout  # an un-noised statistic of the clients' data
 
     bad = subprocess.run([sys.executable, "-m", "dp_core.federated", "--clients", "0"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})

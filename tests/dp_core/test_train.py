@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from dp_core import accounting
 from dp_core.config import TrainConfig
-from dp_core.data import load_dataset
-from dp_core.train import EpochReport, StopTraining, TrainingDiverged, train
+from dp_core.data import DatasetSplits, load_dataset
+from dp_core.models import build_model
+from dp_core.train import EpochReport, StopTraining, TrainingDiverged, TrainResult, train
 
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = load_dataset("digits")
 FAST = {"model": "mlp", "epochs": 3, "batch_size": 256, "lr": 2.0, "max_grad_norm": 0.5}
 
@@ -102,7 +112,101 @@ def test_per_layer_clipping_adam_cosine_and_virtual_batches_train() -> None:
     assert result.final.test_accuracy > 0.3
 
 
-def test_nan_loss_is_reported_as_diverged() -> None:
+def test_nan_loss_is_reported_as_diverged_without_its_value() -> None:
     config = TrainConfig.from_dict({**FAST, "epochs": 2, "disable_dp": True, "lr": 1e30})
-    with pytest.raises(TrainingDiverged, match="lower the learning rate"):
+    with pytest.raises(TrainingDiverged, match="lower the learning rate") as caught:
         train(config, data=DIGITS)
+    # The message is logged (an MLflow tag): it says that the loss diverged, not what it was.
+    assert "non-finite" in str(caught.value) and "nan" not in str(caught.value).lower()
+
+
+# ---- what is released -------------------------------------------------------------------------
+
+
+def test_no_training_loss_is_reported_or_printed(tmp_path: Path) -> None:
+    """The training loss is an un-noised statistic of the training data: no report or output holds it."""
+    assert "train_loss" not in {field.name for field in dataclasses.fields(EpochReport)}
+    saved = tmp_path / "metrics.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "dp_core.train", "--dataset", "digits", "--epochs", "1", "--sigma", "1.0",
+         "--metrics-json", str(saved)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert printed == json.loads(saved.read_text())
+    assert "train_loss" not in printed and "test_loss" in printed and "test_accuracy" in printed
+    assert "train_loss" not in done.stderr and "train loss" not in done.stderr  # nor in the progress bar
+
+
+# ---- resuming: every random stream restored -----------------------------------------------------
+
+
+def _padded_to_28(data: DatasetSplits) -> DatasetSplits:
+    """Digits framed in 28x28 (background around them), so mnist_cnn, the zoo's model with dropout, runs on it."""
+
+    def pad(split: TensorDataset) -> TensorDataset:
+        images, labels = split.tensors
+        return TensorDataset(torch.nn.functional.pad(images, (10, 10, 10, 10), value=images.min().item()), labels)
+
+    return dataclasses.replace(data, train=pad(data.train), test=pad(data.test), input_shape=(1, 28, 28))
+
+
+DIGITS_28 = _padded_to_28(DIGITS)
+DROPOUT = {**FAST, "model": "mnist_cnn", "epochs": 2, "lr": 0.5, "noise_multiplier": 1.0}
+
+
+def _stop_after_first(report: EpochReport) -> None:
+    if report.epoch == 1:
+        raise StopTraining
+
+
+def _interrupted_then_resumed(config: TrainConfig, checkpoint: Path, data: DatasetSplits) -> TrainResult:
+    partial = train(config, data=data, checkpoint_path=checkpoint, on_epoch=_stop_after_first)
+    assert len(partial.reports) == 1 and checkpoint.exists()
+    return train(config, data=data, checkpoint_path=checkpoint)
+
+
+def _without_timings(result: TrainResult) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.to_dict().items() if not k.endswith("_seconds")} for r in result.reports]
+
+
+def test_resumed_run_with_dropout_draws_the_same_masks(tmp_path: Path) -> None:
+    """Dropout draws from torch's global generator: a resumed run must continue its stream, not restart it."""
+    model = build_model("mnist_cnn", input_shape=DIGITS_28.input_shape, num_classes=DIGITS_28.num_classes)
+    assert any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in model.modules())
+    config = TrainConfig.from_dict({**DROPOUT, "device": "cpu"})
+    uninterrupted = train(config, data=DIGITS_28)
+    resumed = _interrupted_then_resumed(config, tmp_path / "state.pt", DIGITS_28)
+    assert _without_timings(resumed) == _without_timings(uninterrupted)
+    for a, b in zip(resumed.model.parameters(), uninterrupted.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_from_before_cuda_rng_and_without_train_loss_still_resumes(tmp_path: Path) -> None:
+    config = TrainConfig.from_dict({**FAST, "epochs": 2, "noise_multiplier": 1.2})
+    uninterrupted = train(config, data=DIGITS)
+    checkpoint = tmp_path / "state.pt"
+    train(config, data=DIGITS, checkpoint_path=checkpoint, on_epoch=_stop_after_first)
+    # As written before the CUDA generators were saved and while reports still carried the training loss.
+    state = torch.load(checkpoint, weights_only=False)
+    del state["cuda_rng"]
+    state["reports"] = [{**r, "train_loss": 0.0} for r in state["reports"]]
+    torch.save(state, checkpoint)
+    resumed = train(config, data=DIGITS, checkpoint_path=checkpoint)
+    assert _without_timings(resumed) == _without_timings(uninterrupted)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resumed_run_on_a_gpu_restores_the_cuda_generators(tmp_path: Path) -> None:
+    """On a GPU dropout draws from the CUDA generator, which the checkpoint must carry."""
+    config = TrainConfig.from_dict({**DROPOUT, "device": "cuda"})
+    # cuDNN may pick nondeterministic kernels; dropout masks, the thing under test, differ far more than they do.
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+        uninterrupted = train(config, data=DIGITS_28)
+        checkpoint = tmp_path / "state.pt"
+        resumed = _interrupted_then_resumed(config, checkpoint, DIGITS_28)
+    assert torch.load(checkpoint, weights_only=False)["cuda_rng"] is not None
+    for a, b in zip(resumed.model.parameters(), uninterrupted.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert resumed.final.test_accuracy == pytest.approx(uninterrupted.final.test_accuracy, abs=1.01 / len(DIGITS.test))

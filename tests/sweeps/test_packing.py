@@ -119,7 +119,7 @@ def _sweep(tmp_path: Path, vectorize: str) -> dict[str, dict]:
             "outcome": run.data.tags["dpsweep.outcome"], "status": run.info.status,
             **{key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key),
                                                         key=lambda m: m.step)]
-               for key in ("test_accuracy", "epsilon", "train_loss")},
+               for key in ("test_accuracy", "epsilon", "test_loss", "train_loss")},
         }
         for name, run in children.items()
     }
@@ -137,8 +137,9 @@ def test_a_packed_sweep_logs_each_member_as_the_trial_it_would_be_alone(tmp_path
         assert mine["epsilon"] == theirs["epsilon"]  # the same plan, to the last bit
         for (step, a), (_, b) in zip(mine["test_accuracy"], theirs["test_accuracy"]):
             assert a == pytest.approx(b, abs=1.01 / 360), (name, step)  # at most one test example flips
-        for (step, a), (_, b) in zip(mine["train_loss"], theirs["train_loss"]):
+        for (step, a), (_, b) in zip(mine["test_loss"], theirs["test_loss"]):
             assert a == pytest.approx(b, rel=1e-3), (name, step)
+        assert mine["train_loss"] == theirs["train_loss"] == []  # an un-noised statistic: never logged
 
 
 OPTUNA_SPACE = """
