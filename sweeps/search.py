@@ -40,10 +40,14 @@ import ray
 from ray.tune.search import Searcher
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from sweeps.adaptive import RdpFilter
 from sweeps.batch_tpe import BatchTPESampler
+from sweeps.ledger import LedgerEntry, PrivacyLedger
 from sweeps.packing import AUTO_PACK_SIZE, group_key, member_rows, pack_capacity, pack_limit, pack_spec
 from sweeps.planning import EpsilonBudget, PlannedTrial
+from sweeps.selection import TrialMechanism
 from sweeps.space import Range, SearchSpace
+from sweeps.sweep_secret import SAMPLER, derived_seed
 from sweeps.trial import encode_spec
 
 __all__ = ["BudgetedOptunaSearch", "ended_normally", "trial_outcome", "journal_storage"]
@@ -100,6 +104,11 @@ class _Asked:
     planned: PlannedTrial | None
     error: str | None
     plan_seconds: float
+
+
+def _sampler_seed(space: SearchSpace, stream: int) -> int | None:
+    """The sampler's seed: from the sweep's root seed (secret unless the space sets one)."""
+    return None if space.seed is None else derived_seed(space.seed, SAMPLER, stream) % 2**32  # numpy's legacy seeding
 
 
 def _sampler(space: SearchSpace, *, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -178,6 +187,8 @@ class BudgetedOptunaSearch(Searcher):
         study_name: str,
         plan: Callable[[dict[str, Any], str], PlannedTrial],
         on_skip: Callable[[PlannedTrial | None, dict[str, Any], str], None],
+        ledger: PrivacyLedger | None = None,
+        sweep_filter: RdpFilter | None = None,
         max_consecutive_skips: int = 200,
     ) -> None:
         multi = space.objective == "multi"
@@ -190,6 +201,9 @@ class BudgetedOptunaSearch(Searcher):
         self.on_skip = on_skip
         self.budget = EpsilonBudget(space.epsilon_budget)
         self.max_consecutive_skips = max_consecutive_skips
+        self.ledger = ledger  # every configuration handed out is recorded here before it runs
+        self.sweep_filter = sweep_filter  # the sweep's RDP filter (sweeps.adaptive), if the space sets one
+        self._filter_spent: float | None = None  # RDP at the filter's order of the admitted trials
         self.planning_seconds = 0.0  # driver time spent planning suggestions (σ, per-epoch ε)
         self.board_name: str | None = None  # the sweep's pruning board, passed on to packs
         self.slots = 1  # trials the cluster runs at once: the last packs are cut to keep them all busy
@@ -197,6 +211,7 @@ class BudgetedOptunaSearch(Searcher):
         self._asked: dict[str, int] = {}  # member key -> its open Optuna trial's id, for intermediate values
         self._last_rows: dict[str, dict[str, Any]] = {}  # member key -> its latest epoch metrics
         self._reported: set[tuple[str, int]] = set()  # (member key, epoch) told to Optuna
+        self._finished: set[int] | None = None  # numbers of the study's finished trials (see _is_finished)
         self._rungs: frozenset[int] | None = None  # the pruning board's rung epochs
         self._waiting: list[_Asked] = []  # admitted, not yet in a pack
         self._issued = 0  # configurations handed to Ray (space.trials caps them, not the packs)
@@ -212,7 +227,7 @@ class BudgetedOptunaSearch(Searcher):
             multi = self.space.objective == "multi"
             self._study = optuna.create_study(
                 storage=journal_storage(self.storage), study_name=self.study_name,
-                sampler=_sampler(self.space, seed=self.space.seed),
+                sampler=_sampler(self.space, seed=_sampler_seed(self.space, 0)),
                 load_if_exists=True,
                 directions=["maximize", "minimize"] if multi else ["maximize"],
             )
@@ -258,7 +273,7 @@ class BudgetedOptunaSearch(Searcher):
             on_this_machine = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
             self._asker = ray.remote(num_cpus=0)(_Asker).options(scheduling_strategy=on_this_machine).remote(
                 self.space, self.storage, self.study_name,
-                None if self.space.seed is None else self.space.seed + 1)  # not the driver's stream again
+                _sampler_seed(self.space, 1))  # not the driver's stream again
             self._planner = ray.remote(num_cpus=0)(_Planner).options(scheduling_strategy=on_this_machine).remote(
                 self.space, self.storage, self.study_name, self.plan)
             count = min(self._batch_size(), self._pack_width() * max(self.slots, 1))
@@ -297,16 +312,33 @@ class BudgetedOptunaSearch(Searcher):
                 return None  # the trial cap is reached
             asked = self._ready.pop(0)
             if asked.planned is None:
+                self._mark_finished(asked.number)
                 self.study.tell(asked.number, state=optuna.trial.TrialState.FAIL)
                 self.on_skip(None, {"name": asked.name, **asked.values}, str(asked.error))
                 continue
-            reason = self.budget.rejects(asked.planned)
+            reason = self.budget.rejects(asked.planned) or self._filter_rejects(asked.planned)
             if reason is not None:
+                self._mark_finished(asked.number)
                 self.study.tell(asked.number, state=optuna.trial.TrialState.PRUNED)
                 self.on_skip(asked.planned, asked.values, reason)
                 continue
             return asked
         return None
+
+    def _filter_rejects(self, planned: PlannedTrial) -> str | None:
+        """The sweep filter's reason to refuse ``planned``, or None (then it is charged at once:
+        every admitted configuration is handed out, and one left waiting only over-charges)."""
+        if self.sweep_filter is None:
+            return None
+        if self._filter_spent is None:
+            # Charged from the ledger: what a resumed sweep handed out before counts too.
+            entries = self.ledger.entries() if self.ledger is not None else []
+            self._filter_spent = sum(self.sweep_filter.cost(entry.mechanism()) for entry in entries)
+        mechanism = TrialMechanism.from_plan(planned.plan)
+        reason = self.sweep_filter.rejects(self._filter_spent, mechanism)
+        if reason is None:
+            self._filter_spent += self.sweep_filter.cost(mechanism)
+        return reason
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """The next pack (or lone trial) of planned configurations within the budget.
@@ -356,6 +388,10 @@ class BudgetedOptunaSearch(Searcher):
                     self._waiting.append(candidate)
                     continue
             members.append(candidate)
+        if self.ledger is not None:
+            # Before Tune has the configuration: no worker can train it unrecorded.
+            self.ledger.record(LedgerEntry.from_spec(asked.planned.spec(), public_seed=self.space.public_seed)
+                               for asked in members)
         self._issued += len(members)
         self._live[trial_id] = {asked.planned.key: asked.number for asked in members}
         self._asked.update({asked.planned.key: asked.trial_id for asked in members})
@@ -370,14 +406,14 @@ class BudgetedOptunaSearch(Searcher):
             if key not in number_of:
                 continue  # told already (a lone trial's last result comes twice, see on_trial_complete)
             for row in epochs:
-                self._take_epoch(key, row)
+                self._take_epoch(key, number_of[key], row)
             if ended_normally(self._last_rows.get(key)):
                 # A pack's member is told when it ends, not when its pack does: TPE learns from
                 # it sooner, and the pack's end does not wait on dozens of tells.
                 self._asked.pop(key, None)
                 self._tell(number_of.pop(key), self._last_rows.pop(key), error=False)
 
-    def _take_epoch(self, key: str, row: dict[str, Any]) -> None:
+    def _take_epoch(self, key: str, number: int, row: dict[str, Any]) -> None:
         stale = row.get("epoch", -1) < self._last_rows.get(key, {}).get("epoch", -1)
         if "epoch" not in row or (stale and not row.get("diverged")):
             return  # not an epoch, or one reported before (a pack that started over)
@@ -386,7 +422,8 @@ class BudgetedOptunaSearch(Searcher):
             return  # Optuna does not take intermediate values for multi-objective studies
         trial_id = self._asked.get(key)
         if trial_id is not None and "test_accuracy" in row and not row.get("diverged") \
-                and (key, row["epoch"]) not in self._reported and self._tells_optuna(row):
+                and (key, row["epoch"]) not in self._reported and not self._is_finished(number) \
+                and self._tells_optuna(row):
             # The planner actor asked it: an optuna.Trial of the driver's study is made from its id.
             optuna.trial.Trial(self.study, trial_id).report(row["test_accuracy"], step=int(row["epoch"]))
             self._reported.add((key, row["epoch"]))
@@ -415,7 +452,23 @@ class BudgetedOptunaSearch(Searcher):
             row = self._last_rows.pop(key, None)
             self._tell(number, row, error=error and not ended_normally(row))
 
+    def _is_finished(self, number: int) -> bool:
+        """Whether Optuna's trial ``number`` is already finished in the study.
+
+        A resumed sweep replays what it ran before the interruption: a restored pack trains its
+        members again, and those that had ended were told then. Optuna refuses to tell (or take
+        intermediate values of) a finished trial, so each trial is told once, whatever replays.
+        The set is read from the study once, then kept up to date by this searcher, the study's
+        only teller.
+        """
+        if self._finished is None:
+            self._finished = {t.number for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()}
+        return number in self._finished
+
     def _tell(self, number: int, result: dict[str, Any] | None, *, error: bool) -> None:
+        if self._is_finished(number):
+            return  # told before an interruption; its replay changes nothing
+        self._mark_finished(number)
         outcome = trial_outcome(result, error=error)
         states = optuna.trial.TrialState
         if outcome == "failed":
@@ -428,12 +481,22 @@ class BudgetedOptunaSearch(Searcher):
             epsilon = float(result["epsilon"]) if result["epsilon"] >= 0 else math.inf
             self.study.tell(number, [accuracy, epsilon] if self.space.objective == "multi" else accuracy)
 
+    def _mark_finished(self, number: int) -> None:
+        if self._finished is not None:
+            self._finished.add(number)
+
     def close(self) -> None:
-        """Stop the asker and planner actors (the sweep is over, or interrupted)."""
+        """Stop the asker and planner actors (the sweep is over, or interrupted) and mark FAIL
+        what they asked ahead that no trial will run."""
+        if self._planning:
+            # Let batches in flight finish asking, so that none is left open in the study.
+            ray.wait([ref for _, ref in self._planning], num_returns=len(self._planning), timeout=30)
         for actor in (self._asker, self._planner):
             if actor is not None:
                 ray.kill(actor)
         self._asker, self._planner, self._planning = None, None, []
+        if self._study is not None:
+            self.fail_abandoned()
 
     # Ray saves searchers with the experiment; the study itself is already in its journal file.
     def save(self, checkpoint_path: str) -> None:
@@ -444,6 +507,32 @@ class BudgetedOptunaSearch(Searcher):
         with open(checkpoint_path, "rb") as handle:
             state = pickle.load(handle)
         self._live, self._issued = state["live"], state.get("issued", 0)
+        if self.ledger is not None:
+            # Trials handed out after Tune's last save count against the cap too (the ledger has them).
+            self._issued = max(self._issued, sum(e.role == "trial" for e in self.ledger.entries()))
+        self._finished = None  # re-read from the study: it may have been told more after this save
+        self._filter_spent = None  # re-read from the ledger
+        self.fail_abandoned()
+
+    def fail_abandoned(self) -> list[int]:
+        """Mark FAIL the study's RUNNING trials that no restored Ray trial will run; return their numbers.
+
+        When the launcher dies, the trials Tune had in hand are restored and resumed (and told
+        once). The others that were open in the study are not: configurations asked and planned
+        ahead but not yet handed out, and trials handed out after Tune's last save of its state
+        (their workers died with the launcher). They can never end on their own, so each is told
+        FAIL, with the reason as its ``dpsweep.fail_reason`` user attribute.
+        """
+        resumed = {number for members in self._live.values() for number in members.values()}
+        abandoned = [t for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                     if t.number not in resumed]
+        for trial in abandoned:
+            optuna.trial.Trial(self.study, trial._trial_id).set_user_attr(
+                "dpsweep.fail_reason", "the launcher stopped before this trial could finish, and no resumed "
+                "Ray trial runs it (asked ahead of use, or handed out after Tune's last saved state)")
+            self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        self._finished = None
+        return [t.number for t in abandoned]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -115,6 +115,7 @@ class SweepTracker:
         self._run_ids: dict[str, str] = {}  # trial key -> child run id
         self._last_step: dict[str, int] = {}  # trial key -> last epoch logged (for reopened runs)
         self._opened: set[str] = set()  # trial keys whose run this tracker created or reopened
+        self.ended_before: set[str] = set()  # trial keys whose run had ended when a resumed sweep reopened the parent
         self._offline = False
         self._last_retry = 0.0
 
@@ -277,6 +278,9 @@ class SweepTracker:
                 key = run.data.tags.get("dpsweep.trial_key")
                 if key is not None:
                     self._run_ids.setdefault(key, run.info.run_id)
+                    # KILLED runs were interrupted (close_orphans) and run again; these had an outcome.
+                    if run.info.status in ("FINISHED", "FAILED"):
+                        self.ended_before.add(key)
             token = page.token
             if not token:
                 break
