@@ -55,6 +55,7 @@ __all__ = [
     "AuditBound",
     "AuditResult",
     "insert_canaries",
+    "audit_config",
     "canary_scores",
     "p_value",
     "epsilon_lower_bound",
@@ -273,6 +274,21 @@ def epsilon_lower_bound(
 # ---- one audited training run -----------------------------------------------------------------
 
 
+def audit_config(config: TrainConfig, data: DatasetSplits, *, canaries: int = 500, canary_kind: str = "ood",
+                 canary_seed: int = 0) -> tuple[TrainConfig, int]:
+    """The configuration :func:`audit` trains and the size of its training set (canaries in).
+
+    With a batch size, q is pinned to ``batch_size / (N + m/2)``: from data-independent sizes
+    only, so every canary faces the same mechanism. A caller that accounts for the audit's run
+    plans its privacy from these two.
+    """
+    augmented, _ = insert_canaries(data, count=canaries, kind=canary_kind, seed=canary_seed)
+    if config.batch_size is not None:
+        base = len(data.train) - (canaries if canary_kind == "mislabelled" else 0)
+        config = config.replace(sample_rate=config.batch_size / (base + canaries / 2))
+    return config, len(augmented.train)
+
+
 def audit(
     config: TrainConfig,
     *,
@@ -292,10 +308,7 @@ def audit(
     data = data if data is not None else load_dataset(config.data.dataset, root=config.data.data_root,
                                                       download=config.data.download)
     augmented, canary_set = insert_canaries(data, count=canaries, kind=canary_kind, seed=seed)
-    if config.batch_size is not None:
-        # q from data-independent sizes only, so every canary faces the same mechanism.
-        base = len(data.train) - (canaries if canary_kind == "mislabelled" else 0)
-        config = config.replace(sample_rate=config.batch_size / (base + canaries / 2))
+    config, _ = audit_config(config, data, canaries=canaries, canary_kind=canary_kind, canary_seed=seed)
     result = train(config, data=augmented)
     scores = canary_scores(result.model, canary_set)
     bound = epsilon_lower_bound(scores, canary_set.included, delta=result.plan.delta, confidence=confidence)

@@ -19,7 +19,7 @@ import torch
 from dp_core.data import load_dataset
 from dp_core.federated import FederatedPlan, partition, plan_federated, split_flat, to_flat
 from sweeps.planning import PlannedTrial
-from sweeps.keys import trial_key
+from sweeps.keys import released_params, trial_key
 
 __all__ = ["FederatedPlannedTrial", "plan_federated_trial"]
 
@@ -53,7 +53,7 @@ class FederatedPlannedTrial(PlannedTrial):
             per_client[f"client_{client.client}.sample_rate"] = client.sample_rate
             per_client[f"client_{client.client}.planned_epsilon"] = eps if math.isfinite(eps) else "inf"
         return {
-            **self.train_config,
+            **released_params(self.train_config),
             **{f"axis.{k}": v for k, v in self.axis_values.items()},
             "planned_epsilon": self.planned_epsilon if math.isfinite(self.planned_epsilon) else "inf",
             # The client whose ε is the run's: its sampling rate and total steps.
@@ -84,5 +84,5 @@ def plan_federated_trial(
     plan = plan_federated(config.replace(epsilon_budget=None), federated, shard_sizes=[len(s) for s in shards])
     resolved = config.replace(noise_multiplier=plan.noise_multiplier) if plan.private else config
     flat = to_flat(resolved, federated)
-    return FederatedPlannedTrial(name=name, key=trial_key(flat), axis_values=dict(axis_values), train_config=flat,
+    return FederatedPlannedTrial(name=name, key=trial_key(flat, name=name), axis_values=dict(axis_values), train_config=flat,
                                  plan=plan)

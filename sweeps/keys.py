@@ -1,4 +1,4 @@
-"""A trial's identity: the hash of its flat configuration.
+"""A trial's identity: the hash of its flat configuration and its name, never of its seed.
 
 Its own module because the planner, the trial workers and the tracker all need it, and the
 workers should not import MLflow (a second of start-up each) to get a hash.
@@ -11,10 +11,23 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["trial_key"]
+__all__ = ["trial_key", "released_params"]
 
 
-def trial_key(train_config: Mapping[str, Any]) -> str:
-    """A stable identity for a trial: the hash of its flat configuration."""
-    text = json.dumps(dict(train_config), sort_keys=True, default=str)
+def trial_key(train_config: Mapping[str, Any], *, name: str | None = None) -> str:
+    """A stable identity for a trial: the hash of its flat configuration without the seed, and its
+    name (unique in a sweep, so two trials of one configuration stay two trials).
+
+    The key is a tag in MLflow: a hash of the seed would let anyone with the configuration test
+    guesses of a seed, which must stay secret (:mod:`sweeps.sweep_secret`).
+    """
+    identity = released_params(train_config)
+    if name is not None:
+        identity["name"] = name
+    text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def released_params(train_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat configuration as it may be shown or logged: without the training seed."""
+    return {k: v for k, v in train_config.items() if k != "seed"}

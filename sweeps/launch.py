@@ -9,6 +9,7 @@ holds and attach it (CSV, PNG, per-bucket best) to the parent run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -94,12 +95,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     launched = time.monotonic()
+    from sweeps import sweep_secret
     from sweeps.planning import EpsilonBudget, plan_grid
     from sweeps.space import load_space
 
+    # Everything the sweep writes (Tune's state with the trials' seeds, the secret, the ledger,
+    # Ray's session files) is for its owner only.
+    os.umask(0o077)
     space = load_space(args.space)
     if args.search or args.trials:
         space = space.with_overrides(search=args.search, trials=args.trials)
+    results_dir = args.results_dir.resolve()
+    sweep_name = _sweep_name(space.name, results_dir, args.resume)
+    sweep_dir = results_dir / sweep_name
+    # The root of every random choice: the one an earlier launch kept, or a new secret (kept once
+    # planning has passed). A space that sets seed: keeps its own, public one.
+    kept_root = sweep_secret.read(sweep_dir) if args.resume else None
+    space = space.with_secret_seed(kept_root if kept_root is not None else sweep_secret.draw())
     budget = EpsilonBudget(space.epsilon_budget)
     # Plan before touching Ray or MLflow: any bad value fails here with nothing created.
     planning_started = time.monotonic()
@@ -131,12 +143,11 @@ def _run(args: argparse.Namespace) -> int:
             f"Expected a grid sweep of kind: train with --audit (it retrains the best planned trial), but got "
             f"search={space.search!r}, kind={space.kind!r} in {space.source}."
         )
-    results_dir = args.results_dir.resolve()
-    sweep_name = _sweep_name(space.name, results_dir, args.resume)
 
     import mlflow
 
     from sweeps import runner
+    from sweeps.ledger import LEDGER_FILE, PrivacyLedger
     from sweeps.planning import plan_trial
     from sweeps.report import FrontierReport
     from sweeps.search import BudgetedOptunaSearch
@@ -159,9 +170,16 @@ def _run(args: argparse.Namespace) -> int:
         )
     except TrackingUnavailable as error:
         raise ConfigError(f"{error}. Start the tracking server or pass another --tracking-uri.") from None
+    if not space.public_seed:
+        sweep_secret.keep(sweep_dir, space.seed)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    ledger = PrivacyLedger(sweep_dir / LEDGER_FILE)
     print(f"sweep {sweep_name}: space {space.name} ({space.search}), ε budget {space.epsilon_budget} "
           f"(δ = {delta:g}, {accountant.upper()} accountant); MLflow {tracking_uri}, "
           f"experiment {args.experiment!r}, parent run {tracker.parent_run_id}", flush=True)
+    if space.public_seed:
+        print(f"note: {PUBLIC_SEED_CAVEAT}", flush=True)
+        tracker.log_sweep_tags({"dpsweep.privacy_caveat": PUBLIC_SEED_CAVEAT})
 
     skipped = 0
 
@@ -179,25 +197,27 @@ def _run(args: argparse.Namespace) -> int:
     if grid is not None:
         for trial in over_budget:
             on_skip(trial, dict(trial.axis_values), budget.rejects(trial) or "")
-        print(f"{len(grid)} grid points: {len(runnable)} to run, {skipped} skipped over budget", flush=True)
+        to_run = "K drawn" if space.private_selection is not None else str(len(runnable))
+        print(f"{len(grid)} grid points: {to_run} to run, {skipped} skipped over budget", flush=True)
         if space.private_selection is not None:
-            print(f"private selection: drew K = {len(runnable)} trials ({space.private_selection.distribution}, mean "
-                  f"{space.private_selection.mean:g}), uniformly with replacement from the {len(admitted)} admitted "
-                  "grid points, each with its own seed", flush=True)
+            # Not K: the sweep ε holds only while K is unknown (sweeps.selection).
+            print(f"private selection: drew the trial count K ~ {space.private_selection.distribution} (mean "
+                  f"{space.private_selection.mean:g}) and each trial uniformly from the {len(admitted)} admitted "
+                  "grid points, with its own secret seed; K is not shown", flush=True)
     else:
         results_dir.mkdir(parents=True, exist_ok=True)
         searcher = BudgetedOptunaSearch(
             space, storage=results_dir / f"{sweep_name}-optuna.journal", study_name=sweep_name,
             plan=lambda values, name: plan_trial(values, name=name, axis_values={
                 k: values[k] for k in space.axes}, where=str(space.source)),
-            on_skip=on_skip,
+            on_skip=on_skip, ledger=ledger, sweep_filter=_sweep_filter(space, delta),
         )
 
     runner.connect_ray(args.address)
     slots = _slots(space)
     callback, results = runner.run_trials(space, tracker=tracker, storage_path=results_dir, name=sweep_name,
                                           grid=runnable, searcher=searcher, resume=args.resume is not None,
-                                          slots=int(slots), time_budget_s=args.time_budget)
+                                          slots=int(slots), time_budget_s=args.time_budget, ledger=ledger)
     stats = callback.stats
     if tracker.offline:
         tracker.flush()  # the server may be back by now
@@ -230,12 +250,21 @@ def _run(args: argparse.Namespace) -> int:
     frontier_dir = results_dir / sweep_name / "frontier"
     # What releasing the selected model costs, the search included (sweeps.selection).
     selection_privacy = None
+    audit_result = None
     if space.kind == "train":
-        from sweeps.selection import TrialMechanism, shared_seed_note, sweep_privacy
+        from sweeps.selection import shared_seed_note, sweep_privacy
 
-        ran = runnable if grid is not None else TrialMechanism.from_points(points)
-        selection_privacy = sweep_privacy(space, admitted=admitted if grid is not None else ran, trials_run=ran,
-                                          delta=delta)
+        best = report.best()
+        if args.audit and best is not None:
+            audit_result = _audit_best(runnable, best, ledger=ledger)
+        # Every run that touched the data, from the sweep's own ledger (not from MLflow): trials
+        # that diverged or died before logging, earlier launches of a resumed sweep, the audit.
+        ran = ledger.mechanisms()
+        selection_privacy = sweep_privacy(
+            space, admitted=admitted if grid is not None else ran, trials_run=ran, delta=delta,
+            adaptive=grid is None, sweep_filter=_sweep_filter(space, delta))
+        selection_privacy = dataclasses.replace(
+            selection_privacy, audit_runs=sum(entry.role == "audit" for entry in ledger.entries()))
     for path in report.write(frontier_dir, title=space.name,
                              extra_lines=selection_privacy.plot_lines() if selection_privacy else None):
         tracker.log_artifact(str(path))
@@ -248,9 +277,10 @@ def _run(args: argparse.Namespace) -> int:
                                "best_accuracy_epsilon": best.epsilon if best else float("nan")})
     if selection_privacy is not None:
         tracker.log_sweep_metrics(selection_privacy.metrics())
-    audit_result = _audit_best(runnable, best) if args.audit and best is not None else None
     if audit_result is not None:
         tracker.log_sweep_metrics(audit_result.metrics())
+    if selection_privacy is not None and selection_privacy.sweep_epsilon is not None and best is not None:
+        tracker.log_artifact(str(_write_release(sweep_dir / "release", best, selection_privacy)))
     outcomes = tracker.read_or(tracker.outcomes, lambda: dict(callback.outcomes, skipped_over_budget=skipped))
     tracker.log_sweep_tags({f"dpsweep.trials.{k}": v for k, v in outcomes.items()})
     tracker.end_sweep()
@@ -259,7 +289,7 @@ def _run(args: argparse.Namespace) -> int:
     print(report.summary())
     if selection_privacy is not None:
         print("\n" + selection_privacy.summary())
-        shared_seeds = shared_seed_note(points)
+        shared_seeds = shared_seed_note(ledger.entries())
         if shared_seeds is not None:
             print(shared_seeds)
     if audit_result is not None:
@@ -284,14 +314,73 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_best(trials: list[Any], best: Any) -> Any:
-    """Retrain the best trial's configuration with canaries (dp_core.audit), in this process."""
-    from dp_core.audit import audit
+PUBLIC_SEED_CAVEAT = (
+    "this space fixes its randomness (seed:, fixed.seed or a seed axis): a reproducible research run. Every ε "
+    "printed and logged holds only against someone who does not know that seed; whoever has the space file can "
+    "regenerate each trial's noise. Remove the seeds for a secret seed drawn per sweep."
+)
+
+
+def _write_release(folder: Path, best: Any, privacy: Any) -> Path:
+    """``selected_model.json``: what a private-selection sweep releases, and nothing else.
+
+    The selected configuration, its score and the sweep ε that covers them. Not K, not the
+    seed, not the other trials: knowing K voids the sweep ε (sweeps.selection), and the rest is
+    covered only by naive composition. Everything else stays with the team, in MLflow.
+    """
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "selected_model.json"
+    hyperparameters = {k.removeprefix("axis."): v for k, v in best.params.items() if k.startswith("axis.")}
+    path.write_text(json.dumps({
+        "hyperparameters": hyperparameters, "epoch": best.epoch, "test_accuracy": best.accuracy,
+        "sweep_epsilon": privacy.sweep_epsilon, "delta": privacy.delta, "accountant": privacy.accountant,
+        "guarantee": f"best of K ~ {privacy.distribution} (mean {privacy.mean:g}) random trials, Papernot & Steinke 2022",
+    }, indent=2) + "\n")
+    return path
+
+
+def _sweep_filter(space: Any, delta: float) -> Any:
+    """The RDP filter of an Optuna sweep with sweep_epsilon_budget (sweeps.adaptive), else None."""
+    if space.sweep_epsilon_budget is None:
+        return None
+    from sweeps.adaptive import RdpFilter
+
+    try:
+        return RdpFilter.for_budget(epsilon=space.sweep_epsilon_budget, delta=delta)
+    except ValueError as error:
+        raise ConfigError(f"{error} (in {space.source})") from None
+
+
+def _audit_best(trials: list[Any], best: Any, *, ledger: Any) -> Any:
+    """Retrain the best trial's configuration with canaries (dp_core.audit), in this process.
+
+    A data-dependent extra training run: it draws fresh randomness (a new secret seed, not the
+    trial's: the same seed would replay the trial's noise) and is recorded in the ledger, so the
+    sweep's naive composition counts it.
+    """
+    from dp_core.audit import audit, audit_config
     from dp_core.config import TrainConfig
+    from dp_core.data import load_dataset
+    from dp_core.plan import plan_privacy
+    from sweeps import sweep_secret
+    from sweeps.keys import trial_key
+    from sweeps.ledger import LedgerEntry
+    from sweeps.selection import TrialMechanism
 
     trial = next(t for t in trials if t.name == best.trial)
-    print(f"auditing {trial.name} (retrained with canaries) ...", flush=True)
-    return audit(TrainConfig.from_dict(dict(trial.train_config)))
+    print(f"auditing {trial.name} (retrained with canaries and a fresh seed) ...", flush=True)
+    config = TrainConfig.from_dict({**trial.train_config, "seed": sweep_secret.draw()})
+    data = load_dataset(config.data.dataset, root=config.data.data_root, download=config.data.download)
+    canary_seed = sweep_secret.draw()
+    audited, train_size = audit_config(config, data, canary_seed=canary_seed)
+    mechanism = TrialMechanism.from_plan(plan_privacy(audited, train_size=train_size))
+    name = f"audit_of_{trial.name}"
+    ledger.record([LedgerEntry(key=trial_key(trial.train_config, name=name), name=name, role="audit",
+                               noise_multiplier=mechanism.noise_multiplier, sample_rate=mechanism.sample_rate,
+                               steps=mechanism.steps)])
+    return audit(config, data=data, seed=canary_seed)
 
 
 def _slots(space: Any) -> float:

@@ -15,7 +15,7 @@ from dp_core.config import TrainConfig
 from dp_core.data import canonical_train_size
 from dp_core.federated import is_federated
 from dp_core.plan import PrivacyPlan, plan_privacy
-from sweeps.keys import trial_key
+from sweeps.keys import released_params, trial_key
 
 __all__ = ["PlannedTrial", "EpsilonBudget", "plan_trial"]
 
@@ -41,9 +41,9 @@ class PlannedTrial:
                 "plan": plan}
 
     def params(self) -> dict[str, Any]:
-        """What the tracker logs as the run's params: every setting, plus the planned spend."""
+        """What the tracker logs as the run's params: every setting but the seed, plus the planned spend."""
         return {
-            **self.train_config,
+            **released_params(self.train_config),
             **{f"axis.{k}": v for k, v in self.axis_values.items()},
             "planned_epsilon": self.planned_epsilon if math.isfinite(self.planned_epsilon) else "inf",
             "sample_rate_resolved": self.plan.sample_rate,
@@ -84,7 +84,7 @@ def plan_trial(config_values: Mapping[str, Any], *, name: str, axis_values: Mapp
     plan = plan_privacy(config.replace(epsilon_budget=None), train_size=train_size)
     resolved = config.replace(noise_multiplier=plan.noise_multiplier) if plan.private else config
     flat = resolved.to_dict()
-    return PlannedTrial(name=name, key=trial_key(flat), axis_values=dict(axis_values), train_config=flat, plan=plan)
+    return PlannedTrial(name=name, key=trial_key(flat, name=name), axis_values=dict(axis_values), train_config=flat, plan=plan)
 
 
 _MECHANISM_KEYS = ("dataset", "noise_multiplier", "target_epsilon", "batch_size", "sample_rate", "epochs",

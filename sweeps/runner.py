@@ -32,6 +32,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from sweeps.federated_actors import trial_resources
 from sweeps.frontier import Point
+from sweeps.ledger import LedgerEntry, PrivacyLedger
 from sweeps.packing import member_rows, member_specs, pack_limit, pack_spec, pack_trials
 from sweeps.planning import PlannedTrial
 from sweeps.pruning import BandedSuccessiveHalving, epsilon_band
@@ -117,8 +118,11 @@ class TrackingCallback(tune.Callback):
     """Forwards trial events to the MLflow tracker and prints progress."""
 
     def __init__(self, tracker: SweepTracker, stats: SweepStats, *, total: int | None,
-                 time_budget_s: float | None = None, out: TextIO = sys.stdout):
+                 time_budget_s: float | None = None, out: TextIO = sys.stdout,
+                 ledger: PrivacyLedger | None = None, public_seed: bool = False):
         self.time_budget_s = time_budget_s
+        self.ledger = ledger  # the sweep's privacy ledger: each trial is recorded as it starts
+        self.public_seed = public_seed
         self.tracker = tracker
         self.stats = stats
         self.total = total
@@ -128,7 +132,10 @@ class TrackingCallback(tune.Callback):
         self._unlogged: dict[str, list[tuple[int, dict[str, float]]]] = {}  # epochs not yet sent to MLflow
         self._unlogged_since: dict[str, float] = {}  # member key -> when its oldest unlogged epoch came
         self._shown: set[str] = set()  # member keys with an epoch sent to MLflow already
-        self._finished: set[str] = set()  # members of running packs that have ended
+        # Members of running packs that have ended; on resume also every trial that ended before
+        # the interruption: a restored pack trains its members again, and a replayed member must
+        # not overwrite the outcome it had (a fresh pruning board can judge it otherwise).
+        self._finished: set[str] = set(tracker.ended_before)
         self.points: list[Point] = []  # every epoch this process logged, as MLflow's params are (strings)
         self._point_keys: list[str] = []  # the trial key of each point
         self.outcomes: dict[str, int] = {}
@@ -175,6 +182,10 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         members = self._members(trial)
+        if self.ledger is not None:
+            # Federated trials have no single DP-SGD mechanism to compose (their clients' ε is per shard).
+            self.ledger.record(LedgerEntry.from_spec(spec, public_seed=self.public_seed) for spec in members
+                               if spec["train"].get("kind") != "federated")
         if len(members) == 1:
             # A lone trial may run for hours: its run shows in MLflow from the start. The members
             # of a pack (seconds of training) show with their first epochs.
@@ -232,7 +243,7 @@ class TrackingCallback(tune.Callback):
 
     def _log_epoch(self, spec: dict[str, Any], row: dict[str, Any]) -> None:
         self.stats.epochs += 1
-        metrics = {k: row[k] for k in ("test_accuracy", "test_loss", "train_loss", "epoch_seconds")}
+        metrics = {k: row[k] for k in ("test_accuracy", "test_loss", "epoch_seconds")}
         metrics.update({k: v for k, v in row.items() if k.startswith("epsilon_client_") and v >= 0})  # federated
         if row["epsilon"] >= 0:
             metrics["epsilon"] = row["epsilon"]
@@ -359,6 +370,7 @@ def run_trials(
     slots: int = 1,
     max_failures: int = 2,
     time_budget_s: float | None = None,
+    ledger: PrivacyLedger | None = None,
 ) -> tuple[TrackingCallback, Any]:
     """Run the trials on Ray Tune; returns the callback (time split, points seen) and Ray's ResultGrid.
 
@@ -366,7 +378,8 @@ def run_trials(
     """
     stats = SweepStats()
     total = len(grid) if grid is not None else space.trials
-    callback = TrackingCallback(tracker, stats, total=total, time_budget_s=time_budget_s)
+    callback = TrackingCallback(tracker, stats, total=total, time_budget_s=time_budget_s, ledger=ledger,
+                                public_seed=space.public_seed)
     # Federated trials reserve one bundle per client actor; other trials, {"cpu": ..., "gpu": ...}.
     trainable = tune.with_resources(run_trial, trial_resources(space))
     experiment = storage_path / name

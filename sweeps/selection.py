@@ -52,8 +52,12 @@ The launcher also refuses ``--time-budget`` with it: trials not started by the d
 truncate K's distribution. The ε covers releasing *one* model and its hyperparameters, the best
 by a fixed score (each run's best test accuracy over its epochs, all of its checkpoints being
 covered by its own RDP), and nothing else: not K (knowing K turns the random count back into a
-fixed one), not the other trials' results, not the frontier. Those are in MLflow for the people
-running the sweep; releasing them is covered only by naive composition. Neither bound replaces
+fixed one), not the other trials' results, not the frontier. K, the picks and each run's seed
+derive from the sweep's secret root seed (:mod:`sweeps.sweep_secret`), so nobody with the space
+file can compute them; K is never printed, logged as a metric or drawn in the plot, and what is
+released is ``release/selected_model.json`` alone. The rest is in MLflow for the people running
+the sweep; releasing it is covered only by naive composition, which counts every run in the
+sweep's ledger (:mod:`sweeps.ledger`), the ``--audit`` run included. Neither bound replaces
 the other: the theorem charges every run the worst configuration, composition charges the runs
 that happened, so for a cheap draw composition can be the smaller number.
 
@@ -186,20 +190,19 @@ class TrialMechanism:
         )
 
 
-def shared_seed_note(points: Iterable[Point]) -> str | None:
-    """A line for the privacy summary when trials among ``points`` trained with the same seed
-    (``fixed.seed``, or a seed axis with other axes beside it), else None.
+def shared_seed_note(entries: Iterable[Any]) -> str | None:
+    """A line for the privacy summary when runs among the ledger's ``entries`` trained with the
+    same seed (``fixed.seed``, or a seed axis with other axes beside it), else None.
 
-    Trials that share a seed share their noise stream and Poisson masks: they are not the
-    independent mechanisms that any composition of the trials is about.
+    Runs that share a seed share their noise stream and Poisson masks: they are not the
+    independent mechanisms that any composition of the trials is about. Only seeds the space
+    itself fixes are in the ledger; the secret ones are distinct by construction.
     """
-    seed_of: dict[str, Any] = {}
-    for point in points:
-        seed_of.setdefault(point.run_id or point.trial, point.params.get("seed"))
-    distinct = len(set(seed_of.values()))
-    if distinct == len(seed_of):
+    seeds = [entry.public_seed for entry in entries if entry.role == "trial" and entry.public_seed is not None]
+    distinct = len(set(seeds))
+    if distinct == len(seeds):
         return None
-    return (f"  {len(seed_of)} trials trained with {distinct} distinct seed{'' if distinct == 1 else 's'}: trials "
+    return (f"  {len(seeds)} trials trained with {distinct} distinct seed{'' if distinct == 1 else 's'}: trials "
             "that share a seed share one noise stream, so they are not independent mechanisms and no composition "
             "above bounds releasing them together. Without fixed.seed or a seed axis each trial draws its own seed.")
 
@@ -342,47 +345,75 @@ class SelectionPrivacy:
     eta: float | None
     delta: float
     accountant: str = ACCOUNTANT
+    adaptive: bool = False  # Optuna chose the trials from earlier results (sweeps.adaptive)
+    filter_description: str | None = None  # the sweep's RDP filter, whose ε is filter_epsilon
+    filter_epsilon: float | None = None
+    audit_runs: int = 0  # of trials_run, the audit's retraining with canaries (--audit)
 
     def metrics(self) -> dict[str, float]:
-        """For the parent run: ``sweep_epsilon`` (with private selection), ``naive_composition_epsilon``, …"""
+        """For the parent run: ``sweep_epsilon`` (with private selection), ``naive_composition_epsilon``, …
+
+        With private selection the trial count stays out: knowing K turns the random count back
+        into a fixed one, and the sweep ε no longer holds.
+        """
         values = {"naive_composition_epsilon": self.naive_composition_epsilon,
-                  "largest_trial_epsilon_rdp": self.largest_trial_epsilon, "trials_run": float(self.trials_run)}
+                  "largest_trial_epsilon_rdp": self.largest_trial_epsilon}
         if self.sweep_epsilon is not None:
             values["sweep_epsilon"] = self.sweep_epsilon
+        else:
+            values["trials_run"] = float(self.trials_run)
+        if self.filter_epsilon is not None:
+            values["sweep_filter_epsilon"] = self.filter_epsilon
         return values
 
     def plot_lines(self) -> dict[str, float]:
-        """Vertical lines for the frontier plot (finite values only)."""
+        """Labelled sweep-level ε values for the frontier plot (finite values only; no trial count)."""
         lines = {}
         if self.sweep_epsilon is not None:
             lines["sweep ε (best of K random trials, RDP)"] = self.sweep_epsilon
-        lines[f"naive composition of {self.trials_run} trial{'' if self.trials_run == 1 else 's'} (RDP)"] = (
-            self.naive_composition_epsilon)
-        return {name: value for name, value in lines.items() if math.isfinite(value)}
+        if self.filter_epsilon is not None:
+            lines["sweep ε (RDP filter, adaptive)"] = self.filter_epsilon
+        name = "RDP sum of the trials run (odometer)" if self.adaptive else "naive composition of the trials (RDP)"
+        lines[name] = self.naive_composition_epsilon
+        return {label: value for label, value in lines.items() if math.isfinite(value)}
 
     def summary(self) -> str:
-        """Console lines: each ε with its accountant and δ."""
+        """Console lines: each ε with its accountant and δ (with private selection, without K)."""
         tag = f"(δ = {self.delta:g}, {self.accountant.upper()} accountant)"
         runs = f"{self.trials_run} trial{'' if self.trials_run == 1 else 's'}"
-        naive = (f"  naive composition over the {runs} run: ε = {_fmt(self.naive_composition_epsilon)} "
-                 f"{tag}; covers releasing every trial")
         largest = (f"  largest ε of one configuration alone: ε = {_fmt(self.largest_trial_epsilon)} {tag}; "
                    "not a bound for the selected model")
+        head = "Privacy of releasing the selected model (the search included):"
+        if self.adaptive:
+            reading = (f"  RDP sum over the {runs} run: ε = {_fmt(self.naive_composition_epsilon)} {tag}; an odometer "
+                       "reading, not a bound: Optuna chose each trial from earlier results")
+            if self.filter_epsilon is not None:
+                bound = (f"  sweep ε = {_fmt(self.filter_epsilon)} {tag}: releasing every trial, whatever Optuna chose "
+                         f"({self.filter_description}; trials that did not fit were skipped)")
+                return "\n".join([head, bound, reading, largest])
+            note = ("  No bound fixed in advance covers these adaptively chosen trials: set sweep_epsilon_budget in the "
+                    "space for an RDP filter whose ε holds for the whole sweep (sweeps.adaptive).")
+            return "\n".join([head, reading, largest, note])
+        among = f" (the audit's retraining among them)" if self.audit_runs else ""
+        naive = (f"  naive composition over the {runs} run{among}: ε = {_fmt(self.naive_composition_epsilon)} "
+                 f"{tag}; covers releasing every trial")
         if self.sweep_epsilon is None:
             note = ("  The selected model's own ε does not bound what the sweep leaks: which trial wins depends on "
                     "the data of every trial. With a fixed set of trials, naive composition is the bound; add "
                     "private_selection: {distribution: poisson, mean: ...} to the space for Papernot–Steinke's, "
                     "which grows with log E[K] rather than with K.")
-            return "\n".join(["Privacy of releasing the selected model (the search included):", naive, largest, note])
+            return "\n".join([head, naive, largest, note])
+        naive = (f"  naive composition over the trials run (K and the audit, if any; their count is not shown): "
+                 f"ε = {_fmt(self.naive_composition_epsilon)} {tag}; covers releasing every trial")
         shape = "" if self.eta is None else f", η = {self.eta:g}"
         selected = (f"  sweep ε = {_fmt(self.sweep_epsilon)} {tag}: releasing the best of K trials with its "
                     f"hyperparameters (not its seed, not K), K ~ {self.distribution} (mean {self.mean:g}{shape}), "
                     f"each run a uniform draw among the admitted grid points ({self.configurations} distinct DP "
                     "mechanisms; Papernot & Steinke 2022)")
-        note = ("  The sweep ε covers that one model only: K, the other trials and the frontier (all in MLflow) are "
-                "covered by naive composition, which charges the trials that ran rather than the worst one each time.")
-        return "\n".join(["Privacy of releasing the selected model (the search included):", selected, naive, largest,
-                          note])
+        note = ("  The sweep ε covers that one model only (release/selected_model.json): K, the other trials and the "
+                "frontier (for the team, in MLflow) are covered by naive composition, which charges the trials that "
+                "ran rather than the worst one each time.")
+        return "\n".join([head, selected, naive, largest, note])
 
 
 def _fmt(value: float) -> str:
@@ -430,11 +461,13 @@ def sweep_epsilon(
     )
 
 
-def sweep_privacy(space: SearchSpace, *, admitted: Sequence[Any], trials_run: Sequence[Any],
-                  delta: float) -> SelectionPrivacy:
+def sweep_privacy(space: SearchSpace, *, admitted: Sequence[Any], trials_run: Sequence[Any], delta: float,
+                  adaptive: bool = False, sweep_filter: Any = None) -> SelectionPrivacy:
     """The launcher's report: :func:`sweep_epsilon` with ``space.private_selection``, else naive composition only.
 
-    ``admitted`` are the configurations the sweep could run (for Optuna, pass the trials run).
+    ``admitted`` are the configurations the sweep could run (for Optuna, pass the trials run);
+    ``adaptive``: Optuna chose them, so their RDP sum is an odometer reading and only
+    ``sweep_filter`` (a :class:`sweeps.adaptive.RdpFilter`, if the space sets one) gives a bound.
     """
     selection = getattr(space, "private_selection", None)
     if selection is not None:
@@ -445,7 +478,9 @@ def sweep_privacy(space: SearchSpace, *, admitted: Sequence[Any], trials_run: Se
         sweep_epsilon=None, naive_composition_epsilon=naive_composition_epsilon(trials_run, delta=delta),
         largest_trial_epsilon=largest_trial_epsilon(candidates, delta=delta) if candidates else 0.0,
         trials_run=len(trials_run), configurations=len({_mechanism(t) for t in candidates}),
-        distribution=None, mean=None, eta=None, delta=float(delta),
+        distribution=None, mean=None, eta=None, delta=float(delta), adaptive=adaptive,
+        filter_description=sweep_filter.describe() if sweep_filter is not None else None,
+        filter_epsilon=sweep_filter.epsilon if sweep_filter is not None else None,
     )
 
 
@@ -487,34 +522,39 @@ def select_trials(space: SearchSpace, admitted: Sequence[PlannedTrial], *,
     Draws are with replacement and independent of the data (the admitted grid points are decided by
     planned ε alone). Each draw also gets its own random training seed (replacing any
     ``fixed.seed``), so two draws of one grid point are two independent runs and every run is the
-    same random mechanism, as the theorem requires; a seed ``base + i`` would instead tell whoever
-    sees the released model's seed that at least i + 1 trials ran. Run names are
-    ``<grid point>_seed<seed>``, never the draw index, for the same reason. ``rng`` defaults to
-    ``numpy.random.default_rng(space.seed)``: a resumed sweep draws the same trials. Raises
-    ConfigError when K = 0 (Poisson): the sweep then releases nothing.
+    same random mechanism, as the theorem requires. A run is named ``<grid point>_draw<id>`` with
+    a random id: never the draw index (a name ``_draw7`` would tell whoever sees it that at least 8
+    trials ran) and never the seed. ``rng`` defaults to one seeded from the sweep's root seed
+    (secret unless the space sets ``seed:``), so K and the picks are unknown to anyone without it,
+    and a resumed sweep draws the same trials. Raises ConfigError when K = 0 (Poisson): the sweep
+    then releases nothing.
     """
     from sweeps.keys import trial_key
+    from sweeps.sweep_secret import SELECTION, derived_seed
 
     selection = space.private_selection
     if selection is None:
         raise ConfigError(f"Expected private_selection in {space.source} to select trials at random, but it is absent.")
     if not admitted:
         raise ConfigError(f"Expected at least one admitted grid point to draw trials from in {space.source}, but got none.")
-    rng = np.random.default_rng(space.seed) if rng is None else rng
+    if rng is None:
+        if space.seed is None:
+            raise ConfigError(f"Expected the sweep's root seed to draw the trials of {space.source}, but it is not drawn yet.")
+        rng = np.random.default_rng(derived_seed(space.seed, SELECTION))
     count = draw_trial_count(selection.distribution, selection.mean, rng, eta=selection.eta)
     if count == 0:
         raise ConfigError(
-            f"private_selection in {space.source} drew K = 0 trials (poisson, mean {selection.mean:g}, seed "
-            f"{space.seed}): the sweep releases nothing, which the guarantee covers. Drawing again with another "
-            "seed would change the distribution the guarantee is about; use distribution: "
-            "truncated_negative_binomial (K >= 1 always) or a larger mean."
+            f"private_selection in {space.source} drew K = 0 trials (poisson, mean {selection.mean:g}): the sweep "
+            "releases nothing, which the guarantee covers. Drawing again would change the distribution the "
+            "guarantee is about; use distribution: truncated_negative_binomial (K >= 1 always) or a larger mean."
         )
     picks = rng.integers(len(admitted), size=count)
     seeds = rng.integers(2**62, size=count)  # two equal seeds among K: probability ~K²/2⁶³
+    ids = rng.integers(2**40, size=count)  # names: two equal among K: probability ~K²/2⁴¹
     runs = []
-    for index, seed in zip(picks, seeds):
+    for index, seed, draw in zip(picks, seeds, ids):
         trial = admitted[int(index)]
         flat = {**trial.train_config, "seed": int(seed)}
-        runs.append(dataclasses.replace(trial, name=f"{trial.name}_seed{int(seed)}", key=trial_key(flat),
-                                        train_config=flat))
+        name = f"{trial.name}_draw{int(draw):010x}"
+        runs.append(dataclasses.replace(trial, name=name, key=trial_key(flat, name=name), train_config=flat))
     return runs

@@ -14,7 +14,8 @@ A search space is a small YAML file (shipped ones live in the ``search_spaces`` 
     objective: single               # single | multi
     pruner: asha                    # asha | none
     resources: {cpus: 1, gpus: 0}
-    seed: 0                         # the sweep's: Optuna's sampler, and each trial's own training seed
+    seed: 0                         # optional: a public root seed (a reproducible research run, see below)
+    sweep_epsilon_budget: 40.0      # optional, optuna: an RDP filter on the whole sweep (sweeps.adaptive)
     kind: train                     # train | federated (FedAvg over DP-SGD clients)
     vectorize: auto                 # auto | off | N: configurations trained at once per unit of work
     private_selection: {distribution: poisson, mean: 10}   # optional, grid only: see below
@@ -34,11 +35,15 @@ the best model has Papernot–Steinke's guarantee (:mod:`sweeps.selection`). The
 i.i.d. runs of one mechanism, so it is refused with search: optuna (adaptive), pruner: asha
 (runs depend on each other), a trials cap, a seed axis and kind: federated.
 
-Each trial trains with its own seed (model init, Poisson sampling, noise), drawn from ``seed``
-and the trial's number (:meth:`SearchSpace.trial_seed`), unless the space sets one itself
+Each trial trains with its own seed (model init, Poisson sampling, noise), drawn from the sweep's
+root seed and the trial's number (:meth:`SearchSpace.trial_seed`), unless the space sets one itself
 (``fixed.seed`` or a ``seed`` axis). Trials that shared one noise stream would not be
 independent runs, and the sweep's privacy statement composes its trials as independent
-mechanisms (:mod:`sweeps.selection`).
+mechanisms (:mod:`sweeps.selection`). Without ``seed:`` the root seed is a secret the launcher
+draws from the operating system's entropy (:mod:`sweeps.sweep_secret`): DP needs noise that an
+adversary cannot regenerate, and anyone who has the space file knows a seed written in it.
+``seed:`` (and ``fixed.seed`` or a ``seed`` axis) makes a reproducible research run whose ε holds
+only against someone who does not know that seed; :attr:`SearchSpace.public_seed` says so.
 
 ``vectorize`` packs trials that share a model, data and steps into one unit of work trained by
 ``dp_core.vectorized.train_vectorized`` (up to N configurations at once, a unit holding several
@@ -94,7 +99,7 @@ SELECTION_DISTRIBUTIONS = ("poisson", "truncated_negative_binomial")  # of the t
 
 _TOP_LEVEL_KEYS = (
     "name", "description", "fixed", "axes", "epsilon_budget", "search", "trials", "objective",
-    "pruner", "resources", "seed", "kind", "private_selection", "vectorize",
+    "pruner", "resources", "seed", "kind", "private_selection", "vectorize", "sweep_epsilon_budget",
 )  # fmt: skip
 _REQUIRED_KEYS = ("name", "fixed", "axes", "search")
 _RANGE_KEYS = ("low", "high", "log", "num")
@@ -189,10 +194,16 @@ class SearchSpace:
     pruner: str
     cpus_per_trial: float
     gpus_per_trial: float
-    seed: int
+    seed: int | None  # the root seed; None until the launcher draws the sweep's secret one
     kind: str = "train"
     private_selection: PrivateSelection | None = None
     vectorize: int | str = "auto"  # "auto" or the most configurations per unit of work (1: off)
+    public_seed: bool = False  # the file fixes the trials' randomness (seed:, fixed.seed or a seed axis)
+    sweep_epsilon_budget: float | None = None  # optuna: the RDP filter's ε for the whole sweep
+
+    def with_secret_seed(self, root: int) -> SearchSpace:
+        """This space with the sweep's secret root seed (a space that sets ``seed:`` keeps its own)."""
+        return self if self.seed is not None else dataclasses.replace(self, seed=root)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed", types.MappingProxyType(dict(self.fixed)))
@@ -259,6 +270,8 @@ class SearchSpace:
         """The training seed of the sweep's trial ``number``: a 62-bit hash of (sweep seed, number),
         so trials draw independent streams (two equal among 10,000 trials: odds ~1e-11) and a
         resumed sweep's trials draw the ones they drew before."""
+        if self.seed is None:
+            raise ConfigError(f"Expected the sweep's root seed for trial seeds of {self.source}, but it is not drawn yet.")
         words = np.random.SeedSequence([self.seed, number]).generate_state(2, dtype=np.uint32)
         return (int(words[0]) << 30) ^ int(words[1])  # < 2**62: the trainer adds 1 and 2 to it
 
@@ -441,8 +454,15 @@ def _parse(data: Any, path: Path) -> SearchSpace:
 
     cpus, gpus = _parse_resources(data.get("resources"), path)
 
-    seed = data.get("seed", 0)
-    require_here(_is_int(seed) and seed >= 0, key="seed", value=seed, allowed="to be an integer >= 0")
+    seed = data.get("seed")
+    require_here(seed is None or (_is_int(seed) and seed >= 0), key="seed", value=seed,
+                 allowed="to be an integer >= 0, or absent (a secret seed drawn for each sweep)")
+    public_seed = seed is not None or "seed" in fixed or "seed" in axes
+    sweep_budget = _coerce(data.get("sweep_epsilon_budget"))
+    if sweep_budget is not None:
+        with _in_file(path):
+            require_positive(sweep_budget, key="sweep_epsilon_budget")
+        sweep_budget = float(sweep_budget)
     private_selection = _parse_private_selection(data.get("private_selection"), path)
     vectorize = data.get("vectorize", "auto")
     if vectorize is False or vectorize == "off":  # YAML reads a bare `off` as False
@@ -454,7 +474,7 @@ def _parse(data: Any, path: Path) -> SearchSpace:
         name=name, description=description, source=path, fixed=fixed, axes=axes, epsilon_budget=budget,
         search=search, trials=trials, objective=objective, pruner=pruner,
         cpus_per_trial=cpus, gpus_per_trial=gpus, seed=seed, kind=kind, private_selection=private_selection,
-        vectorize=vectorize,
+        vectorize=vectorize, public_seed=public_seed, sweep_epsilon_budget=sweep_budget,
     )  # fmt: skip
     _check_search_settings(space, path)
     _check_trial_configs(space, path)
@@ -667,7 +687,7 @@ def _check_private_selection(space: SearchSpace, path: Path, source: str) -> Non
     if "seed" in space.axes:
         raise ConfigError(
             f"Expected no seed axis with private_selection, but got axes.seed={_describe_axis(space.axes['seed'])} "
-            f"in {path}: each drawn trial gets its own seed (fixed.seed + draw index)."
+            f"in {path}: each drawn trial gets its own secret seed."
         )
 
 
@@ -693,6 +713,17 @@ def _check_search_settings(space: SearchSpace, path: Path, *, override: bool = F
                     "give a list of values, or use search: optuna."
                 )
     _check_private_selection(space, path, source)
+    if space.sweep_epsilon_budget is not None and space.search != "optuna":
+        raise ConfigError(
+            f"Expected sweep_epsilon_budget only with search: optuna{source}, but got search={space.search!r} in "
+            f"{path}: a grid's trials are fixed before any result, so their naive composition is already a valid "
+            "bound; the filter is for trials Optuna chooses from earlier results."
+        )
+    if space.sweep_epsilon_budget is not None and space.kind != "train":
+        raise ConfigError(
+            f"Expected kind: train with sweep_epsilon_budget, but got kind={space.kind!r} in {path}: a federated "
+            "trial is not one sampled Gaussian mechanism with an RDP curve the filter can charge."
+        )
 
 
 def _check_trial_configs(space: SearchSpace, path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 import textwrap
 from pathlib import Path
 
@@ -26,7 +27,10 @@ from sweeps.selection import (
     sweep_epsilon,
     sweep_privacy,
 )
+from sweeps.keys import trial_key
+from sweeps.ledger import LedgerEntry
 from sweeps.space import load_space
+from sweeps.sweep_secret import SELECTION, derived_seed
 
 DELTA = 1e-5
 # digits_quick's admitted σ (q = 128/1437, 20 epochs of 11 steps); σ = 1.1 dominates the others.
@@ -191,7 +195,6 @@ axes:
 epsilon_budget: 20.0
 search: grid
 private_selection: {selection}
-seed: 0
 """
 
 
@@ -205,30 +208,46 @@ def _space(tmp_path: Path, selection: str, name: str = "private") -> tuple[objec
 
 
 def test_select_trials_draws_k_seeded_runs_from_the_admitted_points(tmp_path: Path) -> None:
-    space, admitted = _space(tmp_path, "{distribution: truncated_negative_binomial, mean: 20}")
+    unseeded, admitted = _space(tmp_path, "{distribution: truncated_negative_binomial, mean: 20}")
     assert len(admitted) == 2  # σ = 0.3 plans ε over the budget
+    with pytest.raises(ConfigError, match="root seed"):
+        select_trials(unseeded, admitted)  # K and the picks come from the sweep's secret, never a default
+    root = secrets.randbits(62)
+    space = unseeded.with_secret_seed(root)
     runs = select_trials(space, admitted)
-    assert [r.name for r in runs] == [r.name for r in select_trials(space, admitted)]  # seeded by space.seed
-    expected_count = draw_trial_count("truncated_negative_binomial", 20, np.random.default_rng(0), eta=1.0)
-    assert len(runs) == expected_count >= 2
+    assert [r.name for r in runs] == [r.name for r in select_trials(space, admitted)]  # a resumed sweep draws the same
+    expected_count = draw_trial_count("truncated_negative_binomial", 20,
+                                      np.random.default_rng(derived_seed(root, SELECTION)), eta=1.0)
+    assert len(runs) == expected_count >= 1
     names = {t.name: t for t in admitted}
     for run in runs:
-        point, _, seed = run.name.partition("_seed")
+        point, _, draw = run.name.partition("_draw")
         source = names[point]
-        assert run.train_config == {**source.train_config, "seed": int(seed)}  # its own seed, all else equal
+        assert len(draw) == 10 and str(run.train_config["seed"]) not in run.name  # a random id, not the seed
+        assert run.train_config == {**source.train_config, "seed": run.train_config["seed"]}  # its own seed
         assert run.plan == source.plan and run.axis_values == source.axis_values
+        assert run.key == trial_key(run.train_config, name=run.name)
     assert len({r.train_config["seed"] for r in runs}) == len({r.key for r in runs}) == len(runs)
-    assert {r.name.partition("_seed")[0] for r in runs} == set(names)  # both points were drawn
 
     privacy = sweep_privacy(space, admitted=admitted, trials_run=runs, delta=DELTA)
     direct = sweep_epsilon(trial_plans=[t.plan for t in admitted], trials_run=[r.plan for r in runs],
                            distribution="truncated_negative_binomial", mean=20, eta=1.0, delta=DELTA)
     assert privacy == direct
-    assert set(privacy.metrics()) >= {"sweep_epsilon", "naive_composition_epsilon"}
+    # K is what the sweep ε needs unknown: not a metric, not in the plot's labels, not in the summary.
+    assert set(privacy.metrics()) == {"sweep_epsilon", "naive_composition_epsilon", "largest_trial_epsilon_rdp"}
     assert "sweep ε" in " ".join(privacy.plot_lines()) and "naive composition" in " ".join(privacy.plot_lines())
     text = privacy.summary()
     assert f"sweep ε = {privacy.sweep_epsilon:.3f} (δ = 1e-05, RDP accountant)" in text
-    assert f"naive composition over the {len(runs)} trials run" in text
+    assert not any(str(len(runs)) in label for label in privacy.plot_lines())
+    assert f" {len(runs)} trial" not in text and "count is not shown" in text
+
+
+def test_two_sweeps_without_a_seed_draw_different_trial_counts_and_picks(tmp_path: Path) -> None:
+    unseeded, admitted = _space(tmp_path, "{distribution: truncated_negative_binomial, mean: 10}")
+    draws = [select_trials(unseeded.with_secret_seed(secrets.randbits(62)), admitted) for _ in range(12)]
+    assert len({len(runs) for runs in draws}) > 1  # K is not a function of the space file
+    assert len({tuple(r.name for r in runs) for runs in draws}) == len(draws)
+    assert len({r.train_config["seed"] for runs in draws for r in runs}) == sum(len(runs) for runs in draws)
 
 
 def test_poisson_can_draw_no_trial_and_says_so(tmp_path: Path) -> None:
@@ -259,12 +278,13 @@ def test_mechanism_from_logged_params_reads_mlflow_strings() -> None:
 
 
 def test_trials_that_share_a_seed_are_named_in_the_privacy_summary() -> None:
-    def points(seeds: list[str]) -> list[Point]:  # two epochs per trial, params as MLflow holds them
-        return [Point(epsilon=1.0, accuracy=0.5, run_id=f"run{i}", trial=f"trial_{i:04d}", epoch=epoch,
-                      params={"lr": "0.5", "seed": seed}) for i, seed in enumerate(seeds) for epoch in (1, 2)]
+    def entries(seeds: list[int | None]) -> list[LedgerEntry]:  # as the ledger holds them
+        return [LedgerEntry(key=f"k{i}", name=f"trial_{i:04d}", role="trial", noise_multiplier=1.0, sample_rate=0.1,
+                            steps=10, public_seed=seed) for i, seed in enumerate(seeds)]
 
-    assert shared_seed_note(points(["11", "12", "13"])) is None  # each trial its own seed
-    note = shared_seed_note(points(["5", "5", "5"]))  # fixed.seed: 5
+    assert shared_seed_note(entries([None, None, None])) is None  # secret seeds: distinct by construction
+    assert shared_seed_note(entries([11, 12, 13])) is None  # each trial its own seed
+    note = shared_seed_note(entries([5, 5, 5]))  # fixed.seed: 5
     assert note is not None and "3 trials trained with 1 distinct seed:" in note and "not independent" in note
-    note = shared_seed_note(points(["0", "1", "0", "1"]))  # a seed axis beside an lr axis
+    note = shared_seed_note(entries([0, 1, 0, 1]))  # a seed axis beside an lr axis
     assert note is not None and "4 trials trained with 2 distinct seeds:" in note

@@ -174,17 +174,23 @@ def test_trial_config_adds_epsilon_budget(tmp_path: Path) -> None:
 
 
 def test_each_trial_gets_its_own_seed_unless_the_space_sets_one(tmp_path: Path) -> None:
-    space = load_space(str(write_good(tmp_path)))
+    unseeded = load_space(str(write_good(tmp_path)))
+    assert unseeded.seed is None and not unseeded.public_seed  # the launcher draws a secret root
     axis_values = {"max_grad_norm": 1.0, "noise_multiplier": 0.7}
+    with pytest.raises(ConfigError, match="not drawn yet"):
+        unseeded.trial_seed(0)
+    space = unseeded.with_secret_seed(123456789)
     assert "seed" not in space.trial_config(axis_values)
     seeds = [space.trial_config(axis_values, number=n)["seed"] for n in range(1000)]
     assert len(set(seeds)) == 1000 and all(0 <= seed < 2**62 for seed in seeds)
     assert seeds[:3] == [space.trial_seed(n) for n in range(3)]  # a resumed sweep draws the same
     other = load_space(str(write_good(tmp_path, append="seed: 1\n", name="other")))
+    assert other.public_seed and other.with_secret_seed(5) is other  # a seed in the file is kept, and public
     assert other.trial_seed(0) != space.trial_seed(0)  # the sweep's seed picks the streams
     TrainConfig.from_dict(space.trial_config(axis_values, number=7))  # a valid training seed
     fixed = load_space(str(write_good(tmp_path, replace=("  epochs: 2\n", "  epochs: 2\n  seed: 5\n"), name="fixed")))
-    assert fixed.trial_config(axis_values, number=7)["seed"] == 5  # common random numbers, as asked
+    assert fixed.public_seed
+    assert fixed.with_secret_seed(9).trial_config(axis_values, number=7)["seed"] == 5  # common random numbers, as asked
 
 
 def test_space_is_immutable_and_pickles(tmp_path: Path) -> None:

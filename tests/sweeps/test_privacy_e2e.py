@@ -1,0 +1,79 @@
+"""The sweep's privacy statement counts every run that touched the data, end to end on real Ray and MLflow."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.ledger import LEDGER_FILE, PrivacyLedger
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+SPACE = """
+name: {name}
+description: privacy accounting end to end
+fixed:
+  dataset: digits
+  model: mlp
+  batch_size: 256
+  epochs: 2
+  delta: 1.0e-5
+  accountant: rdp
+axes:
+{axes}
+epsilon_budget: 20.0
+search: {search}
+{extra}
+pruner: none
+resources: {{cpus: 1, gpus: 0}}
+"""
+
+
+def _launch(tmp_path: Path, name: str, *extra_args: str, **fields: str) -> tuple[subprocess.CompletedProcess, list]:
+    space = tmp_path / f"{name}.yaml"
+    space.write_text(SPACE.format(name=name, **fields))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = subprocess.run([sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri", uri,
+                           "--results-dir", str(tmp_path / "results"), *extra_args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("dpsweep").experiment_id])
+    return done, [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"]
+
+
+def _composed(output: str) -> int:
+    return int(re.search(r"over the (\d+) trials? run", output).group(1))
+
+
+def _ledger(tmp_path: Path) -> PrivacyLedger:
+    return PrivacyLedger(next((tmp_path / "results").glob(f"*/{LEDGER_FILE}")))
+
+
+def test_an_audited_sweep_counts_the_audit_run(tmp_path: Path) -> None:
+    done, children = _launch(tmp_path, "audited", "--audit", axes="  noise_multiplier: [1.5, 2.5]", search="grid",
+                             extra="")
+    entries = _ledger(tmp_path).entries()
+    assert sorted(e.role for e in entries) == ["audit", "trial", "trial"]
+    assert {e.key for e in entries if e.role == "trial"} == {c.data.tags["dpsweep.trial_key"] for c in children}
+    assert _composed(done.stdout) == 3 and "the audit's retraining among them" in done.stdout
+    assert "fresh seed" in done.stdout
+
+
+def test_a_diverged_optuna_trial_is_counted(tmp_path: Path) -> None:
+    done, children = _launch(tmp_path, "diverging", axes="  lr: [1.0, 1.0e+30]\n  noise_multiplier: [1.5, 2.0]",
+                             search="optuna", extra="trials: 6\nvectorize: off")
+    failed = [c for c in children if c.data.tags["dpsweep.outcome"] == "failed"]
+    assert failed, "lr = 1e30 diverges"
+    trained = {c.data.tags["dpsweep.trial_key"] for c in children
+               if c.data.tags["dpsweep.outcome"] != "skipped_over_budget"}
+    ledger_keys = {e.key for e in _ledger(tmp_path).entries()}
+    assert trained == ledger_keys and _composed(done.stdout) == len(ledger_keys) == 6
