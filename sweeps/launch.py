@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     from sweeps.planning import plan_trial
     from sweeps.report import FrontierReport
     from sweeps.search import BudgetedOptunaSearch
-    from sweeps.tracking import SweepTracker, TrackingUnavailable
+    from sweeps.tracking import SweepTracker, TrackingRefused, TrackingUnavailable
 
     tracking_uri = args.tracking_uri or mlflow.get_tracking_uri()
     journal = results_dir / f"{sweep_name}-mlflow-journal.jsonl"
@@ -170,6 +170,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     except TrackingUnavailable as error:
         raise ConfigError(f"{error}. Start the tracking server or pass another --tracking-uri.") from None
+    except TrackingRefused as error:  # before Ray starts: nothing has run
+        raise ConfigError(str(error)) from None
     if not space.public_seed:
         sweep_secret.keep(sweep_dir, space.seed)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -233,9 +235,11 @@ def _run(args: argparse.Namespace) -> int:
               f"  python -m sweeps.launch --space {args.space} --resume {sweep_name}", file=sys.stderr)
         return 130
     # Trials cut off by --time-budget are interrupted, not failed; otherwise a run left open died with its process.
-    orphans = tracker.read_or(
-        lambda: tracker.close_orphans(outcome="interrupted" if callback.time_budget_reached() else "failed"),
-        lambda: 0)
+    ended_how = "interrupted" if callback.time_budget_reached() else "failed"
+    orphans = tracker.read_or(lambda: tracker.close_orphans(outcome=ended_how), lambda: 0)
+    # A trial handed to a worker that died (with a killed launcher) before logging anything has
+    # no child run yet; the ledger has it, and so does MLflow now, as the run it was.
+    orphans += tracker.read_or(lambda: _log_unlogged(tracker, ledger, outcome=ended_how), lambda: 0)
 
     # The frontier is made of exactly the logged points. A new sweep whose writes all reached
     # MLflow logged them from this process, so they are taken from here (reading thousands of
@@ -319,6 +323,20 @@ PUBLIC_SEED_CAVEAT = (
     "printed and logged holds only against someone who does not know that seed; whoever has the space file can "
     "regenerate each trial's noise. Remove the seeds for a secret seed drawn per sweep."
 )
+
+
+def _log_unlogged(tracker: Any, ledger: Any, *, outcome: str) -> int:
+    """A child run for each trial in the ledger that MLflow has none of; returns how many."""
+    logged = {run.data.tags.get("dpsweep.trial_key") for run in tracker.trial_runs()}
+    missing = [entry for entry in ledger.entries() if entry.role == "trial" and entry.key not in logged]
+    for entry in missing:
+        tracker.log_trial(
+            key=entry.key, name=entry.name, outcome=outcome,
+            params={"noise_multiplier": entry.noise_multiplier, "sample_rate_resolved": entry.sample_rate,
+                    "steps_planned": entry.steps},
+            tags={"dpsweep.failure": "its worker stopped before it logged an epoch (the launcher died or the time "
+                                     "budget ran out); it is counted in the sweep's privacy ledger"})
+    return len(missing)
 
 
 def _write_release(folder: Path, best: Any, privacy: Any) -> Path:
