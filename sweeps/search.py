@@ -204,6 +204,7 @@ class BudgetedOptunaSearch(Searcher):
         self.ledger = ledger  # every configuration handed out is recorded here before it runs
         self.sweep_filter = sweep_filter  # the sweep's RDP filter (sweeps.adaptive), if the space sets one
         self._filter_spent: float | None = None  # RDP at the filter's order of the admitted trials
+        self._cheapest = math.inf  # the smallest such cost of any configuration proposed
         self.planning_seconds = 0.0  # driver time spent planning suggestions (σ, per-epoch ε)
         self.board_name: str | None = None  # the sweep's pruning board, passed on to packs
         self.slots = 1  # trials the cluster runs at once: the last packs are cut to keep them all busy
@@ -321,6 +322,8 @@ class BudgetedOptunaSearch(Searcher):
                 self._mark_finished(asked.number)
                 self.study.tell(asked.number, state=optuna.trial.TrialState.PRUNED)
                 self.on_skip(asked.planned, asked.values, reason)
+                if self._filter_full():
+                    return None  # no trial asked so far would fit: the search is over
                 continue
             return asked
         return None
@@ -335,10 +338,17 @@ class BudgetedOptunaSearch(Searcher):
             entries = self.ledger.entries() if self.ledger is not None else []
             self._filter_spent = sum(self.sweep_filter.cost(entry.mechanism()) for entry in entries)
         mechanism = TrialMechanism.from_plan(planned.plan)
+        cost = self.sweep_filter.cost(mechanism)
+        self._cheapest = min(self._cheapest, cost)
         reason = self.sweep_filter.rejects(self._filter_spent, mechanism)
         if reason is None:
-            self._filter_spent += self.sweep_filter.cost(mechanism)
+            self._filter_spent += cost
         return reason
+
+    def _filter_full(self) -> bool:
+        """Whether the filter's room left is below the cheapest trial Optuna has proposed."""
+        return (self.sweep_filter is not None and self._filter_spent is not None
+                and self.sweep_filter.capacity - self._filter_spent < self._cheapest)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """The next pack (or lone trial) of planned configurations within the budget.
@@ -528,8 +538,9 @@ class BudgetedOptunaSearch(Searcher):
                      if t.number not in resumed]
         for trial in abandoned:
             optuna.trial.Trial(self.study, trial._trial_id).set_user_attr(
-                "dpsweep.fail_reason", "the launcher stopped before this trial could finish, and no resumed "
-                "Ray trial runs it (asked ahead of use, or handed out after Tune's last saved state)")
+                "dpsweep.fail_reason", "never finished: the sweep ended or its launcher stopped before a worker "
+                "finished it, and no resumed Ray trial runs it (asked ahead of use, or handed out after Tune's "
+                "last saved state)")
             self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         self._finished = None
         return [t.number for t in abandoned]
