@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-budget", type=float, metavar="SECONDS",
                         help="stop starting and running trials after this many seconds (Ray Tune time_budget_s)")
     parser.add_argument("--address", help="Ray cluster address (default: start local Ray)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default, sqlite:///mlflow.db)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default, "
+                        "sqlite:///mlflow.db); a server's account comes from MLFLOW_TRACKING_USERNAME and "
+                        "MLFLOW_TRACKING_PASSWORD")
     parser.add_argument("--experiment", default="dpsweep", help="MLflow experiment name (default: dpsweep)")
     parser.add_argument("--results-dir", type=Path, default=Path("dpsweep_results"),
                         help="where Ray Tune keeps trial state and checkpoints (default: ./dpsweep_results)")

@@ -5,11 +5,20 @@ runtime environment is this project, uploaded as the job's working directory, so
 runs exactly the code that submitted it. The nodes bring the dependencies: the image built from
 ``infra/docker/Dockerfile``, or the cluster launcher's setup commands, install them from
 ``pyproject.toml``. This module streams the job's logs, prints its id and exits with the job's
-outcome (0 succeeded, 1 failed or stopped, 2 bad input, 130 stopped following with Ctrl-C).
+outcome (0 succeeded, 1 failed or stopped, 2 bad input, here or found by the launcher on the head
+before anything ran, 130 stopped following with Ctrl-C).
 
 The sweep's driver runs on the head node, so the tracking URI must name a store the head can
 reach (an MLflow server), and the results folder a path every node can reach: Ray Tune's trial
 state and checkpoints are written there by the nodes that run the trials.
+
+The MLflow account is the head's own (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``
+in its environment, or MLflow's ``~/.mlflow/credentials`` there; infra/README.md), and the job
+carries none: Ray 2.60 writes a job's runtime environment, ``env_vars`` included, in plain text to
+the head's ``runtime_env_agent.log`` and returns it with the job's info, and it logs the
+entrypoint. A tracking URI with a user or password in it is refused for the same reason. If the
+head's account is missing or refused, the launcher stops there before Ray Tune starts, and this
+command exits 2 with its message.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ _JOB_SPACES = ".dpsweep_job_spaces"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # The shared volume of the clusters in infra/ (EFS on AWS, a ReadWriteMany volume on Kubernetes).
 DEFAULT_RESULTS_DIR = "/mnt/dpsweep/results"
+# MLflow's credential variables: the head's own, never put in a job (see the module docstring).
+_MLFLOW_ACCOUNT = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +80,12 @@ def _check_tracking_uri(uri: str | None) -> str:
             "its temporary working directory, gone when the job ends."
         )
     parsed = urlparse(uri)
+    if parsed.username or parsed.password:
+        raise ConfigError(
+            "Expected --tracking-uri without a user or password before the host, but got one: the job's entrypoint "
+            "is logged on the cluster. The head signs in with its own MLflow account (MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD on the head; infra/README.md)."
+        )
     # sqlite:////abs/path is absolute (the path part starts with //), sqlite:///rel/path is not.
     relative = ((parsed.scheme == "sqlite" and not parsed.path.startswith("//"))
                 or (parsed.scheme in ("", "file") and not Path(parsed.path).is_absolute()))
@@ -176,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"submitted job {job_id} to {args.address}", flush=True)
+    if any(os.environ.get(name) for name in _MLFLOW_ACCOUNT):
+        print("note: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of this shell are not sent with the "
+              "job (Ray logs a job's runtime environment); the sweep signs in to MLflow with the head's own "
+              "account (infra/README.md).",
+              file=sys.stderr, flush=True)
     if args.no_wait:
         print(f"follow it with: ray job logs --address {args.address} --follow {job_id}")
         return 0
@@ -187,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     info = client.get_job_info(job_id)
     print(f"job {job_id}: {status}" + (f" ({info.message})" if status != JobStatus.SUCCEEDED and info.message else ""))
-    return 0 if status == JobStatus.SUCCEEDED else 1
+    if status == JobStatus.SUCCEEDED:
+        return 0
+    # The launcher's 2: bad input it found on the head (a refused MLflow account) before anything ran.
+    return 2 if getattr(info, "driver_exit_code", None) == 2 else 1
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""``python -m sweeps.sync JOURNAL``: replay the MLflow writes a sweep kept while MLflow was away."""
+"""``python -m sweeps.sync JOURNAL``: replay the MLflow writes a sweep kept while MLflow was away.
+
+The account is MLflow's own, from ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` (or
+``MLFLOW_TRACKING_TOKEN``), as for the sweep; the journal holds none. Exit codes: 0 replayed,
+1 MLflow still unreachable (the journal is kept), 2 MLflow refused the account (kept too).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from sweeps.tracking import SweepTracker, TrackingUnavailable
+from sweeps.tracking import SweepTracker, TrackingRefused, TrackingUnavailable
 
 __all__ = ["main"]
 
@@ -20,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrackingUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except TrackingRefused as error:
+        print(f"error: {error} {args.journal} is kept.", file=sys.stderr)
+        return 2
     print(f"replayed {count} tracking writes from {args.journal} into MLflow; the journal is removed")
     return 0
 

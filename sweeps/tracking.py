@@ -11,6 +11,11 @@ sweeps:
   reached, that write and every later one go to a local journal (JSON lines, next to Ray's trial
   state) while training goes on; the journal is replayed as soon as the server answers again,
   and ``python -m sweeps.sync JOURNAL`` replays whatever is left after the sweep.
+
+Credentials are MLflow's own (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, or
+``MLFLOW_TRACKING_TOKEN``), read by MLflow's client from the environment: this module never
+holds, logs or journals them, and refuses a tracking URI that carries them (it is printed and
+journaled). A server that refuses the account stops the sweep at its first write.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 # A dead tracking server should cost seconds, not MLflow's default minutes of retries per call:
 # the journal keeps the writes. Users can still override these.
@@ -39,7 +45,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from sweeps.frontier import Point  # noqa: E402
 from sweeps.keys import trial_key  # noqa: E402  (re-exported: callers identify runs by it)
 
-__all__ = ["SweepTracker", "TrackingUnavailable", "trial_key", "OUTCOMES"]
+__all__ = ["SweepTracker", "TrackingUnavailable", "TrackingRefused", "trial_key", "OUTCOMES"]
 
 # What happened to a trial, as the tag `dpsweep.outcome`.
 OUTCOMES = ("running", "completed", "stopped_by_budget", "pruned", "skipped_over_budget", "failed", "interrupted")
@@ -51,6 +57,39 @@ _JOURNALED = ("log_trial", "log_skipped", "log_sweep_metrics", "log_sweep_tags",
 
 class TrackingUnavailable(RuntimeError):
     """MLflow cannot be reached (server down, network, locked database)."""
+
+
+class TrackingRefused(RuntimeError):
+    """MLflow answered but refused the sweep's account: none or a wrong one (HTTP 401), or one
+    without permission for the experiment (403). The message names the variables to set."""
+
+
+_SET_ACCOUNT = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+
+
+def _refusal(error: BaseException, *, tracking_uri: str, experiment: str) -> TrackingRefused | None:
+    """The TrackingRefused that ``error`` means, or None. Names no user and no secret."""
+    code = error.error_code if isinstance(error, MlflowException) else None
+    if code == "UNAUTHENTICATED":
+        given = bool(os.environ.get("MLFLOW_TRACKING_USERNAME") or os.environ.get("MLFLOW_TRACKING_TOKEN")
+                     or Path("~/.mlflow/credentials").expanduser().exists())
+        what = "refused the account it was given" if given else "requires an account, and none was given"
+        return TrackingRefused(f"MLflow at {tracking_uri} {what} (HTTP 401): {_SET_ACCOUNT} to an account of "
+                               "that server.")
+    if code == "PERMISSION_DENIED":
+        return TrackingRefused(f"MLflow at {tracking_uri} does not let this account write to experiment "
+                               f"{experiment!r} (HTTP 403): {_SET_ACCOUNT} to an account with EDIT permission on it, "
+                               "or have an MLflow admin grant it (infra/README.md).")
+    return None
+
+
+def _check_uri(tracking_uri: str) -> None:
+    """A URI with a user or password in it would put them in the console, the journal and the job."""
+    parts = urlsplit(tracking_uri)
+    if parts.username or parts.password:
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        raise TrackingRefused(f"Expected a tracking URI without credentials, but got one with a user or password "
+                              f"before the host ({shown}): {_SET_ACCOUNT} instead.")
 
 
 def _is_unreachable(error: BaseException) -> bool:
@@ -230,7 +269,14 @@ class SweepTracker:
                       journal=path)
         header.pop("tracking_uri", None)
         tracker._sweep = header
-        count = tracker.flush()
+        _check_uri(tracker.tracking_uri)
+        try:
+            count = tracker.flush()
+        except MlflowException as error:
+            refused = _refusal(error, tracking_uri=tracker.tracking_uri, experiment=tracker.experiment)
+            if refused is None:
+                raise
+            raise refused from error
         if path.exists():
             raise TrackingUnavailable(f"MLflow at {tracker.tracking_uri} is still unreachable; {path} is kept.")
         return count
@@ -241,14 +287,18 @@ class SweepTracker:
         """Create the parent run, or reopen the one with the same ``sweep_id`` (resume).
 
         Unlike later writes this one is not journaled: a sweep that cannot reach its tracking
-        store at the start fails before training anything.
+        store, or whose account the store refuses (TrackingRefused), fails before training anything.
         """
+        _check_uri(self.tracking_uri)
         self._sweep = {"sweep_id": sweep_id, "run_name": run_name, "params": dict(params), "tags": dict(tags)}
         try:
             return self._open_parent(**self._sweep)
         except Exception as error:  # noqa: BLE001
             if _is_unreachable(error):
                 raise TrackingUnavailable(f"Cannot reach MLflow at {self.tracking_uri}: {error}") from error
+            refused = _refusal(error, tracking_uri=self.tracking_uri, experiment=self.experiment)
+            if refused is not None:
+                raise refused from error
             raise
 
     def _open_parent(self, *, sweep_id: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:

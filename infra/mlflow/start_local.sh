@@ -13,11 +13,24 @@
 #   MLFLOW_PORT          MLflow server port on 127.0.0.1 (default 5000)
 #   PG_BIN               folder with initdb and pg_ctl (default: found from pg_config or
 #                        /usr/lib/postgresql/*/bin)
-#   PYTHON               the Python that has mlflow and psycopg2 (default: python3)
+#   PYTHON               the Python that has mlflow[auth] and psycopg (default: python3)
+#   MLFLOW_AUTH_ADMIN_USERNAME, MLFLOW_AUTH_ADMIN_PASSWORD
+#                        the MLflow admin account (required; there is no default). The first start
+#                        creates it; MLflow ignores the password once the account exists (change it
+#                        with the update-password API, infra/README.md)
+#   MLFLOW_FLASK_SERVER_SECRET_KEY
+#                        the auth app's CSRF key (default: one drawn on the first start and kept,
+#                        owner-only, in the state folder)
+#
+# The server runs MLflow's authentication (`mlflow server --app-name basic-auth`): every request
+# but /health needs an account. Its users live in a second database of the same cluster
+# (mlflow_auth); every signed-in user may read every experiment, and writes need an experiment
+# they created or were granted EDIT on (infra/README.md: adding users).
 #
 # The system's PostgreSQL service is left alone: this cluster is the script's own, run by the
 # invoking user, or by the `postgres` user when invoked as root (PostgreSQL refuses to run as
-# root). Exit codes: 0 done, 1 failed (the log tail says why), 3 PostgreSQL is not installed.
+# root). Exit codes: 0 done, 1 failed (the log tail says why), 2 a required setting is missing,
+# 3 PostgreSQL is not installed.
 set -euo pipefail
 
 HOME_DIR="${DPSWEEP_MLFLOW_HOME:-}"
@@ -32,10 +45,14 @@ PGPASSFILE="$HOME_DIR/pgpass"
 export PGPASSFILE
 DB_USER=mlflow
 DB_NAME=mlflow
+AUTH_DB_NAME=mlflow_auth  # MLflow's user store: its own database, apart from the tracking schema
 DB_ADDRESS="$DB_USER@127.0.0.1:$PG_PORT/$DB_NAME"  # the password comes from $PGPASSFILE
+AUTH_CONFIG="$HOME_DIR/basic_auth.ini"
+FLASK_KEY_FILE="$HOME_DIR/flask-secret-key"
 TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
 
 die() { echo "start_local.sh: $*" >&2; exit 1; }
+missing() { echo "start_local.sh: $*" >&2; exit 2; }
 
 # MLflow reaches PostgreSQL through SQLAlchemy, which needs a driver in $PYTHON: psycopg 3 (what
 # SQLAlchemy 2.1 picks for postgresql://) or psycopg2. Named explicitly so the choice is visible.
@@ -44,6 +61,24 @@ backend_uri() {
     driver=$("$PYTHON" -c 'import importlib.util as u; print(next((d for d in ("psycopg", "psycopg2") if u.find_spec(d)), ""))')
     [[ -n "$driver" ]] || die "$PYTHON has no PostgreSQL driver for MLflow: pip install 'psycopg[binary]'"
     echo "postgresql+$driver://$DB_ADDRESS"
+}
+
+# The auth app's settings. No password in the file: the driver (libpq) reads it from
+# $PGPASSFILE, as for the tracking store; the admin account comes from the environment.
+write_auth_config() {
+    local backend=$1
+    (umask 077; printf '%s\n' "# Written by infra/mlflow/start_local.sh on every start." "[mlflow]" \
+        "default_permission = READ" "database_uri = ${backend%/*}/$AUTH_DB_NAME" \
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth" > "$AUTH_CONFIG")
+}
+
+# The CSRF key must stay the same across restarts and workers: drawn once, kept owner-only.
+flask_secret_key() {
+    if [[ -n "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]]; then echo "$MLFLOW_FLASK_SERVER_SECRET_KEY"; return; fi
+    if [[ ! -s "$FLASK_KEY_FILE" ]]; then
+        (umask 077; "$PYTHON" -c 'import secrets; print(secrets.token_hex(32))' > "$FLASK_KEY_FILE")
+    fi
+    cat "$FLASK_KEY_FILE"
 }
 
 find_pg_bin() {
@@ -107,6 +142,11 @@ start() {
     local pg_bin backend
     pg_bin=$(find_pg_bin)
     backend=$(backend_uri)
+    [[ -n "${MLFLOW_AUTH_ADMIN_USERNAME:-}" ]] ||
+        missing "set MLFLOW_AUTH_ADMIN_USERNAME (and, on the first start, MLFLOW_AUTH_ADMIN_PASSWORD):" \
+                "the MLflow admin account this server creates; there is no default."
+    "$PYTHON" -c 'import flask_wtf' 2>/dev/null ||
+        die "$PYTHON lacks MLflow's auth extra: pip install 'mlflow[auth]' (or pip install -e '.[server]')"
     init_cluster "$pg_bin"
     if ! as_owner "$pg_bin/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
         touch "$HOME_DIR/postgres.log"
@@ -120,10 +160,22 @@ start() {
     if [[ "$exists" != 1 ]]; then
         "$pg_bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" "$DB_NAME" || die "createdb $DB_NAME failed"
     fi
+    exists=$("$pg_bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = '$AUTH_DB_NAME'") || die "cannot connect to PostgreSQL on 127.0.0.1:$PG_PORT"
+    if [[ "$exists" != 1 ]]; then
+        # A new user store: this start creates the admin account, so it needs its password.
+        [[ -n "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]] ||
+            missing "set MLFLOW_AUTH_ADMIN_PASSWORD: the first start creates the MLflow admin account" \
+                    "'$MLFLOW_AUTH_ADMIN_USERNAME' with it (for example, export MLFLOW_AUTH_ADMIN_PASSWORD=\$(openssl rand -hex 16))."
+        "$pg_bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" "$AUTH_DB_NAME" || die "createdb $AUTH_DB_NAME failed"
+    fi
+    write_auth_config "$backend"
 
     if [[ -z "$(mlflow_pid || true)" ]]; then
-        # Its own session, so that stop can end the server and its workers together.
-        setsid "$PYTHON" -m mlflow server --backend-store-uri "$backend" \
+        # Its own session, so that stop can end the server and its workers together. MLflow reads
+        # the admin account from this environment (MLFLOW_AUTH_ADMIN_*); nothing here prints it.
+        MLFLOW_AUTH_CONFIG_PATH="$AUTH_CONFIG" MLFLOW_FLASK_SERVER_SECRET_KEY="$(flask_secret_key)" \
+            setsid "$PYTHON" -m mlflow server --app-name basic-auth --backend-store-uri "$backend" \
             --artifacts-destination "$HOME_DIR/artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
             >"$HOME_DIR/mlflow.log" 2>&1 < /dev/null &
         echo $! > "$HOME_DIR/mlflow.pid"
@@ -136,6 +188,7 @@ start() {
     done
     echo "PostgreSQL: $backend (password in $PGPASSFILE)"
     echo "artifacts:  $HOME_DIR/artifacts (served by the MLflow server)"
+    echo "auth:       MLflow basic-auth; admin account '$MLFLOW_AUTH_ADMIN_USERNAME'; users in database $AUTH_DB_NAME"
     echo "MLFLOW_TRACKING_URI=$TRACKING_URI"
 }
 

@@ -1,8 +1,10 @@
 """The configurations in infra/ are valid for the tools that read them and agree with each other
-and with infra/README.md (the image, the entrypoint, the shared volume, the Ray version)."""
+and with infra/README.md (the image, the entrypoint, the shared volume, the Ray version), and none
+runs an MLflow server or a Ray dashboard that answers without credentials."""
 
 from __future__ import annotations
 
+import configparser
 import copy
 import json
 import os
@@ -103,7 +105,7 @@ def test_cluster_nodes_install_the_project_from_pyproject_and_share_the_results_
 def test_manifests_parse_and_have_the_kinds_the_readme_describes() -> None:
     kinds = sorted(doc["kind"] for doc in _manifests())
     assert kinds == sorted(["RayCluster", "RayJob", "PersistentVolumeClaim", "Service", "Service", "StatefulSet",
-                            "Deployment"])
+                            "ConfigMap", "Deployment"])
     for doc in _manifests():
         assert doc["apiVersion"] and doc["metadata"]["name"]
         if doc["kind"] in ("RayCluster", "RayJob"):
@@ -161,6 +163,39 @@ def test_mlflow_on_kubernetes_uses_postgres_and_the_shared_volume() -> None:
     assert "@" + postgres["metadata"]["name"] + ":5432/" in options["--backend-store-uri"]
 
 
+def _auth_ini(text: str, *, postgres_host: str) -> None:
+    """MLflow's auth settings: signed-in users read, the user store in PostgreSQL, no account in the file."""
+    ini = configparser.ConfigParser()
+    ini.read_string(text)
+    assert ini["mlflow"]["default_permission"] == "READ"
+    assert ini["mlflow"]["database_uri"] == f"postgresql+psycopg://mlflow@{postgres_host}:5432/mlflow_auth"
+    assert "admin_password" not in ini["mlflow"] and "admin_username" not in ini["mlflow"]
+
+
+def _from_secret(env: list[dict[str, Any]], name: str) -> str:
+    """The Secret an environment variable of a pod comes from; fails if it is written in the manifest."""
+    entry = next(e for e in env if e["name"] == name)
+    assert "value" not in entry, f"{name} is written in the manifest"
+    return entry["valueFrom"]["secretKeyRef"]["name"]
+
+
+def test_mlflow_on_kubernetes_requires_an_account_whose_admin_comes_from_a_secret() -> None:
+    deployment = next(d for d in _manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][:2] == ["--app-name", "basic-auth"]
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                 "PGPASSWORD"):
+        _from_secret(container["env"], name)
+    config_path = next(e["value"] for e in container["env"] if e["name"] == "MLFLOW_AUTH_CONFIG_PATH")
+    config_map = next(d for d in _manifests() if d["kind"] == "ConfigMap")
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(Path(config_path).parent))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    _auth_ini(config_map["data"][Path(config_path).name], postgres_host="mlflow-postgres")
+    assert "createdb -h mlflow-postgres -U mlflow mlflow_auth" in pod["initContainers"][0]["args"][0]
+
+
 # ---- images and the MLflow server definitions ------------------------------------------------------
 
 def test_one_ray_release_everywhere_and_within_the_projects_range() -> None:
@@ -195,7 +230,60 @@ def test_compose_runs_mlflow_on_postgres_with_an_s3_compatible_artifact_store() 
     assert options["--artifacts-destination"].startswith("s3://")
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     server_image = (INFRA / "mlflow" / "Dockerfile").read_text()
-    assert "psycopg" in server_image and "boto3" in server_image and "mlflow" in server_image
+    assert "psycopg" in server_image and "boto3" in server_image and "mlflow[auth]" in server_image
+
+
+def test_compose_requires_an_account_whose_admin_comes_from_the_environment() -> None:
+    services = yaml.safe_load((INFRA / "mlflow" / "docker-compose.yaml").read_text())["services"]
+    mlflow = services["mlflow"]
+    assert mlflow["command"][:2] == ["--app-name", "basic-auth"]
+    environment = mlflow["environment"]
+    # Required from the environment (compose stops with the message), never a default in the file.
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert re.fullmatch(rf"\$\{{{name}:\?[^}}]*\}}", environment[name]), environment[name]
+    assert environment["PGPASSWORD"].startswith("${MLFLOW_DB_PASSWORD:?")
+    mounted = dict(v.split(":")[:2][::-1] for v in mlflow["volumes"])
+    ini_file = INFRA / "mlflow" / Path(mounted[environment["MLFLOW_AUTH_CONFIG_PATH"]]).name
+    _auth_ini(ini_file.read_text(), postgres_host="postgres")
+    assert mlflow["depends_on"]["create-auth-db"] == {"condition": "service_completed_successfully"}
+    assert "createdb -h postgres -U mlflow mlflow_auth" in services["create-auth-db"]["command"][0]
+
+
+def test_ray_heads_get_their_mlflow_account_from_a_secret_and_jobs_carry_none() -> None:
+    for kind, spec in _ray_cluster_specs().items():
+        head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+        assert {_from_secret(head["env"], "MLFLOW_TRACKING_USERNAME"),
+                _from_secret(head["env"], "MLFLOW_TRACKING_PASSWORD")} == {"dpsweep-mlflow-account"}, kind
+        for group in spec["workerGroupSpecs"]:  # trials never talk to MLflow
+            assert not group["template"]["spec"]["containers"][0].get("env"), kind
+    job = next(doc for doc in _manifests() if doc["kind"] == "RayJob")
+    assert "MLFLOW_TRACKING" not in json.dumps(job["spec"].get("runtimeEnvYAML", ""))
+    # The cluster launcher copies MLflow's own credentials file; nothing in the config holds one.
+    config = _cluster_yaml()
+    assert config["file_mounts"]["~/.mlflow/credentials"] == "~/.mlflow/credentials"
+    assert "MLFLOW_TRACKING_PASSWORD" not in (INFRA / "ray" / "cluster-aws.yaml").read_text()
+
+
+def _shell_blocks(markdown: str) -> list[str]:
+    """Fenced code blocks, and the paragraphs outside them (which hold the indented ones)."""
+    fenced = re.findall(r"```(?:bash)?\n(.*?)```", markdown, re.DOTALL)
+    outside = re.sub(r"```.*?```", "", markdown, flags=re.DOTALL)
+    return fenced + re.split(r"\n\s*\n", outside)
+
+
+def test_no_config_serves_the_ray_dashboard_beyond_loopback_without_token_auth() -> None:
+    """The dashboard carries the Job API, which runs anyone's code: off loopback, only with tokens."""
+    loopback = {"127.0.0.1", "localhost"}
+    head_commands = [c for c in _cluster_yaml()["head_start_ray_commands"] if "ray start" in c]
+    for readme in (README, (ROOT / "README.md").read_text()):
+        head_commands += [block for block in _shell_blocks(readme) if re.search(r"ray start\b.*--head", block)]
+    assert head_commands
+    for command in head_commands:
+        hosts = re.findall(r"--dashboard-host[= ](\S+)", command) or ["127.0.0.1"]  # Ray's default: loopback
+        assert set(hosts) <= loopback or "RAY_AUTH_MODE=token" in command, command
+    for kind, spec in _ray_cluster_specs().items():
+        if spec["headGroupSpec"]["rayStartParams"].get("dashboard-host", "127.0.0.1") not in loopback:
+            assert spec["authOptions"] == {"mode": "token"}, kind
 
 
 # ---- the local start script --------------------------------------------------------------------

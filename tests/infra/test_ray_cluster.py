@@ -4,7 +4,10 @@
 The cluster is what ``ray start`` builds anywhere: a head and a worker node, each with its own
 resources and its own temp folder (as on separate machines), token authentication on, the Job
 API on loopback. Nodes on one machine share a filesystem, so a local absolute ``--results-dir``
-is the "shared path" that Ray Tune needs on a multi-node cluster.
+is the "shared path" that Ray Tune needs on a multi-node cluster. The submitted sweep logs to the
+authenticated MLflow server of infra/mlflow/start_local.sh, as the head's own MLflow account
+(given to ``ray start --head`` in its environment, as a Kubernetes Secret gives it to the head
+pod); the job carries no credential.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _infra_support import free_ports, kill_processes_mentioning
+import requests
+from _infra_support import (
+    TrackingServer,
+    account_env,
+    files_containing,
+    free_ports,
+    kill_processes_mentioning,
+    tracking_server,
+)
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +70,9 @@ class LocalCluster:
     gcs_address: str
     dashboard_url: str
     env: dict[str, str]  # what a client of this cluster needs: the auth mode and token
+    token: str
+    mlflow: TrackingServer
+    mlflow_account: tuple[str, str]  # the head's: its sweeps sign in with it
 
     def state(self, code: str) -> object:
         """Run ``code`` (which prints JSON) in a fresh Python with this cluster's credentials."""
@@ -77,25 +91,34 @@ def _ray_start(args: list[str], env: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
+def mlflow_server() -> Iterator[TrackingServer]:
+    with tracking_server() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cluster(mlflow_server: TrackingServer) -> Iterator[LocalCluster]:
     # Short: Ray's Unix sockets live below it, and their paths are limited to 107 bytes.
     base = Path(tempfile.mkdtemp(prefix="dpray-", dir="/tmp"))
     token = base / "auth_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env = account_env({k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}, None, None)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PYTHONPATH=str(ROOT))
+    account_name = "ray-head-" + secrets.token_hex(4)
+    account = (account_name, mlflow_server.add_user(account_name))
     gcs, dashboard, client, head_agent, worker_agent = free_ports(5)
     node = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "1",
             "--object-store-memory", str(100 * 1024**2)]
     try:
+        # Only the head has the MLflow account: its job drivers inherit it, trials never use it.
         _ray_start(["--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
                     "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(head_agent),
-                    "--temp-dir", str(base / "head"), *node], env)
+                    "--temp-dir", str(base / "head"), *node], account_env(env, *account))
         _ray_start(["--address", f"127.0.0.1:{gcs}", "--dashboard-agent-listen-port", str(worker_agent),
                     "--temp-dir", str(base / "worker"), *node], env)
         yield LocalCluster(base=base, gcs_address=f"127.0.0.1:{gcs}", dashboard_url=f"http://127.0.0.1:{dashboard}",
-                           env=env)
+                           env=env, token=token.read_text(), mlflow=mlflow_server, mlflow_account=account)
     finally:
         kill_processes_mentioning(str(base))
         shutil.rmtree(base, ignore_errors=True)
@@ -122,30 +145,47 @@ def _trial_pids(results: Path) -> dict[str, set[int]]:
     return pids
 
 
-def _trial_runs(tracking_uri: str) -> tuple[MlflowClient, list, list]:
+def _trial_runs(tracking_uri: str, experiment: str = "dpsweep") -> tuple[MlflowClient, list, list]:
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name("dpsweep")
+    experiment = client.get_experiment_by_name(experiment)
     runs = client.search_runs([experiment.experiment_id])
     return (client, [r for r in runs if r.data.tags.get("dpsweep.role") == "sweep"],
             [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"])
 
 
-def test_submitted_sweep_runs_its_trials_on_both_nodes_and_logs_every_trial(cluster: LocalCluster,
-                                                                            tmp_path: Path) -> None:
+def _as_admin(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sign this process's MLflow client in as the server's admin (it reads the environment)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", cluster.mlflow.admin[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", cluster.mlflow.admin[1])
+
+
+def test_the_job_api_answers_only_with_the_clusters_token(cluster: LocalCluster) -> None:
+    jobs = f"{cluster.dashboard_url}/api/jobs/"
+    assert requests.get(jobs, timeout=60).status_code == 401
+    assert requests.post(jobs, json={"entrypoint": "echo anyone's code"}, timeout=60).status_code == 401
+    assert requests.get(jobs, headers={"Authorization": "Bearer not-the-token"}, timeout=60).status_code == 403
+    assert requests.get(jobs, headers={"Authorization": f"Bearer {cluster.token}"}, timeout=60).status_code == 200
+
+
+def test_submitted_sweep_runs_its_trials_on_both_nodes_and_logs_every_trial(
+        cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nodes = cluster.state(NODES_AND_TRIAL_ACTORS % {"url": cluster.dashboard_url})["nodes"]
     assert sorted(n["is_head"] for n in nodes) == [False, True], nodes
     space = tmp_path / "cluster_tiny.yaml"  # outside the project: submit ships it with the job
     space.write_text(SPACE.format(name="cluster_tiny", epochs=30))
-    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking_uri = cluster.mlflow.tracking_uri
+    # The submitting shell has an MLflow account of its own: it must stay on this machine.
+    own_account = ("laptop-" + secrets.token_hex(4), secrets.token_hex(16))
 
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "sweeps.submit", "--space", str(space), "--address", cluster.dashboard_url,
-         "--tracking-uri", tracking_uri, "--results-dir", str(tmp_path / "results")],
-        cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=600,
+         "--tracking-uri", tracking_uri, "--results-dir", str(tmp_path / "results"), "--experiment", "cluster-submit"],
+        cwd=tmp_path, env=account_env(cluster.env, *own_account), capture_output=True, text=True, timeout=600,
     )
     log = done.stdout + done.stderr
     assert done.returncode == 0, log
+    assert "are not sent with the job" in done.stderr, done.stderr
     job_id = re.search(r"submitted job (\S+) to ", done.stdout).group(1)
     assert f"job {job_id}: SUCCEEDED" in done.stdout, log
     # The job's own output, streamed back while it ran: the sweep's progress lines and frontier.
@@ -156,7 +196,8 @@ def test_submitted_sweep_runs_its_trials_on_both_nodes_and_logs_every_trial(clus
     job = cluster.state(
         "import json; from ray.job_submission import JobSubmissionClient; "
         f"info = JobSubmissionClient({cluster.dashboard_url!r}).get_job_info({job_id!r}); "
-        "print(json.dumps({'status': str(info.status), 'entrypoint': info.entrypoint}))")
+        "print(json.dumps({'status': str(info.status), 'entrypoint': info.entrypoint, "
+        "'runtime_env': info.runtime_env, 'metadata': info.metadata}))")
     assert job["status"] == "SUCCEEDED" and job["entrypoint"].startswith("python -m sweeps.launch --space "), job
 
     # Which node ran each trial: Tune's results name the worker process, Ray's state API the node
@@ -176,14 +217,44 @@ def test_submitted_sweep_runs_its_trials_on_both_nodes_and_logs_every_trial(clus
         granted = {key.split("_group_")[0]: value for key, value in actor["resources"].items() if "_group_0_" in key}
         assert granted.get("CPU") == 1.0 and granted.get("GPU") == 0.5, actor["resources"]
 
-    # Every trial reached the MLflow store, every epoch of it.
-    client, parents, children = _trial_runs(tracking_uri)
+    # Every trial reached the MLflow store, every epoch of it: written with the head's account, the
+    # only one there is (the submitting shell's is not an account of this server).
+    _as_admin(cluster, monkeypatch)
+    client, parents, children = _trial_runs(tracking_uri, "cluster-submit")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.info.run_name for c in children) == ["trial_0000", "trial_0001"]
     for child in children:
         assert child.data.tags["dpsweep.outcome"] == "completed"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "test_accuracy")]
         assert steps == list(range(1, 31)), (child.info.run_name, steps)
+
+    # No password is in anything Ray keeps (both nodes' logs, the job's runtime environment and
+    # info, the uploaded package) or the job's output, nor in Ray Tune's state.
+    passwords = [cluster.mlflow_account[1], own_account[1]]
+    assert files_containing(cluster.base, passwords) == []
+    assert files_containing(tmp_path / "results", passwords) == []
+    assert not [p for p in passwords if p in log + json.dumps(job)]
+
+
+def test_a_submitted_sweep_the_heads_account_may_not_log_exits_2_before_any_trial(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    # An experiment of the admin's: every account reads it, only the admin writes to it.
+    created = requests.post(f"{cluster.mlflow.tracking_uri}/api/2.0/mlflow/experiments/create",
+                            json={"name": "admins-only"}, auth=cluster.mlflow.admin, timeout=60)
+    assert created.status_code == 200, created.text
+    space = tmp_path / "cluster_refused.yaml"
+    space.write_text(SPACE.format(name="cluster_refused", epochs=2))
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.submit", "--space", str(space), "--address", cluster.dashboard_url,
+         "--tracking-uri", cluster.mlflow.tracking_uri, "--results-dir", str(tmp_path / "results"),
+         "--experiment", "admins-only"],
+        cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    # The launcher's own message, streamed back from the head: what to set, and no secret.
+    assert "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in done.stdout, done.stdout
+    assert "HTTP 403" in done.stdout and cluster.mlflow_account[1] not in done.stdout + done.stderr
+    assert not (tmp_path / "results").exists()  # no sweep folder, no Ray Tune state: no trial ran
 
 
 def test_launch_with_address_attaches_to_the_running_cluster(cluster: LocalCluster, tmp_path: Path) -> None:

@@ -69,12 +69,26 @@ def test_a_space_file_from_elsewhere_travels_in_a_copy_of_the_project(tmp_path: 
     (["--space", "digits_quick", "--tracking-uri", "http://m:5000", "--results-dir", "results"],
      "Expected --results-dir to be an absolute path"),
     (["--space", "no_such_space", "--tracking-uri", "http://m:5000"], "Known spaces: "),
+    (["--space", "digits_quick", "--tracking-uri", "http://sweeper:hunter2-secret@m:5000"],
+     "Expected --tracking-uri without a user or password"),
 ])
 def test_bad_input_stops_before_the_cluster_is_contacted(cli, args: list[str], message: str) -> None:
     # Nothing listens on port 9 of loopback: reaching the connection step would say so instead.
     code, stderr = cli(*args, "--address", "http://127.0.0.1:9")
     assert code == 2 and message in stderr, stderr
-    assert "Cannot reach" not in stderr
+    assert "Cannot reach" not in stderr and "hunter2-secret" not in stderr
+
+
+def test_a_job_carries_no_mlflow_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray writes a job's runtime_env (env_vars too) to the head's runtime_env_agent.log and returns
+    # it with the job's info, and logs its entrypoint: the head signs in with its own account.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "sweeper")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2-secret")
+    with submit.job_runtime_env(submit._space_file("digits_quick")) as (runtime_env, _):
+        entrypoint = submit.job_entrypoint(space="digits_quick", tracking_uri="http://mlflow:5000",
+                                           results_dir="/mnt/dpsweep/results", experiment="dpsweep")
+        assert runtime_env["env_vars"] == {"PYTHONUNBUFFERED": "1"}
+        assert "hunter2-secret" not in repr(runtime_env) + entrypoint and "sweeper" not in repr(runtime_env)
 
 
 def test_an_unreachable_cluster_is_reported_with_its_address(cli) -> None:
