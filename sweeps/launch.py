@@ -227,13 +227,14 @@ def _run(args: argparse.Namespace) -> int:
         tracker.flush()  # the server may be back by now
     online = not tracker.offline
     unfinished = len(results) - results.num_terminated - results.num_errors
-    if unfinished and not callback.time_budget_reached():
+    if (unfinished or callback.interrupted) and not callback.time_budget_reached():
         # Interrupted (Ctrl-C, a lost driver): leave the state for --resume, no frontier yet.
         if online:
             tracker.close_orphans(outcome="interrupted")
         tracker.log_sweep_tags({"dpsweep.state": "interrupted"})
         tracker.end_sweep(status="KILLED")
-        print(f"\nsweep interrupted with {unfinished} trial(s) unfinished; nothing finished is lost. Continue with:\n"
+        print(f"\nsweep interrupted{f' with {unfinished} trial(s) unfinished' if unfinished else ''}; nothing finished "
+              "is lost. Continue with:\n"
               f"  python -m sweeps.launch --space {args.space} --resume {sweep_name}", file=sys.stderr)
         return 130
     # Trials cut off by --time-budget are interrupted, not failed; otherwise a run left open died with its process.

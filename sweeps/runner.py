@@ -19,6 +19,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 import dataclasses
 import math
 import queue
+import signal
 import sys
 import threading
 import time
@@ -105,11 +106,16 @@ class _BackgroundWriter:
             except BaseException as error:  # noqa: BLE001 - re-raised in close()
                 self._error = error
             self.stats.logging_seconds += time.perf_counter() - started
+            self._queue.task_done()
+
+    def drain(self) -> None:
+        """Wait until every write queued so far is done."""
+        self._queue.join()
 
     def close(self) -> None:
         """Wait for every queued write; raise the first error a write raised."""
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join()  # the sentinel is never marked done: no drain() after close()
         if self._error is not None:
             raise self._error
 
@@ -140,6 +146,7 @@ class TrackingCallback(tune.Callback):
         self._point_keys: list[str] = []  # the trial key of each point
         self.outcomes: dict[str, int] = {}
         self._writer: _BackgroundWriter | None = None
+        self.interrupted = False  # the user pressed Ctrl-C (SIGINT): the sweep is to be resumed
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -186,9 +193,10 @@ class TrackingCallback(tune.Callback):
             # Federated trials have no single DP-SGD mechanism to compose (their clients' ε is per shard).
             self.ledger.record(LedgerEntry.from_spec(spec, public_seed=self.public_seed) for spec in members
                                if spec["train"].get("kind") != "federated")
-        if len(members) == 1:
+        if len(members) == 1 and members[0]["key"] not in self._finished:
             # A lone trial may run for hours: its run shows in MLflow from the start. The members
-            # of a pack (seconds of training) show with their first epochs.
+            # of a pack (seconds of training) show with their first epochs. A trial that had ended
+            # before a resume (Tune's saved state can predate its end) keeps the run it has.
             self._write(self.tracker.log_trial, key=members[0]["key"], name=members[0]["name"],
                         params=members[0]["params"])
 
@@ -255,13 +263,18 @@ class TrackingCallback(tune.Callback):
         self._unlogged_since.setdefault(spec["key"], time.monotonic())
 
     def _finish(self, trial: Any, *, error: bool) -> None:
-        for spec in self._members(trial):
+        members = self._members(trial)
+        for spec in members:
             if spec["key"] in self._finished:
                 self._finished.discard(spec["key"])
                 continue
             result = self._last_rows.pop(spec["key"], None) or {}
             # A pack that errored out may still have finished some members before it did.
             self._finish_member(spec, result, error=error and not ended_normally(result), error_file=trial.error_file)
+        if len(members) == 1 and self._writer is not None:
+            # A lone trial's end reaches MLflow before Tune goes on (and saves it as ended): a
+            # launcher killed next leaves no backlog of its writes behind what Optuna was told.
+            self._writer.drain()
 
     def _finish_member(self, spec: dict[str, Any], result: dict[str, Any], *, error: bool, error_file: Any) -> None:
         outcome = trial_outcome(result, error=error)
@@ -354,6 +367,45 @@ def connect_ray(address: str | None) -> None:
              configure_logging=True)
 
 
+class _InterruptCatcher:
+    """Ctrl-C (SIGINT) ends the sweep the way Ray Tune's own handler does, and says it did.
+
+    Tune catches SIGINT, saves its state and returns from ``fit`` as if the sweep had ended; with
+    Ray 2.6x its result grid then counts the trials it stopped as terminated, so the launcher
+    could not tell an interrupted sweep from a finished one and wrote a frontier, closed the
+    parent run and marked the stopped trials failed. Here SIGINT sets ``callback.interrupted``
+    and passes the stop on through SIGUSR1, which Tune always handles the same way.
+    """
+
+    def __init__(self, callback: TrackingCallback) -> None:
+        self.callback = callback
+        self.previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+            return
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.callback.interrupted = True
+        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            raise KeyboardInterrupt  # Tune has not started its loop: nothing to save yet
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's handler: stop, save the state, return
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            self.previous = None
+
+
+def _catch_interrupt(callback: TrackingCallback) -> _InterruptCatcher:
+    catcher = _InterruptCatcher(callback)
+    catcher.install()
+    return catcher
+
+
 def _trial_dirname(trial: Any) -> str:
     return f"{trial_spec(trial.config)['name']}_{trial.trial_id}"
 
@@ -390,6 +442,7 @@ def run_trials(
         board = start_pruning_board(board_name, grace_period=max(1, max_epochs // 4), max_epochs=max_epochs)
     if searcher is not None:
         searcher.board_name, searcher.slots = board_name, slots
+    interrupted = _catch_interrupt(callback)
     try:
         if resume and tune.Tuner.can_restore(str(experiment)):
             tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
@@ -399,6 +452,7 @@ def run_trials(
                                     searcher=searcher, board_name=board_name, slots=slots, callback=callback,
                                     max_failures=max_failures, time_budget_s=time_budget_s).fit()
     finally:
+        interrupted.restore()
         callback.close()
         # The slots are the sweep's until its trials are over and logged; the frontier and
         # reports that follow do not use them.

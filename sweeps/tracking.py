@@ -413,7 +413,10 @@ class SweepTracker:
             self._opened.add(key)
             new_params, end_tags = _params(params), []
         elif key not in self._opened:
-            self._reopen_trial(key, run_id)
+            if not self._reopen_trial(key, run_id):
+                # Created by a call whose answer was lost (the server went away mid-request):
+                # the run exists without the params that call would have logged next.
+                new_params = _params(params)
         last = self._last_step.get(key, -1)
         # An epoch logged before this run was reopened comes again when its trial starts over.
         metrics = [Metric(k, v, timestamp, step) for step, values in epochs if step > last or "test_accuracy" not in values
@@ -429,13 +432,15 @@ class SweepTracker:
             self.client.set_terminated(run_id, status=RunStatus.to_string(status))
             self._opened.discard(key)  # a later write (a retried trial) reopens the run
 
-    def _reopen_trial(self, key: str, run_id: str) -> None:
-        """A trial's run from before (a retry, a resumed sweep): running again; remember its last epoch."""
+    def _reopen_trial(self, key: str, run_id: str) -> bool:
+        """A trial's run from before (a retry, a resumed sweep): running again; remember its last
+        epoch. Returns whether the run has its params."""
         self.client.update_run(run_id, status="RUNNING")
         self.client.set_tag(run_id, "dpsweep.outcome", "running")
         history = self.client.get_metric_history(run_id, "test_accuracy")
         self._last_step[key] = max((m.step for m in history), default=0)
         self._opened.add(key)
+        return bool(self.client.get_run(run_id).data.params)
 
     def log_skipped(self, *, key: str, name: str, params: Mapping[str, Any], planned_epsilon: float, reason: str) -> None:
         """Record a trial that was never started because its planned ε exceeds the budget."""
