@@ -1,0 +1,226 @@
+"""The fault matrix: every kind of sweep against every fault, on real Ray, MLflow and Optuna storage.
+
+Kinds: grid of lone trials; grid in packs; Optuna single-objective in packs; Optuna multi-objective
+of lone trials; private selection; federated. Faults: SIGINT to the launcher; SIGKILL to the
+launcher; SIGKILL to the trial workers; the MLflow server lost (a TCP proxy in front of a real
+``mlflow server`` cuts every connection and refuses new ones).
+
+Every fault is injected at a state the test polls for, never after a sleep: some trial has
+finished while another is still training (for packs: a pack between its rounds of members). Then
+comes one ``--resume`` (launcher faults), nothing (the worker fault: Ray retries the trial), or
+the exit-3 path and ``python -m sweeps.sync`` (MLflow lost). Every cell then checks the same
+things: the sweep finished; exactly one child run per trial, none left RUNNING, the parent run
+closed; every trial's ε at every epoch equals what dp_core.accounting gives for its (σ, q, steps);
+Optuna's study holds one finished state per trial and agrees with the child runs; the frontier is
+made of every trial's points; the privacy summary counts every trial that trained.
+
+All sweeps share one Ray cluster (``ray start``, reached with ``--address``), which also shows
+that a launcher killed while connected to a cluster takes its trials with it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _sweep_checks import Kind, check_sweep, half_way
+from _sweep_harness import ENV, Launch, MlflowServer, RayCluster, TcpProxy, launched, wait_for
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+# The cluster has 2 CPUs. The plain grid runs two lone trials at a time (1 CPU each); the other
+# kinds take both CPUs per trial, so their trials run one after another (a trial's start is most
+# of its cost on 2 cores) and their half-way states are exact. A pack trains 2 members at once
+# (vectorize: 2) and holds rounds of them: it is half-way while some, not all, have completed.
+KINDS = [
+    Kind("grid_unpacked", epochs=10, space="""{fixed}
+axes:
+  noise_multiplier: [1.5, 2.5]
+  lr: [0.5, 2.0]
+epsilon_budget: 50.0
+search: grid
+pruner: none
+vectorize: "off"
+resources: {{cpus: 1, gpus: 0}}
+"""),
+    # One pack of 6 in three rounds of 2.
+    Kind("grid_packed", epochs=8, packed_completed=(1, 5), space="""{fixed}
+axes:
+  noise_multiplier: [1.5, 2.0, 2.5]
+  lr: [0.5, 2.0]
+epsilon_budget: 50.0
+search: grid
+pruner: none
+vectorize: 2
+resources: {{cpus: 2, gpus: 0}}
+"""),
+    # Optuna hands out one round first (2 trials), then a pack of the 6 left (three rounds): it is
+    # half-way with 3-7 completed, the case of the bench's "Cannot tell a COMPLETE trial".
+    Kind("optuna_single_packed", epochs=8, packed_completed=(3, 7), space="""{fixed}
+axes:
+  noise_multiplier: {{low: 1.5, high: 3.0, log: true}}
+  lr: {{low: 0.5, high: 2.0, log: true}}
+epsilon_budget: 50.0
+search: optuna
+trials: 8
+objective: single
+pruner: none
+vectorize: 2
+resources: {{cpus: 2, gpus: 0}}
+"""),
+    Kind("optuna_multi_unpacked", epochs=8, space="""{fixed}
+axes:
+  noise_multiplier: {{low: 1.5, high: 3.0, log: true}}
+  lr: {{low: 0.5, high: 2.0, log: true}}
+epsilon_budget: 50.0
+search: optuna
+trials: 3
+objective: multi
+pruner: none
+vectorize: "off"
+resources: {{cpus: 2, gpus: 0}}
+"""),
+    Kind("private_selection", epochs=8, space="""{fixed}
+axes:
+  noise_multiplier: [1.5, 2.5]
+  lr: [0.5, 2.0]
+epsilon_budget: 50.0
+search: grid
+pruner: none
+vectorize: "off"
+private_selection: {selection}
+resources: {{cpus: 2, gpus: 0}}
+"""),
+    # Each trial runs two client actors besides its own.
+    Kind("federated", epochs=6, space="""kind: federated
+{fixed}
+axes:
+  noise_multiplier: [1.5, 2.0, 2.5]
+  lr: [1.0]
+epsilon_budget: 50.0
+search: grid
+pruner: none
+resources: {{cpus: 2, gpus: 0}}
+"""),
+]
+FAULTS = ["sigint_launcher", "sigkill_launcher", "sigkill_worker", "mlflow_lost"]
+TIMEOUT = 300  # seconds for one launcher run; a cell takes well under a minute on 2 idle cores
+
+
+# ---- fixtures: one Ray cluster, one MLflow schema, one MLflow server for the whole module -----------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Any:
+    cluster = RayCluster(num_cpus=2)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite store, copied into each cell: creating the schema takes seconds."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(scope="module")
+def frontiers() -> dict[str, dict]:
+    """The frontier points each grid kind reached first in this module, by kind."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def mlflow_behind_proxy(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    proxy = TcpProxy(server.port)
+    proxy.start()
+    yield server, proxy
+    proxy.cut()
+    server.stop()
+
+
+# ---- the matrix ---------------------------------------------------------------------------------
+
+
+def _resume(arguments: list[str], cwd: Path) -> str:
+    resumed = Launch([*arguments, "--resume"], cwd=cwd, log=cwd / "resume.log")
+    code = resumed.wait(timeout=TIMEOUT)
+    assert code == 0, resumed.output()[-6000:]
+    return resumed.output()
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
+def test_sweep_finishes_whole_after_fault(kind: Kind, fault: str, tmp_path: Path, ray_cluster: RayCluster,
+                                          mlflow_template: Path, frontiers: dict[str, dict],
+                                          request: pytest.FixtureRequest) -> None:
+    ray_cluster.ensure_running()
+    ray_cluster.wait_idle()  # the cell before may have left a dying job
+    space = kind.write(tmp_path)
+    experiment = f"{kind.name}-{fault}"
+    proxy = None
+    if fault == "mlflow_lost":
+        server, proxy = request.getfixturevalue("mlflow_behind_proxy")
+        uri, read_uri = proxy.uri, server.uri  # the sweep goes through the proxy, the test does not
+    else:
+        shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+        uri = read_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    results = tmp_path / "results"
+    arguments = ["--space", str(space), "--tracking-uri", uri, "--experiment", experiment,
+                 "--results-dir", str(results), "--address", ray_cluster.address]
+    client = MlflowClient(tracking_uri=read_uri)
+
+    # With the server gone, MLflow's own HTTP retries only delay the switch to the journal.
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"} if fault == "mlflow_lost" else None
+    with launched(arguments, cwd=tmp_path, log=tmp_path / "launch.log", env=env) as launch:
+        # Twice a second: each look reads MLflow (and the study), CPU the sweep's trials need too.
+        wait_for(lambda: not launch.running() or half_way(kind, client, experiment, results), timeout=TIMEOUT,
+                 what=f"{kind.name} half-way (a trial finished, another training)", interval=0.5)
+        assert launch.running(), f"the sweep ended before the fault point:\n{launch.output()[-6000:]}"
+
+        if fault in ("sigint_launcher", "sigkill_launcher"):
+            launch.send(signal.SIGINT if fault == "sigint_launcher" else signal.SIGKILL)
+            code = launch.wait(timeout=TIMEOUT)
+            if fault == "sigint_launcher":
+                assert code == 130 and "--resume" in launch.output(), launch.output()[-6000:]
+            # Ray ends a dead driver's trials on a cluster it merely connected to, as it does its own:
+            # else they would train on, unrecorded, beside the resumed ones.
+            ray_cluster.wait_idle(timeout=60)
+            output = _resume(arguments, tmp_path)
+        elif fault == "sigkill_worker":
+            workers = ray_cluster.trial_workers()
+            assert workers, "no Ray trial worker found"
+            for worker in workers:
+                worker.kill()  # SIGKILL mid-epoch, as on a preempted machine
+            code = launch.wait(timeout=TIMEOUT)
+            output = launch.output()
+            assert code == 0, output[-6000:]
+            assert list(results.rglob("error.txt")), "Ray recorded no failure: no trial was killed mid-way"
+        else:
+            assert proxy is not None
+            proxy.cut()
+            try:
+                code = launch.wait(timeout=TIMEOUT)
+            finally:
+                proxy.restore()
+            output = launch.output()
+            assert code == 3, output[-6000:]  # trained, tracking kept in a journal
+            (journal,) = results.glob("*-mlflow-journal.jsonl")
+            assert f"python -m sweeps.sync {journal}" in output
+            synced = subprocess.run([sys.executable, "-m", "sweeps.sync", str(journal)], check=False, cwd=tmp_path,
+                                    env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+            assert synced.returncode == 0, synced.stdout + synced.stderr
+            assert not journal.exists()
+
+    check_sweep(kind, space=space, client=client, experiment=experiment, results=results, output=output,
+                 frontiers=frontiers)
