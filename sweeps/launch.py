@@ -290,6 +290,10 @@ def _run(args: argparse.Namespace) -> int:
         tracker.log_artifact(str(_write_release(sweep_dir / "release", best, selection_privacy)))
     outcomes = tracker.read_or(tracker.outcomes, lambda: dict(callback.outcomes, skipped_over_budget=skipped))
     tracker.log_sweep_tags({f"dpsweep.trials.{k}": v for k, v in outcomes.items()})
+    if searcher is not None:
+        # Again, now that the asker actor is surely gone: a suggestion it was asking when it was
+        # stopped reached the study after run_trials had closed the searcher.
+        searcher.fail_abandoned()
     tracker.end_sweep()
 
     print()
