@@ -430,8 +430,11 @@ def run_trials(
     """
     stats = SweepStats()
     total = len(grid) if grid is not None else space.trials
-    callback = TrackingCallback(tracker, stats, total=total, time_budget_s=time_budget_s, ledger=ledger,
-                                public_seed=space.public_seed)
+    # The searcher records an Optuna trial when it hands it out, before Tune has it; the callback
+    # records grid trials as they start. Both recording the same trials appended every Optuna
+    # trial twice to the ledger of a resumed sweep (the restored searcher holds its own copy).
+    callback = TrackingCallback(tracker, stats, total=total, time_budget_s=time_budget_s,
+                                ledger=ledger if searcher is None else None, public_seed=space.public_seed)
     # Federated trials reserve one bundle per client actor; other trials, {"cpu": ..., "gpu": ...}.
     trainable = tune.with_resources(run_trial, trial_resources(space))
     experiment = storage_path / name
