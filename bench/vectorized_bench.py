@@ -6,7 +6,10 @@ plans are computed once, before timing, and passed to both sides: planning is th
 either way and is not what vectorising speeds up. Both sides run in the same process,
 interleaved (the order alternates between repeats) so that load from other jobs on the machine
 hits both alike; the median of the repeats is reported, with the ratio sequential / vectorised.
-Prints a table and writes ``bench/results/vectorized-cpu-<date>.json``.
+Prints a table and writes ``bench/results/vectorized-<device>-<date>.json``.
+
+``--dataset`` and ``--device`` run the same comparison elsewhere, e.g. CNN packs on a GPU
+(``--dataset synthetic_cifar10_full --model cifar_cnn --device cuda``, as ``bench/gpu_check.py`` does).
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ from dp_core.vectorized import train_vectorized
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def configs_for(group_size: int, *, epochs: int, model: str = "mlp") -> list[TrainConfig]:
+def configs_for(
+    group_size: int, *, epochs: int, model: str = "mlp", dataset: str = "digits", device: str = "cpu"
+) -> list[TrainConfig]:
     """``group_size`` configurations of a typical sweep: same model and sampling, other numbers."""
     lrs, sigmas, clips, momenta = (0.5, 1.0, 2.0, 4.0), (0.8, 1.0, 1.5), (0.5, 1.0, 2.0), (0.0, 0.5, 0.9)
     return [
         TrainConfig.from_dict({
-            "dataset": "digits", "model": model, "epochs": epochs, "batch_size": 128, "device": "cpu",
+            "dataset": dataset, "model": model, "epochs": epochs, "batch_size": 128, "device": device,
             "accountant": "rdp", "lr": lrs[k % 4], "noise_multiplier": sigmas[k % 3],
             "max_grad_norm": clips[(k // 3) % 3], "momentum": momenta[(k // 2) % 3], "seed": k,
         })
@@ -54,12 +59,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default="mlp", help="digits_cnn takes the per-example route (no ghost clipping)")
+    parser.add_argument("--dataset", default="digits", help="any dataset of dp_core.data (default: digits)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON goes (default: bench/results)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Full backward hook")  # Opacus on the first layer; harmless
 
-    data = load_dataset("digits")
-    groups = {k: configs_for(k, epochs=args.epochs, model=args.model) for k in args.groups}
+    data = load_dataset(args.dataset)
+    groups = {k: configs_for(k, epochs=args.epochs, model=args.model, dataset=args.dataset, device=args.device)
+              for k in args.groups}
     plans = {k: [plan_privacy(c, train_size=len(data.train)) for c in configs] for k, configs in groups.items()}
 
     def sequential(k: int) -> tuple[float, float]:
@@ -86,7 +95,7 @@ def main() -> None:
                 times[k][side].append(sequential(k) if side == "sequential" else vectorised(k))
 
     rows = []
-    print(f"digits {args.model}, {args.epochs} epochs, batch 128, {args.threads} thread(s), median of {args.repeats}")
+    print(f"{args.dataset} {args.model} on {args.device}, {args.epochs} epochs, batch 128, {args.threads} thread(s), median of {args.repeats}")
     print(f"{'K':>3} {'seq wall s':>11} {'vec wall s':>11} {'speedup':>8} {'seq cpu s':>10} {'vec cpu s':>10} "
           f"{'speedup':>8}")
     for k in args.groups:
@@ -109,17 +118,18 @@ def main() -> None:
     today = datetime.date.today().isoformat()
     report = {
         "benchmark": "vectorized_bench", "date": today,
-        "setup": {"dataset": "digits", "model": args.model, "epochs": args.epochs, "batch_size": 128,
+        "setup": {"dataset": args.dataset, "device": args.device, "model": args.model, "epochs": args.epochs, "batch_size": 128,
                   "repeats": args.repeats, "planning": "excluded (plans passed to both sides)",
                   "sequential_engine": engine},
         "machine": {"processor": platform.processor() or platform.machine(), "platform": platform.platform(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads()},
+                    "torch_threads": torch.get_num_threads(),
+                    "device_name": torch.cuda.get_device_name() if args.device == "cuda" else None},
         "results": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.model == "mlp" else f"-{args.model}"
-    path = RESULTS / f"vectorized-cpu-{today}{suffix}.json"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = ("" if args.model == "mlp" else f"-{args.model}") + ("" if args.dataset == "digits" else f"-{args.dataset}")
+    path = args.out_dir / f"vectorized-{args.device}-{today}{suffix}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 

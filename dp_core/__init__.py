@@ -4,4 +4,4 @@ It imports nothing from sweeps, Ray, Optuna or MLflow: a sweep orchestrates it, 
 other way round. Start with ``dp_core.train.train`` or ``python -m dp_core.train``.
 """
 
-__all__ = ["accounting", "audit", "config", "data", "dpsgd", "federated", "models", "plan", "train"]
+__all__ = ["accounting", "audit", "config", "data", "dpsgd", "federated", "models", "plan", "synthetic", "train"]

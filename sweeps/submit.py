@@ -53,6 +53,9 @@ _JOB_SPACES = ".dpsweep_job_spaces"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # The shared volume of the clusters in infra/ (EFS on AWS, a ReadWriteMany volume on Kubernetes).
 DEFAULT_RESULTS_DIR = "/mnt/dpsweep/results"
+#: The infra/ clusters autoscale from no GPU workers: the sweep waits this long for the first node
+#: that can hold a trial (sweeps.resources) before it gives up with exit 2.
+DEFAULT_WAIT_FOR_RESOURCES = 900.0
 # MLflow's credential variables: the head's own, never put in a job (see the module docstring).
 _MLFLOW_ACCOUNT = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
@@ -69,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"Ray Tune's trial state, on a path every node can reach (default: {DEFAULT_RESULTS_DIR})")
     parser.add_argument("--experiment", default="dpsweep", help="MLflow experiment name (default: dpsweep)")
     parser.add_argument("--no-wait", action="store_true", help="print the job id and return without following the job")
+    parser.add_argument("--wait-for-resources", type=float, default=DEFAULT_WAIT_FOR_RESOURCES, metavar="SECONDS",
+                        help="how long the sweep waits for the autoscaler to add a node that can hold one trial "
+                             f"(default: {DEFAULT_WAIT_FOR_RESOURCES:g}; 0 for a fixed cluster: fail at once)")
     return parser
 
 
@@ -115,10 +121,14 @@ def _space_file(space: str) -> Path | None:
     return None if shipped and loaded.source.stem == space else loaded.source
 
 
-def job_entrypoint(*, space: str, tracking_uri: str, results_dir: str, experiment: str) -> str:
+def job_entrypoint(
+    *, space: str, tracking_uri: str, results_dir: str, experiment: str, wait_for_resources: float | None = None
+) -> str:
     """The shell command the job runs on the head node, in the project's working directory."""
     command = ["python", "-m", "sweeps.launch", "--space", space, "--tracking-uri", tracking_uri,
                "--results-dir", results_dir, "--experiment", experiment]
+    if wait_for_resources:
+        command += ["--wait-for-resources", f"{wait_for_resources:g}"]
     return shlex.join(command)
 
 
@@ -146,11 +156,15 @@ def job_runtime_env(space_file: Path | None) -> Iterator[tuple[dict[str, Any], s
         yield {**env, "working_dir": str(stage)}, f"{_JOB_SPACES}/{space_file.name}"
 
 
-def submit(client: Any, *, space: str, tracking_uri: str, results_dir: str, experiment: str) -> str:
+def submit(
+    client: Any, *, space: str, tracking_uri: str, results_dir: str, experiment: str,
+    wait_for_resources: float | None = None,
+) -> str:
     """Submit the sweep as a Ray Job on ``client``'s cluster; returns the job id."""
     with job_runtime_env(_space_file(space)) as (runtime_env, space_in_job):
         entrypoint = job_entrypoint(space=space_in_job or space, tracking_uri=tracking_uri,
-                                    results_dir=results_dir, experiment=experiment)
+                                    results_dir=results_dir, experiment=experiment,
+                                    wait_for_resources=wait_for_resources)
         return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
                                  metadata={"dpsweep.space": Path(space).stem, "dpsweep.experiment": experiment})
 
@@ -188,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ConnectionError, RuntimeError) as error:
             raise ConfigError(f"Cannot reach the Ray Job API at {args.address}: {error}") from None
         job_id = submit(client, space=args.space, tracking_uri=tracking_uri, results_dir=results_dir,
-                        experiment=args.experiment)
+                        experiment=args.experiment, wait_for_resources=args.wait_for_resources)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

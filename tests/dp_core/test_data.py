@@ -219,5 +219,10 @@ def test_canonical_train_size(digits: DatasetSplits) -> None:
         "mnist": 60_000,
         "fashion_mnist": 60_000,
         "cifar10": 50_000,
+        # The generated stand-ins (dp_core.synthetic): small ones for tests, _full ones of the real sizes.
+        "synthetic_cifar10": 1_000,
+        "synthetic_mnist": 1_000,
+        "synthetic_cifar10_full": 50_000,
+        "synthetic_mnist_full": 60_000,
     }
     assert canonical_train_size("digits") == len(digits.train)

@@ -36,6 +36,18 @@ def test_entrypoint_is_the_launcher_with_the_options_passed_through() -> None:
                                     "--experiment", "team a"]
 
 
+def test_the_job_waits_for_the_autoscaler_by_default_and_the_launcher_takes_the_option() -> None:
+    from sweeps.launch import build_parser
+
+    args = submit.build_parser().parse_args(["--space", "cifar10_grid", "--tracking-uri", "http://mlflow:5000"])
+    assert args.wait_for_resources == submit.DEFAULT_WAIT_FOR_RESOURCES > 0
+    command = submit.job_entrypoint(space="cifar10_grid", tracking_uri="http://mlflow:5000",
+                                    results_dir="/mnt/dpsweep/results", experiment="dpsweep", wait_for_resources=900)
+    words = shlex.split(command)
+    assert words[-2:] == ["--wait-for-resources", "900"]
+    assert build_parser().parse_args(words[3:]).wait_for_resources == 900
+
+
 def test_a_shipped_space_uploads_the_project_root_without_local_results() -> None:
     with submit.job_runtime_env(submit._space_file("digits_quick")) as (runtime_env, space_in_job):
         assert space_in_job is None  # the name works as it is: the space ships with the project

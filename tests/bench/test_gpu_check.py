@@ -1,0 +1,44 @@
+"""bench/gpu_check.py on its CPU dry-run path: every step runs and the JSON names the device.
+
+No GPU is needed (nor used): the dry run is the same script with tiny settings on the CPU, so a GPU
+machine finds it working. Its figures measure nothing and are not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_dry_run_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out-dir", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    (written,) = tmp_path.glob("gpu-check-dryrun-cpu-*.json")
+    report = json.loads(written.read_text())
+    assert report["dry_run"] is True and "CPU (dry run)" in report["device_name"]
+    assert {k: report[k]["status"] for k in ("engines", "sweep", "packs")} == {"engines": "ok", "sweep": "ok", "packs": "ok"}
+    # 1. the DP step against the non-private step, for both GPU models, time and memory.
+    cases = {(c["model"], c["batch_size"]): c for c in report["engines"]["cases"]}
+    assert set(cases) == {("resnet18_gn", 2), ("wrn16_4", 2)}
+    assert all(c["auto_engine"] == "bk" and c["auto_time_ratio"] > 0 and c["auto_memory_ratio"] > 0 for c in cases.values())
+    # 2. the sweep: the launcher's time split and throughput, read back from its MLflow parent run.
+    sweep = report["sweep"]
+    assert sweep["space"]["fixed"]["dataset"] == "synthetic_cifar10" and sweep["space"]["fixed"]["lr_schedule"] == "cos"
+    assert 0 < sweep["sweep"]["train_share"] <= 1 and sweep["sweep"]["trial_epochs_per_second"] > 0
+    assert sweep["sweep"]["trials"].get("completed") == "2"
+    assert sweep["gpu"] == {"sampled": False, "why": "dry run"}
+    # 3. packs of CNN trials against one after another.
+    assert [row["group_size"] for row in report["packs"]["results"]] == [1, 2]
+    assert isinstance(report["packs"]["packs_pay"], bool)
+    # The targets are for a GPU: not judged on a dry run.
+    assert set(report["targets"].values()) == {None}
