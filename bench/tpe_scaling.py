@@ -3,15 +3,22 @@
 A dpsweep-shaped study: three log-uniform parameters (target ε, C, lr, as in
 ``bench/spaces/digits_bench.yaml``); four trials in five pruned after their first rung, the rest
 completed; 50 trials left running (the packs in flight); in-memory storage, so only the sampler
-is timed. At each study size, two identically seeded studies with the same history are asked
-for one pack of ``PACK`` configurations: Optuna's TPESampler (one fit per suggestion) and
-dpsweep's :class:`sweeps.batch_tpe.BatchTPESampler` inside ``one_fit`` (one fit per pack).
+is timed. At each study size, identically seeded studies with the same history are asked for one pack
+of ``PACK`` configurations: Optuna's TPESampler (one fit per suggestion), dpsweep's
+:class:`sweeps.batch_tpe.BatchTPESampler` inside ``one_fit`` (one fit per pack), and, for the
+record of a design choice, a BatchTPESampler that only caches the estimators and lets Optuna's
+``_sample`` split the trials for every suggestion (``estimators_only``).
 
-    python bench/tpe_scaling.py        # prints a table, writes bench/results/tpe-scaling-<date>.json
+Each figure is wall time and this process's CPU time per suggestion; on a machine that other
+jobs share, the CPU time is the steadier of the two (the load average is written down too).
+
+    python bench/tpe_scaling.py --machine "2-core dev VM"   # prints a table, writes
+                                                            # bench/results/tpe-scaling-<date>.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -25,6 +32,12 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sweeps.batch_tpe import BatchTPESampler  # noqa: E402
+
+
+class _EstimatorsOnly(BatchTPESampler):
+    """The estimators cached per pack, Optuna's own ``_sample`` (trial split included) per suggestion."""
+
+    _sample = optuna.samplers.TPESampler._sample
 
 SIZES = (500, 1000, 2000, 4000)
 PACK = 48  # configurations of one digits pack (sweeps.packing.AUTO_PACK_SIZE's rounds)
@@ -50,27 +63,30 @@ def _grow(study: optuna.Study, rng: random.Random, count: int) -> None:
             study.tell(trial, rng.random())
 
 
-def _time_pack(study: optuna.Study, *, batched: bool) -> float:
-    """Seconds to ask one pack; the pack's trials are then told pruned (as most are)."""
+def _time_pack(study: optuna.Study) -> tuple[float, float]:
+    """Wall and CPU seconds to ask one pack; the pack's trials are then told pruned (as most are)."""
     sampler = study.sampler
-    started = time.perf_counter()
-    if batched:
-        assert isinstance(sampler, BatchTPESampler)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    if isinstance(sampler, BatchTPESampler):
         with sampler.one_fit():
             pack = [_ask(study) for _ in range(PACK)]
     else:
         pack = [_ask(study) for _ in range(PACK)]
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     for trial in pack:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    return seconds
+    return seconds, cpu_seconds
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--machine", default=platform.node(), help="what the machine is, for the JSON")
+    args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     studies = {"per_suggestion": optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0)),
-               "per_pack": optuna.create_study(direction="maximize", sampler=BatchTPESampler(seed=0))}
+               "per_pack": optuna.create_study(direction="maximize", sampler=BatchTPESampler(seed=0)),
+               "estimators_only": optuna.create_study(direction="maximize", sampler=_EstimatorsOnly(seed=0))}
     rngs = {name: random.Random(0) for name in studies}
     grown = 0
     rows = []
@@ -79,21 +95,28 @@ def main() -> int:
         for name, study in studies.items():
             _grow(study, rngs[name], size - grown)
             running = [_ask(study) for _ in range(RUNNING)]
-            row[f"ms_per_suggestion_{name}"] = _time_pack(study, batched=name == "per_pack") / PACK * 1000
+            wall, cpu = _time_pack(study)
+            row[f"ms_per_suggestion_{name}"] = wall / PACK * 1000
+            row[f"cpu_ms_per_suggestion_{name}"] = cpu / PACK * 1000
             for trial in running:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         grown = size + RUNNING + PACK
         row["ratio"] = row["ms_per_suggestion_per_suggestion"] / row["ms_per_suggestion_per_pack"]
+        row["cpu_ratio"] = row["cpu_ms_per_suggestion_per_suggestion"] / row["cpu_ms_per_suggestion_per_pack"]
+        row["cpu_ratio_estimators_only"] = (row["cpu_ms_per_suggestion_per_suggestion"]
+                                            / row["cpu_ms_per_suggestion_estimators_only"])
         rows.append(row)
-        print(f"{size:6d} trials: {row['ms_per_suggestion_per_suggestion']:6.1f} ms per suggestion fitted per "
-              f"suggestion, {row['ms_per_suggestion_per_pack']:5.2f} ms fitted once per pack of {PACK}: "
-              f"{row['ratio']:.0f}x", flush=True)
+        print(f"{size:6d} trials, CPU ms per suggestion: {row['cpu_ms_per_suggestion_per_suggestion']:6.1f} fitted per "
+              f"suggestion, {row['cpu_ms_per_suggestion_per_pack']:5.2f} fitted once per pack of {PACK} "
+              f"({row['cpu_ratio']:.1f}x), {row['cpu_ms_per_suggestion_estimators_only']:5.2f} estimators only "
+              f"({row['cpu_ratio_estimators_only']:.1f}x); wall {row['ratio']:.1f}x", flush=True)
     out = Path(__file__).resolve().parent / "results" / f"tpe-scaling-{time.strftime('%Y-%m-%d')}.json"
     out.write_text(json.dumps({
         "benchmark": "Optuna TPE cost per suggestion vs study size: one fit per suggestion vs one per pack",
         "optuna": optuna.__version__, "pack": PACK, "running_trials": RUNNING,
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": {"name": args.machine, "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_at_end": [round(load, 2) for load in os.getloadavg()]},
         "results": rows}, indent=2))
     print(f"→ {out}")
     return 0
