@@ -40,10 +40,11 @@ import ray
 from ray.tune.search import Searcher
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from dp_core.config import ModelConfig
 from sweeps.adaptive import RdpFilter
 from sweeps.batch_tpe import BatchTPESampler
 from sweeps.ledger import LedgerEntry, PrivacyLedger
-from sweeps.packing import AUTO_PACK_SIZE, group_key, member_rows, pack_capacity, pack_limit, pack_spec
+from sweeps.packing import group_key, member_rows, pack_capacity, pack_limit, pack_size, pack_spec
 from sweeps.planning import EpsilonBudget, PlannedTrial
 from sweeps.selection import TrialMechanism
 from sweeps.space import Range, SearchSpace
@@ -238,8 +239,10 @@ class BudgetedOptunaSearch(Searcher):
         return True  # metric and mode come from the space, not from TuneConfig
 
     def _batch_size(self) -> int:
-        """How many configurations to ask and plan at once: a pack's worth, within the trial cap."""
-        size = pack_capacity(self._pack_width())
+        """How many configurations to ask and plan at once: a pack's worth for packs, the slots for
+        one-trial units; within the room to ask ahead (:meth:`_ask_room`) and the trial cap."""
+        width = self._unit_width()
+        size = min(pack_capacity(width) if width > 1 else max(self.slots, 1), self._ask_room())
         if self.space.trials is None:
             return size
         return min(size, self.space.trials - self._issued - len(self._waiting) - len(self._ready)
@@ -277,7 +280,7 @@ class BudgetedOptunaSearch(Searcher):
                 _sampler_seed(self.space, 1))  # not the driver's stream again
             self._planner = ray.remote(num_cpus=0)(_Planner).options(scheduling_strategy=on_this_machine).remote(
                 self.space, self.storage, self.study_name, self.plan)
-            count = min(self._batch_size(), self._pack_width() * max(self.slots, 1))
+            count = min(self._batch_size(), self._unit_width() * max(self.slots, 1))
             self._take(_plan(study, self.space, self.plan, _ask(study, self.space, count)))
             self.plan_ahead()
             return
@@ -296,12 +299,32 @@ class BudgetedOptunaSearch(Searcher):
         self.planning_seconds += sum(asked.plan_seconds for asked in batch)
         self._ready += batch
 
-    def _pack_width(self) -> int:
-        return AUTO_PACK_SIZE if self.space.vectorize == "auto" else int(self.space.vectorize)
+    def _unit_width(self) -> int:
+        """The most configurations one unit of work may train at once in this space (1: one trial
+        per unit), as far as the space says before any trial is planned: ``vectorize: auto`` packs
+        only the models in ``sweeps.packing.AUTO_MODELS``; a federated trial runs alone."""
+        if self.space.kind == "federated":
+            return 1
+        models = self.space.axes.get("model", (self.space.fixed.get("model", ModelConfig().model),))
+        return max(pack_size(self.space.vectorize, str(model)) for model in models)
+
+    def _ask_room(self) -> int | float:
+        """How many more configurations may be asked of Optuna now. For packs, no limit but
+        ``PLAN_AHEAD`` batches: a pack's worth planned ahead keeps a slot from waiting for Optuna.
+        For one-trial units, the slots plus the one trial Tune keeps waiting (``runner``'s
+        ``max_concurrent_trials``), less the configurations open now (asked, and not yet told):
+        a CNN sweep that asked 48 configurations two batches ahead was blind for its first ~100
+        trials, and one asked after a result is told is TPE's better guess for a trial of seconds."""
+        if self._unit_width() > 1:
+            return math.inf
+        handed_out = sum(len(members) for members in self._live.values())  # told members leave it
+        asked = len(self._waiting) + len(self._ready) + sum(count for count, _ in self._planning)
+        return max(self.slots, 1) + 1 - handed_out - asked
 
     def _next_admitted(self, *, block: bool) -> _Asked | None | object:
         """The next planned configuration within the budget; None after too many skips or at the
-        trial cap; ``_NOT_YET`` if ``block`` is false and the next one is still being planned."""
+        trial cap; ``_NOT_YET`` if ``block`` is false and the next one is still being planned, or
+        if nothing more may be asked before a result is told (:meth:`_ask_room`)."""
         for _ in range(self.max_consecutive_skips):
             if not self._ready and self._planner is not None:
                 self._collect_done()
@@ -310,7 +333,8 @@ class BudgetedOptunaSearch(Searcher):
             if not self._ready:
                 self._collect()
             if not self._ready:
-                return None  # the trial cap is reached
+                # No room to ask before a result is told (one-trial units), or the trial cap is reached.
+                return _NOT_YET if self._ask_room() <= 0 else None
             asked = self._ready.pop(0)
             if asked.planned is None:
                 self._mark_finished(asked.number)
