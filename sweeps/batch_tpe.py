@@ -87,13 +87,11 @@ class BatchTPESampler(optuna.samplers.TPESampler):
 
     def _build_parzen_estimator(self, study: optuna.Study, search_space: dict[str, BaseDistribution],
                                 trials: list[optuna.trial.FrozenTrial], handle_below: bool) -> Any:
-        if self._fits is None:
-            return super()._build_parzen_estimator(study, search_space, trials, handle_below)
-        # A conditional space asks different sets of parameters: each set has its own estimators.
-        key = (handle_below, tuple(search_space.items()))
-        if key not in self._fits:
-            self._fits[key] = super()._build_parzen_estimator(study, search_space, trials, handle_below)
-        return self._fits[key]
+        estimator = super()._build_parzen_estimator(study, search_space, trials, handle_below)
+        if self._fits is not None:
+            # Kept per set of parameters: a conditional space asks different sets, each its own fit.
+            self._fits[(handle_below, tuple(search_space.items()))] = estimator
+        return estimator
 
     def _sample(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                 search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
