@@ -46,7 +46,7 @@ from torch.utils.data import TensorDataset
 
 from dp_core._validate import ConfigError, require, require_choice, require_in_range
 from dp_core.config import TrainConfig
-from dp_core.data import DatasetSplits, load_dataset
+from dp_core.data import DatasetSplits, load_data
 
 __all__ = [
     "CANARY_KINDS",
@@ -305,8 +305,7 @@ def audit(
     """
     from dp_core.train import train
 
-    data = data if data is not None else load_dataset(config.data.dataset, root=config.data.data_root,
-                                                      download=config.data.download)
+    data = data if data is not None else load_data(config.data)
     augmented, canary_set = insert_canaries(data, count=canaries, kind=canary_kind, seed=seed)
     config, _ = audit_config(config, data, canaries=canaries, canary_kind=canary_kind, canary_seed=seed)
     result = train(config, data=augmented)

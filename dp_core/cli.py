@@ -13,8 +13,6 @@ import json
 import math
 import secrets
 import sys
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def on_epoch(report: EpochReport) -> None:
             bar.update(1)
-            bar.set_postfix(acc=f"{report.test_accuracy:.3f}", test_loss=f"{report.test_loss:.3f}",
+            shown = {"val_acc": report.val_accuracy, "acc": report.test_accuracy, "test_loss": report.test_loss}
+            bar.set_postfix(**{k: f"{v:.3f}" for k, v in shown.items() if v is not None},
                             eps=f"{report.epsilon:.2f}", delta=f"{report.delta:g}", accountant=report.accountant)
 
         result = train(config, on_epoch=on_epoch, checkpoint_path=args.checkpoint)
@@ -163,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     final = result.final
     metrics = {
+        **({"val_accuracy": final.val_accuracy, "val_loss": final.val_loss} if final.val_accuracy is not None else {}),
         "test_accuracy": final.test_accuracy,
         "test_loss": final.test_loss,
         "epochs_trained": final.epoch,

@@ -60,11 +60,16 @@ class DataConfig:
     dataset: str = "digits"
     data_root: str | None = None
     download: bool = False
+    # The share of the training split held out, stratified and fixed, as a validation split: never
+    # trained on, so the sampling rate and the accountant count only the rest. 0: none (the plain
+    # trainer's default; sweeps select on validation and set their own).
+    validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         from dp_core.data import DATASETS  # data imports torch; keep config importable cheaply
 
         require_choice(self.dataset, key="dataset", choices=DATASETS)
+        require_in_range(self.validation_fraction, key="validation_fraction", low=0.0, high=0.5, high_open=True)
         require(
             self.data_root is None or isinstance(self.data_root, str),
             key="data_root", value=self.data_root, allowed="to be a folder path",

@@ -9,23 +9,31 @@ No augmentation is applied: under DP it is off by default (it changes the per-ex
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
 from dp_core._validate import ConfigError, require_choice
+from dp_core.synthetic import SYNTHETIC_DATASETS, load_synthetic
 
-__all__ = ["DATASETS", "DatasetSplits", "canonical_train_size", "load_dataset"]
+if TYPE_CHECKING:
+    from dp_core.config import DataConfig
 
-DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10")
+__all__ = ["DATASETS", "DatasetSplits", "canonical_train_size", "load_data", "load_dataset", "validation_size"]
+
+# The synthetic_* stand-ins (dp_core.synthetic) are generated in memory: no files, root and download do not apply.
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10", *SYNTHETIC_DATASETS)
 
 # Training-split sizes known without touching the disk: the privacy accountant needs the sampling rate
 # (batch size / N) when a sweep is planned, long before any worker loads data. Read-only on purpose.
-_TRAIN_SIZES = types.MappingProxyType({"digits": 1437, "mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000})
+_TRAIN_SIZES = types.MappingProxyType({"digits": 1437, "mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000,
+                                       **{name: spec.train_size for name, spec in SYNTHETIC_DATASETS.items()}})
 
 # The usual published per-channel statistics of each training set; CIFAR-10's are those of the Opacus example,
 # so accuracies stay comparable with it.
@@ -43,34 +51,67 @@ _DIGITS_MAX_COUNT = 16
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DatasetSplits:
-    """A dataset's train and test splits, both ``TensorDataset(images float32 NCHW, labels int64)``."""
+    """A dataset's splits, each ``TensorDataset(images float32 NCHW, labels int64)``.
+
+    ``validation`` is held out of the published training split (``None`` without one): models are
+    trained on ``train`` only, chosen on ``validation``, and reported on ``test``.
+    """
 
     name: str
     train: TensorDataset
     test: TensorDataset
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W)
+    validation: TensorDataset | None = None
 
 
-def canonical_train_size(name: str) -> int:
-    """Number of training examples of dataset ``name``, without loading it."""
+def validation_size(train_size: int, fraction: float) -> int:
+    """How many of ``train_size`` examples a validation split of ``fraction`` holds (scikit-learn's rounding)."""
+    return math.ceil(fraction * train_size) if fraction > 0 else 0
+
+
+def canonical_train_size(name: str, *, validation_fraction: float = 0.0) -> int:
+    """Number of examples trained on for dataset ``name`` (its training split less validation), without loading it."""
     require_choice(name, key="dataset", choices=DATASETS)
-    return _TRAIN_SIZES[name]
+    return _TRAIN_SIZES[name] - validation_size(_TRAIN_SIZES[name], validation_fraction)
+
+
+def load_data(config: DataConfig) -> DatasetSplits:
+    """The splits a ``DataConfig`` names: its dataset, folder, download choice and validation share."""
+    return load_dataset(config.dataset, root=config.data_root, download=config.download,
+                        validation_fraction=config.validation_fraction)
 
 
 def load_dataset(
-    name: str, *, root: str | os.PathLike[str] | None = None, download: bool = False
+    name: str, *, root: str | os.PathLike[str] | None = None, download: bool = False, validation_fraction: float = 0.0
 ) -> DatasetSplits:
     """Load dataset ``name`` whole into memory, normalised.
 
     ``root`` is the folder holding torchvision's on-disk layout (default: ``$DPSWEEP_DATA`` if set, else
     ``~/.cache/dpsweep/data``); it is ignored for ``digits``, which ships with scikit-learn. With ``download=False``
     (the default, so that nothing reaches the network unasked) missing files raise :class:`ConfigError`.
+    With ``validation_fraction`` > 0 that share of the training split becomes ``validation``: stratified by
+    label, the same examples on every call and machine, and taken out of ``train``.
     """
     require_choice(name, key="dataset", choices=DATASETS)
-    if name == "digits":
-        return _load_digits()
-    return _load_torchvision(name, _resolve_root(root), download)
+    splits = (load_synthetic(name) if name in SYNTHETIC_DATASETS
+              else _load_digits() if name == "digits" else _load_torchvision(name, _resolve_root(root), download))
+    return _hold_out_validation(splits, validation_fraction) if validation_fraction > 0 else splits
+
+
+def _hold_out_validation(splits: DatasetSplits, fraction: float) -> DatasetSplits:
+    from sklearn.model_selection import train_test_split
+
+    images, labels = splits.train.tensors
+    # A fixed random_state: the split is part of the dataset's definition, not of a run's randomness
+    # (it is no secret which examples were held out; they are never trained on).
+    train_index, val_index = train_test_split(
+        np.arange(len(labels)), test_size=validation_size(len(labels), fraction),
+        stratify=labels.numpy(), random_state=0)
+    train_index, val_index = torch.from_numpy(np.sort(train_index)), torch.from_numpy(np.sort(val_index))
+    return dataclasses.replace(
+        splits, train=TensorDataset(images[train_index], labels[train_index]),
+        validation=TensorDataset(images[val_index], labels[val_index]))
 
 
 def _resolve_root(root: str | os.PathLike[str] | None) -> Path:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dp_core.config import ConfigError, TrainConfig
-from dp_core.data import DatasetSplits, load_dataset
+from dp_core.data import DatasetSplits, load_data
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
 from dp_core.models import build_model
 from dp_core.plan import PrivacyPlan, plan_privacy
@@ -31,14 +31,21 @@ __all__ = ["EpochReport", "TrainResult", "StopTraining", "TrainingDiverged", "tr
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EpochReport:
-    """What one epoch produced. ``epsilon`` is an upper bound from ``accountant`` at ``delta``."""
+    """What one epoch produced. ``epsilon`` is an upper bound from ``accountant`` at ``delta``.
+
+    Validation and test loss and accuracy are measured on data never trained on; either is None
+    where it was not measured (no validation split; test not asked for, as in a sweep's search,
+    where no decision may read it).
+    """
 
     epoch: int
     steps: int
     # No training loss: the mean of unclipped per-example losses is an un-noised statistic of the
-    # training data. Test loss and accuracy are measured on data never trained on.
-    test_loss: float
-    test_accuracy: float
+    # training data.
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    test_loss: float | None = None
+    test_accuracy: float | None = None
     epsilon: float
     delta: float
     accountant: str
@@ -94,6 +101,17 @@ def _build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optim
     return torch.optim.RMSprop(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
 
 
+def evaluate_splits(
+    model: nn.Module, splits: dict[str, tuple[torch.Tensor, torch.Tensor] | None], *, batch_size: int
+) -> dict[str, float]:
+    """``{"<split>_loss": .., "<split>_accuracy": ..}`` for each split given (``None``: not measured, left out)."""
+    measured: dict[str, float] = {}
+    for split, tensors in splits.items():
+        if tensors is not None:
+            measured[f"{split}_loss"], measured[f"{split}_accuracy"] = evaluate(model, *tensors, batch_size=batch_size)
+    return measured
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int) -> tuple[float, float]:
     """Mean cross-entropy and accuracy, kept on the device until one sync at the end."""
@@ -142,6 +160,7 @@ def train(
     checkpoint_every_seconds: float = 0.0,
     data: DatasetSplits | None = None,
     plan: PrivacyPlan | None = None,
+    evaluate_test: bool = True,
 ) -> TrainResult:
     """Train ``config`` with DP-SGD and return every epoch's report.
 
@@ -152,9 +171,11 @@ def train(
     resumed from, so a resumed run reaches the same steps, and so the same ε, as an
     uninterrupted one. ``checkpoint_every_seconds`` saves at most that often (and always after
     the last epoch): for epochs of milliseconds, saving every one would cost more than training.
+    Every epoch is evaluated on the validation split, if the data has one, and on the test split
+    unless ``evaluate_test`` is false (a sweep's search: its decisions must not read test data).
     """
     privacy = config.privacy
-    data = data if data is not None else load_dataset(config.data.dataset, root=config.data.data_root, download=config.data.download)
+    data = data if data is not None else load_data(config.data)
     train_size = len(data.train)
     if plan is None:
         plan = plan_privacy(config, train_size=train_size)
@@ -167,7 +188,10 @@ def train(
     noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
 
     train_images, train_labels = (t.to(device) for t in data.train.tensors)
-    test_images, test_labels = (t.to(device) for t in data.test.tensors)
+    eval_splits = {
+        "val": tuple(t.to(device) for t in data.validation.tensors) if data.validation is not None else None,
+        "test": tuple(t.to(device) for t in data.test.tensors) if evaluate_test else None,
+    }
     model = build_model(
         config.model.model, input_shape=data.input_shape, num_classes=data.num_classes,
         gn_groups=config.model.gn_groups,
@@ -249,12 +273,11 @@ def train(
                 f"max_grad_norm={privacy.max_grad_norm}); lower the learning rate."
             )
         started = time.perf_counter()
-        test_loss, test_accuracy = evaluate(model, test_images, test_labels, batch_size=config.test_batch_size)
+        measured = evaluate_splits(model, eval_splits, batch_size=config.test_batch_size)
         eval_seconds = time.perf_counter() - started
         stopped_early = steps >= plan.max_steps and plan.max_steps < plan.planned_steps
         report = EpochReport(
-            epoch=epoch, steps=steps, test_loss=test_loss,
-            test_accuracy=test_accuracy, epsilon=plan.epsilon_at(steps), delta=plan.delta,
+            epoch=epoch, steps=steps, **measured, epsilon=plan.epsilon_at(steps), delta=plan.delta,
             accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
             train_seconds=train_seconds, eval_seconds=eval_seconds, stopped_by_budget=stopped_early,
         )

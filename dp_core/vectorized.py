@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from dp_core.config import ConfigError, TrainConfig
-from dp_core.data import DatasetSplits, canonical_train_size, load_dataset
+from dp_core.data import DatasetSplits, canonical_train_size, load_data
 from dp_core.dpsgd import poisson_batches
 from dp_core.models import build_model
 from dp_core.plan import PrivacyPlan, plan_privacy
@@ -58,6 +58,7 @@ _CHUNK_BYTES = 16 * 2**20
 # What every configuration of a group must share: the model's shape, the data, the steps.
 _SHARED: tuple[tuple[str, Callable[[TrainConfig], Any]], ...] = (
     ("dataset", lambda c: c.data.dataset), ("data_root", lambda c: c.data.data_root),
+    ("validation_fraction", lambda c: c.data.validation_fraction),
     ("model", lambda c: c.model.model), ("gn_groups", lambda c: c.model.gn_groups),
     ("epochs", lambda c: c.epochs), ("delta", lambda c: c.privacy.delta),
     ("accountant", lambda c: c.privacy.accountant), ("max_physical_batch_size", lambda c: c.max_physical_batch_size),
@@ -100,9 +101,13 @@ def can_vectorize(
         return reason
     if plans is not None:
         return _budget_reason(dict(enumerate(plans)))
-    train_size = len(data.train) if data is not None else canonical_train_size(configs[0].data.dataset)
+    train_size = len(data.train) if data is not None else _train_size(configs[0])
     return _budget_reason({i: plan_privacy(c, train_size=train_size) for i, c in enumerate(configs)
                            if c.privacy.epsilon_budget is not None})
+
+
+def _train_size(config: TrainConfig) -> int:
+    return canonical_train_size(config.data.dataset, validation_fraction=config.data.validation_fraction)
 
 
 def group_signature(config: TrainConfig, *, train_size: int) -> tuple[Any, ...]:
@@ -118,7 +123,7 @@ def _structural_reason(configs: Sequence[TrainConfig], data: DatasetSplits | Non
     if len(configs) == 0:
         return "Expected at least one configuration, but got none."
     first = configs[0]
-    train_size = len(data.train) if data is not None else canonical_train_size(first.data.dataset)
+    train_size = len(data.train) if data is not None else _train_size(first)
     for key, value_of in (*_SHARED, ("sample_rate", lambda c: c.resolved_sample_rate(train_size))):
         for index, config in enumerate(configs[1:], start=1):
             if value_of(config) != value_of(first):
@@ -184,6 +189,7 @@ def train_vectorized(
     data: DatasetSplits | None = None,
     plans: Sequence[PrivacyPlan] | None = None,
     width: int | None = None,
+    evaluate_test: bool = True,
 ) -> list[TrainResult]:
     """Train ``configs`` together; return one ``TrainResult`` per configuration, in order.
 
@@ -202,13 +208,14 @@ def train_vectorized(
     ``train_seconds`` and ``eval_seconds`` are the stack's time divided by its size, so a sweep
     summing them counts the machine time used. Raises ConfigError if the configurations cannot
     be trained together (``can_vectorize``), and ConfigsDiverged (a TrainingDiverged) naming
-    those whose loss became NaN or infinite.
+    those whose loss became NaN or infinite. Evaluation is ``train``'s: the validation split if
+    there is one, the test split unless ``evaluate_test`` is false.
     """
     configs = list(configs)
     if width is not None and width < 1:
         raise ValueError(f"Expected width >= 1, but got width={width}.")
     if configs and data is None:
-        data = load_dataset(configs[0].data.dataset, root=configs[0].data.data_root, download=configs[0].data.download)
+        data = load_data(configs[0].data)
     reason = _structural_reason(configs, data)
     if reason is None:
         assert data is not None
@@ -242,7 +249,10 @@ def train_vectorized(
     logits_of = vmap(_logits_of(_stateless(models[0])), in_dims=(0, 0, None))
     optimizer = _StackedSGD(configs, plans, device=device)
     train_images, train_labels = (t.to(device) for t in data.train.tensors)
-    test_images, test_labels = (t.to(device) for t in data.test.tensors)
+    eval_splits = {
+        "val": tuple(t.to(device) for t in data.validation.tensors) if data.validation is not None else None,
+        "test": tuple(t.to(device) for t in data.test.tensors) if evaluate_test else None,
+    }
     all_max_grad_norms = torch.tensor([float(c.privacy.max_grad_norm) for c in configs], device=device)
     # Opacus' DPOptimizer: noise std σ·C, then division by the *expected* batch size qN.
     noise_stds = [plan.noise_multiplier * config.privacy.max_grad_norm for plan, config in zip(plans, configs)]
@@ -309,16 +319,19 @@ def train_vectorized(
             raise ConfigsDiverged(f"the loss became non-finite in epoch {len(reports[diverged[0]]) + 1} for "
                                   f"{details}; lower the learning rate.", config_indices=diverged)
         started = time.perf_counter()
-        test_loss, test_accuracy = _evaluate(logits_of, params, buffers, test_images, test_labels,
-                                             batch_size=first.test_batch_size)
+        measured = {
+            f"{split}_{what}": values
+            for split, tensors in eval_splits.items() if tensors is not None
+            for what, values in zip(("loss", "accuracy"), _evaluate(logits_of, params, buffers, *tensors,
+                                                                    batch_size=first.test_batch_size))
+        }
         eval_seconds = (time.perf_counter() - started) / size
         epoch_reports = {}
         for row, k in enumerate(running):
             epoch = len(reports[k]) + 1
             steps = epoch * plans[k].steps_per_epoch
             epoch_reports[k] = EpochReport(
-                epoch=epoch, steps=steps, test_loss=test_loss[row],
-                test_accuracy=test_accuracy[row], epsilon=plans[k].epsilon_at(steps), delta=plans[k].delta,
+                epoch=epoch, steps=steps, **{name: values[row] for name, values in measured.items()}, epsilon=plans[k].epsilon_at(steps), delta=plans[k].delta,
                 accountant=plans[k].accountant, noise_multiplier=plans[k].noise_multiplier,
                 train_seconds=train_seconds, eval_seconds=eval_seconds,
             )

@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from dp_core.config import TrainConfig
-from dp_core.data import DatasetSplits, load_dataset
+from dp_core.data import DatasetSplits, load_data
 from dp_core.federated._client import ClientSetup, client_seed
 from dp_core.federated._config import FederatedConfig
 from dp_core.federated._executor import ClientExecutor, InProcessExecutor
 from dp_core.federated._partition import partition
 from dp_core.federated._plan import FederatedPlan, plan_federated
 from dp_core.models import build_model
-from dp_core.train import StopTraining, evaluate, resolve_device
+from dp_core.train import StopTraining, evaluate_splits, resolve_device
 
 __all__ = ["RoundReport", "FederatedResult", "fed_avg", "partition_data", "train_federated"]
 
@@ -36,13 +36,16 @@ class RoundReport:
     """What one round produced. ``epsilon`` is the maximum of ``client_epsilons`` (at ``delta``).
 
     Nothing measured on the clients' data is reported: a client sends only its noised parameters
-    and its shard size (see ``ClientUpdate``); losses and accuracy are the global model's on test data.
+    and its shard size (see ``ClientUpdate``); losses and accuracy are the global model's on the
+    validation and test splits (None where not measured, as in ``EpochReport``).
     """
 
     round: int
     client_steps: tuple[int, ...]  # each client's DP-SGD steps so far
-    test_loss: float
-    test_accuracy: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    test_loss: float | None = None
+    test_accuracy: float | None = None
     epsilon: float
     client_epsilons: tuple[float, ...]
     delta: float
@@ -111,6 +114,7 @@ def train_federated(
     on_round: Callable[[RoundReport], None] | None = None,
     data: DatasetSplits | None = None,
     plan: FederatedPlan | None = None,
+    evaluate_test: bool = True,
 ) -> FederatedResult:
     """FedAvg with DP-SGD clients: ``federated.rounds`` rounds, every round reported.
 
@@ -120,8 +124,7 @@ def train_federated(
     be passed pre-computed (a sweep plans every trial before it starts); one that does not
     describe this configuration and partition is refused.
     """
-    data = data if data is not None else load_dataset(config.data.dataset, root=config.data.data_root,
-                                                      download=config.data.download)
+    data = data if data is not None else load_data(config.data)
     shards = partition_data(data, config, federated)
     shard_sizes = [len(shard) for shard in shards]
     if plan is None:
@@ -131,7 +134,10 @@ def train_federated(
     device = resolve_device(config.device)
 
     train_images, train_labels = data.train.tensors
-    test_images, test_labels = (t.to(device) for t in data.test.tensors)
+    eval_splits = {
+        "val": tuple(t.to(device) for t in data.validation.tensors) if data.validation is not None else None,
+        "test": tuple(t.to(device) for t in data.test.tensors) if evaluate_test else None,
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # the global model's initialisation
         model = build_model(config.model.model, input_shape=data.input_shape, num_classes=data.num_classes,
@@ -161,13 +167,13 @@ def train_federated(
             train_seconds = time.perf_counter() - started
 
             started = time.perf_counter()
-            test_loss, test_accuracy = evaluate(model, test_images, test_labels, batch_size=config.test_batch_size)
+            measured = evaluate_splits(model, eval_splits, batch_size=config.test_batch_size)
             eval_seconds = time.perf_counter() - started
             stopped_early = round_index == plan.max_rounds and plan.stops_early
             client_epsilons = plan.client_epsilons(round_index)
             report = RoundReport(
                 round=round_index, client_steps=tuple(c.steps_after(round_index) for c in plan.clients),
-                test_loss=test_loss, test_accuracy=test_accuracy,
+                **measured,
                 epsilon=max(client_epsilons), client_epsilons=client_epsilons, delta=plan.delta,
                 accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
                 train_seconds=train_seconds, eval_seconds=eval_seconds, stopped_by_budget=stopped_early,
