@@ -37,11 +37,14 @@ SPACE = ROOT / "bench" / "spaces" / "digits_bench.yaml"
 BUCKETS = (1.0, 3.0, 8.0)
 
 
-def _standard_trainable(config: dict[str, Any]) -> None:
-    """The per-trial function as commonly written: everything built inside, PRV ε every epoch."""
+def standard_trainable_run(config: dict[str, Any], *, report: Any = None, stop_epoch: int | None = None) -> float:
+    """The per-trial function as commonly written: everything built inside, PRV ε every epoch.
+
+    ``report`` gets each epoch's metrics (Ray Tune's ``tune.report``); returns the test accuracy
+    after ``stop_epoch`` (default: the last), so a chosen point can be trained again the same way.
+    """
     import torch
     from opacus import PrivacyEngine
-    from ray import tune
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     from torch import nn
@@ -61,7 +64,8 @@ def _standard_trainable(config: dict[str, Any]) -> None:
     model, optimizer, loader = engine.make_private_with_epsilon(
         module=model, optimizer=optimizer, data_loader=loader, target_epsilon=config["target_epsilon"],
         target_delta=config["delta"], epochs=config["epochs"], max_grad_norm=config["max_grad_norm"])
-    for epoch in range(1, config["epochs"] + 1):
+    accuracy = math.nan
+    for epoch in range(1, (stop_epoch or config["epochs"]) + 1):
         started = time.perf_counter()
         model.train()
         for x, y in loader:
@@ -74,11 +78,19 @@ def _standard_trainable(config: dict[str, Any]) -> None:
         model.eval()
         with torch.no_grad():
             accuracy = (model(x_test_t).argmax(1) == y_test_t).float().mean().item()
-        tune.report({"test_accuracy": accuracy, "epsilon": engine.get_epsilon(config["delta"]), "epoch": epoch,
-                     "epoch_seconds": epoch_seconds})
+        if report is not None:
+            report({"test_accuracy": accuracy, "epsilon": engine.get_epsilon(config["delta"]), "epoch": epoch,
+                    "epoch_seconds": epoch_seconds})
+    return accuracy
 
 
-def run_standard(space: dict[str, Any], *, seconds: float, workdir: Path) -> dict[str, Any]:
+def _standard_trainable(config: dict[str, Any]) -> None:
+    from ray import tune
+
+    standard_trainable_run(config, report=tune.report)
+
+
+def _fit_standard(space: dict[str, Any], *, seconds: float, workdir: Path) -> tuple[Any, float]:
     import ray
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -86,10 +98,14 @@ def run_standard(space: dict[str, Any], *, seconds: float, workdir: Path) -> dic
     from ray.tune.search.optuna import OptunaSearch
 
     fixed, axes = space["fixed"], space["axes"]
-    param_space: dict[str, Any] = {**{k: fixed[k] for k in ("epochs", "batch_size", "delta")}}
+    param_space: dict[str, Any] = {k: fixed[k] for k in ("epochs", "batch_size", "delta") if k in fixed}
     for key, axis in axes.items():
-        param_space[key] = (tune.loguniform(axis["low"], axis["high"]) if isinstance(axis, dict)
-                            else tune.choice(axis))
+        if not isinstance(axis, dict):
+            param_space[key] = tune.choice(axis)
+        elif isinstance(axis["low"], int) and isinstance(axis["high"], int):
+            param_space[key] = tune.lograndint(axis["low"], axis["high"] + 1)  # an integer axis (batch size)
+        else:
+            param_space[key] = tune.loguniform(axis["low"], axis["high"])
     ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     started = time.monotonic()  # as dpsweep's own split: from the trials' start to their end
     tuner = tune.Tuner(
@@ -105,6 +121,27 @@ def run_standard(space: dict[str, Any], *, seconds: float, workdir: Path) -> dic
     results = tuner.fit()
     wall = time.monotonic() - started
     ray.shutdown()
+    return results, wall
+
+
+def run_standard_points(space: dict[str, Any], *, seconds: float, workdir: Path) -> list[dict[str, Any]]:
+    """Every (trial, epoch) the standard pattern reached in ``seconds``, with its trial's config."""
+    results, _ = _fit_standard(space, seconds=seconds, workdir=workdir)
+    points = []
+    for index, result in enumerate(results):
+        history = result.metrics_dataframe
+        if history is None or history.empty:
+            continue
+        config = {k: result.config[k] for k in ("epochs", "batch_size", "delta", *space["axes"])}
+        points += [{"trial": index, "epoch": int(row["epoch"]), "epsilon": float(row["epsilon"]),
+                    "test_accuracy": float(row["test_accuracy"]), "config": config}
+                   for _, row in history.iterrows()]
+    return points
+
+
+def run_standard(space: dict[str, Any], *, seconds: float, workdir: Path) -> dict[str, Any]:
+    fixed = space["fixed"]
+    results, wall = _fit_standard(space, seconds=seconds, workdir=workdir)
     points, train_seconds, epochs, finished = [], 0.0, 0, 0
     for result in results:
         history = result.metrics_dataframe
@@ -148,6 +185,10 @@ def run_dpsweep(*, seconds: float, workdir: Path) -> dict[str, Any]:
     summary["process_train_share"] = summary["train_share"]
     summary["train_share"] = metrics["train_share"]
     summary["launcher_time_split"] = {k: metrics[k] for k in metrics if k.endswith(("_share", "_seconds"))}
+    # The search's points are validation accuracies; what dpsweep reports per bound is the confirmed
+    # configuration's test accuracy (mean over fresh seeds).
+    summary["best_accuracy"] = {f"eps_le_{b:g}": metrics.get(f"confirmed_test_accuracy_mean.eps_le_{b:g}")
+                                for b in BUCKETS}
     return summary
 
 

@@ -64,8 +64,9 @@ class FederatedPlannedTrial(PlannedTrial):
 
 
 @functools.lru_cache(maxsize=4)
-def _train_labels(dataset: str, root: str | None, download: bool) -> torch.Tensor:
-    return load_dataset(dataset, root=root, download=download).train.tensors[1]
+def _train_labels(dataset: str, root: str | None, download: bool, validation_fraction: float) -> torch.Tensor:
+    return load_dataset(dataset, root=root, download=download,
+                        validation_fraction=validation_fraction).train.tensors[1]
 
 
 def plan_federated_trial(
@@ -76,7 +77,8 @@ def plan_federated_trial(
     Raises ConfigError for values no run can use (a shard smaller than the batch, δ ≥ 1/n_i, …).
     """
     config, federated = split_flat(config_values, where=where)
-    labels = _train_labels(config.data.dataset, config.data.data_root, config.data.download)
+    labels = _train_labels(config.data.dataset, config.data.data_root, config.data.download,
+                           config.data.validation_fraction)
     shards = partition(labels, clients=federated.clients, scheme=federated.partition,
                        dirichlet_alpha=federated.dirichlet_alpha, seed=config.seed)
     # As for single runs: whether the trial may start is EpsilonBudget's decision on the whole

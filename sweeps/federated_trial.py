@@ -21,7 +21,7 @@ from ray import tune
 from dp_core.federated import FederatedPlan, InProcessExecutor, RoundReport, split_flat, train_federated
 from dp_core.train import TrainingDiverged
 from sweeps.federated_actors import RayClientExecutor
-from sweeps.trial import _dataset, trial_spec
+from sweeps.trial import trial_spec, worker_dataset
 
 __all__ = ["round_metrics", "run_federated_trial"]
 
@@ -36,8 +36,8 @@ def round_metrics(report: RoundReport, *, rounds_planned: int) -> dict[str, Any]
         "epoch": report.round,
         "epochs_planned": rounds_planned,
         "steps": max(report.client_steps),
-        "test_accuracy": report.test_accuracy,
-        "test_loss": report.test_loss,
+        "val_accuracy": report.val_accuracy,
+        "val_loss": report.val_loss,
         "epsilon": _finite_or_minus_one(report.epsilon),
         "delta": report.delta,
         "accountant": report.accountant,
@@ -58,7 +58,7 @@ def run_federated_trial(tune_config: dict[str, Any]) -> None:
     cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if cpus > 0:
         torch.set_num_threads(cpus)
-    data = _dataset(config.data.dataset, config.data.data_root, config.data.download)
+    data = worker_dataset(config.data)
     # keep_actors: the next trial this (reused) trial actor runs gets its clients warm.
     executor = RayClientExecutor(keep_actors=True) if ray.is_initialized() else InProcessExecutor()
     last_return = started
@@ -73,7 +73,8 @@ def run_federated_trial(tune_config: dict[str, Any]) -> None:
         last_return = time.perf_counter()
 
     try:
-        train_federated(config, federated, executor=executor, on_round=on_round, data=data, plan=plan)
+        train_federated(config, federated, executor=executor, on_round=on_round, data=data, plan=plan,
+                        evaluate_test=False)
     except TrainingDiverged as error:
         tune.report({"diverged": str(error), "epoch": 0, "epochs_planned": federated.rounds,
-                     "test_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False})
+                     "val_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False})

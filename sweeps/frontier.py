@@ -1,6 +1,6 @@
-"""The accuracy-vs-ε frontier of a sweep: Pareto set, ε buckets, CSV and plot.
+"""The accuracy-vs-ε frontier of a sweep: Pareto set, ε buckets, CSV (the plot: sweeps.frontier_plot).
 
-Pure data and plotting, run after the trials finish: nothing here imports Ray, Optuna, MLflow
+Pure data, run after the trials finish: nothing here imports Ray, Optuna, MLflow
 or torch, so reports can be rebuilt from logged results on any machine.
 """
 
@@ -14,16 +14,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_BUCKETS", "Point", "best_per_bucket", "default_buckets", "format_frontier_table",
+__all__ = ["DEFAULT_BUCKETS", "ConfirmedConfig", "Point", "best_per_bucket", "default_buckets", "format_frontier_table",
            "pareto_front", "plot_frontier", "write_frontier_csv"]
 
 DEFAULT_BUCKETS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 20.0, 50.0)
-_FIXED_COLUMNS = ("epsilon", "accuracy", "on_frontier", "run_id", "trial", "epoch")
+_FIXED_COLUMNS = ("kind", "epsilon", "val_accuracy", "val_accuracy_std", "test_accuracy_mean", "test_accuracy_std",
+                  "seeds", "best_for_epsilon", "on_frontier", "run_id", "trial", "epoch")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Point:
-    """One (ε, accuracy) measurement: a trial's test accuracy after ``epoch``, at privacy cost ε.
+    """One (ε, accuracy) measurement of the search: a trial's validation accuracy after ``epoch``, at privacy cost ε.
 
     ``epsilon`` is ``math.inf`` for non-private trials; ``params`` are the trial's hyperparameters.
     """
@@ -34,6 +35,30 @@ class Point:
     trial: str
     epoch: int
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConfirmedConfig:
+    """A search configuration retrained with fresh seeds after the search: what a frontier reports.
+
+    ``trial`` and ``epoch`` name the search point whose configuration (hyperparameters, trained up
+    to ``epoch`` of its schedule) was retrained ``seeds`` times; ``epsilon`` is what one such run
+    spends. Validation accuracy chose it; the test accuracy (mean ± sample std over the seeds) is
+    read only to be reported. ``best_for`` holds the ε bounds whose best it was chosen as.
+    """
+
+    trial: str
+    epoch: int
+    epsilon: float
+    search_val_accuracy: float
+    val_mean: float
+    val_std: float
+    test_mean: float
+    test_std: float
+    seeds: int
+    run_ids: tuple[str, ...] = ()
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    best_for: tuple[float, ...] = ()
 
 
 def _comparable(p: Point) -> bool:
@@ -87,87 +112,43 @@ def _identity(p: Point) -> tuple[str, str, int, float, float]:
     return (p.run_id, p.trial, p.epoch, p.epsilon, p.accuracy)
 
 
-def write_frontier_csv(path: str | os.PathLike[str], points: Iterable[Point], front: Iterable[Point]) -> None:
-    """One row per point, sorted by ε then -accuracy; ε = ∞ is written as "inf".
+def write_frontier_csv(path: str | os.PathLike[str], points: Iterable[Point], front: Iterable[Point],
+                       confirmed: Sequence[ConfirmedConfig] = ()) -> None:
+    """The confirmed configurations, then one row per search point sorted by ε then -accuracy.
 
-    Columns: epsilon, accuracy, on_frontier (true/false), run_id, trial, epoch, then one per param
-    key (union over points, sorted; a key clashing with a fixed column gets a "param_" prefix).
+    Columns: kind (confirmed / search), epsilon, val_accuracy (confirmed: the mean over its seeds),
+    val_accuracy_std, test_accuracy_mean, test_accuracy_std, seeds and best_for_epsilon (confirmed
+    rows only: search points carry no test accuracy), on_frontier (true/false), run_id, trial,
+    epoch, then one per param key (union over rows, sorted; a key clashing with a fixed column
+    gets a "param_" prefix). ε = ∞ is written as "inf".
     """
     pts = sorted(points, key=_row_order)
     on_front = {_identity(p) for p in front}
-    keys = sorted({k for p in pts for k in p.params})
+    keys = sorted({k for p in pts for k in p.params} | {k for c in confirmed for k in c.params})
     columns = {k: f"param_{k}" if k in _FIXED_COLUMNS else k for k in keys}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow([*_FIXED_COLUMNS, *columns.values()])
+        for c in sorted(confirmed, key=lambda c: (c.epsilon, -c.val_mean)):
+            # repr round-trips floats exactly and spells infinity "inf", which float() reads back.
+            row = ["confirmed", repr(float(c.epsilon)), repr(c.val_mean), repr(c.val_std), repr(c.test_mean),
+                   repr(c.test_std), c.seeds, " ".join(f"{b:g}" for b in c.best_for), "", " ".join(c.run_ids),
+                   c.trial, c.epoch]
+            writer.writerow(row + [c.params.get(k, "") for k in keys])
         for p in pts:
             flag = "true" if _identity(p) in on_front else "false"
-            # repr round-trips floats exactly and spells infinity "inf", which float() reads back.
-            row = [repr(float(p.epsilon)), repr(float(p.accuracy)), flag, p.run_id, p.trial, p.epoch]
+            row = ["search", repr(float(p.epsilon)), repr(float(p.accuracy)), "", "", "", "", "", flag, p.run_id,
+                   p.trial, p.epoch]
             writer.writerow(row + [p.params.get(k, "") for k in keys])
 
 
-def _epsilon_label(delta: float, accountant: str) -> str:
-    return f"ε (δ = {delta:g}, {accountant.upper()} accountant)"
+def plot_frontier(path: str | os.PathLike[str], points: Iterable[Point], front: Iterable[Point], **options: Any) -> Any:
+    """:func:`sweeps.frontier_plot.plot_frontier`, kept here for callers (matplotlib loads only here)."""
+    from sweeps.frontier_plot import plot_frontier as draw
 
-
-def plot_frontier(
-    path: str | os.PathLike[str],
-    points: Iterable[Point],
-    front: Iterable[Point],
-    *,
-    budget: float | None,
-    delta: float,
-    accountant: str,
-    title: str,
-    extra_lines: Mapping[str, float] | None = None,
-) -> None:
-    """Save a PNG of all finite-ε points (faint) and the frontier (step line) against ε."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # here, not at import: importing this module must not pick a backend
-    import matplotlib.pyplot as plt
-
-    pts = [p for p in points if _comparable(p)]
-    finite = [p for p in pts if math.isfinite(p.epsilon)]
-    n_hidden = len(pts) - len(finite)
-    fr = [p for p in front if _comparable(p) and math.isfinite(p.epsilon)]
-
-    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
-    try:
-        if finite:
-            ax.scatter([p.epsilon for p in finite], [p.accuracy for p in finite], s=14, c="grey",
-                       alpha=0.25, linewidths=0, label=f"all trials × epochs ({len(finite)})")
-        if fr:
-            xs, ys = [p.epsilon for p in fr], [p.accuracy for p in fr]
-            # Carry the last step to the largest ε seen: past it nothing more accurate was found.
-            x_end = max([p.epsilon for p in finite] + xs)
-            ax.step(xs + [x_end], ys + [ys[-1]], where="post", color="tab:red", lw=2, marker="o", ms=6,
-                    markevery=list(range(len(xs))), zorder=3, label=f"Pareto frontier ({len(fr)})")
-        if budget is not None and math.isfinite(budget):
-            ax.axvline(budget, color="black", ls="--", lw=1.2, label=f"ε budget = {budget:g}")
-        styles = iter([("tab:blue", ":"), ("tab:green", "-."), ("tab:purple", ":"), ("tab:orange", "-.")] * 8)
-        for name, value in (extra_lines or {}).items():
-            colour, ls = next(styles)
-            ax.axvline(value, color=colour, ls=ls, lw=1.2, label=f"{name} = {value:g}")
-        if n_hidden:
-            # An empty handle puts the note in the legend, next to the counts it qualifies.
-            ax.plot([], [], " ", label=f"{n_hidden} non-private points not shown")
-        if not finite:
-            ax.text(0.5, 0.5, "no finite-ε points", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel(_epsilon_label(delta, accountant))
-        ax.set_ylabel("test accuracy")
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best", fontsize="small", framealpha=0.9)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, format="png")
-    finally:
-        plt.close(fig)  # figures held by pyplot otherwise accumulate over a long-lived sweep
+    return draw(path, points, front, **options)
 
 
 def _fmt_param(value: Any) -> str:

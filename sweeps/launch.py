@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-budget", type=float, metavar="SECONDS",
                         help="stop starting and running trials after this many seconds (Ray Tune time_budget_s)")
     parser.add_argument("--address", help="Ray cluster address (default: start local Ray)")
+    parser.add_argument("--resources", metavar="cpus=N,gpus=M",
+                        help="override the space's resources per trial, e.g. cpus=2,gpus=0 (CPU only)")
+    parser.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
+                        help="on an autoscaling cluster (--address, or a Ray Job): wait up to this long for a node that "
+                             "can hold one trial (default 0: fail at once, exit 2)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default, "
                         "sqlite:///mlflow.db); a server's account comes from MLFLOW_TRACKING_USERNAME and "
                         "MLFLOW_TRACKING_PASSWORD")
@@ -55,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audit", action="store_true",
                         help="after the sweep, retrain the best trial with canaries and log an empirical ε lower "
                              "bound next to its theoretical ε (grid sweeps of kind: train)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="one line per trial and per skipped trial, and Ray's, MLflow's and Optuna's own "
+                             "start-up output (default: a live progress display, or a summary line every 30 s "
+                             "without a terminal)")
     return parser
 
 
@@ -97,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     launched = time.monotonic()
-    from sweeps import sweep_secret
+    from sweeps import prepare_data, sweep_secret
     from sweeps.planning import EpsilonBudget, plan_grid
+    from sweeps.resources import with_resources
     from sweeps.space import load_space
 
     # Everything the sweep writes (Tune's state with the trials' seeds, the secret, the ledger,
@@ -107,6 +117,13 @@ def _run(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     if args.search or args.trials:
         space = space.with_overrides(search=args.search, trials=args.trials)
+    if args.resources:
+        space = with_resources(space, args.resources)
+    # Trials never download: this process fetches and verifies the data once, before any starts.
+    download = prepare_data.downloads_wanted(space)
+    space = prepare_data.without_downloads(space)
+    if space.kind == "federated":  # its planning reads the training labels
+        prepare_data.prepare_here(prepare_data.datasets_of(space), root=space.fixed.get("data_root"), download=download)
     results_dir = args.results_dir.resolve()
     sweep_name = _sweep_name(space.name, results_dir, args.resume)
     sweep_dir = results_dir / sweep_name
@@ -148,14 +165,26 @@ def _run(args: argparse.Namespace) -> int:
 
     import mlflow
 
+    from sweeps.progress import SweepProgress, quiet_libraries
+
+    if not args.verbose:
+        quiet_libraries()  # before Ray starts and MLflow opens its store
     from sweeps import runner
     from sweeps.ledger import LEDGER_FILE, PrivacyLedger
     from sweeps.planning import plan_trial
     from sweeps.report import FrontierReport
+    from sweeps.run_tags import frontier_tags, sweep_note
     from sweeps.search import BudgetedOptunaSearch
     from sweeps.tracking import SweepTracker, TrackingRefused, TrackingUnavailable
 
     tracking_uri = args.tracking_uri or mlflow.get_tracking_uri()
+    # A cluster that can never hold a trial, or data that cannot be had, stops the sweep before any
+    # trial: with a local store before MLflow too, so nothing is created. A tracking server signs the
+    # sweep in first (a refused account stops it before Ray starts); its parent run is then closed.
+    cluster_first = not tracking_uri.startswith(("http://", "https://"))
+    if cluster_first:
+        runner.connect_ray(args.address)
+        _ready_cluster(space, args, download=download)
     journal = results_dir / f"{sweep_name}-mlflow-journal.jsonl"
     tracker = SweepTracker(tracking_uri=tracking_uri, experiment=args.experiment, journal=journal)
     first = grid[0].plan if grid else None
@@ -174,6 +203,14 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{error}. Start the tracking server or pass another --tracking-uri.") from None
     except TrackingRefused as error:  # before Ray starts: nothing has run
         raise ConfigError(str(error)) from None
+    if not cluster_first:
+        try:
+            runner.connect_ray(args.address)
+            _ready_cluster(space, args, download=download)
+        except ConfigError as error:
+            tracker.log_sweep_tags({"dpsweep.state": "failed", "dpsweep.failure": str(error)[:4000]})
+            tracker.end_sweep(status="FAILED")
+            raise
     if not space.public_seed:
         sweep_secret.keep(sweep_dir, space.seed)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -186,23 +223,29 @@ def _run(args: argparse.Namespace) -> int:
         tracker.log_sweep_tags({"dpsweep.privacy_caveat": PUBLIC_SEED_CAVEAT})
 
     skipped = 0
+    # Trials by outcome, time, best so far per ε bound (sweeps.progress). No total with private
+    # selection: the number of trials run is K, which is not shown.
+    progress = SweepProgress(total=None if space.private_selection is not None else len(grid) if grid else space.trials,
+                             epsilon_budget=space.epsilon_budget, time_budget_s=args.time_budget, verbose=args.verbose)
 
     def on_skip(planned: Any, values: dict[str, Any], reason: str) -> None:
         nonlocal skipped
         skipped += 1
-        if planned is None:
-            print(f"  skipped {values.get('name', '?')}: {reason}", flush=True)
-            return
-        tracker.log_skipped(key=planned.key, name=planned.name, params=planned.params(),
-                            planned_epsilon=planned.planned_epsilon, reason=reason)
-        print(f"  skipped {planned.name}: {reason}", flush=True)
+        if planned is not None:
+            tracker.log_skipped(key=planned.key, name=planned.name, params=planned.params(),
+                                planned_epsilon=planned.planned_epsilon, reason=reason)
+        # A configuration that could not be planned at all is shown in any case: its reason is an error.
+        progress.skipped(name=planned.name if planned is not None else values.get("name", "?"), reason=reason,
+                         show=planned is None)
 
     searcher = None
     if grid is not None:
         for trial in over_budget:
             on_skip(trial, dict(trial.axis_values), budget.rejects(trial) or "")
         to_run = "K drawn" if space.private_selection is not None else str(len(runnable))
-        print(f"{len(grid)} grid points: {to_run} to run, {skipped} skipped over budget", flush=True)
+        names = ", ".join(t.name for t in over_budget[:8]) + (", …" if len(over_budget) > 8 else "")
+        print(f"{len(grid)} grid points: {to_run} to run, {skipped} skipped over budget"
+              + (f" ({names})" if over_budget and not args.verbose else ""), flush=True)
         if space.private_selection is not None:
             # Not K: the sweep ε holds only while K is unknown (sweeps.selection).
             print(f"private selection: drew the trial count K ~ {space.private_selection.distribution} (mean "
@@ -221,7 +264,8 @@ def _run(args: argparse.Namespace) -> int:
     slots = _slots(space)
     callback, results = runner.run_trials(space, tracker=tracker, storage_path=results_dir, name=sweep_name,
                                           grid=runnable, searcher=searcher, resume=args.resume is not None,
-                                          slots=int(slots), time_budget_s=args.time_budget, ledger=ledger)
+                                          slots=int(slots), time_budget_s=args.time_budget, ledger=ledger,
+                                          progress=progress)
     stats = callback.stats
     if tracker.offline:
         tracker.flush()  # the server may be back by now
@@ -252,8 +296,11 @@ def _run(args: argparse.Namespace) -> int:
         points = callback.logged_points()
     else:
         points = tracker.read_or(tracker.points, lambda: callback.points)
+    confirm_started = time.monotonic()
+    confirmed = _confirm(space, points, ledger=ledger, tracker=tracker, sweep_dir=sweep_dir, slots=int(slots))
+    confirm_seconds = time.monotonic() - confirm_started
     report = FrontierReport(points, budget=space.epsilon_budget, delta=delta, accountant=accountant,
-                            axis_keys=list(space.axes))
+                            axis_keys=list(space.axes), confirmed=confirmed)
     frontier_dir = results_dir / sweep_name / "frontier"
     # What releasing the selected model costs, the search included (sweeps.selection).
     selection_privacy = None
@@ -271,17 +318,19 @@ def _run(args: argparse.Namespace) -> int:
             space, admitted=admitted if grid is not None else ran, trials_run=ran, delta=delta,
             adaptive=grid is None, sweep_filter=_sweep_filter(space, delta))
         selection_privacy = dataclasses.replace(
-            selection_privacy, audit_runs=sum(entry.role == "audit" for entry in ledger.entries()))
+            selection_privacy, audit_runs=sum(entry.role == "audit" for entry in ledger.entries()),
+            confirmation_runs=sum(entry.role == "confirmation" for entry in ledger.entries()))
     for path in report.write(frontier_dir, title=space.name,
                              extra_lines=selection_privacy.plot_lines() if selection_privacy else None):
         tracker.log_artifact(str(path))
 
     split = {**stats.split(slots=slots), "planning_seconds": planning_seconds + (searcher.planning_seconds if searcher else 0.0),
-             "total_seconds": time.monotonic() - launched}
+             "confirmation_seconds": confirm_seconds, "total_seconds": time.monotonic() - launched}
     best = report.best()
     tracker.log_sweep_metrics({**split, "frontier_points": len(report.front), "points": len(points),
-                               "best_accuracy": best.accuracy if best else float("nan"),
-                               "best_accuracy_epsilon": best.epsilon if best else float("nan")})
+                               "best_val_accuracy": best.accuracy if best else float("nan"),
+                               "best_val_accuracy_epsilon": best.epsilon if best else float("nan"),
+                               **_confirmed_metrics(report)})
     if selection_privacy is not None:
         tracker.log_sweep_metrics(selection_privacy.metrics())
     if audit_result is not None:
@@ -290,6 +339,14 @@ def _run(args: argparse.Namespace) -> int:
         tracker.log_artifact(str(_write_release(sweep_dir / "release", best, selection_privacy)))
     outcomes = tracker.read_or(tracker.outcomes, lambda: dict(callback.outcomes, skipped_over_budget=skipped))
     tracker.log_sweep_tags({f"dpsweep.trials.{k}": v for k, v in outcomes.items()})
+    # The frontier's runs findable among thousands (sweeps.run_tags), and the table on the parent's page.
+    tracker.tag_runs(frontier_tags(report.front, report.buckets,
+                                   confirmed_best=report.confirmed_best() if report.confirmed else None,
+                                   run_of_trial={p.trial: p.run_id for p in points}))
+    tracker.log_sweep_tags({"mlflow.note.content": sweep_note(
+        title=f"{sweep_name}: space {space.name}, ε budget {space.epsilon_budget} (δ = {delta:g}, "
+              f"{accountant.upper()} accountant), {sum(outcomes.values())} trials",
+        summary=report.summary(), details=[selection_privacy.summary()] if selection_privacy is not None else [])})
     if searcher is not None:
         # Again, now that the asker actor is surely gone: a suggestion it was asking when it was
         # stopped reached the study after run_trials had closed the searcher.
@@ -312,7 +369,8 @@ def _run(args: argparse.Namespace) -> int:
           f"{split['planning_seconds']:.1f} s; trials {split['wall_seconds']:.1f} s on {slots:g} slots, of whose time "
           f"training {split['train_share']:.0%}, evaluation {split['eval_share']:.0%}, trial set-up "
           f"{split['setup_share']:.0%}, reporting/checkpoints {split['report_share']:.0%}, idle/scheduling "
-          f"{split['idle_share']:.0%}; {split['trial_epochs_per_second']:.2f} trial-epochs/s")
+          f"{split['idle_share']:.0%}; {split['trial_epochs_per_second']:.2f} trial-epochs/s"
+          + (f"; confirmation {split['confirmation_seconds']:.1f} s" if report.confirmed else ""))
     print(f"frontier files: {frontier_dir}")
     if tracker.offline:
         print(f"\nMLflow at {tracking_uri} could not be reached during the sweep. Training finished and "
@@ -330,6 +388,39 @@ PUBLIC_SEED_CAVEAT = (
     "printed and logged holds only against someone who does not know that seed; whoever has the space file can "
     "regenerate each trial's noise. Remove the seeds for a secret seed drawn per sweep."
 )
+
+
+def _confirm(space: Any, points: list[Any], *, ledger: Any, tracker: Any, sweep_dir: Path, slots: int) -> list[Any]:
+    """The confirmation stage (sweeps.confirm): each ε bound's leading configurations retrained
+    with fresh seeds, each bound's chosen on mean validation accuracy. [] when the space has none."""
+    if space.confirm is None:
+        return []
+    from sweeps.confirm import candidates, choose
+    from sweeps.confirm_stage import run_confirmations
+    from sweeps.frontier import default_buckets
+
+    buckets = default_buckets(space.epsilon_budget)
+    # What each trial trained, from the ledger: it has every trial that ran, before and after a resume.
+    configs = {entry.name: entry.train_config for entry in ledger.entries()
+               if entry.role == "trial" and entry.train_config is not None}
+    chosen = [c for c in candidates(points, buckets, top=space.confirm.top) if c.trial in configs]
+    if not chosen:
+        return []
+    runs = run_confirmations(chosen, configs, seeds=space.confirm.seeds, root_seed=space.seed, ledger=ledger,
+                             tracker=tracker, sweep_dir=sweep_dir, cpus_per_unit=space.cpus_per_trial,
+                             gpus_per_unit=space.gpus_per_trial, slots=slots)
+    return choose(chosen, runs, buckets)
+
+
+def _confirmed_metrics(report: Any) -> dict[str, float]:
+    """Per ε bound, the confirmed configuration's test accuracy (mean, std) and ε, for the parent run."""
+    metrics = {}
+    for bound, chosen in report.confirmed_best():
+        if chosen is not None:
+            metrics[f"confirmed_test_accuracy_mean.eps_le_{bound:g}"] = chosen.test_mean
+            metrics[f"confirmed_test_accuracy_std.eps_le_{bound:g}"] = chosen.test_std
+            metrics[f"confirmed_epsilon.eps_le_{bound:g}"] = chosen.epsilon
+    return {k: v for k, v in metrics.items() if v == v}  # no NaN (one seed: no std)
 
 
 def _log_unlogged(tracker: Any, ledger: Any, *, outcome: str) -> int:
@@ -359,7 +450,7 @@ def _write_release(folder: Path, best: Any, privacy: Any) -> Path:
     path = folder / "selected_model.json"
     hyperparameters = {k.removeprefix("axis."): v for k, v in best.params.items() if k.startswith("axis.")}
     path.write_text(json.dumps({
-        "hyperparameters": hyperparameters, "epoch": best.epoch, "test_accuracy": best.accuracy,
+        "hyperparameters": hyperparameters, "epoch": best.epoch, "val_accuracy": best.accuracy,
         "sweep_epsilon": privacy.sweep_epsilon, "delta": privacy.delta, "accountant": privacy.accountant,
         "guarantee": f"best of K ~ {privacy.distribution} (mean {privacy.mean:g}) random trials, Papernot & Steinke 2022",
     }, indent=2) + "\n")
@@ -387,7 +478,7 @@ def _audit_best(trials: list[Any], best: Any, *, ledger: Any) -> Any:
     """
     from dp_core.audit import audit, audit_config
     from dp_core.config import TrainConfig
-    from dp_core.data import load_dataset
+    from dp_core.data import load_data
     from dp_core.plan import plan_privacy
     from sweeps import sweep_secret
     from sweeps.keys import trial_key
@@ -397,7 +488,7 @@ def _audit_best(trials: list[Any], best: Any, *, ledger: Any) -> Any:
     trial = next(t for t in trials if t.name == best.trial)
     print(f"auditing {trial.name} (retrained with canaries and a fresh seed) ...", flush=True)
     config = TrainConfig.from_dict({**trial.train_config, "seed": sweep_secret.draw()})
-    data = load_dataset(config.data.dataset, root=config.data.data_root, download=config.data.download)
+    data = load_data(config.data)
     canary_seed = sweep_secret.draw()
     audited, train_size = audit_config(config, data, canary_seed=canary_seed)
     mechanism = TrialMechanism.from_plan(plan_privacy(audited, train_size=train_size))
@@ -406,6 +497,26 @@ def _audit_best(trials: list[Any], best: Any, *, ledger: Any) -> Any:
                                noise_multiplier=mechanism.noise_multiplier, sample_rate=mechanism.sample_rate,
                                steps=mechanism.steps)])
     return audit(config, data=data, seed=canary_seed)
+
+
+def _ready_cluster(space: Any, args: argparse.Namespace, *, download: bool) -> None:
+    """Exit 2 (ConfigError) unless a trial fits the cluster (sweeps.resources), then prepare the data
+    (sweeps.prepare_data): here on local Ray, once per node on a cluster."""
+    from sweeps import prepare_data
+    from sweeps.resources import TrialResources, require_fit
+
+    if args.wait_for_resources < 0:
+        raise ConfigError(f"Expected --wait-for-resources >= 0, but got --wait-for-resources {args.wait_for_resources:g}.")
+    where = f"--resources {args.resources}" if args.resources else f"resources: in {space.source}"
+    # A Ray Job's driver attaches to its cluster through RAY_ADDRESS, without --address.
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    require_fit(TrialResources(cpus=space.cpus_per_trial, gpus=space.gpus_per_trial), where=where,
+                address=address, wait_seconds=args.wait_for_resources, spread=space.kind == "federated")
+    names, root = prepare_data.datasets_of(space), space.fixed.get("data_root")
+    if address is not None:
+        prepare_data.prepare_on_nodes(names, root=root, download=download)
+    elif space.kind != "federated":  # a federated space's data was prepared before planning
+        prepare_data.prepare_here(names, root=root, download=download)
 
 
 def _slots(space: Any) -> float:

@@ -24,13 +24,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sweeps.keys import released_params
 from sweeps.selection import TrialMechanism
 
 __all__ = ["LEDGER_FILE", "LedgerEntry", "PrivacyLedger"]
 
 LEDGER_FILE = "privacy-ledger.jsonl"
 
-ROLES = ("trial", "audit")  # a sweep's trial; the audit's retraining with canaries
+# a sweep's trial; the audit's retraining with canaries; a confirmation stage's retraining (sweeps.confirm)
+ROLES = ("trial", "audit", "confirmation")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,6 +46,8 @@ class LedgerEntry:
     sample_rate: float
     steps: int
     public_seed: int | None = None  # only a seed the space file fixed (fixed.seed, a seed axis, seed:)
+    # The flat configuration that ran, without its seed: what a confirmation stage retrains.
+    train_config: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -56,7 +60,7 @@ class LedgerEntry:
         seed = spec["train"].get("seed") if public_seed else None
         return cls(key=spec["key"], name=spec["name"], role=role, noise_multiplier=mechanism.noise_multiplier,
                    sample_rate=mechanism.sample_rate, steps=mechanism.steps,
-                   public_seed=None if seed is None else int(seed))
+                   public_seed=None if seed is None else int(seed), train_config=released_params(spec["train"]))
 
     def mechanism(self) -> TrialMechanism:
         return TrialMechanism(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps)

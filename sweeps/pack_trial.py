@@ -31,7 +31,7 @@ from dp_core.train import EpochReport
 from dp_core.vectorized import ConfigsDiverged, train_vectorized
 from sweeps.packing import encode_member_rows
 from sweeps.pruning import epsilon_band
-from sweeps.trial import _dataset, epoch_metrics, trial_spec
+from sweeps.trial import epoch_metrics, trial_spec, worker_dataset
 
 __all__ = ["run_pack"]
 
@@ -56,7 +56,7 @@ def run_pack(tune_config: dict[str, Any]) -> None:
     cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if cpus > 0:
         torch.set_num_threads(cpus)
-    data = _dataset(configs[0].data.dataset, configs[0].data.data_root, configs[0].data.download)
+    data = worker_dataset(configs[0].data)
     board = ray.get_actor(tune_config["board"]) if tune_config.get("board") else None
     rungs = set(ray.get(board.rung_epochs.remote())) if board is not None else set()
 
@@ -80,7 +80,7 @@ def run_pack(tune_config: dict[str, Any]) -> None:
             **{k: spent[k] - sent[k] for k in spent},
             # Ray Tune insists that every result carries the searcher's metrics; the members' own
             # values are in ``members``, these summary values decide nothing.
-            "test_accuracy": max(row["test_accuracy"] for row in latest),
+            "val_accuracy": max(row["val_accuracy"] for row in latest),
             "epsilon": max(row["epsilon"] for row in latest),
         })
         sent.update(spent)
@@ -99,7 +99,7 @@ def run_pack(tune_config: dict[str, Any]) -> None:
         stop: set[int] = set()
         if at_rung:
             verdicts = set(ray.get(board.judge.remote([(members[k]["key"], bands[k], rows[k]["epoch"],
-                                                        rows[k]["test_accuracy"]) for k in at_rung])))
+                                                        rows[k]["val_accuracy"]) for k in at_rung])))
             stop = {k for k in at_rung if members[k]["key"] in verdicts}
         for k, row in rows.items():
             row["pruned"] = k in stop
@@ -113,7 +113,7 @@ def run_pack(tune_config: dict[str, Any]) -> None:
     while active:
         try:
             train_vectorized([configs[k] for k in active], data=data, plans=[plans[k] for k in active],
-                             on_epoch=on_epoch, width=width)
+                             on_epoch=on_epoch, width=width, evaluate_test=False)
             if unsent:
                 send()
             return
@@ -121,7 +121,7 @@ def run_pack(tune_config: dict[str, Any]) -> None:
             diverged = {active[i] for i in error.config_indices}
             for k in diverged:
                 unsent[members[k]["key"]] = [{"diverged": str(error), "epoch": 0, "epochs_planned": epochs,
-                                             "test_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False}]
+                                             "val_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False}]
             send()
             # The others start over without them: their own streams, so the results they had.
             active = [k for k in active if k not in diverged and k not in ended]

@@ -78,7 +78,7 @@ def plan_trial(config_values: Mapping[str, Any], *, name: str, axis_values: Mapp
 
         return plan_federated_trial(config_values, name=name, axis_values=axis_values, where=where)
     config = TrainConfig.from_dict(config_values, where=where)
-    train_size = canonical_train_size(config.data.dataset)
+    train_size = canonical_train_size(config.data.dataset, validation_fraction=config.data.validation_fraction)
     # Plan the full run without the in-trial budget stop: whether it may start at all is the
     # EpsilonBudget rule's decision, made on the whole planned spend.
     plan = plan_privacy(config.replace(epsilon_budget=None), train_size=train_size)

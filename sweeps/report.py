@@ -1,4 +1,10 @@
-"""The end of a sweep: frontier files and the console summary (no MLflow, no Ray here)."""
+"""The end of a sweep: frontier files and the console summary (no MLflow, no Ray here).
+
+The search's points carry validation accuracy only, which chose what was confirmed; what the
+report claims for each ε bound is the confirmed configuration's test accuracy, mean ± std over
+its fresh seeds (:mod:`sweeps.confirm`). Without a confirmation stage (``confirm: off``, a
+federated sweep) the report says that its figures are single-run validation accuracies.
+"""
 
 from __future__ import annotations
 
@@ -8,53 +14,107 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeps.frontier import (Point, best_per_bucket, default_buckets, format_frontier_table, pareto_front,
-                             plot_frontier, write_frontier_csv)
+from sweeps.frontier import (ConfirmedConfig, Point, best_per_bucket, default_buckets, format_frontier_table,
+                             pareto_front, write_frontier_csv)
+from sweeps.frontier_plot import plot_frontier
 
-__all__ = ["FrontierReport", "build_report"]
+__all__ = ["FrontierReport"]
 
 
 class FrontierReport:
-    """The frontier of a set of points, the best point per ε bucket, and the files showing them."""
+    """The search's frontier, each ε bound's best, and the files showing them."""
 
     def __init__(self, points: Sequence[Point], *, budget: float | None, delta: float, accountant: str,
-                 axis_keys: Sequence[str]) -> None:
+                 axis_keys: Sequence[str], confirmed: Sequence[ConfirmedConfig] = ()) -> None:
         self.points = list(points)
         self.front = pareto_front(self.points)
-        self.buckets = best_per_bucket(self.points, default_buckets(budget))
+        self.bounds = default_buckets(budget)
+        self.buckets = best_per_bucket(self.points, self.bounds)
+        self.confirmed = list(confirmed)
         self.budget = budget
         self.delta = delta
         self.accountant = accountant
         self.axis_keys = list(axis_keys)
 
+    def confirmed_best(self) -> list[tuple[float, ConfirmedConfig | None]]:
+        """For each ε bound, the confirmed configuration chosen for it (None: nothing confirmed within it)."""
+        return [(bound, next((c for c in self.confirmed if bound in c.best_for), None)) for bound in self.bounds]
+
     def write(self, folder: Path, *, title: str, extra_lines: Mapping[str, float] | None = None) -> list[Path]:
         """frontier.csv, frontier.png and best_per_epsilon.json in ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
         csv_path, png_path, best_path = folder / "frontier.csv", folder / "frontier.png", folder / "best_per_epsilon.json"
-        write_frontier_csv(csv_path, self.points, self.front)
+        write_frontier_csv(csv_path, self.points, self.front, self.confirmed)
         plot_frontier(png_path, self.points, self.front, budget=self.budget, delta=self.delta,
-                      accountant=self.accountant, extra_lines=extra_lines,
-                      title=f"{title}: accuracy vs ε ({len(self.points)} points, {len(self.front)} on the frontier)")
-        best_path.write_text(json.dumps([
-            {"epsilon_at_most": bound, "accuracy": p.accuracy, "epsilon": p.epsilon, "delta": self.delta,
-             "accountant": self.accountant, "run_id": p.run_id, "trial": p.trial, "epoch": p.epoch,
-             "params": {k: p.params.get(k) for k in self.axis_keys}}
-            if p is not None else {"epsilon_at_most": bound, "accuracy": None}
-            for bound, p in self.buckets
-        ], indent=2))
+                      accountant=self.accountant, extra_lines=extra_lines, confirmed=self.confirmed,
+                      title=f"{title}: accuracy vs ε ({len(self.points)} search points, {len(self.front)} on the "
+                            f"frontier{f', {len(self.confirmed)} confirmed' if self.confirmed else ''})")
+        best_path.write_text(json.dumps(self._best_records(), indent=2))
         return [csv_path, png_path, best_path]
 
+    def _best_records(self) -> list[dict[str, Any]]:
+        common = {"delta": self.delta, "accountant": self.accountant}
+        if self.confirmed:
+            return [
+                {"epsilon_at_most": bound, "confirmed": True, "epsilon": c.epsilon, **common,
+                 "test_accuracy_mean": c.test_mean, "test_accuracy_std": _json_float(c.test_std), "seeds": c.seeds,
+                 "val_accuracy_mean": c.val_mean, "val_accuracy_std": _json_float(c.val_std),
+                 "search_val_accuracy": c.search_val_accuracy, "trial": c.trial, "epoch": c.epoch,
+                 "run_ids": list(c.run_ids), "params": {k: c.params.get(k) for k in self._param_keys(c.params)}}
+                if c is not None else {"epsilon_at_most": bound, "confirmed": True, "test_accuracy_mean": None}
+                for bound, c in self.confirmed_best()
+            ]
+        return [
+            {"epsilon_at_most": bound, "confirmed": False, "val_accuracy": p.accuracy, "epsilon": p.epsilon, **common,
+             "run_id": p.run_id, "trial": p.trial, "epoch": p.epoch,
+             "params": {k: p.params.get(k) for k in self._param_keys(p.params)}}
+            if p is not None else {"epsilon_at_most": bound, "confirmed": False, "val_accuracy": None}
+            for bound, p in self.buckets
+        ]
+
+    def _param_keys(self, params: Mapping[str, Any]) -> list[str]:
+        # Search points name their axes "axis.<key>" (MLflow params); confirmations log flat keys.
+        return [k if k in params else f"axis.{k}" for k in self.axis_keys if k in params or f"axis.{k}" in params]
+
     def best(self) -> Point | None:
+        """The search point of highest validation accuracy at finite ε."""
         return max((p for p in self.points if math.isfinite(p.epsilon)), key=lambda p: p.accuracy, default=None)
 
     def summary(self) -> str:
-        lines = [format_frontier_table(self.front, delta=self.delta, accountant=self.accountant,
-                                       param_keys=self.axis_keys), ""]
-        for bound, p in self.buckets:
-            text = f"acc {p.accuracy:.4f} at ε = {p.epsilon:.3f} ({p.trial}, epoch {p.epoch})" if p else "no trial"
-            lines.append(f"  best with ε ≤ {bound:<5g} (δ = {self.delta:g}, {self.accountant.upper()}): {text}")
+        tag = f"δ = {self.delta:g}, {self.accountant.upper()}"
+        if not self.confirmed:
+            lines = [format_frontier_table(self.front, delta=self.delta, accountant=self.accountant,
+                                           param_keys=self.axis_keys), "",
+                     "Not confirmed: each figure is one run's validation accuracy, the best of many, so optimistic."]
+            for bound, p in self.buckets:
+                text = f"val acc {p.accuracy:.4f} at ε = {p.epsilon:.3f} ({p.trial}, epoch {p.epoch})" if p else "no trial"
+                lines.append(f"  best with ε ≤ {bound:<5g} ({tag}): {text}")
+            return "\n".join(lines)
+        seeds = sorted({c.seeds for c in self.confirmed})
+        lines = [f"Frontier, confirmed: each ε bound's configuration chosen on validation accuracy (mean over "
+                 f"{'/'.join(map(str, seeds))} fresh seeds), test accuracy reported as mean ± std over those runs ({tag}):"]
+        header = f"  {'ε ≤':>5}  {'ε':>6}  {'test acc':>15}  {'val acc':>7}  {'search val':>10}  trial, epoch"
+        lines += [header, "  " + "-" * (len(header) - 2)]
+        for bound, c in self.confirmed_best():
+            if c is None:
+                lines.append(f"  {bound:>5g}  {'':>6}  nothing confirmed within this bound")
+                continue
+            std = f"{c.test_std:.4f}" if math.isfinite(c.test_std) else "n/a"
+            params = ", ".join(f"{k.removeprefix('axis.')}={_short(c.params.get(k))}" for k in self._param_keys(c.params))
+            lines.append(f"  {bound:>5g}  {c.epsilon:>6.3f}  {c.test_mean:.4f} ± {std:<6}  {c.val_mean:>7.4f}  "
+                         f"{c.search_val_accuracy:>10.4f}  {c.trial}, epoch {c.epoch}  {params}")
+        lines.append(f"  ({len(self.confirmed)} configurations confirmed; the search's {len(self.points)} points, its "
+                     f"frontier of {len(self.front)} and every confirmation are in frontier.csv)")
         return "\n".join(lines)
 
 
-def build_report(points: Sequence[Point], **kwargs: Any) -> FrontierReport:
-    return FrontierReport(points, **kwargs)
+def _short(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{number:.4g}"
+
+
+def _json_float(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -6,16 +6,19 @@ shows 100 at a time, so the runs that matter are tagged and found by a filter st
 
 - ``dpsweep.frontier = true`` on every run with an epoch on the accuracy-vs-ε Pareto frontier;
   ``dpsweep.frontier_epochs`` lists those epochs (a run's last epoch need not be one);
-- ``dpsweep.best_for_epsilon_<b> = true`` on the most accurate run with ε ≤ b, one tag per bound:
-  a single tag holding "1, 3" cannot be matched exactly (``LIKE '%3%'`` also matches "0.3" and
-  "13"); ``dpsweep.best_for_epsilon`` holds the list, for reading in the runs table.
+- ``dpsweep.best_for_epsilon_<b> = true`` on the runs of the configuration reported for ε ≤ b, one
+  tag per bound: with a confirmation stage, the chosen configuration's confirmation runs (whose
+  test accuracies the report averages) and its search trial's run; without one, the search run
+  of highest validation accuracy within the bound. Per bound, because a single tag holding
+  "1, 3" cannot be matched exactly (``LIKE '%3%'`` also matches "0.3" and "13");
+  ``dpsweep.best_for_epsilon`` holds the list, for reading in the runs table.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from sweeps.frontier import Point
+from sweeps.frontier import ConfirmedConfig, Point
 
 __all__ = ["BEST_FILTER", "FRONTIER_FILTER", "MAX_NOTE_CHARS", "best_filter", "frontier_tags", "sweep_note"]
 
@@ -38,16 +41,28 @@ def best_filter(bound: float) -> str:
     return f"tags.`{BEST_FOR}_{_bound(bound)}` = 'true'"
 
 
-def frontier_tags(front: Iterable[Point], buckets: Iterable[tuple[float, Point | None]]) -> dict[str, dict[str, str]]:
-    """Tags by run id for the runs on the frontier and each bound's best (runs without an id are left out)."""
+def frontier_tags(front: Iterable[Point], buckets: Iterable[tuple[float, Point | None]], *,
+                  confirmed_best: Iterable[tuple[float, ConfirmedConfig | None]] | None = None,
+                  run_of_trial: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """Tags by run id for the runs on the frontier and each bound's best (runs without an id are left out).
+
+    ``confirmed_best`` (the report's choice per bound after the confirmation stage) replaces the
+    search's ``buckets`` as "best"; ``run_of_trial`` finds each chosen configuration's search run.
+    """
     epochs: dict[str, list[int]] = {}
     for point in front:
         if point.run_id:
             epochs.setdefault(point.run_id, []).append(point.epoch)
     bounds: dict[str, list[float]] = {}
-    for bound, point in buckets:
-        if point is not None and point.run_id:
-            bounds.setdefault(point.run_id, []).append(bound)
+    if confirmed_best is None:
+        for bound, point in buckets:
+            if point is not None and point.run_id:
+                bounds.setdefault(point.run_id, []).append(bound)
+    else:
+        for bound, chosen in confirmed_best:
+            if chosen is not None:
+                for run_id in {*chosen.run_ids, (run_of_trial or {}).get(chosen.trial, "")} - {""}:
+                    bounds.setdefault(run_id, []).append(bound)
     tags: dict[str, dict[str, str]] = {}
     for run_id, run_epochs in epochs.items():
         tags[run_id] = {FRONTIER: "true", f"{FRONTIER}_epochs": ", ".join(str(e) for e in sorted(set(run_epochs)))}

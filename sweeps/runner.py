@@ -36,6 +36,7 @@ from sweeps.frontier import Point
 from sweeps.ledger import LedgerEntry, PrivacyLedger
 from sweeps.packing import member_rows, member_specs, pack_limit, pack_spec, pack_trials
 from sweeps.planning import PlannedTrial
+from sweeps.progress import SweepProgress
 from sweeps.pruning import BandedSuccessiveHalving, epsilon_band
 from sweeps.search import BudgetedOptunaSearch, ended_normally, trial_outcome
 from sweeps.space import SearchSpace
@@ -121,11 +122,14 @@ class _BackgroundWriter:
 
 
 class TrackingCallback(tune.Callback):
-    """Forwards trial events to the MLflow tracker and prints progress."""
+    """Forwards trial events to the MLflow tracker and to the progress display (sweeps.progress)."""
 
     def __init__(self, tracker: SweepTracker, stats: SweepStats, *, total: int | None,
                  time_budget_s: float | None = None, out: TextIO = sys.stdout,
-                 ledger: PrivacyLedger | None = None, public_seed: bool = False):
+                 ledger: PrivacyLedger | None = None, public_seed: bool = False,
+                 progress: SweepProgress | None = None):
+        # Without a display of the launcher's: one line per trial on ``out``.
+        self.progress = progress if progress is not None else _line_per_trial(total, out)
         self.time_budget_s = time_budget_s
         self.ledger = ledger  # the sweep's privacy ledger: each trial is recorded as it starts
         self.public_seed = public_seed
@@ -152,11 +156,13 @@ class TrackingCallback(tune.Callback):
         state = dict(self.__dict__)
         state["out"] = None
         state["_writer"] = None
+        state["progress"] = None  # a console and a display thread stay with the launcher
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.out = sys.stdout
+        self.progress = _line_per_trial(self.total, self.out)
 
     def _write(self, write: Callable[..., Any], **kwargs: Any) -> None:
         if self._writer is None:
@@ -236,6 +242,7 @@ class TrackingCallback(tune.Callback):
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
         self._flush([key for key, since in self._unlogged_since.items() if now - since >= self.FLUSH_SECONDS])
+        self.progress.tick()
 
     #: A running trial's epochs reach MLflow at most this long after they arrive, a finished
     #: trial's at once; so the trials of a pack, done in seconds, are logged in one go each.
@@ -251,14 +258,15 @@ class TrackingCallback(tune.Callback):
 
     def _log_epoch(self, spec: dict[str, Any], row: dict[str, Any]) -> None:
         self.stats.epochs += 1
-        metrics = {k: row[k] for k in ("test_accuracy", "test_loss", "epoch_seconds")}
+        metrics = {k: row[k] for k in ("val_accuracy", "val_loss", "epoch_seconds")}
         metrics.update({k: v for k, v in row.items() if k.startswith("epsilon_client_") and v >= 0})  # federated
         if row["epsilon"] >= 0:
             metrics["epsilon"] = row["epsilon"]
-        self.points.append(Point(epsilon=metrics.get("epsilon", math.inf), accuracy=row["test_accuracy"],
+        self.points.append(Point(epsilon=metrics.get("epsilon", math.inf), accuracy=row["val_accuracy"],
                                  run_id="", trial=spec["name"], epoch=int(row["epoch"]),
                                  params={k: str(v) for k, v in spec["params"].items()}))  # as log_trial logs them
         self._point_keys.append(spec["key"])
+        self.progress.point(self.points[-1])
         self._unlogged.setdefault(spec["key"], []).append((int(row["epoch"]), metrics))
         self._unlogged_since.setdefault(spec["key"], time.monotonic())
 
@@ -290,21 +298,26 @@ class TrackingCallback(tune.Callback):
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         self.stats.trials_finished += 1
         name = spec["name"]
-        count = f"[{self.stats.trials_finished}/{self.total}]" if self.total else f"[{self.stats.trials_finished}]"
-        if "test_accuracy" in result and not result.get("diverged"):
+        if "val_accuracy" in result and not result.get("diverged"):
             eps = result["epsilon"]
             privacy = (f"ε = {eps:.3f} (δ = {result['delta']:g}, {result['accountant'].upper()})"
                        if eps >= 0 else "ε = ∞ (no noise)")
-            detail = f"epoch {result['epoch']}/{result['epochs_planned']}  acc {result['test_accuracy']:.4f}  {privacy}"
+            detail = f"epoch {result['epoch']}/{result['epochs_planned']}  val acc {result['val_accuracy']:.4f}  {privacy}"
         else:
             detail = tags.get("dpsweep.failure", "")
-        print(f"{count} {name:<11} {outcome:<17} {detail}", file=self.out, flush=True)
+        self.progress.trial_ended(name=name, outcome=outcome, detail=detail)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, error=True)
+
+
+def _line_per_trial(total: int | None, out: TextIO) -> SweepProgress:
+    from rich.console import Console
+
+    return SweepProgress(total=total, verbose=True, live=False, interval_s=None, console=Console(file=out))
 
 
 class PlanAheadPump(tune.Callback):
@@ -335,16 +348,16 @@ class BandedASHA(FIFOScheduler):
         return {**self.__dict__, "_board": None}  # Tune saves its scheduler; an actor handle is per session
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        return True  # always test_accuracy, maximised
+        return True  # always val_accuracy, maximised
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if "members" in result or "test_accuracy" not in result or result.get("diverged"):
+        if "members" in result or "val_accuracy" not in result or result.get("diverged"):
             return TrialScheduler.CONTINUE  # a pack's workers ask the board for their members themselves
         if self._board is None:
             self._board = ray.get_actor(self.board_name)
         spec = trial_spec(trial.config)
         row = (spec["key"], epsilon_band(float(spec["params"]["planned_epsilon"])), int(result["epoch"]),
-               float(result["test_accuracy"]))
+               float(result["val_accuracy"]))
         stop = bool(ray.get(self._board.judge.remote([row])))
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
@@ -423,10 +436,12 @@ def run_trials(
     max_failures: int = 2,
     time_budget_s: float | None = None,
     ledger: PrivacyLedger | None = None,
+    progress: SweepProgress | None = None,
 ) -> tuple[TrackingCallback, Any]:
     """Run the trials on Ray Tune; returns the callback (time split, points seen) and Ray's ResultGrid.
 
-    ``slots`` (trials the cluster runs at once) decides how a grid is cut into packs.
+    ``slots`` (trials the cluster runs at once) decides how a grid is cut into packs. ``progress``
+    shows the trials as they end (default: one line per trial).
     """
     stats = SweepStats()
     total = len(grid) if grid is not None else space.trials
@@ -434,7 +449,8 @@ def run_trials(
     # records grid trials as they start. Both recording the same trials appended every Optuna
     # trial twice to the ledger of a resumed sweep (the restored searcher holds its own copy).
     callback = TrackingCallback(tracker, stats, total=total, time_budget_s=time_budget_s,
-                                ledger=ledger if searcher is None else None, public_seed=space.public_seed)
+                                ledger=ledger if searcher is None else None, public_seed=space.public_seed,
+                                progress=progress)
     # Federated trials reserve one bundle per client actor; other trials, {"cpu": ..., "gpu": ...}.
     trainable = tune.with_resources(run_trial, trial_resources(space))
     experiment = storage_path / name
@@ -446,6 +462,7 @@ def run_trials(
     if searcher is not None:
         searcher.board_name, searcher.slots = board_name, slots
     interrupted = _catch_interrupt(callback)
+    callback.progress.start()
     try:
         if resume and tune.Tuner.can_restore(str(experiment)):
             tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
@@ -456,6 +473,7 @@ def run_trials(
                                     max_failures=max_failures, time_budget_s=time_budget_s).fit()
     finally:
         interrupted.restore()
+        callback.progress.close()
         callback.close()
         # The slots are the sweep's until its trials are over and logged; the frontier and
         # reports that follow do not use them.

@@ -193,7 +193,7 @@ class BudgetedOptunaSearch(Searcher):
         max_consecutive_skips: int = 200,
     ) -> None:
         multi = space.objective == "multi"
-        super().__init__(metric=["test_accuracy", "epsilon"] if multi else "test_accuracy",
+        super().__init__(metric=["val_accuracy", "epsilon"] if multi else "val_accuracy",
                          mode=["max", "min"] if multi else "max")
         self.space = space
         self.storage = str(storage)  # an Optuna journal file
@@ -455,11 +455,11 @@ class BudgetedOptunaSearch(Searcher):
         if self.space.objective == "multi":
             return  # Optuna does not take intermediate values for multi-objective studies
         trial_id = self._asked.get(key)
-        if trial_id is not None and "test_accuracy" in row and not row.get("diverged") \
+        if trial_id is not None and "val_accuracy" in row and not row.get("diverged") \
                 and (key, row["epoch"]) not in self._reported and not self._is_finished(number) \
                 and self._tells_optuna(row):
             # The planner actor asked it: an optuna.Trial of the driver's study is made from its id.
-            optuna.trial.Trial(self.study, trial_id).report(row["test_accuracy"], step=int(row["epoch"]))
+            optuna.trial.Trial(self.study, trial_id).report(row["val_accuracy"], step=int(row["epoch"]))
             self._reported.add((key, row["epoch"]))
 
     def _tells_optuna(self, row: dict[str, Any]) -> bool:
@@ -511,7 +511,7 @@ class BudgetedOptunaSearch(Searcher):
             self.study.tell(number, state=states.PRUNED)
         else:
             assert result is not None
-            accuracy = float(result["test_accuracy"])
+            accuracy = float(result["val_accuracy"])
             epsilon = float(result["epsilon"]) if result["epsilon"] >= 0 else math.inf
             self.study.tell(number, [accuracy, epsilon] if self.space.objective == "multi" else accuracy)
 

@@ -349,6 +349,7 @@ class SelectionPrivacy:
     filter_description: str | None = None  # the sweep's RDP filter, whose ε is filter_epsilon
     filter_epsilon: float | None = None
     audit_runs: int = 0  # of trials_run, the audit's retraining with canaries (--audit)
+    confirmation_runs: int = 0  # of trials_run, the confirmation stage's retraining with fresh seeds
 
     def metrics(self) -> dict[str, float]:
         """For the parent run: ``sweep_epsilon`` (with private selection), ``naive_composition_epsilon``, …
@@ -384,8 +385,11 @@ class SelectionPrivacy:
         largest = (f"  largest ε of one configuration alone: ε = {_fmt(self.largest_trial_epsilon)} {tag}; "
                    "not a bound for the selected model")
         head = "Privacy of releasing the selected model (the search included):"
+        extra = [f"the confirmation stage's {self.confirmation_runs} retrainings" if self.confirmation_runs else "",
+                 "the audit's retraining" if self.audit_runs else ""]
+        among = f" ({' and '.join(e for e in extra if e)} among them)" if any(extra) else ""
         if self.adaptive:
-            reading = (f"  RDP sum over the {runs} run: ε = {_fmt(self.naive_composition_epsilon)} {tag}; an odometer "
+            reading = (f"  RDP sum over the {runs} run{among}: ε = {_fmt(self.naive_composition_epsilon)} {tag}; an odometer "
                        "reading, not a bound: Optuna chose each trial from earlier results")
             if self.filter_epsilon is not None:
                 bound = (f"  sweep ε = {_fmt(self.filter_epsilon)} {tag}: releasing every trial, whatever Optuna chose "
@@ -394,7 +398,6 @@ class SelectionPrivacy:
             note = ("  No bound fixed in advance covers these adaptively chosen trials: set sweep_epsilon_budget in the "
                     "space for an RDP filter whose ε holds for the whole sweep (sweeps.adaptive).")
             return "\n".join([head, reading, largest, note])
-        among = f" (the audit's retraining among them)" if self.audit_runs else ""
         naive = (f"  naive composition over the {runs} run{among}: ε = {_fmt(self.naive_composition_epsilon)} "
                  f"{tag}; covers releasing every trial")
         if self.sweep_epsilon is None:

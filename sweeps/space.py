@@ -2,7 +2,7 @@
 
 A search space is a small YAML file (shipped ones live in the ``search_spaces`` package)::
 
-    name: digits_quick              # must equal the file stem
+    name: digits_quick              # optional: the file stem; a different name is warned about, the stem wins
     description: one line shown by --list
     fixed: {dataset: digits, model: digits_cnn, epochs: 15, delta: 1.0e-5}
     axes:
@@ -19,6 +19,7 @@ A search space is a small YAML file (shipped ones live in the ``search_spaces`` 
     kind: train                     # train | federated (FedAvg over DP-SGD clients)
     vectorize: auto                 # auto | off | N: configurations trained at once per unit of work
     private_selection: {distribution: poisson, mean: 10}   # optional, grid only: see below
+    confirm: {top: 3, seeds: 3}     # the confirmation stage (default); confirm: off skips it
 
 Files are data: they are read with ``yaml.safe_load`` only, nothing named in them is imported
 or evaluated. Every check runs in :func:`load_space`, so a typo fails in milliseconds with a
@@ -45,6 +46,13 @@ adversary cannot regenerate, and anyone who has the space file knows a seed writ
 ``seed:`` (and ``fixed.seed`` or a ``seed`` axis) makes a reproducible research run whose ε holds
 only against someone who does not know that seed; :attr:`SearchSpace.public_seed` says so.
 
+Every trial trains on the training split less a validation split (``fixed.validation_fraction``,
+default :data:`DEFAULT_VALIDATION_FRACTION`; the sampling rate and ε count only what is trained
+on), and reports validation accuracy only: pruning, Optuna and the frontier decide on it, and no
+search trial evaluates the test split. ``confirm`` then retrains the ``top`` configurations of
+each ε bucket with ``seeds`` fresh seeds each (:mod:`sweeps.confirm`); each bucket's is chosen by
+mean validation accuracy and reported with its test accuracy, mean ± std over those seeds.
+
 ``vectorize`` packs trials that share a model, data and steps into one unit of work trained by
 ``dp_core.vectorized.train_vectorized`` (up to N configurations at once, a unit holding several
 rounds of N that take the places of pruned or finished ones; each still reported, pruned and
@@ -62,6 +70,7 @@ import itertools
 import math
 import re
 import types
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -81,6 +90,8 @@ __all__ = [
     "PRUNERS",
     "KINDS",
     "SELECTION_DISTRIBUTIONS",
+    "Confirmation",
+    "DEFAULT_VALIDATION_FRACTION",
     "PrivateSelection",
     "Range",
     "Axis",
@@ -99,9 +110,12 @@ SELECTION_DISTRIBUTIONS = ("poisson", "truncated_negative_binomial")  # of the t
 
 _TOP_LEVEL_KEYS = (
     "name", "description", "fixed", "axes", "epsilon_budget", "search", "trials", "objective",
-    "pruner", "resources", "seed", "kind", "private_selection", "vectorize", "sweep_epsilon_budget",
+    "pruner", "resources", "seed", "kind", "private_selection", "vectorize", "sweep_epsilon_budget", "confirm",
 )  # fmt: skip
-_REQUIRED_KEYS = ("name", "fixed", "axes", "search")
+_CONFIRM_KEYS = ("top", "seeds")
+#: The share of the training split a sweep holds out for validation when its space does not say.
+DEFAULT_VALIDATION_FRACTION = 0.1
+_REQUIRED_KEYS = ("fixed", "axes", "search")
 _RANGE_KEYS = ("low", "high", "log", "num")
 _RESOURCE_KEYS = ("cpus", "gpus")
 _SELECTION_KEYS = ("distribution", "mean", "eta")
@@ -179,6 +193,14 @@ class PrivateSelection:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class Confirmation:
+    """Retrain the ``top`` configurations of each ε bucket with ``seeds`` fresh seeds each."""
+
+    top: int = 3
+    seeds: int = 3
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SearchSpace:
     """One validated search space. ``fixed`` and ``axes`` are read-only mappings in file order."""
 
@@ -200,6 +222,7 @@ class SearchSpace:
     vectorize: int | str = "auto"  # "auto" or the most configurations per unit of work (1: off)
     public_seed: bool = False  # the file fixes the trials' randomness (seed:, fixed.seed or a seed axis)
     sweep_epsilon_budget: float | None = None  # optuna: the RDP filter's ε for the whole sweep
+    confirm: Confirmation | None = None  # None: no confirmation stage (confirm: off, kind: federated)
 
     def with_secret_seed(self, root: int) -> SearchSpace:
         """This space with the sweep's secret root seed (a space that sets ``seed:`` keeps its own)."""
@@ -260,6 +283,7 @@ class SearchSpace:
         merged = {**self.fixed, **axis_values}
         if self.kind == "federated":
             merged["kind"] = KIND
+        merged.setdefault("validation_fraction", DEFAULT_VALIDATION_FRACTION)
         if self.epsilon_budget is not None and "epsilon_budget" not in merged:
             merged["epsilon_budget"] = self.epsilon_budget
         if number is not None and "seed" not in merged:
@@ -399,12 +423,13 @@ def _parse(data: Any, path: Path) -> SearchSpace:
                 f"Missing required key {key!r} in {path}. Required keys: {', '.join(_REQUIRED_KEYS)}."
             )
 
-    name = data["name"]
+    # The file is the name: sweeps, their MLflow runs and --resume find a space by its file stem.
+    name = data.get("name", path.stem)
     require_here(isinstance(name, str) and name != "", key="name", value=name, allowed="to be a non-empty string")
-    require_here(
-        name == path.stem, key="name", value=name,
-        allowed=f"to equal the file name without .yaml ({path.stem!r}), so spaces are found by name",
-    )
+    if name != path.stem:
+        warnings.warn(f"Expected name to equal the file name without .yaml ({path.stem!r}), but got name={name!r} "
+                      f"in {path}; the space is named {path.stem!r}.", UserWarning, stacklevel=3)
+        name = path.stem
     description = data.get("description", "")
     description = "" if description is None else description
     require_here(isinstance(description, str), key="description", value=description, allowed="to be a string")
@@ -470,8 +495,19 @@ def _parse(data: Any, path: Path) -> SearchSpace:
     require_here(vectorize == "auto" or (_is_int(vectorize) and vectorize >= 1), key="vectorize", value=vectorize,
                  allowed="to be auto, off or an integer >= 1 (configurations trained at once)")
 
+    confirm = _parse_confirm(data.get("confirm", {}), path, kind=kind)
+    if confirm is not None and (private_selection is not None or sweep_budget is not None):
+        if "confirm" in data:
+            why = ("private_selection: its guarantee covers releasing the best of K trials, and the number of "
+                   "nominees would tell K" if private_selection is not None else
+                   "sweep_epsilon_budget: the RDP filter does not charge the confirmation runs yet")
+            raise ConfigError(f"Expected no confirm with {why} (in {path}); write confirm: off.")
+        confirm = None
+    validation = fixed.get("validation_fraction", DEFAULT_VALIDATION_FRACTION)
+    require_here(_is_number(validation) and 0 < validation < 0.5, key="fixed.validation_fraction", value=validation,
+                 allowed="in (0, 0.5): a sweep chooses on a validation split held out of training, never on test data")
     space = SearchSpace(
-        name=name, description=description, source=path, fixed=fixed, axes=axes, epsilon_budget=budget,
+        confirm=confirm, name=name, description=description, source=path, fixed=fixed, axes=axes, epsilon_budget=budget,
         search=search, trials=trials, objective=objective, pruner=pruner,
         cpus_per_trial=cpus, gpus_per_trial=gpus, seed=seed, kind=kind, private_selection=private_selection,
         vectorize=vectorize, public_seed=public_seed, sweep_epsilon_budget=sweep_budget,
@@ -627,6 +663,28 @@ def _parse_resources(raw: Any, path: Path) -> tuple[float, float]:
         allowed="to be a number >= 0 (fractions such as 0.25 share a GPU between trials)",
     )
     return float(cpus), float(gpus)
+
+
+def _parse_confirm(raw: Any, path: Path, *, kind: str) -> Confirmation | None:
+    if raw is False or raw == "off":  # YAML reads a bare `off` as False
+        return None
+    require_here = _require_in(path)
+    require_here(isinstance(raw, dict), key="confirm", value=raw,
+                 allowed="to be a mapping {top: N, seeds: R} or off")
+    for key in raw:
+        if key not in _CONFIRM_KEYS:
+            raise dp_config.unknown_key_error(str(key), _CONFIRM_KEYS, where=f"confirm of {path}")
+    top, seeds = raw.get("top", 3), raw.get("seeds", 3)
+    require_here(_is_int(top) and top >= 1, key="confirm.top", value=top,
+                 allowed="to be an integer >= 1 (configurations retrained per ε bucket)")
+    require_here(_is_int(seeds) and seeds >= 2, key="confirm.seeds", value=seeds,
+                 allowed="to be an integer >= 2 (fresh seeds per configuration: a std needs two)")
+    if kind != "train":
+        if raw:
+            raise ConfigError(f"Expected no confirm with kind: {kind} in {path}: the confirmation stage retrains "
+                              "dp_core.train configurations (write confirm: off).")
+        return None
+    return Confirmation(top=top, seeds=seeds)
 
 
 def _parse_private_selection(raw: Any, path: Path) -> PrivateSelection | None:

@@ -52,7 +52,7 @@ OUTCOMES = ("running", "completed", "stopped_by_budget", "pruned", "skipped_over
 _PARENT = "mlflow.parentRunId"
 # Writes that may be journaled and replayed, in the order they were made.
 _JOURNALED = ("log_trial", "log_skipped", "log_sweep_metrics", "log_sweep_tags",
-              "log_artifact", "end_sweep")
+              "log_artifact", "end_sweep", "tag_runs")
 
 
 class TrackingUnavailable(RuntimeError):
@@ -134,6 +134,11 @@ def _fast_sqlite(tracking_uri: str) -> None:
                 dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
     _WAL_DATABASES.add(os.path.realpath(tracking_uri[len("sqlite:///"):]))
+
+
+def _is_confirmation(run: Any) -> bool:
+    """A confirmation stage's retraining (sweeps.confirm), not a search trial."""
+    return run.data.tags.get("dpsweep.stage") == "confirmation"
 
 
 def _params(values: Mapping[str, Any]) -> list[Param]:
@@ -356,6 +361,18 @@ class SweepTracker:
     def _log_sweep_tags(self, *, tags: Mapping[str, str]) -> None:
         self.client.log_batch(self.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
+    def tag_runs(self, tags_by_run_id: Mapping[str, Mapping[str, Any]]) -> None:
+        """Set tags on runs of this sweep by run id (the parent's or its children's): one batch per run."""
+        self._write("tag_runs", tags_by_run_id={run_id: {k: str(v) for k, v in tags.items()}
+                                                for run_id, tags in tags_by_run_id.items() if tags})
+
+    def _tag_runs(self, *, tags_by_run_id: Mapping[str, Mapping[str, str]]) -> None:
+        for run_id, tags in tags_by_run_id.items():
+            # MLflow takes at most 100 tags per batch.
+            items = [RunTag(k, v) for k, v in tags.items()]
+            for start in range(0, len(items), 100):
+                self.client.log_batch(run_id, tags=items[start:start + 100])
+
     def log_artifact(self, path: str) -> None:
         """Attach a local file to the parent run (journaled by path: keep the file)."""
         self._write("log_artifact", path=str(path))
@@ -419,7 +436,7 @@ class SweepTracker:
                 new_params = _params(params)
         last = self._last_step.get(key, -1)
         # An epoch logged before this run was reopened comes again when its trial starts over.
-        metrics = [Metric(k, v, timestamp, step) for step, values in epochs if step > last or "test_accuracy" not in values
+        metrics = [Metric(k, v, timestamp, step) for step, values in epochs if step > last or "val_accuracy" not in values
                    for k, v in values.items() if math.isfinite(v)]
         # MLflow takes at most 1000 entries per batch, 100 of them params and 100 tags.
         room = 1000 - len(new_params) - len(end_tags)
@@ -437,7 +454,7 @@ class SweepTracker:
         epoch. Returns whether the run has its params."""
         self.client.update_run(run_id, status="RUNNING")
         self.client.set_tag(run_id, "dpsweep.outcome", "running")
-        history = self.client.get_metric_history(run_id, "test_accuracy")
+        history = self.client.get_metric_history(run_id, "val_accuracy")
         self._last_step[key] = max((m.step for m in history), default=0)
         self._opened.add(key)
         return bool(self.client.get_run(run_id).data.params)
@@ -474,13 +491,13 @@ class SweepTracker:
         )
 
     def points(self) -> list[Point]:
-        """Every (ε, accuracy) pair any trial reached at any epoch, read back from the store."""
+        """Every (ε, validation accuracy) pair any search trial reached at any epoch, read back from the store."""
         points: list[Point] = []
         for run in self.trial_runs():
-            if run.data.tags.get("dpsweep.outcome") == "skipped_over_budget":
+            if run.data.tags.get("dpsweep.outcome") == "skipped_over_budget" or _is_confirmation(run):
                 continue
             # A step logged twice (an epoch re-reported after a restore) counts once.
-            accuracy = {m.step: m.value for m in self.client.get_metric_history(run.info.run_id, "test_accuracy")}
+            accuracy = {m.step: m.value for m in self.client.get_metric_history(run.info.run_id, "val_accuracy")}
             epsilon = {m.step: m.value for m in self.client.get_metric_history(run.info.run_id, "epsilon")}
             for step, value in sorted(accuracy.items()):
                 points.append(Point(
@@ -492,6 +509,8 @@ class SweepTracker:
     def outcomes(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for run in self.trial_runs():
+            if _is_confirmation(run):
+                continue
             outcome = run.data.tags.get("dpsweep.outcome", "running")
             counts[outcome] = counts.get(outcome, 0) + 1
         return counts

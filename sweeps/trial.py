@@ -21,7 +21,8 @@ import torch
 from ray import tune
 
 from dp_core.config import TrainConfig
-from dp_core.data import DatasetSplits, load_dataset
+from dp_core.config import DataConfig
+from dp_core.data import DatasetSplits, load_data
 from dp_core.federated import is_federated
 from dp_core.plan import PrivacyPlan
 from dp_core.train import EpochReport, TrainingDiverged, train
@@ -35,10 +36,13 @@ CHECKPOINT_EVERY_SECONDS = 5.0
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(name: str, root: str | None, download: bool) -> DatasetSplits:
-    # Ray reuses worker processes across trials (reuse_actors); loading each dataset once per
-    # worker instead of once per trial keeps set-up out of every trial after the first.
-    return load_dataset(name, root=root, download=download)
+def worker_dataset(config: DataConfig) -> DatasetSplits:
+    """The splits a trial trains on, loaded once per worker process.
+
+    Ray reuses worker processes across trials (reuse_actors); loading each dataset once per
+    worker instead of once per trial keeps set-up out of every trial after the first.
+    """
+    return load_data(config)
 
 
 def encode_spec(spec: dict[str, Any]) -> str:
@@ -56,13 +60,17 @@ def trial_spec(tune_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def epoch_metrics(report: EpochReport, *, epochs_planned: int) -> dict[str, Any]:
-    """The metrics a trial reports to Ray Tune after an epoch (ε = ∞ is reported as -1: JSON)."""
+    """The metrics a trial reports to Ray Tune after an epoch (ε = ∞ is reported as -1: JSON).
+
+    A search trial measures validation accuracy only (``train(evaluate_test=False)``): it is what
+    pruning, Optuna and the frontier decide on, and no decision can read what is not there.
+    """
     return {
         "epoch": report.epoch,
         "epochs_planned": epochs_planned,
         "steps": report.steps,
-        "test_accuracy": report.test_accuracy,
-        "test_loss": report.test_loss,
+        "val_accuracy": report.val_accuracy,
+        "val_loss": report.val_loss,
         "epsilon": report.epsilon if math.isfinite(report.epsilon) else -1.0,
         "delta": report.delta,
         "accountant": report.accountant,
@@ -93,7 +101,7 @@ def run_trial(tune_config: dict[str, Any]) -> None:
     cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if cpus > 0:
         torch.set_num_threads(cpus)
-    data = _dataset(config.data.dataset, config.data.data_root, config.data.download)
+    data = worker_dataset(config.data)
 
     workdir = Path(tempfile.mkdtemp(prefix="dpsweep-trial-"))
     state_file = workdir / CHECKPOINT_FILE
@@ -122,9 +130,9 @@ def run_trial(tune_config: dict[str, Any]) -> None:
 
     try:
         train(config, on_epoch=on_epoch, checkpoint_path=state_file, data=data,
-              checkpoint_every_seconds=CHECKPOINT_EVERY_SECONDS, plan=plan)
+              checkpoint_every_seconds=CHECKPOINT_EVERY_SECONDS, plan=plan, evaluate_test=False)
     except TrainingDiverged as error:
         tune.report({"diverged": str(error), "epoch": 0, "epochs_planned": config.epochs,
-                     "test_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False})
+                     "val_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -52,6 +52,7 @@ epsilon_budget: 50.0
 search: grid
 pruner: none
 resources: {{cpus: 1, gpus: 0}}
+confirm: off  # the confirmation stage is tested in tests/sweeps
 """
 SET_ACCOUNT = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
 
@@ -119,7 +120,7 @@ def _assert_logged_everything(client: MlflowClient, experiment: str) -> list:
     assert sorted(c.info.run_name for c in children) == ["trial_0000", "trial_0001"]
     assert {c.data.tags["dpsweep.outcome"] for c in children} == {"completed"}
     for child in children:
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "test_accuracy")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1, 2]
     return parents + children
 
 
@@ -224,7 +225,7 @@ def test_a_sweep_with_an_account_logs_everything_and_writes_no_credential(
     epochs = server.sql(
         "SELECT r.name, count(DISTINCT m.step) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
         "JOIN experiments e ON e.experiment_id = r.experiment_id "
-        "WHERE e.name = 'pg-e2e' AND m.key = 'test_accuracy' GROUP BY r.name ORDER BY r.name")
+        "WHERE e.name = 'pg-e2e' AND m.key = 'val_accuracy' GROUP BY r.name ORDER BY r.name")
     assert epochs == [["trial_0000", "2"], ["trial_0001", "2"]]
     # The frontier files went through the server into its artifact store.
     stored = {p.name for p in (server.home / "artifacts").rglob("*") if p.is_file()}

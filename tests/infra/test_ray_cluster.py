@@ -61,6 +61,7 @@ epsilon_budget: 50.0
 search: grid
 pruner: none
 resources: {{cpus: 1, gpus: 0.5}}
+confirm: off  # the confirmation stage is tested in tests/sweeps
 """
 
 
@@ -225,7 +226,7 @@ def test_submitted_sweep_runs_its_trials_on_both_nodes_and_logs_every_trial(
     assert sorted(c.info.run_name for c in children) == ["trial_0000", "trial_0001"]
     for child in children:
         assert child.data.tags["dpsweep.outcome"] == "completed"
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "test_accuracy")]
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
         assert steps == list(range(1, 31)), (child.info.run_name, steps)
 
     # No password is in anything Ray keeps (both nodes' logs, the job's runtime environment and

@@ -109,7 +109,7 @@ def half_way(kind: Kind, client: MlflowClient, experiment: str, results: Path) -
     if not low <= completed <= high:
         return False
     if kind.packed_completed is None and not any(
-            c.info.status == "RUNNING" and client.get_metric_history(c.info.run_id, "test_accuracy")
+            c.info.status == "RUNNING" and client.get_metric_history(c.info.run_id, "val_accuracy")
             for c in children):
         return False
     if kind.optuna:  # the finished trials were told to Optuna too
@@ -141,7 +141,7 @@ def _check_epsilon(kind: Kind, client: MlflowClient, child: Any) -> None:
     """ε at every logged epoch equals dp_core.accounting's for the trial's (σ, q, steps): its plan."""
     params = child.data.params
     run_id, name = child.info.run_id, child.info.run_name
-    accuracy = _history(client, run_id, "test_accuracy")
+    accuracy = _history(client, run_id, "val_accuracy")
     epsilon = _history(client, run_id, "epsilon")
     assert sorted(accuracy) == list(range(1, len(accuracy) + 1)), (name, sorted(accuracy))  # each epoch once
     assert sorted(epsilon) == sorted(accuracy), name
@@ -202,7 +202,7 @@ def _check_study(kind: Kind, space: Path, client: MlflowClient, results: Path, c
         outcome = child.data.tags["dpsweep.outcome"] if child is not None else None
         if trial.state == states.COMPLETE:
             assert outcome in ("completed", "stopped_by_budget"), (name, outcome)
-            accuracy = _history(client, child.info.run_id, "test_accuracy")
+            accuracy = _history(client, child.info.run_id, "val_accuracy")
             epsilon = _history(client, child.info.run_id, "epsilon")
             last = max(accuracy)
             told = [accuracy[last], epsilon[last]] if "objective: multi" in kind.space else [accuracy[last]]
@@ -218,13 +218,13 @@ def _check_frontier(kind: Kind, client: MlflowClient, sweep: Path, parent: Any, 
     grid, the points every other fault on this kind reached too (each trial's own seed, so the same
     results however often it was interrupted, retried or resumed)."""
     with open(sweep / "frontier" / "frontier.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    points = {(r["trial"], int(r["epoch"])): (float(r["epsilon"]), float(r["accuracy"])) for r in rows}
+        rows = [r for r in csv.DictReader(handle) if r["kind"] == "search"]
+    points = {(r["trial"], int(r["epoch"])): (float(r["epsilon"]), float(r["val_accuracy"])) for r in rows}
     assert len(points) == len(rows), "a point twice in the frontier"
     logged = {}
     for child in trained:
         epsilon = _history(client, child.info.run_id, "epsilon")
-        for step, accuracy in _history(client, child.info.run_id, "test_accuracy").items():
+        for step, accuracy in _history(client, child.info.run_id, "val_accuracy").items():
             logged[(child.info.run_name, step)] = (epsilon[step], accuracy)
     assert set(points) == set(logged)
     for key, (epsilon, accuracy) in logged.items():
@@ -260,8 +260,8 @@ def _check_privacy(kind: Kind, sweep: Path, trained: list, output: str, *, delta
             f"{child.info.run_name} trained but its ledger entry is missing or another mechanism"
     # "naive composition over the 4 trials run: ε = 1.540 (...)"; Optuna sweeps call it an RDP sum;
     # with private selection the count is not shown (it would give K away).
-    found = re.findall(r"(?:naive composition|RDP sum) over the (\d+ trials? run|trials run \([^)]*\)): ε = ([\d.]+)",
-                       output)
+    found = re.findall(r"(?:naive composition|RDP sum) over the (\d+ trials? run|trials run \([^)]*\))"
+                       r"(?: \([^)]*\))?: ε = ([\d.]+)", output)
     assert found, f"no composition of the sweep's trials in the final output:\n{output[-3000:]}"
     counted, epsilon = found[-1]
     if counted[0].isdigit():
@@ -294,4 +294,32 @@ def check_sweep(kind: Kind, *, space: Path, client: MlflowClient, experiment: st
     if kind.optuna:
         _check_study(kind, space, client, results, children)
     _check_frontier(kind, client, sweep, parent, trained, frontiers)
+    _check_confirmation(space, client, experiment, sweep, frontiers, kind)
     _check_privacy(kind, sweep, trained, output, delta=float(parent.data.params["delta"]))
+
+
+def _check_confirmation(space: Path, client: MlflowClient, experiment: str, sweep: Path, frontiers: dict[str, dict],
+                        kind: Kind) -> None:
+    """A space with confirm: each confirmation run once, finished, in the ledger, and in frontier.csv
+    and best_per_epsilon.json; for a grid, the same confirmed results however the sweep was broken."""
+    if "confirm: {" not in space.read_text():
+        return
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              filter_string="tags.`dpsweep.role` = 'confirmation'", max_results=10_000)
+    assert runs, "no confirmation runs"
+    names = [r.info.run_name for r in runs]
+    assert len(names) == len(set(names)), "a confirmation run twice"
+    assert {(r.info.status, r.data.tags["dpsweep.outcome"]) for r in runs} == {("FINISHED", "completed")}
+    entries = [json.loads(line) for line in (sweep / "privacy-ledger.jsonl").read_text().splitlines() if line.strip()]
+    assert sorted(e["name"] for e in entries if e["role"] == "confirmation") == sorted(names)
+    with open(sweep / "frontier" / "frontier.csv") as handle:
+        confirmed = [r for r in csv.DictReader(handle) if r["kind"] == "confirmed"]
+    # Every confirmation run is counted in its configuration's row (its run id is known there unless
+    # MLflow was away when it was logged: then the journal created it later).
+    assert sum(int(r["seeds"]) for r in confirmed) == len(runs)
+    assert {i for r in confirmed for i in r["run_id"].split()} <= {r.info.run_id for r in runs}
+    best = json.loads((sweep / "frontier" / "best_per_epsilon.json").read_text())
+    assert any(b["confirmed"] and b["test_accuracy_mean"] is not None for b in best)
+    if not kind.optuna:
+        figures = sorted((r["trial"], r["epoch"], r["val_accuracy"], r["test_accuracy_mean"]) for r in confirmed)
+        assert figures == frontiers.setdefault(f"{kind.name}:confirmed", figures)

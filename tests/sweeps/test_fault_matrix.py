@@ -48,6 +48,7 @@ search: grid
 pruner: none
 vectorize: "off"
 resources: {{cpus: 1, gpus: 0}}
+confirm: {{top: 1, seeds: 2}}
 """),
     # One pack of 6 in three rounds of 2.
     Kind("grid_packed", epochs=8, packed_completed=(1, 5), space="""{fixed}
@@ -59,6 +60,7 @@ search: grid
 pruner: none
 vectorize: 2
 resources: {{cpus: 2, gpus: 0}}
+confirm: off  # grid_unpacked covers the confirmation stage
 """),
     # Optuna hands out one round first (2 trials), then a pack of the 6 left (three rounds): it is
     # half-way with 3-7 completed, the case of the bench's "Cannot tell a COMPLETE trial".
@@ -73,6 +75,7 @@ objective: single
 pruner: none
 vectorize: 2
 resources: {{cpus: 2, gpus: 0}}
+confirm: off  # grid_unpacked covers the confirmation stage
 """),
     Kind("optuna_multi_unpacked", epochs=8, space="""{fixed}
 axes:
@@ -85,6 +88,7 @@ objective: multi
 pruner: none
 vectorize: "off"
 resources: {{cpus: 2, gpus: 0}}
+confirm: off
 """),
     Kind("private_selection", epochs=8, space="""{fixed}
 axes:

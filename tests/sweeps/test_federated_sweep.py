@@ -208,7 +208,8 @@ def test_tiny_federated_sweep_logs_rounds_client_epsilons_and_the_frontier(tmp_p
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "skipped trial_0002" in done.stdout and "skipped trial_0003" in done.stdout
+    grid_line = next(line for line in done.stdout.splitlines() if "grid points:" in line)
+    assert "skipped over budget (trial_0002, trial_0003)" in grid_line, grid_line
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("dpsweep")
@@ -226,14 +227,14 @@ def test_tiny_federated_sweep_logs_rounds_client_epsilons_and_the_frontier(tmp_p
         run = children[name]
         assert run.data.params["kind"] == "federated" and run.data.params["clients"] == "2"
         history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-                   for key in ("test_accuracy", "epsilon", "epsilon_client_0", "epsilon_client_1")}
+                   for key in ("val_accuracy", "epsilon", "epsilon_client_0", "epsilon_client_1")}
         assert all(sorted(values) == [1, 2] for values in history.values())  # one step per round
         for step in (1, 2):
             clients = [history[f"epsilon_client_{i}"][step] for i in range(2)]
             assert history["epsilon"][step] == max(clients) <= 6.0
         assert history["epsilon"][2] == pytest.approx(float(run.data.params["planned_epsilon"]), rel=1e-12)
         points += [Point(epsilon=history["epsilon"][s], accuracy=a, run_id=run.info.run_id, trial=name, epoch=s)
-                   for s, a in history["test_accuracy"].items()]
+                   for s, a in history["val_accuracy"].items()]
 
     folder = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path / "artifacts")))
     with open(folder / "frontier.csv") as handle:

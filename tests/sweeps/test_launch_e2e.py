@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -41,6 +42,7 @@ epsilon_budget: 6.0
 search: grid
 pruner: asha
 resources: {{cpus: 2, gpus: 0}}
+confirm: {{top: 2, seeds: 2}}
 """
 
 
@@ -88,7 +90,7 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
     space.write_text(TINY_SPACE.format(name="tiny"))
     done = _launch(tmp_path, "--space", str(space))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "skipped trial_0002" in done.stdout  # σ = 0.3 is far over an ε budget of 6
+    assert "2 skipped over budget (trial_0002, trial_0003)" in done.stdout  # σ = 0.3 is far over an ε budget of 6
     assert "frontier" in done.stdout and "RDP" in done.stdout
 
     client, parents, children = _runs(tmp_path)
@@ -108,12 +110,12 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
         assert child.data.params["max_grad_norm"] and child.data.params["noise_multiplier"]
         if outcomes[child.info.run_name] == "skipped_over_budget":
             assert child.data.metrics["planned_epsilon"] > 6.0
-            assert not client.get_metric_history(child.info.run_id, "test_accuracy")  # never trained
+            assert not client.get_metric_history(child.info.run_id, "val_accuracy")  # never trained
 
     # Every logged ε is within the budget, per epoch.
     points = []
     for child in children:
-        accuracy = client.get_metric_history(child.info.run_id, "test_accuracy")
+        accuracy = client.get_metric_history(child.info.run_id, "val_accuracy")
         epsilon = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "epsilon")}
         assert all(value <= 6.0 for value in epsilon.values())
         if outcomes[child.info.run_name] == "completed":
@@ -126,11 +128,12 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
     folder = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path / "artifacts")))
     assert {"frontier.csv", "frontier.png", "best_per_epsilon.json"} <= {p.name for p in folder.iterdir()}
     with open(folder / "frontier.csv") as handle:
-        rows = list(csv.DictReader(handle))
+        all_rows = list(csv.DictReader(handle))
+    rows = [r for r in all_rows if r["kind"] == "search"]
     assert len(rows) == len(points)
     # Row for row the logged points (the launcher takes them from what it logged, not read back),
     # with each run's params as MLflow holds them.
-    assert {(r["run_id"], r["trial"], int(r["epoch"]), float(r["epsilon"]), float(r["accuracy"])) for r in rows} \
+    assert {(r["run_id"], r["trial"], int(r["epoch"]), float(r["epsilon"]), float(r["val_accuracy"])) for r in rows} \
         == {(p.run_id, p.trial, p.epoch, p.epsilon, p.accuracy) for p in points}
     params = {c.info.run_id: c.data.params for c in children}
     for row in rows:
@@ -139,6 +142,22 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
     assert on_front == {(p.run_id, p.epoch) for p in pareto_front(points)}
     assert (folder / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert parent.data.metrics["train_share"] > 0
+
+    # The confirmation stage: the leading trials of each ε bound retrained with fresh seeds, each run
+    # a child run measured on validation and test at its epoch.
+    confirmations = [r for r in client.search_runs([parent.info.experiment_id])
+                     if r.data.tags.get("dpsweep.role") == "confirmation"]
+    confirmed = [r for r in all_rows if r["kind"] == "confirmed"]
+    assert confirmations and confirmed
+    assert sorted(i for r in confirmed for i in r["run_id"].split()) == sorted(r.info.run_id for r in confirmations)
+    for run in confirmations:
+        assert {"val_accuracy", "test_accuracy", "epsilon"} <= set(run.data.metrics)
+        assert run.data.tags["dpsweep.confirms"] in outcomes and "seed" not in run.data.params
+    best = json.loads((folder / "best_per_epsilon.json").read_text())
+    chosen = [b for b in best if b["test_accuracy_mean"] is not None]
+    assert chosen and all(b["confirmed"] and b["seeds"] == 2 and b["epsilon"] <= b["epsilon_at_most"] for b in chosen)
+    assert "test acc" in done.stdout and " ± " in done.stdout
+    _assert_no_seed_released(tmp_path, client, parent, confirmations, done.stdout + done.stderr)
 
 
 def test_bad_space_stops_before_anything_runs(tmp_path: Path) -> None:
@@ -182,7 +201,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     # One trial at a time (vectorize: off), so that one finishes before the interruption.
     space.write_text(TINY_SPACE.format(name="resumable").replace("pruner: asha", "pruner: none\nvectorize: off")
                      .replace("epochs: 4", "epochs: 6"))
-    command = [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri",
+    # --verbose: a line per trial, so that this test sees the first trial end.
+    command = [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--verbose", "--tracking-uri",
                f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results")]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -191,17 +211,18 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     assert process.stdout is not None
     for line in process.stdout:  # wait for the first trial to finish, then interrupt like Ctrl-C
         lines.append(line)
-        if line.startswith("[1/2]") or time.monotonic() > deadline:
+        # [3/4]: the two grid points over the budget are counted first, as skipped.
+        if line.startswith("[3/4]") or time.monotonic() > deadline:
             break
     process.send_signal(signal.SIGINT)
     rest, _ = process.communicate(timeout=180)
     log = "".join(lines) + rest
-    assert "[1/2]" in log, log
+    assert "[3/4]" in log, log
     _, _, children = _runs(tmp_path)
     finished_before = {c.info.run_name for c in children if c.data.tags["dpsweep.outcome"] == "completed"}
     assert finished_before and len(finished_before) < 2, log
 
-    resumed = _launch(tmp_path, "--space", str(space), "--resume")
+    resumed = _launch(tmp_path, "--space", str(space), "--resume", "--verbose")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     client, parents, children = _runs(tmp_path)
     assert len(parents) == 1  # the same sweep, continued
@@ -209,7 +230,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     trained = [c for c in children if c.data.tags["dpsweep.outcome"] != "skipped_over_budget"]
     assert {c.data.tags["dpsweep.outcome"] for c in trained} == {"completed"}
     for child in trained:
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "test_accuracy")]
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
         assert steps == sorted(set(steps)) == list(range(1, 7)), (child.info.run_name, steps)
     progress = [line for line in resumed.stdout.splitlines() if line.startswith("[")]
     for name in finished_before:  # finished trials were not run again

@@ -62,9 +62,13 @@ def test_an_audited_sweep_counts_the_audit_run(tmp_path: Path) -> None:
     done, children = _launch(tmp_path, "audited", "--audit", axes="  noise_multiplier: [1.5, 2.5]", search="grid",
                              extra="")
     entries = _ledger(tmp_path).entries()
-    assert sorted(e.role for e in entries) == ["audit", "trial", "trial"]
+    confirmations = [e for e in entries if e.role == "confirmation"]
+    assert confirmations and all(e.train_config and "seed" not in e.train_config for e in confirmations)
+    assert sorted(e.role for e in entries if e.role != "confirmation") == ["audit", "trial", "trial"]
     assert {e.key for e in entries if e.role == "trial"} == {c.data.tags["dpsweep.trial_key"] for c in children}
-    assert _composed(done.stdout) == 3 and "the audit's retraining among them" in done.stdout
+    assert _composed(done.stdout) == len(entries)
+    assert (f"the confirmation stage's {len(confirmations)} retrainings and the audit's retraining among them"
+            in done.stdout)
     assert "fresh seed" in done.stdout
 
 
@@ -75,5 +79,7 @@ def test_a_diverged_optuna_trial_is_counted(tmp_path: Path) -> None:
     assert failed, "lr = 1e30 diverges"
     trained = {c.data.tags["dpsweep.trial_key"] for c in children
                if c.data.tags["dpsweep.outcome"] != "skipped_over_budget"}
-    ledger_keys = {e.key for e in _ledger(tmp_path).entries()}
-    assert trained == ledger_keys and _composed(done.stdout) == len(ledger_keys) == 6
+    entries = _ledger(tmp_path).entries()
+    ledger_keys = {e.key for e in entries if e.role == "trial"}
+    assert trained == ledger_keys and len(ledger_keys) == 6
+    assert _composed(done.stdout) == len(entries)  # the confirmation runs counted too

@@ -48,7 +48,7 @@ def local_ray():
 
 
 def _row(epoch: int, *, accuracy: float = 0.5) -> dict:
-    return {"epoch": epoch, "epochs_planned": 4, "test_accuracy": accuracy, "epsilon": 1.0, "delta": 1e-5,
+    return {"epoch": epoch, "epochs_planned": 4, "val_accuracy": accuracy, "epsilon": 1.0, "delta": 1e-5,
             "accountant": "rdp", "pruned": False, "stopped_by_budget": False}
 
 

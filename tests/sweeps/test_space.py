@@ -5,12 +5,15 @@ from __future__ import annotations
 import copy
 import pickle
 import textwrap
+import warnings
+from typing import Any
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dp_core.config import ConfigError, TrainConfig
-from sweeps.space import SPACES_DIR, Range, SearchSpace, list_spaces, load_space
+from sweeps.space import SPACES_DIR, Confirmation, Range, SearchSpace, list_spaces, load_space
 
 GOOD = """\
 name: {name}
@@ -54,7 +57,9 @@ def load_error(path: Path) -> str:
 
 
 def test_shipped_spaces_load_and_build_train_configs() -> None:
-    spaces = list_spaces()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a shipped space whose name: differs from its file name fails here
+        spaces = list_spaces()
     files = sorted(SPACES_DIR.glob("*.yaml"))
     assert len(spaces) == len(files) >= 5
     names = [space.name for space in spaces]
@@ -63,6 +68,8 @@ def test_shipped_spaces_load_and_build_train_configs() -> None:
     assert {"digits_quick", "digits_grid", "digits_optuna", "mnist_grid", "cifar10_grid"} <= set(names)
     for space in spaces:
         assert space.name == space.source.stem
+        # Strict for what we ship: the file says its own name (users' files may leave it out).
+        assert yaml.safe_load(space.source.read_text(encoding="utf-8"))["name"] == space.source.stem
         assert space.description
         assert load_space(space.name) == space
         if space.search == "grid":
@@ -163,7 +170,7 @@ def test_trial_config_adds_epsilon_budget(tmp_path: Path) -> None:
     config = space.trial_config({"max_grad_norm": 1.0, "noise_multiplier": 0.7})
     assert config == {
         "dataset": "digits", "model": "digits_cnn", "epochs": 2, "delta": 1e-5,
-        "max_grad_norm": 1.0, "noise_multiplier": 0.7, "epsilon_budget": 8.0,
+        "max_grad_norm": 1.0, "noise_multiplier": 0.7, "epsilon_budget": 8.0, "validation_fraction": 0.1,
     }  # fmt: skip
     assert TrainConfig.from_dict(config).privacy.epsilon_budget == 8.0
     no_budget = load_space(str(write_good(tmp_path, replace=("epsilon_budget: 8.0\n", ""), name="nob")))
@@ -403,11 +410,25 @@ def test_epsilon_budget_belongs_at_top_level(tmp_path: Path) -> None:
     assert "epsilon_budget" in message and "top level" in message
 
 
-def test_name_must_equal_file_stem(tmp_path: Path) -> None:
+def test_a_name_other_than_the_file_stem_is_a_warning_and_the_stem_wins(tmp_path: Path) -> None:
     path = write_good(tmp_path, name="other")
     path.write_text(path.read_text().replace("name: other", "name: something_else"))
-    message = load_error(path)
-    assert "name='something_else'" in message and "'other'" in message
+    with pytest.warns(UserWarning) as caught:
+        space = load_space(str(path))
+    assert space.name == "other"
+    message = str(caught[0].message)
+    assert "name='something_else'" in message and "'other'" in message and str(path) in message
+    assert caught[0].filename == __file__  # points at the caller of load_space, not into sweeps.space
+
+
+def test_a_space_without_name_takes_its_file_stem(tmp_path: Path) -> None:
+    path = write_good(tmp_path, name="my_sweep")
+    path.write_text(path.read_text().replace("name: my_sweep\n", ""))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        space = load_space(str(path))
+    assert space.name == "my_sweep"
+    assert load_error(write(tmp_path, GOOD.format(name="''"), name="empty")).count("non-empty string") == 1
 
 
 def test_optuna_without_trials(tmp_path: Path) -> None:
@@ -448,3 +469,29 @@ def test_python_tags_are_refused_and_never_run(tmp_path: Path) -> None:
     message = load_error(path)
     assert "python/object/apply:os.system" in message and "line 1" in message
     assert not marker.exists()
+
+
+# ---- validation split and confirmation stage ----------------------------------------------------
+
+
+def test_a_sweep_holds_out_validation_and_confirms_by_default(tmp_path: Path) -> None:
+    space = load_space(str(write_good(tmp_path)))
+    assert space.confirm == Confirmation(top=3, seeds=3)
+    assert space.trial_config({"max_grad_norm": 1.0, "noise_multiplier": 0.7})["validation_fraction"] == 0.1
+    custom = load_space(str(write_good(tmp_path, name="custom", append="confirm: {top: 2, seeds: 5}\n",
+                                       replace=("  delta: 1.0e-5\n", "  delta: 1.0e-5\n  validation_fraction: 0.2\n"))))
+    assert custom.confirm == Confirmation(top=2, seeds=5)
+    assert custom.trial_config({"max_grad_norm": 1.0, "noise_multiplier": 0.7})["validation_fraction"] == 0.2
+    assert load_space(str(write_good(tmp_path, name="unconfirmed", append="confirm: off\n"))).confirm is None
+
+
+@pytest.mark.parametrize(("append", "replace", "needle"), [
+    ("confirm: {top: 2, seed: 3}\n", None, "Did you mean 'seeds'"),
+    ("confirm: {seeds: 1}\n", None, "confirm.seeds"),
+    ("confirm: {top: 0}\n", None, "confirm.top"),
+    ("", ("  delta: 1.0e-5\n", "  delta: 1.0e-5\n  validation_fraction: 0.0\n"), "never on test data"),
+    ("", ("  delta: 1.0e-5\n", "  delta: 1.0e-5\n  validation_fraction: 0.6\n"), "validation_fraction"),
+])
+def test_bad_confirmation_or_validation_settings_are_refused(tmp_path: Path, append: str, replace: Any,
+                                                             needle: str) -> None:
+    assert needle in load_error(write_good(tmp_path, append=append, replace=replace))

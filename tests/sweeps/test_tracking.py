@@ -19,7 +19,7 @@ def _tracker(tmp_path: Path) -> SweepTracker:
 
 
 def _epochs(steps: range) -> list[tuple[int, dict[str, float]]]:
-    return [(s, {"test_accuracy": s / 10, "epsilon": 0.1 * s}) for s in steps]
+    return [(s, {"val_accuracy": s / 10, "epsilon": 0.1 * s}) for s in steps]
 
 
 def test_a_trial_logged_whole_is_one_finished_run_with_its_params_epochs_and_outcome(tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ def test_a_trial_logged_whole_is_one_finished_run_with_its_params_epochs_and_out
     assert run.data.tags["dpsweep.outcome"] == "pruned" and run.data.tags["dpsweep.note"] == "x"
     assert run.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
     assert run.data.params == {"lr": "0.5", "max_grad_norm": "1.0", "seed": "None"}
-    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_accuracy")] \
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_accuracy")] \
         == [(1, 0.1), (2, 0.2), (3, 0.3)]
     # The store keeps a write-ahead log (one append per commit, not a journal file per commit).
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
@@ -53,6 +53,6 @@ def test_a_running_trial_shows_then_ends_and_a_resumed_one_logs_no_epoch_twice(t
     again = _tracker(tmp_path)
     assert again.parent_run_id == tracker.parent_run_id and again.run_id_of("k1") == run_id
     again.log_trial(key="k1", name="trial_0000", params=PARAMS, epochs=_epochs(range(1, 6)), outcome="completed")
-    steps = [m.step for m in client.get_metric_history(run_id, "test_accuracy")]
+    steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
     assert steps == [1, 2, 3, 4, 5]
     assert client.get_run(run_id).info.status == "FINISHED"

@@ -1,0 +1,97 @@
+"""Running the confirmation stage on Ray (the decisions are :mod:`sweeps.confirm`'s)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from dp_core.config import TrainConfig
+from dp_core.data import canonical_train_size
+from sweeps.confirm import (CONFIRMATIONS_FILE, Candidate, ConfirmationRun, confirmation_jobs, keep_done, read_done,
+                            train_jobs)
+from sweeps.keys import released_params, trial_key
+from sweeps.ledger import LedgerEntry
+
+__all__ = ["run_confirmations"]
+
+
+def _ledger_entry(job: Mapping[str, Any]) -> LedgerEntry:
+    """The mechanism a job runs: the trial's σ and sampling rate, for the steps up to its epoch."""
+    config = TrainConfig.from_dict(job["train"])
+    train_size = canonical_train_size(config.data.dataset, validation_fraction=config.data.validation_fraction)
+    return LedgerEntry(key=trial_key(job["train"], name=job["name"]), name=job["name"], role="confirmation",
+                       noise_multiplier=float(config.privacy.noise_multiplier or 0.0),
+                       sample_rate=config.resolved_sample_rate(train_size),
+                       steps=config.steps_per_epoch(train_size) * int(job["epoch"]),
+                       train_config=released_params(job["train"]))
+
+
+def _units(jobs: Sequence[dict[str, Any]], slots: int) -> list[list[dict[str, Any]]]:
+    """Jobs in at most ``slots`` units of work, each unit's jobs of one trial configuration group."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        shape = {k: v for k, v in job["train"].items() if k not in ("seed", "lr", "max_grad_norm", "momentum",
+                                                                     "weight_decay", "noise_multiplier")}
+        groups.setdefault(repr(sorted(shape.items(), key=lambda kv: kv[0])), []).append(job)
+    units = []
+    for group in groups.values():
+        size = max(1, math.ceil(len(group) / max(1, slots)))
+        units += [group[i:i + size] for i in range(0, len(group), size)]
+    return units
+
+
+def run_confirmations(
+    chosen: Sequence[Candidate], configs: Mapping[str, Mapping[str, Any]], *, seeds: int, root_seed: int,
+    ledger: Any, tracker: Any, sweep_dir: Path, cpus_per_unit: float, gpus_per_unit: float, slots: int,
+) -> list[ConfirmationRun]:
+    """Retrain every candidate ``seeds`` times (those not done before), log each run, return all."""
+    done_file = sweep_dir / CONFIRMATIONS_FILE
+    done = read_done(done_file)
+    jobs = confirmation_jobs(chosen, configs, seeds=seeds, root_seed=root_seed)
+    pending = [job for job in jobs if job["name"] not in done]
+    by_name = {job["name"]: job for job in jobs}
+    # Recorded before any runs: a launcher killed mid-stage still has them counted.
+    ledger.record([_ledger_entry(job) for job in pending])
+    print(f"confirming {len(chosen)} configuration(s) with {seeds} fresh seeds each: {len(pending)} run(s)"
+          f"{f', {len(jobs) - len(pending)} done before' if len(jobs) > len(pending) else ''} ...", flush=True)
+    remote = ray.remote(num_cpus=cpus_per_unit, num_gpus=gpus_per_unit, max_retries=2)(train_jobs)
+    waiting = {remote.remote(unit): unit for unit in _units(pending, slots)}
+    finished = 0
+    while waiting:
+        ready, _ = ray.wait(list(waiting), num_returns=1)
+        unit = waiting.pop(ready[0])
+        try:
+            rows = ray.get(ready[0])
+        except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as error:
+            print(f"  confirmation runs failed ({', '.join(job['name'] for job in unit)}): {error}", file=sys.stderr)
+            rows = [{"name": job["name"], "epsilon": math.nan, "val_accuracy": math.nan, "test_accuracy": math.nan}
+                    for job in unit]
+        runs = []
+        for row in rows:
+            job = by_name[row["name"]]
+            run = ConfirmationRun(name=job["name"], trial=job["trial"], epoch=job["epoch"],
+                                  seed_index=job["seed_index"], epsilon=row["epsilon"],
+                                  val_accuracy=row["val_accuracy"], test_accuracy=row["test_accuracy"])
+            key = trial_key(job["train"], name=job["name"])
+            tracker.log_trial(
+                key=key, name=job["name"], params={**released_params(job["train"]), "confirms_trial": job["trial"],
+                                                   "stop_epoch": job["epoch"]},
+                epochs=[(job["epoch"], {k: row[k] for k in ("epsilon", "val_accuracy", "test_accuracy")
+                                        if math.isfinite(row[k])})],
+                outcome="completed" if run.ok else "failed",
+                tags={"dpsweep.role": "confirmation", "dpsweep.stage": "confirmation", "dpsweep.confirms": job["trial"]})
+            runs.append(run)
+        keep_done(done_file, runs)
+        done.update({run.name: run for run in runs})
+        finished += len(runs)
+        print(f"  confirmed {finished}/{len(pending)}", flush=True)
+    run_ids = {}
+    for job in jobs:
+        run_ids[job["name"]] = tracker.run_id_of(trial_key(job["train"], name=job["name"]))
+    return [ConfirmationRun(**{**run.__dict__, "run_id": run.run_id or run_ids.get(run.name, "")})
+            for name, run in done.items() if name in by_name]
