@@ -190,7 +190,7 @@ def test_submitted_sweep_runs_its_trials_on_both_nodes_and_logs_every_trial(
     job_id = re.search(r"submitted job (\S+) to ", done.stdout).group(1)
     assert f"job {job_id}: SUCCEEDED" in done.stdout, log
     # The job's own output, streamed back while it ran: the sweep's progress lines and frontier.
-    assert "[2/2] trial_000" in done.stdout and "Accuracy-vs-ε frontier" in done.stdout, log
+    assert "trials 2/2: 2 done" in done.stdout and "Accuracy-vs-ε frontier" in done.stdout, log
     print(f"submitted sweep took {time.monotonic() - started:.0f} s")
 
     # It ran through the Job API with the launcher as entrypoint (what the dashboard recorded).

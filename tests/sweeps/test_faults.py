@@ -36,6 +36,7 @@ epsilon_budget: 20.0
 search: grid
 pruner: none
 resources: {{cpus: 1, gpus: 0}}
+confirm: off  # the confirmation stage is tested in test_launch_e2e, test_confirm and the fault matrix
 """
 
 

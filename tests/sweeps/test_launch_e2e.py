@@ -199,7 +199,7 @@ def test_list_shows_the_shipped_spaces(tmp_path: Path) -> None:
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
     space = tmp_path / "resumable.yaml"
     # One trial at a time (vectorize: off), so that one finishes before the interruption.
-    space.write_text(TINY_SPACE.format(name="resumable").replace("pruner: asha", "pruner: none\nvectorize: off")
+    space.write_text(TINY_SPACE.format(name="resumable").replace("pruner: asha", "pruner: none\nvectorize: off").replace("confirm: {top: 2, seeds: 2}", "confirm: off")
                      .replace("epochs: 4", "epochs: 6"))
     # --verbose: a line per trial, so that this test sees the first trial end.
     command = [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--verbose", "--tracking-uri",
@@ -258,6 +258,7 @@ objective: {objective}
 pruner: none
 resources: {{cpus: 1, gpus: 0}}
 seed: 3
+confirm: off  # the confirmation stage is tested in test_launch_e2e, test_confirm and the fault matrix
 """
 
 

@@ -91,6 +91,7 @@ search: grid
 pruner: none
 vectorize: {vectorize}
 resources: {{cpus: 1, gpus: 0}}
+confirm: off  # the confirmation stage is tested in test_launch_e2e, test_confirm and the fault matrix
 seed: 0  # the packed and the lone sweep draw the same streams (a secret root would differ per sweep)
 """
 
@@ -163,6 +164,7 @@ pruner: asha
 vectorize: 4
 resources: {cpus: 1, gpus: 0}
 seed: 1
+confirm: off  # the confirmation stage is tested in test_launch_e2e, test_confirm and the fault matrix
 """
 
 

@@ -42,23 +42,6 @@ def _permuted_test_labels():
 data._load_digits = _permuted_test_labels
 '''
 
-GRID = """
-name: {name}
-description: grid with pruning and confirmation
-fixed: {{dataset: digits, model: mlp, optimizer: sgd, batch_size: 128, epochs: 6, delta: 1.0e-5}}
-axes:
-  noise_multiplier: [1.5, 4.0]
-  max_grad_norm: [0.5, 2.0]
-  lr: [0.5, 2.0, 4.0]
-epsilon_budget: 8.0
-search: grid
-objective: single
-pruner: asha
-resources: {{cpus: 2, gpus: 0}}
-confirm: {{top: 2, seeds: 2}}
-seed: 11
-"""
-
 OPTUNA = """
 name: {name}
 description: optuna with pruning and confirmation
@@ -112,10 +95,11 @@ def _sweep(folder: Path, template: str, *, permuted: bool) -> dict:
     return outcome
 
 
-@pytest.mark.parametrize("template", [GRID, OPTUNA], ids=["grid", "optuna"])
-def test_permuting_the_test_labels_changes_no_decision(tmp_path: Path, template: str) -> None:
-    shipped = _sweep(tmp_path / "shipped", template, permuted=False)
-    permuted = _sweep(tmp_path / "permuted", template, permuted=True)
+def test_permuting_the_test_labels_changes_no_decision(tmp_path: Path) -> None:
+    # Optuna with ASHA: what it suggests after its startup trials depends on what it was told,
+    # what is pruned on what the board saw, and then the confirmation stage chooses.
+    shipped = _sweep(tmp_path / "shipped", OPTUNA, permuted=False)
+    permuted = _sweep(tmp_path / "permuted", OPTUNA, permuted=True)
     assert shipped["confirmed"], "the confirmation stage confirmed nothing"
     for what in ("search", "confirmed", "best", "optuna"):
         assert shipped.get(what) == permuted.get(what), what
