@@ -133,14 +133,18 @@ def test_quiet_libraries_hides_info_and_the_token_notice_but_not_warnings(capsys
     token.addHandler(handler)
     # Earlier tests in this process may have started Ray, whose logging setup disables or raises
     # loggers it knows; the filter quiet_libraries installed is what is under test here.
-    was = token.disabled, token.level
-    token.disabled, token.level = False, logging.NOTSET
+    was = token.disabled, token.level, logging.root.manager.disable
+    token.disabled = False
+    token.setLevel(logging.NOTSET)  # setLevel and disable also clear the loggers' cached verdicts
+    logging.disable(logging.NOTSET)
     try:
         token.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
         token.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
     finally:
         token.removeHandler(handler)
-        token.disabled, token.level = was
+        token.disabled = was[0]
+        token.setLevel(was[1])
+        logging.disable(was[2])
     assert stream.getvalue().splitlines() == [("Token authentication is disabled for this Ray cluster. Anyone with "
                                                "network access ...")]
 
