@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
@@ -66,16 +65,6 @@ def test_a_download_that_cannot_reach_the_network_is_one_clear_error(tmp_path: P
     monkeypatch.delenv("NO_PROXY", raising=False)
     with pytest.raises(ConfigError, match=r"Could not fetch dataset 'mnist'.*Without network access"):
         prepare_here(["mnist"], root=str(tmp_path), download=True, log=lambda _line: None)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 
@@ -93,16 +92,6 @@ def test_a_fixed_cluster_is_told_about_waiting_and_a_fitting_one_passes() -> Non
 
 
 # ---- the real cluster -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.slow
