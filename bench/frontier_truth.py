@@ -76,7 +76,7 @@ def run_dpsweep(space: Path, seconds: float, workdir: Path) -> dict[str, Any]:
 
 
 def retrain_dpsweep(reported: dict[float, Any], seeds: int) -> dict[float, Any]:
-    from sweeps.confirm import train_jobs
+    from sweeps.results.confirm import train_jobs
 
     retrained = {}
     for bound, chosen in reported.items():

@@ -16,7 +16,7 @@ out of time is recorded as such and the others still run), and one JSON,
    sweep's parent run in MLflow. Target: utilisation at least 80 %.
 3. **Packs of CNN trials on the GPU**: ``bench/vectorized_bench.py`` with the CIFAR CNN on
    ``synthetic_cifar10_full``: K configurations trained together (one vmap) against one after
-   another. ``vectorize: auto`` packs only the MLP today (sweeps.packing.AUTO_MODELS, from CPU
+   another. ``vectorize: auto`` packs only the MLP today (sweeps.planning.packing.AUTO_MODELS, from CPU
    measurements); a speed-up above 1 here says packs of CNNs pay on a GPU.
 
 ``--dry-run`` runs all three tiny and on the CPU (small models' batches, the small synthetic

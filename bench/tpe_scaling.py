@@ -5,7 +5,7 @@ A dpsweep-shaped study: three log-uniform parameters (target ε, C, lr, as in
 completed; 50 trials left running (the packs in flight); in-memory storage, so only the sampler
 is timed. At each study size, identically seeded studies with the same history are asked for one pack
 of ``PACK`` configurations: Optuna's TPESampler (one fit per suggestion), dpsweep's
-:class:`sweeps.batch_tpe.BatchTPESampler` inside ``one_fit`` (one fit per pack), and, for the
+:class:`sweeps.driver.batch_tpe.BatchTPESampler` inside ``one_fit`` (one fit per pack), and, for the
 record of a design choice, a BatchTPESampler that only caches the estimators and lets Optuna's
 ``_sample`` split the trials for every suggestion (``estimators_only``).
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sweeps.batch_tpe import BatchTPESampler  # noqa: E402
+from sweeps.driver.batch_tpe import BatchTPESampler  # noqa: E402
 
 
 class _EstimatorsOnly(BatchTPESampler):
@@ -40,7 +40,7 @@ class _EstimatorsOnly(BatchTPESampler):
     _sample = optuna.samplers.TPESampler._sample
 
 SIZES = (500, 1000, 2000, 4000)
-PACK = 48  # configurations of one digits pack (sweeps.packing.AUTO_PACK_SIZE's rounds)
+PACK = 48  # configurations of one digits pack (sweeps.planning.packing.AUTO_PACK_SIZE's rounds)
 RUNNING = 50
 
 

@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sweeps.run_tags import FRONTIER_FILTER
+from sweeps.tracking.tags import FRONTIER_FILTER
 
 # A sweep of the benchmark space, small enough for a minute on 2 CPUs.
 SMALL_SWEEP = {"trials": "60", "epochs": "10"}

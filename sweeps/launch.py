@@ -106,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     launched = time.monotonic()
-    from sweeps import prepare_data, sweep_secret
+    from sweeps.driver import prepare_data
+    from sweeps.privacy import sweep_secret
     from sweeps.planning import EpsilonBudget, plan_grid
-    from sweeps.resources import with_resources
+    from sweeps.driver.resources import with_resources
     from sweeps.space import load_space
 
     # Everything the sweep writes (Tune's state with the trials' seeds, the secret, the ledger,
@@ -148,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     admitted = runnable
     if grid is not None and space.private_selection is not None:
-        from sweeps.selection import select_trials
+        from sweeps.privacy.selection import select_trials
 
         if args.time_budget is not None:
             raise ConfigError(
@@ -165,16 +166,16 @@ def _run(args: argparse.Namespace) -> int:
 
     import mlflow
 
-    from sweeps.progress import SweepProgress, quiet_libraries
+    from sweeps.driver.progress import SweepProgress, quiet_libraries
 
     if not args.verbose:
         quiet_libraries()  # before Ray starts and MLflow opens its store
-    from sweeps import runner
-    from sweeps.ledger import LEDGER_FILE, PrivacyLedger
+    from sweeps.driver import runner
+    from sweeps.privacy.ledger import LEDGER_FILE, PrivacyLedger
     from sweeps.planning import plan_trial
-    from sweeps.report import FrontierReport
-    from sweeps.run_tags import frontier_tags, sweep_note
-    from sweeps.search import BudgetedOptunaSearch
+    from sweeps.results.report import FrontierReport
+    from sweeps.tracking.tags import frontier_tags, sweep_note
+    from sweeps.driver.search import BudgetedOptunaSearch
     from sweeps.tracking import SweepTracker, TrackingRefused, TrackingUnavailable
 
     tracking_uri = args.tracking_uri or mlflow.get_tracking_uri()
@@ -223,7 +224,7 @@ def _run(args: argparse.Namespace) -> int:
         tracker.log_sweep_tags({"dpsweep.privacy_caveat": PUBLIC_SEED_CAVEAT})
 
     skipped = 0
-    # Trials by outcome, time, best so far per ε bound (sweeps.progress). No total with private
+    # Trials by outcome, time, best so far per ε bound (sweeps.driver.progress). No total with private
     # selection: the number of trials run is K, which is not shown.
     progress = SweepProgress(total=None if space.private_selection is not None else len(grid) if grid else space.trials,
                              epsilon_budget=space.epsilon_budget, time_budget_s=args.time_budget, verbose=args.verbose)
@@ -247,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{len(grid)} grid points: {to_run} to run, {skipped} skipped over budget"
               + (f" ({names})" if over_budget and not args.verbose else ""), flush=True)
         if space.private_selection is not None:
-            # Not K: the sweep ε holds only while K is unknown (sweeps.selection).
+            # Not K: the sweep ε holds only while K is unknown (sweeps.privacy.selection).
             print(f"private selection: drew the trial count K ~ {space.private_selection.distribution} (mean "
                   f"{space.private_selection.mean:g}) and each trial uniformly from the {len(admitted)} admitted "
                   "grid points, with its own secret seed; K is not shown", flush=True)
@@ -302,11 +303,11 @@ def _run(args: argparse.Namespace) -> int:
     report = FrontierReport(points, budget=space.epsilon_budget, delta=delta, accountant=accountant,
                             axis_keys=list(space.axes), confirmed=confirmed)
     frontier_dir = results_dir / sweep_name / "frontier"
-    # What releasing the selected model costs, the search included (sweeps.selection).
+    # What releasing the selected model costs, the search included (sweeps.privacy.selection).
     selection_privacy = None
     audit_result = None
     if space.kind == "train":
-        from sweeps.selection import shared_seed_note, sweep_privacy
+        from sweeps.privacy.selection import shared_seed_note, sweep_privacy
 
         best = report.best()
         if args.audit and best is not None:
@@ -339,7 +340,7 @@ def _run(args: argparse.Namespace) -> int:
         tracker.log_artifact(str(_write_release(sweep_dir / "release", best, selection_privacy)))
     outcomes = tracker.read_or(tracker.outcomes, lambda: dict(callback.outcomes, skipped_over_budget=skipped))
     tracker.log_sweep_tags({f"dpsweep.trials.{k}": v for k, v in outcomes.items()})
-    # The frontier's runs findable among thousands (sweeps.run_tags), and the table on the parent's page.
+    # The frontier's runs findable among thousands (sweeps.tracking.tags), and the table on the parent's page.
     tracker.tag_runs(frontier_tags(report.front, report.buckets,
                                    confirmed_best=report.confirmed_best() if report.confirmed else None,
                                    run_of_trial={p.trial: p.run_id for p in points}))
@@ -391,13 +392,13 @@ PUBLIC_SEED_CAVEAT = (
 
 
 def _confirm(space: Any, points: list[Any], *, ledger: Any, tracker: Any, sweep_dir: Path, slots: int) -> list[Any]:
-    """The confirmation stage (sweeps.confirm): each ε bound's leading configurations retrained
+    """The confirmation stage (sweeps.results.confirm): each ε bound's leading configurations retrained
     with fresh seeds, each bound's chosen on mean validation accuracy. [] when the space has none."""
     if space.confirm is None:
         return []
-    from sweeps.confirm import candidates, choose
-    from sweeps.confirm_stage import run_confirmations
-    from sweeps.frontier import default_buckets
+    from sweeps.results.confirm import candidates, choose
+    from sweeps.driver.confirm_stage import run_confirmations
+    from sweeps.results.frontier import default_buckets
 
     buckets = default_buckets(space.epsilon_budget)
     # What each trial trained, from the ledger: it has every trial that ran, before and after a resume.
@@ -441,7 +442,7 @@ def _write_release(folder: Path, best: Any, privacy: Any) -> Path:
     """``selected_model.json``: what a private-selection sweep releases, and nothing else.
 
     The selected configuration, its score and the sweep ε that covers them. Not K, not the
-    seed, not the other trials: knowing K voids the sweep ε (sweeps.selection), and the rest is
+    seed, not the other trials: knowing K voids the sweep ε (sweeps.privacy.selection), and the rest is
     covered only by naive composition. Everything else stays with the team, in MLflow.
     """
     import json
@@ -458,10 +459,10 @@ def _write_release(folder: Path, best: Any, privacy: Any) -> Path:
 
 
 def _sweep_filter(space: Any, delta: float) -> Any:
-    """The RDP filter of an Optuna sweep with sweep_epsilon_budget (sweeps.adaptive), else None."""
+    """The RDP filter of an Optuna sweep with sweep_epsilon_budget (sweeps.privacy.adaptive), else None."""
     if space.sweep_epsilon_budget is None:
         return None
-    from sweeps.adaptive import RdpFilter
+    from sweeps.privacy.adaptive import RdpFilter
 
     try:
         return RdpFilter.for_budget(epsilon=space.sweep_epsilon_budget, delta=delta)
@@ -480,10 +481,10 @@ def _audit_best(trials: list[Any], best: Any, *, ledger: Any) -> Any:
     from dp_core.config import TrainConfig
     from dp_core.data import load_data
     from dp_core.plan import plan_privacy
-    from sweeps import sweep_secret
-    from sweeps.keys import trial_key
-    from sweeps.ledger import LedgerEntry
-    from sweeps.selection import TrialMechanism
+    from sweeps.privacy import sweep_secret
+    from sweeps.planning.keys import trial_key
+    from sweeps.privacy.ledger import LedgerEntry
+    from sweeps.privacy.selection import TrialMechanism
 
     trial = next(t for t in trials if t.name == best.trial)
     print(f"auditing {trial.name} (retrained with canaries and a fresh seed) ...", flush=True)
@@ -500,10 +501,10 @@ def _audit_best(trials: list[Any], best: Any, *, ledger: Any) -> Any:
 
 
 def _ready_cluster(space: Any, args: argparse.Namespace, *, download: bool) -> None:
-    """Exit 2 (ConfigError) unless a trial fits the cluster (sweeps.resources), then prepare the data
-    (sweeps.prepare_data): here on local Ray, once per node on a cluster."""
-    from sweeps import prepare_data
-    from sweeps.resources import TrialResources, require_fit
+    """Exit 2 (ConfigError) unless a trial fits the cluster (sweeps.driver.resources), then prepare the data
+    (sweeps.driver.prepare_data): here on local Ray, once per node on a cluster."""
+    from sweeps.driver import prepare_data
+    from sweeps.driver.resources import TrialResources, require_fit
 
     if args.wait_for_resources < 0:
         raise ConfigError(f"Expected --wait-for-resources >= 0, but got --wait-for-resources {args.wait_for_resources:g}.")

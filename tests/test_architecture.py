@@ -29,11 +29,11 @@ def test_dp_core_runs_without_ray_optuna_mlflow() -> None:
 
 def test_trial_workers_start_light() -> None:
     """Ray starts a trial's actor by importing its trainable's module: that must not pull in
-    torch (seconds; see sweeps.trainable), and the workers' training path never needs MLflow."""
+    torch (seconds; see sweeps.workers.trainable), and the workers' training path never needs MLflow."""
     code = (
-        "import sys; import sweeps.trainable; "
+        "import sys; import sweeps.workers.trainable; "
         "heavy = [m for m in ('torch', 'opacus', 'mlflow', 'optuna') if m in sys.modules]; "
-        "import sweeps.trial, sweeps.pack_trial; "
+        "import sweeps.workers.trial, sweeps.workers.pack; "
         "heavy += [m for m in ('mlflow', 'optuna') if m in sys.modules]; "
         "print(heavy); raise SystemExit(1 if heavy else 0)"
     )

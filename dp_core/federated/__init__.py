@@ -7,7 +7,7 @@ Each client's ε is accounted on its own data; the run's ε is the maximum over 
 
 Start with :func:`train_federated` or ``python -m dp_core.federated --dataset digits --clients 2
 --rounds 5``. Clients run in-process by default; any :class:`ClientExecutor` can run them
-elsewhere (``sweeps.federated_actors.RayClientExecutor`` runs them as Ray actors).
+elsewhere (``sweeps.workers.federated_actors.RayClientExecutor`` runs them as Ray actors).
 """
 
 from dp_core.federated._client import ClientSetup, ClientUpdate, LocalClient, client_seed

@@ -3,7 +3,7 @@
 The server hands an executor the clients' setups once and then, every round, the global
 parameters; the executor returns every client's update in client order. :class:`InProcessExecutor`
 trains the clients one after another in the calling process (debugging, the command line, no
-Ray). ``sweeps.federated_actors.RayClientExecutor`` runs each client as a Ray actor; dp_core
+Ray). ``sweeps.workers.federated_actors.RayClientExecutor`` runs each client as a Ray actor; dp_core
 knows nothing of Ray, it only accepts any :class:`ClientExecutor`.
 """
 

@@ -294,7 +294,7 @@ def test_a_sweep_cut_off_from_mlflow_journals_no_credential_and_sync_replays_wit
     assert [n for n in needles if n in journal.read_text()] == []
     assert [n for n in needles if n in output] == []
 
-    sync = [sys.executable, "-m", "sweeps.sync", str(journal)]
+    sync = [sys.executable, "-m", "sweeps.tracking.sync", str(journal)]
     refused = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                              env=_launch_env((sweeper[0], "not-the-password")))
     assert refused.returncode == 2 and SET_ACCOUNT in refused.stderr, refused.stdout + refused.stderr

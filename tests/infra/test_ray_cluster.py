@@ -180,7 +180,7 @@ def test_submitted_sweep_runs_its_trials_on_both_nodes_and_logs_every_trial(
 
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "sweeps.submit", "--space", str(space), "--address", cluster.dashboard_url,
+        [sys.executable, "-m", "sweeps.driver.submit", "--space", str(space), "--address", cluster.dashboard_url,
          "--tracking-uri", tracking_uri, "--results-dir", str(tmp_path / "results"), "--experiment", "cluster-submit"],
         cwd=tmp_path, env=account_env(cluster.env, *own_account), capture_output=True, text=True, timeout=600,
     )
@@ -246,7 +246,7 @@ def test_a_submitted_sweep_the_heads_account_may_not_log_exits_2_before_any_tria
     space = tmp_path / "cluster_refused.yaml"
     space.write_text(SPACE.format(name="cluster_refused", epochs=2))
     done = subprocess.run(
-        [sys.executable, "-m", "sweeps.submit", "--space", str(space), "--address", cluster.dashboard_url,
+        [sys.executable, "-m", "sweeps.driver.submit", "--space", str(space), "--address", cluster.dashboard_url,
          "--tracking-uri", cluster.mlflow.tracking_uri, "--results-dir", str(tmp_path / "results"),
          "--experiment", "admins-only"],
         cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=600,

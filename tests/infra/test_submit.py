@@ -1,4 +1,4 @@
-"""sweeps.submit without a cluster: what a job is made of, and bad input stopped before submitting.
+"""sweeps.driver.submit without a cluster: what a job is made of, and bad input stopped before submitting.
 
 The real submission, to a real two-node cluster, is tests/infra/test_ray_cluster.py.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import submit
+from sweeps.driver import submit
 
 
 @pytest.fixture

@@ -89,7 +89,7 @@ def _runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
 
 
 def _study(results: Path) -> optuna.Study:
-    from sweeps.search import journal_storage
+    from sweeps.driver.search import journal_storage
 
     sweep = _sweep_dir(results)
     assert sweep is not None
@@ -129,7 +129,7 @@ def _history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
 
 def _planned_grid(space: Path) -> list[Any]:
     from sweeps.planning import plan_grid
-    from sweeps.selection import select_trials
+    from sweeps.privacy.selection import select_trials
     from sweeps.space import load_space
 
     loaded = load_space(str(space))
@@ -240,7 +240,7 @@ def _check_frontier(kind: Kind, client: MlflowClient, sweep: Path, parent: Any, 
 def _check_privacy(kind: Kind, sweep: Path, trained: list, output: str, *, delta: float) -> None:
     """Every trial that trained is in the privacy ledger, and the launcher's composition of the sweep
     counts each of them once: its count (where shown) and its ε are those of exactly these trials."""
-    from sweeps.selection import TrialMechanism, naive_composition_epsilon
+    from sweeps.privacy.selection import TrialMechanism, naive_composition_epsilon
 
     if kind.federated:
         # No composition for federated sweeps: sweeps.launch reports the selection's privacy for

@@ -13,8 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeps.packing import AUTO_MODELS
-from sweeps.search import journal_storage
+from sweeps.planning.packing import AUTO_MODELS
+from sweeps.driver.search import journal_storage
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 import pytest
 
-from sweeps.batch_tpe import BatchTPESampler
+from sweeps.driver.batch_tpe import BatchTPESampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

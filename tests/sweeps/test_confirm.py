@@ -1,4 +1,4 @@
-"""The confirmation stage's decisions (sweeps.confirm): nominees, fresh seeds, the choice per ε bound."""
+"""The confirmation stage's decisions (sweeps.results.confirm): nominees, fresh seeds, the choice per ε bound."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from dp_core.config import TrainConfig
 from dp_core.data import load_data
 from dp_core.train import train
-from sweeps.confirm import Candidate, ConfirmationRun, candidates, choose, confirmation_jobs, train_jobs
-from sweeps.frontier import Point
+from sweeps.results.confirm import Candidate, ConfirmationRun, candidates, choose, confirmation_jobs, train_jobs
+from sweeps.results.frontier import Point
 
 
 def _point(trial: str, epoch: int, epsilon: float, accuracy: float) -> Point:

@@ -222,7 +222,7 @@ def test_sweep_finishes_whole_after_fault(kind: Kind, fault: str, tmp_path: Path
             assert code == 3, output[-6000:]  # trained, tracking kept in a journal
             (journal,) = results.glob("*-mlflow-journal.jsonl")
             assert f"python -m sweeps.sync {journal}" in output
-            synced = subprocess.run([sys.executable, "-m", "sweeps.sync", str(journal)], check=False, cwd=tmp_path,
+            synced = subprocess.run([sys.executable, "-m", "sweeps.tracking.sync", str(journal)], check=False, cwd=tmp_path,
                                     env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
             assert synced.returncode == 0, synced.stdout + synced.stderr
             assert not journal.exists()

@@ -18,9 +18,9 @@ from mlflow.tracking import MlflowClient
 from dp_core.config import ConfigError
 from dp_core.data import load_dataset
 from dp_core.federated import FederatedPlan, InProcessExecutor, split_flat, train_federated
-from sweeps.federated_actors import RayClientExecutor, trial_resources
-from sweeps.federated_planning import FederatedPlannedTrial
-from sweeps.frontier import Point, pareto_front
+from sweeps.workers.federated_actors import RayClientExecutor, trial_resources
+from sweeps.planning.federated import FederatedPlannedTrial
+from sweeps.results.frontier import Point, pareto_front
 from sweeps.planning import EpsilonBudget, plan_trial
 from sweeps.space import Range, list_spaces, load_space
 

@@ -1,4 +1,4 @@
-"""Tests for sweeps.frontier: Pareto set against brute force, buckets, CSV round trip, plot, table."""
+"""Tests for sweeps.results.frontier: Pareto set against brute force, buckets, CSV round trip, plot, table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweeps.frontier import (
+from sweeps.results.frontier import (
     ConfirmedConfig,
     Point,
     best_per_bucket,

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweeps.frontier import ConfirmedConfig, Point, best_per_bucket, pareto_front
-from sweeps.frontier_plot import plot_frontier
+from sweeps.results.frontier import ConfirmedConfig, Point, best_per_bucket, pareto_front
+from sweeps.results.frontier_plot import plot_frontier
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TAB_RED = np.array([214, 39, 40]) / 255  # the frontier's colour

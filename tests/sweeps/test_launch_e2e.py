@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.frontier import Point, pareto_front
-from sweeps import sweep_secret
+from sweeps.results.frontier import Point, pareto_front
+from sweeps.privacy import sweep_secret
 from sweeps.space import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -289,7 +289,7 @@ def test_optuna_search_skips_over_budget_suggestions_and_tells_optuna(tmp_path: 
     assert "odometer reading, not a bound" in done.stdout and "sweep_epsilon_budget" in done.stdout
 
     # The Optuna study saw every suggestion: trained ones complete, over-budget ones pruned.
-    from sweeps.search import journal_storage
+    from sweeps.driver.search import journal_storage
 
     storage = journal_storage(next((tmp_path / "results").glob("*-optuna.journal")))
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)

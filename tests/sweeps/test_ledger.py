@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import sweep_secret
-from sweeps.ledger import LedgerEntry, PrivacyLedger
+from sweeps.privacy import sweep_secret
+from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
 from sweeps.planning import plan_trial
-from sweeps.selection import TrialMechanism
+from sweeps.privacy.selection import TrialMechanism
 
 
 def _entry(key: str, **extra) -> LedgerEntry:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.packing import AUTO_PACK_SIZE, PACK_DEPTH, group_key, member_specs, pack_limit, pack_size, pack_spec, pack_trials
+from sweeps.planning.packing import AUTO_PACK_SIZE, PACK_DEPTH, group_key, member_specs, pack_limit, pack_size, pack_spec, pack_trials
 from sweeps.planning import plan_trial
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,7 +185,7 @@ def test_optuna_packs_are_told_to_optuna_member_by_member_and_pruned_by_the_boar
         assert steps == list(range(1, len(steps) + 1))  # every epoch once, in order
         assert (len(steps) == 6) == (run.data.tags["dpsweep.outcome"] == "completed")
 
-    from sweeps.search import journal_storage
+    from sweeps.driver.search import journal_storage
 
     storage = journal_storage(next((tmp_path / "results").glob("*-optuna.journal")))
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)

@@ -1,4 +1,4 @@
-"""sweeps.prepare_data: the data fetched and verified once by the launcher, never by the trials."""
+"""sweeps.driver.prepare_data: the data fetched and verified once by the launcher, never by the trials."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dp_core.config import ConfigError, TrainConfig
-from sweeps.prepare_data import (
+from sweeps.driver.prepare_data import (
     datasets_of,
     downloads_wanted,
     prepare_here,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.ledger import LEDGER_FILE, PrivacyLedger
+from sweeps.privacy.ledger import LEDGER_FILE, PrivacyLedger
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

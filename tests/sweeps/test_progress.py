@@ -9,8 +9,8 @@ import re
 
 from rich.console import Console
 
-from sweeps.frontier import Point
-from sweeps.progress import SweepProgress, quiet_libraries
+from sweeps.results.frontier import Point
+from sweeps.driver.progress import SweepProgress, quiet_libraries
 
 
 class FakeClock:

@@ -1,6 +1,6 @@
 """Successive halving within ε bands: behind at the same privacy cost is pruned, nothing else."""
 
-from sweeps.pruning import BandedSuccessiveHalving, epsilon_band
+from sweeps.planning.pruning import BandedSuccessiveHalving, epsilon_band
 
 
 def test_bands_are_half_octaves_and_infinity_is_separate() -> None:

@@ -1,4 +1,4 @@
-"""sweeps.resources: whether one trial fits a node, decided before any trial starts."""
+"""sweeps.driver.resources: whether one trial fits a node, decided before any trial starts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from dp_core.config import ConfigError
-from sweeps.resources import (
+from sweeps.driver.resources import (
     NodeResources,
     TrialResources,
     parse_resources,
@@ -96,7 +96,7 @@ def test_a_fixed_cluster_is_told_about_waiting_and_a_fitting_one_passes() -> Non
 
 @pytest.mark.slow
 def test_reads_the_real_cluster(local_ray) -> None:
-    from sweeps.resources import cluster_nodes
+    from sweeps.driver.resources import cluster_nodes
 
     nodes = cluster_nodes()
     assert len(nodes) == 1 and nodes[0].cpus == 1 and nodes[0].gpus == 0
@@ -107,7 +107,7 @@ def test_reads_the_real_cluster(local_ray) -> None:
 
 @pytest.mark.slow
 def test_waits_for_nodes_asks_the_autoscaler_and_then_gives_up_with_the_message(local_ray) -> None:
-    from sweeps.resources import cluster_nodes
+    from sweeps.driver.resources import cluster_nodes
 
     reads = itertools.count()
 

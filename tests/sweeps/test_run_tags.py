@@ -7,8 +7,8 @@ from pathlib import Path
 from _sweep_harness import MlflowServer, TcpProxy
 from mlflow.tracking import MlflowClient
 
-from sweeps.frontier import Point, best_per_bucket, pareto_front
-from sweeps.run_tags import (
+from sweeps.results.frontier import Point, best_per_bucket, pareto_front
+from sweeps.tracking.tags import (
     BEST_FILTER,
     FRONTIER_FILTER,
     MAX_NOTE_CHARS,

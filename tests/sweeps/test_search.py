@@ -8,14 +8,14 @@ import optuna
 import pytest
 import ray
 
-from sweeps.adaptive import RdpFilter
-from sweeps.ledger import PrivacyLedger
-from sweeps.packing import encode_member_rows, member_specs
+from sweeps.privacy.adaptive import RdpFilter
+from sweeps.privacy.ledger import PrivacyLedger
+from sweeps.planning.packing import encode_member_rows, member_specs
 from sweeps.planning import plan_trial
-from sweeps.search import BudgetedOptunaSearch, journal_storage
-from sweeps.selection import TrialMechanism
+from sweeps.driver.search import BudgetedOptunaSearch, journal_storage
+from sweeps.privacy.selection import TrialMechanism
 from sweeps.space import load_space
-from sweeps.trial import trial_spec
+from sweeps.workers.trial import trial_spec
 
 SPACE = """
 name: searched

@@ -15,11 +15,11 @@ import optuna
 import pytest
 import ray
 
-from sweeps.packing import member_specs
+from sweeps.planning.packing import member_specs
 from sweeps.planning import plan_trial
-from sweeps.search import BudgetedOptunaSearch, journal_storage
+from sweeps.driver.search import BudgetedOptunaSearch, journal_storage
 from sweeps.space import load_space
-from sweeps.trial import trial_spec
+from sweeps.workers.trial import trial_spec
 
 States = optuna.trial.TrialState
 
@@ -199,7 +199,7 @@ def test_fail_abandoned_fails_what_no_live_trial_runs_and_nothing_else(tmp_path:
 
 
 def test_one_trial_units_ask_the_slots_and_one_more_before_a_result(tmp_path: Path, local_ray) -> None:
-    # digits_cnn trains one trial per unit under vectorize: auto (sweeps.packing.AUTO_MODELS).
+    # digits_cnn trains one trial per unit under vectorize: auto (sweeps.planning.packing.AUTO_MODELS).
     searcher = _searcher(tmp_path, model="digits_cnn", vectorize="auto", trials=12, slots=2)
     try:
         configs = [_suggest(searcher, name) for name in ("a", "b", "c")]  # Tune's 2 slots, and one waiting

@@ -15,9 +15,9 @@ from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant, compute_epsi
 
 from dp_core._validate import ConfigError
 from dp_core.accounting import RDP_ORDERS
-from sweeps.frontier import Point
+from sweeps.results.frontier import Point
 from sweeps.planning import plan_trial
-from sweeps.selection import (
+from sweeps.privacy.selection import (
     TrialMechanism,
     draw_trial_count,
     largest_trial_epsilon,
@@ -27,10 +27,10 @@ from sweeps.selection import (
     sweep_epsilon,
     sweep_privacy,
 )
-from sweeps.keys import trial_key
-from sweeps.ledger import LedgerEntry
+from sweeps.planning.keys import trial_key
+from sweeps.privacy.ledger import LedgerEntry
 from sweeps.space import load_space
-from sweeps.sweep_secret import SELECTION, derived_seed
+from sweeps.privacy.sweep_secret import SELECTION, derived_seed
 
 DELTA = 1e-5
 # digits_quick's admitted σ (q = 128/1437, 20 epochs of 11 steps); σ = 1.1 dominates the others.

@@ -4,7 +4,7 @@ Plain ASHA compares every trial at the same epoch, so it stops the high-noise tr
 they are always behind in accuracy, yet they are exactly the ones that make the low-ε end of
 the accuracy-vs-ε frontier. Here a trial competes only with trials whose planned ε falls in
 the same band (half an octave of ε wide), so pruning removes the runs that are behind *at
-their privacy cost*. Pure bookkeeping; the Ray Tune adapter lives in ``sweeps.runner``.
+their privacy cost*. Pure bookkeeping; the Ray Tune adapter lives in ``sweeps.driver.runner``.
 """
 
 from __future__ import annotations

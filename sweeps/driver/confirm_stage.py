@@ -1,4 +1,4 @@
-"""Running the confirmation stage on Ray (the decisions are :mod:`sweeps.confirm`'s)."""
+"""Running the confirmation stage on Ray (the decisions are :mod:`sweeps.results.confirm`'s)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import ray
 
 from dp_core.config import TrainConfig
 from dp_core.data import canonical_train_size
-from sweeps.confirm import (CONFIRMATIONS_FILE, Candidate, ConfirmationRun, confirmation_jobs, keep_done, read_done,
+from sweeps.results.confirm import (CONFIRMATIONS_FILE, Candidate, ConfirmationRun, confirmation_jobs, keep_done, read_done,
                             train_jobs)
-from sweeps.keys import released_params, trial_key
-from sweeps.ledger import LedgerEntry
+from sweeps.planning.keys import released_params, trial_key
+from sweeps.privacy.ledger import LedgerEntry
 
 __all__ = ["run_confirmations"]
 

@@ -19,7 +19,7 @@ def trial_key(train_config: Mapping[str, Any], *, name: str | None = None) -> st
     name (unique in a sweep, so two trials of one configuration stay two trials).
 
     The key is a tag in MLflow: a hash of the seed would let anyone with the configuration test
-    guesses of a seed, which must stay secret (:mod:`sweeps.sweep_secret`).
+    guesses of a seed, which must stay secret (:mod:`sweeps.privacy.sweep_secret`).
     """
     identity = released_params(train_config)
     if name is not None:

@@ -11,7 +11,7 @@ plans its privacy spend (pure, instant), and:
   is told as PRUNED, others as COMPLETE with accuracy (single objective) or (accuracy, ε)
   (multi-objective), each as soon as its last epoch arrives.
 
-With ``vectorize`` (see :mod:`sweeps.packing`), one suggestion is a pack: admitted
+With ``vectorize`` (see :mod:`sweeps.planning.packing`), one suggestion is a pack: admitted
 configurations asked of Optuna in a batch (Optuna's ask-and-tell takes several open trials)
 that share model, data and steps, trained together by one Ray trial and told to Optuna one by
 one. A configuration that cannot join the pack being built waits for the next suggestion.
@@ -41,15 +41,15 @@ from ray.tune.search import Searcher
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dp_core.config import ModelConfig
-from sweeps.adaptive import RdpFilter
-from sweeps.batch_tpe import BatchTPESampler
-from sweeps.ledger import LedgerEntry, PrivacyLedger
-from sweeps.packing import group_key, member_rows, pack_capacity, pack_limit, pack_size, pack_spec
+from sweeps.privacy.adaptive import RdpFilter
+from sweeps.driver.batch_tpe import BatchTPESampler
+from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
+from sweeps.planning.packing import group_key, member_rows, pack_capacity, pack_limit, pack_size, pack_spec
 from sweeps.planning import EpsilonBudget, PlannedTrial
-from sweeps.selection import TrialMechanism
+from sweeps.privacy.selection import TrialMechanism
 from sweeps.space import Range, SearchSpace
-from sweeps.sweep_secret import SAMPLER, derived_seed
-from sweeps.trial import encode_spec
+from sweeps.privacy.sweep_secret import SAMPLER, derived_seed
+from sweeps.workers.trial import encode_spec
 
 __all__ = ["BudgetedOptunaSearch", "ended_normally", "trial_outcome", "journal_storage"]
 
@@ -121,7 +121,7 @@ def _sampler(space: SearchSpace, *, seed: int | None) -> optuna.samplers.BaseSam
 def _ask(study: optuna.Study, space: SearchSpace, count: int) -> list[tuple[int, int, dict[str, Any], str]]:
     """Ask ``study`` for ``count`` configurations of ``space``: (number, trial id, axis values, name).
 
-    With TPE, the batch shares one fit of the sampler's model (see :mod:`sweeps.batch_tpe`).
+    With TPE, the batch shares one fit of the sampler's model (see :mod:`sweeps.driver.batch_tpe`).
     """
     out = []
     sampler = study.sampler
@@ -153,7 +153,7 @@ def _plan(study: optuna.Study, space: SearchSpace, plan: Callable[[dict[str, Any
 class _Asker:
     """Asks Optuna for configurations in a Ray actor on the driver's machine (the study's
     journal file is there): TPE takes 20-70 ms per suggestion in a study of thousands of trials
-    (16 ms fitted once per pack, :mod:`sweeps.batch_tpe`), and in the driver that held Tune's
+    (16 ms fitted once per pack, :mod:`sweeps.driver.batch_tpe`), and in the driver that held Tune's
     control loop, so packs waited to report and to start. Its study is the driver's, through
     the journal: it sees every result the driver tells."""
 
@@ -203,7 +203,7 @@ class BudgetedOptunaSearch(Searcher):
         self.budget = EpsilonBudget(space.epsilon_budget)
         self.max_consecutive_skips = max_consecutive_skips
         self.ledger = ledger  # every configuration handed out is recorded here before it runs
-        self.sweep_filter = sweep_filter  # the sweep's RDP filter (sweeps.adaptive), if the space sets one
+        self.sweep_filter = sweep_filter  # the sweep's RDP filter (sweeps.privacy.adaptive), if the space sets one
         self._filter_spent: float | None = None  # RDP at the filter's order of the admitted trials
         self._cheapest = math.inf  # the smallest such cost of any configuration proposed
         self.planning_seconds = 0.0  # driver time spent planning suggestions (σ, per-epoch ε)
@@ -256,7 +256,7 @@ class BudgetedOptunaSearch(Searcher):
     def plan_ahead(self) -> None:
         """Keep ``PLAN_AHEAD`` batches being asked and planned by the asker and planner actors
         (without waiting for them). Tune's control loop calls this after each of its steps
-        (``sweeps.runner.PlanAheadPump``)."""
+        (``sweeps.driver.runner.PlanAheadPump``)."""
         if self._planner is None:
             return  # started by the first suggestion (_collect)
         while len(self._planning) < self.PLAN_AHEAD:
@@ -302,7 +302,7 @@ class BudgetedOptunaSearch(Searcher):
     def _unit_width(self) -> int:
         """The most configurations one unit of work may train at once in this space (1: one trial
         per unit), as far as the space says before any trial is planned: ``vectorize: auto`` packs
-        only the models in ``sweeps.packing.AUTO_MODELS``; a federated trial runs alone."""
+        only the models in ``sweeps.planning.packing.AUTO_MODELS``; a federated trial runs alone."""
         if self.space.kind == "federated":
             return 1
         models = self.space.axes.get("model", (self.space.fixed.get("model", ModelConfig().model),))

@@ -3,7 +3,7 @@
 A round is the trial's "epoch": the sweep sees ``epoch`` = round, ``epochs_planned`` = rounds,
 the global model's test accuracy, and ε = the maximum over clients (``epsilon_client_{i}`` for
 each). Clients run as Ray actors in the trial's placement-group bundles
-(:mod:`sweeps.federated_actors`). A federated trial keeps no checkpoint: one Ray restarts runs
+(:mod:`sweeps.workers.federated_actors`). A federated trial keeps no checkpoint: one Ray restarts runs
 again from the start and, seeded, reaches the same models and ε.
 """
 
@@ -20,8 +20,8 @@ from ray import tune
 
 from dp_core.federated import FederatedPlan, InProcessExecutor, RoundReport, split_flat, train_federated
 from dp_core.train import TrainingDiverged
-from sweeps.federated_actors import RayClientExecutor
-from sweeps.trial import trial_spec, worker_dataset
+from sweeps.workers.federated_actors import RayClientExecutor
+from sweeps.workers.trial import trial_spec, worker_dataset
 
 __all__ = ["round_metrics", "run_federated_trial"]
 

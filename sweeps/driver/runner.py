@@ -1,7 +1,7 @@
 """Running a sweep's trials on Ray Tune: the only module of dpsweep that drives Ray.
 
 Trials run as Ray Tune function trainables (local Ray by default, a cluster with ``address``);
-trials of a small model run several at once as packs (:mod:`sweeps.packing`). A Tune callback in
+trials of a small model run several at once as packs (:mod:`sweeps.planning.packing`). A Tune callback in
 the driver forwards every epoch of every trial, packed or not, to the MLflow tracker, so logging
 happens off the training path, and prints one progress line per finished trial. Pruning
 decisions come from one pruning board (a Ray actor), asked by the driver for lone trials and by
@@ -31,18 +31,18 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from sweeps.federated_actors import trial_resources
-from sweeps.frontier import Point
-from sweeps.ledger import LedgerEntry, PrivacyLedger
-from sweeps.packing import member_rows, member_specs, pack_limit, pack_spec, pack_trials
+from sweeps.workers.federated_actors import trial_resources
+from sweeps.results.frontier import Point
+from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
+from sweeps.planning.packing import member_rows, member_specs, pack_limit, pack_spec, pack_trials
 from sweeps.planning import PlannedTrial
-from sweeps.progress import SweepProgress
-from sweeps.pruning import BandedSuccessiveHalving, epsilon_band
-from sweeps.search import BudgetedOptunaSearch, ended_normally, trial_outcome
+from sweeps.driver.progress import SweepProgress
+from sweeps.planning.pruning import BandedSuccessiveHalving, epsilon_band
+from sweeps.driver.search import BudgetedOptunaSearch, ended_normally, trial_outcome
 from sweeps.space import SearchSpace
 from sweeps.tracking import SweepTracker
-from sweeps.trainable import run_trial
-from sweeps.trial import encode_spec, trial_spec
+from sweeps.workers.trainable import run_trial
+from sweeps.workers.trial import encode_spec, trial_spec
 
 __all__ = ["SweepStats", "run_trials", "connect_ray"]
 
@@ -122,7 +122,7 @@ class _BackgroundWriter:
 
 
 class TrackingCallback(tune.Callback):
-    """Forwards trial events to the MLflow tracker and to the progress display (sweeps.progress)."""
+    """Forwards trial events to the MLflow tracker and to the progress display (sweeps.driver.progress)."""
 
     def __init__(self, tracker: SweepTracker, stats: SweepStats, *, total: int | None,
                  time_budget_s: float | None = None, out: TextIO = sys.stdout,
@@ -332,7 +332,7 @@ class PlanAheadPump(tune.Callback):
 
 
 class BandedASHA(FIFOScheduler):
-    """Ray Tune adapter for :class:`sweeps.pruning.BandedSuccessiveHalving`, kept on a pruning board.
+    """Ray Tune adapter for :class:`sweeps.planning.pruning.BandedSuccessiveHalving`, kept on a pruning board.
 
     The rule's state lives in one Ray actor (the board, named ``board_name``) so that lone
     trials (judged here, in the driver) and the members of packs (judged by their workers, which

@@ -15,7 +15,7 @@ A search space is a small YAML file (shipped ones live in the ``search_spaces`` 
     pruner: asha                    # asha | none
     resources: {cpus: 1, gpus: 0}
     seed: 0                         # optional: a public root seed (a reproducible research run, see below)
-    sweep_epsilon_budget: 40.0      # optional, optuna: an RDP filter on the whole sweep (sweeps.adaptive)
+    sweep_epsilon_budget: 40.0      # optional, optuna: an RDP filter on the whole sweep (sweeps.privacy.adaptive)
     kind: train                     # train | federated (FedAvg over DP-SGD clients)
     vectorize: auto                 # auto | off | N: configurations trained at once per unit of work
     private_selection: {distribution: poisson, mean: 10}   # optional, grid only: see below
@@ -32,7 +32,7 @@ partition, dirichlet_alpha), and each trial is validated by ``dp_core.federated.
 ``private_selection`` (``distribution: poisson | truncated_negative_binomial``, ``mean``, and for
 the latter an optional shape ``eta``, default 1) makes a grid sweep draw its number of trials K
 from that distribution and run K grid points drawn uniformly with replacement, so that releasing
-the best model has Papernot–Steinke's guarantee (:mod:`sweeps.selection`). The theorem needs
+the best model has Papernot–Steinke's guarantee (:mod:`sweeps.privacy.selection`). The theorem needs
 i.i.d. runs of one mechanism, so it is refused with search: optuna (adaptive), pruner: asha
 (runs depend on each other), a trials cap, a seed axis and kind: federated.
 
@@ -40,8 +40,8 @@ Each trial trains with its own seed (model init, Poisson sampling, noise), drawn
 root seed and the trial's number (:meth:`SearchSpace.trial_seed`), unless the space sets one itself
 (``fixed.seed`` or a ``seed`` axis). Trials that shared one noise stream would not be
 independent runs, and the sweep's privacy statement composes its trials as independent
-mechanisms (:mod:`sweeps.selection`). Without ``seed:`` the root seed is a secret the launcher
-draws from the operating system's entropy (:mod:`sweeps.sweep_secret`): DP needs noise that an
+mechanisms (:mod:`sweeps.privacy.selection`). Without ``seed:`` the root seed is a secret the launcher
+draws from the operating system's entropy (:mod:`sweeps.privacy.sweep_secret`): DP needs noise that an
 adversary cannot regenerate, and anyone who has the space file knows a seed written in it.
 ``seed:`` (and ``fixed.seed`` or a ``seed`` axis) makes a reproducible research run whose ε holds
 only against someone who does not know that seed; :attr:`SearchSpace.public_seed` says so.
@@ -50,14 +50,14 @@ Every trial trains on the training split less a validation split (``fixed.valida
 default :data:`DEFAULT_VALIDATION_FRACTION`; the sampling rate and ε count only what is trained
 on), and reports validation accuracy only: pruning, Optuna and the frontier decide on it, and no
 search trial evaluates the test split. ``confirm`` then retrains the ``top`` configurations of
-each ε bucket with ``seeds`` fresh seeds each (:mod:`sweeps.confirm`); each bucket's is chosen by
+each ε bucket with ``seeds`` fresh seeds each (:mod:`sweeps.results.confirm`); each bucket's is chosen by
 mean validation accuracy and reported with its test accuracy, mean ± std over those seeds.
 
 ``vectorize`` packs trials that share a model, data and steps into one unit of work trained by
 ``dp_core.vectorized.train_vectorized`` (up to N configurations at once, a unit holding several
 rounds of N that take the places of pruned or finished ones; each still reported, pruned and
 logged as its own trial, with the results it would have alone). ``auto`` trains up to
-:data:`sweeps.packing.AUTO_PACK_SIZE` at once for the models where that measured faster; ``off``
+:data:`sweeps.planning.packing.AUTO_PACK_SIZE` at once for the models where that measured faster; ``off``
 (or 1) runs one trial per unit.
 """
 

@@ -27,7 +27,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from sweeps.frontier import Point, default_buckets
+from sweeps.results.frontier import Point, default_buckets
 
 __all__ = ["SweepProgress", "quiet_libraries"]
 
@@ -46,7 +46,7 @@ class SweepProgress:
     """Counts trials by outcome and the best point within each ε bound, and shows them.
 
     ``total`` is the sweep's trial count (None: unknown); ``epsilon_budget`` picks the reported ε
-    bounds (:func:`sweeps.frontier.default_buckets`); ``time_budget_s`` is ``--time-budget``.
+    bounds (:func:`sweeps.results.frontier.default_buckets`); ``time_budget_s`` is ``--time-budget``.
     ``live`` forces the terminal display on or off (default: whether ``console`` is a terminal).
     """
 

@@ -24,14 +24,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sweeps.keys import released_params
-from sweeps.selection import TrialMechanism
+from sweeps.planning.keys import released_params
+from sweeps.privacy.selection import TrialMechanism
 
 __all__ = ["LEDGER_FILE", "LedgerEntry", "PrivacyLedger"]
 
 LEDGER_FILE = "privacy-ledger.jsonl"
 
-# a sweep's trial; the audit's retraining with canaries; a confirmation stage's retraining (sweeps.confirm)
+# a sweep's trial; the audit's retraining with canaries; a confirmation stage's retraining (sweeps.results.confirm)
 ROLES = ("trial", "audit", "confirmation")
 
 

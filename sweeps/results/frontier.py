@@ -1,4 +1,4 @@
-"""The accuracy-vs-ε frontier of a sweep: Pareto set, ε buckets, CSV (the plot: sweeps.frontier_plot).
+"""The accuracy-vs-ε frontier of a sweep: Pareto set, ε buckets, CSV (the plot: sweeps.results.frontier_plot).
 
 Pure data, run after the trials finish: nothing here imports Ray, Optuna, MLflow
 or torch, so reports can be rebuilt from logged results on any machine.
@@ -145,8 +145,8 @@ def write_frontier_csv(path: str | os.PathLike[str], points: Iterable[Point], fr
 
 
 def plot_frontier(path: str | os.PathLike[str], points: Iterable[Point], front: Iterable[Point], **options: Any) -> Any:
-    """:func:`sweeps.frontier_plot.plot_frontier`, kept here for callers (matplotlib loads only here)."""
-    from sweeps.frontier_plot import plot_frontier as draw
+    """:func:`sweeps.results.frontier_plot.plot_frontier`, kept here for callers (matplotlib loads only here)."""
+    from sweeps.results.frontier_plot import plot_frontier as draw
 
     return draw(path, points, front, **options)
 

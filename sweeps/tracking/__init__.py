@@ -42,8 +42,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from sweeps.frontier import Point  # noqa: E402
-from sweeps.keys import trial_key  # noqa: E402  (re-exported: callers identify runs by it)
+from sweeps.results.frontier import Point  # noqa: E402
+from sweeps.planning.keys import trial_key  # noqa: E402  (re-exported: callers identify runs by it)
 
 __all__ = ["SweepTracker", "TrackingUnavailable", "TrackingRefused", "trial_key", "OUTCOMES"]
 
@@ -137,7 +137,7 @@ def _fast_sqlite(tracking_uri: str) -> None:
 
 
 def _is_confirmation(run: Any) -> bool:
-    """A confirmation stage's retraining (sweeps.confirm), not a search trial."""
+    """A confirmation stage's retraining (sweeps.results.confirm), not a search trial."""
     return run.data.tags.get("dpsweep.stage") == "confirmation"
 
 

@@ -1,6 +1,6 @@
 """Planning federated trials: one σ for all clients, ε per client, the run's ε as their maximum.
 
-Pure like :mod:`sweeps.planning` (no Ray, no MLflow). A federated trial's privacy depends on its
+Pure like :mod:`sweeps.planning.central` (no Ray, no MLflow). A federated trial's privacy depends on its
 clients' shard sizes (q_i = B / n_i), so planning partitions the training labels exactly as the
 trial will (same function, same seed); for label-skewed shards that needs the labels, which are
 loaded once per process.
@@ -18,8 +18,8 @@ import torch
 
 from dp_core.data import load_dataset
 from dp_core.federated import FederatedPlan, partition, plan_federated, split_flat, to_flat
-from sweeps.planning import PlannedTrial
-from sweeps.keys import released_params, trial_key
+from sweeps.planning.trials import PlannedTrial
+from sweeps.planning.keys import released_params, trial_key
 
 __all__ = ["FederatedPlannedTrial", "plan_federated_trial"]
 

@@ -10,7 +10,7 @@ to ``PACK_DEPTH`` times the configurations it trains at once (its width): as mem
 pruned or finish, waiting members take their places, so the stack stays full and Ray's cost of
 starting and ending a trial is paid once for several rounds of members.
 
-Pure: no Ray, no MLflow. The worker side is ``sweeps.pack_trial``.
+Pure: no Ray, no MLflow. The worker side is ``sweeps.workers.pack``.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def encode_member_rows(rows: dict[str, list[dict[str, Any]]]) -> str:
 
 def member_rows(result: dict[str, Any], lone_key: str) -> dict[str, list[dict[str, Any]]]:
     """The epochs a Ray Tune result carries, per member trial key, in order: a pack's members'
-    (several epochs each, see :mod:`sweeps.pack_trial`), or a lone trial's one epoch under ``lone_key``."""
+    (several epochs each, see :mod:`sweeps.workers.pack`), or a lone trial's one epoch under ``lone_key``."""
     if "members" in result:
         return json.loads(result["members"])
     return {lone_key: [result]}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from sweeps.frontier import ConfirmedConfig, Point
+from sweeps.results.frontier import ConfirmedConfig, Point
 
 __all__ = ["BEST_FILTER", "FRONTIER_FILTER", "MAX_NOTE_CHARS", "best_filter", "frontier_tags", "sweep_note"]
 

@@ -88,11 +88,11 @@ def run_trial(tune_config: dict[str, Any]) -> None:
     started = time.perf_counter()
     spec = trial_spec(tune_config)
     if "pack" in spec:
-        from sweeps.pack_trial import run_pack  # several trials of one small model trained at once
+        from sweeps.workers.pack import run_pack  # several trials of one small model trained at once
 
         return run_pack(tune_config)
     if is_federated(spec["train"]):
-        from sweeps.federated_trial import run_federated_trial  # FedAvg, clients as Ray actors
+        from sweeps.workers.federated import run_federated_trial  # FedAvg, clients as Ray actors
 
         return run_federated_trial(tune_config)
     config = TrainConfig.from_dict(spec["train"])

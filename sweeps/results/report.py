@@ -2,7 +2,7 @@
 
 The search's points carry validation accuracy only, which chose what was confirmed; what the
 report claims for each ε bound is the confirmed configuration's test accuracy, mean ± std over
-its fresh seeds (:mod:`sweeps.confirm`). Without a confirmation stage (``confirm: off``, a
+its fresh seeds (:mod:`sweeps.results.confirm`). Without a confirmation stage (``confirm: off``, a
 federated sweep) the report says that its figures are single-run validation accuracies.
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeps.frontier import (ConfirmedConfig, Point, best_per_bucket, default_buckets, format_frontier_table,
+from sweeps.results.frontier import (ConfirmedConfig, Point, best_per_bucket, default_buckets, format_frontier_table,
                              pareto_front, write_frontier_csv)
-from sweeps.frontier_plot import plot_frontier
+from sweeps.results.frontier_plot import plot_frontier
 
 __all__ = ["FrontierReport"]
 

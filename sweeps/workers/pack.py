@@ -29,9 +29,9 @@ from dp_core.config import TrainConfig
 from dp_core.plan import PrivacyPlan
 from dp_core.train import EpochReport
 from dp_core.vectorized import ConfigsDiverged, train_vectorized
-from sweeps.packing import encode_member_rows
-from sweeps.pruning import epsilon_band
-from sweeps.trial import epoch_metrics, trial_spec, worker_dataset
+from sweeps.planning.packing import encode_member_rows
+from sweeps.planning.pruning import epsilon_band
+from sweeps.workers.trial import epoch_metrics, trial_spec, worker_dataset
 
 __all__ = ["run_pack"]
 
@@ -45,7 +45,7 @@ REPORT_SECONDS = 2.0
 
 
 def run_pack(tune_config: dict[str, Any]) -> None:
-    """Ray Tune function trainable for a spec with ``pack`` (see :func:`sweeps.packing.pack_spec`)."""
+    """Ray Tune function trainable for a spec with ``pack`` (see :func:`sweeps.planning.packing.pack_spec`)."""
     started = time.perf_counter()
     spec = trial_spec(tune_config)
     members, width = spec["pack"], spec.get("width")

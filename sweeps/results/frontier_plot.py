@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeps.frontier import ConfirmedConfig, Point
+from sweeps.results.frontier import ConfirmedConfig, Point
 
 __all__ = ["plot_frontier"]
 

@@ -53,11 +53,11 @@ truncate K's distribution. The ε covers releasing *one* model and its hyperpara
 by a fixed score (each run's best test accuracy over its epochs, all of its checkpoints being
 covered by its own RDP), and nothing else: not K (knowing K turns the random count back into a
 fixed one), not the other trials' results, not the frontier. K, the picks and each run's seed
-derive from the sweep's secret root seed (:mod:`sweeps.sweep_secret`), so nobody with the space
+derive from the sweep's secret root seed (:mod:`sweeps.privacy.sweep_secret`), so nobody with the space
 file can compute them; K is never printed, logged as a metric or drawn in the plot, and what is
 released is ``release/selected_model.json`` alone. The rest is in MLflow for the people running
 the sweep; releasing it is covered only by naive composition, which counts every run in the
-sweep's ledger (:mod:`sweeps.ledger`), the ``--audit`` run included. Neither bound replaces
+sweep's ledger (:mod:`sweeps.privacy.ledger`), the ``--audit`` run included. Neither bound replaces
 the other: the theorem charges every run the worst configuration, composition charges the runs
 that happened, so for a cheap draw composition can be the smaller number.
 
@@ -83,7 +83,7 @@ from dp_core.plan import PrivacyPlan
 from sweeps.space import SELECTION_DISTRIBUTIONS
 
 if TYPE_CHECKING:
-    from sweeps.frontier import Point
+    from sweeps.results.frontier import Point
     from sweeps.planning import PlannedTrial
     from sweeps.space import SearchSpace
 
@@ -345,7 +345,7 @@ class SelectionPrivacy:
     eta: float | None
     delta: float
     accountant: str = ACCOUNTANT
-    adaptive: bool = False  # Optuna chose the trials from earlier results (sweeps.adaptive)
+    adaptive: bool = False  # Optuna chose the trials from earlier results (sweeps.privacy.adaptive)
     filter_description: str | None = None  # the sweep's RDP filter, whose ε is filter_epsilon
     filter_epsilon: float | None = None
     audit_runs: int = 0  # of trials_run, the audit's retraining with canaries (--audit)
@@ -396,7 +396,7 @@ class SelectionPrivacy:
                          f"({self.filter_description}; trials that did not fit were skipped)")
                 return "\n".join([head, bound, reading, largest])
             note = ("  No bound fixed in advance covers these adaptively chosen trials: set sweep_epsilon_budget in the "
-                    "space for an RDP filter whose ε holds for the whole sweep (sweeps.adaptive).")
+                    "space for an RDP filter whose ε holds for the whole sweep (sweeps.privacy.adaptive).")
             return "\n".join([head, reading, largest, note])
         naive = (f"  naive composition over the {runs} run{among}: ε = {_fmt(self.naive_composition_epsilon)} "
                  f"{tag}; covers releasing every trial")
@@ -470,7 +470,7 @@ def sweep_privacy(space: SearchSpace, *, admitted: Sequence[Any], trials_run: Se
 
     ``admitted`` are the configurations the sweep could run (for Optuna, pass the trials run);
     ``adaptive``: Optuna chose them, so their RDP sum is an odometer reading and only
-    ``sweep_filter`` (a :class:`sweeps.adaptive.RdpFilter`, if the space sets one) gives a bound.
+    ``sweep_filter`` (a :class:`sweeps.privacy.adaptive.RdpFilter`, if the space sets one) gives a bound.
     """
     selection = getattr(space, "private_selection", None)
     if selection is not None:
@@ -532,8 +532,8 @@ def select_trials(space: SearchSpace, admitted: Sequence[PlannedTrial], *,
     and a resumed sweep draws the same trials. Raises ConfigError when K = 0 (Poisson): the sweep
     then releases nothing.
     """
-    from sweeps.keys import trial_key
-    from sweeps.sweep_secret import SELECTION, derived_seed
+    from sweeps.planning.keys import trial_key
+    from sweeps.privacy.sweep_secret import SELECTION, derived_seed
 
     selection = space.private_selection
     if selection is None:

@@ -28,12 +28,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeps.frontier import ConfirmedConfig, Point
+from sweeps.results.frontier import ConfirmedConfig, Point
 
 __all__ = ["CONFIRMATIONS_FILE", "Candidate", "ConfirmationRun", "candidates", "choose", "confirmation_jobs"]
 
 CONFIRMATIONS_FILE = "confirmations.jsonl"
-#: The sweep secret's stream for confirmation seeds (sweeps.sweep_secret.derived_seed).
+#: The sweep secret's stream for confirmation seeds (sweeps.privacy.sweep_secret.derived_seed).
 CONFIRM_STREAM = 2**40 + 3
 
 
@@ -100,7 +100,7 @@ def confirmation_jobs(chosen: Sequence[Candidate], configs: Mapping[str, Mapping
     seeds come from the sweep's secret, the trial's name, the epoch and the run's index: fresh
     against the search (another stream), the same again on ``--resume``.
     """
-    from sweeps.sweep_secret import derived_seed
+    from sweeps.privacy.sweep_secret import derived_seed
 
     jobs = []
     for candidate in chosen:

@@ -1,0 +1,1 @@
+"""What crosses between the sweep driver and its workers (filled in below)."""
