@@ -307,7 +307,8 @@ def _run(args: argparse.Namespace) -> int:
     selection_privacy = None
     audit_result = None
     if space.kind == "train":
-        from sweeps.privacy.selection import shared_seed_note, sweep_privacy
+        from sweeps.privacy.report import shared_seed_note
+        from sweeps.privacy.selection import sweep_privacy
 
         best = report.best()
         if args.audit and best is not None:
@@ -484,7 +485,7 @@ def _audit_best(trials: list[Any], best: Any, *, ledger: Any) -> Any:
     from sweeps.privacy import sweep_secret
     from sweeps.planning.keys import trial_key
     from sweeps.privacy.ledger import LedgerEntry
-    from sweeps.privacy.selection import TrialMechanism
+    from sweeps.privacy.mechanism import TrialMechanism
 
     trial = next(t for t in trials if t.name == best.trial)
     print(f"auditing {trial.name} (retrained with canaries and a fresh seed) ...", flush=True)

@@ -46,7 +46,7 @@ from sweeps.driver.batch_tpe import BatchTPESampler
 from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
 from sweeps.planning.packing import group_key, member_rows, pack_capacity, pack_limit, pack_size, pack_spec
 from sweeps.planning import EpsilonBudget, PlannedTrial
-from sweeps.privacy.selection import TrialMechanism
+from sweeps.privacy.mechanism import TrialMechanism
 from sweeps.space import Range, SearchSpace
 from sweeps.privacy.sweep_secret import SAMPLER, derived_seed
 from sweeps.workers.trial import encode_spec

@@ -26,7 +26,7 @@ import math
 
 from dp_core._validate import require_in_range, require_positive
 from dp_core.accounting import RDP_ORDERS, rdp_curve
-from sweeps.privacy.selection import TrialMechanism
+from sweeps.privacy.mechanism import TrialMechanism
 
 __all__ = ["RdpFilter", "ACCOUNTANT"]
 

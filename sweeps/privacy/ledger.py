@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.planning.keys import released_params
-from sweeps.privacy.selection import TrialMechanism
+from sweeps.privacy.mechanism import TrialMechanism
 
 __all__ = ["LEDGER_FILE", "LedgerEntry", "PrivacyLedger"]
 

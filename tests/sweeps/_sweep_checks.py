@@ -240,7 +240,7 @@ def _check_frontier(kind: Kind, client: MlflowClient, sweep: Path, parent: Any, 
 def _check_privacy(kind: Kind, sweep: Path, trained: list, output: str, *, delta: float) -> None:
     """Every trial that trained is in the privacy ledger, and the launcher's composition of the sweep
     counts each of them once: its count (where shown) and its ε are those of exactly these trials."""
-    from sweeps.privacy.selection import TrialMechanism, naive_composition_epsilon
+    from sweeps.privacy.mechanism import TrialMechanism, naive_composition_epsilon
 
     if kind.federated:
         # No composition for federated sweeps: sweeps.launch reports the selection's privacy for

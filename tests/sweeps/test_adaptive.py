@@ -10,7 +10,7 @@ from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
 from dp_core.accounting import RDP_ORDERS, rdp_curve
 from sweeps.privacy.adaptive import RdpFilter
-from sweeps.privacy.selection import TrialMechanism
+from sweeps.privacy.mechanism import TrialMechanism
 
 
 @pytest.mark.parametrize("epsilon", [1.0, 8.0, 40.0, 300.0])

@@ -11,7 +11,7 @@ import pytest
 from sweeps.privacy import sweep_secret
 from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
 from sweeps.planning import plan_trial
-from sweeps.privacy.selection import TrialMechanism
+from sweeps.privacy.mechanism import TrialMechanism
 
 
 def _entry(key: str, **extra) -> LedgerEntry:

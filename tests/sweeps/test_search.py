@@ -13,7 +13,7 @@ from sweeps.privacy.ledger import PrivacyLedger
 from sweeps.planning.packing import encode_member_rows, member_specs
 from sweeps.planning import plan_trial
 from sweeps.driver.search import BudgetedOptunaSearch, journal_storage
-from sweeps.privacy.selection import TrialMechanism
+from sweeps.privacy.mechanism import TrialMechanism
 from sweeps.space import load_space
 from sweeps.workers.trial import trial_spec
 

@@ -1,0 +1,386 @@
+"""Checking a space file's raw YAML values and building a :class:`~sweeps.space.model.SearchSpace` from them.
+
+Each error names the file, the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dp_core import config as dp_config
+from dp_core._validate import ConfigError, require_choice, require_positive
+from dp_core.federated import FEDERATED_KEYS, FederatedConfig
+from sweeps.space.checks import in_file, is_int, is_number, require_in
+from sweeps.space.model import (
+    DEFAULT_VALIDATION_FRACTION,
+    KINDS,
+    OBJECTIVES,
+    PRUNERS,
+    SELECTION_DISTRIBUTIONS,
+    Axis,
+    Confirmation,
+    PrivateSelection,
+    Range,
+    SearchSpace,
+    check_search_settings,
+    check_trial_configs,
+    describe_axis,
+)
+
+__all__ = ["parse_space"]
+
+_TOP_LEVEL_KEYS = (
+    "name", "description", "fixed", "axes", "epsilon_budget", "search", "trials", "objective",
+    "pruner", "resources", "seed", "kind", "private_selection", "vectorize", "sweep_epsilon_budget", "confirm",
+)  # fmt: skip
+_CONFIRM_KEYS = ("top", "seeds")
+_REQUIRED_KEYS = ("fixed", "axes", "search")
+_RANGE_KEYS = ("low", "high", "log", "num")
+_RESOURCE_KEYS = ("cpus", "gpus")
+_SELECTION_KEYS = ("distribution", "mean", "eta")
+# Pairs of TrainConfig keys that say the same thing two ways; a space may give only one of each.
+_EXCLUSIVE_KEYS = (("noise_multiplier", "target_epsilon"), ("batch_size", "sample_rate"))
+# Names people write for TrainConfig keys (Opacus example flags, other libraries) that difflib
+# cannot match by spelling: "learning_rate" is far from "lr".
+_SYNONYMS = {
+    "learning_rate": "lr", "learningrate": "lr", "step_size": "lr",
+    "sigma": "noise_multiplier", "noise": "noise_multiplier", "noise_scale": "noise_multiplier",
+    "c": "max_grad_norm", "clip": "max_grad_norm", "clipping_norm": "max_grad_norm", "clip_norm": "max_grad_norm",
+    "max_norm": "max_grad_norm", "max_per_sample_grad_norm": "max_grad_norm", "l2_norm_clip": "max_grad_norm",
+    "epsilon": "target_epsilon", "eps": "target_epsilon", "target_eps": "target_epsilon",
+    "batch": "batch_size", "bs": "batch_size", "arch": "model", "architecture": "model",
+    "n_epochs": "epochs", "num_epochs": "epochs", "wd": "weight_decay", "optim": "optimizer",
+    "schedule": "lr_schedule", "lr_scheduler": "lr_schedule",
+}  # fmt: skip
+# YAML 1.1 (PyYAML) reads 1e-5 and 1.0e5 as strings: it wants a dot and a signed exponent.
+_SCIENTIFIC = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _coerce(value: Any) -> Any:
+    """Read ``1e-5``-style strings as numbers, as YAML 1.2 and every user would."""
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def _integer_keys() -> frozenset[str]:
+    """TrainConfig keys typed ``int`` (batch_size, epochs, ...), read from dp_core's dataclasses."""
+    classes = (
+        dp_config.DataConfig, dp_config.ModelConfig, dp_config.OptimizerConfig,
+        dp_config.PrivacyConfig, dp_config.TrainConfig, FederatedConfig,
+    )  # fmt: skip
+    keys = set()
+    for cls in classes:
+        for field in dataclasses.fields(cls):
+            parts = {part.strip() for part in str(field.type).split("|")}
+            if "int" in parts and "float" not in parts:
+                keys.add(field.name)
+    return frozenset(keys)
+
+
+def parse_space(data: Any, path: Path) -> SearchSpace:
+    """The space a file's parsed YAML ``data`` describes, every check passed; errors name ``path``."""
+    require_here = require_in(path)
+
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"{type(data).__name__} {data!r}"
+        raise ConfigError(
+            f"Expected the top level of {path} to be a mapping with keys {', '.join(_TOP_LEVEL_KEYS)} "
+            f"(required: {', '.join(_REQUIRED_KEYS)}), but got {got}."
+        )
+    for key in data:
+        if key not in _TOP_LEVEL_KEYS:
+            raise dp_config.unknown_key_error(str(key), _TOP_LEVEL_KEYS, where=str(path))
+    for key in _REQUIRED_KEYS:
+        if key not in data:
+            raise ConfigError(
+                f"Missing required key {key!r} in {path}. Required keys: {', '.join(_REQUIRED_KEYS)}."
+            )
+
+    # The file is the name: sweeps, their MLflow runs and --resume find a space by its file stem.
+    name = data.get("name", path.stem)
+    require_here(isinstance(name, str) and name != "", key="name", value=name, allowed="to be a non-empty string")
+    if name != path.stem:  # stacklevel 3: the line that called load_space
+        warnings.warn(f"Expected name to equal the file name without .yaml ({path.stem!r}), but got name={name!r} "
+                      f"in {path}; the space is named {path.stem!r}.", UserWarning, stacklevel=3)
+        name = path.stem
+    description = data.get("description", "")
+    description = "" if description is None else description
+    require_here(isinstance(description, str), key="description", value=description, allowed="to be a string")
+
+    search = data["search"]
+    kind = data.get("kind", "train")
+    with in_file(path):
+        require_choice(kind, key="kind", choices=KINDS)
+    known = dp_config.known_keys() if kind == "train" else tuple(sorted({*dp_config.known_keys(), *FEDERATED_KEYS}))
+    fixed = _parse_fixed(data["fixed"], path, known)
+    axes = _parse_axes(data["axes"], path, known)
+
+    for key in axes:
+        if key in fixed:
+            raise ConfigError(
+                f"Key {key!r} is in both fixed and axes of {path}, with fixed {key}={fixed[key]!r} and "
+                f"axes {key}={describe_axis(axes[key])}. Give it in one place only."
+            )
+    present = {**fixed, **axes}
+    for first, second in _EXCLUSIVE_KEYS:
+        if first in present and second in present:
+            raise ConfigError(
+                f"Expected at most one of {first} and {second} in fixed/axes of {path}, but got both "
+                f"({first}={_describe(present, fixed, first)}, {second}={_describe(present, fixed, second)})."
+            )
+
+    trials = data.get("trials")
+
+    objective = data.get("objective", "single")
+    pruner = data.get("pruner", "none")
+    with in_file(path):
+        require_choice(objective, key="objective", choices=OBJECTIVES)
+        require_choice(pruner, key="pruner", choices=PRUNERS)
+
+    budget = _coerce(data.get("epsilon_budget"))
+    if budget is not None:
+        with in_file(path):
+            require_positive(budget, key="epsilon_budget")
+        budget = float(budget)
+    for where, section in (("fixed", fixed), ("axes", axes)):
+        if "epsilon_budget" in section:
+            raise ConfigError(
+                f"Expected epsilon_budget at the top level of {path}, but got it in {where} "
+                f"({where}.epsilon_budget={_describe(present, fixed, 'epsilon_budget')}). The sweep "
+                "skips trials over the budget and every trial stops at it, so it is one value per space."
+            )
+
+    cpus, gpus = _parse_resources(data.get("resources"), path)
+
+    seed = data.get("seed")
+    require_here(seed is None or (is_int(seed) and seed >= 0), key="seed", value=seed,
+                 allowed="to be an integer >= 0, or absent (a secret seed drawn for each sweep)")
+    public_seed = seed is not None or "seed" in fixed or "seed" in axes
+    sweep_budget = _coerce(data.get("sweep_epsilon_budget"))
+    if sweep_budget is not None:
+        with in_file(path):
+            require_positive(sweep_budget, key="sweep_epsilon_budget")
+        sweep_budget = float(sweep_budget)
+    private_selection = _parse_private_selection(data.get("private_selection"), path)
+    vectorize = data.get("vectorize", "auto")
+    if vectorize is False or vectorize == "off":  # YAML reads a bare `off` as False
+        vectorize = 1
+    require_here(vectorize == "auto" or (is_int(vectorize) and vectorize >= 1), key="vectorize", value=vectorize,
+                 allowed="to be auto, off or an integer >= 1 (configurations trained at once)")
+
+    confirm = _parse_confirm(data.get("confirm", {}), path, kind=kind)
+    if confirm is not None and (private_selection is not None or sweep_budget is not None):
+        if "confirm" in data:
+            why = ("private_selection: its guarantee covers releasing the best of K trials, and the number of "
+                   "nominees would tell K" if private_selection is not None else
+                   "sweep_epsilon_budget: the RDP filter does not charge the confirmation runs yet")
+            raise ConfigError(f"Expected no confirm with {why} (in {path}); write confirm: off.")
+        confirm = None
+    validation = fixed.get("validation_fraction", DEFAULT_VALIDATION_FRACTION)
+    require_here(is_number(validation) and 0 < validation < 0.5, key="fixed.validation_fraction", value=validation,
+                 allowed="in (0, 0.5): a sweep chooses on a validation split held out of training, never on test data")
+    space = SearchSpace(
+        confirm=confirm, name=name, description=description, source=path, fixed=fixed, axes=axes, epsilon_budget=budget,
+        search=search, trials=trials, objective=objective, pruner=pruner,
+        cpus_per_trial=cpus, gpus_per_trial=gpus, seed=seed, kind=kind, private_selection=private_selection,
+        vectorize=vectorize, public_seed=public_seed, sweep_epsilon_budget=sweep_budget,
+    )  # fmt: skip
+    check_search_settings(space, path)
+    check_trial_configs(space, path)
+    return space
+
+
+def _describe(present: Mapping[str, Any], fixed: Mapping[str, Any], key: str) -> str:
+    value = present[key]
+    return repr(value) if key in fixed else describe_axis(value)
+
+
+def _check_train_keys(section: Any, path: Path, known: tuple[str, ...], *, where: str) -> None:
+    for key in section:
+        if not isinstance(key, str) or key not in known:
+            raise _unknown_train_key(str(key), known, where=f"{where} of {path}")
+
+
+def _unknown_train_key(key: str, known: tuple[str, ...], *, where: str) -> ConfigError:
+    """dp_core's unknown-key error, with a hint for common synonyms that spelling alone misses."""
+    error = dp_config.unknown_key_error(key, known, where=where)
+    if key in FEDERATED_KEYS and key not in known:
+        return ConfigError(f"{error} {key!r} is a key of federated trials: add `kind: federated` at the top level.")
+    synonym = _SYNONYMS.get(key.lower().replace("-", "_"))
+    message = str(error)
+    if "Did you mean" in message or synonym not in known:
+        return error
+    head, marker, tail = message.partition(" Known keys: ")
+    return ConfigError(f"{head} Did you mean {synonym!r}?{marker}{tail}")
+
+
+def _parse_fixed(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    require_in(path)(
+        isinstance(raw, dict), key="fixed", value=raw,
+        allowed="to be a mapping of training keys to values (it may be empty: fixed: {})",
+    )
+    _check_train_keys(raw, path, known, where="fixed")
+    return {key: _coerce(value) for key, value in raw.items()}
+
+
+def _parse_axes(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Axis]:
+    require_in(path)(
+        isinstance(raw, dict) and len(raw) > 0, key="axes", value=raw,
+        allowed="to be a non-empty mapping of training keys to a list of values or a range {low, high, log, num}",
+    )
+    _check_train_keys(raw, path, known, where="axes")
+    integer_keys = _integer_keys()
+    return {
+        key: _parse_axis(value, path, key=key, integer=key in integer_keys) for key, value in raw.items()
+    }
+
+
+def _parse_axis(raw: Any, path: Path, *, key: str, integer: bool) -> Axis:
+    require_here = require_in(path)
+    label = f"axes.{key}"
+    if isinstance(raw, list):
+        if not raw:
+            raise ConfigError(
+                f"Expected {label} to be a non-empty list of values, but got an empty grid "
+                f"({label}=[]) in {path}. Give at least one value, or move the key to fixed."
+            )
+        values = [_coerce(value) for value in raw]
+        for i, value in enumerate(values):
+            require_here(
+                value is None or isinstance(value, (str, int, float, bool)), key=f"{label}[{i}]", value=value,
+                allowed="to be a single value (a number, string, true/false or null), not a list or mapping",
+            )
+        for i, value in enumerate(values):
+            if any(value == other and type(value) is type(other) for other in values[:i]):
+                raise ConfigError(
+                    f"Expected the values of {label} to be distinct, but got {value!r} twice "
+                    f"({label}={raw!r}) in {path}; a repeated value only repeats trials."
+                )
+        return tuple(values)
+
+    if isinstance(raw, dict):
+        for sub in raw:
+            if sub not in _RANGE_KEYS:
+                raise dp_config.unknown_key_error(str(sub), _RANGE_KEYS, where=f"the range {label} of {path}")
+        for sub in ("low", "high"):
+            if sub not in raw:
+                raise ConfigError(
+                    f"Missing {sub!r} in the range {label} of {path} (got {raw!r}). A range needs "
+                    "low and high, and optionally log (true/false) and num (grid points)."
+                )
+        low, high = _coerce(raw["low"]), _coerce(raw["high"])
+        kind = "an integer" if integer else "a finite number"
+        for sub, value in (("low", low), ("high", high)):
+            ok = is_int(value) if integer else is_number(value)
+            require_here(
+                ok, key=f"{label}.{sub}", value=value,
+                allowed=f"to be {kind}" + (f" ({key} takes integers)" if integer else ""),
+            )
+        if not low <= high:
+            raise ConfigError(f"`low <= high` must hold, but got (low={low!r}, high={high!r}) for {label} in {path}.")
+        log = raw.get("log", False)
+        require_here(isinstance(log, bool), key=f"{label}.log", value=log, allowed="to be true or false")
+        if log and not low > 0:
+            raise ConfigError(
+                f"`low > 0` must hold for a log range, but got (low={low!r}, high={high!r}, log=true) "
+                f"for {label} in {path}. Use log: false, or a positive low."
+            )
+        num = raw.get("num")
+        if num is not None:
+            require_here(is_int(num) and num >= 1, key=f"{label}.num", value=num, allowed="to be an integer >= 1")
+        return Range(
+            low=low if integer else float(low), high=high if integer else float(high),
+            log=log, num=num, integer=integer,
+        )
+
+    raise ConfigError(
+        f"Expected {label} to be a list of values (e.g. [0.5, 1.0]) or a range mapping "
+        f"{{low, high, log, num}}, but got {label}={raw!r} ({type(raw).__name__}) in {path}. "
+        f"A single value belongs in fixed."
+    )
+
+
+def _parse_resources(raw: Any, path: Path) -> tuple[float, float]:
+    require_here = require_in(path)
+    if raw is None:
+        raw = {}
+    require_here(
+        isinstance(raw, dict), key="resources", value=raw, allowed="to be a mapping such as {cpus: 1, gpus: 0}",
+    )
+    for key in raw:
+        if key not in _RESOURCE_KEYS:
+            raise dp_config.unknown_key_error(str(key), _RESOURCE_KEYS, where=f"resources of {path}")
+    cpus, gpus = _coerce(raw.get("cpus", 1)), _coerce(raw.get("gpus", 0))
+    require_here(is_number(cpus) and cpus > 0, key="resources.cpus", value=cpus, allowed="to be a number > 0")
+    require_here(
+        is_number(gpus) and gpus >= 0, key="resources.gpus", value=gpus,
+        allowed="to be a number >= 0 (fractions such as 0.25 share a GPU between trials)",
+    )
+    return float(cpus), float(gpus)
+
+
+def _parse_confirm(raw: Any, path: Path, *, kind: str) -> Confirmation | None:
+    if raw is False or raw == "off":  # YAML reads a bare `off` as False
+        return None
+    require_here = require_in(path)
+    require_here(isinstance(raw, dict), key="confirm", value=raw,
+                 allowed="to be a mapping {top: N, seeds: R} or off")
+    for key in raw:
+        if key not in _CONFIRM_KEYS:
+            raise dp_config.unknown_key_error(str(key), _CONFIRM_KEYS, where=f"confirm of {path}")
+    top, seeds = raw.get("top", 3), raw.get("seeds", 3)
+    require_here(is_int(top) and top >= 1, key="confirm.top", value=top,
+                 allowed="to be an integer >= 1 (configurations retrained per ε bucket)")
+    require_here(is_int(seeds) and seeds >= 2, key="confirm.seeds", value=seeds,
+                 allowed="to be an integer >= 2 (fresh seeds per configuration: a std needs two)")
+    if kind != "train":
+        if raw:
+            raise ConfigError(f"Expected no confirm with kind: {kind} in {path}: the confirmation stage retrains "
+                              "dp_core.train configurations (write confirm: off).")
+        return None
+    return Confirmation(top=top, seeds=seeds)
+
+
+def _parse_private_selection(raw: Any, path: Path) -> PrivateSelection | None:
+    if raw is None:
+        return None
+    require_here = require_in(path)
+    require_here(
+        isinstance(raw, dict), key="private_selection", value=raw,
+        allowed="to be a mapping such as {distribution: poisson, mean: 10}",
+    )
+    for key in raw:
+        if key not in _SELECTION_KEYS:
+            raise dp_config.unknown_key_error(str(key), _SELECTION_KEYS, where=f"private_selection of {path}")
+    for key in ("distribution", "mean"):
+        if key not in raw:
+            raise ConfigError(
+                f"Missing {key!r} in private_selection of {path} (got {raw!r}). It needs distribution "
+                f"({' | '.join(SELECTION_DISTRIBUTIONS)}) and mean, and optionally eta for the negative binomial."
+            )
+    distribution, mean, eta = raw["distribution"], _coerce(raw["mean"]), _coerce(raw.get("eta"))
+    with in_file(path):
+        require_choice(distribution, key="private_selection.distribution", choices=SELECTION_DISTRIBUTIONS)
+    require_here(
+        is_number(mean) and mean >= 1, key="private_selection.mean", value=mean,
+        allowed="to be a finite number >= 1 (the expected number of trials)",
+    )
+    if distribution == "poisson":
+        require_here(eta is None, key="private_selection.eta", value=eta,
+                     allowed="to be absent for distribution: poisson (eta is the negative binomial's shape)")
+    elif eta is None:
+        eta = 1.0  # the geometric distribution
+    else:
+        require_here(
+            is_number(eta) and eta >= 0, key="private_selection.eta", value=eta,
+            allowed="to be a number >= 0 (0: logarithmic, 1: geometric distribution of the trial count)",
+        )
+    return PrivateSelection(distribution=distribution, mean=float(mean), eta=None if eta is None else float(eta))
