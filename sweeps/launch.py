@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
             f"search={space.search!r}, kind={space.kind!r} in {space.source}."
         )
 
-    import mlflow
+    from sweeps.tracking import default_tracking_uri  # imports MLflow (quiet_libraries comes after)
 
     from sweeps.driver.progress import SweepProgress, quiet_libraries
 
@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
     from sweeps.driver.search import BudgetedOptunaSearch
     from sweeps.tracking import SweepTracker, TrackingRefused, TrackingUnavailable
 
-    tracking_uri = args.tracking_uri or mlflow.get_tracking_uri()
+    tracking_uri = args.tracking_uri or default_tracking_uri()
     # A cluster that can never hold a trial, or data that cannot be had, stops the sweep before any
     # trial: with a local store before MLflow too, so nothing is created. A tracking server signs the
     # sweep in first (a refused account stops it before Ray starts); its parent run is then closed.
