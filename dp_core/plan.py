@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from dp_core import accounting
 from dp_core.accounting import PrivacySpent
@@ -59,6 +61,21 @@ class PrivacyPlan:
 
     def spent(self, epsilon: float) -> PrivacySpent:
         return PrivacySpent(epsilon=epsilon, delta=self.delta, accountant=self.accountant)
+
+    @property
+    def planned_epsilon(self) -> float:
+        """ε of all planned epochs, budget ignored (∞ without noise)."""
+        return self.epsilon_by_epoch[-1] if self.epsilon_by_epoch else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form (ε = ∞ stays a float); :meth:`from_dict` reads it back exactly."""
+        values = dataclasses.asdict(self)
+        values["epsilon_by_epoch"] = list(self.epsilon_by_epoch)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PrivacyPlan:
+        return cls(**{**values, "epsilon_by_epoch": tuple(float(e) for e in values["epsilon_by_epoch"])})
 
 
 def plan_privacy(config: TrainConfig, *, train_size: int) -> PrivacyPlan:

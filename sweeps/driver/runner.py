@@ -34,15 +34,15 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from sweeps.workers.federated_actors import trial_resources
 from sweeps.results.frontier import Point
 from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
-from sweeps.planning.packing import member_rows, member_specs, pack_limit, pack_spec, pack_trials
+from sweeps.planning.packing import pack_limit, pack_spec, pack_trials
 from sweeps.planning import PlannedTrial
 from sweeps.driver.progress import SweepProgress
 from sweeps.planning.pruning import BandedSuccessiveHalving, epsilon_band
-from sweeps.driver.search import BudgetedOptunaSearch, ended_normally, trial_outcome
+from sweeps.driver.search import BudgetedOptunaSearch
 from sweeps.space import SearchSpace
 from sweeps.tracking import SweepTracker
 from sweeps.workers.trainable import run_trial
-from sweeps.workers.trial import encode_spec, trial_spec
+from sweeps.protocol import TRIAL_FIELD, EpochRow, LatestRows, TrialSpec, encode_unit, outcome_of, rows_of, unit_of
 
 __all__ = ["SweepStats", "run_trials", "connect_ray"]
 
@@ -137,8 +137,8 @@ class TrackingCallback(tune.Callback):
         self.stats = stats
         self.total = total
         self.out = out
-        self._specs: dict[str, dict[str, Any]] = {}  # member trial key -> its spec (name, params)
-        self._last_rows: dict[str, dict[str, Any]] = {}  # member trial key -> its latest epoch metrics
+        self._specs: dict[str, TrialSpec] = {}  # member trial key -> its spec
+        self._last_rows = LatestRows()  # member trial key -> its latest epoch row
         self._unlogged: dict[str, list[tuple[int, dict[str, float]]]] = {}  # epochs not yet sent to MLflow
         self._unlogged_since: dict[str, float] = {}  # member key -> when its oldest unlogged epoch came
         self._shown: set[str] = set()  # member keys with an epoch sent to MLflow already
@@ -185,12 +185,12 @@ class TrackingCallback(tune.Callback):
             self._writer.close()
             self._writer = None
 
-    def _members(self, trial: Any) -> list[dict[str, Any]]:
+    def _members(self, trial: Any) -> tuple[TrialSpec, ...]:
         """The trial specs behind a Ray trial: a pack's members, or itself."""
-        members = member_specs(trial_spec(trial.config))
+        members = unit_of(trial.config).members
         for spec in members:
-            if spec["key"] not in self._finished:
-                self._specs.setdefault(spec["key"], spec)
+            if spec.key not in self._finished:
+                self._specs.setdefault(spec.key, spec)
         return members
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -198,18 +198,17 @@ class TrackingCallback(tune.Callback):
         if self.ledger is not None:
             # Federated trials have no single DP-SGD mechanism to compose (their clients' ε is per shard).
             self.ledger.record(LedgerEntry.from_spec(spec, public_seed=self.public_seed) for spec in members
-                               if spec["train"].get("kind") != "federated")
-        if len(members) == 1 and members[0]["key"] not in self._finished:
+                               if spec.kind != "federated")
+        if len(members) == 1 and members[0].key not in self._finished:
             # A lone trial may run for hours: its run shows in MLflow from the start. The members
             # of a pack (seconds of training) show with their first epochs. A trial that had ended
             # before a resume (Tune's saved state can predate its end) keeps the run it has.
-            self._write(self.tracker.log_trial, key=members[0]["key"], name=members[0]["name"],
-                        params=members[0]["params"])
+            self._write(self.tracker.log_trial, key=members[0].key, name=members[0].name, params=members[0].params)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        members = {spec["key"]: spec for spec in self._members(trial)}
+        members = {spec.key: spec for spec in self._members(trial)}
         # A pack's result holds its running members' epochs since its last one; a lone trial's, its own.
-        rows = member_rows(result, next(iter(members)))
+        rows = rows_of(result, next(iter(members)))
         self.stats.train_seconds += result.get("epoch_seconds", 0.0)
         self.stats.eval_seconds += result.get("eval_seconds", 0.0)
         self.stats.setup_seconds += result.get("setup_seconds", 0.0)
@@ -218,13 +217,13 @@ class TrackingCallback(tune.Callback):
             if key in self._finished:
                 continue
             for row in epochs:
-                last = self._last_rows.get(key)
-                if row.get("diverged"):
-                    self._last_rows[key] = row
+                if row.diverged is not None:
+                    self._last_rows.update(key, row)
                     continue
-                if last is not None and last.get("epoch", 0) >= row["epoch"]:
+                last = self._last_rows.get(key)
+                if last is not None and last.epoch >= row.epoch:
                     continue  # a pack started over (a member diverged, or its worker died): logged already
-                self._last_rows[key] = row
+                self._last_rows.update(key, row)
                 self._log_epoch(members[key], row)
         if result.get("checkpoint_dir_name") or ("members" not in result and not self._shown.issuperset(rows)):
             # A restarted trial resumes after this checkpoint: its epochs so far must reach MLflow.
@@ -235,7 +234,8 @@ class TrackingCallback(tune.Callback):
             # A pack's member is done when its rows say so: logged and shown then, not when its
             # pack ends (a pack holds several rounds of members).
             for key in rows:
-                if key not in self._finished and ended_normally(self._last_rows.get(key)):
+                last = self._last_rows.get(key)
+                if key not in self._finished and last is not None and last.ended:
                     self._finished.add(key)
                     self._finish_member(members[key], self._last_rows.pop(key), error=False, error_file=None)
 
@@ -254,55 +254,58 @@ class TrackingCallback(tune.Callback):
             self._unlogged_since.pop(key, None)
             if epochs:
                 spec = self._specs[key]
-                self._write(self.tracker.log_trial, key=key, name=spec["name"], params=spec["params"], epochs=epochs)
+                self._write(self.tracker.log_trial, key=key, name=spec.name, params=spec.params, epochs=epochs)
 
-    def _log_epoch(self, spec: dict[str, Any], row: dict[str, Any]) -> None:
+    def _log_epoch(self, spec: TrialSpec, row: EpochRow) -> None:
         self.stats.epochs += 1
-        metrics = {k: row[k] for k in ("val_accuracy", "val_loss", "epoch_seconds")}
-        metrics.update({k: v for k, v in row.items() if k.startswith("epsilon_client_") and v >= 0})  # federated
-        if row["epsilon"] >= 0:
-            metrics["epsilon"] = row["epsilon"]
-        self.points.append(Point(epsilon=metrics.get("epsilon", math.inf), accuracy=row["val_accuracy"],
-                                 run_id="", trial=spec["name"], epoch=int(row["epoch"]),
-                                 params={k: str(v) for k, v in spec["params"].items()}))  # as log_trial logs them
-        self._point_keys.append(spec["key"])
+        metrics = {"val_accuracy": row.val_accuracy, "epoch_seconds": row.epoch_seconds}
+        if row.val_loss is not None:
+            metrics["val_loss"] = row.val_loss
+        # MLflow stores no infinity: a trial without noise logs no ε (its run's params say so).
+        metrics.update({f"epsilon_client_{i}": e for i, e in enumerate(row.client_epsilons) if math.isfinite(e)})
+        if math.isfinite(row.epsilon):
+            metrics["epsilon"] = row.epsilon
+        self.points.append(Point(epsilon=row.epsilon, accuracy=row.val_accuracy, run_id="", trial=spec.name,
+                                 epoch=row.epoch, delta=spec.delta, accountant=spec.accountant,
+                                 params={k: str(v) for k, v in spec.params.items()}))  # as log_trial logs them
+        self._point_keys.append(spec.key)
         self.progress.point(self.points[-1])
-        self._unlogged.setdefault(spec["key"], []).append((int(row["epoch"]), metrics))
-        self._unlogged_since.setdefault(spec["key"], time.monotonic())
+        self._unlogged.setdefault(spec.key, []).append((row.epoch, metrics))
+        self._unlogged_since.setdefault(spec.key, time.monotonic())
 
     def _finish(self, trial: Any, *, error: bool) -> None:
         members = self._members(trial)
         for spec in members:
-            if spec["key"] in self._finished:
-                self._finished.discard(spec["key"])
+            if spec.key in self._finished:
+                self._finished.discard(spec.key)
                 continue
-            result = self._last_rows.pop(spec["key"], None) or {}
+            row = self._last_rows.pop(spec.key)
             # A pack that errored out may still have finished some members before it did.
-            self._finish_member(spec, result, error=error and not ended_normally(result), error_file=trial.error_file)
+            self._finish_member(spec, row, error=error and not (row is not None and row.ended),
+                                error_file=trial.error_file)
         if len(members) == 1 and self._writer is not None:
             # A lone trial's end reaches MLflow before Tune goes on (and saves it as ended): a
             # launcher killed next leaves no backlog of its writes behind what Optuna was told.
             self._writer.drain()
 
-    def _finish_member(self, spec: dict[str, Any], result: dict[str, Any], *, error: bool, error_file: Any) -> None:
-        outcome = trial_outcome(result, error=error)
+    def _finish_member(self, spec: TrialSpec, row: EpochRow | None, *, error: bool, error_file: Any) -> None:
+        outcome = outcome_of(row, error=error)
         tags = {}
-        if result.get("diverged"):
-            tags["dpsweep.failure"] = result["diverged"]
+        if row is not None and row.diverged is not None:
+            tags["dpsweep.failure"] = row.diverged
         elif error:
             tags["dpsweep.failure"] = f"trial raised an error; see {error_file}"
-        self._write(self.tracker.log_trial, key=spec["key"], name=spec["name"], params=spec["params"],
-                    epochs=self._unlogged.pop(spec["key"], []), outcome=outcome, tags=tags)
-        self._unlogged_since.pop(spec["key"], None)
-        self._specs.pop(spec["key"], None)
+        self._write(self.tracker.log_trial, key=spec.key, name=spec.name, params=spec.params,
+                    epochs=self._unlogged.pop(spec.key, []), outcome=outcome, tags=tags)
+        self._unlogged_since.pop(spec.key, None)
+        self._specs.pop(spec.key, None)
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         self.stats.trials_finished += 1
-        name = spec["name"]
-        if "val_accuracy" in result and not result.get("diverged"):
-            eps = result["epsilon"]
-            privacy = (f"ε = {eps:.3f} (δ = {result['delta']:g}, {result['accountant'].upper()})"
-                       if eps >= 0 else "ε = ∞ (no noise)")
-            detail = f"epoch {result['epoch']}/{result['epochs_planned']}  val acc {result['val_accuracy']:.4f}  {privacy}"
+        name = spec.name
+        if row is not None and row.diverged is None:
+            privacy = (f"ε = {row.epsilon:.3f} (δ = {spec.delta:g}, {spec.accountant.upper()})"
+                       if math.isfinite(row.epsilon) else "ε = ∞ (no noise)")
+            detail = f"epoch {row.epoch}/{row.epochs_planned}  val acc {row.val_accuracy:.4f}  {privacy}"
         else:
             detail = tags.get("dpsweep.failure", "")
         self.progress.trial_ended(name=name, outcome=outcome, detail=detail)
@@ -355,10 +358,9 @@ class BandedASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE  # a pack's workers ask the board for their members themselves
         if self._board is None:
             self._board = ray.get_actor(self.board_name)
-        spec = trial_spec(trial.config)
-        row = (spec["key"], epsilon_band(float(spec["params"]["planned_epsilon"])), int(result["epoch"]),
-               float(result["val_accuracy"]))
-        stop = bool(ray.get(self._board.judge.remote([row])))
+        spec = unit_of(trial.config).members[0]
+        judged = (spec.key, epsilon_band(spec.planned_epsilon), int(result["epoch"]), float(result["val_accuracy"]))
+        stop = bool(ray.get(self._board.judge.remote([judged])))
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
 
@@ -372,11 +374,11 @@ def start_pruning_board(name: str, *, grace_period: int, max_epochs: int) -> Any
     return board.options(name=name, get_if_exists=True).remote(grace_period=grace_period, max_epochs=max_epochs)
 
 
-def connect_ray(address: str | None) -> None:
-    """Local Ray with this machine's resources, or an existing cluster at ``address``."""
+def connect_ray(address: str | None, *, num_cpus: int | None = None) -> None:
+    """Local Ray with this machine's resources (or ``num_cpus`` CPUs), or an existing cluster at ``address``."""
     if ray.is_initialized():
         return
-    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
              configure_logging=True)
 
 
@@ -420,7 +422,7 @@ def _catch_interrupt(callback: TrackingCallback) -> _InterruptCatcher:
 
 
 def _trial_dirname(trial: Any) -> str:
-    return f"{trial_spec(trial.config)['name']}_{trial.trial_id}"
+    return f"{unit_of(trial.config).name}_{trial.trial_id}"
 
 
 def run_trials(
@@ -493,8 +495,8 @@ def _new_tuner(
     param_space: dict[str, Any] = {}
     if grid is not None:
         packs = pack_trials(grid, vectorize=space.vectorize, slots=slots)
-        param_space = {"trial": tune.grid_search([
-            encode_spec(pack_spec(pack, width=pack_limit(pack[0], vectorize=space.vectorize))) for pack in packs])}
+        param_space = {TRIAL_FIELD: tune.grid_search([
+            encode_unit(pack_spec(pack, width=pack_limit(pack[0], vectorize=space.vectorize))) for pack in packs])}
     if board_name is not None:
         param_space["board"] = board_name
     return tune.Tuner(

@@ -44,14 +44,14 @@ from dp_core.config import ModelConfig
 from sweeps.privacy.adaptive import RdpFilter
 from sweeps.driver.batch_tpe import BatchTPESampler
 from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
-from sweeps.planning.packing import group_key, member_rows, pack_capacity, pack_limit, pack_size, pack_spec
+from sweeps.planning.packing import group_key, pack_capacity, pack_limit, pack_size, pack_spec
 from sweeps.planning import EpsilonBudget, PlannedTrial
 from sweeps.privacy.mechanism import TrialMechanism
 from sweeps.space import Range, SearchSpace
 from sweeps.privacy.sweep_secret import SAMPLER, derived_seed
-from sweeps.workers.trial import encode_spec
+from sweeps.protocol import TRIAL_FIELD, EpochRow, LatestRows, encode_unit, outcome_of, rows_of
 
-__all__ = ["BudgetedOptunaSearch", "ended_normally", "trial_outcome", "journal_storage"]
+__all__ = ["BudgetedOptunaSearch", "journal_storage"]
 
 
 def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
@@ -60,26 +60,6 @@ def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
-def ended_normally(last_row: dict[str, Any] | None) -> bool:
-    """Whether a trial whose latest epoch row is ``last_row`` was done: pruned there, diverged,
-    or through all its planned epochs (so an error after it does not make the trial failed)."""
-    return bool(last_row) and bool(last_row.get("pruned") or last_row.get("diverged")
-                                   or last_row.get("epoch", 0) >= last_row.get("epochs_planned", math.inf))
-
-
-def trial_outcome(last_result: dict[str, Any] | None, *, error: bool = False) -> str:
-    """completed / stopped_by_budget / pruned / failed, from a trial's last report."""
-    if error or (last_result and last_result.get("diverged")):
-        return "failed"
-    if not last_result or "epoch" not in last_result:
-        return "pruned"
-    if last_result.get("stopped_by_budget"):
-        return "stopped_by_budget"
-    if last_result["epoch"] < last_result["epochs_planned"]:
-        return "pruned"
-    return "completed"
 
 
 def _suggest(trial: optuna.Trial, key: str, axis: Any) -> Any:
@@ -211,7 +191,7 @@ class BudgetedOptunaSearch(Searcher):
         self.slots = 1  # trials the cluster runs at once: the last packs are cut to keep them all busy
         self._live: dict[str, dict[str, int]] = {}  # Ray trial id -> {member trial key: Optuna trial number}
         self._asked: dict[str, int] = {}  # member key -> its open Optuna trial's id, for intermediate values
-        self._last_rows: dict[str, dict[str, Any]] = {}  # member key -> its latest epoch metrics
+        self._last_rows = LatestRows()  # member key -> its latest epoch row
         self._reported: set[tuple[str, int]] = set()  # (member key, epoch) told to Optuna
         self._finished: set[int] | None = None  # numbers of the study's finished trials (see _is_finished)
         self._rungs: frozenset[int] | None = None  # the pruning board's rung epochs
@@ -429,40 +409,38 @@ class BudgetedOptunaSearch(Searcher):
         self._issued += len(members)
         self._live[trial_id] = {asked.planned.key: asked.number for asked in members}
         self._asked.update({asked.planned.key: asked.trial_id for asked in members})
-        config: dict[str, Any] = {"trial": encode_spec(pack_spec([asked.planned for asked in members], width=width))}
+        config: dict[str, Any] = {TRIAL_FIELD: encode_unit(pack_spec([asked.planned for asked in members], width=width))}
         if self.board_name is not None:
             config["board"] = self.board_name
         return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         number_of = self._live.get(trial_id, {})
-        for key, epochs in member_rows(result, next(iter(number_of), "")).items():
+        for key, epochs in rows_of(result, next(iter(number_of), "")).items():
             if key not in number_of:
                 continue  # told already (a lone trial's last result comes twice, see on_trial_complete)
             for row in epochs:
                 self._take_epoch(key, number_of[key], row)
-            if ended_normally(self._last_rows.get(key)):
+            last = self._last_rows.get(key)
+            if last is not None and last.ended:
                 # A pack's member is told when it ends, not when its pack does: TPE learns from
                 # it sooner, and the pack's end does not wait on dozens of tells.
                 self._asked.pop(key, None)
                 self._tell(number_of.pop(key), self._last_rows.pop(key), error=False)
 
-    def _take_epoch(self, key: str, number: int, row: dict[str, Any]) -> None:
-        stale = row.get("epoch", -1) < self._last_rows.get(key, {}).get("epoch", -1)
-        if "epoch" not in row or (stale and not row.get("diverged")):
-            return  # not an epoch, or one reported before (a pack that started over)
-        self._last_rows[key] = row
+    def _take_epoch(self, key: str, number: int, row: EpochRow) -> None:
+        if not self._last_rows.update(key, row):
+            return  # reported before (a pack that started over, a restored trial)
         if self.space.objective == "multi":
             return  # Optuna does not take intermediate values for multi-objective studies
         trial_id = self._asked.get(key)
-        if trial_id is not None and "val_accuracy" in row and not row.get("diverged") \
-                and (key, row["epoch"]) not in self._reported and not self._is_finished(number) \
-                and self._tells_optuna(row):
+        if trial_id is not None and row.diverged is None and (key, row.epoch) not in self._reported \
+                and not self._is_finished(number) and self._tells_optuna(row):
             # The planner actor asked it: an optuna.Trial of the driver's study is made from its id.
-            optuna.trial.Trial(self.study, trial_id).report(row["val_accuracy"], step=int(row["epoch"]))
-            self._reported.add((key, row["epoch"]))
+            optuna.trial.Trial(self.study, trial_id).report(row.val_accuracy, step=row.epoch)
+            self._reported.add((key, row.epoch))
 
-    def _tells_optuna(self, row: dict[str, Any]) -> bool:
+    def _tells_optuna(self, row: EpochRow) -> bool:
         """Whether this epoch's accuracy goes to Optuna: at the pruning rungs (where the board
         judges trials) and at a trial's last epoch, which is what TPE reads of a pruned trial.
         Every epoch was a journal write with an fsync, a fifth of the driver's time in a sweep
@@ -470,7 +448,7 @@ class BudgetedOptunaSearch(Searcher):
         if self._rungs is None:
             board = ray.get_actor(self.board_name) if self.board_name else None
             self._rungs = frozenset(ray.get(board.rung_epochs.remote())) if board is not None else frozenset()
-        return row["epoch"] in self._rungs or ended_normally(row) or bool(row.get("stopped_by_budget"))
+        return row.epoch in self._rungs or row.ended or row.stopped_by_budget
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         numbers = self._live.get(trial_id)
@@ -483,8 +461,8 @@ class BudgetedOptunaSearch(Searcher):
         del self._live[trial_id]
         for key, number in numbers.items():
             self._asked.pop(key, None)
-            row = self._last_rows.pop(key, None)
-            self._tell(number, row, error=error and not ended_normally(row))
+            row = self._last_rows.pop(key)
+            self._tell(number, row, error=error and not (row is not None and row.ended))
 
     def _is_finished(self, number: int) -> bool:
         """Whether Optuna's trial ``number`` is already finished in the study.
@@ -499,21 +477,19 @@ class BudgetedOptunaSearch(Searcher):
             self._finished = {t.number for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()}
         return number in self._finished
 
-    def _tell(self, number: int, result: dict[str, Any] | None, *, error: bool) -> None:
+    def _tell(self, number: int, row: EpochRow | None, *, error: bool) -> None:
         if self._is_finished(number):
             return  # told before an interruption; its replay changes nothing
         self._mark_finished(number)
-        outcome = trial_outcome(result, error=error)
+        outcome = outcome_of(row, error=error)
         states = optuna.trial.TrialState
         if outcome == "failed":
             self.study.tell(number, state=states.FAIL)
         elif outcome == "pruned":
             self.study.tell(number, state=states.PRUNED)
         else:
-            assert result is not None
-            accuracy = float(result["val_accuracy"])
-            epsilon = float(result["epsilon"]) if result["epsilon"] >= 0 else math.inf
-            self.study.tell(number, [accuracy, epsilon] if self.space.objective == "multi" else accuracy)
+            assert row is not None
+            self.study.tell(number, [row.val_accuracy, row.epsilon] if self.space.objective == "multi" else row.val_accuracy)
 
     def _mark_finished(self, number: int) -> None:
         if self._finished is not None:

@@ -12,12 +12,12 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from dp_core.data import load_dataset
-from dp_core.federated import FederatedPlan, partition, plan_federated, split_flat, to_flat
+from dp_core.federated import partition, plan_federated, split_flat, to_flat
 from sweeps.planning.trials import PlannedTrial
 from sweeps.planning.keys import released_params, trial_key
 
@@ -31,17 +31,8 @@ class FederatedPlannedTrial(PlannedTrial):
     ``train_config`` is the flat federated configuration (``kind: federated``, σ resolved).
     """
 
-    plan: FederatedPlan  # type: ignore[assignment]  # same role, federated mechanism
-
-    @property
-    def planned_epsilon(self) -> float:
-        """ε of all planned rounds, maximum over clients, ignoring any in-trial budget stop."""
-        return self.plan.planned_epsilon
-
-    def spec(self) -> dict[str, Any]:
-        """What a worker needs to run this trial (JSON-able): configuration, identity, plan."""
-        return {"train": dict(self.train_config), "name": self.name, "key": self.key, "params": self.params(),
-                "plan": self.plan.to_dict()}
+    kind: ClassVar[str] = "federated"
+    packable: ClassVar[bool] = False  # its clients are Ray actors of their own
 
     def params(self) -> dict[str, Any]:
         clients = self.plan.clients

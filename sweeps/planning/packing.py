@@ -15,20 +15,18 @@ Pure: no Ray, no MLflow. The worker side is ``sweeps.workers.pack``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from dp_core.config import TrainConfig
 from dp_core.data import canonical_train_size
-from dp_core.federated import is_federated
 from dp_core.vectorized import can_vectorize, group_signature
-from sweeps.planning import PlannedTrial
+from sweeps.planning.trials import PlannedTrial
+from sweeps.protocol import PackSpec, UnitSpec
 
 __all__ = ["AUTO_PACK_SIZE", "AUTO_MODELS", "PACK_DEPTH", "group_key", "pack_capacity", "pack_limit", "pack_size",
-           "pack_trials", "pack_spec", "member_specs", "encode_member_rows", "member_rows"]
+           "pack_trials", "pack_spec"]
 
 #: ``vectorize: auto`` packs up to this many configurations of a model in AUTO_MODELS. Past
 #: the kernel's own gain (below), a bigger pack pays Ray's start and end of a trial, about a
@@ -60,10 +58,11 @@ def pack_capacity(width: int) -> int:
 
 def group_key(trial: PlannedTrial) -> tuple[Any, ...]:
     """Trials with equal keys may share a unit of work (``dp_core.vectorized.group_signature``)."""
-    if is_federated(trial.train_config):
-        return ("federated", trial.key)  # a federated trial runs on its own
+    if not trial.packable:
+        return (trial.kind, trial.key)  # it runs on its own
     config = TrainConfig.from_dict(dict(trial.train_config))
-    return group_signature(config, train_size=canonical_train_size(config.data.dataset))
+    train_size = canonical_train_size(config.data.dataset, validation_fraction=config.data.validation_fraction)
+    return group_signature(config, train_size=train_size)
 
 
 # Per group key: whether its model trains vectorised (a model build and one vmap step to find out).
@@ -72,7 +71,7 @@ _VECTORIZES: dict[tuple[Any, ...], bool] = {}
 
 def pack_limit(trial: PlannedTrial, *, vectorize: int | str) -> int:
     """How many trials of ``trial``'s group one unit of work may train at once (1: one at a time)."""
-    if is_federated(trial.train_config):
+    if not trial.packable:
         return 1
     size = pack_size(vectorize, str(trial.train_config.get("model")))
     key = group_key(trial)
@@ -109,37 +108,13 @@ def pack_trials(trials: Sequence[PlannedTrial], *, vectorize: int | str, slots: 
     return packs
 
 
-def pack_spec(members: Sequence[PlannedTrial], *, width: int) -> dict[str, Any]:
-    """What a worker needs to run ``members`` (JSON-able), training at most ``width`` at once. A
-    pack of one is the member's own spec.
+def pack_spec(members: Sequence[PlannedTrial], *, width: int) -> UnitSpec:
+    """What a worker needs to run ``members``, training at most ``width`` at once. A pack of one
+    is the member's own spec.
 
     The width is cut to whole rounds: 10 members of width 8 train 5 at a time, twice, rather than
     8 and then 2 (the rounds of a pack whose members are pruned overlap anyway).
     """
     if len(members) == 1:
         return members[0].spec()
-    keys = [m.key for m in members]
-    return {
-        "name": f"pack_{members[0].name}+{len(members) - 1}",
-        "key": hashlib.sha256(" ".join(keys).encode()).hexdigest()[:16],
-        "width": math.ceil(len(members) / math.ceil(len(members) / max(width, 1))),
-        "pack": [m.spec() for m in members],
-    }
-
-
-def member_specs(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """The trial specs a Ray trial's spec stands for: its members, or itself."""
-    return list(spec["pack"]) if "pack" in spec else [spec]
-
-
-def encode_member_rows(rows: dict[str, list[dict[str, Any]]]) -> str:
-    """A pack's result field ``members``: each member's epochs since the pack's last result."""
-    return json.dumps(rows)
-
-
-def member_rows(result: dict[str, Any], lone_key: str) -> dict[str, list[dict[str, Any]]]:
-    """The epochs a Ray Tune result carries, per member trial key, in order: a pack's members'
-    (several epochs each, see :mod:`sweeps.workers.pack`), or a lone trial's one epoch under ``lone_key``."""
-    if "members" in result:
-        return json.loads(result["members"])
-    return {lone_key: [result]}
+    return PackSpec.of((m.spec() for m in members), width=math.ceil(len(members) / math.ceil(len(members) / max(width, 1))))

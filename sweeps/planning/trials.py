@@ -6,33 +6,38 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
+from dp_core.federated import FederatedPlan
 from dp_core.plan import PrivacyPlan
 from sweeps.planning.keys import released_params
+from sweeps.protocol import TrialSpec
 
 __all__ = ["PlannedTrial", "EpsilonBudget"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PlannedTrial:
+    """A trial planned by its kind's planner (:mod:`sweeps.planning.kinds`): what it trains, what it spends."""
+
+    #: The kind's name, as in the protocol's TrialSpec; whether its trials can share a pack.
+    kind: ClassVar[str] = "central"
+    packable: ClassVar[bool] = True
     name: str
     key: str
     axis_values: Mapping[str, Any]
     train_config: Mapping[str, Any]   # flat, with σ resolved: what the worker trains
-    plan: PrivacyPlan
+    plan: PrivacyPlan | FederatedPlan  # by kind: a federated trial's clients are planned one by one
 
     @property
     def planned_epsilon(self) -> float:
         """ε of the full planned run, ignoring any in-trial budget stop."""
-        return self.plan.epsilon_by_epoch[-1]
+        return self.plan.planned_epsilon
 
-    def spec(self) -> dict[str, Any]:
-        """What a worker needs to run this trial (JSON-able): configuration, identity, plan."""
-        plan = dataclasses.asdict(self.plan)
-        plan["epsilon_by_epoch"] = list(plan["epsilon_by_epoch"])
-        return {"train": dict(self.train_config), "name": self.name, "key": self.key, "params": self.params(),
-                "plan": plan}
+    def spec(self) -> TrialSpec:
+        """What a worker needs to run this trial: kind, identity, configuration, params, plan."""
+        return TrialSpec(kind=self.kind, name=self.name, key=self.key, train=dict(self.train_config),
+                         params=self.params(), plan=self.plan)
 
     def params(self) -> dict[str, Any]:
         """What the tracker logs as the run's params: every setting but the seed, plus the planned spend."""

@@ -24,8 +24,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from dp_core.plan import PrivacyPlan
 from sweeps.planning.keys import released_params
 from sweeps.privacy.mechanism import TrialMechanism
+from sweeps.protocol import TrialSpec
 
 __all__ = ["LEDGER_FILE", "LedgerEntry", "PrivacyLedger"]
 
@@ -54,13 +56,16 @@ class LedgerEntry:
             raise ValueError(f"Expected role in {ROLES}, but got role={self.role!r}.")
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any], *, public_seed: bool, role: str = "trial") -> LedgerEntry:
-        """From a trial spec (``PlannedTrial.spec()``): its logged params name the mechanism."""
-        mechanism = TrialMechanism.from_params(spec["params"])
-        seed = spec["train"].get("seed") if public_seed else None
-        return cls(key=spec["key"], name=spec["name"], role=role, noise_multiplier=mechanism.noise_multiplier,
-                   sample_rate=mechanism.sample_rate, steps=mechanism.steps,
-                   public_seed=None if seed is None else int(seed), train_config=released_params(spec["train"]))
+    def from_spec(cls, spec: TrialSpec, *, public_seed: bool, role: str = "trial") -> LedgerEntry:
+        """From a central trial's spec: its plan is the mechanism that runs (σ, q, planned steps)."""
+        plan = spec.plan
+        if not isinstance(plan, PrivacyPlan):
+            raise TypeError(f"the ledger records central trials, but {spec.name} is a {spec.kind} trial")
+        seed = spec.train.get("seed") if public_seed else None
+        return cls(key=spec.key, name=spec.name, role=role,
+                   noise_multiplier=plan.noise_multiplier if plan.private else 0.0,
+                   sample_rate=plan.sample_rate, steps=plan.planned_steps,
+                   public_seed=None if seed is None else int(seed), train_config=released_params(spec.train))
 
     def mechanism(self) -> TrialMechanism:
         return TrialMechanism(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps)

@@ -34,6 +34,8 @@ class Point:
     run_id: str
     trial: str
     epoch: int
+    delta: float | None = None  # with the accountant: what the ε is a statement of
+    accountant: str | None = None
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 

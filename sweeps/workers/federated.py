@@ -9,7 +9,7 @@ again from the start and, seeded, reaches the same models and ε.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import time
 from typing import Any
@@ -18,43 +18,30 @@ import ray
 import torch
 from ray import tune
 
-from dp_core.federated import FederatedPlan, InProcessExecutor, RoundReport, split_flat, train_federated
+from dp_core.federated import InProcessExecutor, RoundReport, split_flat, train_federated
 from dp_core.train import TrainingDiverged
 from sweeps.workers.federated_actors import RayClientExecutor
-from sweeps.workers.trial import trial_spec, worker_dataset
+from sweeps.protocol import EpochRow, TrialSpec
+from sweeps.workers.trial import worker_dataset
 
-__all__ = ["round_metrics", "run_federated_trial"]
-
-
-def _finite_or_minus_one(value: float) -> float:
-    return value if math.isfinite(value) else -1.0  # ε = ∞ (no noise) is reported as -1: JSON
+__all__ = ["round_row", "run_federated_trial"]
 
 
-def round_metrics(report: RoundReport, *, rounds_planned: int) -> dict[str, Any]:
-    """What a federated trial reports to Ray Tune after a round (the keys of an epoch's report)."""
-    return {
-        "epoch": report.round,
-        "epochs_planned": rounds_planned,
-        "steps": max(report.client_steps),
-        "val_accuracy": report.val_accuracy,
-        "val_loss": report.val_loss,
-        "epsilon": _finite_or_minus_one(report.epsilon),
-        "delta": report.delta,
-        "accountant": report.accountant,
-        "epoch_seconds": report.train_seconds,
-        "eval_seconds": report.eval_seconds,
-        "stopped_by_budget": report.stopped_by_budget,
-        **{f"epsilon_client_{i}": _finite_or_minus_one(eps) for i, eps in enumerate(report.client_epsilons)},
-    }
+def round_row(report: RoundReport, *, rounds_planned: int) -> EpochRow:
+    """What a federated trial reports after a round (a round is its epoch; ε the clients' maximum)."""
+    return EpochRow(epoch=report.round, epochs_planned=rounds_planned, steps=max(report.client_steps),
+                    val_accuracy=report.val_accuracy, val_loss=report.val_loss, epsilon=report.epsilon,
+                    delta=report.delta, accountant=report.accountant, epoch_seconds=report.train_seconds,
+                    eval_seconds=report.eval_seconds, stopped_by_budget=report.stopped_by_budget,
+                    client_epsilons=tuple(report.client_epsilons))
 
 
-def run_federated_trial(tune_config: dict[str, Any]) -> None:
-    """Ray Tune function trainable for a flat ``kind: federated`` configuration."""
+def run_federated_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
+    """Runs one ``kind: federated`` trial (:data:`sweeps.workers.trainable.RUNNERS`), reporting every round."""
     started = time.perf_counter()
-    spec = trial_spec(tune_config)
-    config, federated = split_flat(spec["train"])
+    config, federated = split_flat(unit.train)
     # Planned in the driver already (σ, every client's ε per round): not again per trial.
-    plan = FederatedPlan.from_dict(spec["plan"]) if "plan" in spec else None
+    plan = unit.plan
     cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if cpus > 0:
         torch.set_num_threads(cpus)
@@ -66,15 +53,14 @@ def run_federated_trial(tune_config: dict[str, Any]) -> None:
     def on_round(report: RoundReport) -> None:
         nonlocal last_return
         overhead = time.perf_counter() - last_return - report.train_seconds - report.eval_seconds
-        metrics = round_metrics(report, rounds_planned=federated.rounds)
         # Before the first round: imports, data, σ, and starting the client actors.
-        metrics["setup_seconds" if last_return == started else "report_seconds"] = max(overhead, 0.0)
-        tune.report(metrics)
+        row = dataclasses.replace(round_row(report, rounds_planned=federated.rounds),
+                                  **{"setup_seconds" if last_return == started else "report_seconds": max(overhead, 0.0)})
+        tune.report(row.to_result())
         last_return = time.perf_counter()
 
     try:
         train_federated(config, federated, executor=executor, on_round=on_round, data=data, plan=plan,
                         evaluate_test=False)
     except TrainingDiverged as error:
-        tune.report({"diverged": str(error), "epoch": 0, "epochs_planned": federated.rounds,
-                     "val_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False})
+        tune.report(EpochRow.of_divergence(str(error), epochs_planned=federated.rounds).to_result())

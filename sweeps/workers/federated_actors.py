@@ -11,7 +11,6 @@ cluster's nodes where possible.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +20,8 @@ from ray import tune
 from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from dp_core.federated import ClientExecutor, ClientSetup, ClientUpdate, LocalClient, is_federated
+from dp_core.federated import ClientExecutor, ClientSetup, ClientUpdate, LocalClient
+from sweeps.protocol import TRIAL_FIELD, unit_of
 
 __all__ = ["RayClientExecutor", "client_bundles", "trial_resources"]
 
@@ -51,11 +51,10 @@ def trial_resources(space: Any) -> dict[str, float] | Callable[[dict], tune.Plac
         return plain
 
     def resources(config: dict) -> tune.PlacementGroupFactory:
-        spec = config.get("trial")
-        train = json.loads(spec)["train"] if isinstance(spec, str) else {}
-        if not is_federated(train):
+        unit = unit_of(config) if isinstance(config.get(TRIAL_FIELD), str) else None
+        if unit is None or unit.kind != "federated":
             return tune.PlacementGroupFactory([{"CPU": space.cpus_per_trial, "GPU": space.gpus_per_trial}])
-        return client_bundles(clients=int(train["clients"]), cpus=space.cpus_per_trial, gpus=space.gpus_per_trial)
+        return client_bundles(clients=int(unit.train["clients"]), cpus=space.cpus_per_trial, gpus=space.gpus_per_trial)
 
     return resources
 

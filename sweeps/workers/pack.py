@@ -17,6 +17,7 @@ a few seconds of small-model training, so a pack whose worker died is simply run
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -26,32 +27,26 @@ import torch
 from ray import tune
 
 from dp_core.config import TrainConfig
-from dp_core.plan import PrivacyPlan
 from dp_core.train import EpochReport
 from dp_core.vectorized import ConfigsDiverged, train_vectorized
-from sweeps.planning.packing import encode_member_rows
 from sweeps.planning.pruning import epsilon_band
-from sweeps.workers.trial import epoch_metrics, trial_spec, worker_dataset
+from sweeps.protocol import EpochRow, PackSpec, encode_rows
+from sweeps.workers.trial import epoch_row, worker_dataset
 
 __all__ = ["run_pack"]
-
-
-def _plan(raw: dict[str, Any]) -> PrivacyPlan:
-    return PrivacyPlan(**{**raw, "epsilon_by_epoch": tuple(raw["epsilon_by_epoch"])})
 
 
 #: A pack sends its members' epochs to Ray Tune at most this often (and when it ends).
 REPORT_SECONDS = 2.0
 
 
-def run_pack(tune_config: dict[str, Any]) -> None:
-    """Ray Tune function trainable for a spec with ``pack`` (see :func:`sweeps.planning.packing.pack_spec`)."""
+def run_pack(unit: PackSpec, tune_config: dict[str, Any]) -> None:
+    """Runs a pack (:data:`sweeps.workers.trainable.RUNNERS`; see :func:`sweeps.planning.packing.pack_spec`)."""
     started = time.perf_counter()
-    spec = trial_spec(tune_config)
-    members, width = spec["pack"], spec.get("width")
-    configs = [TrainConfig.from_dict(m["train"]) for m in members]
-    plans = [_plan(m["plan"]) for m in members]
-    bands = [epsilon_band(float(m["params"]["planned_epsilon"])) for m in members]
+    members, width = unit.members, unit.width
+    configs = [TrainConfig.from_dict(m.train) for m in members]
+    plans = [m.plan for m in members]
+    bands = [epsilon_band(m.planned_epsilon) for m in members]
     epochs = configs[0].epochs
     cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if cpus > 0:
@@ -62,7 +57,7 @@ def run_pack(tune_config: dict[str, Any]) -> None:
 
     active = list(range(len(members)))  # members still to train, as indices into members
     ended: set[int] = set()  # members pruned or through their epochs
-    unsent: dict[str, list[dict[str, Any]]] = {}  # member key -> epochs not yet sent to Tune
+    unsent: dict[str, list[EpochRow]] = {}  # member key -> epochs not yet sent to Tune
     # Where the pack's time went, in seconds: training and evaluation (from the trainer's own
     # reports), set-up before the first epoch, and everything else (waiting on Tune and the
     # board included). What is not yet in a result is the difference of the two sums.
@@ -76,35 +71,35 @@ def run_pack(tune_config: dict[str, Any]) -> None:
         spent["report_seconds"] = now - started - spent["epoch_seconds"] - spent["eval_seconds"] - spent["setup_seconds"]
         latest = [rows[-1] for rows in unsent.values()]
         tune.report({
-            "epoch": max(row["epoch"] for row in latest), "epochs_planned": epochs, "members": encode_member_rows(unsent),
+            "epoch": max(row.epoch for row in latest), "epochs_planned": epochs, "members": encode_rows(unsent),
             **{k: spent[k] - sent[k] for k in spent},
             # Ray Tune insists that every result carries the searcher's metrics; the members' own
             # values are in ``members``, these summary values decide nothing.
-            "val_accuracy": max(row["val_accuracy"] for row in latest),
-            "epsilon": max(row["epsilon"] for row in latest),
+            "val_accuracy": max(row.val_accuracy for row in latest),
+            "epsilon": max(row.epsilon for row in latest),
         })
         sent.update(spent)
         unsent.clear()
         last_sent = time.perf_counter()
 
     def on_epoch(reports: dict[int, EpochReport]) -> list[int]:
-        rows = {active[i]: epoch_metrics(r, epochs_planned=epochs) for i, r in reports.items()}
+        rows = {active[i]: epoch_row(r, epochs_planned=epochs) for i, r in reports.items()}
         train_seconds = sum(r.train_seconds for r in reports.values())  # the pack's time, split evenly
         eval_seconds = sum(r.eval_seconds for r in reports.values())
         if not any(spent.values()):
             spent["setup_seconds"] = time.perf_counter() - started - train_seconds - eval_seconds
         spent["epoch_seconds"] += train_seconds
         spent["eval_seconds"] += eval_seconds
-        at_rung = [k for k, row in rows.items() if row["epoch"] in rungs and row["epoch"] < epochs]
+        at_rung = [k for k, row in rows.items() if row.epoch in rungs and row.epoch < epochs]
         stop: set[int] = set()
         if at_rung:
-            verdicts = set(ray.get(board.judge.remote([(members[k]["key"], bands[k], rows[k]["epoch"],
-                                                        rows[k]["val_accuracy"]) for k in at_rung])))
-            stop = {k for k in at_rung if members[k]["key"] in verdicts}
+            verdicts = set(ray.get(board.judge.remote([(members[k].key, bands[k], rows[k].epoch,
+                                                        rows[k].val_accuracy) for k in at_rung])))
+            stop = {k for k in at_rung if members[k].key in verdicts}
         for k, row in rows.items():
-            row["pruned"] = k in stop
-            unsent.setdefault(members[k]["key"], []).append(row)
-            if k in stop or row["epoch"] >= epochs:
+            row = dataclasses.replace(row, pruned=k in stop)
+            unsent.setdefault(members[k].key, []).append(row)
+            if k in stop or row.epoch >= epochs:
                 ended.add(k)
         if time.perf_counter() - last_sent >= REPORT_SECONDS:
             send()
@@ -120,8 +115,7 @@ def run_pack(tune_config: dict[str, Any]) -> None:
         except ConfigsDiverged as error:
             diverged = {active[i] for i in error.config_indices}
             for k in diverged:
-                unsent[members[k]["key"]] = [{"diverged": str(error), "epoch": 0, "epochs_planned": epochs,
-                                             "val_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False}]
+                unsent[members[k].key] = [EpochRow.of_divergence(str(error), epochs_planned=epochs)]
             send()
             # The others start over without them: their own streams, so the results they had.
             active = [k for k in active if k not in diverged and k not in ended]

@@ -10,13 +10,25 @@ the heavy imports run on the trial's first call, where they count as its set-up.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__all__ = ["run_trial"]
+__all__ = ["run_trial", "RUNNERS"]
+
+#: A unit's kind -> its runner, "module:function", called with (unit, tune_config). Imported on
+#: the unit's first call, where torch's import counts as its set-up. A new kind of trial is a
+#: planner in sweeps.planning.kinds, a runner module here and one line below.
+RUNNERS: dict[str, str] = {
+    "central": "sweeps.workers.trial:run_central_trial",
+    "pack": "sweeps.workers.pack:run_pack",
+    "federated": "sweeps.workers.federated:run_federated_trial",
+}
 
 
 def run_trial(tune_config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: see :func:`sweeps.workers.trial.run_trial`."""
-    from sweeps.workers.trial import run_trial as run
+    """Ray Tune function trainable of every unit: decodes its spec and runs its kind's runner."""
+    from sweeps.protocol import unit_of
 
-    run(tune_config)
+    unit = unit_of(tune_config)
+    module, _, name = RUNNERS[unit.kind].partition(":")
+    getattr(importlib.import_module(module), name)(unit, tune_config)

@@ -7,9 +7,8 @@ same steps, and so the same ε, as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
-import math
 import os
 import shutil
 import tempfile
@@ -23,16 +22,20 @@ from ray import tune
 from dp_core.config import TrainConfig
 from dp_core.config import DataConfig
 from dp_core.data import DatasetSplits, load_data
-from dp_core.federated import is_federated
-from dp_core.plan import PrivacyPlan
 from dp_core.train import EpochReport, TrainingDiverged, train
+from sweeps.protocol import EpochRow, TrialSpec
 
-__all__ = ["run_trial", "trial_spec", "encode_spec", "CHECKPOINT_FILE"]
+__all__ = ["run_central_trial", "epoch_row", "worker_dataset", "CHECKPOINT_FILE"]
 
 CHECKPOINT_FILE = "dp_state.pt"
 # A dead worker redoes at most this much training; saving and persisting a checkpoint after
 # every millisecond-long epoch would cost more than the epochs.
 CHECKPOINT_EVERY_SECONDS = 5.0
+# A test hook (tests/sweeps): a path template with {trial} and {epoch}. A lone trial (not a pack or
+# a federated one) whose formatted path exists before it reports an epoch writes "<path>.held" and
+# waits there until the path is removed, so that a test can inject a fault at a state that lasts
+# as long as it needs. Unset, as outside tests, nothing is looked at.
+HOLD_FILE_ENV = "DPSWEEP_TEST_HOLD_FILE"
 
 
 @functools.lru_cache(maxsize=4)
@@ -45,59 +48,36 @@ def worker_dataset(config: DataConfig) -> DatasetSplits:
     return load_data(config)
 
 
-def encode_spec(spec: dict[str, Any]) -> str:
-    """A trial's spec (name, key, flat train config, params) as one JSON string.
-
-    Ray Tune expands nested dicts and lists inside a config into search dimensions; one opaque
-    string per trial keeps the spec exactly as planned.
-    """
-    return json.dumps(spec, sort_keys=True)
-
-
-def trial_spec(tune_config: dict[str, Any]) -> dict[str, Any]:
-    """The spec ``encode_spec`` stored in a Ray trial's config."""
-    return json.loads(tune_config["trial"])
-
-
-def epoch_metrics(report: EpochReport, *, epochs_planned: int) -> dict[str, Any]:
-    """The metrics a trial reports to Ray Tune after an epoch (ε = ∞ is reported as -1: JSON).
+def epoch_row(report: EpochReport, *, epochs_planned: int) -> EpochRow:
+    """What a trial reports after an epoch.
 
     A search trial measures validation accuracy only (``train(evaluate_test=False)``): it is what
     pruning, Optuna and the frontier decide on, and no decision can read what is not there.
     """
-    return {
-        "epoch": report.epoch,
-        "epochs_planned": epochs_planned,
-        "steps": report.steps,
-        "val_accuracy": report.val_accuracy,
-        "val_loss": report.val_loss,
-        "epsilon": report.epsilon if math.isfinite(report.epsilon) else -1.0,
-        "delta": report.delta,
-        "accountant": report.accountant,
-        "epoch_seconds": report.train_seconds,
-        "eval_seconds": report.eval_seconds,
-        "stopped_by_budget": report.stopped_by_budget,
-    }
+    return EpochRow(epoch=report.epoch, epochs_planned=epochs_planned, steps=report.steps,
+                    val_accuracy=report.val_accuracy, val_loss=report.val_loss, epsilon=report.epsilon,
+                    delta=report.delta, accountant=report.accountant, epoch_seconds=report.train_seconds,
+                    eval_seconds=report.eval_seconds, stopped_by_budget=report.stopped_by_budget)
 
 
-def run_trial(tune_config: dict[str, Any]) -> None:
-    """Ray Tune function trainable. ``trial_spec(tune_config)["train"]`` is a flat dp_core config.
+def _hold_if_asked(template: str, *, trial: str, epoch: int) -> None:
+    """Wait while ``template``'s file for this trial and epoch exists (HOLD_FILE_ENV)."""
+    hold = Path(template.format(trial=trial, epoch=epoch))
+    if not hold.exists():
+        return
+    hold.with_name(hold.name + ".held").touch()
+    while hold.exists():
+        time.sleep(0.1)
+
+
+def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
+    """Runs one dp_core trial (:data:`sweeps.workers.trainable.RUNNERS`), reporting every epoch.
 
     A diverged run (NaN loss) is reported, not raised: retrying it would only diverge again.
     """
     started = time.perf_counter()
-    spec = trial_spec(tune_config)
-    if "pack" in spec:
-        from sweeps.workers.pack import run_pack  # several trials of one small model trained at once
-
-        return run_pack(tune_config)
-    if is_federated(spec["train"]):
-        from sweeps.workers.federated import run_federated_trial  # FedAvg, clients as Ray actors
-
-        return run_federated_trial(tune_config)
-    config = TrainConfig.from_dict(spec["train"])
     # Planned in the driver already (σ calibration, ε after every epoch): not again per trial.
-    plan = PrivacyPlan(**{**spec["plan"], "epsilon_by_epoch": tuple(spec["plan"]["epsilon_by_epoch"])})
+    config, plan = TrainConfig.from_dict(unit.train), unit.plan
     cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if cpus > 0:
         torch.set_num_threads(cpus)
@@ -111,6 +91,7 @@ def run_trial(tune_config: dict[str, Any]) -> None:
             shutil.copy(Path(folder) / CHECKPOINT_FILE, state_file)
     reported_state = state_file.stat().st_mtime_ns if state_file.exists() else None
     last_return = started
+    hold_template = os.environ.get(HOLD_FILE_ENV)
 
     def on_epoch(report: EpochReport) -> None:
         nonlocal reported_state, last_return
@@ -118,21 +99,22 @@ def run_trial(tune_config: dict[str, Any]) -> None:
         # Time between two epochs that was neither training nor evaluation: trial set-up before
         # the first epoch (imports, data, model, σ), reporting and checkpointing after the others.
         overhead = now - last_return - report.train_seconds - report.eval_seconds
-        metrics = epoch_metrics(report, epochs_planned=config.epochs)
-        metrics["setup_seconds" if last_return == started else "report_seconds"] = max(overhead, 0.0)
+        row = epoch_row(report, epochs_planned=config.epochs)
+        row = dataclasses.replace(row, **{"setup_seconds" if last_return == started else "report_seconds": max(overhead, 0.0)})
         state = state_file.stat().st_mtime_ns if state_file.exists() else None
         checkpoint = None
         if state is not None and state != reported_state:  # a new checkpoint was saved this epoch
             checkpoint = tune.Checkpoint.from_directory(str(workdir))
             reported_state = state
-        tune.report(metrics, checkpoint=checkpoint)
+        if hold_template:
+            _hold_if_asked(hold_template, trial=unit.name, epoch=report.epoch)
+        tune.report(row.to_result(), checkpoint=checkpoint)
         last_return = time.perf_counter()
 
     try:
         train(config, on_epoch=on_epoch, checkpoint_path=state_file, data=data,
               checkpoint_every_seconds=CHECKPOINT_EVERY_SECONDS, plan=plan, evaluate_test=False)
     except TrainingDiverged as error:
-        tune.report({"diverged": str(error), "epoch": 0, "epochs_planned": config.epochs,
-                     "val_accuracy": 0.0, "epsilon": -1.0, "stopped_by_budget": False})
+        tune.report(EpochRow.of_divergence(str(error), epochs_planned=config.epochs).to_result())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

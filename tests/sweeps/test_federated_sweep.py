@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -17,10 +16,11 @@ from mlflow.tracking import MlflowClient
 
 from dp_core.config import ConfigError
 from dp_core.data import load_dataset
-from dp_core.federated import FederatedPlan, InProcessExecutor, split_flat, train_federated
+from dp_core.federated import InProcessExecutor, split_flat, train_federated
 from sweeps.workers.federated_actors import RayClientExecutor, trial_resources
 from sweeps.planning.federated import FederatedPlannedTrial
 from sweeps.results.frontier import Point, pareto_front
+from sweeps.protocol import decode_unit, encode_unit
 from sweeps.planning import EpsilonBudget, plan_trial
 from sweeps.space import Range, list_spaces, load_space
 
@@ -120,16 +120,16 @@ def test_a_federated_trial_plans_the_max_client_epsilon_and_is_skipped_over_budg
         assert params["kind"] == "federated" and params["planned_epsilon"] == max(finals)
         assert [params[f"client_{i}.planned_epsilon"] for i in range(3)] == finals
     assert [budget.rejects(t) is None for t in planned] == [True, True, False, False]  # σ = 0.3: over 6
-    spec = json.loads(json.dumps(planned[0].spec()))
-    assert FederatedPlan.from_dict(spec["plan"]) == planned[0].plan
-    assert split_flat(spec["train"])[1].clients == 3
+    spec = decode_unit(encode_unit(planned[0].spec()))
+    assert spec.kind == "federated" and spec.plan == planned[0].plan
+    assert split_flat(spec.train)[1].clients == 3
 
 
 def test_federated_trials_reserve_one_bundle_per_client(tmp_path: Path) -> None:
     space = load_space(_write(tmp_path, SPACE))
     resources = trial_resources(space)
-    config = {"trial": json.dumps(plan_trial(space.trial_config({"noise_multiplier": 1.5, "lr": 1.0}),
-                                             name="t", axis_values={}).spec())}
+    config = {"trial": encode_unit(plan_trial(space.trial_config({"noise_multiplier": 1.5, "lr": 1.0}),
+                                              name="t", axis_values={}).spec())}
     factory = resources(config)
     assert factory.head_bundle_is_empty  # the server takes nothing its clients could use
     assert factory.bundles == [{"CPU": 2 / 3}] * 3 and factory.strategy == "SPREAD"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.planning.packing import AUTO_PACK_SIZE, PACK_DEPTH, group_key, member_specs, pack_limit, pack_size, pack_spec, pack_trials
+from sweeps.protocol import decode_unit, encode_unit
+from sweeps.planning.packing import AUTO_PACK_SIZE, PACK_DEPTH, group_key, pack_limit, pack_size, pack_spec, pack_trials
 from sweeps.planning import plan_trial
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,15 +62,17 @@ def test_trials_with_another_optimizer_are_another_group() -> None:
 def test_a_pack_spec_carries_every_member_and_a_pack_of_one_is_the_trial() -> None:
     trials = _planned(3)
     spec = pack_spec(trials, width=8)
-    assert [m["key"] for m in member_specs(spec)] == [t.key for t in trials]
-    assert member_specs(pack_spec(trials[:1], width=8)) == [trials[0].spec()]
+    assert [m.key for m in spec.members] == [t.key for t in trials]
+    assert pack_spec(trials[:1], width=8).members == (trials[0].spec(),)
+    # What a worker gets back is what the driver sent, plans and infinities included.
+    assert decode_unit(encode_unit(spec)) == spec
 
 
 def test_a_pack_trains_whole_rounds_of_its_members_at_once() -> None:
     trials = _planned(10)
-    assert pack_spec(trials, width=8)["width"] == 5  # two rounds of 5, not 8 and then 2
-    assert pack_spec(trials, width=16)["width"] == 10
-    assert pack_spec(trials, width=3)["width"] == 3
+    assert pack_spec(trials, width=8).width == 5  # two rounds of 5, not 8 and then 2
+    assert pack_spec(trials, width=16).width == 10
+    assert pack_spec(trials, width=3).width == 3
 
 
 SPACE = """
@@ -100,7 +103,8 @@ def _launch(folder: Path, space: Path) -> tuple[MlflowClient, list]:
     """``python -m sweeps.launch`` on ``space`` with a sqlite MLflow store in ``folder``; its runs."""
     uri = f"sqlite:///{folder}/mlflow.db"
     done = subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri", uri,
+        # --num-cpus 2: the slots, and so the packs and what the board prunes, of a 2-core machine, on any.
+        [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--num-cpus", "2", "--tracking-uri", uri,
          "--results-dir", str(folder / "results")],
         cwd=folder, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )

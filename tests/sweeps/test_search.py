@@ -10,12 +10,11 @@ import ray
 
 from sweeps.privacy.adaptive import RdpFilter
 from sweeps.privacy.ledger import PrivacyLedger
-from sweeps.planning.packing import encode_member_rows, member_specs
 from sweeps.planning import plan_trial
 from sweeps.driver.search import BudgetedOptunaSearch, journal_storage
 from sweeps.privacy.mechanism import TrialMechanism
 from sweeps.space import load_space
-from sweeps.workers.trial import trial_spec
+from sweeps.protocol import EpochRow, encode_rows, unit_of
 
 SPACE = """
 name: searched
@@ -47,9 +46,8 @@ def local_ray():
     ray.shutdown()
 
 
-def _row(epoch: int, *, accuracy: float = 0.5) -> dict:
-    return {"epoch": epoch, "epochs_planned": 4, "val_accuracy": accuracy, "epsilon": 1.0, "delta": 1e-5,
-            "accountant": "rdp", "pruned": False, "stopped_by_budget": False}
+def _row(epoch: int, *, accuracy: float = 0.5) -> EpochRow:
+    return EpochRow(epoch=epoch, epochs_planned=4, val_accuracy=accuracy, epsilon=1.0, delta=1e-5, accountant="rdp")
 
 
 def test_a_pack_member_is_told_to_optuna_when_it_ends_not_when_its_pack_does(tmp_path: Path, local_ray) -> None:
@@ -64,19 +62,19 @@ def test_a_pack_member_is_told_to_optuna_when_it_ends_not_when_its_pack_does(tmp
     searcher.slots = 1
     try:
         config = searcher.suggest("pack-1")
-        first, second = (spec["key"] for spec in member_specs(trial_spec(config)))
+        first, second = (spec.key for spec in unit_of(config).members)
         study = optuna.load_study(study_name="searched", storage=journal_storage(tmp_path / "study.journal"))
         assert [t.state for t in study.trials[:2]] == [optuna.trial.TrialState.RUNNING] * 2
 
         # The first member is through its 4 epochs; the second, in the pack's next round, at epoch 1.
-        searcher.on_trial_result("pack-1", {"members": encode_member_rows(
+        searcher.on_trial_result("pack-1", {"members": encode_rows(
             {first: [_row(3), _row(4, accuracy=0.9)], second: [_row(1)]})})
         states = {t.number: t for t in study.trials}
         assert states[0].state == optuna.trial.TrialState.COMPLETE and states[0].value == 0.9
         assert states[1].state == optuna.trial.TrialState.RUNNING
 
         # Its pack's end tells the rest, and the first member not a second time.
-        searcher.on_trial_complete("pack-1", {"members": encode_member_rows({second: [_row(4, accuracy=0.7)]})})
+        searcher.on_trial_complete("pack-1", {"members": encode_rows({second: [_row(4, accuracy=0.7)]})})
         states = {t.number: t for t in study.trials}
         assert (states[0].value, states[1].state, states[1].value) == (0.9, optuna.trial.TrialState.COMPLETE, 0.7)
     finally:
@@ -101,9 +99,9 @@ def test_a_resumed_searcher_tells_each_trial_once_and_fails_what_nothing_will_ru
     searcher = _searcher(tmp_path, space, ledger=ledger)
     searcher.slots = 1
     config = searcher.suggest("pack-1")
-    first, second = (spec["key"] for spec in member_specs(trial_spec(config)))
+    first, second = (spec.key for spec in unit_of(config).members)
     assert {entry.key for entry in ledger.entries()} == {first, second}  # recorded before Tune had them
-    searcher.on_trial_result("pack-1", {"members": encode_member_rows({first: [_row(4, accuracy=0.9)]})})
+    searcher.on_trial_result("pack-1", {"members": encode_rows({first: [_row(4, accuracy=0.9)]})})
     searcher.save(str(tmp_path / "searcher.pkl"))
     searcher.plan_ahead()  # the actors ask ahead: those trials are RUNNING in the study
     searcher.close()  # what was asked ahead is marked FAIL when the sweep stops
@@ -119,8 +117,8 @@ def test_a_resumed_searcher_tells_each_trial_once_and_fails_what_nothing_will_ru
     assert study.trials[stray.number].state == optuna.trial.TrialState.FAIL
     assert resumed._issued == 2
     # The replay: the first member ends again (told before), then the pack completes.
-    resumed.on_trial_result("pack-1", {"members": encode_member_rows({first: [_row(1), _row(4, accuracy=0.2)]})})
-    resumed.on_trial_complete("pack-1", {"members": encode_member_rows({second: [_row(4, accuracy=0.7)]})})
+    resumed.on_trial_result("pack-1", {"members": encode_rows({first: [_row(1), _row(4, accuracy=0.2)]})})
+    resumed.on_trial_complete("pack-1", {"members": encode_rows({second: [_row(4, accuracy=0.7)]})})
     states = {t.number: t for t in study.trials}
     assert (states[0].state, states[0].value) == (optuna.trial.TrialState.COMPLETE, 0.9)  # not told again
     assert (states[1].state, states[1].value) == (optuna.trial.TrialState.COMPLETE, 0.7)

@@ -15,11 +15,10 @@ import optuna
 import pytest
 import ray
 
-from sweeps.planning.packing import member_specs
 from sweeps.planning import plan_trial
 from sweeps.driver.search import BudgetedOptunaSearch, journal_storage
 from sweeps.space import load_space
-from sweeps.workers.trial import trial_spec
+from sweeps.protocol import unit_of
 
 States = optuna.trial.TrialState
 
@@ -72,7 +71,7 @@ def _study(tmp_path: Path) -> optuna.Study:
 
 
 def _keys(config: dict) -> list[str]:
-    return [spec["key"] for spec in member_specs(trial_spec(config))]
+    return [spec.key for spec in unit_of(config).members]
 
 
 def _suggest(searcher: BudgetedOptunaSearch, trial_id: str) -> Any:
@@ -86,7 +85,7 @@ def _suggest(searcher: BudgetedOptunaSearch, trial_id: str) -> Any:
 def _row(searcher: BudgetedOptunaSearch, epoch: int, *, accuracy: float = 0.5, **flags: Any) -> dict[str, Any]:
     """One epoch's metrics as a lone trial reports them (the accuracy under the searcher's metric)."""
     return {"epoch": epoch, "epochs_planned": 4, searcher.metric: accuracy, "epsilon": 1.0, "delta": 1e-5,
-            "accountant": "rdp", "pruned": False, "diverged": False, "stopped_by_budget": False, **flags}
+            "accountant": "rdp", "pruned": False, "diverged": None, "stopped_by_budget": False, **flags}
 
 
 def test_issued_configurations_count_against_the_cap_and_the_last_pack_is_cut(tmp_path: Path, local_ray) -> None:
@@ -112,7 +111,7 @@ def test_a_lone_trial_is_told_once_whatever_reaches_the_searcher_after_its_end(t
         first, second = _suggest(searcher, "a"), _suggest(searcher, "b")
         (key_a,), (key_b,) = _keys(first), _keys(second)
         searcher.on_trial_result("a", _row(searcher, 1, accuracy=0.3))
-        assert searcher._last_rows[key_a]["epoch"] == 1
+        assert searcher._last_rows.get(key_a).epoch == 1
         # Its last epoch arrives as a result (it ended normally) and then again with the completion.
         searcher.on_trial_result("a", _row(searcher, 4, accuracy=0.8))
         assert _study(tmp_path).trials[0].state == States.COMPLETE
@@ -134,7 +133,7 @@ def test_a_lone_trial_is_told_once_whatever_reaches_the_searcher_after_its_end(t
 ENDINGS = {
     "died": (None, True, States.FAIL),  # the worker died before its first epoch
     "pruned": ({"epoch": 2, "pruned": True}, False, States.PRUNED),  # stopped at a rung
-    "diverged": ({"epoch": 2, "diverged": True}, False, States.FAIL),  # a NaN loss
+    "diverged": ({"epoch": 2, "diverged": "loss is NaN"}, False, States.FAIL),  # a NaN loss
     "failed-mid-way": ({"epoch": 3}, True, States.FAIL),  # an error before its last epoch
     "failed-after-its-end": ({"epoch": 4}, True, States.COMPLETE),  # an error after its last epoch: it was done
     "completed": ({"epoch": 4}, False, States.COMPLETE),
@@ -157,7 +156,7 @@ def test_each_way_a_trial_ends_is_told_as_its_optuna_state(tmp_path: Path, local
             assert told.state == state, name
             # A pruned trial carries its last intermediate value (what TPE reads of it); a failed one none.
             assert told.value is None if state == States.FAIL else told.value == 0.6, name
-        assert searcher._live == {} and searcher._asked == {} and searcher._last_rows == {}
+        assert searcher._live == {} and searcher._asked == {} and not searcher._last_rows
     finally:
         searcher.close()
 

@@ -15,7 +15,6 @@ from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant, compute_epsi
 
 from dp_core._validate import ConfigError
 from dp_core.accounting import RDP_ORDERS
-from sweeps.results.frontier import Point
 from sweeps.planning import plan_trial
 from sweeps.privacy.mechanism import TrialMechanism, largest_trial_epsilon, naive_composition_epsilon
 from sweeps.privacy.report import shared_seed_note
