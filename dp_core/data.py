@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dp_core._validate import ConfigError, require_choice
+from dp_core.splits import DatasetSplits
 from dp_core.synthetic import SYNTHETIC_DATASETS, load_synthetic
 
 if TYPE_CHECKING:
@@ -47,22 +48,6 @@ _CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 # and with it every earlier digits result.
 _DIGITS_STATS = ((0.30538339422407795,), (0.3761191680900195,))
 _DIGITS_MAX_COUNT = 16
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DatasetSplits:
-    """A dataset's splits, each ``TensorDataset(images float32 NCHW, labels int64)``.
-
-    ``validation`` is held out of the published training split (``None`` without one): models are
-    trained on ``train`` only, chosen on ``validation``, and reported on ``test``.
-    """
-
-    name: str
-    train: TensorDataset
-    test: TensorDataset
-    num_classes: int
-    input_shape: tuple[int, int, int]  # (C, H, W)
-    validation: TensorDataset | None = None
 
 
 def validation_size(train_size: int, fraction: float) -> int:

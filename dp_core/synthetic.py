@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-if TYPE_CHECKING:
-    from dp_core.data import DatasetSplits
+from dp_core.splits import DatasetSplits
 
 __all__ = ["SYNTHETIC_DATASETS", "SyntheticSpec", "load_synthetic", "synthetic_tensors"]
 
@@ -118,8 +116,6 @@ def synthetic_tensors(
 
 def load_synthetic(name: str, *, seed: int = DEFAULT_SEED) -> DatasetSplits:
     """The train and test splits of synthetic dataset ``name`` (see the module docstring)."""
-    from dp_core.data import DatasetSplits  # dp_core.data imports this module
-
     train = TensorDataset(*synthetic_tensors(name, split="train", seed=seed))
     test = TensorDataset(*synthetic_tensors(name, split="test", seed=seed))
     return DatasetSplits(name=name, train=train, test=test, num_classes=NUM_CLASSES,

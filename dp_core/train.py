@@ -11,7 +11,10 @@ Run ``python -m dp_core.train --help`` for the command line.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +29,7 @@ from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
 from dp_core.models import build_model
 from dp_core.plan import PrivacyPlan, plan_privacy
 
-__all__ = ["EpochReport", "TrainResult", "StopTraining", "TrainingDiverged", "train", "resolve_device"]
+__all__ = ["EpochReport", "TrainResult", "StopTraining", "TrainingDiverged", "train", "resolve_device", "main"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -310,7 +313,65 @@ def train(
     )
 
 
-if __name__ == "__main__":
-    from dp_core.cli import main
+# ---------------------------------------------------------------------------------------------- command line
 
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dp_core.train``: train the configuration the flags describe and print its metrics JSON."""
+    # Imported here: a sweep's workers import this module for train() and need neither.
+    from tqdm import tqdm
+
+    from dp_core.cli import build_parser, config_from_args, seed_given
+
+    args = build_parser().parse_args(argv)
+    try:
+        seed_was_given = seed_given(args)
+        config = config_from_args(args)
+        bar = tqdm(total=config.epochs, desc="epochs", unit="epoch", file=sys.stderr)
+
+        def on_epoch(report: EpochReport) -> None:
+            bar.update(1)
+            shown = {"val_acc": report.val_accuracy, "acc": report.test_accuracy, "test_loss": report.test_loss}
+            bar.set_postfix(**{k: f"{v:.3f}" for k, v in shown.items() if v is not None},
+                            eps=f"{report.epsilon:.2f}", delta=f"{report.delta:g}", accountant=report.accountant)
+
+        result = train(config, on_epoch=on_epoch, checkpoint_path=args.checkpoint)
+        bar.close()
+    except (ConfigError, TrainingDiverged) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    final = result.final
+    metrics = {
+        **({"val_accuracy": final.val_accuracy, "val_loss": final.val_loss} if final.val_accuracy is not None else {}),
+        "test_accuracy": final.test_accuracy,
+        "test_loss": final.test_loss,
+        "epochs_trained": final.epoch,
+        "steps": final.steps,
+        "epsilon": _finite_or_none(final.epsilon),
+        "delta": final.delta,
+        "accountant": final.accountant,
+        "noise_multiplier": result.plan.noise_multiplier,
+        "sample_rate": result.plan.sample_rate,
+        "stopped_early": result.stopped_early,
+        "train_seconds": sum(r.train_seconds for r in result.reports),
+        # The seed is printed only when given (a reproducible run): a drawn one must stay secret.
+        "config": {k: v for k, v in result.config.to_dict().items() if k != "seed" or seed_was_given},
+    }
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.metrics_json is not None:
+        args.metrics_json.write_text(text + "\n")
+    privacy = "no privacy (ε = ∞)" if not math.isfinite(final.epsilon) else (
+        f"ε = {final.epsilon:.3f} (δ = {final.delta:g}, {final.accountant.upper()} accountant, "
+        f"σ = {result.plan.noise_multiplier:.3f})"
+    )
+    print(f"test accuracy {final.test_accuracy:.4f} after {final.epoch} epochs; {privacy}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
     raise SystemExit(main())
