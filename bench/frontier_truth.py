@@ -76,13 +76,14 @@ def run_dpsweep(space: Path, seconds: float, workdir: Path) -> dict[str, Any]:
 
 
 def retrain_dpsweep(reported: dict[float, Any], seeds: int) -> dict[float, Any]:
-    from sweeps.results.confirm import train_jobs
+    from sweeps.protocol import ConfirmationJob
+    from sweeps.workers.confirmation import train_jobs
 
     retrained = {}
     for bound, chosen in reported.items():
-        jobs = [{"name": f"retrain{i}", "epoch": chosen["epoch"], "train": {**chosen["config"], "seed": _fresh_seed()}}
-                for i in range(seeds)]
-        retrained[bound] = _mean_std([row["test_accuracy"] for row in train_jobs(jobs)])
+        jobs = [ConfirmationJob(name=f"retrain{i}", trial=str(chosen["trial"]), epoch=int(chosen["epoch"]), seed_index=i,
+                                train={**chosen["config"], "seed": _fresh_seed()}) for i in range(seeds)]
+        retrained[bound] = _mean_std([row.test_accuracy for row in train_jobs(jobs)])
     return retrained
 
 

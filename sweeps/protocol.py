@@ -24,7 +24,8 @@ from dp_core.federated import FederatedPlan
 from dp_core.plan import PrivacyPlan
 
 __all__ = ["TrialSpec", "PackSpec", "UnitSpec", "EpochRow", "encode_unit", "decode_unit", "unit_of",
-           "encode_rows", "rows_of", "outcome_of", "LatestRows", "TRIAL_FIELD"]
+           "encode_rows", "rows_of", "outcome_of", "LatestRows", "TRIAL_FIELD", "ConfirmationJob",
+           "ConfirmationResult"]
 
 #: The key of a Ray trial's config that holds its unit's spec.
 TRIAL_FIELD = "trial"
@@ -228,3 +229,30 @@ class LatestRows:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConfirmationJob:
+    """One confirmation run (:mod:`sweeps.results.confirm`): the search trial's flat configuration
+    with a fresh seed, trained up to ``epoch`` of its schedule; ``seed_index`` is its place among
+    the configuration's seeds."""
+
+    name: str
+    trial: str
+    epoch: int
+    seed_index: int
+    train: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConfirmationResult:
+    """What a confirmation run measured at its epoch (NaN throughout: it diverged or its worker failed)."""
+
+    name: str
+    epsilon: float
+    val_accuracy: float
+    test_accuracy: float
+
+    @classmethod
+    def failed(cls, name: str) -> ConfirmationResult:
+        return cls(name=name, epsilon=math.nan, val_accuracy=math.nan, test_accuracy=math.nan)

@@ -1,9 +1,16 @@
-"""The layering the folder tree promises: dp_core never imports the orchestration stack."""
+"""The layering the folder tree promises.
+
+dp_core never imports the orchestration stack. sweeps is layered (pyproject's import-linter
+contracts): launch > driver > workers | tracking > results > privacy > planning > protocol >
+space; only driver and workers import Ray, only tracking imports MLflow. No module of either
+package is part of an import cycle, lazy (function-level) imports included.
+"""
 
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,6 +21,71 @@ def test_import_contracts_hold() -> None:
     done = subprocess.run([command], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "broken" in done.stdout and "0 broken" in done.stdout
+    for contract in ("sweeps is layered", "Only sweeps.driver and sweeps.workers import Ray",
+                     "Only sweeps.tracking imports MLflow", "Planning, privacy and results are pure"):
+        assert contract in done.stdout, f"the contract {contract!r} is gone from pyproject.toml"
+
+
+def _import_cycles(graph: Any, modules: set[str]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    edges = {m: [d for d in graph.find_modules_directly_imported_by(m) if d in modules] for m in modules}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    for root in sorted(modules):
+        if root in index:
+            continue
+        work = [(root, iter(edges[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(edges[child])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+    return cycles
+
+
+def test_no_import_cycles_in_dp_core_or_sweeps() -> None:
+    import grimp  # import-linter's graph builder; it sees imports inside functions too
+
+    # As pyproject's import-linter setting: an import only a type checker reads is no dependency.
+    graph = grimp.build_graph("dp_core", "sweeps", exclude_type_checking_imports=True, cache_dir=None)
+    modules = set(graph.modules)
+    assert _import_cycles(graph, modules) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    class Graph:
+        imports = {"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}
+
+        def find_modules_directly_imported_by(self, module: str) -> list[str]:
+            return self.imports[module]
+
+    assert _import_cycles(Graph(), {"a", "b", "c", "d"}) == [["a", "b", "c"]]
 
 
 def test_dp_core_runs_without_ray_optuna_mlflow() -> None:

@@ -12,32 +12,38 @@ import ray
 
 from dp_core.config import TrainConfig
 from dp_core.data import canonical_train_size
-from sweeps.results.confirm import (CONFIRMATIONS_FILE, Candidate, ConfirmationRun, confirmation_jobs, keep_done, read_done,
-                            train_jobs)
+from dp_core.vectorized import group_signature
 from sweeps.planning.keys import released_params, trial_key
 from sweeps.privacy.ledger import LedgerEntry
+from sweeps.protocol import ConfirmationJob, ConfirmationResult
+from sweeps.results.confirm import CONFIRMATIONS_FILE, Candidate, ConfirmationRun, confirmation_jobs, keep_done, read_done
+from sweeps.workers.confirmation import train_jobs
 
 __all__ = ["run_confirmations"]
 
 
-def _ledger_entry(job: Mapping[str, Any]) -> LedgerEntry:
+def _train_size(config: TrainConfig) -> int:
+    return canonical_train_size(config.data.dataset, validation_fraction=config.data.validation_fraction)
+
+
+def _ledger_entry(job: ConfirmationJob) -> LedgerEntry:
     """The mechanism a job runs: the trial's σ and sampling rate, for the steps up to its epoch."""
-    config = TrainConfig.from_dict(job["train"])
-    train_size = canonical_train_size(config.data.dataset, validation_fraction=config.data.validation_fraction)
-    return LedgerEntry(key=trial_key(job["train"], name=job["name"]), name=job["name"], role="confirmation",
-                       noise_multiplier=float(config.privacy.noise_multiplier or 0.0),
+    config = TrainConfig.from_dict(job.train)
+    train_size = _train_size(config)
+    return LedgerEntry(key=trial_key(job.train, name=job.name), name=job.name, role="confirmation",
+                       noise_multiplier=0.0 if config.privacy.disable_dp else float(config.privacy.noise_multiplier or 0.0),
                        sample_rate=config.resolved_sample_rate(train_size),
-                       steps=config.steps_per_epoch(train_size) * int(job["epoch"]),
-                       train_config=released_params(job["train"]))
+                       steps=config.steps_per_epoch(train_size) * job.epoch,
+                       train_config=released_params(job.train))
 
 
-def _units(jobs: Sequence[dict[str, Any]], slots: int) -> list[list[dict[str, Any]]]:
-    """Jobs in at most ``slots`` units of work, each unit's jobs of one trial configuration group."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+def _units(jobs: Sequence[ConfirmationJob], slots: int) -> list[list[ConfirmationJob]]:
+    """Jobs in at most ``slots`` units of work, each unit's jobs of one group that can train
+    together (:func:`dp_core.vectorized.group_signature`; train_jobs checks the rest)."""
+    groups: dict[tuple[Any, ...], list[ConfirmationJob]] = {}
     for job in jobs:
-        shape = {k: v for k, v in job["train"].items() if k not in ("seed", "lr", "max_grad_norm", "momentum",
-                                                                     "weight_decay", "noise_multiplier")}
-        groups.setdefault(repr(sorted(shape.items(), key=lambda kv: kv[0])), []).append(job)
+        config = TrainConfig.from_dict(job.train)
+        groups.setdefault(group_signature(config, train_size=_train_size(config)), []).append(job)
     units = []
     for group in groups.values():
         size = max(1, math.ceil(len(group) / max(1, slots)))
@@ -53,8 +59,8 @@ def run_confirmations(
     done_file = sweep_dir / CONFIRMATIONS_FILE
     done = read_done(done_file)
     jobs = confirmation_jobs(chosen, configs, seeds=seeds, root_seed=root_seed)
-    pending = [job for job in jobs if job["name"] not in done]
-    by_name = {job["name"]: job for job in jobs}
+    pending = [job for job in jobs if job.name not in done]
+    by_name = {job.name: job for job in jobs}
     # Recorded before any runs: a launcher killed mid-stage still has them counted.
     ledger.record([_ledger_entry(job) for job in pending])
     print(f"confirming {len(chosen)} configuration(s) with {seeds} fresh seeds each: {len(pending)} run(s)"
@@ -68,23 +74,20 @@ def run_confirmations(
         try:
             rows = ray.get(ready[0])
         except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as error:
-            print(f"  confirmation runs failed ({', '.join(job['name'] for job in unit)}): {error}", file=sys.stderr)
-            rows = [{"name": job["name"], "epsilon": math.nan, "val_accuracy": math.nan, "test_accuracy": math.nan}
-                    for job in unit]
+            print(f"  confirmation runs failed ({', '.join(job.name for job in unit)}): {error}", file=sys.stderr)
+            rows = [ConfirmationResult.failed(job.name) for job in unit]
         runs = []
         for row in rows:
-            job = by_name[row["name"]]
-            run = ConfirmationRun(name=job["name"], trial=job["trial"], epoch=job["epoch"],
-                                  seed_index=job["seed_index"], epsilon=row["epsilon"],
-                                  val_accuracy=row["val_accuracy"], test_accuracy=row["test_accuracy"])
-            key = trial_key(job["train"], name=job["name"])
+            job = by_name[row.name]
+            run = ConfirmationRun(name=job.name, trial=job.trial, epoch=job.epoch, seed_index=job.seed_index,
+                                  epsilon=row.epsilon, val_accuracy=row.val_accuracy, test_accuracy=row.test_accuracy)
+            measured = {"epsilon": row.epsilon, "val_accuracy": row.val_accuracy, "test_accuracy": row.test_accuracy}
             tracker.log_trial(
-                key=key, name=job["name"], params={**released_params(job["train"]), "confirms_trial": job["trial"],
-                                                   "stop_epoch": job["epoch"]},
-                epochs=[(job["epoch"], {k: row[k] for k in ("epsilon", "val_accuracy", "test_accuracy")
-                                        if math.isfinite(row[k])})],
+                key=trial_key(job.train, name=job.name), name=job.name,
+                params={**released_params(job.train), "confirms_trial": job.trial, "stop_epoch": job.epoch},
+                epochs=[(job.epoch, {k: v for k, v in measured.items() if math.isfinite(v)})],
                 outcome="completed" if run.ok else "failed",
-                tags={"dpsweep.role": "confirmation", "dpsweep.stage": "confirmation", "dpsweep.confirms": job["trial"]})
+                tags={"dpsweep.role": "confirmation", "dpsweep.stage": "confirmation", "dpsweep.confirms": job.trial})
             runs.append(run)
         keep_done(done_file, runs)
         done.update({run.name: run for run in runs})
@@ -92,6 +95,6 @@ def run_confirmations(
         print(f"  confirmed {finished}/{len(pending)}", flush=True)
     run_ids = {}
     for job in jobs:
-        run_ids[job["name"]] = tracker.run_id_of(trial_key(job["train"], name=job["name"]))
+        run_ids[job.name] = tracker.run_id_of(trial_key(job.train, name=job.name))
     return [ConfirmationRun(**{**run.__dict__, "run_id": run.run_id or run_ids.get(run.name, "")})
             for name, run in done.items() if name in by_name]

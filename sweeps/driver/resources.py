@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 
 from dp_core.config import ConfigError
 
-__all__ = ["NodeResources", "TrialResources", "cluster_nodes", "parse_resources", "require_fit", "shortfall",
+__all__ = ["trial_slots", "NodeResources", "TrialResources", "cluster_nodes", "parse_resources", "require_fit", "shortfall",
            "with_resources"]
 
 _POLL_SECONDS = 5.0
@@ -201,3 +202,15 @@ def _message(
     listed = "".join(f"\n  - {way}" for way in ways)
     return (f"Expected a Ray node that can hold one trial, {request.describe()} ({where}), but on {cluster}"
             f"{waited_note} {missing}: no trial could ever start. Ways out:{listed}")
+
+
+def trial_slots(space: Any) -> float:
+    """How many of the space's trials the connected Ray cluster runs at once (at least one)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus = resources.get("CPU", os.cpu_count() or 1)
+    gpus = resources.get("GPU", 0)
+    by_cpu = cpus // space.cpus_per_trial
+    by_gpu = gpus // space.gpus_per_trial if space.gpus_per_trial else by_cpu
+    return max(1.0, float(min(by_cpu, by_gpu)))

@@ -26,11 +26,8 @@ took a third of the driver's time in a sweep of second-long trials.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 import pickle
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,121 +39,18 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dp_core.config import ModelConfig
 from sweeps.privacy.adaptive import RdpFilter
-from sweeps.driver.batch_tpe import BatchTPESampler
+from sweeps.driver.asking import Asked, Asker, Planner, ask_batch, journal_storage, new_sampler, plan_asked, sampler_seed
 from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
 from sweeps.planning.packing import group_key, pack_capacity, pack_limit, pack_size, pack_spec
 from sweeps.planning import EpsilonBudget, PlannedTrial
 from sweeps.privacy.mechanism import TrialMechanism
-from sweeps.space import Range, SearchSpace
-from sweeps.privacy.sweep_secret import SAMPLER, derived_seed
+from sweeps.space import SearchSpace
 from sweeps.protocol import TRIAL_FIELD, EpochRow, LatestRows, encode_unit, outcome_of, rows_of
 
 __all__ = ["BudgetedOptunaSearch", "journal_storage"]
 
-
-def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
-    """The Optuna storage of a sweep's study: an append-only journal file (``optuna.load_study``
-    reads it back with this same storage)."""
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
-def _suggest(trial: optuna.Trial, key: str, axis: Any) -> Any:
-    if isinstance(axis, Range):
-        if axis.integer:
-            return trial.suggest_int(key, int(axis.low), int(axis.high), log=axis.log)
-        return trial.suggest_float(key, axis.low, axis.high, log=axis.log)
-    return trial.suggest_categorical(key, list(axis))
-
-
 #: ``_next_admitted``'s answer while the next configuration is still being planned.
 _NOT_YET = object()
-
-@dataclasses.dataclass(frozen=True)
-class _Asked:
-    """One configuration asked of Optuna and planned: ``planned`` None with ``error`` saying why
-    it cannot be planned (e.g. a target ε no σ reaches)."""
-
-    number: int  # the Optuna trial's number
-    trial_id: int  # its id in the study's storage (what optuna.Trial is made from)
-    values: dict[str, Any]  # the axis values
-    name: str
-    planned: PlannedTrial | None
-    error: str | None
-    plan_seconds: float
-
-
-def _sampler_seed(space: SearchSpace, stream: int) -> int | None:
-    """The sampler's seed: from the sweep's root seed (secret unless the space sets one)."""
-    return None if space.seed is None else derived_seed(space.seed, SAMPLER, stream) % 2**32  # numpy's legacy seeding
-
-
-def _sampler(space: SearchSpace, *, seed: int | None) -> optuna.samplers.BaseSampler:
-    if space.objective == "multi":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return BatchTPESampler(seed=seed)
-
-
-def _ask(study: optuna.Study, space: SearchSpace, count: int) -> list[tuple[int, int, dict[str, Any], str]]:
-    """Ask ``study`` for ``count`` configurations of ``space``: (number, trial id, axis values, name).
-
-    With TPE, the batch shares one fit of the sampler's model (see :mod:`sweeps.driver.batch_tpe`).
-    """
-    out = []
-    sampler = study.sampler
-    with sampler.one_fit() if isinstance(sampler, BatchTPESampler) else contextlib.nullcontext():
-        for _ in range(count):
-            trial = study.ask()
-            values = {key: _suggest(trial, key, axis) for key, axis in space.axes.items()}
-            out.append((trial.number, trial._trial_id, values, f"trial_{trial.number:04d}"))
-    return out
-
-
-def _plan(study: optuna.Study, space: SearchSpace, plan: Callable[[dict[str, Any], str], PlannedTrial],
-          asked: list[tuple[int, int, dict[str, Any], str]]) -> list[_Asked]:
-    """Plan each asked configuration's privacy spend; its planned ε goes to its Optuna trial."""
-    out = []
-    for number, trial_id, values, name in asked:
-        started = time.monotonic()
-        try:
-            planned, error = plan(space.trial_config(values, number=number), name), None
-        except ValueError as failure:  # ConfigError: e.g. a target ε no σ reaches
-            planned, error = None, str(failure)
-        seconds = time.monotonic() - started
-        if planned is not None:
-            optuna.trial.Trial(study, trial_id).set_user_attr("planned_epsilon", planned.planned_epsilon)
-        out.append(_Asked(number, trial_id, values, name, planned, error, seconds))
-    return out
-
-
-class _Asker:
-    """Asks Optuna for configurations in a Ray actor on the driver's machine (the study's
-    journal file is there): TPE takes 20-70 ms per suggestion in a study of thousands of trials
-    (16 ms fitted once per pack, :mod:`sweeps.driver.batch_tpe`), and in the driver that held Tune's
-    control loop, so packs waited to report and to start. Its study is the driver's, through
-    the journal: it sees every result the driver tells."""
-
-    def __init__(self, space: SearchSpace, storage: str, study_name: str, seed: int | None) -> None:
-        self.space = space
-        self.study = optuna.load_study(study_name=study_name, storage=journal_storage(storage),
-                                       sampler=_sampler(space, seed=seed))
-
-    def ask(self, count: int) -> list[tuple[int, int, dict[str, Any], str]]:
-        return _ask(self.study, self.space, count)
-
-
-class _Planner:
-    """Plans asked configurations in a Ray actor, beside the asker (the two work in parallel,
-    batch after batch), in one process for the whole sweep, so its σ and ε caches stay warm."""
-
-    def __init__(self, space: SearchSpace, storage: str, study_name: str,
-                 plan: Callable[[dict[str, Any], str], PlannedTrial]) -> None:
-        self.space, self.plan = space, plan
-        self.study = optuna.load_study(study_name=study_name, storage=journal_storage(storage))
-
-    def plan_batch(self, asked: list[tuple[int, int, dict[str, Any], str]]) -> list[_Asked]:
-        return _plan(self.study, self.space, self.plan, asked)
 
 
 class BudgetedOptunaSearch(Searcher):
@@ -195,11 +89,11 @@ class BudgetedOptunaSearch(Searcher):
         self._reported: set[tuple[str, int]] = set()  # (member key, epoch) told to Optuna
         self._finished: set[int] | None = None  # numbers of the study's finished trials (see _is_finished)
         self._rungs: frozenset[int] | None = None  # the pruning board's rung epochs
-        self._waiting: list[_Asked] = []  # admitted, not yet in a pack
+        self._waiting: list[Asked] = []  # admitted, not yet in a pack
         self._issued = 0  # configurations handed to Ray (space.trials caps them, not the packs)
-        self._ready: list[_Asked] = []  # planned, not yet judged against the budget
+        self._ready: list[Asked] = []  # planned, not yet judged against the budget
         self._planning: list[tuple[int, Any]] = []  # (count, ref) of batches the planner works on, oldest first
-        self._asker: Any = None  # the _Asker and _Planner actors, started with the first suggestion
+        self._asker: Any = None  # the Asker and Planner actors, started with the first suggestion
         self._planner: Any = None
         self._study: optuna.Study | None = None
 
@@ -209,7 +103,7 @@ class BudgetedOptunaSearch(Searcher):
             multi = self.space.objective == "multi"
             self._study = optuna.create_study(
                 storage=journal_storage(self.storage), study_name=self.study_name,
-                sampler=_sampler(self.space, seed=_sampler_seed(self.space, 0)),
+                sampler=new_sampler(self.space, seed=sampler_seed(self.space, 0)),
                 load_if_exists=True,
                 directions=["maximize", "minimize"] if multi else ["maximize"],
             )
@@ -255,13 +149,13 @@ class BudgetedOptunaSearch(Searcher):
             study = self.study  # created in its journal file before the actors load it from there
             node = ray.get_runtime_context().get_node_id()  # the machine with the journal file
             on_this_machine = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-            self._asker = ray.remote(num_cpus=0)(_Asker).options(scheduling_strategy=on_this_machine).remote(
+            self._asker = ray.remote(num_cpus=0)(Asker).options(scheduling_strategy=on_this_machine).remote(
                 self.space, self.storage, self.study_name,
-                _sampler_seed(self.space, 1))  # not the driver's stream again
-            self._planner = ray.remote(num_cpus=0)(_Planner).options(scheduling_strategy=on_this_machine).remote(
+                sampler_seed(self.space, 1))  # not the driver's stream again
+            self._planner = ray.remote(num_cpus=0)(Planner).options(scheduling_strategy=on_this_machine).remote(
                 self.space, self.storage, self.study_name, self.plan)
             count = min(self._batch_size(), self._unit_width() * max(self.slots, 1))
-            self._take(_plan(study, self.space, self.plan, _ask(study, self.space, count)))
+            self._take(plan_asked(study, self.space, self.plan, ask_batch(study, self.space, count)))
             self.plan_ahead()
             return
         self.plan_ahead()  # skipped suggestions may have left room under the trial cap
@@ -275,7 +169,7 @@ class BudgetedOptunaSearch(Searcher):
             self._take(ray.get(self._planning.pop(0)[1]))
         self.plan_ahead()
 
-    def _take(self, batch: list[_Asked]) -> None:
+    def _take(self, batch: list[Asked]) -> None:
         self.planning_seconds += sum(asked.plan_seconds for asked in batch)
         self._ready += batch
 
@@ -301,7 +195,7 @@ class BudgetedOptunaSearch(Searcher):
         asked = len(self._waiting) + len(self._ready) + sum(count for count, _ in self._planning)
         return max(self.slots, 1) + 1 - handed_out - asked
 
-    def _next_admitted(self, *, block: bool) -> _Asked | None | object:
+    def _next_admitted(self, *, block: bool) -> Asked | None | object:
         """The next planned configuration within the budget; None after too many skips or at the
         trial cap; ``_NOT_YET`` if ``block`` is false and the next one is still being planned, or
         if nothing more may be asked before a result is told (:meth:`_ask_room`)."""

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sweeps.protocol import ConfirmationJob
 from sweeps.results.frontier import ConfirmedConfig, Point
 
 __all__ = ["CONFIRMATIONS_FILE", "Candidate", "ConfirmationRun", "candidates", "choose", "confirmation_jobs"]
@@ -93,7 +94,7 @@ def run_name(candidate: Candidate, seed_index: int) -> str:
 
 
 def confirmation_jobs(chosen: Sequence[Candidate], configs: Mapping[str, Mapping[str, Any]], *, seeds: int,
-                      root_seed: int) -> list[dict[str, Any]]:
+                      root_seed: int) -> list[ConfirmationJob]:
     """One job per (candidate, seed): its run name, flat configuration with a fresh seed, and stop epoch.
 
     ``configs`` maps each trial name to the flat configuration it ran (σ resolved, no seed). The
@@ -107,61 +108,9 @@ def confirmation_jobs(chosen: Sequence[Candidate], configs: Mapping[str, Mapping
         trial_word = int(hashlib.sha256(candidate.trial.encode()).hexdigest()[:12], 16)
         for index in range(seeds):
             seed = derived_seed(root_seed, CONFIRM_STREAM, trial_word, candidate.epoch, index)
-            jobs.append({"name": run_name(candidate, index), "trial": candidate.trial, "epoch": candidate.epoch,
-                         "seed_index": index, "train": {**configs[candidate.trial], "seed": seed}})
+            jobs.append(ConfirmationJob(name=run_name(candidate, index), trial=candidate.trial, epoch=candidate.epoch,
+                                        seed_index=index, train={**configs[candidate.trial], "seed": seed}))
     return jobs
-
-
-def train_jobs(jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Train each job up to its epoch and measure validation and test accuracy there (a worker's part).
-
-    Jobs whose configurations can train together (dp_core.vectorized) do, each stopping at its
-    own epoch; the others train one by one.
-    """
-    import torch
-
-    from dp_core.config import TrainConfig
-    from dp_core.data import load_data
-    from dp_core.train import StopTraining, TrainingDiverged, train
-    from dp_core.vectorized import can_vectorize, train_vectorized
-
-    cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if cpus > 0:
-        torch.set_num_threads(cpus)
-    configs = [TrainConfig.from_dict(job["train"]) for job in jobs]
-    data = load_data(configs[0].data)
-    stops = [int(job["epoch"]) for job in jobs]
-    measured: dict[int, Any] = {}
-
-    def row(k: int, report: Any) -> dict[str, Any]:
-        return {"name": jobs[k]["name"], "epsilon": report.epsilon, "val_accuracy": report.val_accuracy,
-                "test_accuracy": report.test_accuracy}
-
-    if len(jobs) > 1 and can_vectorize(configs, data=data) is None:
-        def on_epoch(reports: dict[int, Any]) -> list[int]:
-            done = [k for k, report in reports.items() if report.epoch >= stops[k]]
-            measured.update({k: reports[k] for k in done})
-            return done
-
-        try:
-            train_vectorized(configs, data=data, on_epoch=on_epoch)
-            return [row(k, measured[k]) for k in range(len(jobs))]
-        except TrainingDiverged:
-            measured.clear()  # train them one by one: only the diverging ones fail
-    results = []
-    for k, config in enumerate(configs):
-        def stop_at(report: Any, k: int = k) -> None:
-            if report.epoch >= stops[k]:
-                measured[k] = report
-                raise StopTraining
-
-        try:
-            train(config, data=data, on_epoch=stop_at)
-            results.append(row(k, measured[k]))
-        except TrainingDiverged:
-            results.append({"name": jobs[k]["name"], "epsilon": math.nan, "val_accuracy": math.nan,
-                            "test_accuracy": math.nan})
-    return results
 
 
 def read_done(path: Path) -> dict[str, ConfirmationRun]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFAULT_BUCKETS", "ConfirmedConfig", "Point", "best_per_bucket", "default_buckets", "format_frontier_table",
-           "pareto_front", "plot_frontier", "write_frontier_csv"]
+           "pareto_front", "write_frontier_csv"]
 
 DEFAULT_BUCKETS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 20.0, 50.0)
 _FIXED_COLUMNS = ("kind", "epsilon", "val_accuracy", "val_accuracy_std", "test_accuracy_mean", "test_accuracy_std",
@@ -144,13 +144,6 @@ def write_frontier_csv(path: str | os.PathLike[str], points: Iterable[Point], fr
             row = ["search", repr(float(p.epsilon)), repr(float(p.accuracy)), "", "", "", "", "", flag, p.run_id,
                    p.trial, p.epoch]
             writer.writerow(row + [p.params.get(k, "") for k in keys])
-
-
-def plot_frontier(path: str | os.PathLike[str], points: Iterable[Point], front: Iterable[Point], **options: Any) -> Any:
-    """:func:`sweeps.results.frontier_plot.plot_frontier`, kept here for callers (matplotlib loads only here)."""
-    from sweeps.results.frontier_plot import plot_frontier as draw
-
-    return draw(path, points, front, **options)
 
 
 def _fmt_param(value: Any) -> str:

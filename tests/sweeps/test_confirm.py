@@ -9,7 +9,9 @@ import pytest
 from dp_core.config import TrainConfig
 from dp_core.data import load_data
 from dp_core.train import train
-from sweeps.results.confirm import Candidate, ConfirmationRun, candidates, choose, confirmation_jobs, train_jobs
+from sweeps.protocol import ConfirmationJob
+from sweeps.results.confirm import Candidate, ConfirmationRun, candidates, choose, confirmation_jobs
+from sweeps.workers.confirmation import train_jobs
 from sweeps.results.frontier import Point
 
 
@@ -68,25 +70,25 @@ def test_jobs_draw_fresh_seeds_from_the_secret_the_same_on_resume() -> None:
     config = {"dataset": "digits", "model": "mlp", "noise_multiplier": 1.0, "epochs": 3}
     chosen = [Candidate(trial="trial_0001", epoch=2, epsilon=1.0, val_accuracy=0.9)]
     jobs = confirmation_jobs(chosen, {"trial_0001": config}, seeds=3, root_seed=12345)
-    seeds = [job["train"]["seed"] for job in jobs]
+    seeds = [job.train["seed"] for job in jobs]
     assert len(set(seeds)) == 3 and all(0 <= s < 2**62 for s in seeds)
-    assert [job["name"] for job in jobs] == [f"confirm_trial_0001_epoch2_seed{i}" for i in (1, 2, 3)]
-    assert seeds == [job["train"]["seed"] for job in confirmation_jobs(chosen, {"trial_0001": config}, seeds=3,
+    assert [job.name for job in jobs] == [f"confirm_trial_0001_epoch2_seed{i}" for i in (1, 2, 3)]
+    assert seeds == [job.train["seed"] for job in confirmation_jobs(chosen, {"trial_0001": config}, seeds=3,
                                                                          root_seed=12345)]
     other_root = confirmation_jobs(chosen, {"trial_0001": config}, seeds=3, root_seed=54321)
-    assert not set(seeds) & {job["train"]["seed"] for job in other_root}
+    assert not set(seeds) & {job.train["seed"] for job in other_root}
 
 
 def test_train_jobs_stop_at_their_epoch_and_match_the_trainer() -> None:
     base = {"dataset": "digits", "model": "mlp", "noise_multiplier": 1.0, "epochs": 4, "batch_size": 128,
             "validation_fraction": 0.1, "device": "cpu"}
-    jobs = [{"name": f"j{i}", "epoch": epoch, "train": {**base, "lr": lr, "seed": 10 + i}}
+    jobs = [ConfirmationJob(name=f"j{i}", trial="t", epoch=epoch, seed_index=i, train={**base, "lr": lr, "seed": 10 + i})
             for i, (epoch, lr) in enumerate([(2, 1.0), (4, 2.0), (3, 0.5)])]
     rows = train_jobs(jobs)  # vectorised together (same model, data and steps)
     for job, row in zip(jobs, rows, strict=True):
-        config = TrainConfig.from_dict(job["train"])
-        alone = train(config, data=load_data(config.data)).reports[job["epoch"] - 1]
-        assert row["name"] == job["name"]
-        assert row["val_accuracy"] == pytest.approx(alone.val_accuracy, abs=1e-9)
-        assert row["test_accuracy"] == pytest.approx(alone.test_accuracy, abs=1e-9)
-        assert row["epsilon"] == pytest.approx(alone.epsilon)
+        config = TrainConfig.from_dict(job.train)
+        alone = train(config, data=load_data(config.data)).reports[job.epoch - 1]
+        assert row.name == job.name
+        assert row.val_accuracy == pytest.approx(alone.val_accuracy, abs=1e-9)
+        assert row.test_accuracy == pytest.approx(alone.test_accuracy, abs=1e-9)
+        assert row.epsilon == pytest.approx(alone.epsilon)

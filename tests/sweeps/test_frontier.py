@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sweeps.results.frontier_plot import plot_frontier
 from sweeps.results.frontier import (
     ConfirmedConfig,
     Point,
@@ -16,7 +17,6 @@ from sweeps.results.frontier import (
     default_buckets,
     format_frontier_table,
     pareto_front,
-    plot_frontier,
     write_frontier_csv,
 )
 

@@ -1,0 +1,163 @@
+"""A sweep before it touches Ray or MLflow: its space, name, secret and every grid trial planned.
+
+Bad input (a space file with a typo, δ ≥ 1/N, a budget nothing fits) stops the sweep here, with
+nothing created. What the launcher was asked is a :class:`SweepRequest`; what this phase decides
+is a :class:`PreparedSweep`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from dp_core.config import ConfigError
+from sweeps.driver import prepare_data
+from sweeps.driver.resources import with_resources
+from sweeps.planning import EpsilonBudget, PlannedTrial, plan_grid
+from sweeps.privacy import sweep_secret
+from sweeps.space import SearchSpace, load_space
+
+__all__ = ["SweepRequest", "PreparedSweep", "prepare_sweep", "sweep_filter"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepRequest:
+    """What ``python -m sweeps.launch`` was asked (its options, checked where they are used)."""
+
+    space: str
+    search: str | None = None
+    trials: int | None = None
+    time_budget: float | None = None
+    address: str | None = None
+    num_cpus: int | None = None
+    resources: str | None = None
+    wait_for_resources: float = 0.0
+    tracking_uri: str | None = None
+    experiment: str = "dpsweep"
+    results_dir: Path = Path("dpsweep_results")
+    resume: str | None = None
+    audit: bool = False
+    verbose: bool = False
+
+    @classmethod
+    def from_args(cls, args: Any) -> SweepRequest:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PreparedSweep:
+    """A sweep's space (overrides and secret seed applied), its folders, and its planned grid.
+
+    ``grid`` is None for an Optuna sweep (its trials are planned as they are asked). ``admitted``
+    are the grid trials within the ε budget, ``runnable`` those that will run (with private
+    selection, the K drawn from them), ``over_budget`` the rest.
+    """
+
+    space: SearchSpace
+    name: str
+    results_dir: Path
+    download: bool
+    grid: list[PlannedTrial] | None
+    admitted: list[PlannedTrial] | None
+    runnable: list[PlannedTrial] | None
+    over_budget: list[PlannedTrial]
+    planning_seconds: float
+
+    @property
+    def folder(self) -> Path:
+        return self.results_dir / self.name
+
+    @property
+    def delta(self) -> float:
+        return self.grid[0].plan.delta if self.grid else float(self.space.fixed.get("delta", 1e-5))
+
+    @property
+    def accountant(self) -> str:
+        return self.grid[0].plan.accountant if self.grid else str(self.space.fixed.get("accountant", "prv"))
+
+    @property
+    def budget(self) -> EpsilonBudget:
+        return EpsilonBudget(self.space.epsilon_budget)
+
+
+def prepare_sweep(request: SweepRequest) -> PreparedSweep:
+    """Load and override the space, prepare its data here when planning needs it, draw or read the
+    secret seed, and plan every grid trial (raises ConfigError on anything no sweep can run)."""
+    space = load_space(request.space)
+    if request.search or request.trials:
+        space = space.with_overrides(search=request.search, trials=request.trials)
+    if request.resources:
+        space = with_resources(space, request.resources)
+    # Trials never download: the launcher fetches and verifies the data once, before any starts.
+    download = prepare_data.downloads_wanted(space)
+    space = prepare_data.without_downloads(space)
+    if space.kind == "federated":  # its planning reads the training labels
+        prepare_data.prepare_here(prepare_data.datasets_of(space), root=space.fixed.get("data_root"), download=download)
+    results_dir = request.results_dir.resolve()
+    name = _sweep_name(space.name, results_dir, request.resume)
+    # The root of every random choice: the one an earlier launch kept, or a new secret (kept once
+    # the sweep has started). A space that sets seed: keeps its own, public one.
+    kept_root = sweep_secret.read(results_dir / name) if request.resume else None
+    space = space.with_secret_seed(kept_root if kept_root is not None else sweep_secret.draw())
+    budget = EpsilonBudget(space.epsilon_budget)
+    planning_started = time.monotonic()
+    grid = plan_grid(space) if space.search == "grid" else None
+    planning_seconds = time.monotonic() - planning_started
+    admitted = [t for t in grid if budget.rejects(t) is None] if grid is not None else None
+    over_budget = [t for t in grid if budget.rejects(t) is not None] if grid is not None else []
+    if grid is not None and not admitted:
+        cheapest = min(grid, key=lambda t: t.planned_epsilon)
+        raise ConfigError(
+            f"Expected epsilon_budget to admit at least one trial, but got epsilon_budget={space.epsilon_budget} "
+            f"in {space.source}: the cheapest trial ({dict(cheapest.axis_values)}) plans "
+            f"ε = {cheapest.planned_epsilon:.3f} (δ = {cheapest.plan.delta:g}, "
+            f"{cheapest.plan.accountant.upper()} accountant). Raise the budget or the noise."
+        )
+    runnable = admitted
+    if grid is not None and space.private_selection is not None:
+        from sweeps.privacy.selection import select_trials
+
+        if request.time_budget is not None:
+            raise ConfigError(
+                f"Expected no --time-budget with private_selection (in {space.source}), but got --time-budget "
+                f"{request.time_budget:g}: trials not started by the deadline would cut the drawn trial count short, "
+                "and the guarantee is for K drawn from the distribution, not a truncated one."
+            )
+        runnable = select_trials(space, admitted)  # K ~ private_selection, drawn before anything runs
+    if request.audit and (grid is None or space.kind != "train"):
+        raise ConfigError(
+            f"Expected a grid sweep of kind: train with --audit (it retrains the best planned trial), but got "
+            f"search={space.search!r}, kind={space.kind!r} in {space.source}."
+        )
+    return PreparedSweep(space=space, name=name, results_dir=results_dir, download=download, grid=grid,
+                         admitted=admitted, runnable=runnable, over_budget=over_budget,
+                         planning_seconds=planning_seconds)
+
+
+def _sweep_name(space_name: str, results_dir: Path, resume: str | None) -> str:
+    if resume is None:
+        return f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume != "latest":
+        if not (results_dir / resume).is_dir():
+            raise ConfigError(f"Expected --resume to name a sweep folder in {results_dir}, but got {resume!r}.")
+        return resume
+    # A sweep folder is one Ray Tune can restore from (it holds Tune's experiment state).
+    earlier = sorted(p.name for p in results_dir.glob(f"{space_name}-*")
+                     if p.is_dir() and any(p.glob("experiment_state*.json")))
+    if not earlier:
+        raise ConfigError(f"Expected an earlier sweep of space {space_name!r} in {results_dir} to resume, but found none.")
+    return earlier[-1]
+
+
+def sweep_filter(space: Any, delta: float) -> Any:
+    """The RDP filter of an Optuna sweep with sweep_epsilon_budget (sweeps.privacy.adaptive), else None."""
+    if space.sweep_epsilon_budget is None:
+        return None
+    from sweeps.privacy.adaptive import RdpFilter
+
+    try:
+        return RdpFilter.for_budget(epsilon=space.sweep_epsilon_budget, delta=delta)
+    except ValueError as error:
+        raise ConfigError(f"{error} (in {space.source})") from None

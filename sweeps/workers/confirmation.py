@@ -1,0 +1,63 @@
+"""A confirmation stage's unit of work (a Ray task): its jobs trained up to their epochs, where
+validation and test accuracy are measured. The choice between them is the driver's
+(:func:`sweeps.results.confirm.choose`), which reads test accuracy only to report it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from dp_core.config import TrainConfig
+from dp_core.data import load_data
+from dp_core.train import EpochReport, StopTraining, TrainingDiverged, train
+from dp_core.vectorized import can_vectorize, train_vectorized
+from sweeps.protocol import ConfirmationJob, ConfirmationResult
+
+__all__ = ["train_jobs"]
+
+
+def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
+    """Train each job up to its epoch and measure validation and test accuracy there (a worker's part).
+
+    Jobs whose configurations can train together (dp_core.vectorized) do, each stopping at its
+    own epoch; the others train one by one.
+    """
+    cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if cpus > 0:
+        torch.set_num_threads(cpus)
+    configs = [TrainConfig.from_dict(job.train) for job in jobs]
+    data = load_data(configs[0].data)
+    stops = [job.epoch for job in jobs]
+    measured: dict[int, Any] = {}
+
+    def row(k: int, report: EpochReport) -> ConfirmationResult:
+        return ConfirmationResult(name=jobs[k].name, epsilon=report.epsilon, val_accuracy=report.val_accuracy,
+                                  test_accuracy=report.test_accuracy)
+
+    if len(jobs) > 1 and can_vectorize(configs, data=data) is None:
+        def on_epoch(reports: dict[int, Any]) -> list[int]:
+            done = [k for k, report in reports.items() if report.epoch >= stops[k]]
+            measured.update({k: reports[k] for k in done})
+            return done
+
+        try:
+            train_vectorized(configs, data=data, on_epoch=on_epoch)
+            return [row(k, measured[k]) for k in range(len(jobs))]
+        except TrainingDiverged:
+            measured.clear()  # train them one by one: only the diverging ones fail
+    results = []
+    for k, config in enumerate(configs):
+        def stop_at(report: Any, k: int = k) -> None:
+            if report.epoch >= stops[k]:
+                measured[k] = report
+                raise StopTraining
+
+        try:
+            train(config, data=data, on_epoch=stop_at)
+            results.append(row(k, measured[k]))
+        except TrainingDiverged:
+            results.append(ConfirmationResult.failed(jobs[k].name))
+    return results
