@@ -315,9 +315,11 @@ class SweepTracker(JournaledWrites):
             accuracy = {m.step: m.value for m in self.client.get_metric_history(run.info.run_id, "val_accuracy")}
             epsilon = {m.step: m.value for m in self.client.get_metric_history(run.info.run_id, "epsilon")}
             for step, value in sorted(accuracy.items()):
+                params = dict(run.data.params)
                 points.append(Point(
                     epsilon=epsilon.get(step, math.inf), accuracy=value, run_id=run.info.run_id,
-                    trial=run.info.run_name, epoch=step, params=dict(run.data.params),
+                    trial=run.info.run_name, epoch=step, params=params,
+                    delta=float(params["delta"]) if "delta" in params else None, accountant=params.get("accountant"),
                 ))
         return points
 
