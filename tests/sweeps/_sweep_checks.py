@@ -44,6 +44,9 @@ class Kind:
     # Packs: a pack is between its rounds while this many members (inclusive range) have completed.
     # None: lone trials, half-way once one has completed and another has logged an epoch.
     packed_completed: tuple[int, int] | None = None
+    # Lone trials: the trial held before it reports its second epoch until the fault is injected
+    # (sweeps.workers.trial's test hook), the last to start, so that half-way lasts until then.
+    held: str | None = None
 
     @property
     def optuna(self) -> bool:

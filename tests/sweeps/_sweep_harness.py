@@ -84,8 +84,9 @@ class RayCluster:
     launcher's, so ``trial_workers`` and ``job_processes`` look them up in the session.
     """
 
-    def __init__(self, *, num_cpus: int = 2) -> None:
+    def __init__(self, *, num_cpus: int = 2, env: dict[str, str] | None = None) -> None:
         self.num_cpus = num_cpus
+        self.env = {**ENV, **(env or {})}  # the cluster's, and so its trial workers' (e.g. a test hook's)
         self.address = ""
         self._session: int | None = None
         self._temp_dir: Path | None = None
@@ -97,7 +98,7 @@ class RayCluster:
                    "--ray-client-server-port", str(free_port()), "--disable-usage-stats",
                    "--include-dashboard", "false", "--object-store-memory", str(200 * 1024**2),
                    "--temp-dir", str(self._temp_dir)]
-        started = subprocess.Popen(command, env=ENV, start_new_session=True, stdout=subprocess.PIPE,
+        started = subprocess.Popen(command, env=self.env, start_new_session=True, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
         output, _ = started.communicate(timeout=180)
         self._session = started.pid  # the session `ray start` opened: every process of the cluster

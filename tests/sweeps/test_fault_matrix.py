@@ -6,7 +6,9 @@ launcher; SIGKILL to the trial workers; the MLflow server lost (a TCP proxy in f
 ``mlflow server`` cuts every connection and refuses new ones).
 
 Every fault is injected at a state the test polls for, never after a sleep: some trial has
-finished while another is still training (for packs: a pack between its rounds of members). Then
+finished while another is still training (for packs: a pack between its rounds of members); the
+kinds of lone trials hold their last trial there (sweeps.workers.trial's test hook) until the
+fault is injected, so that the state lasts however slow the machine. Then
 comes one ``--resume`` (launcher faults), nothing (the worker fault: Ray retries the trial), or
 the exit-3 path and ``python -m sweeps.sync`` (MLflow lost). Every cell then checks the same
 things: the sweep finished; exactly one child run per trial, none left RUNNING, the parent run
@@ -24,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ from _sweep_checks import Kind, check_sweep, half_way
 from _sweep_harness import ENV, Launch, MlflowServer, RayCluster, TcpProxy, launched, wait_for
 from mlflow.tracking import MlflowClient
 
+from sweeps.workers.trial import HOLD_FILE_ENV
+
 pytestmark = pytest.mark.slow
 
 # The cluster has 2 CPUs. The plain grid runs two lone trials at a time (1 CPU each); the other
@@ -39,7 +44,7 @@ pytestmark = pytest.mark.slow
 # of its cost on 2 cores) and their half-way states are exact. A pack trains 2 members at once
 # (vectorize: 2) and holds rounds of them: it is half-way while some, not all, have completed.
 KINDS = [
-    Kind("grid_unpacked", epochs=10, space="""{fixed}
+    Kind("grid_unpacked", epochs=10, held="trial_0003", space="""{fixed}
 axes:
   noise_multiplier: [1.5, 2.5]
   lr: [0.5, 2.0]
@@ -77,7 +82,7 @@ vectorize: 2
 resources: {{cpus: 2, gpus: 0}}
 confirm: off  # grid_unpacked covers the confirmation stage
 """),
-    Kind("optuna_multi_unpacked", epochs=8, space="""{fixed}
+    Kind("optuna_multi_unpacked", epochs=8, held="trial_0002", space="""{fixed}
 axes:
   noise_multiplier: {{low: 1.5, high: 3.0, log: true}}
   lr: {{low: 0.5, high: 2.0, log: true}}
@@ -122,8 +127,30 @@ TIMEOUT = 300  # seconds for one launcher run; a cell takes well under a minute 
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Any:
-    cluster = RayCluster(num_cpus=2)
+def holds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a cell puts the file that holds its kind's ``held`` trial (sweeps.workers.trial's hook)."""
+    return tmp_path_factory.mktemp("holds")
+
+
+@pytest.fixture
+def hold(request: pytest.FixtureRequest, holds: Path) -> Iterator[Path | None]:
+    """The file that holds this cell's ``held`` trial before its second epoch, until the cell
+    removes it once the fault is injected (or, if it fails before, until the cell ends)."""
+    kind = request.node.callspec.params["kind"]
+    if kind.held is None:
+        yield None
+        return
+    path = holds / f"{kind.held}-epoch2"
+    path.with_name(path.name + ".held").unlink(missing_ok=True)  # an earlier cell's of this kind
+    path.touch()
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(holds: Path) -> Any:
+    # The trial workers are the cluster's processes: the hook's setting is the cluster's.
+    cluster = RayCluster(num_cpus=2, env={HOLD_FILE_ENV: str(holds / "{trial}-epoch{epoch}")})
     cluster.start()
     yield cluster
     cluster.stop()
@@ -167,10 +194,18 @@ def _resume(arguments: list[str], cwd: Path) -> str:
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
 def test_sweep_finishes_whole_after_fault(kind: Kind, fault: str, tmp_path: Path, ray_cluster: RayCluster,
-                                          mlflow_template: Path, frontiers: dict[str, dict],
+                                          mlflow_template: Path, frontiers: dict[str, dict], hold: Path | None,
                                           request: pytest.FixtureRequest) -> None:
     ray_cluster.ensure_running()
     ray_cluster.wait_idle()  # the cell before may have left a dying job
+
+    def held() -> bool:  # a kind with a held trial stays half-way once it is held: the fault point is exact
+        return hold is None or hold.with_name(hold.name + ".held").exists()
+
+    def release() -> None:  # once the fault is injected
+        if hold is not None:
+            hold.unlink(missing_ok=True)
+
     space = kind.write(tmp_path)
     experiment = f"{kind.name}-{fault}"
     proxy = None
@@ -189,12 +224,13 @@ def test_sweep_finishes_whole_after_fault(kind: Kind, fault: str, tmp_path: Path
     env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"} if fault == "mlflow_lost" else None
     with launched(arguments, cwd=tmp_path, log=tmp_path / "launch.log", env=env) as launch:
         # Twice a second: each look reads MLflow (and the study), CPU the sweep's trials need too.
-        wait_for(lambda: not launch.running() or half_way(kind, client, experiment, results), timeout=TIMEOUT,
-                 what=f"{kind.name} half-way (a trial finished, another training)", interval=0.5)
+        wait_for(lambda: not launch.running() or (held() and half_way(kind, client, experiment, results)),
+                 timeout=TIMEOUT, what=f"{kind.name} half-way (a trial finished, another training)", interval=0.5)
         assert launch.running(), f"the sweep ended before the fault point:\n{launch.output()[-6000:]}"
 
         if fault in ("sigint_launcher", "sigkill_launcher"):
             launch.send(signal.SIGINT if fault == "sigint_launcher" else signal.SIGKILL)
+            release()
             code = launch.wait(timeout=TIMEOUT)
             if fault == "sigint_launcher":
                 assert code == 130 and "--resume" in launch.output(), launch.output()[-6000:]
@@ -207,6 +243,7 @@ def test_sweep_finishes_whole_after_fault(kind: Kind, fault: str, tmp_path: Path
             assert workers, "no Ray trial worker found"
             for worker in workers:
                 worker.kill()  # SIGKILL mid-epoch, as on a preempted machine
+            release()  # Ray retries the killed trials
             code = launch.wait(timeout=TIMEOUT)
             output = launch.output()
             assert code == 0, output[-6000:]
@@ -214,6 +251,7 @@ def test_sweep_finishes_whole_after_fault(kind: Kind, fault: str, tmp_path: Path
         else:
             assert proxy is not None
             proxy.cut()
+            release()
             try:
                 code = launch.wait(timeout=TIMEOUT)
             finally:

@@ -10,20 +10,21 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from _sweep_harness import launched, wait_for
 from mlflow.tracking import MlflowClient
 
 from sweeps.results.frontier import Point, pareto_front
 from sweeps.privacy import sweep_secret
 from sweeps.space import load_space
+from sweeps.workers.trial import HOLD_FILE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
-# One slot (a trial takes both CPUs), so trials run in grid order and pruning is deterministic:
+# One slot (a trial takes both of --num-cpus 2), so trials run in grid order and pruning is deterministic:
 # trial_0001 (lr 0.001) reaches the first rung behind trial_0000 (lr 2), same ε band.
 TINY_SPACE = """
 name: {name}
@@ -48,8 +49,9 @@ confirm: {{top: 2, seeds: 2}}
 
 def _launch(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", *args, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-         "--results-dir", str(tmp_path / "results")],
+        # --num-cpus 2: the slots (and so which trials ASHA prunes) of a 2-core machine, on any machine.
+        [sys.executable, "-m", "sweeps.launch", *args, "--num-cpus", "2", "--tracking-uri",
+         f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results")],
         cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
@@ -92,6 +94,7 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 skipped over budget (trial_0002, trial_0003)" in done.stdout  # σ = 0.3 is far over an ε budget of 6
     assert "frontier" in done.stdout and "RDP" in done.stdout
+    assert " on 1 slots" in done.stdout  # --num-cpus 2, 2 CPUs a trial: one at a time on any machine
 
     client, parents, children = _runs(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -172,6 +175,14 @@ def test_bad_space_stops_before_anything_runs(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "digits_quick" in unknown.stderr
 
 
+def test_num_cpus_is_for_local_ray_only(tmp_path: Path) -> None:
+    space = tmp_path / "cluster.yaml"
+    space.write_text(TINY_SPACE.format(name="cluster"))
+    done = _launch(tmp_path, "--space", str(space), "--address", "127.0.0.1:1", timeout=120)
+    assert done.returncode == 2 and "--num-cpus" in done.stderr and "--address" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
+
+
 def test_delta_not_below_one_over_n_stops_before_anything_runs(tmp_path: Path) -> None:
     space = tmp_path / "bigdelta.yaml"
     space.write_text(TINY_SPACE.format(name="bigdelta").replace("delta: 1.0e-5", "delta: 1.0e-3"))
@@ -198,29 +209,42 @@ def test_list_shows_the_shipped_spaces(tmp_path: Path) -> None:
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
     space = tmp_path / "resumable.yaml"
-    # One trial at a time (vectorize: off), so that one finishes before the interruption.
+    # Lone trials (vectorize: off): the hold below is a lone trial's.
     space.write_text(TINY_SPACE.format(name="resumable").replace("pruner: asha", "pruner: none\nvectorize: off").replace("confirm: {top: 2, seeds: 2}", "confirm: off")
                      .replace("epochs: 4", "epochs: 6"))
+    # trial_0001 is held before it reports its second epoch (sweeps.workers.trial's test hook) until
+    # the interruption: SIGINT comes once trial_0000 has finished and while trial_0001 trains, on
+    # a machine however slow or loaded, with one slot or many.
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    hold = holds / "trial_0001-epoch2"
+    hold.touch()
     # --verbose: a line per trial, so that this test sees the first trial end.
-    command = [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--verbose", "--tracking-uri",
-               f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results")]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
-    lines = []
-    deadline = time.monotonic() + 300
-    assert process.stdout is not None
-    for line in process.stdout:  # wait for the first trial to finish, then interrupt like Ctrl-C
-        lines.append(line)
-        # [3/4]: the two grid points over the budget are counted first, as skipped.
-        if line.startswith("[3/4]") or time.monotonic() > deadline:
-            break
-    process.send_signal(signal.SIGINT)
-    rest, _ = process.communicate(timeout=180)
-    log = "".join(lines) + rest
+    arguments = ["--space", str(space), "--verbose", "--num-cpus", "2", "--tracking-uri",
+                 f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results")]
+
+    def first_done_second_held() -> bool:
+        if not hold.with_name(hold.name + ".held").exists():  # the store exists once a trial runs
+            return False
+        _, _, children = _runs(tmp_path)
+        return any(c.info.run_name == "trial_0000" and c.data.tags.get("dpsweep.outcome") == "completed"
+                   for c in children)
+
+    env = {HOLD_FILE_ENV: str(holds / "{trial}-epoch{epoch}")}
+    with launched(arguments, cwd=tmp_path, log=tmp_path / "launch.log", env=env) as launch:
+        wait_for(lambda: not launch.running() or first_done_second_held(), timeout=300, interval=0.5,
+                 what="trial_0000 finished and trial_0001 held at its second epoch")
+        assert launch.running(), launch.output()[-6000:]
+        launch.send(signal.SIGINT)  # like Ctrl-C
+        code = launch.wait(timeout=180)
+        hold.unlink()
+        log = launch.output()
+    assert code == 130 and "--resume" in log, log[-6000:]
+    # [3/4]: the two grid points over the budget are counted first, as skipped.
     assert "[3/4]" in log, log
     _, _, children = _runs(tmp_path)
     finished_before = {c.info.run_name for c in children if c.data.tags["dpsweep.outcome"] == "completed"}
-    assert finished_before and len(finished_before) < 2, log
+    assert finished_before == {"trial_0000"}, log
 
     resumed = _launch(tmp_path, "--space", str(space), "--resume", "--verbose")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
