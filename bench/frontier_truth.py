@@ -63,7 +63,6 @@ def run_dpsweep(space: Path, seconds: float, workdir: Path) -> dict[str, Any]:
     (sweep,) = [p for p in (workdir / "results").iterdir() if p.is_dir()]
     best = {b["epsilon_at_most"]: b for b in json.loads((sweep / "frontier" / "best_per_epsilon.json").read_text())}
     ledger = [json.loads(line) for line in (sweep / "privacy-ledger.jsonl").read_text().splitlines() if line.strip()]
-    configs = {e["name"]: e["train_config"] for e in ledger if e["role"] == "trial"}
     trials = sum(e["role"] == "trial" for e in ledger)
     reported = {}
     for bound in BUCKETS:
@@ -71,7 +70,7 @@ def run_dpsweep(space: Path, seconds: float, workdir: Path) -> dict[str, Any]:
         if chosen and chosen.get("test_accuracy_mean") is not None:
             reported[bound] = {"test_accuracy": chosen["test_accuracy_mean"], "std": chosen["test_accuracy_std"],
                                "epsilon": chosen["epsilon"], "trial": chosen["trial"], "epoch": chosen["epoch"],
-                               "config": configs[chosen["trial"]]}
+                               "config": chosen["train_config"]}
     return {"wall_seconds": wall, "trials": trials, "reported": reported}
 
 
@@ -81,8 +80,10 @@ def retrain_dpsweep(reported: dict[float, Any], seeds: int) -> dict[float, Any]:
 
     retrained = {}
     for bound, chosen in reported.items():
-        jobs = [ConfirmationJob(name=f"retrain{i}", trial=str(chosen["trial"]), epoch=int(chosen["epoch"]), seed_index=i,
-                                train={**chosen["config"], "seed": _fresh_seed()}) for i in range(seeds)]
+        # The reported configuration whole: its epochs, its calibrated σ; only the seed is new.
+        jobs = [ConfirmationJob(name=f"retrain{i}", trial=str(chosen["trial"]), epoch=int(chosen["config"]["epochs"]),
+                                bound=float(bound), seed_index=i, train={**chosen["config"], "seed": _fresh_seed()})
+                for i in range(seeds)]
         retrained[bound] = _mean_std([row.test_accuracy for row in train_jobs(jobs)])
     return retrained
 

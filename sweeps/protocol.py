@@ -233,13 +233,15 @@ class LatestRows:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ConfirmationJob:
-    """One confirmation run (:mod:`sweeps.results.confirm`): the search trial's flat configuration
-    with a fresh seed, trained up to ``epoch`` of its schedule; ``seed_index`` is its place among
-    the configuration's seeds."""
+    """One confirmation run (:mod:`sweeps.results.confirm`): search trial ``trial``'s
+    configuration nominated at ``epoch`` for the ε bound ``bound``, as confirmed (``train``: its
+    epochs, σ calibrated to the bound, a fresh seed); ``seed_index`` is its place among the
+    configuration's seeds."""
 
     name: str
     trial: str
     epoch: int
+    bound: float
     seed_index: int
     train: Mapping[str, Any]
 

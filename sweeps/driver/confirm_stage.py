@@ -16,10 +16,12 @@ from dp_core.vectorized import group_signature
 from sweeps.planning.keys import released_params, trial_key
 from sweeps.privacy.ledger import LedgerEntry
 from sweeps.protocol import ConfirmationJob, ConfirmationResult
-from sweeps.results.confirm import CONFIRMATIONS_FILE, Candidate, ConfirmationRun, confirmation_jobs, keep_done, read_done
+from sweeps.planning import plan_trial
+from sweeps.results.confirm import (CONFIRMATIONS_FILE, Candidate, ConfirmationRun, confirmation_config, confirmation_jobs,
+                                    keep_done, read_done, run_name)
 from sweeps.workers.confirmation import train_jobs
 
-__all__ = ["run_confirmations"]
+__all__ = ["calibrated_configs", "run_confirmations"]
 
 
 def _train_size(config: TrainConfig) -> int:
@@ -51,11 +53,30 @@ def _units(jobs: Sequence[ConfirmationJob], slots: int) -> list[list[Confirmatio
     return units
 
 
+def calibrated_configs(chosen: Sequence[Candidate], trial_configs: Mapping[str, Mapping[str, Any]],
+                       ) -> dict[tuple[str, int, float], dict[str, Any]]:
+    """Each candidate's configuration as confirmed, σ calibrated to spend its bound (planned like a
+    trial: validated, PRV). A candidate no σ can hold to its bound is left out, and said so."""
+    configs = {}
+    for candidate in chosen:
+        values = confirmation_config(candidate, trial_configs[candidate.trial])
+        try:
+            planned = plan_trial(values, name=run_name(candidate, 0), axis_values={})
+        except ValueError as error:  # ConfigError: e.g. the bound is below what one step spends
+            print(f"  not confirming {candidate.trial} (epoch {candidate.epoch}) for ε ≤ {candidate.bound:g}: {error}",
+                  file=sys.stderr)
+            continue
+        configs[candidate.key] = released_params(planned.train_config)
+    return configs
+
+
 def run_confirmations(
-    chosen: Sequence[Candidate], configs: Mapping[str, Mapping[str, Any]], *, seeds: int, root_seed: int,
-    ledger: Any, tracker: Any, sweep_dir: Path, cpus_per_unit: float, gpus_per_unit: float, slots: int,
+    chosen: Sequence[Candidate], configs: Mapping[tuple[str, int, float], Mapping[str, Any]], *, seeds: int,
+    root_seed: int, ledger: Any, tracker: Any, sweep_dir: Path, cpus_per_unit: float, gpus_per_unit: float, slots: int,
 ) -> list[ConfirmationRun]:
-    """Retrain every candidate ``seeds`` times (those not done before), log each run, return all."""
+    """Retrain every candidate ``seeds`` times (those not done before), log each run, return all.
+
+    ``configs`` are the candidates' configurations from :func:`calibrated_configs`."""
     done_file = sweep_dir / CONFIRMATIONS_FILE
     done = read_done(done_file)
     jobs = confirmation_jobs(chosen, configs, seeds=seeds, root_seed=root_seed)
@@ -79,12 +100,14 @@ def run_confirmations(
         runs = []
         for row in rows:
             job = by_name[row.name]
-            run = ConfirmationRun(name=job.name, trial=job.trial, epoch=job.epoch, seed_index=job.seed_index,
-                                  epsilon=row.epsilon, val_accuracy=row.val_accuracy, test_accuracy=row.test_accuracy)
+            run = ConfirmationRun(name=job.name, trial=job.trial, epoch=job.epoch, bound=job.bound,
+                                  seed_index=job.seed_index, epsilon=row.epsilon, val_accuracy=row.val_accuracy,
+                                  test_accuracy=row.test_accuracy)
             measured = {"epsilon": row.epsilon, "val_accuracy": row.val_accuracy, "test_accuracy": row.test_accuracy}
             tracker.log_trial(
                 key=trial_key(job.train, name=job.name), name=job.name,
-                params={**released_params(job.train), "confirms_trial": job.trial, "stop_epoch": job.epoch},
+                params={**released_params(job.train), "confirms_trial": job.trial, "confirms_epoch": job.epoch,
+                        "spends_epsilon": job.bound},
                 epochs=[(job.epoch, {k: v for k, v in measured.items() if math.isfinite(v)})],
                 outcome="completed" if run.ok else "failed",
                 tags={"dpsweep.role": "confirmation", "dpsweep.stage": "confirmation", "dpsweep.confirms": job.trial})

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweeps.driver.confirm_stage import run_confirmations
+from sweeps.driver.confirm_stage import calibrated_configs, run_confirmations
 from sweeps.driver.session import OpenSweep, SweepTrials
 from sweeps.driver.setup import PreparedSweep, SweepRequest, sweep_filter
 from sweeps.privacy.report import shared_seed_note
@@ -185,21 +185,24 @@ def _print_summary(prepared: PreparedSweep, opened: OpenSweep, outcome: _Outcome
 
 
 def _confirm(space: Any, points: list[Any], *, ledger: Any, tracker: Any, sweep_dir: Path, slots: int) -> list[Any]:
-    """The confirmation stage (sweeps.results.confirm): each ε bound's leading configurations retrained
-    with fresh seeds, each bound's chosen on mean validation accuracy. [] when the space has none."""
+    """The confirmation stage (sweeps.results.confirm): each ε bound's leading configurations, spending
+    the bound, retrained with fresh seeds; each bound's chosen on mean validation accuracy. [] when the
+    space has none."""
     if space.confirm is None:
         return []
     buckets = default_buckets(space.epsilon_budget)
     # What each trial trained, from the ledger: it has every trial that ran, before and after a resume.
-    configs = {entry.name: entry.train_config for entry in ledger.entries()
-               if entry.role == "trial" and entry.train_config is not None}
-    chosen = [c for c in candidates(points, buckets, top=space.confirm.top) if c.trial in configs]
+    trial_configs = {entry.name: entry.train_config for entry in ledger.entries()
+                     if entry.role == "trial" and entry.train_config is not None}
+    chosen = [c for c in candidates(points, buckets, top=space.confirm.top) if c.trial in trial_configs]
+    configs = calibrated_configs(chosen, trial_configs)
+    chosen = [c for c in chosen if c.key in configs]
     if not chosen:
         return []
     runs = run_confirmations(chosen, configs, seeds=space.confirm.seeds, root_seed=space.seed, ledger=ledger,
                              tracker=tracker, sweep_dir=sweep_dir, cpus_per_unit=space.cpus_per_trial,
                              gpus_per_unit=space.gpus_per_trial, slots=slots)
-    return choose(chosen, runs, buckets)
+    return choose(chosen, runs, buckets, configs)
 
 
 def _confirmed_metrics(report: Any) -> dict[str, float]:

@@ -41,17 +41,20 @@ class Point:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ConfirmedConfig:
-    """A search configuration retrained with fresh seeds after the search: what a frontier reports.
+    """A configuration retrained with fresh seeds after the search: what a frontier reports.
 
-    ``trial`` and ``epoch`` name the search point whose configuration (hyperparameters, trained up
-    to ``epoch`` of its schedule) was retrained ``seeds`` times; ``epsilon`` is what one such run
-    spends. Validation accuracy chose it; the test accuracy (mean ± sample std over the seeds) is
-    read only to be reported. ``best_for`` holds the ε bounds whose best it was chosen as.
+    ``trial`` and ``epoch`` name the search point it came from, nominated for the ε bound
+    ``bound``; ``params`` is the flat configuration that was retrained ``seeds`` times (that
+    trial's hyperparameters for ``epoch`` epochs, σ calibrated to spend the bound, no seed), and
+    ``epsilon`` what one such run spends. Validation accuracy chose it; the test accuracy (mean ±
+    sample std over the seeds) is read only to be reported. ``best_for`` holds the ε bound whose
+    best it was chosen as (or nothing).
     """
 
     trial: str
     epoch: int
     epsilon: float
+    bound: float | None = None
     search_val_accuracy: float
     val_mean: float
     val_std: float

@@ -60,7 +60,9 @@ class FrontierReport:
                  "test_accuracy_mean": c.test_mean, "test_accuracy_std": _json_float(c.test_std), "seeds": c.seeds,
                  "val_accuracy_mean": c.val_mean, "val_accuracy_std": _json_float(c.val_std),
                  "search_val_accuracy": c.search_val_accuracy, "trial": c.trial, "epoch": c.epoch,
-                 "run_ids": list(c.run_ids), "params": {k: c.params.get(k) for k in self._param_keys(c.params)}}
+                 "run_ids": list(c.run_ids), "params": {k: c.params.get(k) for k in self._param_keys(c.params)},
+                 # What to retrain (python -m dp_core.train takes these keys): σ calibrated, no seed.
+                 "train_config": dict(c.params)}
                 if c is not None else {"epsilon_at_most": bound, "confirmed": True, "test_accuracy_mean": None}
                 for bound, c in self.confirmed_best()
             ]

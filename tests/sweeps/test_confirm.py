@@ -10,7 +10,8 @@ from dp_core.config import TrainConfig
 from dp_core.data import load_data
 from dp_core.train import train
 from sweeps.protocol import ConfirmationJob
-from sweeps.results.confirm import Candidate, ConfirmationRun, candidates, choose, confirmation_jobs
+from sweeps.results.confirm import (Candidate, ConfirmationRun, candidates, choose, confirmation_config,
+                                    confirmation_jobs)
 from sweeps.workers.confirmation import train_jobs
 from sweeps.results.frontier import Point
 
@@ -29,60 +30,85 @@ def test_candidates_are_each_bounds_leading_trials_at_their_best_epoch() -> None
     ]
     nominated = candidates(points, [1.0, 2.0], top=2)
     # ε ≤ 1: a (epoch 2, 0.80) and b (epoch 1, 0.75); ε ≤ 2: b (epoch 2, 0.90) and a (epoch 3, 0.85).
-    assert [(c.trial, c.epoch) for c in nominated] == [("a", 2), ("b", 1), ("b", 2), ("a", 3)]
+    assert [(c.trial, c.epoch, c.bound) for c in nominated] == [("a", 2, 1.0), ("b", 1, 1.0), ("b", 2, 2.0),
+                                                                  ("a", 3, 2.0)]
     assert nominated[0].val_accuracy == 0.80 and nominated[0].epsilon == 0.9
     assert candidates(points, [0.3], top=3) == []
+    # One point leading two bounds is two candidates: each is confirmed spending its own bound.
+    assert [(c.trial, c.bound) for c in candidates([_point("a", 1, 0.5, 0.7)], [1.0, 2.0], top=1)] == [("a", 1.0),
+                                                                                                   ("a", 2.0)]
+
+
+def test_a_candidate_is_confirmed_for_its_epochs_at_the_sigma_that_spends_its_bound() -> None:
+    from sweeps.planning import plan_trial
+
+    trial_config = {"dataset": "digits", "model": "mlp", "noise_multiplier": 3.0, "epochs": 20, "batch_size": 128,
+                    "validation_fraction": 0.1, "seed": 7}
+    searched = plan_trial(trial_config, name="t", axis_values={})
+    nominated = Candidate(trial="t", epoch=6, epsilon=searched.plan.epsilon_by_epoch[5], val_accuracy=0.8, bound=3.0)
+    config = confirmation_config(nominated, searched.train_config)
+    assert "seed" not in config and config["epochs"] == 6 and config["target_epsilon"] == 3.0
+    confirmed = plan_trial(config, name="c", axis_values={})
+    # It spends the bound (to the calibration's tolerance), with less noise than the search point had.
+    assert confirmed.planned_epsilon == pytest.approx(3.0, rel=0.01) and confirmed.planned_epsilon <= 3.0
+    assert nominated.epsilon < 3.0 and confirmed.plan.noise_multiplier < 3.0
 
 
 def test_choice_is_by_mean_validation_accuracy_and_never_reads_test() -> None:
-    lucky = Candidate(trial="lucky", epoch=5, epsilon=0.9, val_accuracy=0.95)
-    steady = Candidate(trial="steady", epoch=5, epsilon=0.8, val_accuracy=0.90)
+    lucky = Candidate(trial="lucky", epoch=5, epsilon=0.9, val_accuracy=0.95, bound=1.0)
+    steady = Candidate(trial="steady", epoch=5, epsilon=0.8, val_accuracy=0.90, bound=1.0)
+    configs = {lucky.key: {"lr": 1.0}, steady.key: {"lr": 0.5}}
 
     def runs(test_of_lucky: float) -> list[ConfirmationRun]:
         made = []
         for i, (lv, sv) in enumerate([(0.80, 0.89), (0.84, 0.91), (0.82, 0.90)]):
-            made.append(ConfirmationRun(name=f"l{i}", trial="lucky", epoch=5, seed_index=i, epsilon=0.9,
+            made.append(ConfirmationRun(name=f"l{i}", trial="lucky", epoch=5, bound=1.0, seed_index=i, epsilon=0.9,
                                         val_accuracy=lv, test_accuracy=test_of_lucky))
-            made.append(ConfirmationRun(name=f"s{i}", trial="steady", epoch=5, seed_index=i, epsilon=0.8,
+            made.append(ConfirmationRun(name=f"s{i}", trial="steady", epoch=5, bound=1.0, seed_index=i, epsilon=0.8,
                                         val_accuracy=sv, test_accuracy=0.88 + i / 100))
         return made
 
-    chosen = choose([lucky, steady], runs(0.5), [1.0])
+    chosen = choose([lucky, steady], runs(0.5), [1.0], configs)
     by_trial = {c.trial: c for c in chosen}
     assert by_trial["steady"].best_for == (1.0,) and by_trial["lucky"].best_for == ()
+    assert by_trial["steady"].params == {"lr": 0.5} and by_trial["steady"].bound == 1.0
     assert by_trial["steady"].test_mean == pytest.approx(0.89) and by_trial["steady"].test_std == pytest.approx(0.01)
     assert by_trial["steady"].seeds == 3 and by_trial["steady"].search_val_accuracy == 0.90
     # Test accuracy that would favour the other configuration changes nothing chosen.
-    again = {c.trial: c.best_for for c in choose([lucky, steady], runs(0.99), [1.0])}
+    again = {c.trial: c.best_for for c in choose([lucky, steady], runs(0.99), [1.0], configs)}
     assert again == {"lucky": (), "steady": (1.0,)}
 
 
 def test_a_diverged_run_counts_against_its_configuration() -> None:
-    candidate = Candidate(trial="t", epoch=1, epsilon=1.0, val_accuracy=0.9)
-    runs = [ConfirmationRun(name="a", trial="t", epoch=1, seed_index=0, epsilon=1.0, val_accuracy=0.9, test_accuracy=0.9),
-            ConfirmationRun(name="b", trial="t", epoch=1, seed_index=1, epsilon=math.nan, val_accuracy=math.nan,
-                            test_accuracy=math.nan)]
-    (confirmed,) = choose([candidate], runs, [1.0])
+    candidate = Candidate(trial="t", epoch=1, epsilon=1.0, val_accuracy=0.9, bound=1.0)
+    runs = [ConfirmationRun(name="a", trial="t", epoch=1, bound=1.0, seed_index=0, epsilon=1.0, val_accuracy=0.9,
+                            test_accuracy=0.9),
+            ConfirmationRun(name="b", trial="t", epoch=1, bound=1.0, seed_index=1, epsilon=math.nan,
+                            val_accuracy=math.nan, test_accuracy=math.nan)]
+    (confirmed,) = choose([candidate], runs, [1.0], {candidate.key: {}})
     assert confirmed.seeds == 2 and confirmed.val_mean == pytest.approx(0.45) and confirmed.test_mean == pytest.approx(0.45)
 
 
 def test_jobs_draw_fresh_seeds_from_the_secret_the_same_on_resume() -> None:
-    config = {"dataset": "digits", "model": "mlp", "noise_multiplier": 1.0, "epochs": 3}
-    chosen = [Candidate(trial="trial_0001", epoch=2, epsilon=1.0, val_accuracy=0.9)]
-    jobs = confirmation_jobs(chosen, {"trial_0001": config}, seeds=3, root_seed=12345)
+    config = {"dataset": "digits", "model": "mlp", "noise_multiplier": 1.0, "epochs": 2}
+    chosen = [Candidate(trial="trial_0001", epoch=2, epsilon=1.0, val_accuracy=0.9, bound=1.0),
+              Candidate(trial="trial_0001", epoch=2, epsilon=1.0, val_accuracy=0.9, bound=2.0)]
+    configs = {c.key: config for c in chosen}
+    jobs = confirmation_jobs(chosen, configs, seeds=3, root_seed=12345)
     seeds = [job.train["seed"] for job in jobs]
-    assert len(set(seeds)) == 3 and all(0 <= s < 2**62 for s in seeds)
-    assert [job.name for job in jobs] == [f"confirm_trial_0001_epoch2_seed{i}" for i in (1, 2, 3)]
-    assert seeds == [job.train["seed"] for job in confirmation_jobs(chosen, {"trial_0001": config}, seeds=3,
-                                                                         root_seed=12345)]
-    other_root = confirmation_jobs(chosen, {"trial_0001": config}, seeds=3, root_seed=54321)
+    # Fresh for every run, the two bounds' runs of one point included.
+    assert len(set(seeds)) == 6 and all(0 <= s < 2**62 for s in seeds)
+    assert [job.name for job in jobs[:3]] == [f"confirm_trial_0001_epoch2_eps1_seed{i}" for i in (1, 2, 3)]
+    assert seeds == [job.train["seed"] for job in confirmation_jobs(chosen, configs, seeds=3, root_seed=12345)]
+    other_root = confirmation_jobs(chosen, configs, seeds=3, root_seed=54321)
     assert not set(seeds) & {job.train["seed"] for job in other_root}
 
 
 def test_train_jobs_stop_at_their_epoch_and_match_the_trainer() -> None:
     base = {"dataset": "digits", "model": "mlp", "noise_multiplier": 1.0, "epochs": 4, "batch_size": 128,
             "validation_fraction": 0.1, "device": "cpu"}
-    jobs = [ConfirmationJob(name=f"j{i}", trial="t", epoch=epoch, seed_index=i, train={**base, "lr": lr, "seed": 10 + i})
+    jobs = [ConfirmationJob(name=f"j{i}", trial="t", epoch=epoch, bound=8.0, seed_index=i,
+                            train={**base, "lr": lr, "seed": 10 + i})
             for i, (epoch, lr) in enumerate([(2, 1.0), (4, 2.0), (3, 0.5)])]
     rows = train_jobs(jobs)  # vectorised together (same model, data and steps)
     for job, row in zip(jobs, rows, strict=True):
