@@ -75,6 +75,8 @@ class TrialSpec:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialSpec:
         kind = values["kind"]
+        if kind not in _PLANS:
+            raise ValueError(f"unknown trial kind {kind!r}: one of {sorted(_PLANS)}")
         return cls(kind=kind, name=values["name"], key=values["key"], train=dict(values["train"]),
                    params=dict(values["params"]), plan=_PLANS[kind].from_dict(values["plan"]))
 
