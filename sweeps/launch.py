@@ -125,13 +125,5 @@ def _check_local_ray(request: SweepRequest) -> None:
         raise ConfigError(f"Expected --num-cpus >= 1, but got --num-cpus {request.num_cpus}.")
 
 
-def _list_spaces() -> int:
-    from sweeps.space import list_spaces
-
-    for space in list_spaces():
-        print(f"{space.name:<18} {space.search:<7} {space.description}")
-    return 0
-
-
 if __name__ == "__main__":
     raise SystemExit(main())
