@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 
+from dp_core.config import ConfigError
 from sweeps.driver.batch_tpe import BatchTPESampler
 from sweeps.planning import PlannedTrial
 from sweeps.privacy.sweep_secret import SAMPLER, derived_seed
@@ -90,7 +91,7 @@ def plan_asked(study: optuna.Study, space: SearchSpace, plan: Callable[[dict[str
         started = time.monotonic()
         try:
             planned, error = plan(space.trial_config(values, number=number), name), None
-        except ValueError as failure:  # ConfigError: e.g. a target ε no σ reaches
+        except ConfigError as failure:  # e.g. a target ε no σ reaches; a bug in planning is raised, not skipped
             planned, error = None, str(failure)
         seconds = time.monotonic() - started
         if planned is not None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 
-from dp_core.config import TrainConfig
+from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import canonical_train_size
 from dp_core.vectorized import group_signature
 from sweeps.planning.keys import released_params, trial_key
@@ -62,7 +62,7 @@ def calibrated_configs(chosen: Sequence[Candidate], trial_configs: Mapping[str, 
         values = confirmation_config(candidate, trial_configs[candidate.trial])
         try:
             planned = plan_trial(values, name=run_name(candidate, 0), axis_values={})
-        except ValueError as error:  # ConfigError: e.g. the bound is below what one step spends
+        except ConfigError as error:  # e.g. the bound is below what one step spends
             print(f"  not confirming {candidate.trial} (epoch {candidate.epoch}) for ε ≤ {candidate.bound:g}: {error}",
                   file=sys.stderr)
             continue

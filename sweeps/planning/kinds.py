@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dp_core.config import ConfigError
 from sweeps.planning.central import plan_central_trial
 from sweeps.planning.federated import plan_federated_trial
 from sweeps.planning.trials import PlannedTrial
@@ -26,7 +27,7 @@ def trial_kind(config_values: Mapping[str, Any]) -> str:
     """The kind a flat configuration names (``kind:``; a plain dp_core run when absent)."""
     kind = str(config_values.get("kind") or "central")
     if kind not in PLANNERS:
-        raise ValueError(f"unknown trial kind {kind!r}: one of {sorted(PLANNERS)}")
+        raise ConfigError(f"Expected kind to be one of {sorted(PLANNERS)}, but got kind={kind!r}.")
     return kind
 
 

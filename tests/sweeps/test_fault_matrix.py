@@ -5,6 +5,8 @@ of lone trials; private selection; federated. Faults: SIGINT to the launcher; SI
 launcher; SIGKILL to the trial workers; the MLflow server lost (a TCP proxy in front of a real
 ``mlflow server`` cuts every connection and refuses new ones).
 
+CI runs 16 of the 24 cells (see BEYOND_CI); ``DPSWEEP_FULL_MATRIX=1`` runs all of them.
+
 Every fault is injected at a state the test polls for, never after a sleep: some trial has
 finished while another is still training (for packs: a pack between its rounds of members); the
 kinds of lone trials hold their last trial there (sweeps.workers.trial's test hook) until the
@@ -22,6 +24,8 @@ that a launcher killed while connected to a cluster takes its trials with it.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -122,6 +126,18 @@ resources: {{cpus: 2, gpus: 0}}
 FAULTS = ["sigint_launcher", "sigkill_launcher", "sigkill_worker", "mlflow_lost"]
 TIMEOUT = 300  # seconds for one launcher run; a cell takes well under a minute on 2 idle cores
 
+# The whole matrix takes about 13 minutes on 2 cores, more than the CI's 30 minutes can hold beside
+# the rest of the suite. By default 16 cells run: every kind against a launcher fault, every fault
+# against the plain grid and against Optuna's packs (where the bench's failures were), every kind
+# with lone trials against a dead worker. DPSWEEP_FULL_MATRIX=1 runs all 24.
+FULL_MATRIX = os.environ.get("DPSWEEP_FULL_MATRIX") == "1"
+BEYOND_CI = {
+    ("grid_packed", "sigkill_worker"), ("grid_packed", "mlflow_lost"),
+    ("optuna_multi_unpacked", "sigint_launcher"), ("optuna_multi_unpacked", "mlflow_lost"),
+    ("private_selection", "sigkill_worker"), ("private_selection", "mlflow_lost"),
+    ("federated", "sigint_launcher"), ("federated", "mlflow_lost"),
+}
+
 
 # ---- fixtures: one Ray cluster, one MLflow schema, one MLflow server for the whole module -----------
 
@@ -196,6 +212,8 @@ def _resume(arguments: list[str], cwd: Path) -> str:
 def test_sweep_finishes_whole_after_fault(kind: Kind, fault: str, tmp_path: Path, ray_cluster: RayCluster,
                                           mlflow_template: Path, frontiers: dict[str, dict], hold: Path | None,
                                           request: pytest.FixtureRequest) -> None:
+    if (kind.name, fault) in BEYOND_CI and not FULL_MATRIX:
+        pytest.skip("outside the CI's 16 cells: DPSWEEP_FULL_MATRIX=1 runs the whole matrix")
     ray_cluster.ensure_running()
     ray_cluster.wait_idle()  # the cell before may have left a dying job
 
@@ -207,6 +225,10 @@ def test_sweep_finishes_whole_after_fault(kind: Kind, fault: str, tmp_path: Path
             hold.unlink(missing_ok=True)
 
     space = kind.write(tmp_path)
+    if fault == "sigkill_worker" and "confirm: {" in space.read_text():
+        # A worker killed during the search leaves the confirmation stage as in any sweep; the
+        # launcher faults and the lost MLflow (its runs journaled, then synced) are where it can break.
+        space.write_text(re.sub(r"confirm: \{[^}]*\}", "confirm: off", space.read_text()))
     experiment = f"{kind.name}-{fault}"
     proxy = None
     if fault == "mlflow_lost":

@@ -43,7 +43,7 @@ epsilon_budget: 6.0
 search: grid
 pruner: asha
 resources: {{cpus: 2, gpus: 0}}
-confirm: {{top: 2, seeds: 2}}
+confirm: {{top: 1, seeds: 2}}
 """
 
 
@@ -210,7 +210,7 @@ def test_list_shows_the_shipped_spaces(tmp_path: Path) -> None:
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
     space = tmp_path / "resumable.yaml"
     # Lone trials (vectorize: off): the hold below is a lone trial's.
-    space.write_text(TINY_SPACE.format(name="resumable").replace("pruner: asha", "pruner: none\nvectorize: off").replace("confirm: {top: 2, seeds: 2}", "confirm: off")
+    space.write_text(TINY_SPACE.format(name="resumable").replace("pruner: asha", "pruner: none\nvectorize: off").replace("confirm: {top: 1, seeds: 2}", "confirm: off")
                      .replace("epochs: 4", "epochs: 6"))
     # trial_0001 is held before it reports its second epoch (sweeps.workers.trial's test hook) until
     # the interruption: SIGINT comes once trial_0000 has finished and while trial_0001 trains, on

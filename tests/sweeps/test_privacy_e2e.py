@@ -33,6 +33,7 @@ search: {search}
 {extra}
 pruner: none
 resources: {{cpus: 1, gpus: 0}}
+confirm: {{top: 1, seeds: 2}}  # a bound's best, twice: the stage's runs are counted (the stage itself: test_confirm, test_launch_e2e)
 """
 
 

@@ -56,7 +56,7 @@ trials: 14
 objective: single
 pruner: asha
 resources: {{cpus: 2, gpus: 0}}
-confirm: {{top: 2, seeds: 2}}
+confirm: {{top: 1, seeds: 2}}
 seed: 11
 """
 
