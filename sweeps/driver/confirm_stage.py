@@ -63,7 +63,8 @@ def calibrated_configs(chosen: Sequence[Candidate], trial_configs: Mapping[str, 
         try:
             planned = plan_trial(values, name=run_name(candidate, 0), axis_values={})
         except ConfigError as error:  # e.g. the bound is below what one step spends
-            print(f"  not confirming {candidate.trial} (epoch {candidate.epoch}) for ε ≤ {candidate.bound:g}: {error}",
+            print(f"  not confirming {candidate.trial} (epoch {candidate.epoch}) for ε ≤ {candidate.bound:g} "
+                  f"(δ = {values.get('delta')}, {str(values.get('accountant')).upper()} accountant): {error}",
                   file=sys.stderr)
             continue
         configs[candidate.key] = released_params(planned.train_config)
