@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweeps.driver.confirm_stage import calibrated_configs, run_confirmations
+from dp_core.config import TrainConfig
+from sweeps.driver.confirm_stage import calibrated_configs, refit_configs, run_confirmations, run_refits
 from sweeps.driver.session import OpenSweep, SweepTrials
 from sweeps.driver.setup import PreparedSweep, SweepRequest, sweep_filter
 from sweeps.privacy.report import shared_seed_note
 from sweeps.privacy.selection import sweep_privacy
-from sweeps.results.confirm import candidates, choose
+from sweeps.results.confirm import BASELINE, baseline_candidates, baseline_config, candidates, choose, refit
 from sweeps.results.frontier import default_buckets
 from sweeps.results.report import FrontierReport
 from sweeps.tracking.tags import frontier_tags, sweep_note
@@ -132,7 +133,7 @@ def _privacy_statement(request: SweepRequest, prepared: PreparedSweep, opened: O
                             delta=delta, adaptive=prepared.grid is None, sweep_filter=sweep_filter(space, delta))
     entries = ledger.entries()
     return dataclasses.replace(privacy, audit_runs=sum(e.role == "audit" for e in entries),
-                               confirmation_runs=sum(e.role == "confirmation" for e in entries)), audit
+                               confirmation_runs=sum(e.role in ("confirmation", "refit") for e in entries)), audit
 
 
 def _log_to_parent_run(prepared: PreparedSweep, opened: OpenSweep, outcome: _Outcome, *, points: list[Any]) -> None:
@@ -186,8 +187,9 @@ def _print_summary(prepared: PreparedSweep, opened: OpenSweep, outcome: _Outcome
 
 def _confirm(space: Any, points: list[Any], *, ledger: Any, tracker: Any, sweep_dir: Path, slots: int) -> list[Any]:
     """The confirmation stage (sweeps.results.confirm): each ε bound's leading configurations, spending
-    the bound, retrained with fresh seeds; each bound's chosen on mean validation accuracy. [] when the
-    space has none."""
+    the bound, and the trainer's defaults beside them (unless baseline: false), retrained with fresh
+    seeds; each bound's chosen on mean validation accuracy, then refit
+    on train + validation unless the space says refit: false. [] when the space has none."""
     if space.confirm is None:
         return []
     buckets = default_buckets(space.epsilon_budget)
@@ -195,14 +197,27 @@ def _confirm(space: Any, points: list[Any], *, ledger: Any, tracker: Any, sweep_
     trial_configs = {entry.name: entry.train_config for entry in ledger.entries()
                      if entry.role == "trial" and entry.train_config is not None}
     chosen = [c for c in candidates(points, buckets, top=space.confirm.top) if c.trial in trial_configs]
+    if space.confirm.baseline:
+        defaults, why_not = baseline_config(space.fixed, space.axes)
+        if defaults is None:
+            print(f"  not confirming the trainer's defaults beside the nominees: {why_not}", file=sys.stderr)
+        else:
+            trial_configs[BASELINE] = space.trial_config(defaults)
+            epochs = TrainConfig.from_dict(trial_configs[BASELINE]).epochs
+            chosen += baseline_candidates(buckets, epochs=epochs)
     configs = calibrated_configs(chosen, trial_configs)
     chosen = [c for c in chosen if c.key in configs]
     if not chosen:
         return []
-    runs = run_confirmations(chosen, configs, seeds=space.confirm.seeds, root_seed=space.seed, ledger=ledger,
-                             tracker=tracker, sweep_dir=sweep_dir, cpus_per_unit=space.cpus_per_trial,
-                             gpus_per_unit=space.gpus_per_trial, slots=slots)
-    return choose(chosen, runs, buckets, configs)
+    on_ray = dict(root_seed=space.seed, ledger=ledger, tracker=tracker, sweep_dir=sweep_dir, slots=slots,
+                  cpus_per_unit=space.cpus_per_trial, gpus_per_unit=space.gpus_per_trial)
+    runs = run_confirmations(chosen, configs, seeds=space.confirm.seeds, **on_ray)
+    confirmed = choose(chosen, runs, buckets, configs)
+    if not space.confirm.refit:
+        return confirmed
+    winners = [c for c in confirmed if c.best_for]
+    refits = refit_configs(winners)
+    return refit(confirmed, run_refits(winners, refits, seeds=space.confirm.seeds, **on_ray), refits)
 
 
 def _confirmed_metrics(report: Any) -> dict[str, float]:

@@ -33,8 +33,9 @@ __all__ = ["LEDGER_FILE", "LedgerEntry", "PrivacyLedger"]
 
 LEDGER_FILE = "privacy-ledger.jsonl"
 
-# a sweep's trial; the audit's retraining with canaries; a confirmation stage's retraining (sweeps.results.confirm)
-ROLES = ("trial", "audit", "confirmation")
+# a sweep's trial; the audit's retraining with canaries; a confirmation stage's retraining and the chosen
+# configurations' refit on train + validation (sweeps.results.confirm)
+ROLES = ("trial", "audit", "confirmation", "refit")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -38,7 +38,7 @@ class SelectionPrivacy:
     filter_description: str | None = None  # the sweep's RDP filter, whose ε is filter_epsilon
     filter_epsilon: float | None = None
     audit_runs: int = 0  # of trials_run, the audit's retraining with canaries (--audit)
-    confirmation_runs: int = 0  # of trials_run, the confirmation stage's retraining with fresh seeds
+    confirmation_runs: int = 0  # of trials_run, the confirmation stage's retraining with fresh seeds and refits
 
     def metrics(self) -> dict[str, float]:
         """For the parent run: ``sweep_epsilon`` (with private selection), ``naive_composition_epsilon``, …
@@ -74,7 +74,7 @@ class SelectionPrivacy:
         largest = (f"  largest ε of one configuration alone: ε = {_fmt(self.largest_trial_epsilon)} {tag}; "
                    "not a bound for the selected model")
         head = "Privacy of releasing the selected model (the search included):"
-        extra = [f"the confirmation stage's {self.confirmation_runs} retrainings" if self.confirmation_runs else "",
+        extra = [f"the confirmation stage's {self.confirmation_runs} runs" if self.confirmation_runs else "",
                  "the audit's retraining" if self.audit_runs else ""]
         among = f" ({' and '.join(e for e in extra if e)} among them)" if any(extra) else ""
         if self.adaptive:

@@ -13,7 +13,20 @@ chosen by *mean* validation accuracy over those runs. Only then is the test spli
 report the chosen configurations' test accuracy as mean ± std over the same runs; no decision
 reads it.
 
-Every confirmation run trains on the data, so each is recorded in the privacy ledger before it
+Beside the nominees, each bound confirms the **trainer's defaults** (``confirm: {baseline: true}``,
+the default): the space's fixed values with every searched key at dp_core's default, spending the
+bound, under the candidate name ``defaults``. It competes like any nominee, so a sweep reports a
+tuned configuration only where one validated better than not tuning; and the report shows both.
+It is left out where a default lies outside its axis (then it is not a point of the space).
+
+Then each bound's chosen configuration is **refit** (``confirm: {refit: true}``, the default): trained
+``seeds`` times more, with other fresh seeds, on the whole training split, validation examples
+included, with σ calibrated again so that a run on the larger N still spends the bound exactly.
+That is how a tuned configuration is used once chosen (the validation split has done its work),
+what a user who retrains ``train_config`` runs, and what the trainer's defaults are measured on;
+the reported test accuracy is these runs' mean ± std. The choice itself is not revisited.
+
+Every confirmation and refit run trains on the data, so each is recorded in the privacy ledger before it
 starts (role ``confirmation``) and counted by the sweep's naive composition. Runs already done
 (``confirmations.jsonl`` in the sweep folder) are not run again on ``--resume``; a run that
 was recorded but not finished is run again with the same seed, so the same mechanism.
@@ -31,15 +44,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dp_core.config import TrainConfig
 from sweeps.protocol import ConfirmationJob
 from sweeps.results.frontier import ConfirmedConfig, Point
+from sweeps.space.model import Axis, Range
 
-__all__ = ["CONFIRMATIONS_FILE", "Candidate", "ConfirmationRun", "candidates", "choose", "confirmation_config",
-           "confirmation_jobs"]
+__all__ = ["BASELINE", "CONFIRMATIONS_FILE", "Candidate", "ConfirmationRun", "baseline_candidates", "baseline_config",
+           "candidates", "choose", "confirmation_config", "confirmation_jobs", "refit", "refit_config", "refit_jobs"]
 
 CONFIRMATIONS_FILE = "confirmations.jsonl"
+#: The candidate name of the trainer's defaults, confirmed beside the search's nominees.
+BASELINE = "defaults"
+#: Searched keys the bound itself sets in every confirmation (σ is calibrated to spend it).
+_PRIVACY_KEYS = ("noise_multiplier", "target_epsilon")
 #: The sweep secret's stream for confirmation seeds (sweeps.privacy.sweep_secret.derived_seed).
 CONFIRM_STREAM = 2**40 + 3
+#: … and for the refit runs' seeds: fresh against the search and the confirmation runs.
+REFIT_STREAM = 2**40 + 4
+#: What a refit trains on, as ConfirmedConfig.trained_on says it.
+TRAIN_AND_VALIDATION = "train+validation"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -75,10 +98,12 @@ class ConfirmationRun:
     val_accuracy: float
     test_accuracy: float
     run_id: str = ""
+    stage: str = "confirmation"  # or "refit": trained on train + validation, so no validation accuracy
 
     @property
     def ok(self) -> bool:
-        return math.isfinite(self.val_accuracy) and math.isfinite(self.test_accuracy)
+        measured = math.isfinite(self.test_accuracy)
+        return measured if self.stage == "refit" else measured and math.isfinite(self.val_accuracy)
 
 
 def candidates(points: Iterable[Point], buckets: Sequence[float], *, top: int) -> list[Candidate]:
@@ -102,6 +127,30 @@ def candidates(points: Iterable[Point], buckets: Sequence[float], *, top: int) -
                 trial=p.trial, epoch=p.epoch, epsilon=p.epsilon, val_accuracy=p.accuracy, bound=bound,
                 params=dict(p.params)))
     return list(chosen.values())
+
+
+def baseline_config(fixed: Mapping[str, Any], axes: Mapping[str, Axis]) -> tuple[dict[str, Any] | None, str]:
+    """The space's untuned point: ``fixed`` with every searched key at dp_core's default (σ and the
+    target ε are the bound's to set), as axis values; or None and why, if a default lies outside
+    its axis (a list that does not hold it, a range that does not span it)."""
+    defaults = TrainConfig.from_dict({k: v for k, v in fixed.items() if k not in axes}).to_dict()
+    values = {}
+    for key, axis in axes.items():
+        if key in _PRIVACY_KEYS:
+            continue
+        default = defaults.get(key)
+        inside = (isinstance(default, (int, float)) and not isinstance(default, bool)
+                  and axis.low <= default <= axis.high) if isinstance(axis, Range) else default in axis
+        if not inside:
+            return None, f"the default {key} = {default!r} is not on its axis"
+        values[key] = default
+    return values, ""
+
+
+def baseline_candidates(buckets: Sequence[float], *, epochs: int) -> list[Candidate]:
+    """The trainer's defaults as a candidate for every bound, trained for ``epochs`` epochs."""
+    return [Candidate(trial=BASELINE, epoch=epochs, epsilon=math.nan, val_accuracy=math.nan, bound=bound)
+            for bound in buckets]
 
 
 def run_name(candidate: Candidate, seed_index: int) -> str:
@@ -199,3 +248,57 @@ def choose(chosen: Sequence[Candidate], runs: Iterable[ConfirmationRun], buckets
                         params=dict(configs[c.key]), best_for=tuple(best_for.get(c.key, ())), **s)
         for c, s in summaries
     ]
+
+
+def refit_run_name(confirmed: ConfirmedConfig, seed_index: int) -> str:
+    return f"refit_{confirmed.trial}_epoch{confirmed.epoch}_eps{confirmed.bound:g}_seed{seed_index + 1}"
+
+
+def refit_config(confirmed: ConfirmedConfig) -> dict[str, Any]:
+    """The flat configuration a chosen configuration is refit as (σ still to be calibrated, no seed):
+    the confirmed one, on the whole training split, its bound as the target ε."""
+    return {**confirmed.params, "validation_fraction": 0.0, "target_epsilon": confirmed.bound,
+            "noise_multiplier": None}
+
+
+def refit_jobs(chosen: Sequence[ConfirmedConfig], configs: Mapping[tuple[str, int, float], Mapping[str, Any]], *,
+               seeds: int, root_seed: int) -> list[ConfirmationJob]:
+    """One job per (chosen configuration, seed), ``configs`` mapping each one's key (trial, epoch,
+    bound) to its refit configuration, σ calibrated. Seeds from the sweep's secret, REFIT_STREAM."""
+    from sweeps.privacy.sweep_secret import derived_seed
+
+    jobs = []
+    for confirmed in chosen:
+        key = (confirmed.trial, confirmed.epoch, confirmed.bound)
+        word = int(hashlib.sha256(f"{confirmed.trial}@{confirmed.bound!r}".encode()).hexdigest()[:12], 16)
+        for index in range(seeds):
+            seed = derived_seed(root_seed, REFIT_STREAM, word, confirmed.epoch, index)
+            jobs.append(ConfirmationJob(name=refit_run_name(confirmed, index), trial=confirmed.trial,
+                                        epoch=confirmed.epoch, bound=float(confirmed.bound), seed_index=index,
+                                        train={**configs[key], "seed": seed}))
+    return jobs
+
+
+def refit(confirmed: Sequence[ConfirmedConfig], runs: Iterable[ConfirmationRun],
+          configs: Mapping[tuple[str, int, float], Mapping[str, Any]]) -> list[ConfirmedConfig]:
+    """``confirmed`` with each chosen configuration that has refit runs reporting them: their test
+    accuracy (mean ± std; a diverged run counts as 0), ε, seeds and configuration, its run ids
+    added. What chose it (validation figures, ``best_for``) is kept; the others are unchanged."""
+    by_key: dict[tuple[str, int, float], list[ConfirmationRun]] = {}
+    for run in runs:
+        if run.stage == "refit":
+            by_key.setdefault((run.trial, run.epoch, run.bound), []).append(run)
+    out = []
+    for c in confirmed:
+        key = (c.trial, c.epoch, c.bound)
+        own = sorted(by_key.get(key, []), key=lambda r: r.seed_index) if c.best_for else []
+        ok = [r for r in own if r.ok]
+        if not ok or key not in configs:
+            out.append(c)
+            continue
+        test_mean, test_std = _mean_std([r.test_accuracy if r.ok else 0.0 for r in own])
+        out.append(dataclasses.replace(
+            c, epsilon=max(r.epsilon for r in ok), test_mean=test_mean, test_std=test_std, seeds=len(own),
+            params=dict(configs[key]), run_ids=c.run_ids + tuple(r.run_id for r in own if r.run_id),
+            trained_on=TRAIN_AND_VALIDATION))
+    return out

@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_BUCKETS", "ConfirmedConfig", "Point", "best_per_bucket", "de
 
 DEFAULT_BUCKETS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 20.0, 50.0)
 _FIXED_COLUMNS = ("kind", "epsilon", "val_accuracy", "val_accuracy_std", "test_accuracy_mean", "test_accuracy_std",
-                  "seeds", "best_for_epsilon", "on_frontier", "run_id", "trial", "epoch")
+                  "seeds", "trained_on", "best_for_epsilon", "on_frontier", "run_id", "trial", "epoch")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,6 +49,12 @@ class ConfirmedConfig:
     ``epsilon`` what one such run spends. Validation accuracy chose it; the test accuracy (mean ±
     sample std over the seeds) is read only to be reported. ``best_for`` holds the ε bound whose
     best it was chosen as (or nothing).
+
+    ``trained_on`` says what the runs behind the test figures trained on: ``"train"`` (the
+    confirmation runs, validation held out) or ``"train+validation"`` for a chosen configuration
+    refit after the choice (:func:`sweeps.results.confirm.refit`): then ``params``, ``epsilon``,
+    ``seeds`` and the test figures are the refit runs', and ``val_mean``/``val_std`` stay what
+    chose it.
     """
 
     trial: str
@@ -64,6 +70,7 @@ class ConfirmedConfig:
     run_ids: tuple[str, ...] = ()
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     best_for: tuple[float, ...] = ()
+    trained_on: str = "train"
 
 
 def _comparable(p: Point) -> bool:
@@ -122,8 +129,8 @@ def write_frontier_csv(path: str | os.PathLike[str], points: Iterable[Point], fr
     """The confirmed configurations, then one row per search point sorted by ε then -accuracy.
 
     Columns: kind (confirmed / search), epsilon, val_accuracy (confirmed: the mean over its seeds),
-    val_accuracy_std, test_accuracy_mean, test_accuracy_std, seeds and best_for_epsilon (confirmed
-    rows only: search points carry no test accuracy), on_frontier (true/false), run_id, trial,
+    val_accuracy_std, test_accuracy_mean, test_accuracy_std, seeds, trained_on and best_for_epsilon
+    (confirmed rows only: search points carry no test accuracy), on_frontier (true/false), run_id, trial,
     epoch, then one per param key (union over rows, sorted; a key clashing with a fixed column
     gets a "param_" prefix). ε = ∞ is written as "inf".
     """
@@ -139,12 +146,13 @@ def write_frontier_csv(path: str | os.PathLike[str], points: Iterable[Point], fr
         for c in sorted(confirmed, key=lambda c: (c.epsilon, -c.val_mean)):
             # repr round-trips floats exactly and spells infinity "inf", which float() reads back.
             row = ["confirmed", repr(float(c.epsilon)), repr(c.val_mean), repr(c.val_std), repr(c.test_mean),
-                   repr(c.test_std), c.seeds, " ".join(f"{b:g}" for b in c.best_for), "", " ".join(c.run_ids),
+                   repr(c.test_std), c.seeds, c.trained_on, " ".join(f"{b:g}" for b in c.best_for), "",
+                   " ".join(c.run_ids),
                    c.trial, c.epoch]
             writer.writerow(row + [c.params.get(k, "") for k in keys])
         for p in pts:
             flag = "true" if _identity(p) in on_front else "false"
-            row = ["search", repr(float(p.epsilon)), repr(float(p.accuracy)), "", "", "", "", "", flag, p.run_id,
+            row = ["search", repr(float(p.epsilon)), repr(float(p.accuracy)), "", "", "", "", "", "", flag, p.run_id,
                    p.trial, p.epoch]
             writer.writerow(row + [p.params.get(k, "") for k in keys])
 

@@ -24,7 +24,7 @@ __all__ = ["plot_frontier"]
 # Dots shrink and fade as points grow in number, so that dense regions read as density.
 _DOT_SIZE = ((300, 14.0, 0.4), (3000, 7.0, 0.25), (math.inf, 4.0, 0.18))  # (up to n points, size, alpha)
 # Legend order: what was measured, then the ε values to read it by; the sweep ε last.
-_LEGEND_ORDER = ("search", "Pareto", "confirmed", "ε budget")
+_LEGEND_ORDER = ("search", "Pareto", "confirmed", "chosen", "ε budget")
 
 
 def _legend_rank(label: str) -> int:
@@ -53,10 +53,11 @@ def _x_limits(epsilons: Sequence[float], budget: float | None, *, log: bool) -> 
     return 0.0, top * 1.04
 
 
-def _confirmed_label(confirmed: Sequence[ConfirmedConfig]) -> str:
+def _confirmed_label(confirmed: Sequence[ConfirmedConfig], *, refit: bool = False) -> str:
     seeds = sorted({c.seeds for c in confirmed})
     count = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
-    return f"confirmed: test accuracy, mean ± std over {count} fresh seeds ({len(confirmed)})"
+    what = "chosen per ε bound, refit on train + validation" if refit else "confirmed"
+    return f"{what}: test accuracy, mean ± std over {count} fresh seeds ({len(confirmed)})"
 
 
 def _sweep_entries(ax: Any, values: Mapping[str, float], *, delta: float, xmax: float) -> None:
@@ -128,11 +129,15 @@ def plot_frontier(
             ax.step(xs + [x_end], ys + [ys[-1]], where="post", color="tab:red", lw=1.8, zorder=3)
             ax.plot(xs, ys, "o", color="tab:red", ms=4 if len(fr) > 25 else 6, zorder=4,
                     label=f"Pareto frontier of the search ({len(fr)})")
-        if shown_confirmed:
-            ax.errorbar([c.epsilon for c in shown_confirmed], [c.test_mean for c in shown_confirmed],
-                        yerr=[c.test_std if math.isfinite(c.test_std) else 0.0 for c in shown_confirmed],
-                        fmt="D", color="tab:blue", ms=6, capsize=4, elinewidth=1.5, zorder=5,
-                        label=_confirmed_label(shown_confirmed))
+        # A chosen configuration refit on train + validation (sweeps.results.confirm.refit) is a
+        # different model from its confirmation runs: drawn apart, a star, so the two are not compared.
+        for refit, marker, size in ((False, "D", 6), (True, "*", 12)):
+            drawn = [c for c in shown_confirmed if (c.trained_on != "train") == refit]
+            if drawn:
+                ax.errorbar([c.epsilon for c in drawn], [c.test_mean for c in drawn],
+                            yerr=[c.test_std if math.isfinite(c.test_std) else 0.0 for c in drawn],
+                            fmt=marker, color="tab:blue", ms=size, capsize=4, elinewidth=1.5, zorder=5 + refit,
+                            label=_confirmed_label(drawn, refit=refit))
         if budget is not None and math.isfinite(budget):
             ax.axvline(budget, color="black", ls="--", lw=1.2, label=f"ε budget = {budget:g}")
         if n_hidden:

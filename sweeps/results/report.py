@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sweeps.results.confirm import BASELINE
 from sweeps.results.frontier import (ConfirmedConfig, Point, best_per_bucket, default_buckets, format_frontier_table,
                              pareto_front, write_frontier_csv)
 from sweeps.results.frontier_plot import plot_frontier
@@ -58,8 +59,9 @@ class FrontierReport:
             return [
                 {"epsilon_at_most": bound, "confirmed": True, "epsilon": c.epsilon, **common,
                  "test_accuracy_mean": c.test_mean, "test_accuracy_std": _json_float(c.test_std), "seeds": c.seeds,
+                 "trained_on": c.trained_on,
                  "val_accuracy_mean": c.val_mean, "val_accuracy_std": _json_float(c.val_std),
-                 "search_val_accuracy": c.search_val_accuracy, "trial": c.trial, "epoch": c.epoch,
+                 "search_val_accuracy": _json_float(c.search_val_accuracy), "trial": c.trial, "epoch": c.epoch,
                  "run_ids": list(c.run_ids), "params": {k: c.params.get(k) for k in self._param_keys(c.params)},
                  # What to retrain (python -m dp_core.train takes these keys): σ calibrated, no seed.
                  "train_config": dict(c.params)}
@@ -92,10 +94,16 @@ class FrontierReport:
                 text = f"val acc {p.accuracy:.4f} at ε = {p.epsilon:.3f} ({p.trial}, epoch {p.epoch})" if p else "no trial"
                 lines.append(f"  best with ε ≤ {bound:<5g} ({tag}): {text}")
             return "\n".join(lines)
-        seeds = sorted({c.seeds for c in self.confirmed})
+        seeds = "/".join(map(str, sorted({c.seeds for c in self.confirmed})))
+        refit = any(c.trained_on != "train" for _, c in self.confirmed_best() if c is not None)
+        reported = (f"then trained {seeds} more times on train + validation (refit), test accuracy reported as mean ± "
+                    "std over the refit runs" if refit else "test accuracy reported as mean ± std over those runs")
         lines = [f"Frontier, confirmed: each ε bound's configuration chosen on validation accuracy (mean over "
-                 f"{'/'.join(map(str, seeds))} fresh seeds), test accuracy reported as mean ± std over those runs ({tag}):"]
-        header = f"  {'ε ≤':>5}  {'ε':>6}  {'test acc':>15}  {'val acc':>7}  {'search val':>10}  trial, epoch"
+                 f"{seeds} fresh seeds), {reported} ({tag}):"]
+        # The trainer's defaults, confirmed beside the nominees: what not tuning validated at each bound.
+        defaults = {c.bound: c.val_mean for c in self.confirmed if c.trial == BASELINE}
+        header = (f"  {'ε ≤':>5}  {'ε':>6}  {'test acc':>15}  {'val acc':>7}  {'search val':>10}"
+                  + (f"  {'defaults val':>12}" if defaults else "") + "  trial, epoch")
         lines += [header, "  " + "-" * (len(header) - 2)]
         for bound, c in self.confirmed_best():
             if c is None:
@@ -103,11 +111,17 @@ class FrontierReport:
                 continue
             std = f"{c.test_std:.4f}" if math.isfinite(c.test_std) else "n/a"
             params = ", ".join(f"{k.removeprefix('axis.')}={_short(c.params.get(k))}" for k in self._param_keys(c.params))
+            default_val = f"  {_figure(defaults.get(bound, math.nan)):>12}" if defaults else ""
             lines.append(f"  {bound:>5g}  {c.epsilon:>6.3f}  {c.test_mean:.4f} ± {std:<6}  {c.val_mean:>7.4f}  "
-                         f"{c.search_val_accuracy:>10.4f}  {c.trial}, epoch {c.epoch}  {params}")
+                         f"{_figure(c.search_val_accuracy):>10}{default_val}  "
+                         f"{'trainer defaults' if c.trial == BASELINE else c.trial}, epoch {c.epoch}  {params}")
         lines.append(f"  ({len(self.confirmed)} configurations confirmed; the search's {len(self.points)} points, its "
                      f"frontier of {len(self.front)} and every confirmation are in frontier.csv)")
         return "\n".join(lines)
+
+
+def _figure(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "—"
 
 
 def _short(value: Any) -> str:

@@ -101,10 +101,14 @@ class PrivateSelection:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Confirmation:
-    """Retrain the ``top`` configurations of each ε bucket with ``seeds`` fresh seeds each."""
+    """Retrain the ``top`` configurations of each ε bucket with ``seeds`` fresh seeds each, and with
+    ``baseline`` the trainer's defaults beside them; with ``refit``, train each bucket's chosen one
+    ``seeds`` times more on train + validation."""
 
     top: int = 3
     seeds: int = 3
+    baseline: bool = True
+    refit: bool = True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -38,7 +38,7 @@ _TOP_LEVEL_KEYS = (
     "name", "description", "fixed", "axes", "epsilon_budget", "search", "trials", "objective",
     "pruner", "resources", "seed", "kind", "private_selection", "vectorize", "sweep_epsilon_budget", "confirm",
 )  # fmt: skip
-_CONFIRM_KEYS = ("top", "seeds")
+_CONFIRM_KEYS = ("top", "seeds", "baseline", "refit")
 _REQUIRED_KEYS = ("fixed", "axes", "search")
 _RANGE_KEYS = ("low", "high", "log", "num")
 _RESOURCE_KEYS = ("cpus", "gpus")
@@ -332,21 +332,27 @@ def _parse_confirm(raw: Any, path: Path, *, kind: str) -> Confirmation | None:
         return None
     require_here = require_in(path)
     require_here(isinstance(raw, dict), key="confirm", value=raw,
-                 allowed="to be a mapping {top: N, seeds: R} or off")
+                 allowed="to be a mapping {top: N, seeds: R, baseline: true, refit: true} or off")
     for key in raw:
         if key not in _CONFIRM_KEYS:
             raise dp_config.unknown_key_error(str(key), _CONFIRM_KEYS, where=f"confirm of {path}")
     top, seeds = raw.get("top", 3), raw.get("seeds", 3)
+    baseline, refit = raw.get("baseline", True), raw.get("refit", True)
     require_here(is_int(top) and top >= 1, key="confirm.top", value=top,
                  allowed="to be an integer >= 1 (configurations retrained per ε bucket)")
     require_here(is_int(seeds) and seeds >= 2, key="confirm.seeds", value=seeds,
                  allowed="to be an integer >= 2 (fresh seeds per configuration: a std needs two)")
+    require_here(isinstance(baseline, bool), key="confirm.baseline", value=baseline,
+                 allowed="to be true (confirm the trainer's defaults beside the search's nominees) or false")
+    require_here(isinstance(refit, bool), key="confirm.refit", value=refit,
+                 allowed="to be true (train each bound's chosen configuration on train + validation to report it) "
+                         "or false")
     if kind != "train":
         if raw:
             raise ConfigError(f"Expected no confirm with kind: {kind} in {path}: the confirmation stage retrains "
                               "dp_core.train configurations (write confirm: off).")
         return None
-    return Confirmation(top=top, seeds=seeds)
+    return Confirmation(top=top, seeds=seeds, baseline=baseline, refit=refit)
 
 
 def _parse_private_selection(raw: Any, path: Path) -> PrivateSelection | None:

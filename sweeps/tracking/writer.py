@@ -52,8 +52,8 @@ def limit_http_retries() -> None:
 
 
 def _is_confirmation(run: Any) -> bool:
-    """A confirmation stage's retraining (sweeps.results.confirm), not a search trial."""
-    return run.data.tags.get("dpsweep.stage") == "confirmation"
+    """A confirmation stage's retraining or refit (sweeps.results.confirm), not a search trial."""
+    return run.data.tags.get("dpsweep.stage") in ("confirmation", "refit")
 
 
 def _params(values: Mapping[str, Any]) -> list[Param]:

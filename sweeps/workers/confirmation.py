@@ -4,6 +4,7 @@ validation and test accuracy are measured. The choice between them is the driver
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +21,8 @@ __all__ = ["train_jobs"]
 
 
 def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
-    """Train each job up to its epoch and measure validation and test accuracy there (a worker's part).
+    """Train each job up to its epoch and measure validation (NaN without a validation split) and test
+    accuracy there (a worker's part).
 
     Jobs whose configurations can train together (dp_core.vectorized) do, each stopping at its
     own epoch; the others train one by one.
@@ -34,7 +36,9 @@ def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
     measured: dict[int, Any] = {}
 
     def row(k: int, report: EpochReport) -> ConfirmationResult:
-        return ConfirmationResult(name=jobs[k].name, epsilon=report.epsilon, val_accuracy=report.val_accuracy,
+        # A refit trains on the whole training split: no validation split is left to measure (NaN).
+        val = math.nan if report.val_accuracy is None else report.val_accuracy
+        return ConfirmationResult(name=jobs[k].name, epsilon=report.epsilon, val_accuracy=val,
                                   test_accuracy=report.test_accuracy)
 
     if len(jobs) > 1 and can_vectorize(configs, data=data) is None:

@@ -307,19 +307,24 @@ def _check_confirmation(space: Path, client: MlflowClient, experiment: str, swee
     and best_per_epsilon.json; for a grid, the same confirmed results however the sweep was broken."""
     if "confirm: {" not in space.read_text():
         return
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
-                              filter_string="tags.`dpsweep.role` = 'confirmation'", max_results=10_000)
+    runs = [r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                                          max_results=10_000)
+            if r.data.tags.get("dpsweep.role") in ("confirmation", "refit")]
     assert runs, "no confirmation runs"
     names = [r.info.run_name for r in runs]
     assert len(names) == len(set(names)), "a confirmation run twice"
     assert {(r.info.status, r.data.tags["dpsweep.outcome"]) for r in runs} == {("FINISHED", "completed")}
     entries = [json.loads(line) for line in (sweep / "privacy-ledger.jsonl").read_text().splitlines() if line.strip()]
-    assert sorted(e["name"] for e in entries if e["role"] == "confirmation") == sorted(names)
+    assert sorted(e["name"] for e in entries if e["role"] in ("confirmation", "refit")) == sorted(names)
     with open(sweep / "frontier" / "frontier.csv") as handle:
         confirmed = [r for r in csv.DictReader(handle) if r["kind"] == "confirmed"]
-    # Every confirmation run is counted in its configuration's row (its run id is known there unless
-    # MLflow was away when it was logged: then the journal created it later).
-    assert sum(int(r["seeds"]) for r in confirmed) == len(runs)
+    # Every run is counted in its configuration's row (its run id is known there unless MLflow was
+    # away when it was logged: then the journal created it later): a chosen configuration's seeds
+    # are its refit runs, the others' their confirmation runs.
+    refit_runs = sum(r.data.tags["dpsweep.role"] == "refit" for r in runs)
+    assert refit_runs and all(r["trained_on"] == "train+validation" for r in confirmed if r["best_for_epsilon"])
+    (seeds,) = {int(r["seeds"]) for r in confirmed}  # the space's, for both stages
+    assert len(runs) == seeds * (len(confirmed) + sum(bool(r["best_for_epsilon"]) for r in confirmed))
     assert {i for r in confirmed for i in r["run_id"].split()} <= {r.info.run_id for r in runs}
     best = json.loads((sweep / "frontier" / "best_per_epsilon.json").read_text())
     assert any(b["confirmed"] and b["test_accuracy_mean"] is not None for b in best)

@@ -11,9 +11,9 @@ from dp_core.data import load_data
 from dp_core.train import train
 from sweeps.protocol import ConfirmationJob
 from sweeps.results.confirm import (Candidate, ConfirmationRun, candidates, choose, confirmation_config,
-                                    confirmation_jobs)
+                                    confirmation_jobs, refit, refit_config, refit_jobs)
 from sweeps.workers.confirmation import train_jobs
-from sweeps.results.frontier import Point
+from sweeps.results.frontier import ConfirmedConfig, Point
 
 
 def _point(trial: str, epoch: int, epsilon: float, accuracy: float) -> Point:
@@ -118,3 +118,97 @@ def test_train_jobs_stop_at_their_epoch_and_match_the_trainer() -> None:
         assert row.val_accuracy == pytest.approx(alone.val_accuracy, abs=1e-9)
         assert row.test_accuracy == pytest.approx(alone.test_accuracy, abs=1e-9)
         assert row.epsilon == pytest.approx(alone.epsilon)
+
+
+def _confirmed(trial: str, *, best_for: tuple[float, ...], params: dict) -> ConfirmedConfig:
+    return ConfirmedConfig(trial=trial, epoch=6, epsilon=2.99, bound=3.0, search_val_accuracy=0.9, val_mean=0.88,
+                           val_std=0.01, test_mean=0.87, test_std=0.02, seeds=3, run_ids=("c1", "c2", "c3"),
+                           params=params, best_for=best_for)
+
+
+def test_the_chosen_configuration_is_refit_on_train_and_validation_spending_the_same_bound() -> None:
+    from sweeps.driver.confirm_stage import refit_configs
+    from sweeps.planning import plan_trial
+
+    confirmed_config = plan_trial({"dataset": "digits", "model": "mlp", "epochs": 6, "batch_size": 128,
+                                   "validation_fraction": 0.2, "target_epsilon": 3.0}, name="c", axis_values={})
+    params = {k: v for k, v in confirmed_config.train_config.items() if k != "seed"}
+    winner = _confirmed("t", best_for=(3.0,), params=params)
+    config = refit_config(winner)
+    assert config["validation_fraction"] == 0.0 and config["epochs"] == 6 and config["target_epsilon"] == 3.0
+    ((key, calibrated),) = refit_configs([winner]).items()
+    assert key == ("t", 6, 3.0) and calibrated["validation_fraction"] == 0.0
+    refit_plan = plan_trial(calibrated, name="r", axis_values={})
+    # The larger N samples each example less often (q = B/N), so the same bound takes less noise.
+    assert refit_plan.planned_epsilon == pytest.approx(3.0, rel=0.01) and refit_plan.planned_epsilon <= 3.0
+    assert refit_plan.plan.noise_multiplier < params["noise_multiplier"]
+
+    jobs = refit_jobs([winner], {key: calibrated}, seeds=3, root_seed=99)
+    assert [job.name for job in jobs] == [f"refit_t_epoch6_eps3_seed{i}" for i in (1, 2, 3)]
+    candidate = Candidate(trial="t", epoch=6, epsilon=2.99, val_accuracy=0.9, bound=3.0)
+    confirm_seeds = {job.train["seed"] for job in confirmation_jobs([candidate], {candidate.key: params}, seeds=3,
+                                                                   root_seed=99)}
+    refit_seeds = [job.train["seed"] for job in jobs]
+    assert len(set(refit_seeds)) == 3 and not confirm_seeds & set(refit_seeds)
+    assert refit_seeds == [job.train["seed"] for job in refit_jobs([winner], {key: calibrated}, seeds=3, root_seed=99)]
+
+    # Trained: no validation split left to measure, the test split measured, the bound spent.
+    rows = train_jobs(jobs[:2])
+    runs = [ConfirmationRun(name=j.name, trial="t", epoch=6, bound=3.0, seed_index=j.seed_index, epsilon=r.epsilon,
+                            val_accuracy=r.val_accuracy, test_accuracy=r.test_accuracy, stage="refit")
+            for j, r in zip(jobs, rows)]
+    assert all(math.isnan(r.val_accuracy) and 0.5 < r.test_accuracy <= 1.0 and r.ok for r in runs)
+    assert all(r.epsilon == pytest.approx(3.0, rel=0.01) and r.epsilon <= 3.0 + 1e-9 for r in runs)
+
+
+def test_refit_reports_the_refit_runs_and_keeps_what_chose_the_configuration() -> None:
+    winner, other = _confirmed("win", best_for=(3.0,), params={"lr": 1.0}), _confirmed("other", best_for=(), params={})
+    key = ("win", 6, 3.0)
+    runs = [ConfirmationRun(name=f"r{i}", trial="win", epoch=6, bound=3.0, seed_index=i, epsilon=2.995,
+                            val_accuracy=math.nan, test_accuracy=acc, run_id=f"r{i}", stage="refit")
+            for i, acc in enumerate([0.90, 0.92])]
+    runs.append(ConfirmationRun(name="r2", trial="win", epoch=6, bound=3.0, seed_index=2, epsilon=math.nan,
+                                val_accuracy=math.nan, test_accuracy=math.nan, stage="refit"))  # diverged
+    # A confirmation run (another stage) of the same key is not a refit run.
+    runs.append(ConfirmationRun(name="c9", trial="win", epoch=6, bound=3.0, seed_index=9, epsilon=2.99,
+                                val_accuracy=0.5, test_accuracy=0.1))
+    refit_config_of_win = {"lr": 1.0, "validation_fraction": 0.0, "noise_multiplier": 2.0}
+    reported = {c.trial: c for c in refit([winner, other], runs, {key: refit_config_of_win})}
+    win = reported["win"]
+    assert win.trained_on == "train+validation" and win.params == refit_config_of_win
+    assert win.seeds == 3 and win.test_mean == pytest.approx((0.90 + 0.92 + 0.0) / 3) and win.epsilon == 2.995
+    assert (win.val_mean, win.val_std, win.best_for, win.search_val_accuracy) == (0.88, 0.01, (3.0,), 0.9)
+    assert win.run_ids == ("c1", "c2", "c3", "r0", "r1")
+    assert reported["other"] == other  # not chosen: not refit
+    # Without refit runs (refit: false, or none finished) the confirmation's figures stand.
+    assert refit([winner], [], {key: refit_config_of_win}) == [winner]
+
+
+def test_the_trainers_defaults_are_a_candidate_where_they_are_a_point_of_the_space() -> None:
+    from sweeps.results.confirm import BASELINE, baseline_candidates, baseline_config
+    from sweeps.space.model import Range
+
+    fixed = {"dataset": "digits", "model": "mlp", "epochs": 12, "delta": 1e-5}
+    axes = {"target_epsilon": Range(low=0.5, high=8.0, log=True), "max_grad_norm": Range(low=0.25, high=4.0),
+            "lr": (1.0, 2.0, 3.0), "batch_size": Range(low=64, high=512, integer=True)}
+    defaults = TrainConfig.from_dict({})
+    values, why = baseline_config(fixed, axes)
+    # Every searched key at the trainer's default; σ and the target ε are the bound's to set.
+    assert values == {"max_grad_norm": defaults.privacy.max_grad_norm, "lr": defaults.optimizer.lr,
+                      "batch_size": defaults.batch_size} and why == ""
+    assert baseline_config(fixed, {**axes, "lr": (0.1, 0.5)}) == (None, "the default lr = 2.0 is not on its axis")
+    missing, why = baseline_config(fixed, {**axes, "max_grad_norm": Range(low=1.0, high=4.0)})
+    assert missing is None and "max_grad_norm = 0.5" in why
+    baseline = baseline_candidates([1.0, 3.0], epochs=12)
+    assert [(c.trial, c.epoch, c.bound) for c in baseline] == [(BASELINE, 12, 1.0), (BASELINE, 12, 3.0)]
+    # Confirmed like a nominee: spending its bound, chosen only on mean validation accuracy.
+    config = confirmation_config(baseline[1], {**fixed, **values, "validation_fraction": 0.1})
+    assert config["target_epsilon"] == 3.0 and config["noise_multiplier"] is None and config["lr"] == 2.0
+    nominee = Candidate(trial="trial_0003", epoch=5, epsilon=2.5, val_accuracy=0.93, bound=3.0)
+    runs = [ConfirmationRun(name=f"{c.trial}{i}", trial=c.trial, epoch=c.epoch, bound=3.0, seed_index=i, epsilon=2.99,
+                            val_accuracy=v, test_accuracy=0.5) for c, vals in ((nominee, (0.90, 0.91)),
+                                                                               (baseline[1], (0.92, 0.93)))
+            for i, v in enumerate(vals)]
+    chosen = {c.trial: c.best_for for c in choose([nominee, baseline[1]], runs, [3.0],
+                                                  {nominee.key: {}, baseline[1].key: {}})}
+    assert chosen == {"trial_0003": (), BASELINE: (3.0,)}

@@ -127,22 +127,25 @@ def test_write_frontier_csv_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "frontier.csv"
     confirmed = [ConfirmedConfig(trial="trial_0007", epoch=2, epsilon=1.5, search_val_accuracy=0.9, val_mean=0.85,
                                  val_std=0.01, test_mean=0.84, test_std=0.02, seeds=3, run_ids=("a", "b", "c"),
-                                 params={"lr": 0.5}, best_for=(2.0, 3.0))]
+                                 params={"lr": 0.5}, best_for=(2.0, 3.0), trained_on="train+validation")]
     write_frontier_csv(path, pts, front, confirmed)
 
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
         fields = reader.fieldnames
-    assert fields[:12] == ["kind", "epsilon", "val_accuracy", "val_accuracy_std", "test_accuracy_mean",
-                           "test_accuracy_std", "seeds", "best_for_epsilon", "on_frontier", "run_id", "trial", "epoch"]
+    assert fields[:13] == ["kind", "epsilon", "val_accuracy", "val_accuracy_std", "test_accuracy_mean",
+                           "test_accuracy_std", "seeds", "trained_on", "best_for_epsilon", "on_frontier", "run_id",
+                           "trial", "epoch"]
     # Sorted by param key; a key clashing with a fixed column is prefixed.
-    assert fields[12:] == ["param_epoch", "lr", "noise"]
+    assert fields[13:] == ["param_epoch", "lr", "noise"]
     # The confirmed configurations first; search points carry no test accuracy.
     confirmed_row, rows = rows[0], rows[1:]
     assert confirmed_row["kind"] == "confirmed" and confirmed_row["best_for_epsilon"] == "2 3"
+    assert confirmed_row["trained_on"] == "train+validation"
     assert float(confirmed_row["test_accuracy_mean"]) == 0.84 and confirmed_row["run_id"] == "a b c"
     assert {r["kind"] for r in rows} == {"search"} and {r["test_accuracy_mean"] for r in rows} == {""}
+    assert {r["trained_on"] for r in rows} == {""}
     assert len(rows) == len(pts)
     assert {r["on_frontier"] for r in rows} <= {"true", "false"}
     on = {(r["run_id"], int(r["epoch"])) for r in rows if r["on_frontier"] == "true"}

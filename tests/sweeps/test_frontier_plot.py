@@ -114,6 +114,25 @@ def test_confirmed_configurations_are_drawn_with_error_bars(tmp_path: Path) -> N
     assert len(_columns_of(_image(path), TAB_BLUE)) > 0
 
 
+def test_refit_configurations_are_drawn_apart_as_the_chosen_ones(tmp_path: Path) -> None:
+    import dataclasses
+
+    pts = _points(500, seed=4)
+    confirmed = _confirmed(pts, seeds=4)
+    refit = [dataclasses.replace(c, trained_on="train+validation", test_mean=c.test_mean + 0.005)
+             for c in confirmed[:3]]
+    ax = plot_frontier(tmp_path / "f.png", pts, pareto_front(pts), budget=8.0, delta=1e-5, accountant="prv",
+                       title="r", confirmed=refit + confirmed[3:])
+    texts = _legend_texts(ax)
+    assert texts[2:4] == ["confirmed: test accuracy, mean ± std over 4 fresh seeds (2)",
+                          "chosen per ε bound, refit on train + validation: test accuracy, mean ± std over 4 fresh "
+                          "seeds (3)"]
+    bars = [c for c in ax.containers if c.has_yerr]
+    assert [len(b.lines[2][0].get_segments()) for b in bars] == [2, 3]
+    assert bars[1].lines[0].get_marker() == "*"
+    assert [y for (_, y) in bars[1].lines[0].get_xydata()] == pytest.approx([c.test_mean for c in refit])
+
+
 def test_seed_counts_that_differ_are_shown_as_a_range(tmp_path: Path) -> None:
     pts = _points(100, seed=2)
     confirmed = _confirmed(pts, seeds=3)[:2] + _confirmed(pts, seeds=5)[2:]

@@ -148,19 +148,33 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
 
     # The confirmation stage: the leading trials of each ε bound retrained with fresh seeds, each run
     # a child run measured on validation and test at its epoch.
-    confirmations = [r for r in client.search_runs([parent.info.experiment_id])
-                     if r.data.tags.get("dpsweep.role") == "confirmation"]
+    # Then each bound's chosen configuration is refit, trained as often again on train + validation.
+    stage_runs = [r for r in client.search_runs([parent.info.experiment_id])
+                  if r.data.tags.get("dpsweep.role") in ("confirmation", "refit")]
+    confirmations = [r for r in stage_runs if r.data.tags["dpsweep.role"] == "confirmation"]
+    refits = [r for r in stage_runs if r.data.tags["dpsweep.role"] == "refit"]
     confirmed = [r for r in all_rows if r["kind"] == "confirmed"]
-    assert confirmations and confirmed
-    assert sorted(i for r in confirmed for i in r["run_id"].split()) == sorted(r.info.run_id for r in confirmations)
+    assert confirmations and refits and confirmed
+    assert sorted(i for r in confirmed for i in r["run_id"].split()) == sorted(r.info.run_id for r in stage_runs)
     for run in confirmations:
         assert {"val_accuracy", "test_accuracy", "epsilon"} <= set(run.data.metrics)
-        assert run.data.tags["dpsweep.confirms"] in outcomes and "seed" not in run.data.params
+        assert run.data.tags["dpsweep.confirms"] in {*outcomes, "defaults"} and "seed" not in run.data.params
+    # The trainer's defaults (lr 2 is on the lr axis, C 0.5 is not searched) confirmed beside the
+    # nominees at every bound, shown beside the choice.
+    baseline = [r for r in confirmations if r.data.tags["dpsweep.confirms"] == "defaults"]
+    assert baseline and {(r.data.params["lr"], r.data.params["max_grad_norm"]) for r in baseline} == {("2.0", "0.5")}
+    assert "defaults val" in done.stdout
+    for run in refits:  # no validation split is left to measure
+        assert {"test_accuracy", "epsilon"} <= set(run.data.metrics) and "val_accuracy" not in run.data.metrics
+        assert run.data.params["validation_fraction"] == "0.0" and "seed" not in run.data.params
     best = json.loads((folder / "best_per_epsilon.json").read_text())
     chosen = [b for b in best if b["test_accuracy_mean"] is not None]
     assert chosen and all(b["confirmed"] and b["seeds"] == 2 and b["epsilon"] <= b["epsilon_at_most"] for b in chosen)
-    assert "test acc" in done.stdout and " ± " in done.stdout
-    _assert_no_seed_released(tmp_path, client, parent, confirmations, done.stdout + done.stderr)
+    assert all(b["trained_on"] == "train+validation" and b["train_config"]["validation_fraction"] == 0.0
+               for b in chosen)
+    assert len(refits) == 2 * len({(b["trial"], b["epoch"], b["epsilon_at_most"]) for b in chosen})
+    assert "test acc" in done.stdout and " ± " in done.stdout and "refit" in done.stdout
+    _assert_no_seed_released(tmp_path, client, parent, stage_runs, done.stdout + done.stderr)
 
 
 def test_bad_space_stops_before_anything_runs(tmp_path: Path) -> None:

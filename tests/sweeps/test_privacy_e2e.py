@@ -63,12 +63,13 @@ def test_an_audited_sweep_counts_the_audit_run(tmp_path: Path) -> None:
     done, children = _launch(tmp_path, "audited", "--audit", axes="  noise_multiplier: [1.5, 2.5]", search="grid",
                              extra="")
     entries = _ledger(tmp_path).entries()
-    confirmations = [e for e in entries if e.role == "confirmation"]
-    assert confirmations and all(e.train_config and "seed" not in e.train_config for e in confirmations)
-    assert sorted(e.role for e in entries if e.role != "confirmation") == ["audit", "trial", "trial"]
+    confirmations = [e for e in entries if e.role in ("confirmation", "refit")]
+    assert {e.role for e in confirmations} == {"confirmation", "refit"}
+    assert all(e.train_config and "seed" not in e.train_config for e in confirmations)
+    assert sorted(e.role for e in entries if e not in confirmations) == ["audit", "trial", "trial"]
     assert {e.key for e in entries if e.role == "trial"} == {c.data.tags["dpsweep.trial_key"] for c in children}
     assert _composed(done.stdout) == len(entries)
-    assert (f"the confirmation stage's {len(confirmations)} retrainings and the audit's retraining among them"
+    assert (f"the confirmation stage's {len(confirmations)} runs and the audit's retraining among them"
             in done.stdout)
     assert "fresh seed" in done.stdout
 

@@ -476,19 +476,24 @@ def test_python_tags_are_refused_and_never_run(tmp_path: Path) -> None:
 
 def test_a_sweep_holds_out_validation_and_confirms_by_default(tmp_path: Path) -> None:
     space = load_space(str(write_good(tmp_path)))
-    assert space.confirm == Confirmation(top=3, seeds=3)
+    assert space.confirm == Confirmation(top=3, seeds=3, baseline=True, refit=True)
     assert space.trial_config({"max_grad_norm": 1.0, "noise_multiplier": 0.7})["validation_fraction"] == 0.1
     custom = load_space(str(write_good(tmp_path, name="custom", append="confirm: {top: 2, seeds: 5}\n",
                                        replace=("  delta: 1.0e-5\n", "  delta: 1.0e-5\n  validation_fraction: 0.2\n"))))
     assert custom.confirm == Confirmation(top=2, seeds=5)
     assert custom.trial_config({"max_grad_norm": 1.0, "noise_multiplier": 0.7})["validation_fraction"] == 0.2
     assert load_space(str(write_good(tmp_path, name="unconfirmed", append="confirm: off\n"))).confirm is None
+    held_out = load_space(str(write_good(tmp_path, name="held_out", append="confirm: {refit: false, baseline: false}\n")))
+    assert held_out.confirm == Confirmation(top=3, seeds=3, baseline=False, refit=False)
 
 
 @pytest.mark.parametrize(("append", "replace", "needle"), [
     ("confirm: {top: 2, seed: 3}\n", None, "Did you mean 'seeds'"),
     ("confirm: {seeds: 1}\n", None, "confirm.seeds"),
     ("confirm: {top: 0}\n", None, "confirm.top"),
+    ("confirm: {refit: yes please}\n", None, "confirm.refit"),
+    ("confirm: {baseline: 1}\n", None, "confirm.baseline"),
+    ("confirm: {refits: false}\n", None, "Did you mean 'refit'"),
     ("", ("  delta: 1.0e-5\n", "  delta: 1.0e-5\n  validation_fraction: 0.0\n"), "never on test data"),
     ("", ("  delta: 1.0e-5\n", "  delta: 1.0e-5\n  validation_fraction: 0.6\n"), "validation_fraction"),
 ])
