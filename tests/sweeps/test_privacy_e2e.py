@@ -33,7 +33,7 @@ search: {search}
 {extra}
 pruner: none
 resources: {{cpus: 1, gpus: 0}}
-confirm: {{top: 1, seeds: 2}}  # a bound's best, twice: the stage's runs are counted (the stage itself: test_confirm, test_launch_e2e)
+confirm: {{top: 1, seeds: 2, baseline: false}}  # a bound's best, twice, and its refit: the stage's runs are counted (the stage itself: test_confirm, test_launch_e2e)
 """
 
 
