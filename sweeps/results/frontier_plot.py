@@ -24,6 +24,7 @@ __all__ = ["plot_frontier"]
 # Dots shrink and fade as points grow in number, so that dense regions read as density.
 _DOT_SIZE = ((300, 14.0, 0.4), (3000, 7.0, 0.25), (math.inf, 4.0, 0.18))  # (up to n points, size, alpha)
 # Legend order: what was measured, then the ε values to read it by; the sweep ε last.
+REFIT_COLOUR = "#0b2e59"  # the refit choices' stars: a dark blue, of the confirmed diamonds' family
 _LEGEND_ORDER = ("search", "Pareto", "confirmed", "chosen", "ε budget")
 
 
@@ -130,14 +131,15 @@ def plot_frontier(
             ax.plot(xs, ys, "o", color="tab:red", ms=4 if len(fr) > 25 else 6, zorder=4,
                     label=f"Pareto frontier of the search ({len(fr)})")
         # A chosen configuration refit on train + validation (sweeps.results.confirm.refit) is a
-        # different model from its confirmation runs: drawn apart, a star, so the two are not compared.
-        for refit, marker, size in ((False, "D", 6), (True, "*", 12)):
+        # different model from its confirmation runs: drawn apart, a dark star edged in white, so it
+        # stands out of the diamonds it sits among and the two are not compared.
+        for refit, marker, size, colour in ((False, "D", 6, "tab:blue"), (True, "*", 15, REFIT_COLOUR)):
             drawn = [c for c in shown_confirmed if (c.trained_on != "train") == refit]
             if drawn:
                 ax.errorbar([c.epsilon for c in drawn], [c.test_mean for c in drawn],
                             yerr=[c.test_std if math.isfinite(c.test_std) else 0.0 for c in drawn],
-                            fmt=marker, color="tab:blue", ms=size, capsize=4, elinewidth=1.5, zorder=5 + refit,
-                            label=_confirmed_label(drawn, refit=refit))
+                            fmt=marker, color=colour, ms=size, mec="white" if refit else colour, mew=0.8,
+                            capsize=4, elinewidth=1.5, zorder=5 + refit, label=_confirmed_label(drawn, refit=refit))
         if budget is not None and math.isfinite(budget):
             ax.axvline(budget, color="black", ls="--", lw=1.2, label=f"ε budget = {budget:g}")
         if n_hidden:

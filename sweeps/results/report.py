@@ -110,7 +110,7 @@ class FrontierReport:
                 lines.append(f"  {bound:>5g}  {'':>6}  nothing confirmed within this bound")
                 continue
             std = f"{c.test_std:.4f}" if math.isfinite(c.test_std) else "n/a"
-            params = ", ".join(f"{k.removeprefix('axis.')}={_short(c.params.get(k))}" for k in self._param_keys(c.params))
+            params = ", ".join(_setting(k.removeprefix("axis."), c.params) for k in self._param_keys(c.params))
             default_val = f"  {_figure(defaults.get(bound, math.nan)):>12}" if defaults else ""
             lines.append(f"  {bound:>5g}  {c.epsilon:>6.3f}  {c.test_mean:.4f} ± {std:<6}  {c.val_mean:>7.4f}  "
                          f"{_figure(c.search_val_accuracy):>10}{default_val}  "
@@ -118,6 +118,14 @@ class FrontierReport:
         lines.append(f"  ({len(self.confirmed)} configurations confirmed; the search's {len(self.points)} points, its "
                      f"frontier of {len(self.front)} and every confirmation are in frontier.csv)")
         return "\n".join(lines)
+
+
+def _setting(key: str, params: Mapping[str, Any]) -> str:
+    # A confirmed configuration spends its bound at a calibrated σ: a target-ε axis has no value
+    # left in it (None), so its σ is shown instead.
+    if key == "target_epsilon" and params.get(key) is None and params.get("noise_multiplier") is not None:
+        return f"noise_multiplier={_short(params['noise_multiplier'])}"
+    return f"{key}={_short(params.get(key))}"
 
 
 def _figure(value: float) -> str:

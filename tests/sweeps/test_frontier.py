@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -205,3 +206,29 @@ def test_format_frontier_table() -> None:
     assert len({line.index(f"{p.accuracy:.4f}") for line, p in zip(body, front)}) == 1
     empty = format_frontier_table([], delta=1e-6, accountant="prv")
     assert "PRV" in empty and "1e-06" in empty
+
+
+def test_the_confirmed_table_names_the_choice_the_defaults_and_a_calibrated_sigma() -> None:
+    from sweeps.results.report import FrontierReport
+
+    def confirmed(trial: str, bound: float, val: float, *, best: bool) -> ConfirmedConfig:
+        return ConfirmedConfig(trial=trial, epoch=20, epsilon=bound - 0.01, bound=bound,
+                               search_val_accuracy=math.nan if trial == "defaults" else 0.95, val_mean=val,
+                               val_std=0.01, test_mean=val - 0.01, test_std=0.005, seeds=3,
+                               params={"target_epsilon": None, "noise_multiplier": 2.5, "lr": 2.0},
+                               best_for=(bound,) if best else (), trained_on="train+validation" if best else "train")
+
+    points = [Point(epsilon=2.9, accuracy=0.95, run_id="r", trial="trial_0001", epoch=20,
+                    params={"axis.target_epsilon": "3.0", "axis.lr": "2.0"})]
+    report = FrontierReport(points, budget=3.0, delta=1e-5, accountant="prv", axis_keys=["target_epsilon", "lr"],
+                            confirmed=[confirmed("trial_0001", 3.0, 0.93, best=True),
+                                       confirmed("defaults", 3.0, 0.92, best=False)])
+    text = report.summary()
+    assert "refit" in text and "defaults val" in text
+    (row,) = [line for line in text.splitlines() if "trial_0001, epoch 20" in line]
+    # Its validation mean, its search point's, the defaults' beside it; σ in place of the spent target ε.
+    assert "0.9300" in row and "0.9500" in row and "0.9200" in row
+    assert "noise_multiplier=2.5, lr=2" in row and "None" not in row
+    # Strict JSON (no NaN), and the bound's record is the refit choice.
+    (best,) = [b for b in json.loads(json.dumps(report._best_records(), allow_nan=False)) if b["epsilon_at_most"] == 3]
+    assert best["trained_on"] == "train+validation" and best["trial"] == "trial_0001"
