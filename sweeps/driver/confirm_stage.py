@@ -89,7 +89,7 @@ def refit_configs(chosen: Sequence[ConfirmedConfig]) -> dict[tuple[str, int, flo
         config = _calibrated(refit_config(confirmed), name=refit_run_name(confirmed, 0), bound=confirmed.bound,
                              what=f"refitting {confirmed.trial} (epoch {confirmed.epoch}) on train + validation")
         if config is not None:
-            configs[(confirmed.trial, confirmed.epoch, confirmed.bound)] = config
+            configs[confirmed.key] = config
     return configs
 
 
@@ -112,8 +112,7 @@ def run_refits(
 ) -> list[ConfirmationRun]:
     """Refit every chosen configuration ``seeds`` times on train + validation (those not done
     before), log each run, return all. ``configs`` from :func:`refit_configs`."""
-    jobs = refit_jobs([c for c in chosen if (c.trial, c.epoch, c.bound) in configs], configs, seeds=seeds,
-                      root_seed=root_seed)
+    jobs = refit_jobs([c for c in chosen if c.key in configs], configs, seeds=seeds, root_seed=root_seed)
     return _run_jobs(jobs, stage="refit", doing=f"refitting {len(chosen)} chosen configuration(s) on train + validation",
                      seeds=seeds, ledger=ledger, tracker=tracker, sweep_dir=sweep_dir, cpus_per_unit=cpus_per_unit,
                      gpus_per_unit=gpus_per_unit, slots=slots)

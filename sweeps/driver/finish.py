@@ -13,6 +13,7 @@ from dp_core.config import TrainConfig
 from sweeps.driver.confirm_stage import calibrated_configs, refit_configs, run_confirmations, run_refits
 from sweeps.driver.session import OpenSweep, SweepTrials
 from sweeps.driver.setup import PreparedSweep, SweepRequest, sweep_filter
+from sweeps.privacy.ledger import CONFIRMATION_ROLES
 from sweeps.privacy.report import shared_seed_note
 from sweeps.privacy.selection import sweep_privacy
 from sweeps.results.confirm import BASELINE, baseline_candidates, baseline_config, candidates, choose, refit
@@ -133,7 +134,7 @@ def _privacy_statement(request: SweepRequest, prepared: PreparedSweep, opened: O
                             delta=delta, adaptive=prepared.grid is None, sweep_filter=sweep_filter(space, delta))
     entries = ledger.entries()
     return dataclasses.replace(privacy, audit_runs=sum(e.role == "audit" for e in entries),
-                               confirmation_runs=sum(e.role in ("confirmation", "refit") for e in entries)), audit
+                               confirmation_runs=sum(e.role in CONFIRMATION_ROLES for e in entries)), audit
 
 
 def _log_to_parent_run(prepared: PreparedSweep, opened: OpenSweep, outcome: _Outcome, *, points: list[Any]) -> None:
@@ -188,8 +189,8 @@ def _print_summary(prepared: PreparedSweep, opened: OpenSweep, outcome: _Outcome
 def _confirm(space: Any, points: list[Any], *, ledger: Any, tracker: Any, sweep_dir: Path, slots: int) -> list[Any]:
     """The confirmation stage (sweeps.results.confirm): each ε bound's leading configurations, spending
     the bound, and the trainer's defaults beside them (unless baseline: false), retrained with fresh
-    seeds; each bound's chosen on mean validation accuracy, then refit
-    on train + validation unless the space says refit: false. [] when the space has none."""
+    seeds; each bound's chosen on mean validation accuracy, then refit on train + validation (unless
+    refit: false). [] when the space has none."""
     if space.confirm is None:
         return []
     buckets = default_buckets(space.epsilon_budget)

@@ -29,13 +29,15 @@ from sweeps.planning.keys import released_params
 from sweeps.privacy.mechanism import TrialMechanism
 from sweeps.protocol import TrialSpec
 
-__all__ = ["LEDGER_FILE", "LedgerEntry", "PrivacyLedger"]
+__all__ = ["CONFIRMATION_ROLES", "LEDGER_FILE", "LedgerEntry", "PrivacyLedger"]
 
 LEDGER_FILE = "privacy-ledger.jsonl"
 
 # a sweep's trial; the audit's retraining with canaries; a confirmation stage's retraining and the chosen
 # configurations' refit on train + validation (sweeps.results.confirm)
 ROLES = ("trial", "audit", "confirmation", "refit")
+#: The confirmation stage's roles (also its runs' ``dpsweep.stage`` tag): retrained after the search.
+CONFIRMATION_ROLES = ("confirmation", "refit")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

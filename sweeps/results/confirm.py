@@ -26,8 +26,8 @@ That is how a tuned configuration is used once chosen (the validation split has 
 what a user who retrains ``train_config`` runs, and what the trainer's defaults are measured on;
 the reported test accuracy is these runs' mean ± std. The choice itself is not revisited.
 
-Every confirmation and refit run trains on the data, so each is recorded in the privacy ledger before it
-starts (role ``confirmation``) and counted by the sweep's naive composition. Runs already done
+Every confirmation and refit run trains on the data, so each is recorded in the privacy ledger
+before it starts (role ``confirmation`` or ``refit``) and counted by the sweep's naive composition. Runs already done
 (``confirmations.jsonl`` in the sweep folder) are not run again on ``--resume``; a run that
 was recorded but not finished is run again with the same seed, so the same mechanism.
 """
@@ -101,6 +101,11 @@ class ConfirmationRun:
     stage: str = "confirmation"  # or "refit": trained on train + validation, so no validation accuracy
 
     @property
+    def key(self) -> tuple[str, int, float]:
+        """The candidate (Candidate.key) or chosen configuration (ConfirmedConfig.key) it trains."""
+        return (self.trial, self.epoch, self.bound)
+
+    @property
     def ok(self) -> bool:
         measured = math.isfinite(self.test_accuracy)
         return measured if self.stage == "refit" else measured and math.isfinite(self.val_accuracy)
@@ -154,7 +159,11 @@ def baseline_candidates(buckets: Sequence[float], *, epochs: int) -> list[Candid
 
 
 def run_name(candidate: Candidate, seed_index: int) -> str:
-    return f"confirm_{candidate.trial}_epoch{candidate.epoch}_eps{candidate.bound:g}_seed{seed_index + 1}"
+    return _run_name("confirm", candidate.trial, candidate.epoch, candidate.bound, seed_index)
+
+
+def _run_name(stage: str, trial: str, epoch: int, bound: float, seed_index: int) -> str:
+    return f"{stage}_{trial}_epoch{epoch}_eps{bound:g}_seed{seed_index + 1}"
 
 
 def confirmation_config(candidate: Candidate, trial_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -173,16 +182,24 @@ def confirmation_jobs(chosen: Sequence[Candidate], configs: Mapping[tuple[str, i
     sweep's secret, the trial's name, the bound, the epoch and the run's index: fresh against
     the search (another stream) and between candidates, the same again on ``--resume``.
     """
+    return _seeded_jobs([(c.trial, c.epoch, c.bound) for c in chosen], configs, stage="confirm",
+                        stream=CONFIRM_STREAM, seeds=seeds, root_seed=root_seed)
+
+
+def _seeded_jobs(keys: Sequence[tuple[str, int, float]], configs: Mapping[tuple[str, int, float], Mapping[str, Any]],
+                 *, stage: str, stream: int, seeds: int, root_seed: int) -> list[ConfirmationJob]:
+    """``seeds`` jobs per (trial, epoch, bound) key, named after ``stage``, each its configuration with
+    a seed from the sweep's secret, ``stream``, the trial's name, the bound, the epoch and the index."""
     from sweeps.privacy.sweep_secret import derived_seed
 
     jobs = []
-    for candidate in chosen:
-        word = int(hashlib.sha256(f"{candidate.trial}@{candidate.bound!r}".encode()).hexdigest()[:12], 16)
+    for trial, epoch, bound in keys:
+        word = int(hashlib.sha256(f"{trial}@{bound!r}".encode()).hexdigest()[:12], 16)
         for index in range(seeds):
-            seed = derived_seed(root_seed, CONFIRM_STREAM, word, candidate.epoch, index)
-            jobs.append(ConfirmationJob(name=run_name(candidate, index), trial=candidate.trial, epoch=candidate.epoch,
-                                        bound=candidate.bound, seed_index=index,
-                                        train={**configs[candidate.key], "seed": seed}))
+            seed = derived_seed(root_seed, stream, word, epoch, index)
+            jobs.append(ConfirmationJob(name=_run_name(stage, trial, epoch, bound, index), trial=trial, epoch=epoch,
+                                        bound=bound, seed_index=index,
+                                        train={**configs[(trial, epoch, bound)], "seed": seed}))
     return jobs
 
 
@@ -225,7 +242,7 @@ def choose(chosen: Sequence[Candidate], runs: Iterable[ConfirmationRun], buckets
     """
     by_candidate: dict[tuple[str, int, float], list[ConfirmationRun]] = {}
     for run in runs:
-        by_candidate.setdefault((run.trial, run.epoch, run.bound), []).append(run)
+        by_candidate.setdefault(run.key, []).append(run)
     summaries: list[tuple[Candidate, dict[str, Any]]] = []
     for candidate in chosen:
         own = sorted(by_candidate.get(candidate.key, []), key=lambda r: r.seed_index)
@@ -251,7 +268,8 @@ def choose(chosen: Sequence[Candidate], runs: Iterable[ConfirmationRun], buckets
 
 
 def refit_run_name(confirmed: ConfirmedConfig, seed_index: int) -> str:
-    return f"refit_{confirmed.trial}_epoch{confirmed.epoch}_eps{confirmed.bound:g}_seed{seed_index + 1}"
+    assert confirmed.bound is not None
+    return _run_name("refit", confirmed.trial, confirmed.epoch, confirmed.bound, seed_index)
 
 
 def refit_config(confirmed: ConfirmedConfig) -> dict[str, Any]:
@@ -265,18 +283,8 @@ def refit_jobs(chosen: Sequence[ConfirmedConfig], configs: Mapping[tuple[str, in
                seeds: int, root_seed: int) -> list[ConfirmationJob]:
     """One job per (chosen configuration, seed), ``configs`` mapping each one's key (trial, epoch,
     bound) to its refit configuration, σ calibrated. Seeds from the sweep's secret, REFIT_STREAM."""
-    from sweeps.privacy.sweep_secret import derived_seed
-
-    jobs = []
-    for confirmed in chosen:
-        key = (confirmed.trial, confirmed.epoch, confirmed.bound)
-        word = int(hashlib.sha256(f"{confirmed.trial}@{confirmed.bound!r}".encode()).hexdigest()[:12], 16)
-        for index in range(seeds):
-            seed = derived_seed(root_seed, REFIT_STREAM, word, confirmed.epoch, index)
-            jobs.append(ConfirmationJob(name=refit_run_name(confirmed, index), trial=confirmed.trial,
-                                        epoch=confirmed.epoch, bound=float(confirmed.bound), seed_index=index,
-                                        train={**configs[key], "seed": seed}))
-    return jobs
+    keys = [(c.trial, c.epoch, float(c.bound)) for c in chosen if c.bound is not None]
+    return _seeded_jobs(keys, configs, stage="refit", stream=REFIT_STREAM, seeds=seeds, root_seed=root_seed)
 
 
 def refit(confirmed: Sequence[ConfirmedConfig], runs: Iterable[ConfirmationRun],
@@ -287,18 +295,17 @@ def refit(confirmed: Sequence[ConfirmedConfig], runs: Iterable[ConfirmationRun],
     by_key: dict[tuple[str, int, float], list[ConfirmationRun]] = {}
     for run in runs:
         if run.stage == "refit":
-            by_key.setdefault((run.trial, run.epoch, run.bound), []).append(run)
+            by_key.setdefault(run.key, []).append(run)
     out = []
     for c in confirmed:
-        key = (c.trial, c.epoch, c.bound)
-        own = sorted(by_key.get(key, []), key=lambda r: r.seed_index) if c.best_for else []
+        own = sorted(by_key.get(c.key, []), key=lambda r: r.seed_index) if c.best_for else []
         ok = [r for r in own if r.ok]
-        if not ok or key not in configs:
+        if not ok or c.key not in configs:
             out.append(c)
             continue
         test_mean, test_std = _mean_std([r.test_accuracy if r.ok else 0.0 for r in own])
         out.append(dataclasses.replace(
             c, epsilon=max(r.epsilon for r in ok), test_mean=test_mean, test_std=test_std, seeds=len(own),
-            params=dict(configs[key]), run_ids=c.run_ids + tuple(r.run_id for r in own if r.run_id),
+            params=dict(configs[c.key]), run_ids=c.run_ids + tuple(r.run_id for r in own if r.run_id),
             trained_on=TRAIN_AND_VALIDATION))
     return out

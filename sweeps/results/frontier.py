@@ -72,6 +72,11 @@ class ConfirmedConfig:
     best_for: tuple[float, ...] = ()
     trained_on: str = "train"
 
+    @property
+    def key(self) -> tuple[str, int, float | None]:
+        """(trial, epoch, bound): the candidate it was confirmed as (sweeps.results.confirm.Candidate.key)."""
+        return (self.trial, self.epoch, self.bound)
+
 
 def _comparable(p: Point) -> bool:
     # A NaN (a diverged or failed trial) is neither better nor worse than anything, so it can

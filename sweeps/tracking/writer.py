@@ -19,6 +19,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from sweeps.privacy.ledger import CONFIRMATION_ROLES
 from sweeps.results.frontier import Point
 from sweeps.tracking.errors import TrackingUnavailable, check_uri, is_unreachable, refusal
 from sweeps.tracking.journal import JournaledWrites
@@ -53,7 +54,7 @@ def limit_http_retries() -> None:
 
 def _is_confirmation(run: Any) -> bool:
     """A confirmation stage's retraining or refit (sweeps.results.confirm), not a search trial."""
-    return run.data.tags.get("dpsweep.stage") in ("confirmation", "refit")
+    return run.data.tags.get("dpsweep.stage") in CONFIRMATION_ROLES
 
 
 def _params(values: Mapping[str, Any]) -> list[Param]:
