@@ -1,7 +1,7 @@
 """``python -m sweeps.launch --space NAME``: run a DP-SGD sweep and leave its frontier in MLflow.
 
 Order of work (each phase a module of :mod:`sweeps.driver`): load and validate the space and
-plan every trial's privacy spend, before Ray or MLflow is touched (``setup``: bad input stops
+plan every trial's privacy spend, before Ray or MLflow is touched (``preparation``: bad input stops
 here); open the MLflow parent run and Ray, record over-budget trials as skipped (``session``);
 run the rest on Ray Tune (``runner``); then confirm, compute the accuracy-vs-ε frontier and the
 privacy statement, and attach them to the parent run (``finish``).
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from dp_core.config import ConfigError
 
 if TYPE_CHECKING:  # imported in _run: --help and --list answer without loading the sweep stack
-    from sweeps.driver.setup import SweepRequest
+    from sweeps.driver.preparation import SweepRequest
 
 __all__ = ["main"]
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    from sweeps.driver.setup import SweepRequest, prepare_sweep
+    from sweeps.driver.preparation import SweepRequest, prepare_sweep
 
     request = SweepRequest.from_args(args)
     _check_local_ray(request)

@@ -12,13 +12,13 @@ from typing import Any
 from dp_core.config import TrainConfig
 from sweeps.driver.confirm_stage import calibrated_configs, refit_configs, run_confirmations, run_refits
 from sweeps.driver.session import OpenSweep, SweepTrials
-from sweeps.driver.setup import PreparedSweep, SweepRequest, sweep_filter
+from sweeps.driver.preparation import PreparedSweep, SweepRequest, sweep_filter
 from sweeps.privacy.ledger import CONFIRMATION_ROLES
-from sweeps.privacy.report import shared_seed_note
+from sweeps.privacy.statement import shared_seed_note
 from sweeps.privacy.selection import sweep_privacy
 from sweeps.results.confirm import BASELINE, baseline_candidates, baseline_config, candidates, choose, refit
 from sweeps.results.frontier import default_buckets
-from sweeps.results.report import FrontierReport
+from sweeps.results.frontier_report import FrontierReport
 from sweeps.tracking.tags import frontier_tags, sweep_note
 
 __all__ = ["finish_sweep"]

@@ -39,7 +39,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dp_core.config import ModelConfig
 from sweeps.privacy.adaptive import RdpFilter
-from sweeps.driver.asking import Asked, Asker, Planner, ask_batch, journal_storage, new_sampler, plan_asked, sampler_seed
+from sweeps.driver.optuna_actors import Asked, Asker, Planner, ask_batch, journal_storage, new_sampler, plan_asked, sampler_seed
 from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
 from sweeps.planning.packing import group_key, pack_capacity, pack_limit, pack_size, pack_spec
 from sweeps.planning import EpsilonBudget, PlannedTrial

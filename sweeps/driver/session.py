@@ -16,7 +16,7 @@ from sweeps.driver import prepare_data, runner
 from sweeps.driver.progress import SweepProgress
 from sweeps.driver.resources import TrialResources, require_fit
 from sweeps.driver.search import BudgetedOptunaSearch
-from sweeps.driver.setup import PreparedSweep, SweepRequest, sweep_filter
+from sweeps.driver.preparation import PreparedSweep, SweepRequest, sweep_filter
 from sweeps.planning import plan_trial
 from sweeps.privacy import sweep_secret
 from sweeps.privacy.ledger import LEDGER_FILE, PrivacyLedger

@@ -87,7 +87,7 @@ from sweeps.privacy.mechanism import (
     naive_composition_epsilon,
     quiet_absl,
 )
-from sweeps.privacy.report import SelectionPrivacy
+from sweeps.privacy.statement import SelectionPrivacy
 from sweeps.space import SELECTION_DISTRIBUTIONS
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """Search spaces: YAML sweep definitions, validated before anything runs.
 
 The file format and what each key means: :mod:`sweeps.space.load`. The validated space, as frozen
-dataclasses: :mod:`sweeps.space.model`. The checks of a file's values: :mod:`sweeps.space.validate`.
+dataclasses: :mod:`sweeps.space.model`. The checks of a file's values: :mod:`sweeps.space.parse`.
 """
 
 from sweeps.space.load import SPACES_DIR, list_spaces, load_space

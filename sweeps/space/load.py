@@ -72,7 +72,7 @@ import yaml
 import search_spaces
 from dp_core._validate import ConfigError
 from sweeps.space.model import SearchSpace
-from sweeps.space.validate import parse_space
+from sweeps.space.parse import parse_space
 
 __all__ = ["SPACES_DIR", "list_spaces", "load_space"]
 

@@ -1,6 +1,6 @@
 """A validated search space as frozen dataclasses, and the rules that tie its settings together.
 
-The values are checked where they enter (:mod:`sweeps.space.validate` for a file,
+The values are checked where they enter (:mod:`sweeps.space.parse` for a file,
 :meth:`SearchSpace.with_overrides` for command-line flags), so the dataclasses trust their fields.
 """
 
@@ -222,7 +222,7 @@ def _rebuild_space(state: dict[str, Any]) -> SearchSpace:
 
 # ---- the rules between settings ----------------------------------------------------------------
 # They live beside SearchSpace because with_overrides applies them again to a built space (the
-# command line's --search and --trials); sweeps.space.validate applies them to each loaded one.
+# command line's --search and --trials); sweeps.space.parse applies them to each loaded one.
 
 
 def _check_private_selection(space: SearchSpace, path: Path, source: str) -> None:

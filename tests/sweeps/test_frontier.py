@@ -209,7 +209,7 @@ def test_format_frontier_table() -> None:
 
 
 def test_the_confirmed_table_names_the_choice_the_defaults_and_a_calibrated_sigma() -> None:
-    from sweeps.results.report import FrontierReport
+    from sweeps.results.frontier_report import FrontierReport
 
     def confirmed(trial: str, bound: float, val: float, *, best: bool) -> ConfirmedConfig:
         return ConfirmedConfig(trial=trial, epoch=20, epsilon=bound - 0.01, bound=bound,

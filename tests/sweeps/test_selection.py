@@ -17,7 +17,7 @@ from dp_core._validate import ConfigError
 from dp_core.accounting import RDP_ORDERS
 from sweeps.planning import plan_trial
 from sweeps.privacy.mechanism import TrialMechanism, largest_trial_epsilon, naive_composition_epsilon
-from sweeps.privacy.report import shared_seed_note
+from sweeps.privacy.statement import shared_seed_note
 from sweeps.privacy.selection import draw_trial_count, select_trials, sweep_epsilon, sweep_privacy
 from sweeps.planning.keys import trial_key
 from sweeps.privacy.ledger import LedgerEntry
