@@ -22,16 +22,19 @@ from typing import Any, ClassVar
 
 from dp_core.federated import FederatedPlan
 from dp_core.plan import PrivacyPlan
+from sweeps.registry import LazyRegistry
 
 __all__ = ["TrialSpec", "PackSpec", "UnitSpec", "EpochRow", "encode_unit", "decode_unit", "unit_of",
-           "encode_rows", "rows_of", "outcome_of", "LatestRows", "TRIAL_FIELD", "ConfirmationJob",
-           "ConfirmationResult"]
+           "encode_rows", "rows_of", "outcome_of", "LatestRows", "TRIAL_FIELD", "PLAN_TYPES",
+           "ConfirmationJob", "ConfirmationResult"]
 
 #: The key of a Ray trial's config that holds its unit's spec.
 TRIAL_FIELD = "trial"
 
-#: The plan type each trial kind carries (the planning registry's kinds).
-_PLANS: dict[str, type] = {"central": PrivacyPlan, "federated": FederatedPlan}
+#: trial kind -> the plan type its trials carry (a kind's planner: sweeps.planning.kinds.PLANNERS).
+PLAN_TYPES = LazyRegistry("kind")
+PLAN_TYPES.register("central", PrivacyPlan)
+PLAN_TYPES.register("federated", FederatedPlan)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -47,10 +50,9 @@ class TrialSpec:
     plan: PrivacyPlan | FederatedPlan
 
     def __post_init__(self) -> None:
-        if self.kind not in _PLANS:
-            raise ValueError(f"unknown trial kind {self.kind!r}: one of {sorted(_PLANS)}")
-        if not isinstance(self.plan, _PLANS[self.kind]):
-            raise TypeError(f"a {self.kind} trial carries a {_PLANS[self.kind].__name__}, not {type(self.plan).__name__}")
+        plan_type = PLAN_TYPES.get(self.kind)
+        if not isinstance(self.plan, plan_type):
+            raise TypeError(f"a {self.kind} trial carries a {plan_type.__name__}, not {type(self.plan).__name__}")
 
     @property
     def planned_epsilon(self) -> float:
@@ -75,10 +77,8 @@ class TrialSpec:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialSpec:
         kind = values["kind"]
-        if kind not in _PLANS:
-            raise ValueError(f"unknown trial kind {kind!r}: one of {sorted(_PLANS)}")
         return cls(kind=kind, name=values["name"], key=values["key"], train=dict(values["train"]),
-                   params=dict(values["params"]), plan=_PLANS[kind].from_dict(values["plan"]))
+                   params=dict(values["params"]), plan=PLAN_TYPES.get(kind).from_dict(values["plan"]))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

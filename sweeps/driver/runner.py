@@ -34,49 +34,16 @@ from sweeps.privacy.ledger import PrivacyLedger
 from sweeps.planning.packing import pack_limit, pack_spec, pack_trials
 from sweeps.planning import PlannedTrial
 from sweeps.driver.progress import SweepProgress
-from sweeps.planning.pruning import BandedSuccessiveHalving, epsilon_band
+from sweeps.planning.pruning import epsilon_band
 from sweeps.driver.search import BudgetedOptunaSearch
+from sweeps.driver.sweep_stats import SweepStats  # the callback's; a sweep's saved Tune state looks for it here
 from sweeps.driver.tracking_callback import TrackingCallback  # also where Tune's saved states from before its move look
-from sweeps.space import SearchSpace
+from sweeps.space import PRUNERS, SearchSpace
 from sweeps.tracking import SweepTracker
 from sweeps.workers.trainable import run_trial
 from sweeps.protocol import TRIAL_FIELD, encode_unit, unit_of
 
 __all__ = ["SweepStats", "run_trials", "connect_ray"]
-
-
-@dataclasses.dataclass
-class SweepStats:
-    """Where a sweep's time went, summed over trials as results arrive in the driver."""
-
-    started: float = dataclasses.field(default_factory=time.monotonic)
-    train_seconds: float = 0.0  # inside training epochs (worker)
-    eval_seconds: float = 0.0  # evaluating on the test set (worker)
-    setup_seconds: float = 0.0  # trial start to first epoch: imports, data, model, σ (worker)
-    report_seconds: float = 0.0  # between epochs: checkpoints, ε lookup, reporting (worker)
-    logging_seconds: float = 0.0  # MLflow writes (driver, a background thread)
-    trials_finished: int = 0
-    epochs: int = 0
-
-    ended: float | None = None  # when the trials were over and their logging done (run_trials' end)
-
-    def wall_seconds(self) -> float:
-        return (self.ended if self.ended is not None else time.monotonic()) - self.started
-
-    def split(self, *, slots: float) -> dict[str, float]:
-        """Shares of the slots' time (wall time x concurrent trial slots) and the raw seconds."""
-        wall = self.wall_seconds()
-        slot_seconds = max(wall * slots, 1e-9)
-        busy = self.train_seconds + self.eval_seconds + self.setup_seconds + self.report_seconds
-        return {
-            "wall_seconds": wall, "slots": slots, "train_seconds": self.train_seconds,
-            "eval_seconds": self.eval_seconds, "setup_seconds": self.setup_seconds,
-            "report_seconds": self.report_seconds, "logging_seconds": self.logging_seconds,
-            "train_share": self.train_seconds / slot_seconds, "eval_share": self.eval_seconds / slot_seconds,
-            "setup_share": self.setup_seconds / slot_seconds, "report_share": self.report_seconds / slot_seconds,
-            "idle_share": max(0.0, 1 - busy / slot_seconds),
-            "trial_epochs_per_second": self.epochs / max(wall, 1e-9),
-        }
 
 
 class PlanAheadPump(tune.Callback):
@@ -91,7 +58,7 @@ class PlanAheadPump(tune.Callback):
 
 
 class BandedASHA(FIFOScheduler):
-    """Ray Tune adapter for :class:`sweeps.planning.pruning.BandedSuccessiveHalving`, kept on a pruning board.
+    """Ray Tune adapter for a pruning rule (:mod:`sweeps.planning.pruning`), kept on a pruning board.
 
     The rule's state lives in one Ray actor (the board, named ``board_name``) so that lone
     trials (judged here, in the driver) and the members of packs (judged by their workers, which
@@ -120,13 +87,13 @@ class BandedASHA(FIFOScheduler):
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
 
-def start_pruning_board(name: str, *, grace_period: int, max_epochs: int) -> Any:
-    """The sweep's pruning board: a :class:`BandedSuccessiveHalving` in a Ray actor named ``name``.
+def start_pruning_board(name: str, rule: type, *, grace_period: int, max_epochs: int) -> Any:
+    """The sweep's pruning board: its pruning ``rule`` (:data:`sweeps.space.model.PRUNERS`) in a Ray actor named ``name``.
 
     It takes no CPU (one dict lookup per call). A resumed sweep starts a fresh board: trials
     that ran before the interruption are not compared again.
     """
-    board = ray.remote(num_cpus=0)(BandedSuccessiveHalving)
+    board = ray.remote(num_cpus=0)(rule)
     return board.options(name=name, get_if_exists=True).remote(grace_period=grace_period, max_epochs=max_epochs)
 
 
@@ -213,10 +180,12 @@ def run_trials(
     trainable = tune.with_resources(run_trial, trial_resources(space))
     experiment = storage_path / name
     board, board_name = None, None
-    if space.pruner == "asha":
-        max_epochs = max(int(t.train_config["epochs"]) for t in grid) if grid else int(space.fixed.get("epochs", 15))
+    default_epochs = int(space.fixed.get("epochs", 15))  # a federated trial counts rounds: none prunes it
+    max_epochs = max(int(t.train_config.get("epochs", default_epochs)) for t in grid) if grid else default_epochs
+    rule, rule_settings = PRUNERS.get(space.pruner), {"grace_period": max(1, max_epochs // 4), "max_epochs": max_epochs}
+    if rule(**rule_settings).rung_epochs():  # a rule that never stops a trial needs no board
         board_name = f"dpsweep-pruning-{name}"
-        board = start_pruning_board(board_name, grace_period=max(1, max_epochs // 4), max_epochs=max_epochs)
+        board = start_pruning_board(board_name, rule, **rule_settings)
     if searcher is not None:
         searcher.board_name, searcher.slots = board_name, slots
     interrupted = _catch_interrupt(callback)

@@ -18,18 +18,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from ray import tune
 
 from sweeps.driver.progress import SweepProgress
+from sweeps.driver.sweep_stats import SweepStats
 from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
 from sweeps.protocol import EpochRow, LatestRows, TrialSpec, outcome_of, rows_of, unit_of
 from sweeps.results.frontier import Point
 from sweeps.tracking import SweepTracker
-
-if TYPE_CHECKING:
-    from sweeps.driver.runner import SweepStats  # runner imports this module: no run-time import back
 
 __all__ = ["TrackingCallback"]
 

@@ -5,6 +5,10 @@ they are always behind in accuracy, yet they are exactly the ones that make the 
 the accuracy-vs-ε frontier. Here a trial competes only with trials whose planned ε falls in
 the same band (half an octave of ε wide), so pruning removes the runs that are behind *at
 their privacy cost*. Pure bookkeeping; the Ray Tune adapter lives in ``sweeps.driver.runner``.
+
+A pruning rule is a class made with ``(grace_period=, max_epochs=)`` that answers
+``rung_epochs()`` and ``judge(rows)``; a space selects one by its name in
+:data:`sweeps.space.model.PRUNERS` (``asha``: :class:`BandedSuccessiveHalving`, ``none``: :class:`NoPruning`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import math
 
 import numpy as np
 
-__all__ = ["BandedSuccessiveHalving", "epsilon_band"]
+__all__ = ["BandedSuccessiveHalving", "NoPruning", "epsilon_band"]
 
 
 def epsilon_band(planned_epsilon: float) -> int:
@@ -73,3 +77,16 @@ class BandedSuccessiveHalving:
         """
         return [trial_id for trial_id, band, epoch, accuracy in rows
                 if self.should_stop(trial_id=trial_id, band=band, epoch=epoch, accuracy=accuracy)]
+
+
+class NoPruning:
+    """Every trial runs all its epochs: no rungs, so the sweep starts no pruning board."""
+
+    def __init__(self, *, grace_period: int, max_epochs: int) -> None:
+        del grace_period, max_epochs  # the rule's constructor is every pruner's
+
+    def rung_epochs(self) -> list[int]:
+        return []
+
+    def judge(self, rows: list[tuple[str, int, int, float]]) -> list[str]:
+        return []

@@ -12,17 +12,14 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from dp_core._validate import ConfigError, require, require_in_range
 from dp_core.accounting import RDP_ORDERS, rdp_curve
 from dp_core.plan import PrivacyPlan
-
-if TYPE_CHECKING:
-    from sweeps.results.frontier import Point
 
 __all__ = [
     "ACCOUNTANT",
@@ -100,16 +97,6 @@ class TrialMechanism:
             noise_multiplier=0.0 if disabled or sigma in (None, "None") else float(sigma),
             sample_rate=float(params["sample_rate_resolved"]), steps=int(float(params["steps_planned"])),
         )
-
-    @classmethod
-    def from_points(cls, points: Iterable[Point]) -> list[TrialMechanism]:
-        """One mechanism per distinct trial among frontier points (each trial logs one point an epoch)."""
-        seen: dict[str, TrialMechanism] = {}
-        for point in points:
-            key = point.run_id or point.trial
-            if key not in seen:
-                seen[key] = cls.from_params(point.params)
-        return list(seen.values())
 
     def dp_event(self) -> Any:
         """The dp-accounting description: ``SelfComposed(PoissonSampled(q, Gaussian(σ)), steps)``."""

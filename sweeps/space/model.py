@@ -19,6 +19,7 @@ import numpy as np
 from dp_core import config as dp_config
 from dp_core._validate import ConfigError, require_choice
 from dp_core.federated import KIND, split_flat
+from sweeps.registry import LazyRegistry
 from sweeps.space.checks import in_file, is_int, require_in
 
 __all__ = [
@@ -40,7 +41,12 @@ __all__ = [
 
 SEARCH_MODES = ("grid", "optuna")
 OBJECTIVES = ("single", "multi")
-PRUNERS = ("asha", "none")
+#: pruner name -> its rule (:mod:`sweeps.planning.pruning`), a reference the driver imports: a
+#: space names a pruner, the planning layer implements it. ``none`` must mean no pruning at all
+#: (private selection needs independent runs).
+PRUNERS = LazyRegistry("pruner")
+PRUNERS.register("asha", "sweeps.planning.pruning:BandedSuccessiveHalving")
+PRUNERS.register("none", "sweeps.planning.pruning:NoPruning")
 KINDS = ("train", "federated")  # what a trial runs: dp_core.train, or dp_core.federated
 SELECTION_DISTRIBUTIONS = ("poisson", "truncated_negative_binomial")  # of the trial count K
 #: The share of the training split a sweep holds out for validation when its space does not say.

@@ -141,7 +141,7 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
     pruner = data.get("pruner", "none")
     with in_file(path):
         require_choice(objective, key="objective", choices=OBJECTIVES)
-        require_choice(pruner, key="pruner", choices=PRUNERS)
+        PRUNERS.check(pruner)
 
     budget = _coerce(data.get("epsilon_budget"))
     if budget is not None:

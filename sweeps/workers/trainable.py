@@ -10,19 +10,19 @@ the heavy imports run on the trial's first call, where they count as its set-up.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from sweeps.registry import LazyRegistry
 
 __all__ = ["run_trial", "RUNNERS"]
 
-#: A unit's kind -> its runner, "module:function", called with (unit, tune_config). Imported on
-#: the unit's first call, where torch's import counts as its set-up. A new kind of trial is a
-#: planner in sweeps.planning.kinds, a runner module here and one line below.
-RUNNERS: dict[str, str] = {
-    "central": "sweeps.workers.trial:run_central_trial",
-    "pack": "sweeps.workers.pack:run_pack",
-    "federated": "sweeps.workers.federated:run_federated_trial",
-}
+#: A unit's kind -> its runner, called with (unit, tune_config). Registered as references, imported
+#: on the unit's first call, where torch's import counts as its set-up. A new kind of trial is a
+#: planner in sweeps.planning.kinds and a runner registered here.
+RUNNERS = LazyRegistry("kind")
+RUNNERS.register("central", "sweeps.workers.trial:run_central_trial")
+RUNNERS.register("pack", "sweeps.workers.pack:run_pack")
+RUNNERS.register("federated", "sweeps.workers.federated:run_federated_trial")
 
 
 def run_trial(tune_config: dict[str, Any]) -> None:
@@ -30,5 +30,4 @@ def run_trial(tune_config: dict[str, Any]) -> None:
     from sweeps.protocol import unit_of
 
     unit = unit_of(tune_config)
-    module, _, name = RUNNERS[unit.kind].partition(":")
-    getattr(importlib.import_module(module), name)(unit, tune_config)
+    RUNNERS.get(unit.kind)(unit, tune_config)

@@ -31,7 +31,7 @@ def test_a_trial_and_a_pack_come_back_equal_plans_and_infinities_included() -> N
 
 def test_a_spec_refuses_a_kind_it_does_not_know_or_a_plan_of_another_kind() -> None:
     spec = _spec("t", noise_multiplier=1.0)
-    with pytest.raises(ValueError, match="unknown trial kind"):
+    with pytest.raises(ValueError, match=r"Expected kind to be one of central, federated, but got kind='quantum'"):
         TrialSpec.from_dict({**spec.to_dict(), "kind": "quantum"})
     with pytest.raises(TypeError, match="FederatedPlan"):
         TrialSpec(kind="federated", name="t", key="k", train={}, params={}, plan=spec.plan)

@@ -20,7 +20,7 @@ from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 
 from dp_core.train import EpochReport
-from sweeps.driver.runner import SweepStats
+from sweeps.driver.sweep_stats import SweepStats
 from sweeps.driver.tracking_callback import TrackingCallback
 from sweeps.planning import PlannedTrial, plan_trial
 from sweeps.planning.packing import pack_spec
