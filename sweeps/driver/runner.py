@@ -17,7 +17,6 @@ import os
 # console for short epochs. The snapshots themselves stay on.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-import dataclasses
 import signal
 import threading
 import time

@@ -5,17 +5,16 @@ validation and test accuracy are measured. The choice between them is the driver
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 
 from dp_core.config import TrainConfig
 from dp_core.data import load_data
 from dp_core.train import EpochReport, StopTraining, TrainingDiverged, train
 from dp_core.vectorized import can_vectorize, train_vectorized
 from sweeps.protocol import ConfirmationJob, ConfirmationResult
+from sweeps.workers.threads import use_reserved_cpus
 
 __all__ = ["train_jobs"]
 
@@ -27,9 +26,7 @@ def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
     Jobs whose configurations can train together (dp_core.vectorized) do, each stopping at its
     own epoch; the others train one by one.
     """
-    cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if cpus > 0:
-        torch.set_num_threads(cpus)
+    use_reserved_cpus()
     configs = [TrainConfig.from_dict(job.train) for job in jobs]
     data = load_data(configs[0].data)
     stops = [job.epoch for job in jobs]

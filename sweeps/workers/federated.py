@@ -10,12 +10,10 @@ again from the start and, seeded, reaches the same models and ε.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 
 from dp_core.federated import InProcessExecutor, RoundReport, split_flat, train_federated
@@ -23,6 +21,7 @@ from dp_core.train import TrainingDiverged
 from sweeps.workers.federated_actors import RayClientExecutor
 from sweeps.protocol import EpochRow, TrialSpec
 from sweeps.workers.trial import worker_dataset
+from sweeps.workers.threads import use_reserved_cpus
 
 __all__ = ["round_row", "run_federated_trial"]
 
@@ -42,9 +41,7 @@ def run_federated_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
     config, federated = split_flat(unit.train)
     # Planned in the driver already (σ, every client's ε per round): not again per trial.
     plan = unit.plan
-    cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if cpus > 0:
-        torch.set_num_threads(cpus)
+    use_reserved_cpus()
     data = worker_dataset(config.data)
     # keep_actors: the next trial this (reused) trial actor runs gets its clients warm.
     executor = RayClientExecutor(keep_actors=True) if ray.is_initialized() else InProcessExecutor()

@@ -18,12 +18,10 @@ a few seconds of small-model training, so a pack whose worker died is simply run
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 
 from dp_core.config import TrainConfig
@@ -32,6 +30,7 @@ from dp_core.vectorized import ConfigsDiverged, train_vectorized
 from sweeps.planning.pruning import epsilon_band
 from sweeps.protocol import EpochRow, PackSpec, encode_rows
 from sweeps.workers.trial import epoch_row, worker_dataset
+from sweeps.workers.threads import use_reserved_cpus
 
 __all__ = ["run_pack"]
 
@@ -48,9 +47,7 @@ def run_pack(unit: PackSpec, tune_config: dict[str, Any]) -> None:
     plans = [m.plan for m in members]
     bands = [epsilon_band(m.planned_epsilon) for m in members]
     epochs = configs[0].epochs
-    cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if cpus > 0:
-        torch.set_num_threads(cpus)
+    use_reserved_cpus()
     data = worker_dataset(configs[0].data)
     board = ray.get_actor(tune_config["board"]) if tune_config.get("board") else None
     rungs = set(ray.get(board.rung_epochs.remote())) if board is not None else set()

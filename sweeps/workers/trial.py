@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from ray import tune
 
 from dp_core.config import TrainConfig
@@ -24,6 +23,7 @@ from dp_core.config import DataConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.train import EpochReport, TrainingDiverged, train
 from sweeps.protocol import EpochRow, TrialSpec
+from sweeps.workers.threads import use_reserved_cpus
 
 __all__ = ["run_central_trial", "epoch_row", "worker_dataset", "CHECKPOINT_FILE"]
 
@@ -78,9 +78,7 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
     started = time.perf_counter()
     # Planned in the driver already (σ calibration, ε after every epoch): not again per trial.
     config, plan = TrainConfig.from_dict(unit.train), unit.plan
-    cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if cpus > 0:
-        torch.set_num_threads(cpus)
+    use_reserved_cpus()
     data = worker_dataset(config.data)
 
     workdir = Path(tempfile.mkdtemp(prefix="dpsweep-trial-"))
