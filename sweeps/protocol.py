@@ -42,9 +42,10 @@ class TrialSpec:
     """One trial as a worker runs it: its kind, identity, flat dp_core configuration (σ resolved),
     the params the tracker logs, and the privacy plan computed by the driver."""
 
-    kind: str
+    kind: str  # a name in PLAN_TYPES
     name: str
     key: str
+    #: The flat dp_core configuration the worker trains (TrainConfig.from_dict, or a federated one).
     train: Mapping[str, Any]
     params: Mapping[str, Any]
     plan: PrivacyPlan | FederatedPlan

@@ -67,6 +67,7 @@ class NodeResources:
     """One alive node of the cluster and the CPUs and GPUs it has in all (used or not)."""
 
     name: str
+    #: All the node has, used or not (what Ray's state API reports as its total).
     cpus: float
     gpus: float
 

@@ -44,7 +44,7 @@ class RdpFilter:
 
     epsilon: float
     delta: float
-    order: float
+    order: float  # the Rényi order at which the filter adds the trials' RDP up
 
     def __post_init__(self) -> None:
         require_positive(self.epsilon, key="sweep_epsilon_budget")

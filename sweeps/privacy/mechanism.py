@@ -72,7 +72,8 @@ def quiet_absl() -> Iterator[None]:
 class TrialMechanism:
     """One trial's DP-SGD mechanism: ``steps`` Poisson-sampled Gaussian steps (σ = 0: no privacy)."""
 
-    noise_multiplier: float
+    noise_multiplier: float  # σ
+    #: q, the Poisson sampling rate of every step.
     sample_rate: float
     steps: int
 

@@ -243,6 +243,17 @@ def _parse_axes(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Axis]
     }
 
 
+def _check_section_keys(raw: Mapping[str, Any], *, known: tuple[str, ...], required: tuple[str, ...], where: str,
+                        needs: str) -> None:
+    """Refuse a key of a nested mapping that is not ``known`` ("did you mean"), or a missing ``required`` one."""
+    for key in raw:
+        if key not in known:
+            raise dp_config.unknown_key_error(str(key), known, where=where)
+    for key in required:
+        if key not in raw:
+            raise ConfigError(f"Missing {key!r} in {where} (got {raw!r}). {needs}")
+
+
 def _parse_axis(raw: Any, path: Path, *, key: str, integer: bool) -> Axis:
     require_here = require_in(path)
     label = f"axes.{key}"
@@ -267,15 +278,8 @@ def _parse_axis(raw: Any, path: Path, *, key: str, integer: bool) -> Axis:
         return tuple(values)
 
     if isinstance(raw, dict):
-        for sub in raw:
-            if sub not in _RANGE_KEYS:
-                raise dp_config.unknown_key_error(str(sub), _RANGE_KEYS, where=f"the range {label} of {path}")
-        for sub in ("low", "high"):
-            if sub not in raw:
-                raise ConfigError(
-                    f"Missing {sub!r} in the range {label} of {path} (got {raw!r}). A range needs "
-                    "low and high, and optionally log (true/false) and num (grid points)."
-                )
+        _check_section_keys(raw, known=_RANGE_KEYS, required=("low", "high"), where=f"the range {label} of {path}",
+                            needs="A range needs low and high, and optionally log (true/false) and num (grid points).")
         low, high = _coerce(raw["low"]), _coerce(raw["high"])
         kind = "an integer" if integer else "a finite number"
         for sub, value in (("low", low), ("high", high)):
@@ -363,15 +367,9 @@ def _parse_private_selection(raw: Any, path: Path) -> PrivateSelection | None:
         isinstance(raw, dict), key="private_selection", value=raw,
         allowed="to be a mapping such as {distribution: poisson, mean: 10}",
     )
-    for key in raw:
-        if key not in _SELECTION_KEYS:
-            raise dp_config.unknown_key_error(str(key), _SELECTION_KEYS, where=f"private_selection of {path}")
-    for key in ("distribution", "mean"):
-        if key not in raw:
-            raise ConfigError(
-                f"Missing {key!r} in private_selection of {path} (got {raw!r}). It needs distribution "
-                f"({' | '.join(SELECTION_DISTRIBUTIONS)}) and mean, and optionally eta for the negative binomial."
-            )
+    _check_section_keys(raw, known=_SELECTION_KEYS, required=("distribution", "mean"), where=f"private_selection of {path}",
+                        needs=f"It needs distribution ({' | '.join(SELECTION_DISTRIBUTIONS)}) and mean, and "
+                        "optionally eta for the negative binomial.")
     distribution, mean, eta = raw["distribution"], _coerce(raw["mean"]), _coerce(raw.get("eta"))
     with in_file(path):
         require_choice(distribution, key="private_selection.distribution", choices=SELECTION_DISTRIBUTIONS)
