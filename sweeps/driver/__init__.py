@@ -1,0 +1,13 @@
+"""The sweep driver: the launcher's phases on Ray Tune, Optuna and MLflow.
+
+In the order a sweep runs them: ``preparation`` (the request, the space, the secret and the grid
+planned, before Ray or MLflow), ``session`` (the MLflow parent run and Ray), ``runner`` (Ray Tune,
+the pruning board) with ``search``, ``optuna_actors`` and ``batch_tpe`` (Optuna),
+``tracking_callback``, ``sweep_stats`` and ``progress``, then ``confirm_stage`` and ``finish``.
+Beside them: ``resources`` (whether trials fit the cluster), ``prepare_data`` (datasets fetched
+once) and ``submit`` (a sweep as a Ray Job). It re-exports no names: ``python -m sweeps.submit``
+imports this package and must start without torch, Ray, Optuna or MLflow.
+"""
+
+__all__ = ["batch_tpe", "confirm_stage", "finish", "optuna_actors", "prepare_data", "preparation", "progress",
+           "resources", "runner", "search", "session", "submit", "sweep_stats", "tracking_callback"]

@@ -37,6 +37,7 @@ __all__ = [
     "check_search_settings",
     "check_trial_configs",
     "describe_axis",
+    "rebuild_space",
 ]
 
 SEARCH_MODES = ("grid", "optuna")
@@ -153,7 +154,7 @@ class SearchSpace:
         # MappingProxyType does not pickle; Ray ships the space to workers, so rebuild from dicts.
         state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         state["fixed"], state["axes"] = dict(self.fixed), dict(self.axes)
-        return (_rebuild_space, (state,))
+        return (rebuild_space, (state,))
 
     @property
     def grid_size(self) -> int:
@@ -222,8 +223,13 @@ class SearchSpace:
         }
 
 
-def _rebuild_space(state: dict[str, Any]) -> SearchSpace:
+def rebuild_space(state: dict[str, Any]) -> SearchSpace:
+    """A SearchSpace from the fields :meth:`SearchSpace.__reduce__` pickled."""
     return SearchSpace(**state)
+
+
+# Tune state pickled before the rebuild function was public names it so (a --resume).
+_rebuild_space = rebuild_space
 
 
 # ---- the rules between settings ----------------------------------------------------------------

@@ -32,7 +32,7 @@ class JournaledWrites:
     """The journaling half of :class:`sweeps.tracking.writer.SweepTracker`: ``_write(op, **kwargs)``
     applies the tracker's ``_<op>(**kwargs)`` now, or journals it while MLflow is away.
 
-    The tracker provides ``tracking_uri``, ``experiment``, ``_sweep`` (start_sweep's arguments),
+    The tracker provides ``tracking_uri``, ``experiment``, ``sweep_arguments`` (start_sweep's arguments),
     ``parent_run_id`` and ``_open_parent``, and a ``_<op>`` method for every op in JOURNALED.
     """
 
@@ -91,7 +91,7 @@ class JournaledWrites:
         with open(self.journal, "a") as handle:
             if handle.tell() == 0:
                 handle.write(json.dumps({"op": "sweep", "kwargs": {
-                    "tracking_uri": self.tracking_uri, "experiment": self.experiment, **(self._sweep or {})}}) + "\n")
+                    "tracking_uri": self.tracking_uri, "experiment": self.experiment, **(self.sweep_arguments or {})}}) + "\n")
             handle.write(json.dumps({"op": op, "kwargs": kwargs}, default=str) + "\n")
 
     def flush(self) -> int:
@@ -107,8 +107,8 @@ class JournaledWrites:
         lines = [json.loads(line) for line in self.journal.read_text().splitlines() if line.strip()]
         pending = [entry for entry in lines if entry["op"] in JOURNALED]
         try:
-            if self.parent_run_id is None and self._sweep is not None:
-                self._open_parent(**self._sweep)
+            if self.parent_run_id is None and self.sweep_arguments is not None:
+                self._open_parent(**self.sweep_arguments)
             for entry in pending:
                 getattr(self, f"_{entry['op']}")(**entry["kwargs"])
         except Exception as error:  # noqa: BLE001
@@ -127,7 +127,7 @@ class JournaledWrites:
         tracker = cls(tracking_uri=tracking_uri or header.pop("tracking_uri"), experiment=header.pop("experiment"),
                       journal=path)
         header.pop("tracking_uri", None)
-        tracker._sweep = header
+        tracker.sweep_arguments = header
         check_uri(tracker.tracking_uri)
         try:
             count = tracker.flush()

@@ -70,7 +70,7 @@ class SweepTracker(JournaledWrites):
         self._init_journal(journal)
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
-        self._sweep: dict[str, Any] | None = None  # start_sweep's arguments, to reopen the parent
+        self.sweep_arguments: dict[str, Any] | None = None  # start_sweep's arguments, to reopen the parent
         self.parent_run_id: str | None = None
         self._run_ids: dict[str, str] = {}  # trial key -> child run id
         self._last_step: dict[str, int] = {}  # trial key -> last epoch logged (for reopened runs)
@@ -111,9 +111,9 @@ class SweepTracker(JournaledWrites):
         store, or whose account the store refuses (TrackingRefused), fails before training anything.
         """
         check_uri(self.tracking_uri)
-        self._sweep = {"sweep_id": sweep_id, "run_name": run_name, "params": dict(params), "tags": dict(tags)}
+        self.sweep_arguments = {"sweep_id": sweep_id, "run_name": run_name, "params": dict(params), "tags": dict(tags)}
         try:
-            return self._open_parent(**self._sweep)
+            return self._open_parent(**self.sweep_arguments)
         except Exception as error:  # noqa: BLE001
             if is_unreachable(error):
                 raise TrackingUnavailable(f"Cannot reach MLflow at {self.tracking_uri}: {error}") from error
