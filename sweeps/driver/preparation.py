@@ -24,7 +24,35 @@ __all__ = ["SweepRequest", "PreparedSweep", "prepare_sweep", "sweep_filter"]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SweepRequest:
-    """What ``python -m sweeps.launch`` was asked (its options, checked where they are used)."""
+    """What ``python -m sweeps.launch`` was asked: its command line, one field per option.
+
+    The options are checked where they are used (the space by :func:`sweeps.space.load_space`,
+    ``resources`` by :func:`sweeps.driver.resources.parse_resources`, …), so that each error names
+    what it concerns; :func:`prepare_sweep` makes the first of those checks.
+
+    Args:
+        space: a shipped space's name or a path to a ``.yaml`` file (``--space``).
+        search: ``grid`` or ``optuna``, overriding the space's search mode (``--search``).
+        trials: the number of Optuna trials, overriding the space's (``--trials``).
+        time_budget: seconds after which no trial starts or runs on (``--time-budget``).
+        address: a Ray cluster's address; None starts local Ray (``--address``).
+        num_cpus: the CPUs of a local Ray (``--num-cpus``).
+        resources: ``cpus=N,gpus=M`` per trial, overriding the space's (``--resources``).
+        wait_for_resources: seconds to wait for a node that can hold one trial (``--wait-for-resources``).
+        tracking_uri: MLflow's tracking URI; None: MLflow's default (``--tracking-uri``).
+        experiment: the MLflow experiment (``--experiment``).
+        results_dir: where Ray Tune keeps trial state and checkpoints (``--results-dir``).
+        resume: ``"latest"`` or a sweep folder's name to continue (``--resume``).
+        audit: retrain the best trial with canaries afterwards (``--audit``).
+        verbose: one line per trial, and the libraries' own start-up output (``--verbose``).
+
+    Example:
+        >>> from sweeps.launch import build_parser
+        >>> args = build_parser().parse_args(["--space", "digits_quick", "--num-cpus", "2"])
+        >>> request = SweepRequest.from_args(args)
+        >>> request.space, request.num_cpus, request.search, str(request.results_dir)
+        ('digits_quick', 2, None, 'dpsweep_results')
+    """
 
     space: str
     search: str | None = None
@@ -43,6 +71,17 @@ class SweepRequest:
 
     @classmethod
     def from_args(cls, args: Any) -> SweepRequest:
+        """The request from the launcher's parsed command line (:func:`sweeps.launch.build_parser`).
+
+        Args:
+            args: an :class:`argparse.Namespace` with an attribute for every field.
+
+        Returns:
+            The request, every field copied from ``args``.
+
+        Raises:
+            AttributeError: ``args`` lacks a field (a parser that is not the launcher's).
+        """
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 

@@ -94,11 +94,40 @@ def plot_frontier(
 ) -> Any:
     """Save a PNG of every finite-ε point (dots), the frontier (a step line) and ``confirmed``.
 
-    ``extra_lines`` are sweep-level ε values by label, written in the legend (they do not set the
-    axis). ``confirmed`` are frontier configurations retrained with fresh seeds, drawn at their
-    test accuracy mean with ± std error bars. ``search_metric`` names what the points' accuracy
-    is. ``log_epsilon`` picks a logarithmic ε axis (the default) or a linear one from 0. Returns
-    the figure's axes (the figure is closed; its limits and labels can still be read).
+    Args:
+        path: the PNG to write (its folder must exist).
+        points: the search's points; those with ε = ∞ (no noise) are counted in the title, not drawn.
+        front: the Pareto frontier among them (:func:`sweeps.results.frontier.pareto_front`).
+        budget: the sweep's ε budget, drawn as a vertical line (None: no budget).
+        delta: the δ every ε is a statement of, written on the ε axis.
+        accountant: the accountant that computed every ε (``"prv"``, ``"rdp"``), written on the ε axis.
+        title: the plot's title.
+        extra_lines: sweep-level ε values by label, written in the legend (they do not set the axis).
+        confirmed: frontier configurations retrained with fresh seeds, drawn at their test accuracy
+            mean with ± std error bars.
+        log_epsilon: a logarithmic ε axis (the default) or a linear one from 0.
+        search_metric: what the points' accuracy is (the y label).
+
+    Returns:
+        The figure's matplotlib axes. The figure is closed; its limits and labels can still be read.
+
+    Raises:
+        OSError: ``path`` cannot be written.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from sweeps.results.frontier import Point, pareto_front
+        >>> points = [Point(epsilon=e, accuracy=a, run_id=f"r{i}", trial=f"t{i}", epoch=3)
+        ...           for i, (e, a) in enumerate([(0.5, 0.71), (1.0, 0.83), (2.0, 0.80), (4.0, 0.90)])]
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     png = Path(folder) / "frontier.png"
+        ...     ax = plot_frontier(png, points, pareto_front(points), budget=8.0, delta=1e-5,
+        ...                        accountant="prv", title="digits")
+        ...     png.stat().st_size > 0
+        True
+        >>> ax.get_xlabel()
+        'ε (δ = 1e-05, PRV accountant), log scale'
     """
     import matplotlib
 

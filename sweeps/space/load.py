@@ -85,7 +85,29 @@ def list_spaces() -> list[SearchSpace]:
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
-    """Load and validate a shipped space by name (``"digits_quick"``) or a ``.yaml`` file by path."""
+    """Load and validate a shipped space by name (``"digits_quick"``) or a ``.yaml`` file by path.
+
+    Args:
+        name_or_path: a shipped space's name (a file of :data:`SPACES_DIR` without ``.yaml``), or a
+            path: a :class:`~pathlib.Path`, or a string with a slash or ending in ``.yaml``/``.yml``.
+
+    Returns:
+        The validated :class:`SearchSpace`, its ``source`` an absolute path.
+
+    Raises:
+        ConfigError: no such space or file ("did you mean" for a misspelt name), malformed YAML,
+            or a value no sweep can run; the message names the file, the key, the bad value and
+            what is allowed.
+
+    Example:
+        >>> space = load_space("digits_quick")
+        >>> space.name, space.search, space.grid_size, space.epsilon_budget
+        ('digits_quick', 'grid', 24, 8.0)
+        >>> load_space("digits_quik")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        dp_core..._validate.ConfigError: Unknown search space 'digits_quik'. Did you mean 'digits_quick'? Known spaces: ...
+    """
     text = str(name_or_path)
     looks_like_path = isinstance(name_or_path, Path) or "/" in text or "\\" in text or text.endswith((".yaml", ".yml"))
     if looks_like_path:
