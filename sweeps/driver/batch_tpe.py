@@ -2,10 +2,9 @@
 
 A pack asks Optuna for dozens of configurations at once. TPESampler refits its two Parzen
 estimators (the good trials' density l(x) and the others' g(x)) for every suggestion, from
-every trial of the study, in Python loops over the trials: tens of ms per suggestion in a study
-of thousands of trials on one core (``bench/tpe_scaling.py``, figures in ``docs/benchmarks.md``),
-while a digits pack trains for seconds on one of two cores. The asker actor fell behind, and
-free slots waited for it.
+every trial of the study, in Python loops over the trials: in a study of thousands of trials that
+costs more per pack than a digits pack takes to train (``bench/tpe_scaling.py``, figures in
+``docs/benchmarks.md``). The asker actor fell behind, and free slots waited for it.
 
 Inside :meth:`BatchTPESampler.one_fit`, the estimators are built at the batch's first
 suggestion and reused by the next ones; each suggestion still runs TPESampler's own sampling
@@ -21,9 +20,9 @@ inside a batch, its first call for a search space is Optuna's own, and the two e
 builds are kept (from ``_build_parzen_estimator``); the later calls skip the fit and draw from
 them with TPESampler's own ``_compute_acquisition_func`` and ``_compare``, its ``_rng`` and its
 ``n_ei_candidates``. Caching the estimators alone and letting Optuna's ``_sample`` run for every
-suggestion was measured too: 1.1-1.6x less CPU per suggestion than TPESampler, against 2.0-2.9x
-for this (500 to 4,000 trials, ``docs/benchmarks.md``): the split of the trials into good and
-bad, which ``_sample`` redoes per suggestion, costs more than the estimators.
+suggestion was measured too, and saved less CPU per suggestion than this (``docs/benchmarks.md``):
+the split of the trials into good and bad, which ``_sample`` redoes per suggestion, costs more
+than the estimators.
 
 It is tested on the Optuna versions in :data:`TESTED_OPTUNA` (pinned likewise in
 ``pyproject.toml``): a batch of one suggests exactly what TPESampler does (plain and conditional

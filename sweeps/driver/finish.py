@@ -110,7 +110,7 @@ def _close_open_runs(opened: OpenSweep, *, ended_how: str) -> int:
 def _sweep_points(request: SweepRequest, opened: OpenSweep, callback: Any) -> list[Any]:
     """The frontier is made of exactly the logged points. A new sweep whose writes all reached
     MLflow logged them from this process, so they are taken from here (reading thousands of
-    metric histories back took seconds per thousand trials); a resumed sweep reads MLflow,
+    metric histories back costs a request per trial); a resumed sweep reads MLflow,
     which also holds the points of the runs before; with MLflow away, what this process saw."""
     tracker = opened.tracker
     if request.resume is None and not tracker.offline:

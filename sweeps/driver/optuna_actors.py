@@ -102,9 +102,9 @@ def plan_asked(study: optuna.Study, space: SearchSpace, plan: Callable[[dict[str
 
 class Asker:
     """Asks Optuna for configurations in a Ray actor on the driver's machine (the study's
-    journal file is there): TPE takes 20-70 ms per suggestion in a study of thousands of trials
-    (16 ms fitted once per pack, :mod:`sweeps.driver.batch_tpe`), and in the driver that held Tune's
-    control loop, so packs waited to report and to start. Its study is the driver's, through
+    journal file is there): TPE's suggestions in a study of thousands of trials (even fitted once
+    per pack, :mod:`sweeps.driver.batch_tpe`) held Tune's control loop when they ran in the
+    driver, so packs waited to report and to start. Its study is the driver's, through
     the journal: it sees every result the driver tells."""
 
     def __init__(self, space: SearchSpace, storage: str, study_name: str, seed: int | None) -> None:

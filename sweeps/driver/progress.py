@@ -244,7 +244,7 @@ def quiet_libraries() -> None:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     # Through Optuna's own switch: its logger is set to INFO when Optuna first configures it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # "The `process_trial_result` operation took 0.6 s, which may be a performance bottleneck":
+    # "The `process_trial_result` operation took … s, which may be a performance bottleneck":
     # Tune's control loop timing itself, nothing a user of the sweep can act on.
     logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
     token_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")

@@ -20,8 +20,8 @@ Asking (TPE) and planning run in two Ray actors on the driver's machine, batches
 requests; the driver's part is to hand out what they planned and to tell Optuna the results.
 
 The study lives in an Optuna journal file in the sweep folder (``--resume`` continues it);
-Optuna's sqlite storage cost a database transaction per ask, suggestion and epoch report, which
-took a third of the driver's time in a sweep of second-long trials.
+Optuna's sqlite storage cost a database transaction per ask, suggestion and epoch report, a large
+share of the driver's time in a sweep of short trials.
 """
 
 from __future__ import annotations
@@ -258,10 +258,11 @@ class BudgetedOptunaSearch(Searcher):
 
         For a free slot it waits. Tune stops an idle actor it has no trial for; a trial that
         comes later gets a fresh actor, and when a busy actor frees up while the fresh one is
-        still starting, Tune gives the trial to the busy one and stops the fresh one. In a 300 s
-        benchmark the planner, late in the sweep, delivered at just that rhythm: twelve fresh
-        actors in a row were stopped as they started, and one of the two slots stayed idle for
-        the last 80 s. A free slot's trial now comes at once, before its actor can be stopped.
+        still starting, Tune gives the trial to the busy one and stops the fresh one. In a
+        benchmark the planner, late in the sweep, delivered at just that rhythm: fresh actors
+        were stopped one after another as they started, and one of the two slots stayed idle to
+        the end (``docs/benchmarks.md``). A free slot's trial now comes at once, before its actor
+        can be stopped.
         """
         remaining = self.space.trials - self._issued if self.space.trials is not None else math.inf
         if remaining <= 0:

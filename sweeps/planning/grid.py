@@ -28,7 +28,7 @@ def plan_grid(space: Any, *, workers: int | None = None) -> list[PlannedTrial]:
 
     Trials that differ only in C or the learning rate share one mechanism (σ, q, steps, δ), whose
     ε curve is computed once per process (cached); distinct mechanisms are independent PRV
-    computations of up to seconds each, so they run in parallel.
+    computations, long enough to be worth running in parallel.
     """
     groups: dict[str, list[tuple[int, tuple[dict[str, Any], str, dict[str, Any], str]]]] = {}
     for index, values in enumerate(space.grid_axis_values()):

@@ -1,7 +1,7 @@
 """A trial's identity: the hash of its flat configuration and its name, never of its seed.
 
 Its own module because the planner, the trial workers and the tracker all need it, and the
-workers should not import MLflow (a second of start-up each) to get a hash.
+workers should not import MLflow (start-up time in every worker) to get a hash.
 """
 
 from __future__ import annotations

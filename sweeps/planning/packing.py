@@ -1,7 +1,8 @@
 """Packs: several trials of one small model trained at once, as one unit of work.
 
-A digits MLP trains its 20 epochs in a third of a second; scheduled one trial at a time, a
-sweep of such trials spends its slots on starting, reporting and logging trials. A pack is one
+A digits MLP trains its 20 epochs in less time than Ray Tune takes to start and end a trial;
+scheduled one trial at a time, a sweep of such trials spends its slots on starting, reporting
+and logging trials (figures: ``docs/benchmarks.md``). A pack is one
 Ray Tune trial whose members are ordinary planned trials that share model, data and steps; the
 worker trains them together with ``dp_core.vectorized.train_vectorized`` (stacked parameters,
 one vmap over configurations), and each member still reports, is pruned and is logged as its
@@ -29,18 +30,18 @@ __all__ = ["AUTO_PACK_SIZE", "AUTO_MODELS", "PACK_DEPTH", "group_key", "pack_cap
            "pack_trials", "pack_spec"]
 
 #: ``vectorize: auto`` packs up to this many configurations of a model in AUTO_MODELS. Past
-#: the kernel's own gain (below), a bigger pack pays Ray's start and end of a trial, about a
-#: quarter of a second, once for more trials: the benchmark sweep ran 117 trial-epochs/s with
-#: packs of 8 and 142 with packs of 16 (60 s each on 2 CPU cores).
+#: the kernel's own gain (below), a bigger pack pays Ray's start and end of a trial once for
+#: more trials: the benchmark sweep ran more trial-epochs per second with packs of 16 than of 8
+#: (``docs/benchmarks.md``).
 AUTO_PACK_SIZE = 16
-#: Models whose vectorised step measured faster than one trial after another on 2 CPU cores
-#: (bench/vectorized_bench.py: the digits MLP 1.26x at 4, 1.60x at 8 and 1.71x at 16
-#: configurations; digits_cnn was slower vectorised, so it runs one trial per unit).
+#: Models whose vectorised step measured faster than one trial after another
+#: (``bench/vectorized_bench.py``, figures in ``docs/benchmarks.md``); digits_cnn was slower
+#: vectorised, so it runs one trial per unit.
 AUTO_MODELS = frozenset({"mlp"})
 #: A pack of width W (configurations trained at once) holds up to PACK_DEPTH x W members. Ray
-#: Tune takes about half a second between the end of one trial and the start of the next on a
-#: 2-core machine, and a pack of 16 pruned digits MLPs trains for about a second: a deeper
-#: pack pays that gap once for several rounds of members.
+#: Tune's gap between the end of one trial and the start of the next is of the order of the
+#: training time of a pack of pruned digits MLPs: a deeper pack pays that gap once for several
+#: rounds of members.
 PACK_DEPTH = 3
 
 

@@ -124,8 +124,8 @@ def as_mechanism(trial: Any) -> TrialMechanism:
 
 def _rdp_curve(mechanism: TrialMechanism) -> np.ndarray:
     """RDP of the whole run, from dp_core's vectorised sampled-Gaussian RDP: for composing many
-    runs (an Optuna sweep's hundreds of distinct configurations), where dp-accounting's took 0.2 s
-    per run. Equal to Opacus' and to numerical integration; dp-accounting's fractional-order series
+    runs (an Optuna sweep's hundreds of distinct configurations), where dp-accounting's is too slow
+    per run (``docs/benchmarks.md``). Equal to Opacus' and to numerical integration; dp-accounting's fractional-order series
     stops early at small σ and is then slightly larger (looser), never smaller."""
     return rdp_curve(noise_multiplier=mechanism.noise_multiplier, sample_rate=mechanism.sample_rate,
                      steps=mechanism.steps)

@@ -20,8 +20,8 @@ def fast_sqlite(tracking_uri: str) -> None:
     """Open an sqlite tracking store in WAL mode with ``synchronous=NORMAL``.
 
     In its default rollback-journal mode sqlite creates, syncs and deletes a journal file on
-    every commit, and MLflow commits several times per call: on 2 CPU cores that took about
-    40 % of the tracking thread's CPU. With a write-ahead log a commit is an append, synced at
+    every commit, and MLflow commits several times per call: a large share of the tracking
+    thread's CPU (``docs/benchmarks.md``). With a write-ahead log a commit is an append, synced at
     checkpoints; an application crash loses nothing, a power cut can lose the last commits, and
     the file stays consistent. Readers (``mlflow ui``) no longer block the writer. Only the
     given file is affected, and only connections made by this process.

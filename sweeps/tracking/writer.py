@@ -222,8 +222,8 @@ class SweepTracker(JournaledWrites):
         (step, metrics), and, given an ``outcome``, the run ended with that outcome and ``tags``.
 
         A trial of a pack usually arrives whole: then it costs three calls (create, one batch,
-        end), against one per write; on 2 CPU cores the per-call cost of MLflow's sqlite store
-        took more CPU than the trials' training. Non-finite values (ε = ∞) are not logged.
+        end), against one per write; on a small machine the per-call cost of MLflow's sqlite
+        store took more CPU than the trials' training (``docs/benchmarks.md``). Non-finite values (ε = ∞) are not logged.
         """
         assert outcome is None or outcome in OUTCOMES, outcome
         self._write("log_trial", key=key, name=name, params={k: str(v) for k, v in params.items()},

@@ -5,7 +5,7 @@ a lone trial reports) since the pack's previous result, keyed by the member's tr
 driver logs them as separate trials. A pack sends a result at most every ``REPORT_SECONDS`` and
 when it ends, not after every epoch: a Ray Tune function trainable waits inside
 ``tune.report`` until the driver's control loop has taken the result, and a digits pack's
-epochs take a tenth of a second, so per-epoch results kept its worker waiting on the driver
+epochs are shorter than that wait, so per-epoch results kept its worker waiting on the driver
 for most of its time. Pruning does not wait for results: at the pruning rungs the pack asks
 the sweep's pruning board (a Ray actor shared by all trials) about all its members at once;
 pruned members stop and the others go on unchanged.
