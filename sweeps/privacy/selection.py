@@ -71,7 +71,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -87,12 +87,9 @@ from sweeps.privacy.mechanism import (
     naive_composition_epsilon,
     quiet_absl,
 )
+from sweeps.planning import PlannedTrial
 from sweeps.privacy.statement import SelectionPrivacy
-from sweeps.space import SELECTION_DISTRIBUTIONS
-
-if TYPE_CHECKING:
-    from sweeps.planning import PlannedTrial
-    from sweeps.space import SearchSpace
+from sweeps.space import SELECTION_DISTRIBUTIONS, SearchSpace
 
 __all__ = [
     "DISTRIBUTIONS",
