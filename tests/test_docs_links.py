@@ -20,7 +20,9 @@ PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "inf
 _FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.MULTILINE | re.DOTALL)
 _CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.DOTALL)
 # [text](target) or ![alt](target); the target may hold one level of balanced parentheses and a title.
-_INLINE_LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*(<[^>]*>|(?:[^()\s]|\([^()\s]*\))+)(?:\s+\"[^\"]*\")?\s*\)")
+_INLINE_LINK = re.compile(
+    r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*(<[^>]*>|(?:[^()\s]|\([^()\s]*\))+)(?:\s+\"[^\"]*\")?\s*\)"
+)
 _REFERENCE_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:\s*(\S+)", re.MULTILINE)
 _ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$", re.MULTILINE)
 
@@ -85,26 +87,33 @@ def problems(page: Path, *, root: Path = ROOT) -> list[str]:
             anchor = urllib.parse.unquote(parsed.fragment)
             known = anchors(linked.read_text(encoding="utf-8"))
             if anchor not in known:
-                found.append(f"{where}: {target!r}: no heading of {linked.name} has the anchor #{anchor} "
-                             f"(its anchors: {', '.join(sorted(known))})")
+                found.append(
+                    f"{where}: {target!r}: no heading of {linked.name} has the anchor #{anchor} "
+                    f"(its anchors: {', '.join(sorted(known))})"
+                )
     return found
 
 
 # ---- the checker itself ------------------------------------------------------------------------
 
+
 def test_github_slugs() -> None:
     assert github_slug("The frontier's truth (`python bench/frontier_truth.py`)") == (
-        "the-frontiers-truth-python-benchfrontier_truthpy")
+        "the-frontiers-truth-python-benchfrontier_truthpy"
+    )
     assert github_slug("What a sweep-level ε covers") == "what-a-sweep-level-ε-covers"
     assert github_slug("The headline sweep: `cifar10_grid`, from a laptop to GPUs") == (
-        "the-headline-sweep-cifar10_grid-from-a-laptop-to-gpus")
+        "the-headline-sweep-cifar10_grid-from-a-laptop-to-gpus"
+    )
     assert github_slug("See [the launcher](launcher.md)") == "see-the-launcher"
     assert anchors("# A\n## A\n```\n# not a heading\n```\n### A ###\n") == {"a", "a-1", "a-2"}
 
 
 def test_links_outside_code_only() -> None:
-    markdown = ("[a](one.md) ![b](pic.png \"title\") `[c](code.md)` [d](<with space.md>)\n"
-                "```\n[e](fenced.md)\n```\n[f]: ref.md\n[g](x_(y).md#h)\n")
+    markdown = (
+        '[a](one.md) ![b](pic.png "title") `[c](code.md)` [d](<with space.md>)\n'
+        "```\n[e](fenced.md)\n```\n[f]: ref.md\n[g](x_(y).md#h)\n"
+    )
     assert links(markdown) == ["one.md", "pic.png", "with space.md", "x_(y).md#h", "ref.md"]
 
 
@@ -115,7 +124,8 @@ def test_the_checker_finds_broken_links(tmp_path: Path) -> None:
         "# Page\n\n[fine](other.md) [fine](other.md#a-section) [fine](#page) [fine](https://example.org/x)\n"
         "[missing file](nowhere.md) [missing anchor](other.md#no-such-section) [own anchor](#nope)\n"
         "[bad url](https://) ![missing image](lost.png) [odd scheme](ftp://example.org/f)\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     found = problems(page, root=tmp_path)
     assert len(found) == 6, found
     for text in ("nowhere.md", "#no-such-section", "#nope", "malformed URL 'https://'", "lost.png", "ftp"):
@@ -125,6 +135,7 @@ def test_the_checker_finds_broken_links(tmp_path: Path) -> None:
 
 
 # ---- the project's pages -----------------------------------------------------------------------
+
 
 def test_the_pages_are_found() -> None:
     names = {page.relative_to(ROOT).as_posix() for page in PAGES}
