@@ -8,8 +8,8 @@ their rank. It is what tells whether "the sweep beats the defaults by a point" c
 all in a given space: if the best configuration of the space is within a point of the defaults,
 no selection can. Results to ``bench/results/digits-landscape-*.json``.
 
-The top of such a list is itself a maximum over noisy means (6 seeds: std about 0.3–0.5
-points each), so read it as "about this much", not as one configuration's figure.
+The top of such a list is itself a maximum over noisy means, so read it as "about this much",
+not as one configuration's figure (the standard error of each mean is in docs/benchmarks.md).
 """
 
 from __future__ import annotations
