@@ -1,4 +1,4 @@
-"""Wall time of planning a trial's privacy: Opacus as a user would call it vs dp_core.plan.plan_privacy.
+"""Wall time of planning a trial's privacy: Opacus as a user would call it vs dp_core.privacy_plan.plan_privacy.
 
 Run ``python bench/accounting_bench.py``. The work is what a sweep does before each trial with a
 target ε: calibrate σ for the planned steps, then ε after every epoch (PRV accountant, δ = 1e-5).
@@ -43,7 +43,7 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from dp_core import _prv, _rdp, accounting
 from dp_core.config import TrainConfig
-from dp_core.plan import PrivacyPlan, plan_privacy
+from dp_core.privacy_plan import PrivacyPlan, plan_privacy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -169,7 +169,7 @@ def run(*, repeats: int, threads: int) -> None:
         "benchmark": "accounting_bench", "date": today,
         "setup": {"accountant": "prv", "delta": DELTA, "repeats": repeats, "blas_threads": threads,
                   "opacus": "get_noise_multiplier(accountant='prv', defaults) + PRVAccountant.get_epsilon per epoch",
-                  "ours": "dp_core.plan.plan_privacy, lru caches cleared before each repeat"},
+                  "ours": "dp_core.privacy_plan.plan_privacy, lru caches cleared before each repeat"},
         "machine": {"cpu": cpu_model(), "processor": platform.processor() or platform.machine(),
                     "platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "load_average_at_start": load_at_start, "python": platform.python_version(),

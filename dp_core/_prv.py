@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dp_core._rdp import _DEFAULT_ALPHA_INDEX, RDP_ORDERS, _rdp_one_step
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 
 if TYPE_CHECKING:
     from opacus.accountants.analysis.prv import DiscretePRV, Domain

@@ -18,7 +18,7 @@ from dp_core._vectorized_clipping import _clipping_for, _stack
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, canonical_train_size
 from dp_core.models import build_model
-from dp_core.plan import PrivacyPlan, plan_privacy
+from dp_core.privacy_plan import PrivacyPlan, plan_privacy
 from dp_core.train import _check_plan  # the rule train() applies to a pre-computed plan
 
 # Input shapes by dataset, to build the model before any data is loaded (a sweep groups trials

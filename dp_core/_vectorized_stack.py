@@ -20,7 +20,7 @@ from dp_core.config import TrainConfig
 from dp_core.data import DatasetSplits
 from dp_core.dpsgd import poisson_batches
 from dp_core.models import build_model
-from dp_core.plan import PrivacyPlan
+from dp_core.privacy_plan import PrivacyPlan
 from dp_core.train import resolve_device
 
 

@@ -78,7 +78,7 @@ from dp_core._prv import (
     _PrvOutOfRange,
 )
 from dp_core._rdp import RDP_ORDERS, _rdp_epsilon, _rdp_one_step
-from dp_core._validate import ConfigError, require, require_choice, require_in_range, require_positive
+from dp_core.errors import ConfigError, require, require_choice, require_in_range, require_positive
 
 # Unused here: the tests check these internals against Opacus as ``accounting.<name>``.
 from dp_core._prv import _certified_bounds, _compose, _prv_domain, _prv_spectrum, _spectrum_powers  # noqa: F401

@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from dp_core._validate import (
+from dp_core.errors import (
     ConfigError,
     require,
     require_choice,

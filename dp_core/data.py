@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from dp_core._validate import ConfigError, require_choice
+from dp_core.errors import ConfigError, require_choice
 from dp_core.splits import DatasetSplits
 from dp_core.synthetic import SYNTHETIC_DATASETS, load_synthetic
 

@@ -21,7 +21,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 from dp_core.engines import Engine, PrivateStep, choose_engine
 
 __all__ = ["PlainStep", "PrivateStep", "make_private", "make_private_step", "poisson_batches", "per_layer_norms"]

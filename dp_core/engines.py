@@ -38,7 +38,7 @@ from opacus.utils.module_utils import trainable_modules
 from torch import nn
 
 from dp_core import _bookkeeping
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 
 __all__ = [
     "AUTO_ORDER",

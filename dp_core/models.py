@@ -13,7 +13,7 @@ import torch.nn as nn
 from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 
-from ._validate import ConfigError, require, require_choice
+from dp_core.errors import ConfigError, require, require_choice
 
 __all__ = ["MODELS", "register_model", "build_model", "make_dp_compatible"]
 

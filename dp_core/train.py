@@ -27,7 +27,7 @@ from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
 from dp_core.models import build_model
-from dp_core.plan import PrivacyPlan, plan_privacy
+from dp_core.privacy_plan import PrivacyPlan, plan_privacy
 
 __all__ = ["EpochReport", "TrainResult", "StopTraining", "TrainingDiverged", "train", "resolve_device", "main"]
 

@@ -28,7 +28,7 @@ from dp_core._vectorized_grouping import _checked_plans, can_vectorize, group_si
 from dp_core._vectorized_stack import _Stack
 from dp_core.config import TrainConfig
 from dp_core.data import DatasetSplits, load_data
-from dp_core.plan import PrivacyPlan
+from dp_core.privacy_plan import PrivacyPlan
 from dp_core.train import EpochReport, StopTraining, TrainingDiverged, TrainResult
 
 # Unused here: the tests check the clipping routes as ``vectorized.<name>``.

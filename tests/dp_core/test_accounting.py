@@ -36,7 +36,7 @@ import pytest
 from scipy import integrate
 
 from dp_core import _prv, _rdp, accounting
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 from dp_core.accounting import (
     ACCOUNTANTS,
     RDP_ORDERS,

@@ -13,7 +13,7 @@ import torch
 from torchvision import datasets as tv_datasets
 
 from dp_core import data as data_module
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 from dp_core.data import DATASETS, DatasetSplits, canonical_train_size, load_dataset
 
 # ---------------------------------------------------------------- writers of the real on-disk formats

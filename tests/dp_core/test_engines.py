@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dp_core import _bookkeeping
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 from dp_core.config import GRAD_SAMPLE_MODES, TrainConfig
 from dp_core.data import load_dataset
 from dp_core.dpsgd import make_private, make_private_step, per_layer_norms, poisson_batches

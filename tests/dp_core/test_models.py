@@ -13,7 +13,7 @@ from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader, TensorDataset
 
 from dp_core import models
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 from dp_core.models import MODELS, build_model, make_dp_compatible, register_model
 
 # Opacus' expected chatter: the first layer's input needs no grad; tests need no secure RNG.
