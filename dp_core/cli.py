@@ -79,14 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     for section in (config_module.DataConfig, config_module.ModelConfig, config_module.OptimizerConfig,
                     config_module.PrivacyConfig):
         for field in dataclasses.fields(section):
-            _add_flag(parser, field.name, field.type, defaults[field.name])
+            add_flag(parser, field.name, field.type, defaults[field.name])
     for key in ("epochs", "batch_size", "sample_rate", "max_physical_batch_size", "seed", "device", "test_batch_size"):
         field = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
-        _add_flag(parser, key, field.type, defaults[key])
+        add_flag(parser, key, field.type, defaults[key])
     return parser
 
 
-def _add_flag(parser: argparse.ArgumentParser, key: str, annotation: Any, default: Any) -> None:
+def add_flag(parser: argparse.ArgumentParser, key: str, annotation: Any, default: Any) -> None:
     names = [f"--{key.replace('_', '-')}", *_ALIASES.get(key, [])]
     kind = _flag_type(annotation)
     help_text = _HELP.get(key, key) if key == "seed" else f"{_HELP.get(key, key)} (default: {default})"

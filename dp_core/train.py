@@ -27,9 +27,20 @@ from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
 from dp_core.models import build_model
-from dp_core.privacy_plan import PrivacyPlan, plan_privacy
+from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
-__all__ = ["EpochReport", "TrainResult", "StopTraining", "TrainingDiverged", "train", "resolve_device", "main"]
+__all__ = [
+    "EpochReport",
+    "StopTraining",
+    "TrainResult",
+    "TrainingDiverged",
+    "build_optimizer",
+    "evaluate",
+    "evaluate_splits",
+    "main",
+    "resolve_device",
+    "train",
+]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -94,7 +105,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     opt = config.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     if opt.optimizer == "sgd":
@@ -128,24 +139,6 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
         correct += (logits.argmax(dim=1) == target).sum()
     model.train()
     return loss_sum.item() / len(images), correct.item() / len(images)
-
-
-def _check_plan(plan: PrivacyPlan, config: TrainConfig, *, train_size: int) -> None:
-    """A pre-computed plan must describe this configuration's mechanism, or its ε would be wrong."""
-    privacy = config.privacy
-    expected = {
-        "private": privacy.is_private,
-        "sample_rate": config.resolved_sample_rate(train_size),
-        "steps_per_epoch": config.steps_per_epoch(train_size),
-        "planned_steps": config.steps_per_epoch(train_size) * config.epochs,
-        "delta": privacy.delta,
-        "accountant": privacy.accountant,
-    }
-    if privacy.is_private and privacy.noise_multiplier is not None:
-        expected["noise_multiplier"] = float(privacy.noise_multiplier)
-    wrong = {k: (getattr(plan, k), v) for k, v in expected.items() if getattr(plan, k) != v}
-    if wrong or (privacy.epsilon_budget is not None and plan.epsilon > privacy.epsilon_budget):
-        raise ConfigError(f"Expected the privacy plan to match the configuration, but got (plan, config) = {wrong}.")
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -183,7 +176,7 @@ def train(
     if plan is None:
         plan = plan_privacy(config, train_size=train_size)
     else:
-        _check_plan(plan, config, train_size=train_size)
+        check_plan(plan, config, train_size=train_size)
     device = resolve_device(config.device)
 
     torch.manual_seed(config.seed)  # model init and dropout
@@ -199,7 +192,7 @@ def train(
         config.model.model, input_shape=data.input_shape, num_classes=data.num_classes,
         gn_groups=config.model.gn_groups,
     ).to(device)
-    optimizer = _build_optimizer(config, model)
+    optimizer = build_optimizer(config, model)
     step = PlainStep(model, optimizer)
     if plan.private:
         step = make_private_step(

@@ -20,7 +20,7 @@ import yaml
 
 from dp_core import config as config_module
 from dp_core.accounting import PrivacySpent
-from dp_core.cli import _add_flag
+from dp_core.cli import add_flag
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.federated._config import FEDERATED_KEYS, FederatedConfig, split_flat
 from dp_core.federated._server import RoundReport, train_federated
@@ -56,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_defaults = TrainConfig().to_dict()
     for section in _SECTIONS:
         for field in dataclasses.fields(section):
-            _add_flag(parser, field.name, field.type, train_defaults[field.name])
+            add_flag(parser, field.name, field.type, train_defaults[field.name])
     for key in _TOP_LEVEL:
         field = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
-        _add_flag(parser, key, field.type, train_defaults[key])
+        add_flag(parser, key, field.type, train_defaults[key])
     return parser
 
 

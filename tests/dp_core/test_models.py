@@ -158,12 +158,14 @@ def test_non_affine_batchnorm_raises_config_error() -> None:
         make_dp_compatible(model)
 
 
-def test_registered_builder_is_built_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))  # leave the real registry untouched
+def test_registered_builder_is_built_and_checked() -> None:
     register_model("lstm_proj", lambda **kw: nn.Sequential(nn.LSTM(4, 8, proj_size=2)))
-    assert "lstm_proj" in models.MODELS
-    with pytest.raises(ConfigError, match="cannot be trained privately"):
-        build_model("lstm_proj", input_shape=(1, 8, 8), num_classes=2)
+    try:
+        assert "lstm_proj" in models.MODELS
+        with pytest.raises(ConfigError, match="cannot be trained privately"):
+            build_model("lstm_proj", input_shape=(1, 8, 8), num_classes=2)
+    finally:
+        MODELS.unregister("lstm_proj")  # leave the real registry as it was
 
 
 def test_unknown_model_lists_known_names() -> None:
