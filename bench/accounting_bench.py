@@ -41,7 +41,7 @@ import threadpoolctl
 from opacus.accountants import PRVAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from dp_core import _prv, _rdp, accounting
+from dp_core import accounting
 from dp_core.config import TrainConfig
 from dp_core.privacy_plan import PrivacyPlan, plan_privacy
 
@@ -77,10 +77,7 @@ def opacus_plan(*, sample_rate: float, epoch_ends: list[int], target_epsilon: fl
 
 def clear_accounting_caches() -> None:
     """Empty every lru cache of dp_core's accounting: the next plan starts cold, like a new trial's."""
-    for module in (accounting, _prv, _rdp):
-        for value in vars(module).values():
-            if callable(getattr(value, "cache_clear", None)):
-                value.cache_clear()
+    accounting.clear_caches()
 
 
 def timed(work: Callable[[], object]) -> tuple[float, float, object]:

@@ -22,6 +22,9 @@ from dp_core.errors import ConfigError
 if TYPE_CHECKING:
     from opacus.accountants.analysis.prv import DiscretePRV, Domain
 
+__all__ = ["PRV_MIN_EPS_ERROR", "PRV_REL_EPS_ERROR", "PrvOutOfRange", "certified_bounds", "compose",
+           "prv_coarse", "prv_domain", "prv_epsilons", "prv_spectrum", "spectrum_powers"]
+
 # PRV numerics (see _prv_pass).
 _PRV_EPS_ERROR = 0.01  # Opacus' default eps_error
 _PRV_DELTA_ERROR = 1e-3  # delta_error = 0.001·δ, Opacus' default

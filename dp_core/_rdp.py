@@ -14,6 +14,8 @@ import warnings
 
 import numpy as np
 
+__all__ = ["DEFAULT_ALPHA_INDEX", "RDP_ORDERS", "rdp_epsilon", "rdp_one_step"]
+
 #: RDP orders α: Opacus' DEFAULT_ALPHAS (1.1..10.9 by 0.1, 12..63) plus 11 and a geometric-ish
 #: run of large integer orders up to 1024 for weak mechanisms (small ε has its optimum at large
 #: α, and the sampled Gaussian's RDP jumps once α passes ~σ² log(1/q), so the large orders must

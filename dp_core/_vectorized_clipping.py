@@ -17,6 +17,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
+__all__ = ["ClipChunk", "Clipping", "Tensors", "clipped_sums", "clipping_for", "ghost_clipping",
+           "logits_function", "per_example_clipping", "stack_models", "stateless_copy"]
+
 Tensors = dict[str, torch.Tensor]
 
 
@@ -50,19 +53,19 @@ ClipChunk = Callable[[Tensors, Tensors, torch.Tensor, torch.Tensor, torch.Tensor
 
 
 @dataclasses.dataclass(frozen=True)
-class _Clipping:
+class Clipping:
     clip: ClipChunk
     bytes_per_example: int  # memory held per example and configuration; 0 if negligible
 
 
-def clipping_for(model: nn.Module) -> _Clipping:
+def clipping_for(model: nn.Module) -> Clipping:
     """Ghost clipping when every parameter belongs to an ``nn.Linear``, else per-example gradients."""
     in_linear = {f"{name}.{p}".lstrip(".") for name, module in model.named_modules() if type(module) is nn.Linear
                  for p, _ in module.named_parameters(recurse=False)}
     if {name for name, _ in model.named_parameters()} <= in_linear:
-        return _Clipping(ghost_clipping(model), bytes_per_example=0)
+        return Clipping(ghost_clipping(model), bytes_per_example=0)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    return _Clipping(per_example_clipping(model), bytes_per_example=size)
+    return Clipping(per_example_clipping(model), bytes_per_example=size)
 
 
 def per_example_clipping(model: nn.Module) -> ClipChunk:
@@ -163,7 +166,7 @@ def ghost_clipping(model: nn.Module) -> ClipChunk:
 
 
 def clipped_sums(
-    clipping: _Clipping, params: Tensors, buffers: Tensors, indices: list[torch.Tensor],
+    clipping: Clipping, params: Tensors, buffers: Tensors, indices: list[torch.Tensor],
     images: torch.Tensor, labels: torch.Tensor, *, max_grad_norm: torch.Tensor, chunk: int | None, chunk_bytes: int,
 ) -> tuple[Tensors, torch.Tensor]:
     """Σ_i clip_C(g_i) over each configuration's batch, as Opacus' ``clip_and_accumulate`` (flat).

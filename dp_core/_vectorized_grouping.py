@@ -21,6 +21,8 @@ from dp_core.dataset_facts import DATASETS, canonical_train_size
 from dp_core.models import build_model
 from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
+__all__ = ["can_vectorize", "checked_plans", "group_signature"]
+
 # What every configuration of a group must share: the model's shape, the data, the steps.
 _SHARED: tuple[tuple[str, Callable[[TrainConfig], Any]], ...] = (
     ("dataset", lambda c: c.data.dataset), ("data_root", lambda c: c.data.data_root),

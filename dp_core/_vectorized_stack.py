@@ -24,6 +24,8 @@ from dp_core.noise import gaussian_noise
 from dp_core.privacy_plan import PrivacyPlan
 from dp_core.train import resolve_device
 
+__all__ = ["ConfigStack"]
+
 
 class ConfigStack:
     """The configurations training now (``running``), stacked, and every configuration's own state."""

@@ -66,10 +66,12 @@ import dataclasses
 import functools
 import math
 import numbers
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from dp_core import _prv, _rdp
 from dp_core._prv import PRV_MIN_EPS_ERROR, PRV_REL_EPS_ERROR, PrvOutOfRange, prv_coarse, prv_epsilons
 from dp_core._rdp import RDP_ORDERS, rdp_epsilon, rdp_one_step
 from dp_core.errors import ConfigError, require, require_in_range, require_positive
@@ -80,6 +82,7 @@ __all__ = [
     "EpsilonsOf",
     "RDP_ORDERS",
     "PrivacySpent",
+    "clear_caches",
     "epsilon",
     "epsilons",
     "noise_multiplier_for",
@@ -417,6 +420,15 @@ def max_steps_within(
         else:
             high = mid
     return low
+
+
+def clear_caches() -> None:
+    """Empty every cache of the accounting numerics (``functools.lru_cache`` here, in ``_prv`` and in
+    ``_rdp``), so that the next computation starts cold, as in a fresh process (for benchmarks)."""
+    for module in (sys.modules[__name__], _prv, _rdp):
+        for value in vars(module).values():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
 
 
 def rdp_curve(*, noise_multiplier: float, sample_rate: float, steps: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import NotRequired, TypedDict, Unpack
 
 import torch
 from opacus.optimizers import DPOptimizer
@@ -24,7 +25,8 @@ from torch import nn
 from dp_core.errors import ConfigError
 from dp_core.engines import Engine, PrivateStep, choose_engine
 
-__all__ = ["PlainStep", "PrivateStep", "make_private", "make_private_step", "poisson_batches", "per_layer_norms"]
+__all__ = ["PlainStep", "PrivateStep", "StepSettings", "make_private", "make_private_step", "per_layer_norms",
+           "poisson_batches"]
 
 
 def per_layer_norms(max_grad_norm: float, model: nn.Module) -> list[float]:
@@ -63,36 +65,40 @@ def make_private_step(
                     expected_batch_size=expected_batch_size, clipping=clipping, noise_generator=noise_generator)
 
 
+class StepSettings(TypedDict):
+    """The keyword arguments ``make_private`` passes on, as ``make_private_step`` documents them."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    expected_batch_size: float
+    clipping: NotRequired[str]
+    noise_generator: NotRequired[torch.Generator | None]
+
+
 def make_private(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    *,
-    noise_multiplier: float,
-    max_grad_norm: float,
-    expected_batch_size: float,
-    clipping: str = "flat",
-    grad_sample_mode: str = "hooks",
-    noise_generator: torch.Generator | None = None,
+    model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_sample_mode: str = "hooks",
+    **settings: Unpack[StepSettings],
 ) -> tuple[nn.Module, DPOptimizer]:
     """``make_private_step`` as Opacus' ``(model, optimizer)`` pair, for a plain ``loss.backward()`` loop.
 
     Only engines that clip in ``optimizer.step()`` fit that loop (hooks, functorch, ew; ``auto``
     picks the fastest of them); ghost and bk need ``make_private_step(...).backward``.
     """
-    engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=clipping, plain_backward=True)
+    engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=settings.get("clipping", "flat"),
+                           plain_backward=True)
     if not engine.clips_in_optimizer_step:
         raise ConfigError(
             f"Expected an engine that clips in optimizer.step(), but got grad_sample_mode={engine.name!r}, which "
             "clips during its own backward; use make_private_step(...).backward(images, labels) instead."
         )
-    step = _prepare(engine, model, optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                    expected_batch_size=expected_batch_size, clipping=clipping, noise_generator=noise_generator)
+    step = _prepare(engine, model, optimizer, **settings)
     return step.model, step.optimizer
 
 
 def _prepare(
     engine: Engine, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
-    max_grad_norm: float, expected_batch_size: float, clipping: str, noise_generator: torch.Generator | None,
+    max_grad_norm: float, expected_batch_size: float, clipping: str = "flat",
+    noise_generator: torch.Generator | None = None,
 ) -> PrivateStep:
     flat = clipping == "flat"
     return engine.prepare(

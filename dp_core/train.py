@@ -29,31 +29,20 @@ from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
 from dp_core.models import build_model
 from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
-__all__ = [
-    "EpochReport",
-    "StopTraining",
-    "TrainResult",
-    "TrainingDiverged",
-    "build_optimizer",
-    "evaluate",
-    "evaluate_splits",
-    "main",
-    "resolve_device",
-    "train",
-]
+__all__ = ["EpochReport", "ProgressReport", "StopTraining", "TrainResult", "TrainingDiverged", "asks_to_stop",
+           "build_optimizer", "evaluate", "evaluate_splits", "main", "resolve_device", "train"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class EpochReport:
-    """What one epoch produced. ``epsilon`` is an upper bound from ``accountant`` at ``delta``.
+class ProgressReport:
+    """What every report of a run's progress holds (an epoch's here, a federated round's in
+    ``dp_core.federated``). ``epsilon`` is an upper bound from ``accountant`` at ``delta``.
 
     Validation and test loss and accuracy are measured on data never trained on; either is None
     where it was not measured (no validation split; test not asked for, as in a sweep's search,
     where no decision may read it).
     """
 
-    epoch: int
-    steps: int
     # No training loss: the mean of unclipped per-example losses is an un-noised statistic of the
     # training data.
     val_loss: float | None = None
@@ -70,6 +59,14 @@ class EpochReport:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EpochReport(ProgressReport):
+    """What one epoch produced: the ``ProgressReport`` after ``steps`` optimizer steps."""
+
+    epoch: int
+    steps: int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -95,6 +92,17 @@ class TrainingDiverged(RuntimeError):
     The message names the epoch and the hyperparameters, never the loss: it is logged (an MLflow
     tag), and the loss is an un-noised statistic of the training data.
     """
+
+
+def asks_to_stop(hook: Callable[[Any], None] | None, report: ProgressReport) -> bool:
+    """Pass ``report`` to ``hook`` (if any); whether it raised ``StopTraining`` to end the run there."""
+    if hook is None:
+        return False
+    try:
+        hook(report)
+    except StopTraining:
+        return True
+    return False
 
 
 def resolve_device(device: str) -> torch.device:
@@ -292,12 +300,9 @@ def train(
                 "steps": steps,
                 "reports": [r.to_dict() for r in reports],
             })
-        if on_epoch is not None:
-            try:
-                on_epoch(report)
-            except StopTraining:
-                stopped_early = True
-                break
+        if asks_to_stop(on_epoch, report):
+            stopped_early = True
+            break
 
     resolved = config.replace(noise_multiplier=plan.noise_multiplier) if plan.private else config
     return TrainResult(
