@@ -31,7 +31,7 @@ _PRV_DELTA_ERROR = 1e-3  # delta_error = 0.001·δ, Opacus' default
 PRV_MIN_EPS_ERROR = 1e-3  # finest eps_error used when refining a small ε
 PRV_REL_EPS_ERROR = 0.005  # refine so that eps_error is at most 0.5% of ε
 _PRV_MAX_DOMAIN = 600.0  # privacy-loss domain [-L, L]; Opacus evaluates exp(t) on it (overflow > 709)
-_PRV_MAX_POINTS = 1 << 23  # ~8.4M grid points: ~10 s and ~1 GB; beyond, raise ConfigError
+_PRV_MAX_POINTS = 1 << 23  # ~8.4M grid points (~1 GB of spectra and pmfs); beyond, raise ConfigError
 _PRV_REFINE_MAX_POINTS = 1 << 22  # the optional refinement pass never costs more than this
 _F64_EPS = float(np.finfo(np.float64).eps)
 
@@ -74,7 +74,7 @@ def prv_domain(half_width: float, mesh: float) -> Domain:
     create_aligned gives t = -n·mesh .. (n+1)·mesh, 2n+2 points; the roll in Opacus'
     ``_compose_fourier`` relies on that shape, so we keep it and only raise n (a wider domain is
     still safe) until 2n+2 = 2 x a 5-smooth number: the FFT of a size with a large prime factor
-    is 10-50x slower.
+    is many times slower.
     """
     from opacus.accountants.analysis import prv as opacus_prv
     from scipy import fft
@@ -90,7 +90,8 @@ def _truncated_mean(noise_multiplier: float, sample_rate: float, t_min: float, t
 
     Same breakpoints, same ``quad`` calls, same integration by parts
     (E[Y] = Σ [t·F(t)] - ∫F over each piece); quad evaluates the integrand one point at a time,
-    and Opacus' numpy cdf costs ~15 µs per point there, this ~1 µs. The cdf is Opacus'
+    where Opacus' numpy cdf pays numpy's per-call overhead at every point and this scalar one does not.
+    The cdf is Opacus'
     ``PoissonSubsampledGaussianPRV.cdf`` (Gopi et al. Prop. B.4), truncated and renormalised
     to [t_min, t_max] as in ``TruncatedPrivacyRandomVariable.cdf``.
     """
@@ -165,7 +166,7 @@ def spectrum_powers(spectrum: np.ndarray, counts: tuple[int, ...]) -> Iterator[n
     F^k_j = F^k_(j-1) · F^(k_j - k_(j-1)), the gap's power cached (epochs have equal gaps). Each
     power takes at most k complex products, each exact to a few ulps: the relative error stays
     within the k x machine-eps the round-off check in certified_bounds allows. (numpy's
-    ``F**k`` takes exp(k log F) for k > 100, ~15x slower.)
+    ``F**k`` takes exp(k log F) for k > 100, which is slower.)
     """
 
     def power(exponent: int) -> np.ndarray:

@@ -121,8 +121,8 @@ def ghost_clipping(model: nn.Module) -> ClipChunk:
     For y = W a + b, example i's gradient is g_i a_iᵀ for W and g_i for b, with g_i = ∂loss_i/∂y_i:
     its squared norm is ‖g_i‖²‖a_i‖² + ‖g_i‖², and Σ_i f_i g_i a_iᵀ is one matrix product
     (Goodfellow 2015, "Efficient per-example gradient computations"; the ghost norm of Li et al.
-    2022). The same numbers as materialising, up to rounding, without a K×B×out×in tensor: 8x less
-    time per step for eight digits MLPs on one CPU thread.
+    2022). The same numbers as materialising, up to rounding, without a K×B×out×in tensor, and
+    much less time per step (docs/benchmarks.md).
     """
     stateless = stateless_copy(model)
     layers = {name: m for name, m in stateless.named_modules() if type(m) is nn.Linear}

@@ -15,7 +15,7 @@ independent oracle in the tests):
     Gaussian Mechanism", arXiv:1908.10530, Sec. 3.3: closed form for integer α, convergent series
     for fractional α). These are the terms of ``opacus.accountants.analysis.rdp.compute_rdp``,
     summed for all of :data:`RDP_ORDERS` at once in numpy (Opacus adds them one by one in Python,
-    ~0.06 s per σ); an order whose vectorised sum is not finite or cancels badly is recomputed by
+    a cost paid for every σ a calibration probes); an order whose vectorised sum is not finite or cancels badly is recomputed by
     Opacus itself. The two agree to float64 round-off (tested). RDP composes additively, so
     ``steps`` steps cost ``steps`` x the one-step curve. The conversion to (ε, δ) is
     ``opacus...rdp.get_privacy_spent``:

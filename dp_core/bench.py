@@ -10,7 +10,7 @@ peak memory a step allocates above the resting state (parameters, optimizer stat
 The table is printed and written to ``bench/results/<device>-<date>.json`` (``-quick`` added for
 ``--quick`` runs).
 
-``--quick`` runs a CPU-sized version in under three minutes; ``--device cuda`` runs the GPU cases
+``--quick`` runs a CPU-sized version (smaller batches of the large models); ``--device cuda`` runs the GPU cases
 (ResNet-18-GN and WRN-16-4 at B=128 and 256 on CIFAR-sized input, besides the small models).
 """
 
@@ -344,7 +344,7 @@ def run_benchmark(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dp_core.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small CPU-sized run (under 3 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="small CPU-sized run (the large models at small batches)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--models", help="comma-separated models of the zoo (default: all)")
     parser.add_argument("--engines", help=f"comma-separated engines (default: {','.join(ENGINES)})")

@@ -118,7 +118,7 @@ def _normalise(
 
 
 def _load_torchvision(name: str, facts: DatasetFacts, root: Path, download: bool) -> DatasetSplits:
-    from torchvision import datasets as tv_datasets  # here, not at import: it costs seconds per process
+    from torchvision import datasets as tv_datasets  # here, not at import: a slow import most runs do not need
 
     loader, folder, stats = getattr(tv_datasets, str(facts.torchvision_class)), facts.folder, facts.normalisation
     assert stats is not None  # every file dataset's facts fix its normalisation

@@ -110,7 +110,7 @@ def _torchvision_out_of_place() -> dict[type, type]:
 
 
 def _remove_inplace_ops(model: nn.Module) -> None:
-    # torchvision is imported only where needed (~1.5 s per process); a model without it has no resnet blocks.
+    # torchvision is imported only where needed (a slow import); a model without it has no resnet blocks.
     out_of_place = _torchvision_out_of_place() if "torchvision" in sys.modules else {}
     for module in model.modules():
         if getattr(module, "inplace", None) is True:  # ReLU, LeakyReLU, SiLU, Hardtanh, Dropout, ...
@@ -176,7 +176,7 @@ def _cifar_cnn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Mo
 def _resnet18_gn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
     _require_hw("resnet18_gn", input_shape, 16)  # 32x downsampling; smaller inputs leave nothing to pool
     norm = _group_norm("resnet18_gn", gn_groups)
-    import torchvision.models  # here, not at import: it costs ~1.5 s per process
+    import torchvision.models  # here, not at import: a slow import that most runs do not need
 
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes, norm_layer=norm)
     if input_shape[0] != 3:

@@ -35,7 +35,7 @@ __all__ = ["ConfigsDiverged", "can_vectorize", "group_signature", "train_vectori
 
 # Materialised per-example gradients are computed in chunks of at most this many bytes. glibc
 # returns blocks above 32 MiB to the OS when freed, so a larger tensor page-faults anew on every
-# step (on the 2-core CPU box: 40 MB allocated and filled in 62 ms, 16 MB in 0.8 ms).
+# step (docs/benchmarks.md has the figures).
 _CHUNK_BYTES = 16 * 2**20
 
 
