@@ -51,14 +51,48 @@ def make_private_step(
 
     Each step: every example's gradient g_i is clipped to norm ≤ C (flat: over all parameters;
     per_layer: C/√n per tensor), the clipped gradients are summed, N(0, σ²C²) is added to every
-    coordinate, and the result is divided by the *expected* batch size qN (not the realised
-    Poisson batch size, which would depend on the data and break the sensitivity bound).
-    Every engine computes this same quantity; they differ in speed and memory. ``auto`` picks
-    the fastest one that supports the model (``dp_core.engines.AUTO_ORDER``).
+    coordinate (``dp_core.noise.gaussian_noise``), and the result is divided by the *expected*
+    batch size qN (not the realised Poisson batch size, which would depend on the data and break
+    the sensitivity bound). Every engine computes this same quantity; they differ in speed and
+    memory.
 
     Train with ``loss = step.backward(images, labels); step.optimizer.step()``: engines that clip
     inside backward (ghost, bk) need their own backward, and their optimizer refuses to step
     on gradients from a plain ``loss.backward()``.
+
+    Args:
+        model: the model to train; it must be DP-compatible (``dp_core.models.make_dp_compatible``).
+        optimizer: the optimizer of ``model``'s parameters, which the DP optimizer wraps.
+        noise_multiplier: σ; the noise std is σ·C. 0 clips without noise (ε = ∞).
+        max_grad_norm: C, the bound on each example's gradient norm.
+        expected_batch_size: qN, the sampling rate times the training-set size.
+        clipping: ``"flat"`` (one bound over all parameters) or ``"per_layer"`` (C/√n per tensor).
+        grad_sample_mode: a registered engine (``dp_core.engines.ENGINES``), or ``"auto"``: the first
+            of ``dp_core.engines.AUTO_ORDER`` that supports the model and clipping.
+        noise_generator: the run's noise generator (seed it for a reproducible run).
+
+    Returns:
+        A ``PrivateStep``: ``.backward(images, labels)``, ``.optimizer`` (the DP optimizer),
+        ``.model`` (possibly wrapped), ``.engine`` (the engine's name).
+
+    Raises:
+        ConfigError: ``grad_sample_mode`` is not registered, or the engine cannot train this model
+            with this clipping (the message says why).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> step = make_private_step(model, torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0,
+        ...                          max_grad_norm=1.0, expected_batch_size=8, noise_generator=torch.Generator())
+        >>> step.engine
+        'bk'
+        >>> images, labels = torch.randn(8, 1, 2, 2), torch.randint(0, 2, (8,))
+        >>> loss = step.backward(images, labels)
+        >>> bool((step.per_sample_norms() > 0).all())
+        True
+        >>> step.optimizer.step()
+        >>> step.optimizer.zero_grad(set_to_none=True)
     """
     engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=clipping)
     return _prepare(engine, model, optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,

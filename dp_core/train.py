@@ -168,15 +168,48 @@ def train(
 ) -> TrainResult:
     """Train ``config`` with DP-SGD and return every epoch's report.
 
-    ``data`` may be passed pre-loaded (warm sweep workers reuse it across trials), and ``plan``
-    pre-computed (a sweep plans every trial before starting it); a plan that does not belong to
-    this configuration is refused.
-    With ``checkpoint_path``, state is saved after every epoch and a matching checkpoint is
-    resumed from, so a resumed run reaches the same steps, and so the same ε, as an
-    uninterrupted one. ``checkpoint_every_seconds`` saves at most that often (and always after
-    the last epoch): for epochs of milliseconds, saving every one would cost more than training.
-    Every epoch is evaluated on the validation split, if the data has one, and on the test split
-    unless ``evaluate_test`` is false (a sweep's search: its decisions must not read test data).
+    Plans the privacy spend (σ calibrated to ``target_epsilon`` if one is given), loads the data,
+    builds the model and optimizer, wraps them for DP-SGD (``make_private_step``) and trains
+    epochs of Poisson-sampled batches, evaluating after each.
+
+    Args:
+        config: the run; see ``TrainConfig`` (``TrainConfig.from_dict`` builds it from flat keys).
+        on_epoch: called with every epoch's ``EpochReport``; raising ``StopTraining`` from it ends the
+            run cleanly after that epoch (how a sweep prunes).
+        checkpoint_path: with it, state is saved after every epoch and a matching checkpoint is
+            resumed from, so a resumed run reaches the same steps, and so the same ε, as an
+            uninterrupted one.
+        checkpoint_every_seconds: save at most that often (and always after the last epoch): for
+            epochs of milliseconds, saving every one would cost more than training.
+        data: the splits, pre-loaded (warm sweep workers reuse them across trials); by default
+            ``load_data(config.data)``.
+        plan: the privacy plan, pre-computed (a sweep plans every trial before starting it); one
+            that does not belong to this configuration is refused.
+        evaluate_test: whether to evaluate on the test split too (a sweep's search does not: its
+            decisions must not read test data). The validation split, if any, is always evaluated.
+
+    Returns:
+        A ``TrainResult``: the configuration with σ resolved, the privacy plan, one report per epoch
+        trained (each ε an upper bound from its accountant at δ), whether it stopped early, and the
+        trained model.
+
+    Raises:
+        ConfigError: the configuration does not fit the data (δ >= 1/N, batch larger than N), no σ
+            reaches the target ε, ``plan`` or the checkpoint belongs to another configuration, or the
+            device is not available.
+        TrainingDiverged: the training loss became NaN or infinite.
+
+    Example:
+        >>> from dp_core.config import TrainConfig
+        >>> config = TrainConfig.from_dict({"dataset": "digits", "model": "mlp", "epochs": 2, "batch_size": 256,
+        ...                                 "lr": 2.0, "noise_multiplier": 1.0, "max_grad_norm": 0.5, "seed": 0})
+        >>> result = train(config)
+        >>> [report.epoch for report in result.reports], result.final.accountant, result.final.delta
+        ([1, 2], 'prv', 1e-05)
+        >>> 0 < result.reports[0].epsilon < result.final.epsilon < 5  # ε grows with the steps taken
+        True
+        >>> result.final.test_accuracy > 0.5
+        True
     """
     privacy = config.privacy
     data = data if data is not None else load_data(config.data)
