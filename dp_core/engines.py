@@ -21,7 +21,11 @@ Engines (names as ``grad_sample_mode``):
   and instantiated gradients, one output-only backward and no second pass.
 
 ``auto`` (the default) takes the first engine of ``AUTO_ORDER`` that supports the model and the
-clipping mode; the order comes from ``python -m dp_core.bench`` (see the README's figures).
+clipping mode; the order comes from ``python -m dp_core.bench`` (see docs/benchmarks.md).
+
+A new engine is an ``Engine`` registered as ``ENGINES.register(name, engine)``: ``grad_sample_mode``
+then accepts its name in any config. ``make_dp_optimizer`` and ``GradSampleStep`` serve engines
+that fill ``p.grad_sample``; every engine's noise is ``dp_core.noise.gaussian_noise``.
 """
 
 from __future__ import annotations
