@@ -1,4 +1,4 @@
-"""Wall time of planning a trial's privacy: Opacus as a user would call it vs dp_core.plan.plan_privacy.
+"""Wall time of planning a trial's privacy: Opacus as a user would call it vs dp_core.privacy_plan.plan_privacy.
 
 Run ``python bench/accounting_bench.py``. The work is what a sweep does before each trial with a
 target ε: calibrate σ for the planned steps, then ε after every epoch (PRV accountant, δ = 1e-5).
@@ -41,9 +41,9 @@ import threadpoolctl
 from opacus.accountants import PRVAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from dp_core import _prv, _rdp, accounting
+from dp_core import accounting
 from dp_core.config import TrainConfig
-from dp_core.plan import PrivacyPlan, plan_privacy
+from dp_core.privacy_plan import PrivacyPlan, plan_privacy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -77,10 +77,7 @@ def opacus_plan(*, sample_rate: float, epoch_ends: list[int], target_epsilon: fl
 
 def clear_accounting_caches() -> None:
     """Empty every lru cache of dp_core's accounting: the next plan starts cold, like a new trial's."""
-    for module in (accounting, _prv, _rdp):
-        for value in vars(module).values():
-            if callable(getattr(value, "cache_clear", None)):
-                value.cache_clear()
+    accounting.clear_caches()
 
 
 def timed(work: Callable[[], object]) -> tuple[float, float, object]:
@@ -169,7 +166,7 @@ def run(*, repeats: int, threads: int) -> None:
         "benchmark": "accounting_bench", "date": today,
         "setup": {"accountant": "prv", "delta": DELTA, "repeats": repeats, "blas_threads": threads,
                   "opacus": "get_noise_multiplier(accountant='prv', defaults) + PRVAccountant.get_epsilon per epoch",
-                  "ours": "dp_core.plan.plan_privacy, lru caches cleared before each repeat"},
+                  "ours": "dp_core.privacy_plan.plan_privacy, lru caches cleared before each repeat"},
         "machine": {"cpu": cpu_model(), "processor": platform.processor() or platform.machine(),
                     "platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "load_average_at_start": load_at_start, "python": platform.python_version(),

@@ -30,7 +30,7 @@ from dp_core.config import TrainConfig
 from dp_core.data import load_dataset
 from dp_core.engines import choose_engine
 from dp_core.models import build_model
-from dp_core.plan import plan_privacy
+from dp_core.privacy_plan import plan_privacy
 from dp_core.train import train
 from dp_core.vectorized import train_vectorized
 

@@ -16,24 +16,27 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dp_core._rdp import _DEFAULT_ALPHA_INDEX, RDP_ORDERS, _rdp_one_step
-from dp_core._validate import ConfigError
+from dp_core._rdp import DEFAULT_ALPHA_INDEX, RDP_ORDERS, rdp_one_step
+from dp_core.errors import ConfigError
 
 if TYPE_CHECKING:
     from opacus.accountants.analysis.prv import DiscretePRV, Domain
 
+__all__ = ["PRV_MIN_EPS_ERROR", "PRV_REL_EPS_ERROR", "PrvOutOfRange", "certified_bounds", "compose",
+           "prv_coarse", "prv_domain", "prv_epsilons", "prv_spectrum", "spectrum_powers"]
+
 # PRV numerics (see _prv_pass).
 _PRV_EPS_ERROR = 0.01  # Opacus' default eps_error
 _PRV_DELTA_ERROR = 1e-3  # delta_error = 0.001·δ, Opacus' default
-_PRV_MIN_EPS_ERROR = 1e-3  # finest eps_error used when refining a small ε
-_PRV_REL_EPS_ERROR = 0.005  # refine so that eps_error is at most 0.5% of ε
+PRV_MIN_EPS_ERROR = 1e-3  # finest eps_error used when refining a small ε
+PRV_REL_EPS_ERROR = 0.005  # refine so that eps_error is at most 0.5% of ε
 _PRV_MAX_DOMAIN = 600.0  # privacy-loss domain [-L, L]; Opacus evaluates exp(t) on it (overflow > 709)
-_PRV_MAX_POINTS = 1 << 23  # ~8.4M grid points: ~10 s and ~1 GB; beyond, raise ConfigError
+_PRV_MAX_POINTS = 1 << 23  # ~8.4M grid points (~1 GB of spectra and pmfs); beyond, raise ConfigError
 _PRV_REFINE_MAX_POINTS = 1 << 22  # the optional refinement pass never costs more than this
 _F64_EPS = float(np.finfo(np.float64).eps)
 
 
-class _PrvOutOfRange(ConfigError):
+class PrvOutOfRange(ConfigError):
     """The PRV accountant cannot certify ε for this configuration (grid too large or too fine)."""
 
 
@@ -47,8 +50,8 @@ def _safe_half_width(noise_multiplier: float, sample_rate: float, steps: int, ep
     """
     from opacus.accountants.analysis import rdp as opacus_rdp
 
-    one_step = _rdp_one_step(noise_multiplier, sample_rate)[list(_DEFAULT_ALPHA_INDEX)]
-    orders = [RDP_ORDERS[i] for i in _DEFAULT_ALPHA_INDEX]
+    one_step = rdp_one_step(noise_multiplier, sample_rate)[list(DEFAULT_ALPHA_INDEX)]
+    orders = [RDP_ORDERS[i] for i in DEFAULT_ALPHA_INDEX]
 
     def rdp_epsilon(curve: np.ndarray, delta: float) -> float:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -65,13 +68,13 @@ def _hoeffding_factor(steps: int, delta_error: float) -> float:
     return math.sqrt(steps * math.log(12 / delta_error) / 2)
 
 
-def _prv_domain(half_width: float, mesh: float) -> Domain:
+def prv_domain(half_width: float, mesh: float) -> Domain:
     """Opacus' ``Domain.create_aligned(-L, L, mesh)``, widened to a size with small prime factors.
 
     create_aligned gives t = -n·mesh .. (n+1)·mesh, 2n+2 points; the roll in Opacus'
     ``_compose_fourier`` relies on that shape, so we keep it and only raise n (a wider domain is
     still safe) until 2n+2 = 2 x a 5-smooth number: the FFT of a size with a large prime factor
-    is 10-50x slower.
+    is many times slower.
     """
     from opacus.accountants.analysis import prv as opacus_prv
     from scipy import fft
@@ -87,7 +90,8 @@ def _truncated_mean(noise_multiplier: float, sample_rate: float, t_min: float, t
 
     Same breakpoints, same ``quad`` calls, same integration by parts
     (E[Y] = Σ [t·F(t)] - ∫F over each piece); quad evaluates the integrand one point at a time,
-    and Opacus' numpy cdf costs ~15 µs per point there, this ~1 µs. The cdf is Opacus'
+    where Opacus' numpy cdf pays numpy's per-call overhead at every point and this scalar one does not.
+    The cdf is Opacus'
     ``PoissonSubsampledGaussianPRV.cdf`` (Gopi et al. Prop. B.4), truncated and renormalised
     to [t_min, t_max] as in ``TruncatedPrivacyRandomVariable.cdf``.
     """
@@ -126,7 +130,7 @@ def _truncated_mean(noise_multiplier: float, sample_rate: float, t_min: float, t
 # 4 grids: enough for a calibration's last probes and the epochs' pass at the σ it returns; at most
 # ~4 x 70 MB (complex spectra at the _PRV_MAX_POINTS cap), ~1 MB each for typical grids.
 @functools.lru_cache(maxsize=4)
-def _prv_spectrum(noise_multiplier: float, sample_rate: float, half_width: float, mesh: float) -> tuple[np.ndarray, Domain]:
+def prv_spectrum(noise_multiplier: float, sample_rate: float, half_width: float, mesh: float) -> tuple[np.ndarray, Domain]:
     """(rfft of the discretized PRV's pmf, its Opacus ``Domain``) on [-L, L] at this mesh (cached).
 
     ``opacus_prv.discretize`` of the truncated PRV, as in ``PRVAccountant._get_dprv``: the mass
@@ -137,7 +141,7 @@ def _prv_spectrum(noise_multiplier: float, sample_rate: float, half_width: float
     from opacus.accountants.analysis import prv as opacus_prv
     from scipy import fft
 
-    domain = _prv_domain(half_width, mesh)
+    domain = prv_domain(half_width, mesh)
     prv = opacus_prv.PoissonSubsampledGaussianPRV(sample_rate, noise_multiplier)
     truncated = opacus_prv.TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max)
     centers = domain.ts
@@ -156,13 +160,13 @@ def _prv_spectrum(noise_multiplier: float, sample_rate: float, half_width: float
     return spectrum, domain.shift_right(shift)
 
 
-def _spectrum_powers(spectrum: np.ndarray, counts: tuple[int, ...]) -> Iterator[np.ndarray]:
+def spectrum_powers(spectrum: np.ndarray, counts: tuple[int, ...]) -> Iterator[np.ndarray]:
     """spectrum**k for each k of ``counts`` (increasing): by squaring, then one product per count.
 
     F^k_j = F^k_(j-1) · F^(k_j - k_(j-1)), the gap's power cached (epochs have equal gaps). Each
     power takes at most k complex products, each exact to a few ulps: the relative error stays
-    within the k x machine-eps the round-off check in _certified_bounds allows. (numpy's
-    ``F**k`` takes exp(k log F) for k > 100, ~15x slower.)
+    within the k x machine-eps the round-off check in certified_bounds allows. (numpy's
+    ``F**k`` takes exp(k log F) for k > 100, which is slower.)
     """
 
     def power(exponent: int) -> np.ndarray:
@@ -212,7 +216,7 @@ def _epsilon_bounds(composed: DiscretePRV, delta: float, delta_error: float, eps
         return composed.compute_epsilon(delta, delta_error, eps_error)
 
 
-def _compose(power: np.ndarray, domain: Domain, steps: int) -> DiscretePRV:
+def compose(power: np.ndarray, domain: Domain, steps: int) -> DiscretePRV:
     """The discretized PRV composed ``steps`` times, from its spectrum to the power ``steps``.
 
     Opacus' ``_compose_fourier`` after its ``rfft(pmf) ** steps``: the same irfft, roll (the sum
@@ -226,16 +230,16 @@ def _compose(power: np.ndarray, domain: Domain, steps: int) -> DiscretePRV:
     return opacus_prv.DiscretePRV(pmf=pmf, domain=domain.shift_right(domain.shifts * (steps - 1)))
 
 
-def _certified_bounds(
+def certified_bounds(
     power: np.ndarray, domain: Domain, steps: int, delta: float, eps_error: float, where: str
 ) -> tuple[float, float, float]:
     """(eps_lower, eps_estimate, eps_upper) after ``steps`` compositions of the discretized PRV.
 
     ``power`` is the pmf's rfft to the power ``steps``; ε is Opacus'
     ``DiscretePRV.compute_epsilon`` at this k's eps_error (Gopi et al. Thm. 5.5). Raises
-    _PrvOutOfRange if the result cannot be certified.
+    PrvOutOfRange if the result cannot be certified.
     """
-    composed = _compose(power, domain, steps)
+    composed = compose(power, domain, steps)
     pmf = composed.pmf
     # Float64 round-off of the FFT composition (relative error ~ steps x machine eps per Fourier
     # coefficient) is spread evenly over the grid; where the true pmf is below it, it shows up as
@@ -245,7 +249,7 @@ def _certified_bounds(
     per_bin = max(-float(pmf.min()), steps * _F64_EPS * float(pmf.max()), 0.0)
     roundoff = 2 * pmf.size * per_bin
     if not roundoff <= delta / 10:
-        raise _PrvOutOfRange(
+        raise PrvOutOfRange(
             f"The PRV accountant cannot certify delta={delta} for {where}: float64 round-off in its "
             f"FFT composition is ~{roundoff:.2g}, not far enough below delta. Use accountant='rdp' "
             "(or a larger delta)."
@@ -253,13 +257,13 @@ def _certified_bounds(
     try:
         bounds = _epsilon_bounds(composed, delta - roundoff, _PRV_DELTA_ERROR * delta, eps_error)
     except (RuntimeError, ValueError, IndexError, FloatingPointError) as exc:
-        raise _PrvOutOfRange(
+        raise PrvOutOfRange(
             f"The PRV accountant failed for {where}: {exc}. Use accountant='rdp' for this configuration."
         ) from exc
     lower, estimate, upper = (float(value) for value in bounds)
     half_width = (domain.t_max - domain.t_min) / 2
     if not (math.isfinite(upper) and math.isfinite(estimate)) or upper > half_width:
-        raise _PrvOutOfRange(
+        raise PrvOutOfRange(
             f"The PRV accountant returned ε={upper} outside its domain [-{half_width:.3g}, {half_width:.3g}] "
             f"for {where}. Use accountant='rdp' for this configuration."
         )
@@ -268,11 +272,11 @@ def _certified_bounds(
 
 def _prv_pass(
     noise_multiplier: float, sample_rate: float, counts: tuple[int, ...], delta: float, mesh: float, max_points: int
-) -> list[tuple[float, float, float, float] | _PrvOutOfRange]:
+) -> list[tuple[float, float, float, float] | PrvOutOfRange]:
     """Per count k of ``counts`` (increasing), (lower, estimate, upper, eps_error_k) on one grid, or the error.
 
     The grid is the one the largest count K needs at this mesh (see the module docstring); k gets
-    eps_error_k = mesh·sqrt(k·log(12/δ_err)/2). Raises _PrvOutOfRange when the grid itself is out
+    eps_error_k = mesh·sqrt(k·log(12/δ_err)/2). Raises PrvOutOfRange when the grid itself is out
     of range (domain beyond _PRV_MAX_DOMAIN, more than ``max_points`` points, discretization failure).
     """
     delta_error = _PRV_DELTA_ERROR * delta
@@ -284,32 +288,32 @@ def _prv_pass(
         eps_error = mesh * _hoeffding_factor(largest, delta_error)
         half_width = _safe_half_width(noise_multiplier, sample_rate, largest, eps_error, delta_error)
         if not math.isfinite(half_width) or half_width > _PRV_MAX_DOMAIN:
-            raise _PrvOutOfRange(
+            raise PrvOutOfRange(
                 f"The PRV accountant cannot handle {where}: the privacy loss reaches {half_width:.3g} "
                 "(ε is in the hundreds or more). Use accountant='rdp' for such weak privacy."
             )
         try:
-            size = _prv_domain(half_width, mesh).size
+            size = prv_domain(half_width, mesh).size
         except RuntimeError as exc:  # Opacus' check that the aligned grid has this mesh
-            raise _PrvOutOfRange(f"The PRV accountant failed for {where}: {exc!r}. Use accountant='rdp'.") from exc
+            raise PrvOutOfRange(f"The PRV accountant failed for {where}: {exc!r}. Use accountant='rdp'.") from exc
         if size > max_points:
-            raise _PrvOutOfRange(
+            raise PrvOutOfRange(
                 f"The PRV accountant would need a grid of {size:.3g} points (at most {max_points} are "
                 f"allowed) for {where}. Use accountant='rdp' for this configuration."
             )
         try:
-            spectrum, domain = _prv_spectrum(noise_multiplier, sample_rate, half_width, mesh)
+            spectrum, domain = prv_spectrum(noise_multiplier, sample_rate, half_width, mesh)
         except (RuntimeError, ValueError, FloatingPointError) as exc:
-            raise _PrvOutOfRange(
+            raise PrvOutOfRange(
                 f"The PRV accountant failed for {where}: {exc}. Use accountant='rdp' for this configuration."
             ) from exc
-        results: list[tuple[float, float, float, float] | _PrvOutOfRange] = []
-        for count, power in zip(counts, _spectrum_powers(spectrum, counts)):
+        results: list[tuple[float, float, float, float] | PrvOutOfRange] = []
+        for count, power in zip(counts, spectrum_powers(spectrum, counts)):
             eps_error_k = mesh * _hoeffding_factor(count, delta_error)
             where_k = f"noise_multiplier={noise_multiplier}, sample_rate={sample_rate}, steps={count}, delta={delta}"
             try:
-                results.append((*_certified_bounds(power, domain, count, delta, eps_error_k, where_k), eps_error_k))
-            except _PrvOutOfRange as exc:
+                results.append((*certified_bounds(power, domain, count, delta, eps_error_k, where_k), eps_error_k))
+            except PrvOutOfRange as exc:
                 results.append(exc)
     return results
 
@@ -320,57 +324,57 @@ def _coarse_mesh(steps: int, delta: float) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
-def _prv_coarse(
+def prv_coarse(
     noise_multiplier: float, sample_rate: float, counts: tuple[int, ...], delta: float
 ) -> tuple[tuple[float, float, float, float], ...]:
     """(lower, estimate, upper, eps_error) per count at Opacus' default eps_error = 0.01 for the largest.
 
     A count that cannot be certified on the shared grid is retried on its own grid (fewer points,
-    less round-off); if that fails too, or the shared grid itself fails, raises _PrvOutOfRange.
+    less round-off); if that fails too, or the shared grid itself fails, raises PrvOutOfRange.
     """
     mesh = _coarse_mesh(counts[-1], delta)
     results = _prv_pass(noise_multiplier, sample_rate, counts, delta, mesh, _PRV_MAX_POINTS)
     bounds = []
     for count, result in zip(counts, results):
-        if isinstance(result, _PrvOutOfRange):
+        if isinstance(result, PrvOutOfRange):
             if len(counts) == 1:
                 raise result
-            result = _prv_coarse(noise_multiplier, sample_rate, (count,), delta)[0]
+            result = prv_coarse(noise_multiplier, sample_rate, (count,), delta)[0]
         bounds.append(result)
     return tuple(bounds)
 
 
 @functools.lru_cache(maxsize=4096)
-def _prv_epsilons(noise_multiplier: float, sample_rate: float, counts: tuple[int, ...], delta: float) -> tuple[float, ...]:
+def prv_epsilons(noise_multiplier: float, sample_rate: float, counts: tuple[int, ...], delta: float) -> tuple[float, ...]:
     """Certified upper bound on ε per count (increasing, >= 1), refined where ε is small.
 
-    Pass 1 is _prv_coarse. Count k asks for refinement when max(0.005·ε_k, 1e-3) is below
+    Pass 1 is prv_coarse. Count k asks for refinement when max(0.005·ε_k, 1e-3) is below
     0.9 x its pass-1 eps_error_k: pass 2 uses the one mesh that gives every such k
     eps_error_k = max(0.005·ε_k, 1e-3), coarsened if needed so the grid fits
     _PRV_REFINE_MAX_POINTS, and runs only if that mesh is below 0.9 x pass 1's. Both upper
     bounds are valid; per count we return the smaller. A count that pass 2 cannot certify keeps
     pass 1's bound. The meshes depend only on the inputs, so results are deterministic.
     """
-    coarse = _prv_coarse(noise_multiplier, sample_rate, counts, delta)
+    coarse = prv_coarse(noise_multiplier, sample_rate, counts, delta)
     uppers = [upper for _, _, upper, _ in coarse]
     delta_error = _PRV_DELTA_ERROR * delta
     wanted = [
         fine / _hoeffding_factor(count, delta_error)
         for count, (_, estimate, _, eps_error) in zip(counts, coarse)
-        if (fine := max(_PRV_REL_EPS_ERROR * estimate, _PRV_MIN_EPS_ERROR)) < 0.9 * eps_error
+        if (fine := max(PRV_REL_EPS_ERROR * estimate, PRV_MIN_EPS_ERROR)) < 0.9 * eps_error
     ]
     if wanted:
         coarse_mesh = _coarse_mesh(counts[-1], delta)
         half_width = _safe_half_width(noise_multiplier, sample_rate, counts[-1], _PRV_EPS_ERROR, delta_error)
-        # The grid size is 2L/mesh (L barely depends on the mesh); 0.9 leaves room for _prv_domain's widening.
+        # The grid size is 2L/mesh (L barely depends on the mesh); 0.9 leaves room for prv_domain's widening.
         mesh = max(min(wanted), 2 * half_width / (0.9 * _PRV_REFINE_MAX_POINTS))
         if mesh < 0.9 * coarse_mesh:
             try:
                 refined = _prv_pass(noise_multiplier, sample_rate, counts, delta, mesh, _PRV_REFINE_MAX_POINTS)
-            except _PrvOutOfRange:
+            except PrvOutOfRange:
                 refined = []  # the refinement is optional; pass 1 is already a valid bound
             for index, result in enumerate(refined):
-                if not isinstance(result, _PrvOutOfRange):
+                if not isinstance(result, PrvOutOfRange):
                     uppers[index] = min(uppers[index], result[2])
     return tuple(max(upper, 0.0) for upper in uppers)  # (ε, δ)-DP with ε < 0 implies (0, δ)-DP
 

@@ -14,6 +14,8 @@ import warnings
 
 import numpy as np
 
+__all__ = ["DEFAULT_ALPHA_INDEX", "RDP_ORDERS", "rdp_epsilon", "rdp_one_step"]
+
 #: RDP orders α: Opacus' DEFAULT_ALPHAS (1.1..10.9 by 0.1, 12..63) plus 11 and a geometric-ish
 #: run of large integer orders up to 1024 for weak mechanisms (small ε has its optimum at large
 #: α, and the sampled Gaussian's RDP jumps once α passes ~σ² log(1/q), so the large orders must
@@ -29,11 +31,11 @@ RDP_ORDERS: tuple[float, ...] = tuple(
 )
 
 #: Positions in RDP_ORDERS of Opacus' default RDP orders (used for the PRV domain, as Opacus does).
-_DEFAULT_ALPHA_INDEX: tuple[int, ...] = tuple(
+DEFAULT_ALPHA_INDEX: tuple[int, ...] = tuple(
     RDP_ORDERS.index(a) for a in [1 + x / 10 for x in range(1, 100)] + list(range(12, 64))
 )
 
-# One-step RDP in numpy (see _rdp_one_step). Orders split as Opacus splits them.
+# One-step RDP in numpy (see rdp_one_step). Orders split as Opacus splits them.
 _ORDERS = np.array(RDP_ORDERS)
 _IS_INTEGER = np.array([float(order).is_integer() for order in RDP_ORDERS])
 _SERIES_FLOOR = -30.0  # Opacus ends the fractional series after the first term pair below e^-30
@@ -139,7 +141,7 @@ def _opacus_rdp_one_step(noise_multiplier: float, sample_rate: float, order: flo
 
 
 @functools.lru_cache(maxsize=1024)
-def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+def rdp_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     """RDP of one step of the sampled Gaussian mechanism at each of RDP_ORDERS (read-only array).
 
     Equal to Opacus' ``compute_rdp`` up to float64 round-off (see the module docstring). Orders
@@ -165,10 +167,10 @@ def _rdp_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4096)
-def _rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
     from opacus.accountants.analysis import rdp as opacus_rdp
 
-    rdp = _rdp_one_step(noise_multiplier, sample_rate) * steps  # RDP composes additively
+    rdp = rdp_one_step(noise_multiplier, sample_rate) * steps  # RDP composes additively
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         # Opacus warns when the optimum is at the edge of the α grid; the bound is still valid.
         warnings.simplefilter("ignore")

@@ -1,9 +1,9 @@
 """Flat DP-SGD clipping for K stacked configurations at once, the step of ``dp_core.vectorized``.
 
-``_clipped_sums`` returns Σ_i clip_C(g_i) over each configuration's batch, as Opacus'
+``clipped_sums`` returns Σ_i clip_C(g_i) over each configuration's batch, as Opacus'
 ``clip_and_accumulate`` does for flat clipping. Models made only of ``nn.Linear`` layers are
-clipped without forming any example's gradient (``_ghost_clipping``); others materialise
-per-example gradients (``_per_example_clipping``), in chunks that bound the memory held.
+clipped without forming any example's gradient (``ghost_clipping``); others materialise
+per-example gradients (``per_example_clipping``), in chunks that bound the memory held.
 The stacked weights are called through a weightless copy of the model (``functional_call``).
 """
 
@@ -17,21 +17,24 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
+__all__ = ["ClipChunk", "Clipping", "Tensors", "clipped_sums", "clipping_for", "ghost_clipping",
+           "logits_function", "per_example_clipping", "stack_models", "stateless_copy"]
+
 Tensors = dict[str, torch.Tensor]
 
 
-def _stack(models: list[nn.Module]) -> tuple[Tensors, Tensors]:
+def stack_models(models: list[nn.Module]) -> tuple[Tensors, Tensors]:
     """Parameters and buffers of ``models`` stacked along a new leading config axis, detached."""
     params, buffers = stack_module_state(models)
     return {n: p.detach() for n, p in params.items()}, {n: b.detach() for n, b in buffers.items()}
 
 
-def _stateless(model: nn.Module) -> nn.Module:
+def stateless_copy(model: nn.Module) -> nn.Module:
     """A weightless copy of ``model`` (on the meta device) to call with stacked weights."""
     return copy.deepcopy(model).to("meta")
 
 
-def _logits_of(model: nn.Module) -> Callable[[Tensors, Tensors, torch.Tensor], torch.Tensor]:
+def logits_function(model: nn.Module) -> Callable[[Tensors, Tensors, torch.Tensor], torch.Tensor]:
     return lambda params, buffers, images: functional_call(model, (params, buffers), (images,))
 
 
@@ -50,28 +53,28 @@ ClipChunk = Callable[[Tensors, Tensors, torch.Tensor, torch.Tensor, torch.Tensor
 
 
 @dataclasses.dataclass(frozen=True)
-class _Clipping:
+class Clipping:
     clip: ClipChunk
     bytes_per_example: int  # memory held per example and configuration; 0 if negligible
 
 
-def _clipping_for(model: nn.Module) -> _Clipping:
+def clipping_for(model: nn.Module) -> Clipping:
     """Ghost clipping when every parameter belongs to an ``nn.Linear``, else per-example gradients."""
     in_linear = {f"{name}.{p}".lstrip(".") for name, module in model.named_modules() if type(module) is nn.Linear
                  for p, _ in module.named_parameters(recurse=False)}
     if {name for name, _ in model.named_parameters()} <= in_linear:
-        return _Clipping(_ghost_clipping(model), bytes_per_example=0)
+        return Clipping(ghost_clipping(model), bytes_per_example=0)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    return _Clipping(_per_example_clipping(model), bytes_per_example=size)
+    return Clipping(per_example_clipping(model), bytes_per_example=size)
 
 
-def _per_example_clipping(model: nn.Module) -> ClipChunk:
+def per_example_clipping(model: nn.Module) -> ClipChunk:
     """Clip each example's materialised gradient: ``vmap(vmap(grad(loss of one example)))``.
 
     The gradient of ONE example's loss: train() takes the batch's mean loss, and Opacus
     (loss_reduction="mean") multiplies its per-sample gradients back by the batch size.
     """
-    logits_of = _logits_of(_stateless(model))
+    logits_of = logits_function(stateless_copy(model))
 
     def loss_of_one(params: Tensors, buffers: Tensors, image: torch.Tensor, label: torch.Tensor):
         loss = nn.functional.cross_entropy(logits_of(params, buffers, image.unsqueeze(0)), label.unsqueeze(0))
@@ -112,16 +115,16 @@ class _ProbedLinear(nn.Linear):
         return output + probes[self.layer_name]
 
 
-def _ghost_clipping(model: nn.Module) -> ClipChunk:
+def ghost_clipping(model: nn.Module) -> ClipChunk:
     """Flat clipping without forming any example's gradient, for models made of ``nn.Linear`` layers.
 
     For y = W a + b, example i's gradient is g_i a_iᵀ for W and g_i for b, with g_i = ∂loss_i/∂y_i:
     its squared norm is ‖g_i‖²‖a_i‖² + ‖g_i‖², and Σ_i f_i g_i a_iᵀ is one matrix product
     (Goodfellow 2015, "Efficient per-example gradient computations"; the ghost norm of Li et al.
-    2022). The same numbers as materialising, up to rounding, without a K×B×out×in tensor: 8x less
-    time per step for eight digits MLPs on one CPU thread.
+    2022). The same numbers as materialising, up to rounding, without a K×B×out×in tensor, and
+    much less time per step (docs/benchmarks.md).
     """
-    stateless = _stateless(model)
+    stateless = stateless_copy(model)
     layers = {name: m for name, m in stateless.named_modules() if type(m) is nn.Linear}
     for name, layer in layers.items():
         layer.__class__, layer.layer_name = _ProbedLinear, name  # same parameters, same names
@@ -162,8 +165,8 @@ def _ghost_clipping(model: nn.Module) -> ClipChunk:
     return clip
 
 
-def _clipped_sums(
-    clipping: _Clipping, params: Tensors, buffers: Tensors, indices: list[torch.Tensor],
+def clipped_sums(
+    clipping: Clipping, params: Tensors, buffers: Tensors, indices: list[torch.Tensor],
     images: torch.Tensor, labels: torch.Tensor, *, max_grad_norm: torch.Tensor, chunk: int | None, chunk_bytes: int,
 ) -> tuple[Tensors, torch.Tensor]:
     """Σ_i clip_C(g_i) over each configuration's batch, as Opacus' ``clip_and_accumulate`` (flat).

@@ -14,17 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from dp_core._vectorized_clipping import _clipping_for, _stack
+from dp_core._vectorized_clipping import clipping_for, stack_models
 from dp_core.config import ConfigError, TrainConfig
-from dp_core.data import DatasetSplits, canonical_train_size
+from dp_core.data import DatasetSplits
+from dp_core.dataset_facts import DATASETS, canonical_train_size
 from dp_core.models import build_model
-from dp_core.plan import PrivacyPlan, plan_privacy
-from dp_core.train import _check_plan  # the rule train() applies to a pre-computed plan
+from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
-# Input shapes by dataset, to build the model before any data is loaded (a sweep groups trials
-# while planning). Only the shape matters: it decides which layers the zoo builds.
-_INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-_NUM_CLASSES = 10
+__all__ = ["can_vectorize", "checked_plans", "group_signature"]
 
 # What every configuration of a group must share: the model's shape, the data, the steps.
 _SHARED: tuple[tuple[str, Callable[[TrainConfig], Any]], ...] = (
@@ -98,10 +95,11 @@ def _structural_reason(configs: Sequence[TrainConfig], data: DatasetSplits | Non
         if config.privacy.clipping != "flat":
             return (f"Expected clipping='flat' (one bound C over all parameters), but got "
                     f"clipping={config.privacy.clipping!r} (config {index}).")
-    input_shape = data.input_shape if data is not None else _INPUT_SHAPES.get(first.data.dataset)
-    if input_shape is None:
-        return f"Expected a dataset of known input shape, but got dataset={first.data.dataset!r}; pass data=."
-    num_classes = data.num_classes if data is not None else _NUM_CLASSES
+    # Without data, the model is built from the dataset's facts (a sweep groups trials while
+    # planning, before any data is loaded): its shape decides which layers the zoo builds.
+    facts = DATASETS.get(first.data.dataset) if data is None else None
+    input_shape = data.input_shape if data is not None else facts.input_shape
+    num_classes = data.num_classes if data is not None else facts.num_classes
     return _model_problem(first, input_shape=input_shape, num_classes=num_classes)
 
 
@@ -118,10 +116,10 @@ def _model_problem(config: TrainConfig, *, input_shape: tuple[int, int, int], nu
         if random:
             return (f"Expected a model without randomness in its forward pass (each configuration would need "
                     f"its own dropout stream), but got model={name!r} with {', '.join(random)}.")
-        params, buffers = _stack([model])
+        params, buffers = stack_models([model])
         images, labels = torch.zeros(1, 2, *input_shape), torch.zeros(1, 2, dtype=torch.long)
         try:
-            _clipping_for(model).clip(params, buffers, images, labels, torch.ones(1, 2), torch.ones(1))
+            clipping_for(model).clip(params, buffers, images, labels, torch.ones(1, 2), torch.ones(1))
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:  # e.g. vmap refuses random ops
             return (f"Expected a model the vectorised step can run (under torch.func.vmap; an all-nn.Linear "
                     f"model on (batch, features) inputs), but model={name!r} failed with {type(error).__name__}: "
@@ -138,7 +136,7 @@ def _budget_reason(plans: dict[int, PrivacyPlan]) -> str | None:
     return None
 
 
-def _checked_plans(
+def checked_plans(
     configs: Sequence[TrainConfig], data: DatasetSplits | None, plans: Sequence[PrivacyPlan] | None,
 ) -> Sequence[PrivacyPlan]:
     """One plan per configuration (``plans`` checked as ``train`` checks a given plan, or computed),
@@ -153,7 +151,7 @@ def _checked_plans(
             raise ConfigError(f"Expected one plan per configuration, but got {len(plans)} plans for "
                               f"{len(configs)} configurations.")
         for plan, config in zip(plans, configs):
-            _check_plan(plan, config, train_size=train_size)
+            check_plan(plan, config, train_size=train_size)
         reason = _budget_reason(dict(enumerate(plans)))
     if reason is not None:
         raise ConfigError(f"Cannot train these configurations together: {reason}")

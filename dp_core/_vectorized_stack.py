@@ -3,7 +3,7 @@
 Row j of every stacked parameter, buffer and optimizer state is configuration ``running[j]``.
 Each configuration keeps what makes it its own trial, whether it is in the stack, waiting for a
 place or done: what train() seeds for it (initial weights, sampling stream, noise stream), its
-learning-rate schedule and its momentum. ``_Stack.train_epoch`` takes one epoch of DP-SGD steps
+learning-rate schedule and its momentum. ``ConfigStack.train_epoch`` takes one epoch of DP-SGD steps
 for all rows, each as Opacus' ``DPOptimizer`` and ``torch.optim.SGD`` would take it alone.
 """
 
@@ -15,16 +15,19 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from dp_core._vectorized_clipping import Tensors, _clipped_sums, _clipping_for, _logits_of, _stack, _stateless
+from dp_core._vectorized_clipping import Tensors, clipped_sums, clipping_for, logits_function, stack_models, stateless_copy
 from dp_core.config import TrainConfig
 from dp_core.data import DatasetSplits
 from dp_core.dpsgd import poisson_batches
 from dp_core.models import build_model
-from dp_core.plan import PrivacyPlan
+from dp_core.noise import gaussian_noise
+from dp_core.privacy_plan import PrivacyPlan
 from dp_core.train import resolve_device
 
+__all__ = ["ConfigStack"]
 
-class _Stack:
+
+class ConfigStack:
     """The configurations training now (``running``), stacked, and every configuration's own state."""
 
     def __init__(
@@ -41,8 +44,8 @@ class _Stack:
         self._models[0] = self._build(0)
         self._sampling_generators = [torch.Generator().manual_seed(c.seed + 1) for c in configs]
         self._noise_generators = [torch.Generator(device=device).manual_seed(c.seed + 2) for c in configs]
-        self._clipping = _clipping_for(self._models[0])
-        self._logits_of = vmap(_logits_of(_stateless(self._models[0])), in_dims=(0, 0, None))
+        self._clipping = clipping_for(self._models[0])
+        self._logits_of = vmap(logits_function(stateless_copy(self._models[0])), in_dims=(0, 0, None))
         self._optimizer = _StackedSGD(configs, plans, device=device)
         self._train_images, self._train_labels = (t.to(device) for t in data.train.tensors)
         self._eval_splits = {
@@ -50,8 +53,10 @@ class _Stack:
             "test": tuple(t.to(device) for t in data.test.tensors) if evaluate_test else None,
         }
         self._max_grad_norms = torch.tensor([float(c.privacy.max_grad_norm) for c in configs], device=device)
-        # Opacus' DPOptimizer: noise std σ·C, then division by the *expected* batch size qN.
-        self._noise_stds = [plan.noise_multiplier * c.privacy.max_grad_norm for plan, c in zip(plans, configs)]
+        # As Opacus' DPOptimizer: noise std σ·C (flat clipping: C is the sensitivity), then division by
+        # the *expected* batch size qN.
+        self._noise_multipliers = [plan.noise_multiplier for plan in plans]
+        self._sensitivities = [float(c.privacy.max_grad_norm) for c in configs]
         self._expected_batch_sizes = torch.tensor([plan.sample_rate * self._train_size for plan in plans],
                                                   device=device)
         self.running: list[int] = []  # configs[running[j]] is row j of every stacked tensor
@@ -91,7 +96,7 @@ class _Stack:
         for k in joining:
             self._models[k] = self._models[k] or self._build(k)
         kept = torch.tensor([position[k] for k in rows if k in position], device=self._device, dtype=torch.long)
-        fresh_params, fresh_buffers = _stack([self._models[k] for k in joining]) if joining else ({}, {})
+        fresh_params, fresh_buffers = stack_models([self._models[k] for k in joining]) if joining else ({}, {})
         self._params = _rows_then(self._params, kept, fresh_params)
         self._buffers = _rows_then(self._buffers, kept, fresh_buffers)
         self.running = [k for k in rows if k in position] + joining
@@ -108,16 +113,18 @@ class _Stack:
         streams = [poisson_batches(num_examples=self._train_size, sample_rate=shared.sample_rate,
                                    steps=shared.steps_per_epoch, generator=self._sampling_generators[k])
                    for k in self.running]
-        noise_std = [self._noise_stds[k] for k in self.running]
+        noise_multipliers = [self._noise_multipliers[k] for k in self.running]
+        sensitivities = [self._sensitivities[k] for k in self.running]
         noise_generators = [self._noise_generators[k] for k in self.running]
         for batches in zip(*streams):
             indices = [batch for batch, _ in batches]  # without virtual batches every batch ends a step
-            summed, batch_loss = _clipped_sums(
+            summed, batch_loss = clipped_sums(
                 self._clipping, self._params, self._buffers, indices, self._train_images, self._train_labels,
                 max_grad_norm=max_grad_norm, chunk=self._first.max_physical_batch_size, chunk_bytes=self._chunk_bytes)
             loss_sum += batch_loss
             self._optimizer.step(self._params, {
-                name: (total + _noise(noise_std, total, noise_generators)) / _per_config(expected_batch_size, total)
+                name: (total + _noise(noise_multipliers, sensitivities, total, noise_generators))
+                / _per_config(expected_batch_size, total)
                 for name, total in summed.items()
             })
         return torch.isfinite(loss_sum).tolist()
@@ -147,16 +154,16 @@ def _per_config(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _noise(noise_std: list[float], like: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """N(0, (σC)²) per coordinate, drawn for each configuration as Opacus' ``_generate_noise`` draws it.
+def _noise(noise_multipliers: list[float], sensitivities: list[float], like: torch.Tensor,
+           generators: list[torch.Generator]) -> torch.Tensor:
+    """Each configuration's N(0, (σC)²) per coordinate, stacked: ``gaussian_noise`` row by row.
 
     Called once per parameter in ``model.parameters()`` order, so every generator is consumed as in
-    train(); σC = 0 draws nothing, as in Opacus.
+    train(); σC = 0 draws nothing, as there.
     """
     return torch.stack([
-        torch.zeros_like(like[k]) if std == 0 else
-        torch.normal(mean=0, std=std, size=like[k].shape, device=like.device, generator=generator, dtype=like.dtype)
-        for k, (std, generator) in enumerate(zip(noise_std, generators))
+        gaussian_noise(noise_multiplier=sigma, sensitivity=bound, like=like[k], generator=generator)
+        for k, (sigma, bound, generator) in enumerate(zip(noise_multipliers, sensitivities, generators))
     ])
 
 

@@ -15,7 +15,7 @@ independent oracle in the tests):
     Gaussian Mechanism", arXiv:1908.10530, Sec. 3.3: closed form for integer α, convergent series
     for fractional α). These are the terms of ``opacus.accountants.analysis.rdp.compute_rdp``,
     summed for all of :data:`RDP_ORDERS` at once in numpy (Opacus adds them one by one in Python,
-    ~0.06 s per σ); an order whose vectorised sum is not finite or cancels badly is recomputed by
+    a cost paid for every σ a calibration probes); an order whose vectorised sum is not finite or cancels badly is recomputed by
     Opacus itself. The two agree to float64 round-off (tested). RDP composes additively, so
     ``steps`` steps cost ``steps`` x the one-step curve. The conversion to (ε, δ) is
     ``opacus...rdp.get_privacy_spent``:
@@ -66,27 +66,23 @@ import dataclasses
 import functools
 import math
 import numbers
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from dp_core._prv import (
-    _PRV_MIN_EPS_ERROR,
-    _PRV_REL_EPS_ERROR,
-    _prv_coarse,
-    _prv_epsilons,
-    _PrvOutOfRange,
-)
-from dp_core._rdp import RDP_ORDERS, _rdp_epsilon, _rdp_one_step
-from dp_core._validate import ConfigError, require, require_choice, require_in_range, require_positive
-
-# Unused here: the tests check these internals against Opacus as ``accounting.<name>``.
-from dp_core._prv import _certified_bounds, _compose, _prv_domain, _prv_spectrum, _spectrum_powers  # noqa: F401
+from dp_core import _prv, _rdp
+from dp_core._prv import PRV_MIN_EPS_ERROR, PRV_REL_EPS_ERROR, PrvOutOfRange, prv_coarse, prv_epsilons
+from dp_core._rdp import RDP_ORDERS, rdp_epsilon, rdp_one_step
+from dp_core.errors import ConfigError, require, require_in_range, require_positive
+from dp_core.registry import Registry
 
 __all__ = [
     "ACCOUNTANTS",
+    "EpsilonsOf",
     "RDP_ORDERS",
     "PrivacySpent",
+    "clear_caches",
     "epsilon",
     "epsilons",
     "noise_multiplier_for",
@@ -94,7 +90,20 @@ __all__ = [
     "rdp_curve",
 ]
 
-ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
+#: ``epsilons_of(noise_multiplier, sample_rate, steps, delta)``: upper bounds on ε after each of the
+#: step counts ``steps`` (sorted, distinct, each >= 1), for σ > 0. Every ε this module returns is one.
+EpsilonsOf = Callable[[float, float, tuple[int, ...], float], Sequence[float]]
+
+
+def _rdp_epsilons(noise_multiplier: float, sample_rate: float, steps: tuple[int, ...], delta: float) -> list[float]:
+    return [rdp_epsilon(noise_multiplier, sample_rate, count, delta) for count in steps]
+
+
+#: The accountants by name: ``ACCOUNTANTS.register(name, epsilons_of)`` makes a new one selectable as
+#: ``accountant`` in a config (``PrivacyConfig`` validates against this registry) and here.
+ACCOUNTANTS: Registry[EpsilonsOf] = Registry("accountant")
+ACCOUNTANTS.register("prv", prv_epsilons)
+ACCOUNTANTS.register("rdp", _rdp_epsilons)
 
 # noise_multiplier_for searches σ in this range; no DP-SGD run uses σ > 1e3. (The fractional-order
 # RDP series also needs ever more terms as σ grows at large q: ~6e4 per order at σ=1e3, q=0.5.)
@@ -136,7 +145,7 @@ def _check_mechanism(noise_multiplier: float, sample_rate: float, delta: float, 
     require_in_range(noise_multiplier, key="noise_multiplier", low=0, high=math.inf)
     require_in_range(sample_rate, key="sample_rate", low=0, high=1, low_open=True)
     require_in_range(delta, key="delta", low=0, high=1, low_open=True, high_open=True)
-    require_choice(accountant, key="accountant", choices=ACCOUNTANTS)
+    ACCOUNTANTS.check(accountant)
 
 
 def _check_steps(steps: int, *, key: str = "steps") -> None:
@@ -160,17 +169,17 @@ def _fit(
     prediction is the coarse estimate at δ - δ_err plus the eps_error refinement would use. A
     configuration the PRV accountant cannot certify counts as over budget (prediction NaN).
     """
-    if steps == 0 or noise_multiplier == 0 or accountant == "rdp":
+    if steps == 0 or noise_multiplier == 0 or accountant != "prv":
         value = _epsilon_unchecked(noise_multiplier, sample_rate, steps, delta, accountant)
         return value <= budget, value
     try:
-        lower, estimate, upper, eps_error = _prv_coarse(noise_multiplier, sample_rate, (steps,), delta)[0]
+        lower, estimate, upper, eps_error = prv_coarse(noise_multiplier, sample_rate, (steps,), delta)[0]
         if upper <= budget or lower > budget:
-            fine = min(eps_error, max(_PRV_REL_EPS_ERROR * estimate, _PRV_MIN_EPS_ERROR))
+            fine = min(eps_error, max(PRV_REL_EPS_ERROR * estimate, PRV_MIN_EPS_ERROR))
             return upper <= budget, upper - eps_error + fine
-        value = _prv_epsilons(noise_multiplier, sample_rate, (steps,), delta)[0]
+        value = prv_epsilons(noise_multiplier, sample_rate, (steps,), delta)[0]
         return value <= budget, value
-    except _PrvOutOfRange:
+    except PrvOutOfRange:
         return False, math.nan
 
 
@@ -190,15 +199,13 @@ def _epsilon_unchecked(noise_multiplier: float, sample_rate: float, steps: int, 
         return 0.0
     if noise_multiplier == 0:
         return math.inf  # no noise: no privacy
-    if accountant == "rdp":
-        return _rdp_epsilon(noise_multiplier, sample_rate, steps, delta)
-    return _prv_epsilons(noise_multiplier, sample_rate, (steps,), delta)[0]
+    return ACCOUNTANTS.get(accountant)(noise_multiplier, sample_rate, (steps,), delta)[0]
 
 
 def _epsilon_or_nan(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
     try:
         return _epsilon_unchecked(noise_multiplier, sample_rate, steps, delta, accountant)
-    except _PrvOutOfRange:
+    except PrvOutOfRange:
         return math.nan
 
 
@@ -234,10 +241,10 @@ def epsilons(
     for count in step_counts:
         _check_steps(count)
     sigma, q, d = float(noise_multiplier), float(sample_rate), float(delta)
-    if accountant == "rdp" or sigma == 0:
+    if sigma == 0:
         return [_epsilon_unchecked(sigma, q, int(count), d, accountant) for count in step_counts]
     counts = tuple(sorted({int(count) for count in step_counts if count > 0}))
-    by_count = dict(zip(counts, _prv_epsilons(sigma, q, counts, d))) if counts else {}
+    by_count = dict(zip(counts, ACCOUNTANTS.get(accountant)(sigma, q, counts, d))) if counts else {}
     return [by_count[int(count)] if count > 0 else 0.0 for count in step_counts]
 
 
@@ -361,10 +368,10 @@ def noise_multiplier_for(
     # For prv, RDP only gives the PRV search its start and slope: 5% is close enough.
     rdp_tolerance = tolerance if accountant == "rdp" else max(tolerance, 0.05)
     _, high, slope = _search_noise_multiplier(probe_for("rdp"), start=start, slope=-1.0, tolerance=rdp_tolerance)
-    if accountant == "prv":
+    if accountant != "rdp":
         # PRV is tighter than RDP: where RDP cannot reach the target below σ = 1e3, PRV may.
         start = _SIGMA_MAX if math.isinf(high) else high
-        _, high, _ = _search_noise_multiplier(probe_for("prv"), start=start, slope=slope, tolerance=tolerance)
+        _, high, _ = _search_noise_multiplier(probe_for(accountant), start=start, slope=slope, tolerance=tolerance)
     if math.isinf(high):
         eps_high = _epsilon_or_nan(_SIGMA_MAX, q, n, d, accountant)
         reached = (
@@ -415,6 +422,15 @@ def max_steps_within(
     return low
 
 
+def clear_caches() -> None:
+    """Empty every cache of the accounting numerics (``functools.lru_cache`` here, in ``_prv`` and in
+    ``_rdp``), so that the next computation starts cold, as in a fresh process (for benchmarks)."""
+    for module in (sys.modules[__name__], _prv, _rdp):
+        for value in vars(module).values():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
+
+
 def rdp_curve(*, noise_multiplier: float, sample_rate: float, steps: int) -> np.ndarray:
     """Rényi DP of ``steps`` sampled Gaussian steps at each order of :data:`RDP_ORDERS` (a new array).
 
@@ -427,4 +443,4 @@ def rdp_curve(*, noise_multiplier: float, sample_rate: float, steps: int) -> np.
         return np.zeros(len(RDP_ORDERS))
     if noise_multiplier == 0:
         return np.full(len(RDP_ORDERS), math.inf)
-    return int(steps) * _rdp_one_step(float(noise_multiplier), float(sample_rate))
+    return int(steps) * rdp_one_step(float(noise_multiplier), float(sample_rate))

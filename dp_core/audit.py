@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dp_core._validate import ConfigError, require, require_choice, require_in_range
+from dp_core.errors import ConfigError, require, require_choice, require_in_range
 from dp_core.config import TrainConfig
 from dp_core.data import DatasetSplits, load_data
 

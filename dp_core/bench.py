@@ -10,7 +10,7 @@ peak memory a step allocates above the resting state (parameters, optimizer stat
 The table is printed and written to ``bench/results/<device>-<date>.json`` (``-quick`` added for
 ``--quick`` runs).
 
-``--quick`` runs a CPU-sized version in under three minutes; ``--device cuda`` runs the GPU cases
+``--quick`` runs a CPU-sized version (smaller batches of the large models); ``--device cuda`` runs the GPU cases
 (ResNet-18-GN and WRN-16-4 at B=128 and 256 on CIFAR-sized input, besides the small models).
 """
 
@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from dp_core.dataset_facts import DATASETS
 from dp_core.dpsgd import PlainStep, make_private_step
 from dp_core.engines import ENGINES, choose_engine
 from dp_core.models import build_model
@@ -44,9 +45,10 @@ from dp_core.models import build_model
 __all__ = ["Case", "EngineCheck", "check_engine", "run_benchmark", "main"]
 
 OPACUS_ENGINES = ("hooks", "functorch", "ew", "ghost")
-_INPUT_SHAPES = {
-    "mlp": (1, 8, 8), "digits_cnn": (1, 8, 8), "mnist_cnn": (1, 28, 28),
-    "cifar_cnn": (3, 32, 32), "resnet18_gn": (3, 32, 32), "wrn16_4": (3, 32, 32),
+# The dataset each model of the zoo is benchmarked on, for its input shape (dp_core.dataset_facts).
+_DATASET_OF_MODEL = {
+    "mlp": "digits", "digits_cnn": "digits", "mnist_cnn": "mnist",
+    "cifar_cnn": "cifar10", "resnet18_gn": "cifar10", "wrn16_4": "cifar10",
 }  # fmt: skip
 
 
@@ -67,7 +69,7 @@ def default_cases(device: str, *, quick: bool) -> list[Case]:
         big = 8 if quick else 32
         sizes = [("mlp", 64), ("digits_cnn", 64), ("mnist_cnn", 256), ("cifar_cnn", 128),
                  ("resnet18_gn", big), ("wrn16_4", big)]
-    return [Case(model=m, input_shape=_INPUT_SHAPES[m], batch_size=b) for m, b in sizes]
+    return [Case(model=m, input_shape=DATASETS.get(_DATASET_OF_MODEL[m]).input_shape, batch_size=b) for m, b in sizes]
 
 
 def _build(case: Case, device: torch.device) -> nn.Module:
@@ -234,7 +236,7 @@ def benchmark_case(case: Case, engines: Sequence[str], *, device: torch.device, 
     runs["none"] = _step_fn(PlainStep(model, torch.optim.SGD(model.parameters(), lr=0.01)), images, labels)
     rows["none"] = {"status": "ok"}
     for engine in engines:
-        reasons = ENGINES[engine].unsupported(probe, clipping="flat")
+        reasons = ENGINES.get(engine).unsupported(probe, clipping="flat")
         if reasons:
             rows[engine] = {"status": "unsupported", "reason": "; ".join(reasons)}
             continue
@@ -342,7 +344,7 @@ def run_benchmark(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dp_core.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small CPU-sized run (under 3 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="small CPU-sized run (the large models at small batches)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--models", help="comma-separated models of the zoo (default: all)")
     parser.add_argument("--engines", help=f"comma-separated engines (default: {','.join(ENGINES)})")
@@ -363,9 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = default_cases(args.device, quick=args.quick)
     if args.models:
         wanted = args.models.split(",")
-        unknown = sorted(set(wanted) - set(_INPUT_SHAPES))
+        unknown = sorted(set(wanted) - set(_DATASET_OF_MODEL))
         if unknown:
-            parser.error(f"unknown models {unknown}; known: {', '.join(_INPUT_SHAPES)}")
+            parser.error(f"unknown models {unknown}; known: {', '.join(_DATASET_OF_MODEL)}")
         cases = [c for c in cases if c.model in wanted]
     if args.batch_size:
         cases = list({dataclasses.replace(c, batch_size=args.batch_size): None for c in cases})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import yaml
 from dp_core import config as config_module
 from dp_core.config import ConfigError, TrainConfig
 
-__all__ = ["build_parser", "config_from_args", "seed_given"]
+__all__ = ["add_flag", "add_train_flags", "build_parser", "config_from_args", "seed_given", "settings_from_args",
+           "settings_parser"]
 
 _HELP = {
     "dataset": "dataset name (digits is bundled; mnist, fashion_mnist, cifar10 read torchvision's files)",
@@ -66,27 +68,65 @@ def _flag_type(annotation: Any) -> Any:
     return str
 
 
+# The top-level keys of TrainConfig that are flags (the sections' keys are read from their dataclasses).
+_TOP_LEVEL_FLAGS = ("epochs", "batch_size", "sample_rate", "max_physical_batch_size", "seed", "device", "test_batch_size")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m dp_core.train",
-        description="Train one model with DP-SGD (Opacus) and print its accuracy and ε.",
-    )
-    parser.add_argument("--config", type=Path, help="YAML file of flat settings; flags override it")
+    parser = settings_parser(prog="python -m dp_core.train", metrics="the final metrics",
+                             description="Train one model with DP-SGD (Opacus) and print its accuracy and ε.")
     parser.add_argument("--checkpoint", type=Path, help="save after every epoch; resume if it exists")
-    parser.add_argument("--metrics-json", type=Path, help="also write the final metrics JSON here")
     parser.add_argument("--clip-per-layer", action="store_true", help="alias for --clipping per_layer")
+    add_train_flags(parser)
+    return parser
+
+
+def settings_parser(*, prog: str, description: str, metrics: str) -> argparse.ArgumentParser:
+    """A parser with ``--config`` (a YAML file of flat settings that flags override) and
+    ``--metrics-json`` (where to write ``metrics`` as JSON too)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, help="YAML file of flat settings; flags override it")
+    parser.add_argument("--metrics-json", type=Path, help=f"also write {metrics} JSON here")
+    return parser
+
+
+def add_train_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per key of ``TrainConfig`` (``--max-grad-norm`` for ``max_grad_norm``, with the seed
+    script's aliases), defaulting to None so that only the flags given override a config file."""
     defaults = TrainConfig().to_dict()
     for section in (config_module.DataConfig, config_module.ModelConfig, config_module.OptimizerConfig,
                     config_module.PrivacyConfig):
         for field in dataclasses.fields(section):
-            _add_flag(parser, field.name, field.type, defaults[field.name])
-    for key in ("epochs", "batch_size", "sample_rate", "max_physical_batch_size", "seed", "device", "test_batch_size"):
-        field = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
-        _add_flag(parser, key, field.type, defaults[key])
-    return parser
+            add_flag(parser, field.name, field.type, defaults[field.name])
+    for key in _TOP_LEVEL_FLAGS:
+        if key not in exclude:
+            field = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
+            add_flag(parser, key, field.type, defaults[key])
 
 
-def _add_flag(parser: argparse.ArgumentParser, key: str, annotation: Any, default: Any) -> None:
+def settings_from_args(args: argparse.Namespace, keys: Iterable[str]) -> tuple[dict[str, Any], str]:
+    """The flat settings of ``--config``'s YAML file overridden by the flags given among ``keys``,
+    and where they came from (for error messages).
+
+    Raises:
+        ConfigError: the file does not hold a mapping.
+    """
+    values: dict[str, Any] = {}
+    where = "command line"
+    if args.config is not None:
+        loaded = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"Expected {args.config} to hold a mapping of settings, but got {type(loaded).__name__}.")
+        values.update(loaded)
+        where = f"{args.config} and the command line"
+    for key in keys:
+        value = getattr(args, key, None)
+        if value is not None:
+            values[key] = value
+    return values, where
+
+
+def add_flag(parser: argparse.ArgumentParser, key: str, annotation: Any, default: Any) -> None:
     names = [f"--{key.replace('_', '-')}", *_ALIASES.get(key, [])]
     kind = _flag_type(annotation)
     help_text = _HELP.get(key, key) if key == "seed" else f"{_HELP.get(key, key)} (default: {default})"
@@ -97,18 +137,8 @@ def _add_flag(parser: argparse.ArgumentParser, key: str, annotation: Any, defaul
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values: dict[str, Any] = {}
-    where = "command line"
-    if args.config is not None:
-        loaded = yaml.safe_load(args.config.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"Expected {args.config} to hold a mapping of settings, but got {type(loaded).__name__}.")
-        values.update(loaded)
-        where = f"{args.config} and the command line"
-    for key in config_module.known_keys():
-        value = getattr(args, key, None)
-        if value is not None:
-            values[key] = value
+    """The ``TrainConfig`` of ``--config``'s file and the flags; a secret seed unless one is given."""
+    values, where = settings_from_args(args, config_module.known_keys())
     if args.clip_per_layer:
         values["clipping"] = "per_layer"
     # A flag for one of two alternatives replaces the other one's default.

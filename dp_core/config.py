@@ -15,7 +15,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from dp_core._validate import (
+from dp_core.dataset_facts import DATASETS
+from dp_core.errors import (
     ConfigError,
     require,
     require_choice,
@@ -33,14 +34,14 @@ __all__ = [
     "OPTIMIZERS",
     "LR_SCHEDULES",
     "CLIPPING_MODES",
-    "GRAD_SAMPLE_MODES",
     "DEVICES",
+    "known_keys",
+    "unknown_key_error",
 ]
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 LR_SCHEDULES = ("constant", "cos")
 CLIPPING_MODES = ("flat", "per_layer")
-GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ew", "ghost", "bk")  # dp_core.engines; auto = fastest that fits
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -66,9 +67,7 @@ class DataConfig:
     validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        from dp_core.data import DATASETS  # data imports torch; keep config importable cheaply
-
-        require_choice(self.dataset, key="dataset", choices=DATASETS)
+        DATASETS.check(self.dataset)  # dp_core.dataset_facts: built-ins and any registered at run time
         require_in_range(self.validation_fraction, key="validation_fraction", low=0.0, high=0.5, high_open=True)
         require(
             self.data_root is None or isinstance(self.data_root, str),
@@ -85,9 +84,9 @@ class ModelConfig:
     gn_groups: int = 8
 
     def __post_init__(self) -> None:
-        from dp_core.models import MODELS
+        from dp_core.models import MODELS  # imported here: models imports torch; keep config importable cheaply
 
-        require_choice(self.model, key="model", choices=MODELS)
+        MODELS.check(self.model)
         _require_int(self.gn_groups, key="gn_groups", low=1)
 
 
@@ -130,14 +129,17 @@ class PrivacyConfig:
     grad_sample_mode: str = "auto"
 
     def __post_init__(self) -> None:
+        # Imported here: engines imports torch and Opacus; keep config importable cheaply. Each check reads
+        # its registry, so an accountant or engine registered at run time is selectable like a built-in.
         from dp_core.accounting import ACCOUNTANTS
+        from dp_core.engines import ENGINES
 
         _require_bool(self.disable_dp, key="disable_dp")
         require_positive(self.max_grad_norm, key="max_grad_norm")
         require_in_range(self.delta, key="delta", low=0.0, high=1.0, low_open=True, high_open=True)
-        require_choice(self.accountant, key="accountant", choices=ACCOUNTANTS)
+        ACCOUNTANTS.check(self.accountant)
         require_choice(self.clipping, key="clipping", choices=CLIPPING_MODES)
-        require_choice(self.grad_sample_mode, key="grad_sample_mode", choices=GRAD_SAMPLE_MODES)
+        ENGINES.check(self.grad_sample_mode, extra=("auto",))  # auto: the fastest engine that fits the model
         if self.noise_multiplier is not None:
             ok = (
                 isinstance(self.noise_multiplier, (int, float))

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import NotRequired, TypedDict, Unpack
 
 import torch
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 from dp_core.engines import Engine, PrivateStep, choose_engine
 
-__all__ = ["PlainStep", "PrivateStep", "make_private", "make_private_step", "poisson_batches", "per_layer_norms"]
+__all__ = ["PlainStep", "PrivateStep", "StepSettings", "make_private", "make_private_step", "per_layer_norms",
+           "poisson_batches"]
 
 
 def per_layer_norms(max_grad_norm: float, model: nn.Module) -> list[float]:
@@ -49,50 +51,88 @@ def make_private_step(
 
     Each step: every example's gradient g_i is clipped to norm ≤ C (flat: over all parameters;
     per_layer: C/√n per tensor), the clipped gradients are summed, N(0, σ²C²) is added to every
-    coordinate, and the result is divided by the *expected* batch size qN (not the realised
-    Poisson batch size, which would depend on the data and break the sensitivity bound).
-    Every engine computes this same quantity; they differ in speed and memory. ``auto`` picks
-    the fastest one that supports the model (``dp_core.engines.AUTO_ORDER``).
+    coordinate (``dp_core.noise.gaussian_noise``), and the result is divided by the *expected*
+    batch size qN (not the realised Poisson batch size, which would depend on the data and break
+    the sensitivity bound). Every engine computes this same quantity; they differ in speed and
+    memory.
 
     Train with ``loss = step.backward(images, labels); step.optimizer.step()``: engines that clip
     inside backward (ghost, bk) need their own backward, and their optimizer refuses to step
     on gradients from a plain ``loss.backward()``.
+
+    Args:
+        model: the model to train; it must be DP-compatible (``dp_core.models.make_dp_compatible``).
+        optimizer: the optimizer of ``model``'s parameters, which the DP optimizer wraps.
+        noise_multiplier: σ; the noise std is σ·C. 0 clips without noise (ε = ∞).
+        max_grad_norm: C, the bound on each example's gradient norm.
+        expected_batch_size: qN, the sampling rate times the training-set size.
+        clipping: ``"flat"`` (one bound over all parameters) or ``"per_layer"`` (C/√n per tensor).
+        grad_sample_mode: a registered engine (``dp_core.engines.ENGINES``), or ``"auto"``: the first
+            of ``dp_core.engines.AUTO_ORDER`` that supports the model and clipping.
+        noise_generator: the run's noise generator (seed it for a reproducible run).
+
+    Returns:
+        A ``PrivateStep``: ``.backward(images, labels)``, ``.optimizer`` (the DP optimizer),
+        ``.model`` (possibly wrapped), ``.engine`` (the engine's name).
+
+    Raises:
+        ConfigError: ``grad_sample_mode`` is not registered, or the engine cannot train this model
+            with this clipping (the message says why).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> step = make_private_step(model, torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0,
+        ...                          max_grad_norm=1.0, expected_batch_size=8, noise_generator=torch.Generator())
+        >>> step.engine
+        'bk'
+        >>> images, labels = torch.randn(8, 1, 2, 2), torch.randint(0, 2, (8,))
+        >>> loss = step.backward(images, labels)
+        >>> bool((step.per_sample_norms() > 0).all())
+        True
+        >>> step.optimizer.step()
+        >>> step.optimizer.zero_grad(set_to_none=True)
     """
     engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=clipping)
     return _prepare(engine, model, optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                     expected_batch_size=expected_batch_size, clipping=clipping, noise_generator=noise_generator)
 
 
+class StepSettings(TypedDict):
+    """The keyword arguments ``make_private`` passes on, as ``make_private_step`` documents them."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    expected_batch_size: float
+    clipping: NotRequired[str]
+    noise_generator: NotRequired[torch.Generator | None]
+
+
 def make_private(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    *,
-    noise_multiplier: float,
-    max_grad_norm: float,
-    expected_batch_size: float,
-    clipping: str = "flat",
-    grad_sample_mode: str = "hooks",
-    noise_generator: torch.Generator | None = None,
+    model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_sample_mode: str = "hooks",
+    **settings: Unpack[StepSettings],
 ) -> tuple[nn.Module, DPOptimizer]:
     """``make_private_step`` as Opacus' ``(model, optimizer)`` pair, for a plain ``loss.backward()`` loop.
 
     Only engines that clip in ``optimizer.step()`` fit that loop (hooks, functorch, ew; ``auto``
     picks the fastest of them); ghost and bk need ``make_private_step(...).backward``.
     """
-    engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=clipping, plain_backward=True)
+    engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=settings.get("clipping", "flat"),
+                           plain_backward=True)
     if not engine.clips_in_optimizer_step:
         raise ConfigError(
             f"Expected an engine that clips in optimizer.step(), but got grad_sample_mode={engine.name!r}, which "
             "clips during its own backward; use make_private_step(...).backward(images, labels) instead."
         )
-    step = _prepare(engine, model, optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                    expected_batch_size=expected_batch_size, clipping=clipping, noise_generator=noise_generator)
+    step = _prepare(engine, model, optimizer, **settings)
     return step.model, step.optimizer
 
 
 def _prepare(
     engine: Engine, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
-    max_grad_norm: float, expected_batch_size: float, clipping: str, noise_generator: torch.Generator | None,
+    max_grad_norm: float, expected_batch_size: float, clipping: str = "flat",
+    noise_generator: torch.Generator | None = None,
 ) -> PrivateStep:
     flat = clipping == "flat"
     return engine.prepare(

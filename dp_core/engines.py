@@ -21,7 +21,11 @@ Engines (names as ``grad_sample_mode``):
   and instantiated gradients, one output-only backward and no second pass.
 
 ``auto`` (the default) takes the first engine of ``AUTO_ORDER`` that supports the model and the
-clipping mode; the order comes from ``python -m dp_core.bench`` (see the README's figures).
+clipping mode; the order comes from ``python -m dp_core.bench`` (see docs/benchmarks.md).
+
+A new engine is an ``Engine`` registered as ``ENGINES.register(name, engine)``: ``grad_sample_mode``
+then accepts its name in any config. ``make_dp_optimizer`` and ``GradSampleStep`` serve engines
+that fill ``p.grad_sample``; every engine's noise is ``dp_core.noise.gaussian_noise``.
 """
 
 from __future__ import annotations
@@ -38,16 +42,18 @@ from opacus.utils.module_utils import trainable_modules
 from torch import nn
 
 from dp_core import _bookkeeping
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
+from dp_core.noise import gaussian_noise
+from dp_core.registry import Registry
 
 __all__ = [
     "AUTO_ORDER",
     "ENGINES",
     "Engine",
     "PrivateStep",
+    "GradSampleStep",
     "choose_engine",
-    "get_engine",
-    "register_engine",
+    "make_dp_optimizer",
 ]
 
 
@@ -103,22 +109,61 @@ class Engine(abc.ABC):
 # ---------------------------------------------------------------------------------------------- Opacus
 
 
-def _dp_optimizer(
+class _AddsGaussianNoise:
+    """``add_noise`` of Opacus' DP optimizers, with the noise drawn by ``dp_core.noise.gaussian_noise``.
+
+    ``p.grad = p.summed_grad + N(0, σ²C²)``, once per logical batch, where C is the sensitivity of
+    the clipped sum (Opacus' ``max_grad_norm``: the bound if flat, √(Σ_p C_p²) per layer).
+    """
+
+    def add_noise(self) -> None:
+        # Opacus' adaptive clipping sets _adjusted_noise_multiplier; read it as Opacus does.
+        noise_multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            noise = gaussian_noise(noise_multiplier=noise_multiplier, sensitivity=self.max_grad_norm,
+                                   like=p.summed_grad, generator=self.generator)
+            p.grad = noise.add_(p.summed_grad).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+class _DPOptimizer(_AddsGaussianNoise, DPOptimizer):
+    """Opacus' flat-clipping DP optimizer, noised by ``gaussian_noise``."""
+
+
+class _DPPerLayerOptimizer(_AddsGaussianNoise, DPPerLayerOptimizer):
+    """Opacus' per-layer-clipping DP optimizer, noised by ``gaussian_noise``."""
+
+
+def make_dp_optimizer(
     optimizer: torch.optim.Optimizer, *, noise_multiplier: float, max_grad_norms: list[float], flat: bool,
     expected_batch_size: float, noise_generator: torch.Generator | None,
 ) -> DPOptimizer:
+    """Opacus' DP optimizer for engines that fill ``p.grad_sample``: it clips, sums, noises and scales.
+
+    Args:
+        optimizer: the optimizer to wrap.
+        noise_multiplier: σ.
+        max_grad_norms: ``[C]`` if ``flat``, else one bound per parameter of ``optimizer``.
+        flat: one bound over all parameters, or one per parameter.
+        expected_batch_size: qN, the divisor of the noised sum (never the realised batch size).
+        noise_generator: the run's noise generator.
+
+    Returns:
+        A ``DPOptimizer`` whose ``add_noise`` is ``dp_core.noise.gaussian_noise``'s.
+    """
     if flat:
-        return DPOptimizer(
+        return _DPOptimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norms[0],
             expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator,
         )
-    return DPPerLayerOptimizer(
+    return _DPPerLayerOptimizer(
         optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norms,
         expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator,
     )
 
 
-class _GradSampleStep(PrivateStep):
+class GradSampleStep(PrivateStep):
     """Engines that fill ``p.grad_sample`` during ``loss.backward()``; the optimizer clips."""
 
     def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -150,11 +195,11 @@ class _Hooks(Engine):
         # Poisson sampling assumes each step sees a fresh batch: accumulating per-sample gradients
         # over two forward passes would change the sensitivity, so Opacus forbids it.
         private_model.forbid_grad_accumulation()
-        dp_optimizer = _dp_optimizer(
+        dp_optimizer = make_dp_optimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norms=max_grad_norms, flat=flat,
             expected_batch_size=expected_batch_size, noise_generator=noise_generator,
         )
-        return _GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
+        return GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
 
 
 # Layer types whose functional ops torch's ExpandedWeights implements (expanded_weights_impl.HANDLED_FUNCTIONS).
@@ -177,20 +222,20 @@ class _ExpandedWeights(Engine):
         max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
     ) -> PrivateStep:
         private_model = wrap_model(model, grad_sample_mode="ew", batch_first=True, loss_reduction="mean")
-        dp_optimizer = _dp_optimizer(
+        dp_optimizer = make_dp_optimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norms=max_grad_norms, flat=flat,
             expected_batch_size=expected_batch_size, noise_generator=noise_generator,
         )
-        return _GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
+        return GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
 
 
-class _ClippedSumOptimizer(DPOptimizerFastGradientClipping):
+class _ClippedSumOptimizer(_AddsGaussianNoise, DPOptimizerFastGradientClipping):
     """Opacus' optimizer for engines that clip in backward: ``p.grad`` arrives as Σ_i clip(g_i).
 
-    It sums chunks of a virtual batch, adds N(0, σ²C²) once per logical batch and divides by the
-    expected batch size qN. Unlike Opacus' class it refuses to step on gradients its engine did not
-    produce: after a plain ``loss.backward()`` it would otherwise add noise to *unclipped*
-    gradients, a silent loss of privacy.
+    It sums chunks of a virtual batch, adds N(0, σ²C²) once per logical batch (``gaussian_noise``)
+    and divides by the expected batch size qN. Unlike Opacus' class it refuses to step on gradients
+    its engine did not produce: after a plain ``loss.backward()`` it would otherwise add noise to
+    *unclipped* gradients, a silent loss of privacy.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -211,23 +256,6 @@ class _ClippedSumOptimizer(DPOptimizerFastGradientClipping):
             else:
                 p.summed_grad.add_(p.grad)
             p.grad = None
-
-    def add_noise(self) -> None:
-        """``p.grad = p.summed_grad + N(0, σ²C²)``, once per logical batch.
-
-        Draws exactly what Opacus' ``_generate_noise`` draws (same generator calls, same order),
-        so every engine sees the same noise stream; it only skips Opacus' extra zero tensor and sum.
-        """
-        std = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier) * self.max_grad_norm
-        if std == 0 or self.secure_mode:
-            super().add_noise()
-            return
-        for p in self.params:
-            _check_processed_flag(p.summed_grad)
-            noise = torch.normal(mean=0, std=std, size=p.summed_grad.shape, device=p.summed_grad.device,
-                                 generator=self.generator, dtype=p.summed_grad.dtype)
-            p.grad = noise.add_(p.summed_grad).view_as(p)
-            _mark_as_processed(p.summed_grad)
 
     def pre_step(self, closure=None):  # noqa: ANN001, ANN201 - Opacus' signature
         if not self._clipped_sum_ready:
@@ -333,22 +361,13 @@ class _Bookkeeping(Engine):
 
 # ---------------------------------------------------------------------------------------------- registry
 
-# Plain dict, like Opacus' GRAD_SAMPLERS: registering a name again replaces its engine.
-ENGINES: dict[str, Engine] = {}
+#: The engines by ``grad_sample_mode``: ``ENGINES.register(engine.name, engine)`` makes a new one
+#: selectable from a config like a built-in (``PrivacyConfig`` validates against this registry).
+ENGINES: Registry[Engine] = Registry("grad_sample_mode")
 
 # ``auto`` takes the first of these that supports the model: bk was the fastest correct engine on
 # every model of the zoo in ``python -m dp_core.bench``; hooks runs whatever Opacus can.
 AUTO_ORDER: tuple[str, ...] = ("bk", "hooks")
-
-
-def register_engine(engine: Engine) -> None:
-    ENGINES[engine.name] = engine
-
-
-def get_engine(name: str) -> Engine:
-    if name not in ENGINES:
-        raise ConfigError(f"Unknown grad_sample_mode {name!r}. Known engines: auto, {', '.join(ENGINES)}.")
-    return ENGINES[name]
 
 
 def choose_engine(
@@ -362,11 +381,11 @@ def choose_engine(
     """
     if grad_sample_mode == "auto":
         for name in AUTO_ORDER:
-            engine = ENGINES[name]
+            engine = ENGINES.get(name)
             if (engine.clips_in_optimizer_step or not plain_backward) and not engine.unsupported(model, clipping=clipping):
                 return engine
         grad_sample_mode = AUTO_ORDER[-1]  # let the last resort explain why it cannot either
-    engine = get_engine(grad_sample_mode)
+    engine = ENGINES.get(grad_sample_mode)
     reasons = engine.unsupported(model, clipping=clipping)
     if reasons:
         raise ConfigError(
@@ -378,5 +397,5 @@ def choose_engine(
 
 
 for _engine in (_Hooks("hooks"), _Hooks("functorch"), _ExpandedWeights(), _Ghost(), _Bookkeeping()):
-    register_engine(_engine)
+    ENGINES.register(_engine.name, _engine)
 del _engine

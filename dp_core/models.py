@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import functools
 import sys
@@ -13,34 +12,23 @@ import torch.nn as nn
 from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 
-from ._validate import ConfigError, require, require_choice
+from dp_core.errors import ConfigError, require
+from dp_core.registry import Registry
 
-__all__ = ["MODELS", "register_model", "build_model", "make_dp_compatible"]
+__all__ = ["MODELS", "build_model", "make_dp_compatible", "register_model"]
 
 Shape = tuple[int, int, int]
 
-# Plain dict, like Opacus' GRAD_SAMPLERS / VALIDATORS: registering a name again replaces its builder.
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-
-MODELS: tuple[str, ...]  # computed on access by __getattr__ so it always matches the registry
-
-
-def __getattr__(name: str) -> Any:
-    if name == "MODELS":
-        return tuple(_REGISTRY)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
-    """Make ``builder(input_shape=, num_classes=, gn_groups=)`` available as ``build_model(name, ...)``."""
-    require(isinstance(name, str) and name != "", key="name", value=name, allowed="to be a non-empty string")
-    require(callable(builder), key="builder", value=builder, allowed="to be callable")
-    _REGISTRY[name] = builder
+#: The model zoo by name: ``builder(input_shape=, num_classes=, gn_groups=) -> nn.Module``. A model
+#: registered at run time is selectable as ``model`` in a config (``ModelConfig`` validates against
+#: this registry) and built like a built-in.
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+register_model = MODELS.register  # the README's name for it: ``register_model(name, builder)``
 
 
 def build_model(name: str, *, input_shape: Shape, num_classes: int, gn_groups: int = 8) -> nn.Module:
     """Build the registered model ``name`` for ``input_shape`` = (C, H, W) and make it DP-compatible."""
-    require_choice(name, key="model", choices=_REGISTRY)
+    builder = MODELS.get(name)
     shape_ok = (
         isinstance(input_shape, (tuple, list))
         and len(input_shape) == 3
@@ -50,7 +38,7 @@ def build_model(name: str, *, input_shape: Shape, num_classes: int, gn_groups: i
     for key, value in (("num_classes", num_classes), ("gn_groups", gn_groups)):
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         require(ok, key=key, value=value, allowed="to be an int >= 1")
-    model = _REGISTRY[name](input_shape=tuple(input_shape), num_classes=num_classes, gn_groups=gn_groups)
+    model = builder(input_shape=tuple(input_shape), num_classes=num_classes, gn_groups=gn_groups)
     return make_dp_compatible(model)
 
 
@@ -122,7 +110,7 @@ def _torchvision_out_of_place() -> dict[type, type]:
 
 
 def _remove_inplace_ops(model: nn.Module) -> None:
-    # torchvision is imported only where needed (~1.5 s per process); a model without it has no resnet blocks.
+    # torchvision is imported only where needed (a slow import); a model without it has no resnet blocks.
     out_of_place = _torchvision_out_of_place() if "torchvision" in sys.modules else {}
     for module in model.modules():
         if getattr(module, "inplace", None) is True:  # ReLU, LeakyReLU, SiLU, Hardtanh, Dropout, ...
@@ -188,7 +176,7 @@ def _cifar_cnn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Mo
 def _resnet18_gn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
     _require_hw("resnet18_gn", input_shape, 16)  # 32x downsampling; smaller inputs leave nothing to pool
     norm = _group_norm("resnet18_gn", gn_groups)
-    import torchvision.models  # here, not at import: it costs ~1.5 s per process
+    import torchvision.models  # here, not at import: a slow import that most runs do not need
 
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes, norm_layer=norm)
     if input_shape[0] != 3:
@@ -224,7 +212,7 @@ def _wrn16_4(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Modu
     return nn.Sequential(*layers)
 
 
-_REGISTRY.update(
-    mlp=_mlp, digits_cnn=_digits_cnn, mnist_cnn=_mnist_cnn, cifar_cnn=_cifar_cnn,
-    resnet18_gn=_resnet18_gn, wrn16_4=_wrn16_4,
-)  # fmt: skip
+for _name, _builder in (("mlp", _mlp), ("digits_cnn", _digits_cnn), ("mnist_cnn", _mnist_cnn),
+                       ("cifar_cnn", _cifar_cnn), ("resnet18_gn", _resnet18_gn), ("wrn16_4", _wrn16_4)):
+    MODELS.register(_name, _builder)
+del _name, _builder

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar, overload
 
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 
 __all__ = ["Registry"]
 
@@ -40,7 +40,7 @@ class Registry(Generic[T]):
         >>> shapes.get("triangle")
         Traceback (most recent call last):
         ...
-        dp_core._validate.ConfigError: Expected shape to be one of circle, square, but got shape='triangle'.
+        dp_core.errors.ConfigError: Expected shape to be one of circle, square, but got shape='triangle'.
     """
 
     def __init__(self, key: str) -> None:

@@ -22,7 +22,7 @@ same tensors on every machine (CPU generation; the splits are moved to a device 
 The templates are shared by the train and test splits, whose examples come from separate streams.
 
 Sizes are fixed per name, because the privacy accountant needs the training-set size before any
-data is loaded (``dp_core.data.canonical_train_size``): ``synthetic_cifar10`` and
+data is loaded (``dp_core.dataset_facts``): ``synthetic_cifar10`` and
 ``synthetic_mnist`` are small (1,000 train, 500 test: quick CPU tests), the ``_full`` variants
 have the real datasets' sizes (50,000 / 10,000 and 60,000 / 10,000), so that sampling rates and
 planned ε equal those of the real dataset. They are never available under the real names.
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from dp_core.dataset_facts import DATASETS
 from dp_core.splits import DatasetSplits
 
 __all__ = ["SYNTHETIC_DATASETS", "SyntheticSpec", "load_synthetic", "synthetic_tensors"]
@@ -64,12 +65,13 @@ class SyntheticSpec:
     signal: float
 
 
+# The class-signal amplitude of each stand-in; its shape and sizes are facts (dp_core.dataset_facts).
+_SIGNALS = {"synthetic_cifar10": 0.6, "synthetic_mnist": 1.0, "synthetic_cifar10_full": 0.6, "synthetic_mnist_full": 1.0}
 SYNTHETIC_DATASETS = types.MappingProxyType({
-    "synthetic_cifar10": SyntheticSpec(input_shape=(3, 32, 32), train_size=1_000, test_size=500, signal=0.6),
-    "synthetic_mnist": SyntheticSpec(input_shape=(1, 28, 28), train_size=1_000, test_size=500, signal=1.0),
-    "synthetic_cifar10_full": SyntheticSpec(input_shape=(3, 32, 32), train_size=50_000, test_size=10_000, signal=0.6),
-    "synthetic_mnist_full": SyntheticSpec(input_shape=(1, 28, 28), train_size=60_000, test_size=10_000, signal=1.0),
-})  # fmt: skip
+    name: SyntheticSpec(input_shape=DATASETS.get(name).input_shape, train_size=DATASETS.get(name).train_size,
+                        test_size=DATASETS.get(name).test_size, signal=signal)
+    for name, signal in _SIGNALS.items()
+})
 
 _STREAMS = {"templates": 0, "train": 1, "test": 2}
 

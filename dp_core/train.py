@@ -27,22 +27,22 @@ from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
 from dp_core.models import build_model
-from dp_core.plan import PrivacyPlan, plan_privacy
+from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
-__all__ = ["EpochReport", "TrainResult", "StopTraining", "TrainingDiverged", "train", "resolve_device", "main"]
+__all__ = ["EpochReport", "ProgressReport", "StopTraining", "TrainResult", "TrainingDiverged", "asks_to_stop",
+           "build_optimizer", "evaluate", "evaluate_splits", "main", "resolve_device", "train"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class EpochReport:
-    """What one epoch produced. ``epsilon`` is an upper bound from ``accountant`` at ``delta``.
+class ProgressReport:
+    """What every report of a run's progress holds (an epoch's here, a federated round's in
+    ``dp_core.federated``). ``epsilon`` is an upper bound from ``accountant`` at ``delta``.
 
     Validation and test loss and accuracy are measured on data never trained on; either is None
     where it was not measured (no validation split; test not asked for, as in a sweep's search,
     where no decision may read it).
     """
 
-    epoch: int
-    steps: int
     # No training loss: the mean of unclipped per-example losses is an un-noised statistic of the
     # training data.
     val_loss: float | None = None
@@ -59,6 +59,14 @@ class EpochReport:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EpochReport(ProgressReport):
+    """What one epoch produced: the ``ProgressReport`` after ``steps`` optimizer steps."""
+
+    epoch: int
+    steps: int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,6 +94,17 @@ class TrainingDiverged(RuntimeError):
     """
 
 
+def asks_to_stop(hook: Callable[[Any], None] | None, report: ProgressReport) -> bool:
+    """Pass ``report`` to ``hook`` (if any); whether it raised ``StopTraining`` to end the run there."""
+    if hook is None:
+        return False
+    try:
+        hook(report)
+    except StopTraining:
+        return True
+    return False
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -94,7 +113,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     opt = config.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     if opt.optimizer == "sgd":
@@ -130,24 +149,6 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
     return loss_sum.item() / len(images), correct.item() / len(images)
 
 
-def _check_plan(plan: PrivacyPlan, config: TrainConfig, *, train_size: int) -> None:
-    """A pre-computed plan must describe this configuration's mechanism, or its ε would be wrong."""
-    privacy = config.privacy
-    expected = {
-        "private": privacy.is_private,
-        "sample_rate": config.resolved_sample_rate(train_size),
-        "steps_per_epoch": config.steps_per_epoch(train_size),
-        "planned_steps": config.steps_per_epoch(train_size) * config.epochs,
-        "delta": privacy.delta,
-        "accountant": privacy.accountant,
-    }
-    if privacy.is_private and privacy.noise_multiplier is not None:
-        expected["noise_multiplier"] = float(privacy.noise_multiplier)
-    wrong = {k: (getattr(plan, k), v) for k, v in expected.items() if getattr(plan, k) != v}
-    if wrong or (privacy.epsilon_budget is not None and plan.epsilon > privacy.epsilon_budget):
-        raise ConfigError(f"Expected the privacy plan to match the configuration, but got (plan, config) = {wrong}.")
-
-
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     # Write then rename: a run killed mid-save leaves the previous checkpoint intact.
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -167,15 +168,48 @@ def train(
 ) -> TrainResult:
     """Train ``config`` with DP-SGD and return every epoch's report.
 
-    ``data`` may be passed pre-loaded (warm sweep workers reuse it across trials), and ``plan``
-    pre-computed (a sweep plans every trial before starting it); a plan that does not belong to
-    this configuration is refused.
-    With ``checkpoint_path``, state is saved after every epoch and a matching checkpoint is
-    resumed from, so a resumed run reaches the same steps, and so the same ε, as an
-    uninterrupted one. ``checkpoint_every_seconds`` saves at most that often (and always after
-    the last epoch): for epochs of milliseconds, saving every one would cost more than training.
-    Every epoch is evaluated on the validation split, if the data has one, and on the test split
-    unless ``evaluate_test`` is false (a sweep's search: its decisions must not read test data).
+    Plans the privacy spend (σ calibrated to ``target_epsilon`` if one is given), loads the data,
+    builds the model and optimizer, wraps them for DP-SGD (``make_private_step``) and trains
+    epochs of Poisson-sampled batches, evaluating after each.
+
+    Args:
+        config: the run; see ``TrainConfig`` (``TrainConfig.from_dict`` builds it from flat keys).
+        on_epoch: called with every epoch's ``EpochReport``; raising ``StopTraining`` from it ends the
+            run cleanly after that epoch (how a sweep prunes).
+        checkpoint_path: with it, state is saved after every epoch and a matching checkpoint is
+            resumed from, so a resumed run reaches the same steps, and so the same ε, as an
+            uninterrupted one.
+        checkpoint_every_seconds: save at most that often (and always after the last epoch): for
+            epochs of milliseconds, saving every one would cost more than training.
+        data: the splits, pre-loaded (warm sweep workers reuse them across trials); by default
+            ``load_data(config.data)``.
+        plan: the privacy plan, pre-computed (a sweep plans every trial before starting it); one
+            that does not belong to this configuration is refused.
+        evaluate_test: whether to evaluate on the test split too (a sweep's search does not: its
+            decisions must not read test data). The validation split, if any, is always evaluated.
+
+    Returns:
+        A ``TrainResult``: the configuration with σ resolved, the privacy plan, one report per epoch
+        trained (each ε an upper bound from its accountant at δ), whether it stopped early, and the
+        trained model.
+
+    Raises:
+        ConfigError: the configuration does not fit the data (δ >= 1/N, batch larger than N), no σ
+            reaches the target ε, ``plan`` or the checkpoint belongs to another configuration, or the
+            device is not available.
+        TrainingDiverged: the training loss became NaN or infinite.
+
+    Example:
+        >>> from dp_core.config import TrainConfig
+        >>> config = TrainConfig.from_dict({"dataset": "digits", "model": "mlp", "epochs": 2, "batch_size": 256,
+        ...                                 "lr": 2.0, "noise_multiplier": 1.0, "max_grad_norm": 0.5, "seed": 0})
+        >>> result = train(config)
+        >>> [report.epoch for report in result.reports], result.final.accountant, result.final.delta
+        ([1, 2], 'prv', 1e-05)
+        >>> 0 < result.reports[0].epsilon < result.final.epsilon < 5  # ε grows with the steps taken
+        True
+        >>> result.final.test_accuracy > 0.5
+        True
     """
     privacy = config.privacy
     data = data if data is not None else load_data(config.data)
@@ -183,7 +217,7 @@ def train(
     if plan is None:
         plan = plan_privacy(config, train_size=train_size)
     else:
-        _check_plan(plan, config, train_size=train_size)
+        check_plan(plan, config, train_size=train_size)
     device = resolve_device(config.device)
 
     torch.manual_seed(config.seed)  # model init and dropout
@@ -199,7 +233,7 @@ def train(
         config.model.model, input_shape=data.input_shape, num_classes=data.num_classes,
         gn_groups=config.model.gn_groups,
     ).to(device)
-    optimizer = _build_optimizer(config, model)
+    optimizer = build_optimizer(config, model)
     step = PlainStep(model, optimizer)
     if plan.private:
         step = make_private_step(
@@ -299,12 +333,9 @@ def train(
                 "steps": steps,
                 "reports": [r.to_dict() for r in reports],
             })
-        if on_epoch is not None:
-            try:
-                on_epoch(report)
-            except StopTraining:
-                stopped_early = True
-                break
+        if asks_to_stop(on_epoch, report):
+            stopped_early = True
+            break
 
     resolved = config.replace(noise_multiplier=plan.noise_multiplier) if plan.private else config
     return TrainResult(

@@ -24,21 +24,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Sequence
 
-from dp_core._vectorized_grouping import _checked_plans, can_vectorize, group_signature
-from dp_core._vectorized_stack import _Stack
+from dp_core._vectorized_grouping import can_vectorize, checked_plans, group_signature
+from dp_core._vectorized_stack import ConfigStack
 from dp_core.config import TrainConfig
 from dp_core.data import DatasetSplits, load_data
-from dp_core.plan import PrivacyPlan
+from dp_core.privacy_plan import PrivacyPlan
 from dp_core.train import EpochReport, StopTraining, TrainingDiverged, TrainResult
-
-# Unused here: the tests check the clipping routes as ``vectorized.<name>``.
-from dp_core._vectorized_clipping import _ghost_clipping, _per_example_clipping, _stack  # noqa: F401
 
 __all__ = ["ConfigsDiverged", "can_vectorize", "group_signature", "train_vectorized"]
 
 # Materialised per-example gradients are computed in chunks of at most this many bytes. glibc
 # returns blocks above 32 MiB to the OS when freed, so a larger tensor page-faults anew on every
-# step (on the 2-core CPU box: 40 MB allocated and filled in 62 ms, 16 MB in 0.8 ms).
+# step (docs/benchmarks.md has the figures).
 _CHUNK_BYTES = 16 * 2**20
 
 
@@ -85,9 +82,9 @@ def train_vectorized(
         raise ValueError(f"Expected width >= 1, but got width={width}.")
     if configs and data is None:
         data = load_data(configs[0].data)
-    plans = _checked_plans(configs, data, plans)
+    plans = checked_plans(configs, data, plans)
     assert data is not None
-    stack = _Stack(configs, plans, data, evaluate_test=evaluate_test, chunk_bytes=_CHUNK_BYTES)
+    stack = ConfigStack(configs, plans, data, evaluate_test=evaluate_test, chunk_bytes=_CHUNK_BYTES)
     width = len(configs) if width is None else width
     reports: list[list[EpochReport]] = [[] for _ in configs]
     stopped = [False] * len(configs)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from dp_core.federated import FederatedPlan
-from dp_core.plan import PrivacyPlan
+from dp_core.privacy_plan import PrivacyPlan
 from sweeps.registry import LazyRegistry
 
 __all__ = ["TrialSpec", "PackSpec", "UnitSpec", "EpochRow", "encode_unit", "decode_unit", "unit_of",

@@ -91,7 +91,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_dp_core_runs_without_ray_optuna_mlflow() -> None:
     """Importing and planning with dp_core loads none of the orchestration libraries."""
     code = (
-        "import sys; import dp_core.train, dp_core.plan, dp_core.cli; "
+        "import sys; import dp_core.train, dp_core.privacy_plan, dp_core.cli; "
         "bad = [m for m in ('ray', 'optuna', 'mlflow', 'sweeps') if m in sys.modules]; "
         "print(bad); raise SystemExit(1 if bad else 0)"
     )

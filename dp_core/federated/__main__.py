@@ -13,20 +13,17 @@ import dataclasses
 import json
 import math
 import sys
-from pathlib import Path
-from typing import Any
 
-import yaml
 
 from dp_core import config as config_module
 from dp_core.accounting import PrivacySpent
-from dp_core.cli import _add_flag
+from dp_core.cli import add_train_flags, settings_from_args, settings_parser
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.federated._config import FEDERATED_KEYS, FederatedConfig, split_flat
 from dp_core.federated._server import RoundReport, train_federated
 from dp_core.train import TrainingDiverged
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "configs_from_args", "main"]
 
 _FEDERATED_HELP = {
     "clients": "number of clients, each with a disjoint shard of the training set",
@@ -35,47 +32,26 @@ _FEDERATED_HELP = {
     "partition": "iid (uniform shards) or dirichlet (label-skewed shards)",
     "dirichlet_alpha": "Dirichlet concentration for --partition dirichlet (small: few classes per client)",
 }
-_SECTIONS = (config_module.DataConfig, config_module.ModelConfig, config_module.OptimizerConfig,
-             config_module.PrivacyConfig)
-_TOP_LEVEL = ("batch_size", "sample_rate", "max_physical_batch_size", "seed", "device", "test_batch_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m dp_core.federated",
+    parser = settings_parser(
+        prog="python -m dp_core.federated", metrics="every round's report as",
         description="FedAvg with DP-SGD clients (Opacus): per-round global accuracy and each client's ε.",
     )
-    parser.add_argument("--config", type=Path, help="YAML file of flat settings; flags override it")
-    parser.add_argument("--metrics-json", type=Path, help="also write every round's report as JSON here")
     defaults = FederatedConfig().to_dict()
     for field in dataclasses.fields(FederatedConfig):
         kind = int if field.name in ("clients", "rounds", "local_epochs") else (
             float if field.name == "dirichlet_alpha" else str)
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=kind, default=None,
                             help=f"{_FEDERATED_HELP[field.name]} (default: {defaults[field.name]})")
-    train_defaults = TrainConfig().to_dict()
-    for section in _SECTIONS:
-        for field in dataclasses.fields(section):
-            _add_flag(parser, field.name, field.type, train_defaults[field.name])
-    for key in _TOP_LEVEL:
-        field = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
-        _add_flag(parser, key, field.type, train_defaults[key])
+    add_train_flags(parser, exclude=("epochs",))  # clients train --local-epochs per round
     return parser
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[TrainConfig, FederatedConfig]:
-    values: dict[str, Any] = {}
-    where = "command line"
-    if args.config is not None:
-        loaded = yaml.safe_load(args.config.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"Expected {args.config} to hold a mapping of settings, but got {type(loaded).__name__}.")
-        values.update(loaded)
-        where = f"{args.config} and the command line"
-    for key in (*FEDERATED_KEYS, *config_module.known_keys()):
-        value = getattr(args, key, None)
-        if value is not None:
-            values[key] = value
+    """The clients' ``TrainConfig`` and the ``FederatedConfig`` of ``--config``'s file and the flags."""
+    values, where = settings_from_args(args, (*FEDERATED_KEYS, *config_module.known_keys()))
     # A flag for one of two alternatives replaces the other one's value from the file.
     for given, other in (("sample_rate", "batch_size"), ("noise_multiplier", "target_epsilon")):
         if getattr(args, given, None) is not None and getattr(args, other, None) is None:

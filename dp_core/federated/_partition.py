@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dp_core._validate import ConfigError, require, require_choice, require_positive
+from dp_core.errors import ConfigError, require, require_choice, require_positive
 from dp_core.federated._config import PARTITIONS
 
 __all__ = ["partition"]

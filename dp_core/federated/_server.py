@@ -13,7 +13,6 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -26,14 +25,15 @@ from dp_core.federated._executor import ClientExecutor, InProcessExecutor
 from dp_core.federated._partition import partition
 from dp_core.federated._plan import FederatedPlan, plan_federated
 from dp_core.models import build_model
-from dp_core.train import StopTraining, evaluate_splits, resolve_device
+from dp_core.train import ProgressReport, asks_to_stop, evaluate_splits, resolve_device
 
 __all__ = ["RoundReport", "FederatedResult", "fed_avg", "partition_data", "train_federated"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RoundReport:
-    """What one round produced. ``epsilon`` is the maximum of ``client_epsilons`` (at ``delta``).
+class RoundReport(ProgressReport):
+    """What one round produced. ``epsilon`` is the maximum of ``client_epsilons`` (at ``delta``);
+    ``train_seconds`` is the round's client training, as the server waited for it.
 
     Nothing measured on the clients' data is reported: a client sends only its noised parameters
     and its shard size (see ``ClientUpdate``); losses and accuracy are the global model's on the
@@ -42,21 +42,7 @@ class RoundReport:
 
     round: int
     client_steps: tuple[int, ...]  # each client's DP-SGD steps so far
-    val_loss: float | None = None
-    val_accuracy: float | None = None
-    test_loss: float | None = None
-    test_accuracy: float | None = None
-    epsilon: float
     client_epsilons: tuple[float, ...]
-    delta: float
-    accountant: str
-    noise_multiplier: float
-    train_seconds: float  # the round's client training, as the server waited for it
-    eval_seconds: float
-    stopped_by_budget: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -179,12 +165,9 @@ def train_federated(
                 train_seconds=train_seconds, eval_seconds=eval_seconds, stopped_by_budget=stopped_early,
             )
             reports.append(report)
-            if on_round is not None:
-                try:
-                    on_round(report)
-                except StopTraining:
-                    stopped_early = True
-                    break
+            if asks_to_stop(on_round, report):
+                stopped_early = True
+                break
 
     resolved = config.replace(noise_multiplier=plan.noise_multiplier) if plan.private else config
     return FederatedResult(config=resolved, federated=federated, plan=plan, reports=tuple(reports),

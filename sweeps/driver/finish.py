@@ -276,7 +276,7 @@ def _audit_best(trials: list[Any], best: Any, *, ledger: Any) -> Any:
     from dp_core.audit import audit, audit_config
     from dp_core.config import TrainConfig
     from dp_core.data import load_data
-    from dp_core.plan import plan_privacy
+    from dp_core.privacy_plan import plan_privacy
     from sweeps.privacy import sweep_secret
     from sweeps.planning.keys import trial_key
     from sweeps.privacy.ledger import LedgerEntry

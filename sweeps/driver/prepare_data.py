@@ -29,11 +29,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dp_core.config import ConfigError
+from dp_core.dataset_facts import FILE_DATASETS  # the datasets read from files under a data folder
 
 __all__ = ["FILE_DATASETS", "datasets_of", "downloads_wanted", "prepare_here", "prepare_on_nodes", "without_downloads"]
-
-#: Datasets read from files under a data folder (torchvision's layout); the others are generated.
-FILE_DATASETS = frozenset({"mnist", "fashion_mnist", "cifar10"})
 
 
 def datasets_of(space: Any) -> list[str]:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from dp_core.federated import FederatedPlan
-from dp_core.plan import PrivacyPlan
+from dp_core.privacy_plan import PrivacyPlan
 from sweeps.planning.keys import released_params
 from sweeps.protocol import TrialSpec
 

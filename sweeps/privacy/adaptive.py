@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from dp_core._validate import require_in_range, require_positive
+from dp_core.errors import require_in_range, require_positive
 from dp_core.accounting import RDP_ORDERS, rdp_curve
 from sweeps.privacy.mechanism import TrialMechanism
 

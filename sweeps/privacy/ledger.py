@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from dp_core.plan import PrivacyPlan
+from dp_core.privacy_plan import PrivacyPlan
 from sweeps.planning.keys import released_params
 from sweeps.privacy.mechanism import TrialMechanism
 from sweeps.protocol import TrialSpec

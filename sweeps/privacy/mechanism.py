@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from dp_core._validate import ConfigError, require, require_in_range
+from dp_core.errors import ConfigError, require, require_in_range
 from dp_core.accounting import RDP_ORDERS, rdp_curve
-from dp_core.plan import PrivacyPlan
+from dp_core.privacy_plan import PrivacyPlan
 
 __all__ = [
     "ACCOUNTANT",

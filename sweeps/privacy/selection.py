@@ -75,7 +75,7 @@ from typing import Any
 
 import numpy as np
 
-from dp_core._validate import ConfigError, require, require_choice
+from dp_core.errors import ConfigError, require, require_choice
 from dp_core.accounting import RDP_ORDERS
 from sweeps.privacy.mechanism import (
     TrialMechanism,

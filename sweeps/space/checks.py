@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dp_core._validate import ConfigError, require
+from dp_core.errors import ConfigError, require
 
 __all__ = ["in_file", "is_int", "is_number", "require_in"]
 

@@ -70,7 +70,7 @@ from typing import Any
 import yaml
 
 import search_spaces
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 from sweeps.space.model import SearchSpace
 from sweeps.space.parse import parse_space
 

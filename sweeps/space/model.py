@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dp_core import config as dp_config
-from dp_core._validate import ConfigError, require_choice
+from dp_core.errors import ConfigError, require_choice
 from dp_core.federated import KIND, split_flat
 from sweeps.registry import LazyRegistry
 from sweeps.space.checks import in_file, is_int, require_in

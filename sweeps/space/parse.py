@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dp_core import config as dp_config
-from dp_core._validate import ConfigError, require_choice, require_positive
+from dp_core.errors import ConfigError, require_choice, require_positive
 from dp_core.federated import FEDERATED_KEYS, FederatedConfig
 from sweeps.space.checks import in_file, is_int, is_number, require_in
 from sweeps.space.model import (

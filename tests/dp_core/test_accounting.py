@@ -36,7 +36,7 @@ import pytest
 from scipy import integrate
 
 from dp_core import _prv, _rdp, accounting
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 from dp_core.accounting import (
     ACCOUNTANTS,
     RDP_ORDERS,
@@ -71,7 +71,7 @@ def oracle_rdp(q: float, sigma: float, steps: int, delta: float, orders: tuple[f
 
 
 def _prv_eps_error(eps: float) -> float:
-    """The eps_error our PRV uses at this ε (see accounting._prv_epsilons)."""
+    """The eps_error our PRV uses at this ε (see _prv.prv_epsilons)."""
     return 0.01 if eps >= 2 else max(0.005 * eps, 1e-3)
 
 
@@ -152,7 +152,7 @@ def test_fractional_order_rdp_is_exact(q: float, sigma: float, alpha: float) -> 
         integrand, -40 * sigma, 40 * sigma + 2, points=[0.0, 0.5, 1.0], limit=1000, epsabs=0, epsrel=1e-13
     )
     exact = math.log(value) / (alpha - 1)
-    ours = accounting._rdp_one_step(sigma, q)[RDP_ORDERS.index(alpha)]
+    ours = _rdp.rdp_one_step(sigma, q)[RDP_ORDERS.index(alpha)]
     assert ours == pytest.approx(exact, rel=1e-7)
 
 
@@ -176,7 +176,7 @@ def test_vectorised_rdp_equals_opacus(q: float) -> None:
     """
     orders = np.array(RDP_ORDERS)
     for sigma in RDP_GRID_SIGMAS:
-        ours = accounting._rdp_one_step(sigma, q)
+        ours = _rdp.rdp_one_step(sigma, q)
         theirs = _opacus_rdp(sigma, q)
         assert np.all(np.isfinite(ours)), sigma
         close = np.abs(ours - theirs) <= 1e-9 * np.abs(theirs) + 2e-12 / (orders - 1)
@@ -188,7 +188,7 @@ def test_distrusted_rdp_orders_come_from_opacus(monkeypatch: pytest.MonkeyPatch)
     the value is Opacus' own, bit for bit."""
     monkeypatch.setattr(_rdp, "_CANCELLATION_LIMIT", math.inf)  # where _log_a_fractional_orders reads it
     sigma, q = 0.8, 0.05
-    ours = accounting._rdp_one_step.__wrapped__(sigma, q)  # bypass the cache
+    ours = _rdp.rdp_one_step.__wrapped__(sigma, q)  # bypass the cache
     fractional = np.array([not float(order).is_integer() for order in RDP_ORDERS])
     np.testing.assert_array_equal(ours[fractional], np.maximum(_opacus_rdp(sigma, q)[fractional], 0.0))
 
@@ -322,20 +322,20 @@ def test_prv_epsilons_on_a_shared_grid_stay_certified(sigma: float) -> None:
 
 def test_prv_epsilons_fall_back_to_a_count_own_grid(monkeypatch: pytest.MonkeyPatch) -> None:
     """A count that cannot be certified on the shared grid gets its own grid's (coarse) bound."""
-    real = _prv._certified_bounds
+    real = _prv.certified_bounds
     common = dict(noise_multiplier=1.0, sample_rate=0.02, delta=1e-5, accountant="prv")
 
     def failing_on_shared_grid(power, domain, steps, delta, eps_error, where):  # type: ignore[no-untyped-def]
         if steps == 50 and eps_error < 0.0099:  # its own coarse grid has eps_error = 0.01
-            raise accounting._PrvOutOfRange("round-off (test)")
+            raise _prv.PrvOutOfRange("round-off (test)")
         return real(power, domain, steps, delta, eps_error, where)
 
     _clear_prv_caches()
     expected = epsilons(steps=[100, 200, 400], **common)
-    monkeypatch.setattr(_prv, "_certified_bounds", failing_on_shared_grid)  # where _prv_pass looks it up
+    monkeypatch.setattr(_prv, "certified_bounds", failing_on_shared_grid)  # where _prv_pass looks it up
     try:
         together = epsilons(steps=[50, 100, 200, 400], **common)
-        own_grid = accounting._prv_coarse(1.0, 0.02, (50,), 1e-5)[0][2]
+        own_grid = _prv.prv_coarse(1.0, 0.02, (50,), 1e-5)[0][2]
     finally:
         _clear_prv_caches()
     assert together[0] == own_grid
@@ -343,7 +343,7 @@ def test_prv_epsilons_fall_back_to_a_count_own_grid(monkeypatch: pytest.MonkeyPa
 
 
 def _clear_prv_caches() -> None:
-    for cached in (accounting._prv_coarse, accounting._prv_epsilons, accounting._prv_spectrum, accounting._fit):
+    for cached in (_prv.prv_coarse, _prv.prv_epsilons, _prv.prv_spectrum, accounting._fit):
         cached.cache_clear()
 
 
@@ -352,8 +352,8 @@ def test_prv_composition_is_opacus_compose_fourier() -> None:
     from opacus.accountants.analysis import prv as opacus_prv
 
     sigma, q, half_width, mesh = 1.0, 0.02, 6.0, 1e-3
-    spectrum, domain = accounting._prv_spectrum(sigma, q, half_width, mesh)
-    grid = accounting._prv_domain(half_width, mesh)
+    spectrum, domain = _prv.prv_spectrum(sigma, q, half_width, mesh)
+    grid = _prv.prv_domain(half_width, mesh)
     assert grid.size % 2 == 0 and grid.t_min == pytest.approx(-(grid.size // 2 - 1) * mesh)
     truncated = opacus_prv.TruncatedPrivacyRandomVariable(
         opacus_prv.PoissonSubsampledGaussianPRV(q, sigma), grid.t_min, grid.t_max
@@ -361,8 +361,8 @@ def test_prv_composition_is_opacus_compose_fourier() -> None:
     reference = opacus_prv.discretize(truncated, grid)
     assert domain.shifts == pytest.approx(reference.domain.shifts, rel=1e-9, abs=1e-14)
     counts = (1, 2, 7, 10, 24)
-    for count, power in zip(counts, accounting._spectrum_powers(spectrum, counts)):
-        ours = accounting._compose(power, domain, count)
+    for count, power in zip(counts, _prv.spectrum_powers(spectrum, counts)):
+        ours = _prv.compose(power, domain, count)
         theirs = opacus_prv.compose_heterogeneous(dprvs=[reference], num_self_compositions=[count])
         assert ours.domain.t_min == pytest.approx(theirs.domain.t_min, abs=1e-12)
         assert np.max(np.abs(ours.pmf - theirs.pmf)) <= 1e-11 * np.max(theirs.pmf), count
@@ -380,7 +380,7 @@ def test_prv_first_pass_is_opacus_prv_accountant(config: tuple) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = opacus_accountant.get_epsilon(delta)
-    ours = accounting._prv_coarse(sigma, q, (steps,), delta)[0][2]
+    ours = _prv.prv_coarse(sigma, q, (steps,), delta)[0][2]
     assert ours == pytest.approx(theirs, rel=1e-5)
     assert epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta) <= ours
 

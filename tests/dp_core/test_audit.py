@@ -11,7 +11,7 @@ from scipy import stats
 from torch import nn
 
 from dp_core import accounting
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 from dp_core.audit import (
     EPSILON_STEP,
     audit,

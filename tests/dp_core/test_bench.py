@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,17 +24,18 @@ class _MeanAsSum(engines.Engine):
         max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
     ) -> engines.PrivateStep:
         private_model = wrap_model(model, grad_sample_mode="hooks", batch_first=True, loss_reduction="sum")
-        dp_optimizer = engines._dp_optimizer(
+        dp_optimizer = engines.make_dp_optimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norms=max_grad_norms, flat=flat,
             expected_batch_size=expected_batch_size, noise_generator=noise_generator,
         )
-        return engines._GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
+        return engines.GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
 
 
 @pytest.fixture
-def wrong_engine(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(engines.ENGINES, _MeanAsSum.name, _MeanAsSum())
-    return _MeanAsSum.name
+def wrong_engine() -> Iterator[str]:
+    engines.ENGINES.register(_MeanAsSum.name, _MeanAsSum())
+    yield _MeanAsSum.name
+    engines.ENGINES.unregister(_MeanAsSum.name)
 
 
 CASE = Case(model="digits_cnn", input_shape=(1, 8, 8), batch_size=16)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dp_core.config import ConfigError, TrainConfig
-from dp_core.plan import plan_privacy
+from dp_core.privacy_plan import plan_privacy
 
 
 def test_round_trip_and_defaults() -> None:

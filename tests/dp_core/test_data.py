@@ -13,7 +13,7 @@ import torch
 from torchvision import datasets as tv_datasets
 
 from dp_core import data as data_module
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 from dp_core.data import DATASETS, DatasetSplits, canonical_train_size, load_dataset
 
 # ---------------------------------------------------------------- writers of the real on-disk formats
@@ -110,11 +110,11 @@ def test_digits_is_deterministic(digits: DatasetSplits) -> None:
 
 def test_digits_normalised_with_fixed_constants(digits: DatasetSplits) -> None:
     """Every input is (count/16 - mean) / std with the module's constants: undoing it gives back the counts."""
-    (mean,), (std,) = data_module._DIGITS_STATS
+    (mean,), (std,) = DATASETS.get("digits").normalisation
     for images in (digits.train.tensors[0], digits.test.tensors[0]):
-        counts = (images.double() * std + mean) * data_module._DIGITS_MAX_COUNT
+        counts = (images.double() * std + mean) * DATASETS.get("digits").max_value
         torch.testing.assert_close(counts, counts.round(), rtol=0, atol=1e-4)
-        assert counts.round().min() >= 0 and counts.round().max() <= data_module._DIGITS_MAX_COUNT
+        assert counts.round().min() >= 0 and counts.round().max() <= DATASETS.get("digits").max_value
     # The constants describe the training split: its inputs stay close to standardised.
     assert abs(digits.train.tensors[0].double().mean().item()) < 0.01
     assert abs(digits.train.tensors[0].double().std().item() - 1.0) < 0.01
@@ -130,8 +130,8 @@ def test_digits_inputs_do_not_change_when_one_training_example_is_removed() -> N
     # Removing the brightest example moves any training-set mean or std the most.
     brightest = int(x_train.sum(axis=(1, 2)).argmax())
     kept = np.delete(np.arange(len(x_train)), brightest)
-    full = data_module._digits_splits(x_train, y_train, x_test, y_test)
-    without_one = data_module._digits_splits(x_train[kept], y_train[kept], x_test, y_test)
+    full = data_module._digits_splits(x_train, y_train, x_test, y_test, DATASETS.get("digits"))
+    without_one = data_module._digits_splits(x_train[kept], y_train[kept], x_test, y_test, DATASETS.get("digits"))
     assert torch.equal(full.train.tensors[0][kept], without_one.train.tensors[0])
     assert torch.equal(full.train.tensors[1][kept], without_one.train.tensors[1])
     assert torch.equal(full.test.tensors[0], without_one.test.tensors[0])

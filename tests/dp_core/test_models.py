@@ -13,7 +13,7 @@ from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader, TensorDataset
 
 from dp_core import models
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 from dp_core.models import MODELS, build_model, make_dp_compatible, register_model
 
 # Opacus' expected chatter: the first layer's input needs no grad; tests need no secure RNG.
@@ -158,12 +158,14 @@ def test_non_affine_batchnorm_raises_config_error() -> None:
         make_dp_compatible(model)
 
 
-def test_registered_builder_is_built_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))  # leave the real registry untouched
+def test_registered_builder_is_built_and_checked() -> None:
     register_model("lstm_proj", lambda **kw: nn.Sequential(nn.LSTM(4, 8, proj_size=2)))
-    assert "lstm_proj" in models.MODELS
-    with pytest.raises(ConfigError, match="cannot be trained privately"):
-        build_model("lstm_proj", input_shape=(1, 8, 8), num_classes=2)
+    try:
+        assert "lstm_proj" in models.MODELS
+        with pytest.raises(ConfigError, match="cannot be trained privately"):
+            build_model("lstm_proj", input_shape=(1, 8, 8), num_classes=2)
+    finally:
+        MODELS.unregister("lstm_proj")  # leave the real registry as it was
 
 
 def test_unknown_model_lists_known_names() -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dp_core import models, vectorized
+from dp_core import _vectorized_clipping, models, vectorized
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_dataset
 from dp_core.train import EpochReport, StopTraining, TrainResult, train
@@ -125,8 +125,8 @@ def _naive_clipped_sum(model: nn.Module, images: torch.Tensor, labels: torch.Ten
 def test_both_clipping_routes_equal_the_per_example_definition(clipping: str) -> None:
     torch.manual_seed(0)
     configs = [models.build_model("mlp", input_shape=(1, 8, 8), num_classes=10) for _ in range(2)]
-    route = {"ghost": vectorized._ghost_clipping, "per_example": vectorized._per_example_clipping}[clipping]
-    params, buffers = vectorized._stack(configs)
+    route = {"ghost": _vectorized_clipping.ghost_clipping, "per_example": _vectorized_clipping.per_example_clipping}[clipping]
+    params, buffers = _vectorized_clipping.stack_models(configs)
     images, labels = DIGITS.train.tensors[0][:12], DIGITS.train.tensors[1][:12]
     weight = torch.ones(2, 12)
     weight[1, 7:] = 0  # config 1 sees a batch of 7, padded to 12
@@ -315,12 +315,15 @@ class _NoisyLayer(nn.Module):
         return x + 0.1 * torch.randn_like(x)
 
 
-def test_any_randomness_in_the_forward_pass_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_any_randomness_in_the_forward_pass_is_refused() -> None:
     def noisy_mlp(*, input_shape, num_classes, gn_groups):
         return nn.Sequential(nn.Flatten(), _NoisyLayer(), nn.Linear(64, num_classes))
 
-    monkeypatch.setitem(models._REGISTRY, "noisy_mlp", noisy_mlp)
-    found = can_vectorize([TrainConfig.from_dict({**GROUPABLE, "model": "noisy_mlp"})])
+    models.MODELS.register("noisy_mlp", noisy_mlp)
+    try:
+        found = can_vectorize([TrainConfig.from_dict({**GROUPABLE, "model": "noisy_mlp"})])
+    finally:
+        models.MODELS.unregister("noisy_mlp")
     assert found is not None and "vmap" in found and "random" in found
 
 

@@ -13,7 +13,7 @@ import pytest
 from dp_accounting import dp_event
 from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant, compute_epsilon
 
-from dp_core._validate import ConfigError
+from dp_core.errors import ConfigError
 from dp_core.accounting import RDP_ORDERS
 from sweeps.planning import plan_trial
 from sweeps.privacy.mechanism import TrialMechanism, largest_trial_epsilon, naive_composition_epsilon

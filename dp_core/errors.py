@@ -1,4 +1,4 @@
-"""One shape for every configuration error: the key, the bad value, and what is allowed."""
+"""Configuration errors in one shape: ConfigError and the require_* checks that name the key, the bad value and the rule."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from dp_core import accounting
 from dp_core.accounting import PrivacySpent
 from dp_core.config import ConfigError, TrainConfig
 
-__all__ = ["PrivacyPlan", "plan_privacy"]
+__all__ = ["PrivacyPlan", "check_plan", "plan_privacy"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -140,3 +140,25 @@ def plan_privacy(config: TrainConfig, *, train_size: int) -> PrivacyPlan:
         delta=privacy.delta, accountant=privacy.accountant, epsilon_by_epoch=epsilon_by_epoch,
         epsilon=epsilon_final,
     )
+
+
+def check_plan(plan: PrivacyPlan, config: TrainConfig, *, train_size: int) -> None:
+    """Raise ConfigError unless ``plan`` describes ``config``'s mechanism on ``train_size`` examples.
+
+    A plan computed ahead (a sweep plans every trial before starting it) must match the run it is
+    given to, or the ε reported for that run would be wrong.
+    """
+    privacy = config.privacy
+    expected = {
+        "private": privacy.is_private,
+        "sample_rate": config.resolved_sample_rate(train_size),
+        "steps_per_epoch": config.steps_per_epoch(train_size),
+        "planned_steps": config.steps_per_epoch(train_size) * config.epochs,
+        "delta": privacy.delta,
+        "accountant": privacy.accountant,
+    }
+    if privacy.is_private and privacy.noise_multiplier is not None:
+        expected["noise_multiplier"] = float(privacy.noise_multiplier)
+    wrong = {k: (getattr(plan, k), v) for k, v in expected.items() if getattr(plan, k) != v}
+    if wrong or (privacy.epsilon_budget is not None and plan.epsilon > privacy.epsilon_budget):
+        raise ConfigError(f"Expected the privacy plan to match the configuration, but got (plan, config) = {wrong}.")
