@@ -47,7 +47,7 @@ def load_dataset(
     """
     facts = DATASETS.get(name)
     splits = (facts.load() if facts.source == "loader" else load_synthetic(name) if facts.source == "generated"
-              else _load_digits(facts) if name == "digits" else _load_torchvision(name, facts, _resolve_root(root),
+              else _load_digits() if name == "digits" else _load_torchvision(name, facts, _resolve_root(root),
                                                                                    download))
     return _hold_out_validation(splits, validation_fraction) if validation_fraction > 0 else splits
 
@@ -75,7 +75,7 @@ def _resolve_root(root: str | os.PathLike[str] | None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "dpsweep" / "data"
 
 
-def _load_digits(facts: DatasetFacts) -> DatasetSplits:
+def _load_digits() -> DatasetSplits:
     # Imported here: only this dataset needs scikit-learn, and its import is not free.
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -85,7 +85,7 @@ def _load_digits(facts: DatasetFacts) -> DatasetSplits:
     x_train, x_test, y_train, y_test = train_test_split(
         bunch.images, bunch.target, test_size=0.2, stratify=bunch.target, random_state=0
     )
-    return _digits_splits(x_train, y_train, x_test, y_test, facts)
+    return _digits_splits(x_train, y_train, x_test, y_test, DATASETS.get("digits"))
 
 
 def _digits_splits(
