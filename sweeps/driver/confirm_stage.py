@@ -11,7 +11,7 @@ from typing import Any
 import ray
 
 from dp_core.config import ConfigError, TrainConfig
-from dp_core.data import canonical_train_size
+from dp_core.dataset_facts import canonical_train_size
 from dp_core.vectorized import group_signature
 from sweeps.planning.keys import released_params, trial_key
 from sweeps.privacy.ledger import LedgerEntry

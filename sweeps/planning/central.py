@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dp_core.config import TrainConfig
-from dp_core.data import canonical_train_size
+from dp_core.dataset_facts import canonical_train_size
 from dp_core.privacy_plan import plan_privacy
 from sweeps.planning.keys import trial_key
 from sweeps.planning.trials import PlannedTrial

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dp_core.config import TrainConfig
-from dp_core.data import canonical_train_size
+from dp_core.dataset_facts import canonical_train_size
 from dp_core.vectorized import can_vectorize, group_signature
 from sweeps.planning.trials import PlannedTrial
 from sweeps.protocol import PackSpec, UnitSpec
