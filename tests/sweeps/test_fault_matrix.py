@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _sweep_checks import Kind, check_sweep, half_way
-from _sweep_harness import ENV, Launch, MlflowServer, RayCluster, TcpProxy, launched, wait_for
+from tests.sweeps._sweep_checks import Kind, check_sweep, half_way
+from tests.sweeps._sweep_harness import ENV, Launch, MlflowServer, RayCluster, TcpProxy, launched, wait_for
 from mlflow.tracking import MlflowClient
 
 from sweeps.workers.trial import HOLD_FILE_ENV

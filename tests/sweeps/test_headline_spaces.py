@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from _sweep_harness import ENV, ROOT
+from tests.sweeps._sweep_harness import ENV, ROOT
 from mlflow.tracking import MlflowClient
 
 

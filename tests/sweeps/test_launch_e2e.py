@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _sweep_harness import launched, wait_for
+from tests.sweeps._sweep_harness import launched, wait_for
 from mlflow.tracking import MlflowClient
 
 from sweeps.results.frontier import Point, pareto_front

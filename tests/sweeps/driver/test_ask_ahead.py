@@ -16,7 +16,7 @@ import pytest
 from sweeps.planning.packing import AUTO_MODELS
 from sweeps.driver.search import journal_storage
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow
 
 # digits_cnn under vectorize: auto trains one trial per unit (it is not in AUTO_MODELS). One epoch

@@ -15,7 +15,7 @@ from sweeps.protocol import decode_unit, encode_unit
 from sweeps.planning.packing import AUTO_PACK_SIZE, PACK_DEPTH, group_key, pack_limit, pack_size, pack_spec, pack_trials
 from sweeps.planning import plan_trial
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BASE = {"dataset": "digits", "model": "mlp", "batch_size": 256, "epochs": 3, "delta": 1e-5, "accountant": "rdp"}
 
 

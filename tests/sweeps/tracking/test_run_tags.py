@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _sweep_harness import MlflowServer, TcpProxy
+from tests.sweeps._sweep_harness import MlflowServer, TcpProxy
 from mlflow.tracking import MlflowClient
 
 from sweeps.results.frontier import Point, best_per_bucket, pareto_front

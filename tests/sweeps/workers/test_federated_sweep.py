@@ -24,7 +24,7 @@ from sweeps.protocol import decode_unit, encode_unit
 from sweeps.planning import EpsilonBudget, plan_trial
 from sweeps.space import Range, list_spaces, load_space
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DIGITS = load_dataset("digits")
 
 SPACE = """

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.privacy.ledger import LEDGER_FILE, PrivacyLedger
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow
 
 SPACE = """
