@@ -28,7 +28,9 @@ fixed:
   accountant: rdp
 axes:
 {axes}
-epsilon_budget: 20.0
+# Every trial here spends ε < 3 (σ >= 1.5, 2 epochs): a budget of 3 keeps the confirmation stage to
+# four ε bounds (at 20 there were eight, each with its nominee's runs and refits).
+epsilon_budget: 3.0
 search: {search}
 {extra}
 pruner: none
