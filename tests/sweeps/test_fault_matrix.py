@@ -100,7 +100,8 @@ vectorize: "off"
 resources: {{cpus: 2, gpus: 0}}
 confirm: off
 """),
-    Kind("private_selection", epochs=8, space="""{fixed}
+    # The seeded draw's last trial is held: K is 3-5, run one after another.
+    Kind("private_selection", epochs=4, held="last", space="""{fixed}
 axes:
   noise_multiplier: [1.5, 2.5]
   lr: [0.5, 2.0]
@@ -144,14 +145,15 @@ BEYOND_CI = {
 
 
 @pytest.fixture
-def hold(request: pytest.FixtureRequest, ray_holds: Path) -> Iterator[Path | None]:
+def hold(request: pytest.FixtureRequest, ray_holds: Path, tmp_path: Path) -> Iterator[Path | None]:
     """The file that holds this cell's ``held`` trial before its second epoch, until the cell
     removes it once the fault is injected (or, if it fails before, until the cell ends)."""
     kind = request.node.callspec.params["kind"]
-    if kind.held is None:
+    held = kind.held_trial(kind.write(tmp_path))  # the cell writes the same space again
+    if held is None:
         yield None
         return
-    path = ray_holds / f"{kind.held}-epoch2"
+    path = ray_holds / f"{held}-epoch2"
     path.with_name(path.name + ".held").unlink(missing_ok=True)  # an earlier cell's of this kind
     path.touch()
     yield path
