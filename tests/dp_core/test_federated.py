@@ -276,6 +276,7 @@ def test_non_private_run_reports_infinite_epsilon() -> None:
 # ---- command line ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess that imports torch and trains: seconds
 def test_command_line_prints_accuracy_and_every_clients_epsilon_with_delta_and_accountant() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "dp_core.federated", "--dataset", "digits", "--clients", "2", "--rounds", "2",

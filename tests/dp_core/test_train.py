@@ -123,6 +123,7 @@ def test_nan_loss_is_reported_as_diverged_without_its_value() -> None:
 # ---- what is released -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess that imports torch and trains: seconds on 2 cores
 def test_no_training_loss_is_reported_or_printed(tmp_path: Path) -> None:
     """The training loss is an un-noised statistic of the training data: no report or output holds it."""
     assert "train_loss" not in {field.name for field in dataclasses.fields(EpochReport)}
@@ -171,6 +172,7 @@ def _without_timings(result: TrainResult) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.to_dict().items() if not k.endswith("_seconds")} for r in result.reports]
 
 
+@pytest.mark.slow  # a dropout CNN trained, then interrupted and resumed: seconds on 2 cores
 def test_resumed_run_with_dropout_draws_the_same_masks(tmp_path: Path) -> None:
     """Dropout draws from torch's global generator: a resumed run must continue its stream, not restart it."""
     model = build_model("mnist_cnn", input_shape=DIGITS_28.input_shape, num_classes=DIGITS_28.num_classes)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from _infra_support import (
+from tests.infra._infra_support import (
     ROOT,
     TrackingServer,
     account_env,

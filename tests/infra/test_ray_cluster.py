@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from _infra_support import (
+from tests.infra._infra_support import (
     TrackingServer,
     account_env,
     files_containing,

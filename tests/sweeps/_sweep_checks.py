@@ -46,6 +46,7 @@ class Kind:
     packed_completed: tuple[int, int] | None = None
     # Lone trials: the trial held before it reports its second epoch until the fault is injected
     # (sweeps.workers.trial's test hook), the last to start, so that half-way lasts until then.
+    # "last": the last trial planned (a private selection's trial names are drawn).
     held: str | None = None
 
     @property
@@ -55,6 +56,10 @@ class Kind:
     @property
     def federated(self) -> bool:
         return "kind: federated" in self.space
+
+    def held_trial(self, space: Path) -> str | None:
+        """The name of the trial held until the fault, for the space ``write`` wrote."""
+        return _planned_grid(space)[-1].name if self.held == "last" else self.held
 
     def write(self, folder: Path) -> Path:
         path = folder / f"{self.name}.yaml"

@@ -18,7 +18,7 @@ closed; every trial's ε at every epoch equals what dp_core.accounting gives for
 Optuna's study holds one finished state per trial and agrees with the child runs; the frontier is
 made of every trial's points; the privacy summary counts every trial that trained.
 
-All sweeps share one Ray cluster (``ray start``, reached with ``--address``), which also shows
+All sweeps share the session's Ray cluster (``ray start``, reached with ``--address``; tests/sweeps/conftest.py), which also shows
 that a launcher killed while connected to a cluster takes its trials with it.
 """
 
@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _sweep_checks import Kind, check_sweep, half_way
-from _sweep_harness import ENV, Launch, MlflowServer, RayCluster, TcpProxy, launched, wait_for
+from tests.sweeps._sweep_checks import Kind, check_sweep, half_way
+from tests.sweeps._sweep_harness import ENV, Launch, MlflowServer, RayCluster, TcpProxy, launched, wait_for
 from mlflow.tracking import MlflowClient
 
-from sweeps.workers.trial import HOLD_FILE_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +47,13 @@ pytestmark = pytest.mark.slow
 # of its cost on 2 cores) and their half-way states are exact. A pack trains 2 members at once
 # (vectorize: 2) and holds rounds of them: it is half-way while some, not all, have completed.
 KINDS = [
-    Kind("grid_unpacked", epochs=10, held="trial_0003", space="""{fixed}
+    Kind("grid_unpacked", epochs=4, held="trial_0003", space="""{fixed}
 axes:
   noise_multiplier: [1.5, 2.5]
   lr: [0.5, 2.0]
-epsilon_budget: 50.0
+# Every trial spends ε < 0.6: a budget of 1 keeps the confirmation stage to the bounds 0.5 and 1
+# (at 50, its nine bounds made 54 confirmation and refit runs, most of the cell's time).
+epsilon_budget: 1.0
 search: grid
 pruner: none
 vectorize: "off"
@@ -86,7 +87,7 @@ vectorize: 2
 resources: {{cpus: 2, gpus: 0}}
 confirm: off  # grid_unpacked covers the confirmation stage
 """),
-    Kind("optuna_multi_unpacked", epochs=8, held="trial_0002", space="""{fixed}
+    Kind("optuna_multi_unpacked", epochs=4, held="trial_0002", space="""{fixed}
 axes:
   noise_multiplier: {{low: 1.5, high: 3.0, log: true}}
   lr: {{low: 0.5, high: 2.0, log: true}}
@@ -99,7 +100,8 @@ vectorize: "off"
 resources: {{cpus: 2, gpus: 0}}
 confirm: off
 """),
-    Kind("private_selection", epochs=8, space="""{fixed}
+    # The seeded draw's last trial is held: K is 3-5, run one after another.
+    Kind("private_selection", epochs=4, held="last", space="""{fixed}
 axes:
   noise_multiplier: [1.5, 2.5]
   lr: [0.5, 2.0]
@@ -139,37 +141,23 @@ BEYOND_CI = {
 }
 
 
-# ---- fixtures: one Ray cluster, one MLflow schema, one MLflow server for the whole module -----------
-
-
-@pytest.fixture(scope="module")
-def holds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where a cell puts the file that holds its kind's ``held`` trial (sweeps.workers.trial's hook)."""
-    return tmp_path_factory.mktemp("holds")
+# ---- fixtures: one MLflow schema, one MLflow server for the whole module (the Ray cluster: the session's) --
 
 
 @pytest.fixture
-def hold(request: pytest.FixtureRequest, holds: Path) -> Iterator[Path | None]:
+def hold(request: pytest.FixtureRequest, ray_holds: Path, tmp_path: Path) -> Iterator[Path | None]:
     """The file that holds this cell's ``held`` trial before its second epoch, until the cell
     removes it once the fault is injected (or, if it fails before, until the cell ends)."""
     kind = request.node.callspec.params["kind"]
-    if kind.held is None:
+    held = kind.held_trial(kind.write(tmp_path))  # the cell writes the same space again
+    if held is None:
         yield None
         return
-    path = holds / f"{kind.held}-epoch2"
+    path = ray_holds / f"{held}-epoch2"
     path.with_name(path.name + ".held").unlink(missing_ok=True)  # an earlier cell's of this kind
     path.touch()
     yield path
     path.unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(holds: Path) -> Any:
-    # The trial workers are the cluster's processes: the hook's setting is the cluster's.
-    cluster = RayCluster(num_cpus=2, env={HOLD_FILE_ENV: str(holds / "{trial}-epoch{epoch}")})
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +202,6 @@ def test_sweep_finishes_whole_after_fault(kind: Kind, fault: str, tmp_path: Path
                                           request: pytest.FixtureRequest) -> None:
     if (kind.name, fault) in BEYOND_CI and not FULL_MATRIX:
         pytest.skip("outside the CI's 16 cells: DPSWEEP_FULL_MATRIX=1 runs the whole matrix")
-    ray_cluster.ensure_running()
-    ray_cluster.wait_idle()  # the cell before may have left a dying job
 
     def held() -> bool:  # a kind with a held trial stays half-way once it is held: the fault point is exact
         return hold is None or hold.with_name(hold.name + ".held").exists()

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.sweeps._sweep_harness import ENV as CLUSTER_ENV
+from tests.sweeps._sweep_harness import RayCluster
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 pytestmark = pytest.mark.slow
@@ -58,11 +61,12 @@ def _children(uri: str) -> tuple[MlflowClient, list]:
     return client, [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"]
 
 
-def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path: Path) -> None:
+def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path: Path,
+                                                                        ray_cluster: RayCluster) -> None:
     space = _space(tmp_path, "nan", epochs=3, batch=256, lrs="[2.0, 1.0e+30]")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    done = subprocess.run(_command(tmp_path, space, uri), cwd=tmp_path, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(_command(tmp_path, space, uri, "--address", ray_cluster.address), cwd=tmp_path,
+                          env={**CLUSTER_ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     _, children = _children(uri)
     by_lr = {float(c.data.params["lr"]): c for c in children}

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from _sweep_harness import ENV, ROOT
+from tests.sweeps._sweep_harness import ENV, ROOT, RayCluster
 from mlflow.tracking import MlflowClient
 
 
@@ -72,12 +72,12 @@ def _check_trials(tmp_path: Path, *, dataset: str, models: set[str], epochs: int
     assert {run.data.params["model"] for run in trials} == models
 
 
-def test_cifar10_grid_on_cpu_with_the_synthetic_stand_in(tmp_path: Path) -> None:
+def test_cifar10_grid_on_cpu_with_the_synthetic_stand_in(tmp_path: Path, ray_cluster: RayCluster) -> None:
     space = _derived_space(tmp_path, "cifar10_grid", fixed={"dataset": "synthetic_cifar10", "epochs": 2,
                                                            "max_physical_batch_size": 16},
                            axes={"model": ["resnet18_gn", "cifar_cnn"], "batch_size": [64], "max_grad_norm": [1.0],
                                  "noise_multiplier": [1.5], "lr": [0.1]})
-    done = _launch(tmp_path, "--space", str(space), "--resources", "cpus=2,gpus=0")
+    done = _launch(tmp_path, "--space", str(space), "--resources", "cpus=2,gpus=0", "--address", ray_cluster.address)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "trial-epochs/s" in done.stdout
     _check_trials(tmp_path, dataset="synthetic_cifar10", models={"resnet18_gn", "cifar_cnn"}, epochs=2,
@@ -85,10 +85,11 @@ def test_cifar10_grid_on_cpu_with_the_synthetic_stand_in(tmp_path: Path) -> None
                             "max_physical_batch_size": "16", "gn_groups": "8", "accountant": "prv"})
 
 
-def test_mnist_grid_on_cpu_with_the_synthetic_stand_in(tmp_path: Path) -> None:
+def test_mnist_grid_on_cpu_with_the_synthetic_stand_in(tmp_path: Path, ray_cluster: RayCluster) -> None:
     space = _derived_space(tmp_path, "mnist_grid", fixed={"dataset": "synthetic_mnist", "epochs": 2},
                            axes={"max_grad_norm": [1.0], "noise_multiplier": [0.8, 1.5], "lr": [0.15]})
-    done = _launch(tmp_path, "--space", str(space), "--resources", "gpus=0")  # the space's 2 CPUs, no GPU
+    # The space's 2 CPUs, no GPU, on the session's cluster of 2 CPUs.
+    done = _launch(tmp_path, "--space", str(space), "--resources", "gpus=0", "--address", ray_cluster.address)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     _check_trials(tmp_path, dataset="synthetic_mnist", models={"mnist_cnn"}, epochs=2,
                   expected={"momentum": "0.5", "batch_size": "64", "accountant": "prv"})

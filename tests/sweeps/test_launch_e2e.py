@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from _sweep_harness import launched, wait_for
+from tests.sweeps._sweep_harness import ENV, RayCluster, launched, wait_for
 from mlflow.tracking import MlflowClient
 
 from sweeps.results.frontier import Point, pareto_front
 from sweeps.privacy import sweep_secret
 from sweeps.space import load_space
-from sweeps.workers.trial import HOLD_FILE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -47,12 +46,16 @@ confirm: {{top: 1, seeds: 2}}
 """
 
 
-def _launch(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _launch(tmp_path: Path, *args: str, timeout: float = 600, cluster: RayCluster | None = None
+            ) -> subprocess.CompletedProcess:
+    # --num-cpus 2, or the session's cluster of 2 CPUs: the slots (and so which trials ASHA prunes) of
+    # a 2-core machine, on any machine.
+    ray = ["--address", cluster.address] if cluster is not None else ["--num-cpus", "2"]
     return subprocess.run(
-        # --num-cpus 2: the slots (and so which trials ASHA prunes) of a 2-core machine, on any machine.
-        [sys.executable, "-m", "sweeps.launch", *args, "--num-cpus", "2", "--tracking-uri",
+        [sys.executable, "-m", "sweeps.launch", *args, *ray, "--tracking-uri",
          f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+        env={**ENV, "PYTHONPATH": str(ROOT)} if cluster is not None else {**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
 
@@ -87,10 +90,10 @@ def _assert_no_seed_released(tmp_path: Path, client: MlflowClient, parent, child
     assert not leaked, f"seeds released: {leaked}"
 
 
-def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Path) -> None:
+def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Path, ray_cluster: RayCluster) -> None:
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_SPACE.format(name="tiny"))
-    done = _launch(tmp_path, "--space", str(space))
+    done = _launch(tmp_path, "--space", str(space), cluster=ray_cluster)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 skipped over budget (trial_0002, trial_0003)" in done.stdout  # σ = 0.3 is far over an ε budget of 6
     assert "frontier" in done.stdout and "RDP" in done.stdout
@@ -221,20 +224,21 @@ def test_list_shows_the_shipped_spaces(tmp_path: Path) -> None:
         assert name in done.stdout
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path, ray_cluster: RayCluster,
+                                                                     ray_holds: Path) -> None:
     space = tmp_path / "resumable.yaml"
     # Lone trials (vectorize: off): the hold below is a lone trial's.
     space.write_text(TINY_SPACE.format(name="resumable").replace("pruner: asha", "pruner: none\nvectorize: off").replace("confirm: {top: 1, seeds: 2}", "confirm: off")
                      .replace("epochs: 4", "epochs: 6"))
     # trial_0001 is held before it reports its second epoch (sweeps.workers.trial's test hook) until
     # the interruption: SIGINT comes once trial_0000 has finished and while trial_0001 trains, on
-    # a machine however slow or loaded, with one slot or many.
-    holds = tmp_path / "holds"
-    holds.mkdir()
-    hold = holds / "trial_0001-epoch2"
+    # a machine however slow or loaded, with one slot or many. The trial workers are the session
+    # cluster's: the hook's folder is the cluster's (ray_holds).
+    hold = ray_holds / "trial_0001-epoch2"
+    hold.with_name(hold.name + ".held").unlink(missing_ok=True)  # an earlier test's
     hold.touch()
     # --verbose: a line per trial, so that this test sees the first trial end.
-    arguments = ["--space", str(space), "--verbose", "--num-cpus", "2", "--tracking-uri",
+    arguments = ["--space", str(space), "--verbose", "--address", ray_cluster.address, "--tracking-uri",
                  f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results")]
 
     def first_done_second_held() -> bool:
@@ -244,15 +248,18 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
         return any(c.info.run_name == "trial_0000" and c.data.tags.get("dpsweep.outcome") == "completed"
                    for c in children)
 
-    env = {HOLD_FILE_ENV: str(holds / "{trial}-epoch{epoch}")}
-    with launched(arguments, cwd=tmp_path, log=tmp_path / "launch.log", env=env) as launch:
-        wait_for(lambda: not launch.running() or first_done_second_held(), timeout=300, interval=0.5,
-                 what="trial_0000 finished and trial_0001 held at its second epoch")
-        assert launch.running(), launch.output()[-6000:]
-        launch.send(signal.SIGINT)  # like Ctrl-C
-        code = launch.wait(timeout=180)
-        hold.unlink()
-        log = launch.output()
+    try:
+        with launched(arguments, cwd=tmp_path, log=tmp_path / "launch.log") as launch:
+            wait_for(lambda: not launch.running() or first_done_second_held(), timeout=300, interval=0.5,
+                     what="trial_0000 finished and trial_0001 held at its second epoch")
+            assert launch.running(), launch.output()[-6000:]
+            launch.send(signal.SIGINT)  # like Ctrl-C
+            code = launch.wait(timeout=180)
+            log = launch.output()
+    finally:
+        hold.unlink(missing_ok=True)  # else it would hold the next sweep's trial_0001 on this cluster
+    # The interrupted driver's trials end with it on a cluster it merely connected to.
+    ray_cluster.wait_idle(timeout=60)
     assert code == 130 and "--resume" in log, log[-6000:]
     # [3/4]: the two grid points over the budget are counted first, as skipped.
     assert "[3/4]" in log, log
@@ -260,7 +267,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     finished_before = {c.info.run_name for c in children if c.data.tags["dpsweep.outcome"] == "completed"}
     assert finished_before == {"trial_0000"}, log
 
-    resumed = _launch(tmp_path, "--space", str(space), "--resume", "--verbose")
+    resumed = _launch(tmp_path, "--space", str(space), "--resume", "--verbose", cluster=ray_cluster)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     client, parents, children = _runs(tmp_path)
     assert len(parents) == 1  # the same sweep, continued
@@ -301,12 +308,13 @@ confirm: off  # the confirmation stage is tested in test_launch_e2e, test_confir
 
 
 @pytest.mark.parametrize("objective", ["single", "multi"])
-def test_optuna_search_skips_over_budget_suggestions_and_tells_optuna(tmp_path: Path, objective: str) -> None:
+def test_optuna_search_skips_over_budget_suggestions_and_tells_optuna(tmp_path: Path, objective: str,
+                                                                     ray_cluster: RayCluster) -> None:
     import optuna
 
     space = tmp_path / "tinyopt.yaml"
     space.write_text(OPTUNA_SPACE.format(objective=objective))
-    done = _launch(tmp_path, "--space", str(space))
+    done = _launch(tmp_path, "--space", str(space), cluster=ray_cluster)
     assert done.returncode == 0, done.stdout + done.stderr
     client, parents, children = _runs(tmp_path)
     outcomes = [c.data.tags["dpsweep.outcome"] for c in children]

@@ -4,7 +4,6 @@ real Optuna journal, sqlite MLflow)."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -15,8 +14,9 @@ import pytest
 
 from sweeps.planning.packing import AUTO_MODELS
 from sweeps.driver.search import journal_storage
+from tests.sweeps._sweep_harness import ENV, RayCluster
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow
 
 # digits_cnn under vectorize: auto trains one trial per unit (it is not in AUTO_MODELS). One epoch
@@ -46,14 +46,15 @@ seed: 0
 """
 
 
-def test_an_optuna_cnn_sweep_asks_at_most_the_slots_and_one_before_its_first_result(tmp_path: Path) -> None:
+def test_an_optuna_cnn_sweep_asks_at_most_the_slots_and_one_before_its_first_result(tmp_path: Path,
+                                                                                     ray_cluster: RayCluster) -> None:
     assert "digits_cnn" not in AUTO_MODELS, "the space must train one trial per unit"
     (tmp_path / "cnnask.yaml").write_text(CNN_SPACE)
     done = subprocess.run(
         [sys.executable, "-m", "sweeps.launch", "--space", str(tmp_path / "cnnask.yaml"),
-         "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+         "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results"),
+         "--address", ray_cluster.address],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**ENV, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     slots = int(float(re.search(r" on ([\d.]+) slots", done.stdout).group(1)))

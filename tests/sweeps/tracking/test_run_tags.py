@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _sweep_harness import MlflowServer, TcpProxy
+import pytest
+
+from tests.sweeps._sweep_harness import MlflowServer, TcpProxy
 from mlflow.tracking import MlflowClient
 
 from sweeps.results.frontier import Point, best_per_bucket, pareto_front
@@ -96,6 +98,7 @@ def test_the_note_holds_the_summary_and_the_filters_and_fits_mlflow(tmp_path: Pa
     assert stored.data.tags["mlflow.note.content"] == long
 
 
+@pytest.mark.slow  # a real MLflow server of its own
 def test_tags_written_while_mlflow_is_away_are_journaled_and_replayed(tmp_path: Path) -> None:
     server = MlflowServer(tmp_path / "server")
     server.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,9 @@ from mlflow.tracking import MlflowClient
 from sweeps.protocol import decode_unit, encode_unit
 from sweeps.planning.packing import AUTO_PACK_SIZE, PACK_DEPTH, group_key, pack_limit, pack_size, pack_spec, pack_trials
 from sweeps.planning import plan_trial
+from tests.sweeps._sweep_harness import ENV, RayCluster
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BASE = {"dataset": "digits", "model": "mlp", "batch_size": 256, "epochs": 3, "delta": 1e-5, "accountant": "rdp"}
 
 
@@ -99,26 +99,27 @@ seed: 0  # the packed and the lone sweep draw the same streams (a secret root wo
 """
 
 
-def _launch(folder: Path, space: Path) -> tuple[MlflowClient, list]:
+def _launch(folder: Path, space: Path, cluster: RayCluster) -> tuple[MlflowClient, list]:
     """``python -m sweeps.launch`` on ``space`` with a sqlite MLflow store in ``folder``; its runs."""
     uri = f"sqlite:///{folder}/mlflow.db"
     done = subprocess.run(
-        # --num-cpus 2: the slots, and so the packs and what the board prunes, of a 2-core machine, on any.
-        [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--num-cpus", "2", "--tracking-uri", uri,
-         "--results-dir", str(folder / "results")],
-        cwd=folder, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # The session's cluster of 2 CPUs: the slots, and so the packs and what the board prunes, of a
+        # 2-core machine, on any.
+        [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--address", cluster.address,
+         "--tracking-uri", uri, "--results-dir", str(folder / "results")],
+        cwd=folder, capture_output=True, text=True, timeout=600, env={**ENV, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     client = MlflowClient(tracking_uri=uri)
     return client, client.search_runs([client.get_experiment_by_name("dpsweep").experiment_id])
 
 
-def _sweep(tmp_path: Path, vectorize: str) -> dict[str, dict]:
+def _sweep(tmp_path: Path, vectorize: str, cluster: RayCluster) -> dict[str, dict]:
     folder = tmp_path / vectorize
     folder.mkdir()
     space = folder / f"packed_{vectorize}.yaml"
     space.write_text(SPACE.format(name=f"packed_{vectorize}", vectorize=vectorize))
-    client, runs = _launch(folder, space)
+    client, runs = _launch(folder, space, cluster)
     children = {r.info.run_name: r for r in runs if r.data.tags.get("dpsweep.role") == "trial"}
     return {
         name: {
@@ -132,9 +133,10 @@ def _sweep(tmp_path: Path, vectorize: str) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-def test_a_packed_sweep_logs_each_member_as_the_trial_it_would_be_alone(tmp_path: Path) -> None:
+def test_a_packed_sweep_logs_each_member_as_the_trial_it_would_be_alone(tmp_path: Path,
+                                                                        ray_cluster: RayCluster) -> None:
     # Width 2: each of the two packs of 4 trains two members, then the other two in their places.
-    packed, alone = _sweep(tmp_path, "2"), _sweep(tmp_path, "off")
+    packed, alone = _sweep(tmp_path, "2", ray_cluster), _sweep(tmp_path, "off", ray_cluster)
     assert sorted(packed) == sorted(alone) == [f"trial_{i:04d}" for i in range(8)]
     for name, mine in packed.items():
         theirs = alone[name]
@@ -173,12 +175,13 @@ confirm: off  # the confirmation stage is tested in test_launch_e2e, test_confir
 
 
 @pytest.mark.slow
-def test_optuna_packs_are_told_to_optuna_member_by_member_and_pruned_by_the_board(tmp_path: Path) -> None:
+def test_optuna_packs_are_told_to_optuna_member_by_member_and_pruned_by_the_board(tmp_path: Path,
+                                                                                  ray_cluster: RayCluster) -> None:
     import optuna
 
     space = tmp_path / "packed_optuna.yaml"
     space.write_text(OPTUNA_SPACE)
-    client, runs = _launch(tmp_path, space)
+    client, runs = _launch(tmp_path, space, ray_cluster)
     trained = [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"
                and r.data.tags["dpsweep.outcome"] != "skipped_over_budget"]
     assert len(trained) == 8  # `trials: 8` counts configurations, not packs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +22,9 @@ from sweeps.results.frontier import Point, pareto_front
 from sweeps.protocol import decode_unit, encode_unit
 from sweeps.planning import EpsilonBudget, plan_trial
 from sweeps.space import Range, list_spaces, load_space
+from tests.sweeps._sweep_harness import ENV, RayCluster
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DIGITS = load_dataset("digits")
 
 SPACE = """
@@ -199,13 +199,14 @@ def test_inside_a_trial_placement_group_each_client_takes_its_bundle(local_ray) 
 
 
 @pytest.mark.slow
-def test_tiny_federated_sweep_logs_rounds_client_epsilons_and_the_frontier(tmp_path: Path) -> None:
+def test_tiny_federated_sweep_logs_rounds_client_epsilons_and_the_frontier(tmp_path: Path,
+                                                                            ray_cluster: RayCluster) -> None:
     # Two clients: each client is an actor process importing torch, the bulk of a cold trial's start.
     space = _write(tmp_path, SPACE.replace("  clients: 3\n", "  clients: 2\n"), name="tinyfed")
     done = subprocess.run(
         [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri",
-         f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+         f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results"), "--address", ray_cluster.address],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**ENV, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     grid_line = next(line for line in done.stdout.splitlines() if "grid points:" in line)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -12,8 +11,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.privacy.ledger import LEDGER_FILE, PrivacyLedger
+from tests.sweeps._sweep_harness import ENV, RayCluster
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow
 
 SPACE = """
@@ -28,7 +28,9 @@ fixed:
   accountant: rdp
 axes:
 {axes}
-epsilon_budget: 20.0
+# Every trial here spends ε < 3 (σ >= 1.5, 2 epochs): a budget of 3 keeps the confirmation stage to
+# four ε bounds (at 20 there were eight, each with its nominee's runs and refits).
+epsilon_budget: 3.0
 search: {search}
 {extra}
 pruner: none
@@ -37,14 +39,14 @@ confirm: {{top: 1, seeds: 2, baseline: false}}  # a bound's best, twice, and its
 """
 
 
-def _launch(tmp_path: Path, name: str, *extra_args: str, **fields: str) -> tuple[subprocess.CompletedProcess, list]:
+def _launch(tmp_path: Path, cluster: RayCluster, name: str, *extra_args: str,
+            **fields: str) -> tuple[subprocess.CompletedProcess, list]:
     space = tmp_path / f"{name}.yaml"
     space.write_text(SPACE.format(name=name, **fields))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     done = subprocess.run([sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri", uri,
-                           "--results-dir", str(tmp_path / "results"), *extra_args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                           "--results-dir", str(tmp_path / "results"), "--address", cluster.address, *extra_args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**ENV, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout + done.stderr
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("dpsweep").experiment_id])
@@ -59,8 +61,8 @@ def _ledger(tmp_path: Path) -> PrivacyLedger:
     return PrivacyLedger(next((tmp_path / "results").glob(f"*/{LEDGER_FILE}")))
 
 
-def test_an_audited_sweep_counts_the_audit_run(tmp_path: Path) -> None:
-    done, children = _launch(tmp_path, "audited", "--audit", axes="  noise_multiplier: [1.5, 2.5]", search="grid",
+def test_an_audited_sweep_counts_the_audit_run(tmp_path: Path, ray_cluster: RayCluster) -> None:
+    done, children = _launch(tmp_path, ray_cluster, "audited", "--audit", axes="  noise_multiplier: [1.5, 2.5]", search="grid",
                              extra="")
     entries = _ledger(tmp_path).entries()
     confirmations = [e for e in entries if e.role in ("confirmation", "refit")]
@@ -74,8 +76,8 @@ def test_an_audited_sweep_counts_the_audit_run(tmp_path: Path) -> None:
     assert "fresh seed" in done.stdout
 
 
-def test_a_diverged_optuna_trial_is_counted(tmp_path: Path) -> None:
-    done, children = _launch(tmp_path, "diverging", axes="  lr: [1.0, 1.0e+30]\n  noise_multiplier: [1.5, 2.0]",
+def test_a_diverged_optuna_trial_is_counted(tmp_path: Path, ray_cluster: RayCluster) -> None:
+    done, children = _launch(tmp_path, ray_cluster, "diverging", axes="  lr: [1.0, 1.0e+30]\n  noise_multiplier: [1.5, 2.0]",
                              search="optuna", extra="trials: 6\nvectorize: off")
     failed = [c for c in children if c.data.tags["dpsweep.outcome"] == "failed"]
     assert failed, "lr = 1e30 diverges"
