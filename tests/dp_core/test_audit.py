@@ -142,7 +142,6 @@ def _claimed_epsilon() -> float:
                               accountant="rdp")
 
 
-@pytest.mark.slow  # the audit trains its canary runs: seconds on 2 cores
 def test_correct_trainer_stays_below_its_theoretical_epsilon() -> None:
     config = TrainConfig.from_dict({**AUDITED, "noise_multiplier": CLAIMED_SIGMA, "max_grad_norm": 1.0})
     result = audit(config, canaries=CANARIES, seed=0, data=DIGITS)

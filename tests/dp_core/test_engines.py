@@ -22,8 +22,6 @@ ZOO = {
     "mlp": (1, 8, 8), "digits_cnn": (1, 8, 8), "mnist_cnn": (1, 28, 28),
     "cifar_cnn": (3, 16, 16), "resnet18_gn": (3, 16, 16), "wrn16_4": (3, 8, 8),
 }  # fmt: skip
-# The two residual networks take seconds per engine on a CPU: the full suite runs them, the fast tier not.
-ZOO_PARAMS = [pytest.param(name, marks=pytest.mark.slow) if name in {"resnet18_gn", "wrn16_4"} else name for name in ZOO]
 
 
 def _model(name: str) -> nn.Module:
@@ -65,7 +63,7 @@ def _norms(per_example: list[list[torch.Tensor]]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))
-@pytest.mark.parametrize("name", ZOO_PARAMS)
+@pytest.mark.parametrize("name", list(ZOO))
 def test_every_engine_takes_the_noiseless_clipped_step_of_the_definition(name: str, engine: str) -> None:
     x, y = _batch(ZOO[name], 5)
     per_example = _naive(_model(name), x, y)
@@ -80,7 +78,7 @@ def test_every_engine_takes_the_noiseless_clipped_step_of_the_definition(name: s
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ZOO_PARAMS)
+@pytest.mark.parametrize("name", list(ZOO))
 def test_bk_per_layer_clipping_is_the_definition(name: str) -> None:
     x, y = _batch(ZOO[name], 4)
     reference = _model(name)

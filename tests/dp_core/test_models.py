@@ -64,8 +64,7 @@ def _disable_dropout(model: nn.Module) -> None:
             module.eval()
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n
-                                  for n in sorted(FITTING_SHAPE)])  # LARGE: seconds each, the full suite's
+@pytest.mark.parametrize("name", sorted(FITTING_SHAPE))
 def test_per_sample_gradients_match_naive_loop(name: str) -> None:
     torch.manual_seed(0)
     shape = FITTING_SHAPE[name]

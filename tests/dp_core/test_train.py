@@ -172,7 +172,6 @@ def _without_timings(result: TrainResult) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.to_dict().items() if not k.endswith("_seconds")} for r in result.reports]
 
 
-@pytest.mark.slow  # a dropout CNN trained, then interrupted and resumed: seconds on 2 cores
 def test_resumed_run_with_dropout_draws_the_same_masks(tmp_path: Path) -> None:
     """Dropout draws from torch's global generator: a resumed run must continue its stream, not restart it."""
     model = build_model("mnist_cnn", input_shape=DIGITS_28.input_shape, num_classes=DIGITS_28.num_classes)

@@ -104,6 +104,7 @@ def test_jobs_draw_fresh_seeds_from_the_secret_the_same_on_resume() -> None:
     assert not set(seeds) & {job.train["seed"] for job in other_root}
 
 
+@pytest.mark.slow  # six trainings: seconds on 2 cores
 def test_train_jobs_stop_at_their_epoch_and_match_the_trainer() -> None:
     base = {"dataset": "digits", "model": "mlp", "noise_multiplier": 1.0, "epochs": 4, "batch_size": 128,
             "validation_fraction": 0.1, "device": "cpu"}
