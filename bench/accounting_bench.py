@@ -64,7 +64,10 @@ def opacus_plan(*, sample_rate: float, epoch_ends: list[int], target_epsilon: fl
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Optimal order is the largest alpha" from its RDP domain bound
         sigma = get_noise_multiplier(
-            target_epsilon=target_epsilon, target_delta=DELTA, sample_rate=sample_rate, steps=epoch_ends[-1],
+            target_epsilon=target_epsilon,
+            target_delta=DELTA,
+            sample_rate=sample_rate,
+            steps=epoch_ends[-1],
             accountant="prv",
         )
         accountant = PRVAccountant()
@@ -114,16 +117,26 @@ def run(*, repeats: int, threads: int) -> None:
 
     load_at_start = os.getloadavg()[0]
     rows = []
-    header = (f"{'config':<8} {'ε target':>8} {'steps':>6} {'σ opacus':>9} {'σ ours':>8} {'ε ours':>7} "
-              f"{'opacus s':>9} {'ours s':>7} {'speedup':>8} {'opacus cpu':>10} {'ours cpu':>8} {'speedup':>8}")
-    print(f"PRV accountant, δ = {DELTA:g}, median of {repeats}, {threads} BLAS thread(s); "
-          f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load average {load_at_start:.2f} at start")
+    header = (
+        f"{'config':<8} {'ε target':>8} {'steps':>6} {'σ opacus':>9} {'σ ours':>8} {'ε ours':>7} "
+        f"{'opacus s':>9} {'ours s':>7} {'speedup':>8} {'opacus cpu':>10} {'ours cpu':>8} {'speedup':>8}"
+    )
+    print(
+        f"PRV accountant, δ = {DELTA:g}, median of {repeats}, {threads} BLAS thread(s); "
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, load average {load_at_start:.2f} at start"
+    )
     print(header)
     for name, train_size, batch_size, epochs, target in CONFIGS:
-        config = TrainConfig.from_dict({
-            "dataset": name, "batch_size": batch_size, "epochs": epochs, "accountant": "prv",
-            "target_epsilon": target, "delta": DELTA,
-        })
+        config = TrainConfig.from_dict(
+            {
+                "dataset": name,
+                "batch_size": batch_size,
+                "epochs": epochs,
+                "accountant": "prv",
+                "target_epsilon": target,
+                "delta": DELTA,
+            }
+        )
         sample_rate = config.resolved_sample_rate(train_size)
         steps_per_epoch = config.steps_per_epoch(train_size)
         epoch_ends = [steps_per_epoch * (epoch + 1) for epoch in range(epochs)]
@@ -144,33 +157,59 @@ def run(*, repeats: int, threads: int) -> None:
         plan = results["ours"]
         assert isinstance(plan, PrivacyPlan) and plan.epsilon <= target, plan
         row: dict[str, object] = {
-            "config": name, "train_size": train_size, "batch_size": batch_size, "epochs": epochs,
-            "sample_rate": sample_rate, "steps": epoch_ends[-1], "target_epsilon": target,
-            "opacus_noise_multiplier": opacus_sigma, "ours_noise_multiplier": plan.noise_multiplier,
-            "opacus_epsilon_by_epoch": opacus_by_epoch, "ours_epsilon_by_epoch": list(plan.epsilon_by_epoch),
+            "config": name,
+            "train_size": train_size,
+            "batch_size": batch_size,
+            "epochs": epochs,
+            "sample_rate": sample_rate,
+            "steps": epoch_ends[-1],
+            "target_epsilon": target,
+            "opacus_noise_multiplier": opacus_sigma,
+            "ours_noise_multiplier": plan.noise_multiplier,
+            "opacus_epsilon_by_epoch": opacus_by_epoch,
+            "ours_epsilon_by_epoch": list(plan.epsilon_by_epoch),
         }
         for clock, index in (("wall", 0), ("cpu", 1)):
             theirs = statistics.median(t[index] for t in times["opacus"])
             ours = statistics.median(t[index] for t in times["ours"])
-            row |= {f"opacus_{clock}_s": theirs, f"ours_{clock}_s": ours, f"speedup_{clock}": theirs / ours,
-                    f"all_opacus_{clock}_s": [t[index] for t in times["opacus"]],
-                    f"all_ours_{clock}_s": [t[index] for t in times["ours"]]}
+            row |= {
+                f"opacus_{clock}_s": theirs,
+                f"ours_{clock}_s": ours,
+                f"speedup_{clock}": theirs / ours,
+                f"all_opacus_{clock}_s": [t[index] for t in times["opacus"]],
+                f"all_ours_{clock}_s": [t[index] for t in times["ours"]],
+            }
         rows.append(row)
-        print(f"{name:<8} {target:>8g} {epoch_ends[-1]:>6} {opacus_sigma:>9.4f} {plan.noise_multiplier:>8.4f} "
-              f"{plan.epsilon:>7.4f} {row['opacus_wall_s']:>9.3f} {row['ours_wall_s']:>7.3f} "
-              f"{row['speedup_wall']:>7.1f}x {row['opacus_cpu_s']:>10.3f} {row['ours_cpu_s']:>8.3f} "
-              f"{row['speedup_cpu']:>7.1f}x")
+        print(
+            f"{name:<8} {target:>8g} {epoch_ends[-1]:>6} {opacus_sigma:>9.4f} {plan.noise_multiplier:>8.4f} "
+            f"{plan.epsilon:>7.4f} {row['opacus_wall_s']:>9.3f} {row['ours_wall_s']:>7.3f} "
+            f"{row['speedup_wall']:>7.1f}x {row['opacus_cpu_s']:>10.3f} {row['ours_cpu_s']:>8.3f} "
+            f"{row['speedup_cpu']:>7.1f}x"
+        )
 
     today = datetime.date.today().isoformat()
     report = {
-        "benchmark": "accounting_bench", "date": today,
-        "setup": {"accountant": "prv", "delta": DELTA, "repeats": repeats, "blas_threads": threads,
-                  "opacus": "get_noise_multiplier(accountant='prv', defaults) + PRVAccountant.get_epsilon per epoch",
-                  "ours": "dp_core.privacy_plan.plan_privacy, lru caches cleared before each repeat"},
-        "machine": {"cpu": cpu_model(), "processor": platform.processor() or platform.machine(),
-                    "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "load_average_at_start": load_at_start, "python": platform.python_version(),
-                    "numpy": np.__version__, "scipy": scipy.__version__, "opacus": opacus.__version__},
+        "benchmark": "accounting_bench",
+        "date": today,
+        "setup": {
+            "accountant": "prv",
+            "delta": DELTA,
+            "repeats": repeats,
+            "blas_threads": threads,
+            "opacus": "get_noise_multiplier(accountant='prv', defaults) + PRVAccountant.get_epsilon per epoch",
+            "ours": "dp_core.privacy_plan.plan_privacy, lru caches cleared before each repeat",
+        },
+        "machine": {
+            "cpu": cpu_model(),
+            "processor": platform.processor() or platform.machine(),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "load_average_at_start": load_at_start,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "opacus": opacus.__version__,
+        },
         "results": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

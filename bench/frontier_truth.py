@@ -49,16 +49,36 @@ def _fresh_seed() -> int:
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else math.nan,
-            "runs": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else math.nan,
+        "runs": values,
+    }
 
 
 def run_dpsweep(space: Path, seconds: float, workdir: Path) -> dict[str, Any]:
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--time-budget", str(seconds), "--trials",
-         "100000", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--results-dir", str(workdir / "results")],
-        cwd=workdir, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "sweeps.launch",
+            "--space",
+            str(space),
+            "--time-budget",
+            str(seconds),
+            "--trials",
+            "100000",
+            "--tracking-uri",
+            f"sqlite:///{workdir}/mlflow.db",
+            "--results-dir",
+            str(workdir / "results"),
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise RuntimeError(f"dpsweep failed:\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}")
@@ -70,16 +90,30 @@ def run_dpsweep(space: Path, seconds: float, workdir: Path) -> dict[str, Any]:
     for bound in BUCKETS:
         chosen = best.get(bound)
         if chosen and chosen.get("test_accuracy_mean") is not None:
-            reported[bound] = {"test_accuracy": chosen["test_accuracy_mean"], "std": chosen["test_accuracy_std"],
-                               "epsilon": chosen["epsilon"], "trial": chosen["trial"], "epoch": chosen["epoch"],
-                               "config": chosen["train_config"]}
+            reported[bound] = {
+                "test_accuracy": chosen["test_accuracy_mean"],
+                "std": chosen["test_accuracy_std"],
+                "epsilon": chosen["epsilon"],
+                "trial": chosen["trial"],
+                "epoch": chosen["epoch"],
+                "config": chosen["train_config"],
+            }
     # What each bound's choice saw: every confirmed candidate's mean validation accuracy (and, for
     # the record, its test accuracy, which no decision read).
     with (sweep / "frontier" / "frontier.csv").open(newline="") as handle:
-        seen = [{"trial": r["trial"], "epoch": int(r["epoch"]), "epsilon": float(r["epsilon"]),
-                 "val_mean": float(r["val_accuracy"]), "test_mean": float(r["test_accuracy_mean"]),
-                 "trained_on": r["trained_on"], "best_for": r["best_for_epsilon"]}
-                for r in csv.DictReader(handle) if r["kind"] == "confirmed"]
+        seen = [
+            {
+                "trial": r["trial"],
+                "epoch": int(r["epoch"]),
+                "epsilon": float(r["epsilon"]),
+                "val_mean": float(r["val_accuracy"]),
+                "test_mean": float(r["test_accuracy_mean"]),
+                "trained_on": r["trained_on"],
+                "best_for": r["best_for_epsilon"],
+            }
+            for r in csv.DictReader(handle)
+            if r["kind"] == "confirmed"
+        ]
     return {"wall_seconds": wall, "trials": trials, "reported": reported, "candidates": seen}
 
 
@@ -90,9 +124,17 @@ def retrain_dpsweep(reported: dict[float, Any], seeds: int) -> dict[float, Any]:
     retrained = {}
     for bound, chosen in reported.items():
         # The reported configuration whole: its epochs, its calibrated σ; only the seed is new.
-        jobs = [ConfirmationJob(name=f"retrain{i}", trial=str(chosen["trial"]), epoch=int(chosen["config"]["epochs"]),
-                                bound=float(bound), seed_index=i, train={**chosen["config"], "seed": _fresh_seed()})
-                for i in range(seeds)]
+        jobs = [
+            ConfirmationJob(
+                name=f"retrain{i}",
+                trial=str(chosen["trial"]),
+                epoch=int(chosen["config"]["epochs"]),
+                bound=float(bound),
+                seed_index=i,
+                train={**chosen["config"], "seed": _fresh_seed()},
+            )
+            for i in range(seeds)
+        ]
         retrained[bound] = _mean_std([row.test_accuracy for row in train_jobs(jobs)])
     return retrained
 
@@ -106,16 +148,21 @@ def run_standard(space: dict[str, Any], seconds: float, workdir: Path) -> dict[s
         eligible = [p for p in points if math.isfinite(p["epsilon"]) and p["epsilon"] <= bound]
         if eligible:
             best = max(eligible, key=lambda p: p["test_accuracy"])
-            reported[bound] = {"test_accuracy": best["test_accuracy"], "epsilon": best["epsilon"],
-                               "epoch": best["epoch"], "config": best["config"]}
+            reported[bound] = {
+                "test_accuracy": best["test_accuracy"],
+                "epsilon": best["epsilon"],
+                "epoch": best["epoch"],
+                "config": best["config"],
+            }
     return {"trials": len({p["trial"] for p in points}), "reported": reported}
 
 
 def retrain_standard(reported: dict[float, Any], seeds: int) -> dict[float, Any]:
     # The standard trainable draws from torch's global generator, unseeded: fresh on every call.
-    return {bound: _mean_std([standard_trainable_run(chosen["config"], stop_epoch=chosen["epoch"])
-                              for _ in range(seeds)])
-            for bound, chosen in reported.items()}
+    return {
+        bound: _mean_std([standard_trainable_run(chosen["config"], stop_epoch=chosen["epoch"]) for _ in range(seeds)])
+        for bound, chosen in reported.items()
+    }
 
 
 def run_defaults(seeds: int) -> dict[float, Any]:
@@ -124,10 +171,18 @@ def run_defaults(seeds: int) -> dict[float, Any]:
     from dp_core.train import train
 
     data = load_dataset("digits")
-    return {bound: _mean_std([train(TrainConfig.from_dict({"dataset": "digits", "target_epsilon": bound,
-                                                           "seed": _fresh_seed()}), data=data).final.test_accuracy
-                              for _ in range(seeds)])
-            for bound in BUCKETS}
+    return {
+        bound: _mean_std(
+            [
+                train(
+                    TrainConfig.from_dict({"dataset": "digits", "target_epsilon": bound, "seed": _fresh_seed()}),
+                    data=data,
+                ).final.test_accuracy
+                for _ in range(seeds)
+            ]
+        )
+        for bound in BUCKETS
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,29 +203,45 @@ def main(argv: list[str] | None = None) -> int:
     defaults = run_defaults(args.seeds)
     result = {
         "benchmark": f"frontier truth: reported vs retrained with fresh seeds, {args.space.stem}, Optuna",
-        "date": time.strftime("%Y-%m-%d"), "search_seconds": args.seconds, "seeds": args.seeds,
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
-        "accountant": "PRV", "delta": space["fixed"]["delta"],
-        "dpsweep": dpsweep, "standard_pattern": standard, "trainer_defaults": defaults,
+        "date": time.strftime("%Y-%m-%d"),
+        "search_seconds": args.seconds,
+        "seeds": args.seeds,
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "accountant": "PRV",
+        "delta": space["fixed"]["delta"],
+        "dpsweep": dpsweep,
+        "standard_pattern": standard,
+        "trainer_defaults": defaults,
     }
     tag = f"-{args.tag}" if args.tag else ""
     out = ROOT / "bench" / "results" / f"frontier-truth-cpu{os.cpu_count()}-{result['date']}{tag}.json"
     out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"dpsweep: {dpsweep['trials']} trials in {dpsweep['wall_seconds']:.0f} s (search + confirmation); standard "
-          f"pattern: {standard['trials']} trials in the same time. Test accuracy, retrained = mean ± std over "
-          f"{args.seeds} fresh seeds (PRV, δ = {space['fixed']['delta']:g}).")
-    print(f"{'ε ≤':>4}  {'dpsweep reported':>17}  {'retrained':>15}  {'gap':>6}  {'standard reported':>17}  "
-          f"{'retrained':>15}  {'gap':>6}  {'defaults':>15}")
+    print(
+        f"dpsweep: {dpsweep['trials']} trials in {dpsweep['wall_seconds']:.0f} s (search + confirmation); standard "
+        f"pattern: {standard['trials']} trials in the same time. Test accuracy, retrained = mean ± std over "
+        f"{args.seeds} fresh seeds (PRV, δ = {space['fixed']['delta']:g})."
+    )
+    print(
+        f"{'ε ≤':>4}  {'dpsweep reported':>17}  {'retrained':>15}  {'gap':>6}  {'standard reported':>17}  "
+        f"{'retrained':>15}  {'gap':>6}  {'defaults':>15}"
+    )
     for bound in BUCKETS:
-        def cell(side: dict[str, Any]) -> tuple[str, str, str]:
+
+        def cell(side: dict[str, Any], bound: float = bound) -> tuple[str, str, str]:
             if bound not in side["reported"]:
                 return "—", "—", "—"
             reported, again = side["reported"][bound]["test_accuracy"], side["retrained"][bound]
             return f"{reported:.4f}", f"{again['mean']:.4f} ± {again['std']:.4f}", f"{reported - again['mean']:+.4f}"
+
         d, s, default = cell(dpsweep), cell(standard), defaults[bound]
-        print(f"{bound:>4g}  {d[0]:>17}  {d[1]:>15}  {d[2]:>6}  {s[0]:>17}  {s[1]:>15}  {s[2]:>6}  "
-              f"{default['mean']:.4f} ± {default['std']:.4f}")
+        print(
+            f"{bound:>4g}  {d[0]:>17}  {d[1]:>15}  {d[2]:>6}  {s[0]:>17}  {s[1]:>15}  {s[2]:>6}  "
+            f"{default['mean']:.4f} ± {default['std']:.4f}"
+        )
     print(f"→ {out}")
     return 0
 

@@ -42,7 +42,6 @@ from typing import Any
 
 import yaml
 
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SHIPPED_SPACE = ROOT / "search_spaces" / "cifar10_grid.yaml"
@@ -58,8 +57,9 @@ def _run(command: list[str], *, limit: float, log_file: Path) -> dict[str, Any]:
     print(f"$ {' '.join(command)}", flush=True)
     with log_file.open("w") as out:
         try:
-            done = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=limit,
-                                  check=False)
+            done = subprocess.run(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=limit, check=False
+            )
             code: int | None = done.returncode
         except subprocess.TimeoutExpired:
             code = None
@@ -67,8 +67,13 @@ def _run(command: list[str], *, limit: float, log_file: Path) -> dict[str, Any]:
     tail = log_file.read_text(errors="replace").splitlines()[-15:]
     status = "ok" if code == 0 else ("timed out" if code is None else f"exit {code}")
     print(f"  {status} after {seconds:.0f} s", flush=True)
-    return {"command": command, "status": status, "seconds": seconds, "log": str(log_file),
-            **({} if code == 0 else {"output_tail": tail})}
+    return {
+        "command": command,
+        "status": status,
+        "seconds": seconds,
+        "log": str(log_file),
+        **({} if code == 0 else {"output_tail": tail}),
+    }
 
 
 # ---- 1. engines --------------------------------------------------------------------------------
@@ -88,12 +93,18 @@ def engines_step(work: Path, *, dry_run: bool) -> dict[str, Any]:
     report = json.loads(written[-1].read_text())
     step["file"] = str(written[-1])
     step["cases"] = [
-        {"model": r["model"], "batch_size": r["batch_size"], "auto_engine": r["auto"],
-         "best_opacus_engine": r["best_opacus"],
-         "auto_time_ratio": r["engines"][r["auto"]].get("ratio"), "auto_memory_ratio": r["engines"][r["auto"]].get("mem_ratio"),
-         "best_opacus_time_ratio": (r["engines"].get(r["best_opacus"]) or {}).get("ratio"),
-         "non_private_ms": r["engines"]["none"]["median_s"] * 1e3}
-        for r in report["results"]]
+        {
+            "model": r["model"],
+            "batch_size": r["batch_size"],
+            "auto_engine": r["auto"],
+            "best_opacus_engine": r["best_opacus"],
+            "auto_time_ratio": r["engines"][r["auto"]].get("ratio"),
+            "auto_memory_ratio": r["engines"][r["auto"]].get("mem_ratio"),
+            "best_opacus_time_ratio": (r["engines"].get(r["best_opacus"]) or {}).get("ratio"),
+            "non_private_ms": r["engines"]["none"]["median_s"] * 1e3,
+        }
+        for r in report["results"]
+    ]
     step["full_report"] = report
     return step
 
@@ -108,12 +119,22 @@ def derived_space(*, dry_run: bool) -> dict[str, Any]:
     space["confirm"] = "off"  # the trials' throughput is measured, not the retraining of the best after them
     if dry_run:
         space["fixed"] |= {"dataset": "synthetic_cifar10", "epochs": 1, "max_physical_batch_size": 32}
-        space["axes"] = {"model": ["cifar_cnn"], "batch_size": [64], "max_grad_norm": [1.0],
-                         "noise_multiplier": [1.0, 1.5], "lr": [0.5]}
+        space["axes"] = {
+            "model": ["cifar_cnn"],
+            "batch_size": [64],
+            "max_grad_norm": [1.0],
+            "noise_multiplier": [1.0, 1.5],
+            "lr": [0.5],
+        }
     else:
         space["fixed"] |= {"dataset": "synthetic_cifar10_full", "epochs": 3}
-        space["axes"] = {"model": ["resnet18_gn"], "batch_size": [256], "max_grad_norm": [1.0, 10.0],
-                         "noise_multiplier": [1.0, 1.5], "lr": [0.5, 1.0]}
+        space["axes"] = {
+            "model": ["resnet18_gn"],
+            "batch_size": [256],
+            "max_grad_norm": [1.0, 10.0],
+            "noise_multiplier": [1.0, 1.5],
+            "lr": [0.5, 1.0],
+        }
     return space
 
 
@@ -132,7 +153,10 @@ class GpuSampler:
         self._started = time.monotonic()
         self._process = subprocess.Popen(
             ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "500"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
         return True
@@ -161,9 +185,11 @@ class GpuSampler:
         busy = [i for i, u in enumerate(utilisation) if u > 0]
         # While trials trained: from the first to the last sample with the GPU in use (Ray's
         # start and the final report are outside it).
-        window = utilisation[busy[0]:busy[-1] + 1] if busy else []
+        window = utilisation[busy[0] : busy[-1] + 1] if busy else []
         return {
-            "sampled": True, "samples": len(utilisation), "interval_s": 0.5,
+            "sampled": True,
+            "samples": len(utilisation),
+            "interval_s": 0.5,
             "mean_utilisation_whole_run": statistics.fmean(utilisation),
             "mean_utilisation_while_busy": statistics.fmean(window) if window else 0.0,
             "median_utilisation_while_busy": statistics.median(window) if window else 0.0,
@@ -181,9 +207,19 @@ def sweep_step(work: Path, *, dry_run: bool, sweep_seconds: float) -> dict[str, 
     space_file = folder / f"{space['name']}.yaml"
     space_file.write_text(yaml.safe_dump(space, sort_keys=False))
     tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
-    command = [sys.executable, "-m", "sweeps.launch", "--space", str(space_file), "--tracking-uri", tracking_uri,
-               "--results-dir", str(folder / "results"),
-               "--resources", "cpus=1,gpus=0" if dry_run else "cpus=2,gpus=0.25"]
+    command = [
+        sys.executable,
+        "-m",
+        "sweeps.launch",
+        "--space",
+        str(space_file),
+        "--tracking-uri",
+        tracking_uri,
+        "--results-dir",
+        str(folder / "results"),
+        "--resources",
+        "cpus=1,gpus=0" if dry_run else "cpus=2,gpus=0.25",
+    ]
     if not dry_run:
         command += ["--time-budget", str(sweep_seconds)]
     sampler = GpuSampler()
@@ -195,7 +231,9 @@ def sweep_step(work: Path, *, dry_run: bool, sweep_seconds: float) -> dict[str, 
     finally:
         sampler.stop()
     step["space"] = space
-    step["gpu"] = sampler.summary() if sampling else {"sampled": False, "why": "dry run" if dry_run else "no nvidia-smi"}
+    step["gpu"] = (
+        sampler.summary() if sampling else {"sampled": False, "why": "dry run" if dry_run else "no nvidia-smi"}
+    )
     step["sweep"] = _parent_metrics(tracking_uri)
     return step
 
@@ -212,11 +250,22 @@ def _parent_metrics(tracking_uri: str) -> dict[str, Any]:
     if not parents:
         return {}
     metrics = parents[0].data.metrics
-    keys = ("train_share", "eval_share", "setup_share", "report_share", "idle_share", "trial_epochs_per_second",
-            "wall_seconds", "total_seconds", "slots")
+    keys = (
+        "train_share",
+        "eval_share",
+        "setup_share",
+        "report_share",
+        "idle_share",
+        "trial_epochs_per_second",
+        "wall_seconds",
+        "total_seconds",
+        "slots",
+    )
     tags = parents[0].data.tags
-    return {**{k: metrics[k] for k in keys if k in metrics},
-            "trials": {k.removeprefix("dpsweep.trials."): v for k, v in tags.items() if k.startswith("dpsweep.trials.")}}
+    return {
+        **{k: metrics[k] for k in keys if k in metrics},
+        "trials": {k.removeprefix("dpsweep.trials."): v for k, v in tags.items() if k.startswith("dpsweep.trials.")},
+    }
 
 
 # ---- 3. packs of CNN trials ----------------------------------------------------------------------
@@ -224,20 +273,40 @@ def _parent_metrics(tracking_uri: str) -> dict[str, Any]:
 
 def packs_step(work: Path, *, dry_run: bool) -> dict[str, Any]:
     out_dir = work / "packs"
-    command = [sys.executable, str(ROOT / "bench" / "vectorized_bench.py"), "--model", "cifar_cnn", "--epochs", "1",
-               "--out-dir", str(out_dir)]
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "vectorized_bench.py"),
+        "--model",
+        "cifar_cnn",
+        "--epochs",
+        "1",
+        "--out-dir",
+        str(out_dir),
+    ]
     if dry_run:
         command += ["--dataset", "synthetic_cifar10", "--device", "cpu", "--groups", "1", "2", "--repeats", "1"]
     else:
-        command += ["--dataset", "synthetic_cifar10_full", "--device", "cuda", "--groups", "1", "4", "8",
-                    "--repeats", "1"]
+        command += [
+            "--dataset",
+            "synthetic_cifar10_full",
+            "--device",
+            "cuda",
+            "--groups",
+            "1",
+            "4",
+            "8",
+            "--repeats",
+            "1",
+        ]
     step = _run(command, limit=_LIMITS["packs"][dry_run], log_file=work / "packs.log")
     written = sorted(out_dir.glob("*.json"))
     if written:
         report = json.loads(written[-1].read_text())
         step["file"] = str(written[-1])
-        step["results"] = [{k: row[k] for k in ("group_size", "sequential_wall_s", "vectorized_wall_s", "speedup_wall")}
-                           for row in report["results"]]
+        step["results"] = [
+            {k: row[k] for k in ("group_size", "sequential_wall_s", "vectorized_wall_s", "speedup_wall")}
+            for row in report["results"]
+        ]
         step["packs_pay"] = any(row["speedup_wall"] > 1.0 for row in report["results"] if row["group_size"] > 1)
     return step
 
@@ -247,13 +316,16 @@ def packs_step(work: Path, *, dry_run: bool) -> dict[str, Any]:
 
 def targets(report: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, judged on this run (None: not measured)."""
-    resnet = next((c for c in report["engines"].get("cases", [])
-                   if c["model"] == "resnet18_gn" and c["batch_size"] == 128), None)
+    resnet = next(
+        (c for c in report["engines"].get("cases", []) if c["model"] == "resnet18_gn" and c["batch_size"] == 128), None
+    )
     gpu = report["sweep"].get("gpu", {})
     return {
-        "resnet18_gn_b128_time_ratio_at_most_1.3": None if resnet is None or resnet["auto_time_ratio"] is None
+        "resnet18_gn_b128_time_ratio_at_most_1.3": None
+        if resnet is None or resnet["auto_time_ratio"] is None
         else resnet["auto_time_ratio"] <= 1.3,
-        "resnet18_gn_b128_memory_ratio_at_most_1.5": None if resnet is None or resnet["auto_memory_ratio"] is None
+        "resnet18_gn_b128_memory_ratio_at_most_1.5": None
+        if resnet is None or resnet["auto_memory_ratio"] is None
         else resnet["auto_memory_ratio"] <= 1.5,
         "gpu_utilisation_at_least_80_percent": gpu["mean_utilisation_while_busy"] >= 80 if gpu.get("sampled") else None,
     }
@@ -272,8 +344,9 @@ def _device_name(dry_run: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/gpu_check.py", description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="everything tiny and on the CPU (tests the script)")
-    parser.add_argument("--out-dir", type=Path, help="where the JSON goes (default: bench/results; dry run: a "
-                                                     "temporary folder)")
+    parser.add_argument(
+        "--out-dir", type=Path, help="where the JSON goes (default: bench/results; dry run: a temporary folder)"
+    )
     parser.add_argument("--sweep-seconds", type=float, default=100.0, help="the sweep's time budget (default 100)")
     args = parser.parse_args(argv)
     if not args.dry_run:
@@ -286,8 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu-check-work-"))
     report: dict[str, Any] = {
-        "benchmark": "gpu_check", "dry_run": args.dry_run, "device_name": _device_name(args.dry_run),
-        "date": datetime.date.today().isoformat(), "work_dir": str(work),
+        "benchmark": "gpu_check",
+        "dry_run": args.dry_run,
+        "device_name": _device_name(args.dry_run),
+        "date": datetime.date.today().isoformat(),
+        "work_dir": str(work),
     }
     report["engines"] = engines_step(work, dry_run=args.dry_run)
     report["sweep"] = sweep_step(work, dry_run=args.dry_run, sweep_seconds=args.sweep_seconds)
@@ -299,14 +375,21 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(report, indent=1, default=float) + "\n")
     print(f"\n{report['device_name']}: {report['seconds']:.0f} s")
     for case in report["engines"].get("cases", []):
-        print(f"  {case['model']} B={case['batch_size']}: {case['auto_engine']} {case['auto_time_ratio']:.2f}x time, "
-              f"{case['auto_memory_ratio']:.2f}x memory of the non-private step")
+        print(
+            f"  {case['model']} B={case['batch_size']}: {case['auto_engine']} {case['auto_time_ratio']:.2f}x time, "
+            f"{case['auto_memory_ratio']:.2f}x memory of the non-private step"
+        )
     sweep = report["sweep"]
     if sweep.get("sweep"):
-        print(f"  sweep: train_share {sweep['sweep'].get('train_share', float('nan')):.0%}, "
-              f"{sweep['sweep'].get('trial_epochs_per_second', float('nan')):.2f} trial-epochs/s"
-              + (f", GPU utilisation {sweep['gpu']['mean_utilisation_while_busy']:.0f} % while busy"
-                 if sweep["gpu"].get("sampled") else ""))
+        print(
+            f"  sweep: train_share {sweep['sweep'].get('train_share', float('nan')):.0%}, "
+            f"{sweep['sweep'].get('trial_epochs_per_second', float('nan')):.2f} trial-epochs/s"
+            + (
+                f", GPU utilisation {sweep['gpu']['mean_utilisation_while_busy']:.0f} % while busy"
+                if sweep["gpu"].get("sampled")
+                else ""
+            )
+        )
     for row in report["packs"].get("results", []):
         print(f"  packs of {row['group_size']}: {row['speedup_wall']:.2f}x one after another")
     print(f"  targets: {report['targets']}")

@@ -28,8 +28,20 @@ def main() -> int:
 
     sweeps.tracking.SweepTracker._log_trial = lambda self, **kwargs: None
     with tempfile.TemporaryDirectory() as folder:
-        return launch(["--space", str(SPACE), "--time-budget", str(args.seconds), "--trials", "100000",
-                       "--tracking-uri", f"sqlite:///{folder}/mlflow.db", "--results-dir", f"{folder}/results"])
+        return launch(
+            [
+                "--space",
+                str(SPACE),
+                "--time-budget",
+                str(args.seconds),
+                "--trials",
+                "100000",
+                "--tracking-uri",
+                f"sqlite:///{folder}/mlflow.db",
+                "--results-dir",
+                f"{folder}/results",
+            ]
+        )
 
 
 if __name__ == "__main__":

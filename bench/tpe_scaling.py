@@ -39,6 +39,7 @@ class _EstimatorsOnly(BatchTPESampler):
 
     _sample = optuna.samplers.TPESampler._sample
 
+
 SIZES = (500, 1000, 2000, 4000)
 PACK = 48  # configurations of one digits pack (sweeps.planning.packing.AUTO_PACK_SIZE's rounds)
 RUNNING = 50
@@ -84,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    studies = {"per_suggestion": optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0)),
-               "per_pack": optuna.create_study(direction="maximize", sampler=BatchTPESampler(seed=0)),
-               "estimators_only": optuna.create_study(direction="maximize", sampler=_EstimatorsOnly(seed=0))}
+    studies = {
+        "per_suggestion": optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0)),
+        "per_pack": optuna.create_study(direction="maximize", sampler=BatchTPESampler(seed=0)),
+        "estimators_only": optuna.create_study(direction="maximize", sampler=_EstimatorsOnly(seed=0)),
+    }
     rngs = {name: random.Random(0) for name in studies}
     grown = 0
     rows = []
@@ -103,21 +106,37 @@ def main(argv: list[str] | None = None) -> int:
         grown = size + RUNNING + PACK
         row["ratio"] = row["ms_per_suggestion_per_suggestion"] / row["ms_per_suggestion_per_pack"]
         row["cpu_ratio"] = row["cpu_ms_per_suggestion_per_suggestion"] / row["cpu_ms_per_suggestion_per_pack"]
-        row["cpu_ratio_estimators_only"] = (row["cpu_ms_per_suggestion_per_suggestion"]
-                                            / row["cpu_ms_per_suggestion_estimators_only"])
+        row["cpu_ratio_estimators_only"] = (
+            row["cpu_ms_per_suggestion_per_suggestion"] / row["cpu_ms_per_suggestion_estimators_only"]
+        )
         rows.append(row)
-        print(f"{size:6d} trials, CPU ms per suggestion: {row['cpu_ms_per_suggestion_per_suggestion']:6.1f} fitted per "
-              f"suggestion, {row['cpu_ms_per_suggestion_per_pack']:5.2f} fitted once per pack of {PACK} "
-              f"({row['cpu_ratio']:.1f}x), {row['cpu_ms_per_suggestion_estimators_only']:5.2f} estimators only "
-              f"({row['cpu_ratio_estimators_only']:.1f}x); wall {row['ratio']:.1f}x", flush=True)
+        print(
+            f"{size:6d} trials, CPU ms per suggestion: {row['cpu_ms_per_suggestion_per_suggestion']:6.1f} fitted per "
+            f"suggestion, {row['cpu_ms_per_suggestion_per_pack']:5.2f} fitted once per pack of {PACK} "
+            f"({row['cpu_ratio']:.1f}x), {row['cpu_ms_per_suggestion_estimators_only']:5.2f} estimators only "
+            f"({row['cpu_ratio_estimators_only']:.1f}x); wall {row['ratio']:.1f}x",
+            flush=True,
+        )
     out = Path(__file__).resolve().parent / "results" / f"tpe-scaling-{time.strftime('%Y-%m-%d')}.json"
-    out.write_text(json.dumps({
-        "benchmark": "Optuna TPE cost per suggestion vs study size: one fit per suggestion vs one per pack",
-        "optuna": optuna.__version__, "pack": PACK, "running_trials": RUNNING,
-        "machine": {"name": args.machine, "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_at_end": [round(load, 2) for load in os.getloadavg()]},
-        "results": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "Optuna TPE cost per suggestion vs study size: one fit per suggestion vs one per pack",
+                "optuna": optuna.__version__,
+                "pack": PACK,
+                "running_trials": RUNNING,
+                "machine": {
+                    "name": args.machine,
+                    "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "load_average_at_end": [round(load, 2) for load in os.getloadavg()],
+                },
+                "results": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"→ {out}")
     return 0
 

@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sweeps.tracking.tags import FRONTIER_FILTER
+from sweeps.tracking.tags import FRONTIER_FILTER  # noqa: E402 (after the sys.path line above)
 
 # A sweep of the benchmark space, small enough for a minute on 2 CPUs.
 SMALL_SWEEP = {"trials": "60", "epochs": "10"}
@@ -58,16 +58,30 @@ class Chromium:
         to_browser_read, self._to_browser = os.pipe()
         self._from_browser, from_browser_write = os.pipe()
         self.profile = tempfile.mkdtemp(prefix="dpsweep-chromium-")
-        arguments = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--hide-scrollbars", "--remote-debugging-pipe", f"--user-data-dir={self.profile}",
-                     f"--window-size={width},{height}", "about:blank"]
+        arguments = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={self.profile}",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ]
         # A small Python puts the pipe's ends on fds 3 and 4, where Chromium expects them, and
         # becomes Chromium (no preexec_fn: this process has threads).
-        on_3_and_4 = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); " \
-                     "os.execvp(sys.argv[3], sys.argv[3:])"
+        on_3_and_4 = (
+            "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+            "os.execvp(sys.argv[3], sys.argv[3:])"
+        )
         self.process = subprocess.Popen(
             [sys.executable, "-c", on_3_and_4, str(to_browser_read), str(from_browser_write), *arguments],
-            pass_fds=(to_browser_read, from_browser_write), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            pass_fds=(to_browser_read, from_browser_write),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_browser_read)
         os.close(from_browser_write)
         self._answers: dict[Any, dict[str, Any]] = {}
@@ -76,8 +90,14 @@ class Chromium:
         threading.Thread(target=self._read, daemon=True).start()
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        self.call("Emulation.setDeviceMetricsOverride", page=True, width=width, height=height, deviceScaleFactor=1,
-                  mobile=False)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            page=True,
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
 
     def _read(self) -> None:
         pending = b""
@@ -143,18 +163,28 @@ class Chromium:
             const e = all.at({index}); if (!e) return null;
             e.scrollIntoView({{block: 'center'}}); const r = e.getBoundingClientRect();
             return [r.x + r.width / 2, r.y + r.height / 2]; }})()"""
-        where = self.wait_for(f"something to click: {selector} {text or ''} #{index}", lambda: self.evaluate(find),
-                              timeout=15)
+        where = self.wait_for(
+            f"something to click: {selector} {text or ''} #{index}", lambda: self.evaluate(find), timeout=15
+        )
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            self.call("Input.dispatchMouseEvent", page=True, type=kind, x=where[0], y=where[1], button="left",
-                      clickCount=1, modifiers=8 if shift else 0)
+            self.call(
+                "Input.dispatchMouseEvent",
+                page=True,
+                type=kind,
+                x=where[0],
+                y=where[1],
+                button="left",
+                clickCount=1,
+                modifiers=8 if shift else 0,
+            )
         time.sleep(0.7)
 
     def key(self, name: str) -> None:
         codes = {"Escape": 27, "Enter": 13}
         for kind in ("keyDown", "keyUp"):
-            self.call("Input.dispatchKeyEvent", page=True, type=kind, key=name, code=name,
-                      windowsVirtualKeyCode=codes[name])
+            self.call(
+                "Input.dispatchKeyEvent", page=True, type=kind, key=name, code=name, windowsVirtualKeyCode=codes[name]
+            )
         time.sleep(0.7)
 
     def screenshot(self, path: Path, *, check: bool = True) -> None:
@@ -206,9 +236,25 @@ def run_small_sweep(folder: Path) -> str:
     space.write_text(text, encoding="utf-8")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     print(f"running a {SMALL_SWEEP['trials']}-trial sweep of {space.name} ...", flush=True)
-    done = subprocess.run([sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri", uri,
-                           "--results-dir", str(folder / "results")], check=False, cwd=folder, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=1800)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweeps.launch",
+            "--space",
+            str(space),
+            "--tracking-uri",
+            uri,
+            "--results-dir",
+            str(folder / "results"),
+        ],
+        check=False,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=1800,
+    )
     if done.returncode != 0:
         raise PageError(f"the sweep failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return uri
@@ -225,18 +271,25 @@ class Sweep:
         if found is None:
             raise PageError(f"no experiment {experiment!r} in {tracking_uri}")
         self.experiment_id = found.experiment_id
-        parents = client.search_runs([self.experiment_id], "tags.`dpsweep.role` = 'sweep'",
-                                     order_by=["attributes.start_time DESC"], max_results=1)
+        parents = client.search_runs(
+            [self.experiment_id],
+            "tags.`dpsweep.role` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         if not parents:
             raise PageError(f"no sweep in experiment {experiment!r} of {tracking_uri}")
         self.parent = parents[0]
         # The README's filter string, narrowed to this sweep.
         self.filter = f"{FRONTIER_FILTER} and tags.`mlflow.parentRunId` = '{self.parent.info.run_id}'"
-        self.frontier = client.search_runs([self.experiment_id], self.filter, max_results=1000,
-                                           order_by=["attributes.run_name ASC"])
+        self.frontier = client.search_runs(
+            [self.experiment_id], self.filter, max_results=1000, order_by=["attributes.run_name ASC"]
+        )
         if not self.frontier:
-            raise PageError(f"the frontier filter {FRONTIER_FILTER!r} finds no runs of sweep "
-                            f"{self.parent.info.run_name} in {tracking_uri}")
+            raise PageError(
+                f"the frontier filter {FRONTIER_FILTER!r} finds no runs of sweep "
+                f"{self.parent.info.run_name} in {tracking_uri}"
+            )
         metrics = self.frontier[0].data.metrics
         self.accuracy = "val_accuracy" if "val_accuracy" in metrics else "test_accuracy"
 
@@ -249,10 +302,26 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (folder / "mlflow-server.log").open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            cwd=folder, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                tracking_uri,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            cwd=folder,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -297,8 +366,10 @@ def take_screenshots(browser: Chromium, server: MlflowServer, sweep: Sweep, out:
 
     browser.open(f"{base}/runs/{parent_id}/artifacts/frontier.png?{ml}")
     browser.wait_for_text("frontier.png", "frontier.csv", "best_per_epsilon.json")
-    browser.wait_for("frontier.png's image", lambda: browser.evaluate(
-        "[...document.images].some(i => i.complete && i.naturalWidth >= 800)"))
+    browser.wait_for(
+        "frontier.png's image",
+        lambda: browser.evaluate("[...document.images].some(i => i.complete && i.naturalWidth >= 800)"),
+    )
     _close_assistant(browser)
     shots.append(out / "mlflow_parent_frontier_png.png")
     browser.screenshot(shots[-1])
@@ -312,8 +383,15 @@ def take_screenshots(browser: Chromium, server: MlflowServer, sweep: Sweep, out:
     browser.wait_for_text(*first)
     # Columns: off the attributes a sweep leaves empty, on ε, accuracy and the frontier tags.
     browser.click("button", text="Columns")
-    for column in ("Dataset", "Source", "Models", "epsilon", sweep.accuracy, "dpsweep.best_for_epsilon",
-                   "dpsweep.frontier_epochs"):
+    for column in (
+        "Dataset",
+        "Source",
+        "Models",
+        "epsilon",
+        sweep.accuracy,
+        "dpsweep.best_for_epsilon",
+        "dpsweep.frontier_epochs",
+    ):
         browser.click("span", text=column, index=-1)  # the menu's (it comes last), not the table header's
     browser.key("Escape")
     browser.wait_for_text("dpsweep.best_for_epsilon", "dpsweep.frontier_epochs")
@@ -333,8 +411,13 @@ def take_screenshots(browser: Chromium, server: MlflowServer, sweep: Sweep, out:
     browser.click(".du-bois-light-select-item", text="epsilon")
     browser.evaluate("document.activeElement && document.activeElement.blur()")
     browser.evaluate("window.scrollTo(0, 0)")
-    browser.wait_for("ε on the parallel-coordinates plot", lambda: "epsilon" in browser.evaluate(
-        "[...document.querySelectorAll('svg text')].map(t => t.textContent).join(' ')"))
+    browser.wait_for(
+        "ε on the parallel-coordinates plot",
+        lambda: (
+            "epsilon"
+            in browser.evaluate("[...document.querySelectorAll('svg text')].map(t => t.textContent).join(' ')")
+        ),
+    )
     shots.append(out / "mlflow_compare_parallel.png")
     browser.screenshot(shots[-1])
 
@@ -343,9 +426,13 @@ def take_screenshots(browser: Chromium, server: MlflowServer, sweep: Sweep, out:
     browser.click("[role=option]", text="epsilon")
     browser.click("#y-axis-selector")
     browser.click("[role=option]", text=sweep.accuracy)
-    browser.wait_for("the ε-vs-accuracy axes", lambda: browser.evaluate(
-        "document.querySelector('#x-axis-selector').value === 'metric-epsilon' && "
-        f"document.querySelector('#y-axis-selector').value === 'metric-{sweep.accuracy}'"))
+    browser.wait_for(
+        "the ε-vs-accuracy axes",
+        lambda: browser.evaluate(
+            "document.querySelector('#x-axis-selector').value === 'metric-epsilon' && "
+            f"document.querySelector('#y-axis-selector').value === 'metric-{sweep.accuracy}'"
+        ),
+    )
     browser.evaluate("window.scrollTo(0, 0)")
     time.sleep(1)
     shots.append(out / "mlflow_compare_scatter.png")
@@ -369,8 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             uri = args.tracking_uri or run_small_sweep(folder)
             sweep = Sweep(uri, args.experiment)
-            print(f"sweep {sweep.parent.info.run_name}: {len(sweep.frontier)} run(s) match {FRONTIER_FILTER!r}",
-                  flush=True)
+            print(
+                f"sweep {sweep.parent.info.run_name}: {len(sweep.frontier)} run(s) match {FRONTIER_FILTER!r}",
+                flush=True,
+            )
             server = MlflowServer(uri, folder)
             browser = Chromium(binary=args.chromium, width=width, height=height)
             shots = take_screenshots(browser, server, sweep, args.out)

@@ -127,11 +127,17 @@ def _geometry(module: nn.Conv2d, height: int, width: int) -> _ConvGeometry:
     out_h, out_w = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
     hq, wq = -(-hp // sh), -(-wp // sw)
     taps = tuple(
-        (((dh * u) % sh, (dw * v) % sw), ((dh * u) // sh) * wq + (dw * v) // sw)
-        for u in range(kh) for v in range(kw)
+        (((dh * u) % sh, (dw * v) % sw), ((dh * u) // sh) * wq + (dw * v) // sw) for u in range(kh) for v in range(kw)
     )
-    return _ConvGeometry(taps=taps, phase_pixels=hq * wq, phases=len({phase for phase, _ in taps}), wq=wq,
-                         out_h=out_h, out_w=out_w, wide=(out_h - 1) * wq + out_w)
+    return _ConvGeometry(
+        taps=taps,
+        phase_pixels=hq * wq,
+        phases=len({phase for phase, _ in taps}),
+        wq=wq,
+        out_h=out_h,
+        out_w=out_w,
+        wide=(out_h - 1) * wq + out_w,
+    )
 
 
 def _ghost_norm_wide(a: torch.Tensor, b: torch.Tensor, module: nn.Conv2d, geo: _ConvGeometry) -> torch.Tensor:
@@ -149,7 +155,7 @@ def _ghost_norm_wide(a: torch.Tensor, b: torch.Tensor, module: nn.Conv2d, geo: _
         channel_gram = torch.bmm(image.transpose(1, 2), image)
         for tap_phase, offset in geo.taps:
             if tap_phase == phase:
-                block = channel_gram[:, offset:offset + wide, offset:offset + wide]
+                block = channel_gram[:, offset : offset + wide, offset : offset + wide]
                 gram_a = block.clone() if gram_a is None else gram_a.add_(block)
     b_wide = F.pad(b, (0, geo.wq - geo.out_w)).reshape(batch, b.shape[1], -1)[:, :, :wide]
     return (gram_a * torch.bmm(b_wide.transpose(1, 2), b_wide)).sum((1, 2))
@@ -166,9 +172,9 @@ def _conv_strategy(module: nn.Conv2d, channels: int, geo: _ConvGeometry, positio
     """
     patch = channels * module.kernel_size[0] * module.kernel_size[1]
     out_channels = module.out_channels
-    gram_flops = min(channels * geo.phases * geo.phase_pixels ** 2, patch * positions ** 2)
-    if out_channels * geo.wide ** 2 + gram_flops < 0.5 * out_channels * patch * positions:
-        return "ghost_wide" if channels * geo.phases * geo.phase_pixels ** 2 < patch * positions ** 2 else "ghost_unfold"
+    gram_flops = min(channels * geo.phases * geo.phase_pixels**2, patch * positions**2)
+    if out_channels * geo.wide**2 + gram_flops < 0.5 * out_channels * patch * positions:
+        return "ghost_wide" if channels * geo.phases * geo.phase_pixels**2 < patch * positions**2 else "ghost_unfold"
     if channels <= 4 or module.kernel_size == (1, 1):
         return "instantiate_unfold"
     return "instantiate_grouped"
@@ -189,7 +195,9 @@ def _conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: to
             rules[weight] = _ghost_norm_wide(a, b, module, geo), _weighted_conv_grad(a, b, weight.shape, conv_args)
         elif strategy == "ghost_unfold":
             patches, b_flat = _unfold2d(a, module), b.flatten(2)
-            norms = (torch.bmm(patches.transpose(1, 2), patches) * torch.bmm(b_flat.transpose(1, 2), b_flat)).sum((1, 2))
+            norms = (torch.bmm(patches.transpose(1, 2), patches) * torch.bmm(b_flat.transpose(1, 2), b_flat)).sum(
+                (1, 2)
+            )
             rules[weight] = norms, _weighted_conv_grad(a, b, weight.shape, conv_args)
         elif strategy == "instantiate_unfold":
             # (B, P, T) @ (B, T, O): contracting the long T axis last was the faster order on CPU
@@ -197,8 +205,11 @@ def _conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: to
             rules[weight] = _contract(per_example.transpose(1, 2).flatten(1), weight.shape)
         else:  # instantiate_grouped: every example is one group of a grouped convolution's weight gradient
             per_example = torch.nn.grad.conv2d_weight(
-                a.view(1, batch * channels, height, width), (batch * out_channels, *weight.shape[1:]),
-                b.view(1, batch * out_channels, *b.shape[2:]), groups=batch, **conv_args,
+                a.view(1, batch * channels, height, width),
+                (batch * out_channels, *weight.shape[1:]),
+                b.view(1, batch * out_channels, *b.shape[2:]),
+                groups=batch,
+                **conv_args,
             )
             rules[weight] = _contract(per_example.view(batch, -1), weight.shape)
     if bias is not None and bias.requires_grad:
@@ -216,8 +227,12 @@ def _instantiated(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_outp
 def _handler(module: nn.Module) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], _Rule] | None:
     if type(module) is nn.Linear:
         return _linear
-    if type(module) is nn.Conv2d and module.groups == 1 and not isinstance(module.padding, str) \
-            and module.padding_mode == "zeros":
+    if (
+        type(module) is nn.Conv2d
+        and module.groups == 1
+        and not isinstance(module.padding, str)
+        and module.padding_mode == "zeros"
+    ):
         return _conv2d
     if type(module) in GradSampleModule.GRAD_SAMPLERS and type(module) not in (DPRNN, DPLSTM, DPGRU, RNNLinear):
         return _instantiated
@@ -265,7 +280,9 @@ class BookkeepingClipper:
         if missing:
             raise ValueError(f"Expected a clipping bound for every trainable parameter, but {len(missing)} have none.")
         if flat and len(set(self.max_grad_norms.values())) > 1:
-            raise ValueError(f"Expected one bound for flat clipping, but got {sorted(set(self.max_grad_norms.values()))}.")
+            raise ValueError(
+                f"Expected one bound for flat clipping, but got {sorted(set(self.max_grad_norms.values()))}."
+            )
         self.last_norms: torch.Tensor | None = None
 
     @contextlib.contextmanager

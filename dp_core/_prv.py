@@ -22,8 +22,18 @@ from dp_core.errors import ConfigError
 if TYPE_CHECKING:
     from opacus.accountants.analysis.prv import DiscretePRV, Domain
 
-__all__ = ["PRV_MIN_EPS_ERROR", "PRV_REL_EPS_ERROR", "PrvOutOfRange", "certified_bounds", "compose",
-           "prv_coarse", "prv_domain", "prv_epsilons", "prv_spectrum", "spectrum_powers"]
+__all__ = [
+    "PRV_MIN_EPS_ERROR",
+    "PRV_REL_EPS_ERROR",
+    "PrvOutOfRange",
+    "certified_bounds",
+    "compose",
+    "prv_coarse",
+    "prv_domain",
+    "prv_epsilons",
+    "prv_spectrum",
+    "spectrum_powers",
+]
 
 # PRV numerics (see _prv_pass).
 _PRV_EPS_ERROR = 0.01  # Opacus' default eps_error
@@ -40,8 +50,9 @@ class PrvOutOfRange(ConfigError):
     """The PRV accountant cannot certify ε for this configuration (grid too large or too fine)."""
 
 
-
-def _safe_half_width(noise_multiplier: float, sample_rate: float, steps: int, eps_error: float, delta_error: float) -> float:
+def _safe_half_width(
+    noise_multiplier: float, sample_rate: float, steps: int, eps_error: float, delta_error: float
+) -> float:
     """``opacus_prv.compute_safe_domain_size`` for one mechanism, from the cached one-step RDP curve.
 
     Same formula and orders (Opacus' ``RDPAccountant.DEFAULT_ALPHAS``) as Opacus, which recomputes
@@ -105,7 +116,11 @@ def _truncated_mean(noise_multiplier: float, sample_rate: float, t_min: float, t
         if not t > threshold:
             return 0.0
         z = math.log((math.exp(t) + q - 1) / q)
-        return -q * math.erfc((2 * z * sigma**2 - 1) / scale) / 2 - (1 - q) * math.erfc((2 * z * sigma**2 + 1) / scale) / 2 + 1.0
+        return (
+            -q * math.erfc((2 * z * sigma**2 - 1) / scale) / 2
+            - (1 - q) * math.erfc((2 * z * sigma**2 + 1) / scale) / 2
+            + 1.0
+        )
 
     cdf_min = prv_cdf(t_min)
     mass = prv_cdf(t_max) - cdf_min
@@ -116,10 +131,15 @@ def _truncated_mean(noise_multiplier: float, sample_rate: float, t_min: float, t
         return (prv_cdf(t) - cdf_min) / mass if t < t_max else 1.0
 
     lower_exponent, upper_exponent = int(np.log10(np.abs(t_min))), int(np.log10(t_max))
-    points = np.concatenate([
-        [t_min], -np.logspace(start=lower_exponent, stop=-5, num=10), [0],
-        np.logspace(start=-5, stop=upper_exponent, num=10), [t_max],
-    ])
+    points = np.concatenate(
+        [
+            [t_min],
+            -np.logspace(start=lower_exponent, stop=-5, num=10),
+            [0],
+            np.logspace(start=-5, stop=upper_exponent, num=10),
+            [t_max],
+        ]
+    )
     mean = 0.0
     for left, right in zip(points[:-1].tolist(), points[1:].tolist()):
         integral, _ = integrate.quad(cdf, left, right, limit=500)
@@ -130,7 +150,9 @@ def _truncated_mean(noise_multiplier: float, sample_rate: float, t_min: float, t
 # 4 grids: enough for a calibration's last probes and the epochs' pass at the σ it returns; at most
 # ~4 x 70 MB (complex spectra at the _PRV_MAX_POINTS cap), ~1 MB each for typical grids.
 @functools.lru_cache(maxsize=4)
-def prv_spectrum(noise_multiplier: float, sample_rate: float, half_width: float, mesh: float) -> tuple[np.ndarray, Domain]:
+def prv_spectrum(
+    noise_multiplier: float, sample_rate: float, half_width: float, mesh: float
+) -> tuple[np.ndarray, Domain]:
     """(rfft of the discretized PRV's pmf, its Opacus ``Domain``) on [-L, L] at this mesh (cached).
 
     ``opacus_prv.discretize`` of the truncated PRV, as in ``PRVAccountant._get_dprv``: the mass
@@ -190,7 +212,9 @@ def spectrum_powers(spectrum: np.ndarray, counts: tuple[int, ...]) -> Iterator[n
         yield previous
 
 
-def _epsilon_bounds(composed: DiscretePRV, delta: float, delta_error: float, eps_error: float) -> tuple[float, float, float]:
+def _epsilon_bounds(
+    composed: DiscretePRV, delta: float, delta_error: float, eps_error: float
+) -> tuple[float, float, float]:
     """``composed.compute_epsilon(delta, delta_error, eps_error)``, reading only the grid's t >= 0 half.
 
     Opacus' compute_epsilon forms the tail sums d1(t) = P[Y >= t], d2(t) = E[e^-Y; Y >= t] from
@@ -208,7 +232,9 @@ def _epsilon_bounds(composed: DiscretePRV, delta: float, delta_error: float, eps
         return composed.compute_epsilon(delta, delta_error, eps_error)
     half = opacus_prv.DiscretePRV(
         pmf=composed.pmf[start:],
-        domain=opacus_prv.Domain(t_min=domain[start], t_max=domain.t_max, size=domain.size - start, shifts=domain.shifts),
+        domain=opacus_prv.Domain(
+            t_min=domain[start], t_max=domain.t_max, size=domain.size - start, shifts=domain.shifts
+        ),
     )
     try:
         return half.compute_epsilon(delta, delta_error, eps_error)
@@ -345,7 +371,9 @@ def prv_coarse(
 
 
 @functools.lru_cache(maxsize=4096)
-def prv_epsilons(noise_multiplier: float, sample_rate: float, counts: tuple[int, ...], delta: float) -> tuple[float, ...]:
+def prv_epsilons(
+    noise_multiplier: float, sample_rate: float, counts: tuple[int, ...], delta: float
+) -> tuple[float, ...]:
     """Certified upper bound on ε per count (increasing, >= 1), refined where ε is small.
 
     Pass 1 is prv_coarse. Count k asks for refinement when max(0.005·ε_k, 1e-3) is below
@@ -377,4 +405,3 @@ def prv_epsilons(noise_multiplier: float, sample_rate: float, counts: tuple[int,
                 if not isinstance(result, PrvOutOfRange):
                     uppers[index] = min(uppers[index], result[2])
     return tuple(max(upper, 0.0) for upper in uppers)  # (ε, δ)-DP with ε < 0 implies (0, δ)-DP
-

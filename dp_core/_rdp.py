@@ -107,10 +107,12 @@ def _log_a_fractional_orders(noise_multiplier: float, sample_rate: float) -> np.
         # Opacus' expressions, term for term (log_erfc(x) = log 2 + log_ndtr(-x·sqrt 2)).
         log_e0 = math.log(0.5) + (math.log(2) + special.log_ndtr(-((i - z0) / (math.sqrt(2) * sigma)) * 2**0.5))
         log_e1 = math.log(0.5) + (math.log(2) + special.log_ndtr(-((z0 - j) / (math.sqrt(2) * sigma)) * 2**0.5))
-        log_s = np.stack([
-            (log_coef + i * log_q + j * log_1mq) + (i * i - i) / (2 * sigma**2) + log_e0,
-            (log_coef + j * log_q + i * log_1mq) + (j * j - j) / (2 * sigma**2) + log_e1,
-        ])
+        log_s = np.stack(
+            [
+                (log_coef + i * log_q + j * log_1mq) + (i * i - i) / (2 * sigma**2) + log_e0,
+                (log_coef + j * log_q + i * log_1mq) + (j * j - j) / (2 * sigma**2) + log_e1,
+            ]
+        )
         below = np.maximum(log_s[0], log_s[1]) < _SERIES_FLOOR
         done = below.any(axis=1)
         last = np.where(done, np.argmax(below, axis=1), width - 1)
@@ -135,7 +137,9 @@ def _opacus_rdp_one_step(noise_multiplier: float, sample_rate: float, order: flo
     from opacus.accountants.analysis import rdp as opacus_rdp
 
     try:
-        return float(opacus_rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=[order])[0])
+        return float(
+            opacus_rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=[order])[0]
+        )
     except (ValueError, OverflowError, ZeroDivisionError, FloatingPointError):
         return math.inf
 
@@ -180,4 +184,3 @@ def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: 
         return math.inf
     # ε < 0 can come out of the conversion for large δ; (ε, δ)-DP with ε < 0 implies (0, δ)-DP.
     return max(eps, 0.0)
-

@@ -17,8 +17,18 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
-__all__ = ["ClipChunk", "Clipping", "Tensors", "clipped_sums", "clipping_for", "ghost_clipping",
-           "logits_function", "per_example_clipping", "stack_models", "stateless_copy"]
+__all__ = [
+    "ClipChunk",
+    "Clipping",
+    "Tensors",
+    "clipped_sums",
+    "clipping_for",
+    "ghost_clipping",
+    "logits_function",
+    "per_example_clipping",
+    "stack_models",
+    "stateless_copy",
+]
 
 Tensors = dict[str, torch.Tensor]
 
@@ -48,8 +58,9 @@ def _clip_factors(norms: torch.Tensor, max_grad_norm: torch.Tensor, weight: torc
 
 # (params K×…, buffers K×…, images K×b×…, labels K×b, weights K×b, max_grad_norm K)
 #     -> ({parameter name: Σ_i w_i clip_C(g_i), K×…}, losses K×b)
-ClipChunk = Callable[[Tensors, Tensors, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-                     tuple[Tensors, torch.Tensor]]
+ClipChunk = Callable[
+    [Tensors, Tensors, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[Tensors, torch.Tensor]
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +71,12 @@ class Clipping:
 
 def clipping_for(model: nn.Module) -> Clipping:
     """Ghost clipping when every parameter belongs to an ``nn.Linear``, else per-example gradients."""
-    in_linear = {f"{name}.{p}".lstrip(".") for name, module in model.named_modules() if type(module) is nn.Linear
-                 for p, _ in module.named_parameters(recurse=False)}
+    in_linear = {
+        f"{name}.{p}".lstrip(".")
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear
+        for p, _ in module.named_parameters(recurse=False)
+    }
     if {name for name, _ in model.named_parameters()} <= in_linear:
         return Clipping(ghost_clipping(model), bytes_per_example=0)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -82,8 +97,14 @@ def per_example_clipping(model: nn.Module) -> ClipChunk:
 
     gradients = vmap(vmap(grad(loss_of_one, has_aux=True), in_dims=(None, None, 0, 0)), in_dims=(0, 0, 0, 0))
 
-    def clip(params: Tensors, buffers: Tensors, images: torch.Tensor, labels: torch.Tensor,
-             weight: torch.Tensor, max_grad_norm: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
+    def clip(
+        params: Tensors,
+        buffers: Tensors,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        weight: torch.Tensor,
+        max_grad_norm: torch.Tensor,
+    ) -> tuple[Tensors, torch.Tensor]:
         grads, losses = gradients(params, buffers, images, labels)
         # As Opacus: the norm of the per-parameter norms is the norm over all parameters.
         norms = torch.stack([g.flatten(start_dim=2).norm(2, dim=-1) for g in grads.values()], dim=-1).norm(2, dim=-1)
@@ -109,8 +130,10 @@ class _ProbedLinear(nn.Linear):
             return output
         probes, inputs = self.probe
         if input.dim() != 2 or self.layer_name in inputs:
-            raise ValueError(f"Expected layer {self.layer_name!r} to be called once per example on (batch, "
-                             f"features), but got input of shape {tuple(input.shape)} or a second call.")
+            raise ValueError(
+                f"Expected layer {self.layer_name!r} to be called once per example on (batch, "
+                f"features), but got input of shape {tuple(input.shape)} or a second call."
+            )
         inputs[self.layer_name] = input
         return output + probes[self.layer_name]
 
@@ -143,8 +166,14 @@ def ghost_clipping(model: nn.Module) -> ClipChunk:
 
     output_gradients = vmap(grad(summed_loss, has_aux=True))
 
-    def clip(params: Tensors, buffers: Tensors, images: torch.Tensor, labels: torch.Tensor,
-             weight: torch.Tensor, max_grad_norm: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
+    def clip(
+        params: Tensors,
+        buffers: Tensors,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        weight: torch.Tensor,
+        max_grad_norm: torch.Tensor,
+    ) -> tuple[Tensors, torch.Tensor]:
         probes = {name: images.new_zeros(*labels.shape, layer.out_features) for name, layer in layers.items()}
         outputs, (losses, inputs) = output_gradients(probes, params, buffers, images, labels)
         squared = torch.zeros_like(weight)
@@ -166,8 +195,16 @@ def ghost_clipping(model: nn.Module) -> ClipChunk:
 
 
 def clipped_sums(
-    clipping: Clipping, params: Tensors, buffers: Tensors, indices: list[torch.Tensor],
-    images: torch.Tensor, labels: torch.Tensor, *, max_grad_norm: torch.Tensor, chunk: int | None, chunk_bytes: int,
+    clipping: Clipping,
+    params: Tensors,
+    buffers: Tensors,
+    indices: list[torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    max_grad_norm: torch.Tensor,
+    chunk: int | None,
+    chunk_bytes: int,
 ) -> tuple[Tensors, torch.Tensor]:
     """Σ_i clip_C(g_i) over each configuration's batch, as Opacus' ``clip_and_accumulate`` (flat).
 
@@ -187,7 +224,7 @@ def clipped_sums(
     if clipping.bytes_per_example > 0:
         step = max(1, min(step, chunk_bytes // (len(indices) * clipping.bytes_per_example)))
     for start in range(0, width, step):
-        block, mask = padded[:, start:start + step], weight[:, start:start + step]
+        block, mask = padded[:, start : start + step], weight[:, start : start + step]
         chunk_sums, losses = clipping.clip(params, buffers, images[block], labels[block], mask, max_grad_norm)
         for name, total in chunk_sums.items():
             sums[name] += total

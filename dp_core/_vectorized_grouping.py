@@ -25,22 +25,37 @@ __all__ = ["can_vectorize", "checked_plans", "group_signature"]
 
 # What every configuration of a group must share: the model's shape, the data, the steps.
 _SHARED: tuple[tuple[str, Callable[[TrainConfig], Any]], ...] = (
-    ("dataset", lambda c: c.data.dataset), ("data_root", lambda c: c.data.data_root),
+    ("dataset", lambda c: c.data.dataset),
+    ("data_root", lambda c: c.data.data_root),
     ("validation_fraction", lambda c: c.data.validation_fraction),
-    ("model", lambda c: c.model.model), ("gn_groups", lambda c: c.model.gn_groups),
-    ("epochs", lambda c: c.epochs), ("delta", lambda c: c.privacy.delta),
-    ("accountant", lambda c: c.privacy.accountant), ("max_physical_batch_size", lambda c: c.max_physical_batch_size),
-    ("device", lambda c: c.device), ("test_batch_size", lambda c: c.test_batch_size),
+    ("model", lambda c: c.model.model),
+    ("gn_groups", lambda c: c.model.gn_groups),
+    ("epochs", lambda c: c.epochs),
+    ("delta", lambda c: c.privacy.delta),
+    ("accountant", lambda c: c.privacy.accountant),
+    ("max_physical_batch_size", lambda c: c.max_physical_batch_size),
+    ("device", lambda c: c.device),
+    ("test_batch_size", lambda c: c.test_batch_size),
 )
 
 # Modules that draw random numbers in training mode, named in the refusal. Other torch randomness
 # is caught by the trial step in _model_problem: vmap refuses random operations.
-_RANDOM_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-                   nn.RReLU)
+_RANDOM_MODULES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.RReLU,
+)
 
 
 def can_vectorize(
-    configs: Sequence[TrainConfig], *, data: DatasetSplits | None = None, plans: Sequence[PrivacyPlan] | None = None,
+    configs: Sequence[TrainConfig],
+    *,
+    data: DatasetSplits | None = None,
+    plans: Sequence[PrivacyPlan] | None = None,
 ) -> str | None:
     """``None`` if ``configs`` can be trained together by ``train_vectorized``, else the reason.
 
@@ -58,8 +73,13 @@ def can_vectorize(
     if plans is not None:
         return _budget_reason(dict(enumerate(plans)))
     train_size = len(data.train) if data is not None else _train_size(configs[0])
-    return _budget_reason({i: plan_privacy(c, train_size=train_size) for i, c in enumerate(configs)
-                           if c.privacy.epsilon_budget is not None})
+    return _budget_reason(
+        {
+            i: plan_privacy(c, train_size=train_size)
+            for i, c in enumerate(configs)
+            if c.privacy.epsilon_budget is not None
+        }
+    )
 
 
 def _train_size(config: TrainConfig) -> int:
@@ -70,8 +90,13 @@ def group_signature(config: TrainConfig, *, train_size: int) -> tuple[Any, ...]:
     """Configurations with equal signatures agree on everything a group must share and on every
     per-configuration condition of ``can_vectorize`` (private, SGD, flat clipping), so one of them
     answers ``can_vectorize`` for all (up to an ε-budget stop, which needs their plans)."""
-    return (*(value_of(config) for _, value_of in _SHARED), config.resolved_sample_rate(train_size),
-            config.privacy.disable_dp, config.optimizer.optimizer, config.privacy.clipping)
+    return (
+        *(value_of(config) for _, value_of in _SHARED),
+        config.resolved_sample_rate(train_size),
+        config.privacy.disable_dp,
+        config.optimizer.optimizer,
+        config.privacy.clipping,
+    )
 
 
 def _structural_reason(configs: Sequence[TrainConfig], data: DatasetSplits | None) -> str | None:
@@ -83,18 +108,26 @@ def _structural_reason(configs: Sequence[TrainConfig], data: DatasetSplits | Non
     for key, value_of in (*_SHARED, ("sample_rate", lambda c: c.resolved_sample_rate(train_size))):
         for index, config in enumerate(configs[1:], start=1):
             if value_of(config) != value_of(first):
-                return (f"Expected every configuration to share {key}, but got {key}={value_of(first)!r} "
-                        f"(config 0) and {key}={value_of(config)!r} (config {index}).")
+                return (
+                    f"Expected every configuration to share {key}, but got {key}={value_of(first)!r} "
+                    f"(config 0) and {key}={value_of(config)!r} (config {index})."
+                )
     for index, config in enumerate(configs):
         if config.privacy.disable_dp:
-            return (f"Expected every configuration to be private (the vectorised step is DP-SGD), but got "
-                    f"disable_dp=True (config {index}); train it with dp_core.train.train.")
+            return (
+                f"Expected every configuration to be private (the vectorised step is DP-SGD), but got "
+                f"disable_dp=True (config {index}); train it with dp_core.train.train."
+            )
         if config.optimizer.optimizer != "sgd":
-            return (f"Expected optimizer='sgd' (the vectorised update is SGD with momentum and weight decay), "
-                    f"but got optimizer={config.optimizer.optimizer!r} (config {index}).")
+            return (
+                f"Expected optimizer='sgd' (the vectorised update is SGD with momentum and weight decay), "
+                f"but got optimizer={config.optimizer.optimizer!r} (config {index})."
+            )
         if config.privacy.clipping != "flat":
-            return (f"Expected clipping='flat' (one bound C over all parameters), but got "
-                    f"clipping={config.privacy.clipping!r} (config {index}).")
+            return (
+                f"Expected clipping='flat' (one bound C over all parameters), but got "
+                f"clipping={config.privacy.clipping!r} (config {index})."
+            )
     # Without data, the model is built from the dataset's facts (a sweep groups trials while
     # planning, before any data is loaded): its shape decides which layers the zoo builds.
     facts = DATASETS.get(first.data.dataset) if data is None else None
@@ -108,36 +141,45 @@ def _model_problem(config: TrainConfig, *, input_shape: tuple[int, int, int], nu
     name = config.model.model
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
         try:
-            model = build_model(name, input_shape=input_shape, num_classes=num_classes,
-                                gn_groups=config.model.gn_groups)
+            model = build_model(
+                name, input_shape=input_shape, num_classes=num_classes, gn_groups=config.model.gn_groups
+            )
         except ConfigError as error:
             return f"Expected a model that builds for this dataset, but building model={name!r} failed: {error}"
         random = [f"{n} ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, _RANDOM_MODULES)]
         if random:
-            return (f"Expected a model without randomness in its forward pass (each configuration would need "
-                    f"its own dropout stream), but got model={name!r} with {', '.join(random)}.")
+            return (
+                f"Expected a model without randomness in its forward pass (each configuration would need "
+                f"its own dropout stream), but got model={name!r} with {', '.join(random)}."
+            )
         params, buffers = stack_models([model])
         images, labels = torch.zeros(1, 2, *input_shape), torch.zeros(1, 2, dtype=torch.long)
         try:
             clipping_for(model).clip(params, buffers, images, labels, torch.ones(1, 2), torch.ones(1))
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:  # e.g. vmap refuses random ops
-            return (f"Expected a model the vectorised step can run (under torch.func.vmap; an all-nn.Linear "
-                    f"model on (batch, features) inputs), but model={name!r} failed with {type(error).__name__}: "
-                    f"{error}")
+            return (
+                f"Expected a model the vectorised step can run (under torch.func.vmap; an all-nn.Linear "
+                f"model on (batch, features) inputs), but model={name!r} failed with {type(error).__name__}: "
+                f"{error}"
+            )
     return None
 
 
 def _budget_reason(plans: dict[int, PrivacyPlan]) -> str | None:
     for index, plan in plans.items():
         if plan.stops_early:
-            return (f"Expected every configuration to train all its planned steps (a group trains in "
-                    f"lockstep), but config {index} would stop at its epsilon_budget after "
-                    f"{plan.max_steps} of {plan.planned_steps} steps; train it with dp_core.train.train.")
+            return (
+                f"Expected every configuration to train all its planned steps (a group trains in "
+                f"lockstep), but config {index} would stop at its epsilon_budget after "
+                f"{plan.max_steps} of {plan.planned_steps} steps; train it with dp_core.train.train."
+            )
     return None
 
 
 def checked_plans(
-    configs: Sequence[TrainConfig], data: DatasetSplits | None, plans: Sequence[PrivacyPlan] | None,
+    configs: Sequence[TrainConfig],
+    data: DatasetSplits | None,
+    plans: Sequence[PrivacyPlan] | None,
 ) -> Sequence[PrivacyPlan]:
     """One plan per configuration (``plans`` checked as ``train`` checks a given plan, or computed),
     or ConfigError if the configurations cannot be trained together."""
@@ -148,8 +190,9 @@ def checked_plans(
         if plans is None:
             plans = [plan_privacy(config, train_size=train_size) for config in configs]
         elif len(plans) != len(configs):
-            raise ConfigError(f"Expected one plan per configuration, but got {len(plans)} plans for "
-                              f"{len(configs)} configurations.")
+            raise ConfigError(
+                f"Expected one plan per configuration, but got {len(plans)} plans for {len(configs)} configurations."
+            )
         for plan, config in zip(plans, configs):
             check_plan(plan, config, train_size=train_size)
         reason = _budget_reason(dict(enumerate(plans)))

@@ -15,7 +15,14 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from dp_core._vectorized_clipping import Tensors, clipped_sums, clipping_for, logits_function, stack_models, stateless_copy
+from dp_core._vectorized_clipping import (
+    Tensors,
+    clipped_sums,
+    clipping_for,
+    logits_function,
+    stack_models,
+    stateless_copy,
+)
 from dp_core.config import TrainConfig
 from dp_core.data import DatasetSplits
 from dp_core.dpsgd import poisson_batches
@@ -31,8 +38,13 @@ class ConfigStack:
     """The configurations training now (``running``), stacked, and every configuration's own state."""
 
     def __init__(
-        self, configs: Sequence[TrainConfig], plans: Sequence[PrivacyPlan], data: DatasetSplits, *,
-        evaluate_test: bool, chunk_bytes: int,
+        self,
+        configs: Sequence[TrainConfig],
+        plans: Sequence[PrivacyPlan],
+        data: DatasetSplits,
+        *,
+        evaluate_test: bool,
+        chunk_bytes: int,
     ) -> None:
         self._configs, self._plans, self._data = configs, plans, data
         self._first = first = configs[0]  # what the group shares (model, data, batch sizes) is read from it
@@ -57,8 +69,9 @@ class ConfigStack:
         # the *expected* batch size qN.
         self._noise_multipliers = [plan.noise_multiplier for plan in plans]
         self._sensitivities = [float(c.privacy.max_grad_norm) for c in configs]
-        self._expected_batch_sizes = torch.tensor([plan.sample_rate * self._train_size for plan in plans],
-                                                  device=device)
+        self._expected_batch_sizes = torch.tensor(
+            [plan.sample_rate * self._train_size for plan in plans], device=device
+        )
         self.running: list[int] = []  # configs[running[j]] is row j of every stacked tensor
         self._params: Tensors = {}
         self._buffers: Tensors = {}
@@ -68,8 +81,12 @@ class ConfigStack:
         first, data = self._first, self._data
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._configs[k].seed)
-            return build_model(first.model.model, input_shape=data.input_shape, num_classes=data.num_classes,
-                               gn_groups=first.model.gn_groups).to(self._device)
+            return build_model(
+                first.model.model,
+                input_shape=data.input_shape,
+                num_classes=data.num_classes,
+                gn_groups=first.model.gn_groups,
+            ).to(self._device)
 
     def model(self, k: int) -> nn.Module:
         """Configuration k's model: as trained so far, or as initialised if it never joined."""
@@ -110,32 +127,54 @@ class ConfigStack:
         loss_sum = torch.zeros(len(self.running), device=self._device)
         # Each configuration's own stream, drawn epoch by epoch exactly as train() draws it.
         shared = self._plans[0]  # the group shares its sampling rate and steps per epoch
-        streams = [poisson_batches(num_examples=self._train_size, sample_rate=shared.sample_rate,
-                                   steps=shared.steps_per_epoch, generator=self._sampling_generators[k])
-                   for k in self.running]
+        streams = [
+            poisson_batches(
+                num_examples=self._train_size,
+                sample_rate=shared.sample_rate,
+                steps=shared.steps_per_epoch,
+                generator=self._sampling_generators[k],
+            )
+            for k in self.running
+        ]
         noise_multipliers = [self._noise_multipliers[k] for k in self.running]
         sensitivities = [self._sensitivities[k] for k in self.running]
         noise_generators = [self._noise_generators[k] for k in self.running]
         for batches in zip(*streams):
             indices = [batch for batch, _ in batches]  # without virtual batches every batch ends a step
             summed, batch_loss = clipped_sums(
-                self._clipping, self._params, self._buffers, indices, self._train_images, self._train_labels,
-                max_grad_norm=max_grad_norm, chunk=self._first.max_physical_batch_size, chunk_bytes=self._chunk_bytes)
+                self._clipping,
+                self._params,
+                self._buffers,
+                indices,
+                self._train_images,
+                self._train_labels,
+                max_grad_norm=max_grad_norm,
+                chunk=self._first.max_physical_batch_size,
+                chunk_bytes=self._chunk_bytes,
+            )
             loss_sum += batch_loss
-            self._optimizer.step(self._params, {
-                name: (total + _noise(noise_multipliers, sensitivities, total, noise_generators))
-                / _per_config(expected_batch_size, total)
-                for name, total in summed.items()
-            })
+            self._optimizer.step(
+                self._params,
+                {
+                    name: (total + _noise(noise_multipliers, sensitivities, total, noise_generators))
+                    / _per_config(expected_batch_size, total)
+                    for name, total in summed.items()
+                },
+            )
         return torch.isfinite(loss_sum).tolist()
 
     def evaluate(self) -> list[dict[str, float]]:
         """Per row, ``{"<split>_loss": .., "<split>_accuracy": ..}`` for each split measured."""
         measured = {
             f"{split}_{what}": values
-            for split, tensors in self._eval_splits.items() if tensors is not None
-            for what, values in zip(("loss", "accuracy"), _evaluate(self._logits_of, self._params, self._buffers,
-                                                                    *tensors, batch_size=self._first.test_batch_size))
+            for split, tensors in self._eval_splits.items()
+            if tensors is not None
+            for what, values in zip(
+                ("loss", "accuracy"),
+                _evaluate(
+                    self._logits_of, self._params, self._buffers, *tensors, batch_size=self._first.test_batch_size
+                ),
+            )
         }
         return [{name: values[row] for name, values in measured.items()} for row in range(len(self.running))]
 
@@ -154,17 +193,20 @@ def _per_config(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _noise(noise_multipliers: list[float], sensitivities: list[float], like: torch.Tensor,
-           generators: list[torch.Generator]) -> torch.Tensor:
+def _noise(
+    noise_multipliers: list[float], sensitivities: list[float], like: torch.Tensor, generators: list[torch.Generator]
+) -> torch.Tensor:
     """Each configuration's N(0, (σC)²) per coordinate, stacked: ``gaussian_noise`` row by row.
 
     Called once per parameter in ``model.parameters()`` order, so every generator is consumed as in
     train(); σC = 0 draws nothing, as there.
     """
-    return torch.stack([
-        gaussian_noise(noise_multiplier=sigma, sensitivity=bound, like=like[k], generator=generator)
-        for k, (sigma, bound, generator) in enumerate(zip(noise_multipliers, sensitivities, generators))
-    ])
+    return torch.stack(
+        [
+            gaussian_noise(noise_multiplier=sigma, sensitivity=bound, like=like[k], generator=generator)
+            for k, (sigma, bound, generator) in enumerate(zip(noise_multipliers, sensitivities, generators))
+        ]
+    )
 
 
 class _StackedSGD:
@@ -183,11 +225,15 @@ class _StackedSGD:
         self._all_weight_decay = torch.tensor([c.optimizer.weight_decay for c in configs], device=device)
         self._uses_momentum = any(c.optimizer.momentum != 0 for c in configs)
         self._uses_weight_decay = any(c.optimizer.weight_decay != 0 for c in configs)
-        self._all_lr_holders = [torch.optim.SGD([torch.zeros(0, requires_grad=True)], lr=c.optimizer.lr)
-                                for c in configs]
-        self._all_schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(holder, T_max=plan.max_steps)
-                                if config.optimizer.lr_schedule == "cos" else None
-                                for holder, config, plan in zip(self._all_lr_holders, configs, plans)]
+        self._all_lr_holders = [
+            torch.optim.SGD([torch.zeros(0, requires_grad=True)], lr=c.optimizer.lr) for c in configs
+        ]
+        self._all_schedulers = [
+            torch.optim.lr_scheduler.CosineAnnealingLR(holder, T_max=plan.max_steps)
+            if config.optimizer.lr_schedule == "cos"
+            else None
+            for holder, config, plan in zip(self._all_lr_holders, configs, plans)
+        ]
         self._rows: list[int] = []  # configuration index of each stacked row
         self._buffers: Tensors = {}
         self.restack([])
@@ -199,8 +245,10 @@ class _StackedSGD:
         position = {k: j for j, k in enumerate(self._rows)}
         # Row len(self._rows) of the padded buffer is the zero row that joining configurations take.
         source = torch.tensor([position.get(k, len(self._rows)) for k in rows], device=self._device, dtype=torch.long)
-        self._buffers = {name: torch.cat([buffer, buffer.new_zeros((1, *buffer.shape[1:]))]).index_select(0, source)
-                         for name, buffer in self._buffers.items()}
+        self._buffers = {
+            name: torch.cat([buffer, buffer.new_zeros((1, *buffer.shape[1:]))]).index_select(0, source)
+            for name, buffer in self._buffers.items()
+        }
         self._rows = list(rows)
         self._momentum, self._weight_decay = self._all_momentum[index], self._all_weight_decay[index]
         self._lr_holders = [self._all_lr_holders[k] for k in rows]
@@ -235,16 +283,21 @@ class _StackedSGD:
 
 @torch.no_grad()
 def _evaluate(
-    logits_of: Callable[[Tensors, Tensors, torch.Tensor], torch.Tensor], params: Tensors, buffers: Tensors,
-    images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
+    logits_of: Callable[[Tensors, Tensors, torch.Tensor], torch.Tensor],
+    params: Tensors,
+    buffers: Tensors,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int,
 ) -> tuple[list[float], list[float]]:
     """Mean cross-entropy and accuracy per configuration, with one device sync at the end."""
     group = next(iter(params.values())).shape[0]
     loss_sum = torch.zeros(group, device=images.device)
     correct = torch.zeros(group, device=images.device, dtype=torch.long)
     for start in range(0, len(images), batch_size):
-        logits = logits_of(params, buffers, images[start:start + batch_size])  # K × b × classes
-        target = labels[start:start + batch_size].expand(group, -1)
+        logits = logits_of(params, buffers, images[start : start + batch_size])  # K × b × classes
+        target = labels[start : start + batch_size].expand(group, -1)
         loss_sum += nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(dim=1)
         correct += (logits.argmax(dim=2) == target).sum(dim=1)
     # Divided as Python floats, as train()'s evaluate() divides them.

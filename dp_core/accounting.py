@@ -15,9 +15,9 @@ independent oracle in the tests):
     Gaussian Mechanism", arXiv:1908.10530, Sec. 3.3: closed form for integer α, convergent series
     for fractional α). These are the terms of ``opacus.accountants.analysis.rdp.compute_rdp``,
     summed for all of :data:`RDP_ORDERS` at once in numpy (Opacus adds them one by one in Python,
-    a cost paid for every σ a calibration probes); an order whose vectorised sum is not finite or cancels badly is recomputed by
-    Opacus itself. The two agree to float64 round-off (tested). RDP composes additively, so
-    ``steps`` steps cost ``steps`` x the one-step curve. The conversion to (ε, δ) is
+    a cost paid for every σ a calibration probes); an order whose vectorised sum is not finite or
+    cancels badly is recomputed by Opacus itself. The two agree to float64 round-off (tested). RDP
+    composes additively, so ``steps`` steps cost ``steps`` x the one-step curve. The conversion to (ε, δ) is
     ``opacus...rdp.get_privacy_spent``:
     ε = min_α  RDP(α) + log((α-1)/α) - (log δ + log α)/(α-1)
     (Balle, Barthe, Gaboardi, Hsu, Sato 2020, "Hypothesis testing interpretations and Rényi DP",
@@ -209,9 +209,7 @@ def _epsilon_or_nan(noise_multiplier: float, sample_rate: float, steps: int, del
         return math.nan
 
 
-def epsilon(
-    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "prv"
-) -> float:
+def epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "prv") -> float:
     """Upper bound on ε after ``steps`` steps of Poisson-subsampled Gaussian DP-SGD, at ``delta``.
 
     ``noise_multiplier == 0`` means no privacy (``math.inf``); ``steps == 0`` gives 0.0.
@@ -375,7 +373,8 @@ def noise_multiplier_for(
     if math.isinf(high):
         eps_high = _epsilon_or_nan(_SIGMA_MAX, q, n, d, accountant)
         reached = (
-            f"ε = {eps_high:.4g}" if not math.isnan(eps_high)
+            f"ε = {eps_high:.4g}"
+            if not math.isnan(eps_high)
             else "ε = ? (the PRV accountant cannot certify this configuration; try accountant='rdp')"
         )
         raise ConfigError(

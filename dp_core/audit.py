@@ -44,9 +44,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dp_core.errors import ConfigError, require, require_choice, require_in_range
 from dp_core.config import TrainConfig
 from dp_core.data import DatasetSplits, load_data
+from dp_core.errors import ConfigError, require, require_choice, require_in_range
 
 __all__ = [
     "CANARY_KINDS",
@@ -114,9 +114,12 @@ class AuditResult:
         return self.bound.epsilon_lower_bound
 
     def metrics(self) -> dict[str, float]:
-        return {"audit_epsilon_lower_bound": self.epsilon_lower_bound,
-                "audit_theoretical_epsilon": self.theoretical_epsilon,
-                "audit_test_accuracy": self.test_accuracy, "audit_canaries": float(self.bound.canaries)}
+        return {
+            "audit_epsilon_lower_bound": self.epsilon_lower_bound,
+            "audit_theoretical_epsilon": self.theoretical_epsilon,
+            "audit_test_accuracy": self.test_accuracy,
+            "audit_canaries": float(self.bound.canaries),
+        }
 
     def summary(self) -> str:
         b = self.bound
@@ -133,7 +136,9 @@ class AuditResult:
 # ---- canaries ---------------------------------------------------------------------------------
 
 
-def insert_canaries(data: DatasetSplits, *, count: int, kind: str = "ood", seed: int = 0) -> tuple[DatasetSplits, Canaries]:
+def insert_canaries(
+    data: DatasetSplits, *, count: int, kind: str = "ood", seed: int = 0
+) -> tuple[DatasetSplits, Canaries]:
     """``data`` with the included canaries appended to its training split, and the canaries.
 
     Each canary is included independently with probability 1/2 (the paper's S_i), drawn from a
@@ -145,8 +150,13 @@ def insert_canaries(data: DatasetSplits, *, count: int, kind: str = "ood", seed:
     train_images, train_labels = data.train.tensors
     ok = isinstance(count, int) and not isinstance(count, bool) and 1 <= count
     limit = len(train_labels) // 2 if kind == "mislabelled" else math.inf
-    require(ok and count <= limit, key="canaries", value=count,
-            allowed="to be an integer >= 1" + (f" and <= N/2 = {limit} for mislabelled canaries" if kind == "mislabelled" else ""))
+    require(
+        ok and count <= limit,
+        key="canaries",
+        value=count,
+        allowed="to be an integer >= 1"
+        + (f" and <= N/2 = {limit} for mislabelled canaries" if kind == "mislabelled" else ""),
+    )
     generator = torch.Generator().manual_seed(seed)
     if kind == "ood":
         low, high = float(train_images.min()), float(train_images.max())
@@ -161,9 +171,12 @@ def insert_canaries(data: DatasetSplits, *, count: int, kind: str = "ood", seed:
         labels = (train_labels[chosen] + shift) % data.num_classes
         base_images, base_labels = train_images[rest], train_labels[rest]
     included = torch.rand(count, generator=generator) < 0.5
-    canaries = Canaries(images=images.to(train_images.dtype), labels=labels.to(torch.int64), included=included, kind=kind)
-    train = TensorDataset(torch.cat([base_images, canaries.images[included]]),
-                          torch.cat([base_labels, canaries.labels[included]]))
+    canaries = Canaries(
+        images=images.to(train_images.dtype), labels=labels.to(torch.int64), included=included, kind=kind
+    )
+    train = TensorDataset(
+        torch.cat([base_images, canaries.images[included]]), torch.cat([base_labels, canaries.labels[included]])
+    )
     return dataclasses.replace(data, train=train), canaries
 
 
@@ -174,8 +187,8 @@ def canary_scores(model: nn.Module, canaries: Canaries, *, batch_size: int = 102
     device = next(model.parameters()).device
     scores = []
     for start in range(0, canaries.count, batch_size):
-        logits = model(canaries.images[start:start + batch_size].to(device)).float()
-        labels = canaries.labels[start:start + batch_size].to(device)
+        logits = model(canaries.images[start : start + batch_size].to(device)).float()
+        labels = canaries.labels[start : start + batch_size].to(device)
         own = logits.gather(1, labels[:, None]).squeeze(1)
         others = logits.scatter(1, labels[:, None], -math.inf).max(dim=1).values
         scores.append((own - others).cpu())
@@ -193,8 +206,12 @@ def p_value(*, canaries: int, guesses: int, correct: int, epsilon: float, delta:
     the δ term is 2 m δ · max_{1≤i≤v} P[v-i ≤ Binomial(r, q) < v] / i.
     """
     m, r, v = canaries, guesses, correct
-    require(0 <= v <= r <= m, key="(canaries, guesses, correct)", value=(m, r, v),
-            allowed="to satisfy 0 <= correct <= guesses <= canaries")
+    require(
+        0 <= v <= r <= m,
+        key="(canaries, guesses, correct)",
+        value=(m, r, v),
+        allowed="to satisfy 0 <= correct <= guesses <= canaries",
+    )
     require_in_range(epsilon, key="epsilon", low=0, high=math.inf)
     require_in_range(delta, key="delta", low=0, high=1)
     return float(_p_values(m, r, v, np.array([float(epsilon)]), delta)[0])
@@ -219,7 +236,7 @@ def _epsilon_rejected_up_to(*, canaries: int, guesses: int, correct: int, delta:
     grid = np.round(np.arange(0.0, _EPSILON_MAX + EPSILON_STEP / 2, EPSILON_STEP), 10)
     chunk = 256  # the scan stops at the first ε not rejected: usually within the first chunk or two
     for start in range(0, len(grid), chunk):
-        block = grid[start:start + chunk]
+        block = grid[start : start + chunk]
         rejected = _p_values(canaries, guesses, correct, block, delta) <= significance
         if not rejected.all():
             first = int(np.argmin(rejected))  # the first grid ε not rejected
@@ -244,27 +261,47 @@ def epsilon_lower_bound(
     score = np.asarray(scores, dtype=np.float64)
     truth = np.asarray(included, dtype=bool)
     m = len(score)
-    require(m >= 1 and truth.shape == score.shape, key="scores", value=f"{m} scores, {truth.shape} labels",
-            allowed="to give one score per canary")
+    require(
+        m >= 1 and truth.shape == score.shape,
+        key="scores",
+        value=f"{m} scores, {truth.shape} labels",
+        allowed="to give one score per canary",
+    )
     require(bool(np.all(np.isfinite(score))), key="scores", value="non-finite", allowed="to be finite numbers")
     require_in_range(confidence, key="confidence", low=0, high=1, low_open=True, high_open=True)
     require_in_range(delta, key="delta", low=0, high=1)
     if guess_counts is None:
-        guess_counts = sorted({(int(a * m), int(b * m)) for a, b in _DEFAULT_GUESS_FRACTIONS if int(a * m) + int(b * m) >= 1})
+        guess_counts = sorted(
+            {(int(a * m), int(b * m)) for a, b in _DEFAULT_GUESS_FRACTIONS if int(a * m) + int(b * m) >= 1}
+        )
     for k_plus, k_minus in guess_counts:
-        require(0 <= k_plus and 0 <= k_minus and 1 <= k_plus + k_minus <= m, key="guess_counts",
-                value=(k_plus, k_minus), allowed=f"to satisfy k+ >= 0, k- >= 0 and 1 <= k+ + k- <= m = {m}")
+        require(
+            0 <= k_plus and 0 <= k_minus and 1 <= k_plus + k_minus <= m,
+            key="guess_counts",
+            value=(k_plus, k_minus),
+            allowed=f"to satisfy k+ >= 0, k- >= 0 and 1 <= k+ + k- <= m = {m}",
+        )
     significance = (1 - confidence) / len(guess_counts)
     # Ties broken by a fixed order (index), never by the truth.
     order = np.lexsort((np.arange(m), score))  # ascending score
     best: AuditBound | None = None
     for k_plus, k_minus in guess_counts:
-        top, bottom = order[m - k_plus:] if k_plus else order[:0], order[:k_minus]
+        top, bottom = order[m - k_plus :] if k_plus else order[:0], order[:k_minus]
         correct = int(truth[top].sum() + (~truth[bottom]).sum())
         guesses = k_plus + k_minus
-        eps = _epsilon_rejected_up_to(canaries=m, guesses=guesses, correct=correct, delta=delta, significance=significance)
-        bound = AuditBound(epsilon_lower_bound=eps, delta=delta, confidence=confidence, canaries=m, guesses=guesses,
-                           correct=correct, k_plus=k_plus, k_minus=k_minus)
+        eps = _epsilon_rejected_up_to(
+            canaries=m, guesses=guesses, correct=correct, delta=delta, significance=significance
+        )
+        bound = AuditBound(
+            epsilon_lower_bound=eps,
+            delta=delta,
+            confidence=confidence,
+            canaries=m,
+            guesses=guesses,
+            correct=correct,
+            k_plus=k_plus,
+            k_minus=k_minus,
+        )
         if best is None or bound.epsilon_lower_bound > best.epsilon_lower_bound:
             best = bound
     assert best is not None
@@ -274,8 +311,9 @@ def epsilon_lower_bound(
 # ---- one audited training run -----------------------------------------------------------------
 
 
-def audit_config(config: TrainConfig, data: DatasetSplits, *, canaries: int = 500, canary_kind: str = "ood",
-                 canary_seed: int = 0) -> tuple[TrainConfig, int]:
+def audit_config(
+    config: TrainConfig, data: DatasetSplits, *, canaries: int = 500, canary_kind: str = "ood", canary_seed: int = 0
+) -> tuple[TrainConfig, int]:
     """The configuration :func:`audit` trains and the size of its training set (canaries in).
 
     With a batch size, q is pinned to ``batch_size / (N + m/2)``: from data-independent sizes
@@ -312,8 +350,11 @@ def audit(
     scores = canary_scores(result.model, canary_set)
     bound = epsilon_lower_bound(scores, canary_set.included, delta=result.plan.delta, confidence=confidence)
     return AuditResult(
-        bound=bound, theoretical_epsilon=result.final.epsilon, accountant=result.plan.accountant,
-        test_accuracy=result.final.test_accuracy, canary_kind=canary_kind,
+        bound=bound,
+        theoretical_epsilon=result.final.epsilon,
+        accountant=result.plan.accountant,
+        test_accuracy=result.final.test_accuracy,
+        canary_kind=canary_kind,
         canaries_included=int(canary_set.included.sum()),
     )
 
@@ -331,8 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence of the lower bound (default: 0.95)")
     args = parser.parse_args(argv)
     try:
-        result = audit(config_from_args(args), canaries=args.canaries, canary_kind=args.canary_kind,
-                       seed=args.audit_seed, confidence=args.confidence)
+        result = audit(
+            config_from_args(args),
+            canaries=args.canaries,
+            canary_kind=args.canary_kind,
+            seed=args.audit_seed,
+            confidence=args.confidence,
+        )
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -63,12 +63,26 @@ class Case:
 
 def default_cases(device: str, *, quick: bool) -> list[Case]:
     if device == "cuda":
-        sizes = [("mlp", 256), ("digits_cnn", 64), ("mnist_cnn", 256), ("cifar_cnn", 128),
-                 ("resnet18_gn", 128), ("resnet18_gn", 256), ("wrn16_4", 128), ("wrn16_4", 256)]
+        sizes = [
+            ("mlp", 256),
+            ("digits_cnn", 64),
+            ("mnist_cnn", 256),
+            ("cifar_cnn", 128),
+            ("resnet18_gn", 128),
+            ("resnet18_gn", 256),
+            ("wrn16_4", 128),
+            ("wrn16_4", 256),
+        ]
     else:  # two CPU cores: the large models at small batches, smaller still with --quick
         big = 8 if quick else 32
-        sizes = [("mlp", 64), ("digits_cnn", 64), ("mnist_cnn", 256), ("cifar_cnn", 128),
-                 ("resnet18_gn", big), ("wrn16_4", big)]
+        sizes = [
+            ("mlp", 64),
+            ("digits_cnn", 64),
+            ("mnist_cnn", 256),
+            ("cifar_cnn", 128),
+            ("resnet18_gn", big),
+            ("wrn16_4", big),
+        ]
     return [Case(model=m, input_shape=DATASETS.get(_DATASET_OF_MODEL[m]).input_shape, batch_size=b) for m, b in sizes]
 
 
@@ -111,7 +125,7 @@ def _naive_per_sample_grads(model: nn.Module, images: torch.Tensor, labels: torc
     params = [p for p in model.parameters() if p.requires_grad]
     out = []
     for i in range(len(images)):
-        loss = nn.functional.cross_entropy(model(images[i:i + 1]), labels[i:i + 1])
+        loss = nn.functional.cross_entropy(model(images[i : i + 1]), labels[i : i + 1])
         out.append([g.detach() for g in torch.autograd.grad(loss, params)])
     return out
 
@@ -120,7 +134,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp(min=1e-12)).item()
 
 
-def check_engine(engine: str, case: Case, *, device: torch.device, examples: int = 5, tolerance: float = 1e-3) -> EngineCheck:
+def check_engine(
+    engine: str, case: Case, *, device: torch.device, examples: int = 5, tolerance: float = 1e-3
+) -> EngineCheck:
     """Compare ``engine`` with the definition of DP-SGD's clipped step on ``examples`` examples."""
     images, labels = _batch(case, examples, device, seed=1)
     reference = _without_dropout(_build(case, device))
@@ -128,12 +144,18 @@ def check_engine(engine: str, case: Case, *, device: torch.device, examples: int
     norms = torch.stack([torch.sqrt(sum(g.square().sum() for g in grads)) for grads in per_sample])
     bound = norms.median().item()  # clips some examples and not others
     factors = (bound / (norms + 1e-6)).clamp(max=1.0)
-    expected = [sum(factors[i] * per_sample[i][k] for i in range(examples)) / examples for k in range(len(per_sample[0]))]
+    expected = [
+        sum(factors[i] * per_sample[i][k] for i in range(examples)) / examples for k in range(len(per_sample[0]))
+    ]
 
     model = _without_dropout(_build(case, device))
     step = make_private_step(
-        model, torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=bound,
-        expected_batch_size=examples, grad_sample_mode=engine,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=bound,
+        expected_batch_size=examples,
+        grad_sample_mode=engine,
     )
     step.backward(images, labels)
     norm_error = ((step.per_sample_norms() - norms).abs() / norms.clamp(min=1e-12)).max().item()
@@ -148,8 +170,14 @@ def check_engine(engine: str, case: Case, *, device: torch.device, examples: int
     errors = {"norm": norm_error, "step": step_error, "grad_sample": grad_sample_error or 0.0}
     bad = {k: v for k, v in errors.items() if not v <= tolerance}  # catches NaN too
     reason = ", ".join(f"{k} error {v:.2e} > {tolerance:g}" for k, v in bad.items())
-    return EngineCheck(correct=not bad, norm_error=norm_error, step_error=step_error,
-                       grad_sample_error=grad_sample_error, tolerance=tolerance, reason=reason)
+    return EngineCheck(
+        correct=not bad,
+        norm_error=norm_error,
+        step_error=step_error,
+        grad_sample_error=grad_sample_error,
+        tolerance=tolerance,
+        reason=reason,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -204,7 +232,11 @@ def _peak_step_bytes(run: Callable[[], None], device: torch.device) -> int:
 
 
 def time_variants(
-    runs: dict[str, Callable[[], None]], *, device: torch.device, warmup: int, repeats: int,
+    runs: dict[str, Callable[[], None]],
+    *,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
 ) -> dict[str, dict[str, list[float]]]:
     """Wall and process-CPU seconds per step of every variant, interleaved: round r runs each once.
 
@@ -226,7 +258,9 @@ def time_variants(
     return seconds
 
 
-def benchmark_case(case: Case, engines: Sequence[str], *, device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
+def benchmark_case(
+    case: Case, engines: Sequence[str], *, device: torch.device, warmup: int, repeats: int
+) -> dict[str, Any]:
     """Check, then time, every engine on ``case``; engines that fail or cannot run are not timed."""
     images, labels = _batch(case, case.batch_size, device, seed=0)
     probe = _build(case, device)
@@ -249,8 +283,12 @@ def benchmark_case(case: Case, engines: Sequence[str], *, device: torch.device, 
         if check.correct:
             model = _build(case, device)
             step = make_private_step(
-                model, torch.optim.SGD(model.parameters(), lr=0.01), noise_multiplier=1.0, max_grad_norm=1.0,
-                expected_batch_size=case.batch_size, grad_sample_mode=engine,
+                model,
+                torch.optim.SGD(model.parameters(), lr=0.01),
+                noise_multiplier=1.0,
+                max_grad_norm=1.0,
+                expected_batch_size=case.batch_size,
+                grad_sample_mode=engine,
                 noise_generator=torch.Generator(device=device).manual_seed(0),
             )
             run = _step_fn(step, images, labels)
@@ -269,15 +307,25 @@ def benchmark_case(case: Case, engines: Sequence[str], *, device: torch.device, 
     for name, run in runs.items():
         wall, cpu = (statistics.median(seconds[name][k]) for k in ("wall", "cpu"))
         mem = _peak_step_bytes(run, device)
-        rows[name].update(median_s=wall, ratio=wall / base_wall, cpu_median_s=cpu, cpu_ratio=cpu / max(base_cpu, 1e-9),
-                          peak_step_bytes=mem, mem_ratio=mem / base_mem)
+        rows[name].update(
+            median_s=wall,
+            ratio=wall / base_wall,
+            cpu_median_s=cpu,
+            cpu_ratio=cpu / max(base_cpu, 1e-9),
+            peak_step_bytes=mem,
+            mem_ratio=mem / base_mem,
+        )
     timed_opacus = [e for e in OPACUS_ENGINES if "ratio" in rows.get(e, {})]
     best_opacus = min(timed_opacus, key=lambda e: rows[e]["ratio"], default=None)
     auto = choose_engine(probe).name
     return {
-        **dataclasses.asdict(case), "engines": rows, "best_opacus": best_opacus, "auto": auto,
+        **dataclasses.asdict(case),
+        "engines": rows,
+        "best_opacus": best_opacus,
+        "auto": auto,
         "auto_over_best_opacus": (rows[auto]["ratio"] / rows[best_opacus]["ratio"])
-        if best_opacus and "ratio" in rows.get(auto, {}) else None,
+        if best_opacus and "ratio" in rows.get(auto, {})
+        else None,
     }
 
 
@@ -297,23 +345,39 @@ def _device_name(device: torch.device) -> str:
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    lines = [f"{'model':<12} {'B':>4} {'engine':<10} {'ms/step':>9} {'x none':>7} {'cpu x':>7} {'peak MB':>9} {'x none':>7}  note"]
+    lines = [
+        f"{'model':<12} {'B':>4} {'engine':<10} {'ms/step':>9} {'x none':>7} {'cpu x':>7} "
+        f"{'peak MB':>9} {'x none':>7}  note"
+    ]
     for result in results:
         for name, row in result["engines"].items():
-            note = ("auto" if name == result["auto"] else "") + (" best Opacus" if name == result["best_opacus"] else "")
+            note = ("auto" if name == result["auto"] else "") + (
+                " best Opacus" if name == result["best_opacus"] else ""
+            )
             if "ratio" in row:
                 lines.append(
                     f"{result['model']:<12} {result['batch_size']:>4} {name:<10} {row['median_s'] * 1e3:>9.1f} "
-                    f"{row['ratio']:>7.2f} {row['cpu_ratio']:>7.2f} {row['peak_step_bytes'] / 2**20:>9.1f} {row['mem_ratio']:>7.2f}  {note.strip()}"
+                    f"{row['ratio']:>7.2f} {row['cpu_ratio']:>7.2f} {row['peak_step_bytes'] / 2**20:>9.1f} "
+                    f"{row['mem_ratio']:>7.2f}  {note.strip()}"
                 )
             else:
-                lines.append(f"{result['model']:<12} {result['batch_size']:>4} {name:<10} {row['status'].upper()}: {row['reason']}")
+                lines.append(
+                    f"{result['model']:<12} {result['batch_size']:>4} {name:<10} "
+                    f"{row['status'].upper()}: {row['reason']}"
+                )
     return "\n".join(lines)
 
 
 def run_benchmark(
-    *, cases: Sequence[Case], engines: Sequence[str], device: torch.device, warmup: int, repeats: int,
-    out_dir: Path | None, quick: bool = False, log: Callable[[str], None] = print,
+    *,
+    cases: Sequence[Case],
+    engines: Sequence[str],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    out_dir: Path | None,
+    quick: bool = False,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Benchmark ``engines`` on ``cases``; write ``<out_dir>/<device>-<date>.json`` unless ``out_dir`` is None."""
     started = time.perf_counter()
@@ -323,13 +387,20 @@ def run_benchmark(
         log(f"{case.model} B={case.batch_size} ...")
         results.append(benchmark_case(case, engines, device=device, warmup=warmup, repeats=repeats))
     report = {
-        "device": device.type, "device_name": _device_name(device),
-        "date": datetime.date.today().isoformat(), "quick": quick, "warmup": warmup, "repeats": repeats,
-        "torch": torch.__version__, "opacus": opacus.__version__, "threads": torch.get_num_threads(),
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "device": device.type,
+        "device_name": _device_name(device),
+        "date": datetime.date.today().isoformat(),
+        "quick": quick,
+        "warmup": warmup,
+        "repeats": repeats,
+        "torch": torch.__version__,
+        "opacus": opacus.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "seconds": time.perf_counter() - started,
         "timing": "median per-step wall time (median_s) and process CPU time (cpu_median_s) over interleaved "
-                  "rounds; ratio and cpu_ratio divide by the same median of 'none' (non-private) from this run",
+        "rounds; ratio and cpu_ratio divide by the same median of 'none' (non-private) from this run",
         "memory": "peak bytes allocated during a step above the resting state (parameters, optimizer state, batch)",
         "results": results,
     }
@@ -376,13 +447,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
     report = run_benchmark(
-        cases=cases, engines=engines, device=device, quick=args.quick,
+        cases=cases,
+        engines=engines,
+        device=device,
+        quick=args.quick,
         warmup=args.warmup if args.warmup is not None else (2 if args.quick else 3),
         repeats=args.repeats if args.repeats is not None else (5 if args.quick else 25),
         out_dir=None if args.no_save else args.out_dir,
     )
-    print(f"\n{report['device_name']}, torch {report['torch']}, opacus {report['opacus']}; "
-          f"load average {report['load_average_before'][0]:.1f} -> {report['load_average_after'][0]:.1f}")
+    print(
+        f"\n{report['device_name']}, torch {report['torch']}, opacus {report['opacus']}; "
+        f"load average {report['load_average_before'][0]:.1f} -> {report['load_average_after'][0]:.1f}"
+    )
     print(format_table(report["results"]))
     if "path" in report:
         print(f"\nwrote {report['path']}")

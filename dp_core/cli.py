@@ -20,8 +20,15 @@ import yaml
 from dp_core import config as config_module
 from dp_core.config import ConfigError, TrainConfig
 
-__all__ = ["add_flag", "add_train_flags", "build_parser", "config_from_args", "seed_given", "settings_from_args",
-           "settings_parser"]
+__all__ = [
+    "add_flag",
+    "add_train_flags",
+    "build_parser",
+    "config_from_args",
+    "seed_given",
+    "settings_from_args",
+    "settings_parser",
+]
 
 _HELP = {
     "dataset": "dataset name (digits is bundled; mnist, fashion_mnist, cifar10 read torchvision's files)",
@@ -46,7 +53,10 @@ _HELP = {
     "batch_size": "expected logical batch size B (sample rate q = B/N)",
     "sample_rate": "Poisson sampling rate q (instead of --batch-size)",
     "max_physical_batch_size": "split logical batches into chunks of at most this many (virtual batches)",
-    "seed": "seed for initialisation, sampling and noise; without it a secret one is drawn from the OS (a given seed makes a reproducible run whose ε holds only against whoever does not know it)",
+    "seed": (
+        "seed for initialisation, sampling and noise; without it a secret one is drawn from the OS "
+        "(a given seed makes a reproducible run whose ε holds only against whoever does not know it)"
+    ),
     "device": "auto, cpu or cuda",
     "test_batch_size": "batch size for evaluation",
 }
@@ -69,12 +79,23 @@ def _flag_type(annotation: Any) -> Any:
 
 
 # The top-level keys of TrainConfig that are flags (the sections' keys are read from their dataclasses).
-_TOP_LEVEL_FLAGS = ("epochs", "batch_size", "sample_rate", "max_physical_batch_size", "seed", "device", "test_batch_size")
+_TOP_LEVEL_FLAGS = (
+    "epochs",
+    "batch_size",
+    "sample_rate",
+    "max_physical_batch_size",
+    "seed",
+    "device",
+    "test_batch_size",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = settings_parser(prog="python -m dp_core.train", metrics="the final metrics",
-                             description="Train one model with DP-SGD (Opacus) and print its accuracy and ε.")
+    parser = settings_parser(
+        prog="python -m dp_core.train",
+        metrics="the final metrics",
+        description="Train one model with DP-SGD (Opacus) and print its accuracy and ε.",
+    )
     parser.add_argument("--checkpoint", type=Path, help="save after every epoch; resume if it exists")
     parser.add_argument("--clip-per-layer", action="store_true", help="alias for --clipping per_layer")
     add_train_flags(parser)
@@ -94,8 +115,12 @@ def add_train_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...]
     """One flag per key of ``TrainConfig`` (``--max-grad-norm`` for ``max_grad_norm``, with the seed
     script's aliases), defaulting to None so that only the flags given override a config file."""
     defaults = TrainConfig().to_dict()
-    for section in (config_module.DataConfig, config_module.ModelConfig, config_module.OptimizerConfig,
-                    config_module.PrivacyConfig):
+    for section in (
+        config_module.DataConfig,
+        config_module.ModelConfig,
+        config_module.OptimizerConfig,
+        config_module.PrivacyConfig,
+    ):
         for field in dataclasses.fields(section):
             add_flag(parser, field.name, field.type, defaults[field.name])
     for key in _TOP_LEVEL_FLAGS:

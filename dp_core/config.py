@@ -71,7 +71,9 @@ class DataConfig:
         require_in_range(self.validation_fraction, key="validation_fraction", low=0.0, high=0.5, high_open=True)
         require(
             self.data_root is None or isinstance(self.data_root, str),
-            key="data_root", value=self.data_root, allowed="to be a folder path",
+            key="data_root",
+            value=self.data_root,
+            allowed="to be a folder path",
         )
         _require_bool(self.download, key="download")
 
@@ -147,8 +149,12 @@ class PrivacyConfig:
                 and math.isfinite(self.noise_multiplier)
                 and self.noise_multiplier >= 0
             )
-            require(ok, key="noise_multiplier", value=self.noise_multiplier,
-                    allowed="to be a finite number >= 0 (0 means clipping without noise, ε = ∞)")
+            require(
+                ok,
+                key="noise_multiplier",
+                value=self.noise_multiplier,
+                allowed="to be a finite number >= 0 (0 means clipping without noise, ε = ∞)",
+            )
         if self.target_epsilon is not None:
             require_positive(self.target_epsilon, key="target_epsilon")
         if self.epsilon_budget is not None:
@@ -187,7 +193,13 @@ _SECTIONS: dict[str, type] = {
     "privacy": PrivacyConfig,
 }
 _TOP_LEVEL_KEYS = (
-    "epochs", "batch_size", "sample_rate", "max_physical_batch_size", "seed", "device", "test_batch_size",
+    "epochs",
+    "batch_size",
+    "sample_rate",
+    "max_physical_batch_size",
+    "seed",
+    "device",
+    "test_batch_size",
 )
 
 
@@ -315,12 +327,16 @@ class TrainConfig:
         """The checks that need N: δ < 1/N (else releasing one example outright is 'private')."""
         if self.batch_size is not None:
             require(
-                self.batch_size <= train_size, key="batch_size", value=self.batch_size,
+                self.batch_size <= train_size,
+                key="batch_size",
+                value=self.batch_size,
                 allowed=f"to be at most the training-set size N={train_size}",
             )
         if self.privacy.is_private:
             require(
-                self.privacy.delta < 1.0 / train_size, key="delta", value=self.privacy.delta,
+                self.privacy.delta < 1.0 / train_size,
+                key="delta",
+                value=self.privacy.delta,
                 allowed=(
                     f"to be < 1/N = {1.0 / train_size:.3g} (N={train_size} training examples of "
                     f"{self.data.dataset}); a larger δ permits leaking a whole example"

@@ -30,8 +30,9 @@ __all__ = ["DATASETS", "DatasetSplits", "canonical_train_size", "load_data", "lo
 
 def load_data(config: DataConfig) -> DatasetSplits:
     """The splits a ``DataConfig`` names: its dataset, folder, download choice and validation share."""
-    return load_dataset(config.dataset, root=config.data_root, download=config.download,
-                        validation_fraction=config.validation_fraction)
+    return load_dataset(
+        config.dataset, root=config.data_root, download=config.download, validation_fraction=config.validation_fraction
+    )
 
 
 def load_dataset(
@@ -46,9 +47,15 @@ def load_dataset(
     label, the same examples on every call and machine, and taken out of ``train``.
     """
     facts = DATASETS.get(name)
-    splits = (facts.load() if facts.source == "loader" else load_synthetic(name) if facts.source == "generated"
-              else _load_digits() if name == "digits" else _load_torchvision(name, facts, _resolve_root(root),
-                                                                                   download))
+    splits = (
+        facts.load()
+        if facts.source == "loader"
+        else load_synthetic(name)
+        if facts.source == "generated"
+        else _load_digits()
+        if name == "digits"
+        else _load_torchvision(name, facts, _resolve_root(root), download)
+    )
     return _hold_out_validation(splits, validation_fraction) if validation_fraction > 0 else splits
 
 
@@ -59,12 +66,17 @@ def _hold_out_validation(splits: DatasetSplits, fraction: float) -> DatasetSplit
     # A fixed random_state: the split is part of the dataset's definition, not of a run's randomness
     # (it is no secret which examples were held out; they are never trained on).
     train_index, val_index = train_test_split(
-        np.arange(len(labels)), test_size=validation_size(len(labels), fraction),
-        stratify=labels.numpy(), random_state=0)
+        np.arange(len(labels)),
+        test_size=validation_size(len(labels), fraction),
+        stratify=labels.numpy(),
+        random_state=0,
+    )
     train_index, val_index = torch.from_numpy(np.sort(train_index)), torch.from_numpy(np.sort(val_index))
     return dataclasses.replace(
-        splits, train=TensorDataset(images[train_index], labels[train_index]),
-        validation=TensorDataset(images[val_index], labels[val_index]))
+        splits,
+        train=TensorDataset(images[train_index], labels[train_index]),
+        validation=TensorDataset(images[val_index], labels[val_index]),
+    )
 
 
 def _resolve_root(root: str | os.PathLike[str] | None) -> Path:
@@ -108,9 +120,7 @@ def _digits_splits(
     )
 
 
-def _normalise(
-    images_nchw_uint8: torch.Tensor, stats: Normalisation, *, max_value: int = 255
-) -> torch.Tensor:
+def _normalise(images_nchw_uint8: torch.Tensor, stats: Normalisation, *, max_value: int = 255) -> torch.Tensor:
     """uint8 N x C x H x W -> float32 ``(x/max_value - mean) / std`` per channel, for the whole split at once."""
     mean = torch.tensor(stats[0], dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(stats[1], dtype=torch.float32).view(1, -1, 1, 1)
@@ -145,5 +155,6 @@ def _load_torchvision(name: str, facts: DatasetFacts, root: Path, download: bool
             images = raw.data.unsqueeze(1)  # uint8 N x 28 x 28 -> N x 1 x 28 x 28
         labels = torch.as_tensor(raw.targets, dtype=torch.int64)
         splits.append(TensorDataset(_normalise(images, stats), labels))
-    return DatasetSplits(name=name, train=splits[0], test=splits[1], num_classes=facts.num_classes,
-                         input_shape=facts.input_shape)
+    return DatasetSplits(
+        name=name, train=splits[0], test=splits[1], num_classes=facts.num_classes, input_shape=facts.input_shape
+    )

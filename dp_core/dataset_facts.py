@@ -73,23 +73,57 @@ DATASETS: Registry[DatasetFacts] = Registry("dataset")
 # every other training example, an un-noised release of the training data outside the privacy accounting.
 # They are the mean and std once computed from the fixed training split, written in full so that every
 # digits input stays bit for bit as it was, and with it every earlier digits result.
-DATASETS.register("digits", DatasetFacts(
-    input_shape=(1, 8, 8), num_classes=10, train_size=1437, test_size=360, source="bundled",
-    normalisation=((0.30538339422407795,), (0.3761191680900195,)), max_value=16,
-))
-DATASETS.register("mnist", DatasetFacts(
-    input_shape=(1, 28, 28), num_classes=10, train_size=60_000, test_size=10_000, source="files",
-    normalisation=((0.1307,), (0.3081,)), torchvision_class="MNIST", folder="MNIST/raw",
-))
-DATASETS.register("fashion_mnist", DatasetFacts(
-    input_shape=(1, 28, 28), num_classes=10, train_size=60_000, test_size=10_000, source="files",
-    normalisation=((0.2860,), (0.3530,)), torchvision_class="FashionMNIST", folder="FashionMNIST/raw",
-))
-DATASETS.register("cifar10", DatasetFacts(
-    input_shape=(3, 32, 32), num_classes=10, train_size=50_000, test_size=10_000, source="files",
-    normalisation=((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)), torchvision_class="CIFAR10",
-    folder="cifar-10-batches-py",
-))
+DATASETS.register(
+    "digits",
+    DatasetFacts(
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        train_size=1437,
+        test_size=360,
+        source="bundled",
+        normalisation=((0.30538339422407795,), (0.3761191680900195,)),
+        max_value=16,
+    ),
+)
+DATASETS.register(
+    "mnist",
+    DatasetFacts(
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        train_size=60_000,
+        test_size=10_000,
+        source="files",
+        normalisation=((0.1307,), (0.3081,)),
+        torchvision_class="MNIST",
+        folder="MNIST/raw",
+    ),
+)
+DATASETS.register(
+    "fashion_mnist",
+    DatasetFacts(
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        train_size=60_000,
+        test_size=10_000,
+        source="files",
+        normalisation=((0.2860,), (0.3530,)),
+        torchvision_class="FashionMNIST",
+        folder="FashionMNIST/raw",
+    ),
+)
+DATASETS.register(
+    "cifar10",
+    DatasetFacts(
+        input_shape=(3, 32, 32),
+        num_classes=10,
+        train_size=50_000,
+        test_size=10_000,
+        source="files",
+        normalisation=((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+        torchvision_class="CIFAR10",
+        folder="cifar-10-batches-py",
+    ),
+)
 # The synthetic stand-ins (dp_core.synthetic): the real datasets' shapes; the small ones for quick CPU
 # runs, the _full ones with the real sizes, so that sampling rates and planned ε equal the real ones.
 for _name, _shape, _train, _test in (
@@ -98,9 +132,16 @@ for _name, _shape, _train, _test in (
     ("synthetic_cifar10_full", (3, 32, 32), 50_000, 10_000),
     ("synthetic_mnist_full", (1, 28, 28), 60_000, 10_000),
 ):
-    DATASETS.register(_name, DatasetFacts(
-        input_shape=_shape, num_classes=10, train_size=_train, test_size=_test, source="generated",
-    ))
+    DATASETS.register(
+        _name,
+        DatasetFacts(
+            input_shape=_shape,
+            num_classes=10,
+            train_size=_train,
+            test_size=_test,
+            source="generated",
+        ),
+    )
 del _name, _shape, _train, _test
 
 #: The built-in datasets read from files under a data folder (torchvision's layout); the others are

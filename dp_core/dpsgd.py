@@ -22,11 +22,18 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-from dp_core.errors import ConfigError
 from dp_core.engines import Engine, PrivateStep, choose_engine
+from dp_core.errors import ConfigError
 
-__all__ = ["PlainStep", "PrivateStep", "StepSettings", "make_private", "make_private_step", "per_layer_norms",
-           "poisson_batches"]
+__all__ = [
+    "PlainStep",
+    "PrivateStep",
+    "StepSettings",
+    "make_private",
+    "make_private_step",
+    "per_layer_norms",
+    "poisson_batches",
+]
 
 
 def per_layer_norms(max_grad_norm: float, model: nn.Module) -> list[float]:
@@ -95,8 +102,16 @@ def make_private_step(
         >>> step.optimizer.zero_grad(set_to_none=True)
     """
     engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=clipping)
-    return _prepare(engine, model, optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                    expected_batch_size=expected_batch_size, clipping=clipping, noise_generator=noise_generator)
+    return _prepare(
+        engine,
+        model,
+        optimizer,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=expected_batch_size,
+        clipping=clipping,
+        noise_generator=noise_generator,
+    )
 
 
 class StepSettings(TypedDict):
@@ -110,7 +125,10 @@ class StepSettings(TypedDict):
 
 
 def make_private(
-    model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_sample_mode: str = "hooks",
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    grad_sample_mode: str = "hooks",
     **settings: Unpack[StepSettings],
 ) -> tuple[nn.Module, DPOptimizer]:
     """``make_private_step`` as Opacus' ``(model, optimizer)`` pair, for a plain ``loss.backward()`` loop.
@@ -118,8 +136,9 @@ def make_private(
     Only engines that clip in ``optimizer.step()`` fit that loop (hooks, functorch, ew; ``auto``
     picks the fastest of them); ghost and bk need ``make_private_step(...).backward``.
     """
-    engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=settings.get("clipping", "flat"),
-                           plain_backward=True)
+    engine = choose_engine(
+        model, grad_sample_mode=grad_sample_mode, clipping=settings.get("clipping", "flat"), plain_backward=True
+    )
     if not engine.clips_in_optimizer_step:
         raise ConfigError(
             f"Expected an engine that clips in optimizer.step(), but got grad_sample_mode={engine.name!r}, which "
@@ -130,15 +149,25 @@ def make_private(
 
 
 def _prepare(
-    engine: Engine, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
-    max_grad_norm: float, expected_batch_size: float, clipping: str = "flat",
+    engine: Engine,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: float,
+    clipping: str = "flat",
     noise_generator: torch.Generator | None = None,
 ) -> PrivateStep:
     flat = clipping == "flat"
     return engine.prepare(
-        model, optimizer, noise_multiplier=noise_multiplier,
+        model,
+        optimizer,
+        noise_multiplier=noise_multiplier,
         max_grad_norms=[max_grad_norm] if flat else per_layer_norms(max_grad_norm, model),
-        flat=flat, expected_batch_size=expected_batch_size, noise_generator=noise_generator,
+        flat=flat,
+        expected_batch_size=expected_batch_size,
+        noise_generator=noise_generator,
     )
 
 

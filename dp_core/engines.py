@@ -93,15 +93,24 @@ class Engine(abc.ABC):
 
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         """Reasons this engine cannot train ``model`` with ``clipping``; empty when it can."""
-        reasons = [] if clipping == "flat" or self.supports_per_layer else [
-            f"{self.name} supports flat clipping only, not clipping={clipping!r}"
-        ]
+        reasons = (
+            []
+            if clipping == "flat" or self.supports_per_layer
+            else [f"{self.name} supports flat clipping only, not clipping={clipping!r}"]
+        )
         return reasons + [str(e) for e in GradSampleModule.validate(model, strict=False)]
 
     @abc.abstractmethod
     def prepare(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
-        max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norms: list[float],
+        flat: bool,
+        expected_batch_size: float,
+        noise_generator: torch.Generator | None,
     ) -> PrivateStep:
         """Wrap for DP-SGD. ``max_grad_norms`` is one bound if ``flat``, else one per optimizer parameter."""
 
@@ -121,8 +130,12 @@ class _AddsGaussianNoise:
         noise_multiplier = getattr(self, "_adjusted_noise_multiplier", self.noise_multiplier)
         for p in self.params:
             _check_processed_flag(p.summed_grad)
-            noise = gaussian_noise(noise_multiplier=noise_multiplier, sensitivity=self.max_grad_norm,
-                                   like=p.summed_grad, generator=self.generator)
+            noise = gaussian_noise(
+                noise_multiplier=noise_multiplier,
+                sensitivity=self.max_grad_norm,
+                like=p.summed_grad,
+                generator=self.generator,
+            )
             p.grad = noise.add_(p.summed_grad).view_as(p)
             _mark_as_processed(p.summed_grad)
 
@@ -136,8 +149,13 @@ class _DPPerLayerOptimizer(_AddsGaussianNoise, DPPerLayerOptimizer):
 
 
 def make_dp_optimizer(
-    optimizer: torch.optim.Optimizer, *, noise_multiplier: float, max_grad_norms: list[float], flat: bool,
-    expected_batch_size: float, noise_generator: torch.Generator | None,
+    optimizer: torch.optim.Optimizer,
+    *,
+    noise_multiplier: float,
+    max_grad_norms: list[float],
+    flat: bool,
+    expected_batch_size: float,
+    noise_generator: torch.Generator | None,
 ) -> DPOptimizer:
     """Opacus' DP optimizer for engines that fill ``p.grad_sample``: it clips, sums, noises and scales.
 
@@ -154,12 +172,20 @@ def make_dp_optimizer(
     """
     if flat:
         return _DPOptimizer(
-            optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norms[0],
-            expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator,
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norms[0],
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+            generator=noise_generator,
         )
     return _DPPerLayerOptimizer(
-        optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norms,
-        expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator,
+        optimizer,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norms,
+        expected_batch_size=expected_batch_size,
+        loss_reduction="mean",
+        generator=noise_generator,
     )
 
 
@@ -188,23 +214,44 @@ class _Hooks(Engine):
         self.name = name  # "hooks" or "functorch": same module, functorch forced for every layer
 
     def prepare(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
-        max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norms: list[float],
+        flat: bool,
+        expected_batch_size: float,
+        noise_generator: torch.Generator | None,
     ) -> PrivateStep:
         private_model = wrap_model(model, grad_sample_mode=self.name, batch_first=True, loss_reduction="mean")
         # Poisson sampling assumes each step sees a fresh batch: accumulating per-sample gradients
         # over two forward passes would change the sensitivity, so Opacus forbids it.
         private_model.forbid_grad_accumulation()
         dp_optimizer = make_dp_optimizer(
-            optimizer, noise_multiplier=noise_multiplier, max_grad_norms=max_grad_norms, flat=flat,
-            expected_batch_size=expected_batch_size, noise_generator=noise_generator,
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norms=max_grad_norms,
+            flat=flat,
+            expected_batch_size=expected_batch_size,
+            noise_generator=noise_generator,
         )
         return GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
 
 
 # Layer types whose functional ops torch's ExpandedWeights implements (expanded_weights_impl.HANDLED_FUNCTIONS).
-_EW_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.GroupNorm, nn.LayerNorm,
-              nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_EW_LAYERS = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Embedding,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
 
 
 class _ExpandedWeights(Engine):
@@ -214,17 +261,29 @@ class _ExpandedWeights(Engine):
         reasons = super().unsupported(model, clipping=clipping)
         return reasons + [
             f"{name or '<root>'} ({type(m).__name__}): ExpandedWeights has no rule for this layer"
-            for name, m in trainable_modules(model) if type(m) not in _EW_LAYERS
+            for name, m in trainable_modules(model)
+            if type(m) not in _EW_LAYERS
         ]
 
     def prepare(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
-        max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norms: list[float],
+        flat: bool,
+        expected_batch_size: float,
+        noise_generator: torch.Generator | None,
     ) -> PrivateStep:
         private_model = wrap_model(model, grad_sample_mode="ew", batch_first=True, loss_reduction="mean")
         dp_optimizer = make_dp_optimizer(
-            optimizer, noise_multiplier=noise_multiplier, max_grad_norms=max_grad_norms, flat=flat,
-            expected_batch_size=expected_batch_size, noise_generator=noise_generator,
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norms=max_grad_norms,
+            flat=flat,
+            expected_batch_size=expected_batch_size,
+            noise_generator=noise_generator,
         )
         return GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
 
@@ -301,15 +360,30 @@ class _Ghost(Engine):
     clips_in_optimizer_step = False
 
     def prepare(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
-        max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norms: list[float],
+        flat: bool,
+        expected_batch_size: float,
+        noise_generator: torch.Generator | None,
     ) -> PrivateStep:
         private_model = wrap_model(
-            model, grad_sample_mode="ghost", batch_first=True, loss_reduction="mean", max_grad_norm=max_grad_norms[0],
+            model,
+            grad_sample_mode="ghost",
+            batch_first=True,
+            loss_reduction="mean",
+            max_grad_norm=max_grad_norms[0],
         )
         dp_optimizer = _ClippedSumOptimizer(
-            optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norms[0],
-            expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator,
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norms[0],
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+            generator=noise_generator,
         )
         return _GhostStep(model=private_model, optimizer=dp_optimizer)
 
@@ -344,8 +418,15 @@ class _Bookkeeping(Engine):
         return _bookkeeping.unsupported_layers(model)
 
     def prepare(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
-        max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norms: list[float],
+        flat: bool,
+        expected_batch_size: float,
+        noise_generator: torch.Generator | None,
     ) -> PrivateStep:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
         bounds = dict(zip(params, max_grad_norms * len(params) if flat else max_grad_norms))
@@ -353,8 +434,12 @@ class _Bookkeeping(Engine):
         # Sensitivity of Σ_i clip(g_i): C flat, √(Σ_p C_p²) per layer (as DPPerLayerOptimizer computes it).
         sensitivity = max_grad_norms[0] if flat else torch.norm(torch.tensor(max_grad_norms)).item()
         dp_optimizer = _ClippedSumOptimizer(
-            optimizer, noise_multiplier=noise_multiplier, max_grad_norm=sensitivity,
-            expected_batch_size=expected_batch_size, loss_reduction="mean", generator=noise_generator,
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=sensitivity,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+            generator=noise_generator,
         )
         return _BookkeepingStep(model=model, optimizer=dp_optimizer, clipper=clipper)
 
@@ -371,7 +456,11 @@ AUTO_ORDER: tuple[str, ...] = ("bk", "hooks")
 
 
 def choose_engine(
-    model: nn.Module, *, grad_sample_mode: str = "auto", clipping: str = "flat", plain_backward: bool = False,
+    model: nn.Module,
+    *,
+    grad_sample_mode: str = "auto",
+    clipping: str = "flat",
+    plain_backward: bool = False,
 ) -> Engine:
     """The engine ``grad_sample_mode`` names, or for ``auto`` the first of ``AUTO_ORDER`` that fits.
 
@@ -382,7 +471,9 @@ def choose_engine(
     if grad_sample_mode == "auto":
         for name in AUTO_ORDER:
             engine = ENGINES.get(name)
-            if (engine.clips_in_optimizer_step or not plain_backward) and not engine.unsupported(model, clipping=clipping):
+            if (engine.clips_in_optimizer_step or not plain_backward) and not engine.unsupported(
+                model, clipping=clipping
+            ):
                 return engine
         grad_sample_mode = AUTO_ORDER[-1]  # let the last resort explain why it cannot either
     engine = ENGINES.get(grad_sample_mode)
@@ -390,7 +481,8 @@ def choose_engine(
     if reasons:
         raise ConfigError(
             f"Expected grad_sample_mode to support this model and clipping={clipping!r}, but got "
-            f"grad_sample_mode={grad_sample_mode!r}:\n  - " + "\n  - ".join(reasons)
+            f"grad_sample_mode={grad_sample_mode!r}:\n  - "
+            + "\n  - ".join(reasons)
             + "\nUse grad_sample_mode='auto' to pick an engine that can."
         )
     return engine

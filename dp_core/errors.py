@@ -1,4 +1,7 @@
-"""Configuration errors in one shape: ConfigError and the require_* checks that name the key, the bad value and the rule."""
+"""Configuration errors in one shape: ConfigError and the require_* checks.
+
+Each check names the key, the bad value and the rule.
+"""
 
 from __future__ import annotations
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import functools
 import sys
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -69,21 +68,25 @@ def _problems(model: nn.Module) -> list[str]:
         validator = ModuleValidator.VALIDATORS.get(type(module))
         lines += [f"{where}: {err}" for err in (validator(module) if validator else [])]
         if any(True for _ in module.buffers()):  # what GradSampleModule(strict=True), hence make_private, rejects
-            lines.append(f"{where}: trainable layer with buffers (e.g. running statistics), which Opacus cannot "
-                         "keep private")
+            lines.append(
+                f"{where}: trainable layer with buffers (e.g. running statistics), which Opacus cannot keep private"
+            )
     for name, module in model.named_modules():
         # A frozen or affine=False BatchNorm escapes ModuleValidator (it only looks at trainable layers),
         # yet in training mode it still normalises each example with its batch peers' statistics.
         frozen = not any(p.requires_grad for p in module.parameters(recurse=False))
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and frozen:
-            lines.append(f"{name or '<root>'} ({type(module).__name__}): non-trainable BatchNorm still mixes the "
-                         "examples of a batch through its batch statistics, which leaks privacy")
+            lines.append(
+                f"{name or '<root>'} ({type(module).__name__}): non-trainable BatchNorm still mixes the "
+                "examples of a batch through its batch statistics, which leaks privacy"
+            )
     return lines
 
 
 def _cannot_train(model: nn.Module, why: str) -> str:
-    return (f"{type(model).__name__} cannot be trained privately with Opacus ({why}):\n  - "
-            + "\n  - ".join(_problems(model) or ["(no per-module detail)"]))
+    return f"{type(model).__name__} cannot be trained privately with Opacus ({why}):\n  - " + "\n  - ".join(
+        _problems(model) or ["(no per-module detail)"]
+    )
 
 
 # Opacus hooks (register_full_backward_hook) return each hooked layer's output as a view made by
@@ -212,7 +215,13 @@ def _wrn16_4(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Modu
     return nn.Sequential(*layers)
 
 
-for _name, _builder in (("mlp", _mlp), ("digits_cnn", _digits_cnn), ("mnist_cnn", _mnist_cnn),
-                       ("cifar_cnn", _cifar_cnn), ("resnet18_gn", _resnet18_gn), ("wrn16_4", _wrn16_4)):
+for _name, _builder in (
+    ("mlp", _mlp),
+    ("digits_cnn", _digits_cnn),
+    ("mnist_cnn", _mnist_cnn),
+    ("cifar_cnn", _cifar_cnn),
+    ("resnet18_gn", _resnet18_gn),
+    ("wrn16_4", _wrn16_4),
+):
     MODELS.register(_name, _builder)
 del _name, _builder

@@ -55,8 +55,11 @@ class PrivacyPlan:
         if remainder == 0 and 1 <= epoch <= len(self.epsilon_by_epoch):
             return self.epsilon_by_epoch[epoch - 1]
         return accounting.epsilon(
-            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=steps,
-            delta=self.delta, accountant=self.accountant,
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.sample_rate,
+            steps=steps,
+            delta=self.delta,
+            accountant=self.accountant,
         )
 
     def spent(self, epsilon: float) -> PrivacySpent:
@@ -92,10 +95,16 @@ def plan_privacy(config: TrainConfig, *, train_size: int) -> PrivacyPlan:
 
     if not privacy.is_private:
         return PrivacyPlan(
-            private=False, noise_multiplier=0.0, sample_rate=sample_rate,
-            steps_per_epoch=steps_per_epoch, planned_steps=planned_steps, max_steps=planned_steps,
-            delta=privacy.delta, accountant=privacy.accountant,
-            epsilon_by_epoch=tuple(math.inf for _ in epoch_ends), epsilon=math.inf,
+            private=False,
+            noise_multiplier=0.0,
+            sample_rate=sample_rate,
+            steps_per_epoch=steps_per_epoch,
+            planned_steps=planned_steps,
+            max_steps=planned_steps,
+            delta=privacy.delta,
+            accountant=privacy.accountant,
+            epsilon_by_epoch=tuple(math.inf for _ in epoch_ends),
+            epsilon=math.inf,
         )
 
     if privacy.noise_multiplier is not None:
@@ -103,20 +112,29 @@ def plan_privacy(config: TrainConfig, *, train_size: int) -> PrivacyPlan:
     else:
         assert privacy.target_epsilon is not None  # PrivacyConfig guarantees one of the two
         noise_multiplier = accounting.noise_multiplier_for(
-            target_epsilon=privacy.target_epsilon, sample_rate=sample_rate, steps=planned_steps,
-            delta=privacy.delta, accountant=privacy.accountant,
+            target_epsilon=privacy.target_epsilon,
+            sample_rate=sample_rate,
+            steps=planned_steps,
+            delta=privacy.delta,
+            accountant=privacy.accountant,
         )
     epsilon_by_epoch = tuple(
         accounting.epsilons(
-            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=epoch_ends,
-            delta=privacy.delta, accountant=privacy.accountant,
+            noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate,
+            steps=epoch_ends,
+            delta=privacy.delta,
+            accountant=privacy.accountant,
         )
     )
     max_steps = planned_steps
     if privacy.epsilon_budget is not None and epsilon_by_epoch[-1] > privacy.epsilon_budget:
         max_steps = accounting.max_steps_within(
-            epsilon_budget=privacy.epsilon_budget, noise_multiplier=noise_multiplier,
-            sample_rate=sample_rate, delta=privacy.delta, accountant=privacy.accountant,
+            epsilon_budget=privacy.epsilon_budget,
+            noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate,
+            delta=privacy.delta,
+            accountant=privacy.accountant,
             upper=planned_steps,
         )
         if max_steps == 0:
@@ -130,14 +148,23 @@ def plan_privacy(config: TrainConfig, *, train_size: int) -> PrivacyPlan:
         epsilon_by_epoch[-1]
         if max_steps == planned_steps
         else accounting.epsilon(
-            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=max_steps,
-            delta=privacy.delta, accountant=privacy.accountant,
+            noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate,
+            steps=max_steps,
+            delta=privacy.delta,
+            accountant=privacy.accountant,
         )
     )
     return PrivacyPlan(
-        private=True, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-        steps_per_epoch=steps_per_epoch, planned_steps=planned_steps, max_steps=max_steps,
-        delta=privacy.delta, accountant=privacy.accountant, epsilon_by_epoch=epsilon_by_epoch,
+        private=True,
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        steps_per_epoch=steps_per_epoch,
+        planned_steps=planned_steps,
+        max_steps=max_steps,
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+        epsilon_by_epoch=epsilon_by_epoch,
         epsilon=epsilon_final,
     )
 

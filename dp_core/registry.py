@@ -62,9 +62,11 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"Expected a {self.key} name to be a non-empty string, but got {name!r}.")
         if entry is None:
+
             def decorate(item: T) -> T:
                 self._entries[name] = item
                 return item
+
             return decorate
         self._entries[name] = entry
         return entry

@@ -66,12 +66,23 @@ class SyntheticSpec:
 
 
 # The class-signal amplitude of each stand-in; its shape and sizes are facts (dp_core.dataset_facts).
-_SIGNALS = {"synthetic_cifar10": 0.6, "synthetic_mnist": 1.0, "synthetic_cifar10_full": 0.6, "synthetic_mnist_full": 1.0}
-SYNTHETIC_DATASETS = types.MappingProxyType({
-    name: SyntheticSpec(input_shape=DATASETS.get(name).input_shape, train_size=DATASETS.get(name).train_size,
-                        test_size=DATASETS.get(name).test_size, signal=signal)
-    for name, signal in _SIGNALS.items()
-})
+_SIGNALS = {
+    "synthetic_cifar10": 0.6,
+    "synthetic_mnist": 1.0,
+    "synthetic_cifar10_full": 0.6,
+    "synthetic_mnist_full": 1.0,
+}
+SYNTHETIC_DATASETS = types.MappingProxyType(
+    {
+        name: SyntheticSpec(
+            input_shape=DATASETS.get(name).input_shape,
+            train_size=DATASETS.get(name).train_size,
+            test_size=DATASETS.get(name).test_size,
+            signal=signal,
+        )
+        for name, signal in _SIGNALS.items()
+    }
+)
 
 _STREAMS = {"templates": 0, "train": 1, "test": 2}
 
@@ -81,7 +92,9 @@ def _generator(seed: int, stream: str) -> torch.Generator:
     return torch.Generator().manual_seed((int(state[0]) << 32) | int(state[1]))
 
 
-def _smooth_fields(generator: torch.Generator, count: int, shape: tuple[int, int, int], resolution: int) -> torch.Tensor:
+def _smooth_fields(
+    generator: torch.Generator, count: int, shape: tuple[int, int, int], resolution: int
+) -> torch.Tensor:
     """``count`` random images of ``shape``, each a ``resolution``² Gaussian field per channel upsampled
     (bicubic) and scaled to unit standard deviation."""
     channels, height, width = shape
@@ -90,9 +103,7 @@ def _smooth_fields(generator: torch.Generator, count: int, shape: tuple[int, int
     return fields / fields.flatten(1).std(dim=1).view(-1, 1, 1, 1)
 
 
-def synthetic_tensors(
-    name: str, *, split: str, seed: int = DEFAULT_SEED
-) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_tensors(name: str, *, split: str, seed: int = DEFAULT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (float32 N x C x H x W, unit variance) and labels (int64, balanced) of one split."""
     if name not in SYNTHETIC_DATASETS:
         raise ValueError(f"Expected name to be one of {', '.join(sorted(SYNTHETIC_DATASETS))}, but got name={name!r}.")
@@ -102,14 +113,16 @@ def synthetic_tensors(
     size = spec.train_size if split == "train" else spec.test_size
     template_rng = _generator(seed, "templates")
     templates = _smooth_fields(template_rng, NUM_CLASSES, spec.input_shape, _TEMPLATE_RESOLUTION)
-    templates = templates + _CHANNEL_OFFSET * torch.randn(NUM_CLASSES, spec.input_shape[0], 1, 1, generator=template_rng)
+    templates = templates + _CHANNEL_OFFSET * torch.randn(
+        NUM_CLASSES, spec.input_shape[0], 1, 1, generator=template_rng
+    )
     rng = _generator(seed, split)
     labels = torch.randperm(size, generator=rng) % NUM_CLASSES  # balanced: size/10 per class, shuffled
     # The variance of the sum, for unit-variance inputs (templates vary a little more, by their offset).
     scale = (spec.signal**2 + _NUISANCE**2 + _NOISE**2) ** 0.5
     chunks = []
     for start in range(0, size, _CHUNK):
-        y = labels[start:start + _CHUNK]
+        y = labels[start : start + _CHUNK]
         nuisance = _smooth_fields(rng, len(y), spec.input_shape, _NUISANCE_RESOLUTION)
         noise = torch.randn(len(y), *spec.input_shape, generator=rng)
         chunks.append((spec.signal * templates[y] + _NUISANCE * nuisance + _NOISE * noise) / scale)
@@ -120,5 +133,6 @@ def load_synthetic(name: str, *, seed: int = DEFAULT_SEED) -> DatasetSplits:
     """The train and test splits of synthetic dataset ``name`` (see the module docstring)."""
     train = TensorDataset(*synthetic_tensors(name, split="train", seed=seed))
     test = TensorDataset(*synthetic_tensors(name, split="test", seed=seed))
-    return DatasetSplits(name=name, train=train, test=test, num_classes=NUM_CLASSES,
-                         input_shape=SYNTHETIC_DATASETS[name].input_shape)
+    return DatasetSplits(
+        name=name, train=train, test=test, num_classes=NUM_CLASSES, input_shape=SYNTHETIC_DATASETS[name].input_shape
+    )

@@ -29,8 +29,20 @@ from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
 from dp_core.models import build_model
 from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
-__all__ = ["EpochReport", "ProgressReport", "StopTraining", "TrainResult", "TrainingDiverged", "asks_to_stop",
-           "build_optimizer", "evaluate", "evaluate_splits", "main", "resolve_device", "train"]
+__all__ = [
+    "EpochReport",
+    "ProgressReport",
+    "StopTraining",
+    "TrainResult",
+    "TrainingDiverged",
+    "asks_to_stop",
+    "build_optimizer",
+    "evaluate",
+    "evaluate_splits",
+    "main",
+    "resolve_device",
+    "train",
+]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,8 +153,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     for start in range(0, len(images), batch_size):
-        logits = model(images[start:start + batch_size])
-        target = labels[start:start + batch_size]
+        logits = model(images[start : start + batch_size])
+        target = labels[start : start + batch_size]
         loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum")
         correct += (logits.argmax(dim=1) == target).sum()
     model.train()
@@ -230,23 +242,30 @@ def train(
         "test": tuple(t.to(device) for t in data.test.tensors) if evaluate_test else None,
     }
     model = build_model(
-        config.model.model, input_shape=data.input_shape, num_classes=data.num_classes,
+        config.model.model,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
         gn_groups=config.model.gn_groups,
     ).to(device)
     optimizer = build_optimizer(config, model)
     step = PlainStep(model, optimizer)
     if plan.private:
         step = make_private_step(
-            model, optimizer, noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=privacy.max_grad_norm, expected_batch_size=plan.sample_rate * train_size,
-            clipping=privacy.clipping, grad_sample_mode=privacy.grad_sample_mode,
+            model,
+            optimizer,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=privacy.max_grad_norm,
+            expected_batch_size=plan.sample_rate * train_size,
+            clipping=privacy.clipping,
+            grad_sample_mode=privacy.grad_sample_mode,
             noise_generator=noise_generator,
         )
         model, optimizer = step.model, step.optimizer
     base_optimizer = getattr(optimizer, "original_optimizer", optimizer)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(base_optimizer, T_max=plan.max_steps)
-        if config.optimizer.lr_schedule == "cos" else None
+        if config.optimizer.lr_schedule == "cos"
+        else None
     )
 
     reports: list[EpochReport] = []
@@ -287,8 +306,11 @@ def train(
         # Summed only to detect divergence; never reported (see EpochReport).
         loss_sum = torch.zeros((), device=device)
         for indices, ends_step in poisson_batches(
-            num_examples=train_size, sample_rate=plan.sample_rate, steps=epoch_steps,
-            generator=sampling_generator, max_physical_batch_size=config.max_physical_batch_size,
+            num_examples=train_size,
+            sample_rate=plan.sample_rate,
+            steps=epoch_steps,
+            generator=sampling_generator,
+            max_physical_batch_size=config.max_physical_batch_size,
             optimizer=optimizer if plan.private else None,
         ):
             indices = indices.to(device)
@@ -314,32 +336,47 @@ def train(
         eval_seconds = time.perf_counter() - started
         stopped_early = steps >= plan.max_steps and plan.max_steps < plan.planned_steps
         report = EpochReport(
-            epoch=epoch, steps=steps, **measured, epsilon=plan.epsilon_at(steps), delta=plan.delta,
-            accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
-            train_seconds=train_seconds, eval_seconds=eval_seconds, stopped_by_budget=stopped_early,
+            epoch=epoch,
+            steps=steps,
+            **measured,
+            epsilon=plan.epsilon_at(steps),
+            delta=plan.delta,
+            accountant=plan.accountant,
+            noise_multiplier=plan.noise_multiplier,
+            train_seconds=train_seconds,
+            eval_seconds=eval_seconds,
+            stopped_by_budget=stopped_early,
         )
         reports.append(report)
         last_epoch = epoch >= config.epochs or steps >= plan.max_steps
         if checkpoint is not None and (last_epoch or time.monotonic() - last_saved >= checkpoint_every_seconds):
             last_saved = time.monotonic()
-            _save_checkpoint(checkpoint, {
-                "config": config.to_dict(), "model": model.state_dict(),
-                "optimizer": base_optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "sampling_rng": sampling_generator.get_state(), "noise_rng": noise_generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                # Only a run on a GPU draws from the CUDA generators; asking others would start CUDA.
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                "steps": steps,
-                "reports": [r.to_dict() for r in reports],
-            })
+            _save_checkpoint(
+                checkpoint,
+                {
+                    "config": config.to_dict(),
+                    "model": model.state_dict(),
+                    "optimizer": base_optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "sampling_rng": sampling_generator.get_state(),
+                    "noise_rng": noise_generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    # Only a run on a GPU draws from the CUDA generators; asking others would start CUDA.
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                    "steps": steps,
+                    "reports": [r.to_dict() for r in reports],
+                },
+            )
         if asks_to_stop(on_epoch, report):
             stopped_early = True
             break
 
     resolved = config.replace(noise_multiplier=plan.noise_multiplier) if plan.private else config
     return TrainResult(
-        config=resolved, plan=plan, reports=tuple(reports), stopped_early=stopped_early,
+        config=resolved,
+        plan=plan,
+        reports=tuple(reports),
+        stopped_early=stopped_early,
         model=getattr(model, "_module", model),
     )
 
@@ -367,8 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         def on_epoch(report: EpochReport) -> None:
             bar.update(1)
             shown = {"val_acc": report.val_accuracy, "acc": report.test_accuracy, "test_loss": report.test_loss}
-            bar.set_postfix(**{k: f"{v:.3f}" for k, v in shown.items() if v is not None},
-                            eps=f"{report.epsilon:.2f}", delta=f"{report.delta:g}", accountant=report.accountant)
+            bar.set_postfix(
+                **{k: f"{v:.3f}" for k, v in shown.items() if v is not None},
+                eps=f"{report.epsilon:.2f}",
+                delta=f"{report.delta:g}",
+                accountant=report.accountant,
+            )
 
         result = train(config, on_epoch=on_epoch, checkpoint_path=args.checkpoint)
         bar.close()
@@ -396,9 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.metrics_json is not None:
         args.metrics_json.write_text(text + "\n")
-    privacy = "no privacy (ε = ∞)" if not math.isfinite(final.epsilon) else (
-        f"ε = {final.epsilon:.3f} (δ = {final.delta:g}, {final.accountant.upper()} accountant, "
-        f"σ = {result.plan.noise_multiplier:.3f})"
+    privacy = (
+        "no privacy (ε = ∞)"
+        if not math.isfinite(final.epsilon)
+        else (
+            f"ε = {final.epsilon:.3f} (δ = {final.delta:g}, {final.accountant.upper()} accountant, "
+            f"σ = {result.plan.noise_multiplier:.3f})"
+        )
     )
     print(f"test accuracy {final.test_accuracy:.4f} after {final.epoch} epochs; {privacy}", file=sys.stderr)
     return 0

@@ -106,8 +106,13 @@ def train_vectorized(
         measured = stack.evaluate()
         eval_seconds = (time.perf_counter() - started) / size
         epoch_reports = {
-            k: _report(plans[k], epoch=len(reports[k]) + 1, measured=own, train_seconds=train_seconds,
-                       eval_seconds=eval_seconds)
+            k: _report(
+                plans[k],
+                epoch=len(reports[k]) + 1,
+                measured=own,
+                train_seconds=train_seconds,
+                eval_seconds=eval_seconds,
+            )
             for k, own in zip(stack.running, measured)
         }
         for k, report in epoch_reports.items():
@@ -122,33 +127,48 @@ def train_vectorized(
             stack.remove(leaving)
 
     return [
-        TrainResult(config=config.replace(noise_multiplier=plan.noise_multiplier), plan=plan,
-                    reports=tuple(own), stopped_early=stop or not own, model=stack.model(k))
+        TrainResult(
+            config=config.replace(noise_multiplier=plan.noise_multiplier),
+            plan=plan,
+            reports=tuple(own),
+            stopped_early=stop or not own,
+            model=stack.model(k),
+        )
         for k, (config, plan, own, stop) in enumerate(zip(configs, plans, reports, stopped))
     ]
 
 
-def _report(plan: PrivacyPlan, *, epoch: int, measured: dict[str, float], train_seconds: float,
-            eval_seconds: float) -> EpochReport:
+def _report(
+    plan: PrivacyPlan, *, epoch: int, measured: dict[str, float], train_seconds: float, eval_seconds: float
+) -> EpochReport:
     """A configuration's report on its own ``epoch``, as train() writes it."""
     steps = epoch * plan.steps_per_epoch
     return EpochReport(
-        epoch=epoch, steps=steps, **measured, epsilon=plan.epsilon_at(steps), delta=plan.delta,
-        accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
-        train_seconds=train_seconds, eval_seconds=eval_seconds,
+        epoch=epoch,
+        steps=steps,
+        **measured,
+        epsilon=plan.epsilon_at(steps),
+        delta=plan.delta,
+        accountant=plan.accountant,
+        noise_multiplier=plan.noise_multiplier,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
     )
 
 
 def _diverged(configs: Sequence[TrainConfig], diverged: tuple[int, ...], *, epoch: int) -> ConfigsDiverged:
     # Named by their hyperparameters, never their loss (see TrainingDiverged).
-    details = "; ".join(f"config {k} (lr={configs[k].optimizer.lr}, "
-                        f"max_grad_norm={configs[k].privacy.max_grad_norm})" for k in diverged)
-    return ConfigsDiverged(f"the loss became non-finite in epoch {epoch} for {details}; lower the learning rate.",
-                           config_indices=diverged)
+    details = "; ".join(
+        f"config {k} (lr={configs[k].optimizer.lr}, max_grad_norm={configs[k].privacy.max_grad_norm})" for k in diverged
+    )
+    return ConfigsDiverged(
+        f"the loss became non-finite in epoch {epoch} for {details}; lower the learning rate.", config_indices=diverged
+    )
 
 
 def _asked_to_stop(
-    on_epoch: Callable[[dict[int, EpochReport]], Collection[int] | None] | None, epoch_reports: dict[int, EpochReport],
+    on_epoch: Callable[[dict[int, EpochReport]], Collection[int] | None] | None,
+    epoch_reports: dict[int, EpochReport],
 ) -> tuple[set[int], bool]:
     """The configurations ``on_epoch`` stops after this epoch, and whether it ended the whole run."""
     if on_epoch is None:

@@ -9,5 +9,18 @@ names). Names of the other public modules are imported from their module
 (``from sweeps.driver.runner import run_trials``).
 """
 
-__all__ = ["bench", "driver", "launch", "planning", "privacy", "protocol", "registry", "results", "space", "submit",
-           "sync", "tracking", "workers"]
+__all__ = [
+    "bench",
+    "driver",
+    "launch",
+    "planning",
+    "privacy",
+    "protocol",
+    "registry",
+    "results",
+    "space",
+    "submit",
+    "sync",
+    "tracking",
+    "workers",
+]

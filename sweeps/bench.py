@@ -51,8 +51,9 @@ def standard_trainable_run(config: dict[str, Any], *, report: Any = None, stop_e
 
     torch.set_num_threads(1)
     images, labels = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(images / 16.0, labels, test_size=0.2, stratify=labels,
-                                                        random_state=0)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images / 16.0, labels, test_size=0.2, stratify=labels, random_state=0
+    )
     mean, std = x_train.mean(), x_train.std()
     to_x = lambda a: torch.tensor((a - mean) / std, dtype=torch.float32).reshape(-1, 1, 8, 8)  # noqa: E731
     train_set = torch.utils.data.TensorDataset(to_x(x_train), torch.tensor(y_train))
@@ -62,8 +63,14 @@ def standard_trainable_run(config: dict[str, Any], *, report: Any = None, stop_e
     optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"])
     engine = PrivacyEngine(accountant="prv")
     model, optimizer, loader = engine.make_private_with_epsilon(
-        module=model, optimizer=optimizer, data_loader=loader, target_epsilon=config["target_epsilon"],
-        target_delta=config["delta"], epochs=config["epochs"], max_grad_norm=config["max_grad_norm"])
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        target_epsilon=config["target_epsilon"],
+        target_delta=config["delta"],
+        epochs=config["epochs"],
+        max_grad_norm=config["max_grad_norm"],
+    )
     accuracy = math.nan
     for epoch in range(1, (stop_epoch or config["epochs"]) + 1):
         started = time.perf_counter()
@@ -79,8 +86,14 @@ def standard_trainable_run(config: dict[str, Any], *, report: Any = None, stop_e
         with torch.no_grad():
             accuracy = (model(x_test_t).argmax(1) == y_test_t).float().mean().item()
         if report is not None:
-            report({"test_accuracy": accuracy, "epsilon": engine.get_epsilon(config["delta"]), "epoch": epoch,
-                    "epoch_seconds": epoch_seconds})
+            report(
+                {
+                    "test_accuracy": accuracy,
+                    "epsilon": engine.get_epsilon(config["delta"]),
+                    "epoch": epoch,
+                    "epoch_seconds": epoch_seconds,
+                }
+            )
     return accuracy
 
 
@@ -114,9 +127,14 @@ def _fit_standard(space: dict[str, Any], *, seconds: float, workdir: Path) -> tu
         tune_config=tune.TuneConfig(
             search_alg=OptunaSearch(metric="test_accuracy", mode="max", seed=0),
             scheduler=ASHAScheduler(metric="test_accuracy", mode="max", max_t=fixed["epochs"], grace_period=5),
-            num_samples=-1, time_budget_s=seconds),
-        run_config=tune.RunConfig(storage_path=str(workdir / "ray"), verbose=0, callbacks=[MLflowLoggerCallback(
-            tracking_uri=f"sqlite:///{workdir}/mlflow.db", experiment_name="standard")]),
+            num_samples=-1,
+            time_budget_s=seconds,
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str(workdir / "ray"),
+            verbose=0,
+            callbacks=[MLflowLoggerCallback(tracking_uri=f"sqlite:///{workdir}/mlflow.db", experiment_name="standard")],
+        ),
     )
     results = tuner.fit()
     wall = time.monotonic() - started
@@ -133,9 +151,16 @@ def run_standard_points(space: dict[str, Any], *, seconds: float, workdir: Path)
         if history is None or history.empty:
             continue
         config = {k: result.config[k] for k in ("epochs", "batch_size", "delta", *space["axes"])}
-        points += [{"trial": index, "epoch": int(row["epoch"]), "epsilon": float(row["epsilon"]),
-                    "test_accuracy": float(row["test_accuracy"]), "config": config}
-                   for _, row in history.iterrows()]
+        points += [
+            {
+                "trial": index,
+                "epoch": int(row["epoch"]),
+                "epsilon": float(row["epsilon"]),
+                "test_accuracy": float(row["test_accuracy"]),
+                "config": config,
+            }
+            for _, row in history.iterrows()
+        ]
     return points
 
 
@@ -151,8 +176,15 @@ def run_standard(space: dict[str, Any], *, seconds: float, workdir: Path) -> dic
         epochs += len(history)
         train_seconds += float(history["epoch_seconds"].sum())
         points += list(zip(history["epsilon"], history["test_accuracy"]))
-    return _summary(points=points, wall=wall, train_seconds=train_seconds, epochs=epochs, trials=len(results),
-                    finished=finished, slots=2)
+    return _summary(
+        points=points,
+        wall=wall,
+        train_seconds=train_seconds,
+        epochs=epochs,
+        trials=len(results),
+        finished=finished,
+        slots=2,
+    )
 
 
 def run_dpsweep(*, seconds: float, workdir: Path) -> dict[str, Any]:
@@ -160,10 +192,26 @@ def run_dpsweep(*, seconds: float, workdir: Path) -> dict[str, Any]:
 
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", "--space", str(SPACE), "--time-budget", str(seconds),
-         "--trials", "100000", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--results-dir",
-         str(workdir / "results")], cwd=workdir, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "sweeps.launch",
+            "--space",
+            str(SPACE),
+            "--time-budget",
+            str(seconds),
+            "--trials",
+            "100000",
+            "--tracking-uri",
+            f"sqlite:///{workdir}/mlflow.db",
+            "--results-dir",
+            str(workdir / "results"),
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise RuntimeError(f"dpsweep failed:\n{done.stdout}\n{done.stderr}")
@@ -178,8 +226,15 @@ def run_dpsweep(*, seconds: float, workdir: Path) -> dict[str, Any]:
     points = [(p.epsilon, p.accuracy) for p in tracker.points()]
     metrics = parent.data.metrics
     finished = sum(r.data.tags.get("dpsweep.outcome") == "completed" for r in children)
-    summary = _summary(points=points, wall=wall, train_seconds=metrics["train_seconds"], epochs=len(points),
-                       trials=len(children), finished=finished, slots=metrics["slots"])
+    summary = _summary(
+        points=points,
+        wall=wall,
+        train_seconds=metrics["train_seconds"],
+        epochs=len(points),
+        trials=len(children),
+        finished=finished,
+        slots=metrics["slots"],
+    )
     # train_share as the sweep records it (trials' start to end, as the standard side's is
     # measured); the share of the whole launcher process, start-up and reports included, is kept too.
     summary["process_train_share"] = summary["train_share"]
@@ -187,18 +242,25 @@ def run_dpsweep(*, seconds: float, workdir: Path) -> dict[str, Any]:
     summary["launcher_time_split"] = {k: metrics[k] for k in metrics if k.endswith(("_share", "_seconds"))}
     # The search's points are validation accuracies; what dpsweep reports per bound is the confirmed
     # configuration's test accuracy (mean over fresh seeds).
-    summary["best_accuracy"] = {f"eps_le_{b:g}": metrics.get(f"confirmed_test_accuracy_mean.eps_le_{b:g}")
-                                for b in BUCKETS}
+    summary["best_accuracy"] = {
+        f"eps_le_{b:g}": metrics.get(f"confirmed_test_accuracy_mean.eps_le_{b:g}") for b in BUCKETS
+    }
     return summary
 
 
-def _summary(*, points: list, wall: float, train_seconds: float, epochs: int, trials: int, finished: int,
-             slots: float) -> dict[str, Any]:
-    best = {f"eps_le_{b:g}": max((a for e, a in points if math.isfinite(e) and e <= b), default=None)
-            for b in BUCKETS}
-    return {"wall_seconds": wall, "trials_started": trials, "trials_finished": finished, "trial_epochs": epochs,
-            "trial_epochs_per_second": epochs / wall, "train_share": train_seconds / (wall * slots),
-            "best_accuracy": best}
+def _summary(
+    *, points: list, wall: float, train_seconds: float, epochs: int, trials: int, finished: int, slots: float
+) -> dict[str, Any]:
+    best = {f"eps_le_{b:g}": max((a for e, a in points if math.isfinite(e) and e <= b), default=None) for b in BUCKETS}
+    return {
+        "wall_seconds": wall,
+        "trials_started": trials,
+        "trials_finished": finished,
+        "trial_epochs": epochs,
+        "trial_epochs_per_second": epochs / wall,
+        "train_share": train_seconds / (wall * slots),
+        "best_accuracy": best,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,10 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     ratio = dpsweep["trial_epochs_per_second"] / standard["trial_epochs_per_second"]
     result = {
         "benchmark": "sweep throughput, digits_bench space, Optuna, same wall time",
-        "date": time.strftime("%Y-%m-%d"), "seconds_each": args.seconds,
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
-        "standard_pattern": standard, "dpsweep": dpsweep, "trial_epochs_per_second_ratio": ratio,
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds_each": args.seconds,
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "standard_pattern": standard,
+        "dpsweep": dpsweep,
+        "trial_epochs_per_second_ratio": ratio,
     }
     out = ROOT / "bench" / "results" / f"sweep-throughput-cpu{os.cpu_count()}-{result['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -229,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key:34}{standard[key]:>12.3g}{dpsweep[key]:>12.3g}")
     for bucket in standard["best_accuracy"]:
         s, d = standard["best_accuracy"][bucket], dpsweep["best_accuracy"][bucket]
-        print(f"{'best accuracy ' + bucket.replace('eps_le_', 'ε ≤ '):34}{s if s is not None else float('nan'):>12.4f}"
-              f"{d if d is not None else float('nan'):>12.4f}")
+        print(
+            f"{'best accuracy ' + bucket.replace('eps_le_', 'ε ≤ '):34}{s if s is not None else float('nan'):>12.4f}"
+            f"{d if d is not None else float('nan'):>12.4f}"
+        )
     print(f"{'train share of the launcher process':34}{'':>12}{dpsweep['process_train_share']:>12.3g}")
     print(f"trial-epochs/s ratio dpsweep/standard: {ratio:.2f}x   (ε: PRV accountant, δ = 1e-5)   → {out}")
     return 0

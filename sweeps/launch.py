@@ -30,33 +30,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the shipped search spaces and exit")
     parser.add_argument("--search", choices=("grid", "optuna"), help="override the space's search mode")
     parser.add_argument("--trials", type=int, help="override the number of Optuna trials")
-    parser.add_argument("--time-budget", type=float, metavar="SECONDS",
-                        help="stop starting and running trials after this many seconds (Ray Tune time_budget_s)")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="stop starting and running trials after this many seconds (Ray Tune time_budget_s)",
+    )
     parser.add_argument("--address", help="Ray cluster address (default: start local Ray)")
-    parser.add_argument("--num-cpus", type=int, metavar="N",
-                        help="start local Ray with N CPUs instead of all of this machine's: how many trials run at "
-                             "once (N / the CPUs per trial), e.g. to make a sweep behave alike on any machine; not "
-                             "with --address")
-    parser.add_argument("--resources", metavar="cpus=N,gpus=M",
-                        help="override the space's resources per trial, e.g. cpus=2,gpus=0 (CPU only)")
-    parser.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
-                        help="on an autoscaling cluster (--address, or a Ray Job): wait up to this long for a node that "
-                             "can hold one trial (default 0: fail at once, exit 2)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's own default, "
-                        "sqlite:///mlflow.db); a server's account comes from MLFLOW_TRACKING_USERNAME and "
-                        "MLFLOW_TRACKING_PASSWORD")
+    parser.add_argument(
+        "--num-cpus",
+        type=int,
+        metavar="N",
+        help="start local Ray with N CPUs instead of all of this machine's: how many trials run at "
+        "once (N / the CPUs per trial), e.g. to make a sweep behave alike on any machine; not "
+        "with --address",
+    )
+    parser.add_argument(
+        "--resources",
+        metavar="cpus=N,gpus=M",
+        help="override the space's resources per trial, e.g. cpus=2,gpus=0 (CPU only)",
+    )
+    parser.add_argument(
+        "--wait-for-resources",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on an autoscaling cluster (--address, or a Ray Job): wait up to this long for a node that "
+        "can hold one trial (default 0: fail at once, exit 2)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLflow's own default, "
+        "sqlite:///mlflow.db); a server's account comes from MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD",
+    )
     parser.add_argument("--experiment", default="dpsweep", help="MLflow experiment name (default: dpsweep)")
-    parser.add_argument("--results-dir", type=Path, default=Path("dpsweep_results"),
-                        help="where Ray Tune keeps trial state and checkpoints (default: ./dpsweep_results)")
-    parser.add_argument("--resume", nargs="?", const="latest", metavar="SWEEP",
-                        help="continue an interrupted sweep (the latest of this space, or a sweep folder name)")
-    parser.add_argument("--audit", action="store_true",
-                        help="after the sweep, retrain the best trial with canaries and log an empirical ε lower "
-                             "bound next to its theoretical ε (grid sweeps of kind: train)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="one line per trial and per skipped trial, and Ray's, MLflow's and Optuna's own "
-                             "start-up output (default: a live progress display, or a summary line every 30 s "
-                             "without a terminal)")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=Path("dpsweep_results"),
+        help="where Ray Tune keeps trial state and checkpoints (default: ./dpsweep_results)",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="SWEEP",
+        help="continue an interrupted sweep (the latest of this space, or a sweep folder name)",
+    )
+    parser.add_argument(
+        "--audit",
+        action="store_true",
+        help="after the sweep, retrain the best trial with canaries and log an empirical ε lower "
+        "bound next to its theoretical ε (grid sweeps of kind: train)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="one line per trial and per skipped trial, and Ray's, MLflow's and Optuna's own "
+        "start-up output (default: a live progress display, or a summary line every 30 s "
+        "without a terminal)",
+    )
     return parser
 
 
@@ -93,8 +127,8 @@ def _run(args: argparse.Namespace) -> int:
     os.umask(0o077)
     prepared = prepare_sweep(request)
 
-    from sweeps.tracking import default_tracking_uri  # noqa: F401  MLflow's import, before its logging is quieted
     from sweeps.driver.progress import quiet_libraries
+    from sweeps.tracking import default_tracking_uri  # noqa: F401  MLflow's import, before its logging is quieted
 
     if not request.verbose:
         quiet_libraries()  # before Ray starts and MLflow opens its store
@@ -108,9 +142,18 @@ def _run(args: argparse.Namespace) -> int:
     runner.connect_ray(request.address, num_cpus=request.num_cpus)
     slots = trial_slots(prepared.space)
     callback, results = runner.run_trials(
-        prepared.space, tracker=opened.tracker, storage_path=prepared.results_dir, name=prepared.name,
-        grid=prepared.runnable, searcher=trials.searcher, resume=request.resume is not None, slots=int(slots),
-        time_budget_s=request.time_budget, ledger=opened.ledger, progress=trials.progress)
+        prepared.space,
+        tracker=opened.tracker,
+        storage_path=prepared.results_dir,
+        name=prepared.name,
+        grid=prepared.runnable,
+        searcher=trials.searcher,
+        resume=request.resume is not None,
+        slots=int(slots),
+        time_budget_s=request.time_budget,
+        ledger=opened.ledger,
+        progress=trials.progress,
+    )
     return finish_sweep(request, prepared, opened, trials, callback, results, slots=slots, started=started)
 
 
@@ -118,9 +161,11 @@ def _check_local_ray(request: SweepRequest) -> None:
     if request.num_cpus is None:
         return
     if request.address or os.environ.get("RAY_ADDRESS"):
-        raise ConfigError("Expected --num-cpus only with local Ray, but got it with "
-                          + ("--address" if request.address else "RAY_ADDRESS set")
-                          + ": a cluster's CPUs are its nodes' (ray start --num-cpus N).")
+        raise ConfigError(
+            "Expected --num-cpus only with local Ray, but got it with "
+            + ("--address" if request.address else "RAY_ADDRESS set")
+            + ": a cluster's CPUs are its nodes' (ray start --num-cpus N)."
+        )
     if request.num_cpus < 1:
         raise ConfigError(f"Expected --num-cpus >= 1, but got --num-cpus {request.num_cpus}.")
 

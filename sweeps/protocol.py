@@ -24,9 +24,23 @@ from dp_core.federated import FederatedPlan
 from dp_core.privacy_plan import PrivacyPlan
 from sweeps.registry import LazyRegistry
 
-__all__ = ["TrialSpec", "PackSpec", "UnitSpec", "EpochRow", "encode_unit", "decode_unit", "unit_of",
-           "encode_rows", "rows_of", "outcome_of", "LatestRows", "TRIAL_FIELD", "PLAN_TYPES",
-           "ConfirmationJob", "ConfirmationResult"]
+__all__ = [
+    "TrialSpec",
+    "PackSpec",
+    "UnitSpec",
+    "EpochRow",
+    "encode_unit",
+    "decode_unit",
+    "unit_of",
+    "encode_rows",
+    "rows_of",
+    "outcome_of",
+    "LatestRows",
+    "TRIAL_FIELD",
+    "PLAN_TYPES",
+    "ConfirmationJob",
+    "ConfirmationResult",
+]
 
 #: The key of a Ray trial's config that holds its unit's spec.
 TRIAL_FIELD = "trial"
@@ -72,14 +86,26 @@ class TrialSpec:
         return (self,)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "key": self.key, "train": dict(self.train),
-                "params": dict(self.params), "plan": self.plan.to_dict()}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "key": self.key,
+            "train": dict(self.train),
+            "params": dict(self.params),
+            "plan": self.plan.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrialSpec:
         kind = values["kind"]
-        return cls(kind=kind, name=values["name"], key=values["key"], train=dict(values["train"]),
-                   params=dict(values["params"]), plan=PLAN_TYPES.get(kind).from_dict(values["plan"]))
+        return cls(
+            kind=kind,
+            name=values["name"],
+            key=values["key"],
+            train=dict(values["train"]),
+            params=dict(values["params"]),
+            plan=PLAN_TYPES.get(kind).from_dict(values["plan"]),
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -97,17 +123,30 @@ class PackSpec:
     def of(cls, members: Iterable[TrialSpec], *, width: int) -> PackSpec:
         members = tuple(members)
         keys = " ".join(m.key for m in members)
-        return cls(name=f"pack_{members[0].name}+{len(members) - 1}", key=hashlib.sha256(keys.encode()).hexdigest()[:16],
-                   width=width, members=members)
+        return cls(
+            name=f"pack_{members[0].name}+{len(members) - 1}",
+            key=hashlib.sha256(keys.encode()).hexdigest()[:16],
+            width=width,
+            members=members,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "key": self.key, "width": self.width,
-                "members": [m.to_dict() for m in self.members]}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "key": self.key,
+            "width": self.width,
+            "members": [m.to_dict() for m in self.members],
+        }
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PackSpec:
-        return cls(name=values["name"], key=values["key"], width=int(values["width"]),
-                   members=tuple(TrialSpec.from_dict(m) for m in values["members"]))
+        return cls(
+            name=values["name"],
+            key=values["key"],
+            width=int(values["width"]),
+            members=tuple(TrialSpec.from_dict(m) for m in values["members"]),
+        )
 
 
 UnitSpec = TrialSpec | PackSpec

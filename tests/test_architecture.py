@@ -23,8 +23,12 @@ def test_import_contracts_hold() -> None:
     done = subprocess.run([command], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "broken" in done.stdout and "0 broken" in done.stdout
-    for contract in ("sweeps is layered", "Only sweeps.driver and sweeps.workers import Ray",
-                     "Only sweeps.tracking imports MLflow", "Planning, privacy and results are pure"):
+    for contract in (
+        "sweeps is layered",
+        "Only sweeps.driver and sweeps.workers import Ray",
+        "Only sweeps.tracking imports MLflow",
+        "Planning, privacy and results are pure",
+    ):
         assert contract in done.stdout, f"the contract {contract!r} is gone from pyproject.toml"
 
 
@@ -147,8 +151,11 @@ def private_name_imports(root: Path, packages: tuple[str, ...]) -> list[str]:
             for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom):
                     base = name.split(".") if is_package else name.split(".")[:-1]
-                    source = (node.module or "") if node.level == 0 else ".".join(
-                        [*base[: len(base) - node.level + 1], *filter(None, [node.module])])
+                    source = (
+                        (node.module or "")
+                        if node.level == 0
+                        else ".".join([*base[: len(base) - node.level + 1], *filter(None, [node.module])])
+                    )
                     if source.split(".")[0] not in packages:
                         continue
                     for alias in node.names:

@@ -27,6 +27,13 @@ def test_ruff_finds_a_badly_formatted_file(tmp_path: Path) -> None:
     """The check above can fail: the same configuration rejects an unformatted, unused import."""
     (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
     (tmp_path / "bad.py").write_text("import os\nx = {  'a':1 }\n")
-    assert subprocess.run([shutil.which("ruff") or "ruff", "check", "."], cwd=tmp_path, capture_output=True).returncode != 0
-    assert subprocess.run([shutil.which("ruff") or "ruff", "format", "--check", "."], cwd=tmp_path,
-                          capture_output=True).returncode != 0
+    assert (
+        subprocess.run([shutil.which("ruff") or "ruff", "check", "."], cwd=tmp_path, capture_output=True).returncode
+        != 0
+    )
+    assert (
+        subprocess.run(
+            [shutil.which("ruff") or "ruff", "format", "--check", "."], cwd=tmp_path, capture_output=True
+        ).returncode
+        != 0
+    )

@@ -115,17 +115,24 @@ class LocalClient:
             # The initial weights are overwritten by the global model every round; seeding only
             # keeps construction from touching the process' global generator.
             torch.manual_seed(setup.seed)
-            model = build_model(config.model.model, input_shape=setup.input_shape, num_classes=setup.num_classes,
-                                gn_groups=config.model.gn_groups).to(self.device)
+            model = build_model(
+                config.model.model,
+                input_shape=setup.input_shape,
+                num_classes=setup.num_classes,
+                gn_groups=config.model.gn_groups,
+            ).to(self.device)
         optimizer = build_optimizer(config, model)
         # dp_core's DP-SGD step, whichever per-sample-gradient engine computes it (as in dp_core.train).
         self.step = PlainStep(model, optimizer)
         if setup.private:
             self.step = make_private_step(
-                model, optimizer, noise_multiplier=setup.noise_multiplier,
+                model,
+                optimizer,
+                noise_multiplier=setup.noise_multiplier,
                 max_grad_norm=config.privacy.max_grad_norm,
                 expected_batch_size=setup.sample_rate * setup.num_examples,
-                clipping=config.privacy.clipping, grad_sample_mode=config.privacy.grad_sample_mode,
+                clipping=config.privacy.clipping,
+                grad_sample_mode=config.privacy.grad_sample_mode,
                 noise_generator=self.noise_generator,
             )
         self.model, self.optimizer = self.step.model, self.step.optimizer
@@ -133,7 +140,8 @@ class LocalClient:
         # The learning-rate schedule runs over the client's steps of the whole run, not per round.
         self.scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(self.base_optimizer, T_max=setup.total_steps)
-            if config.optimizer.lr_schedule == "cos" else None
+            if config.optimizer.lr_schedule == "cos"
+            else None
         )
 
     @property
@@ -172,8 +180,11 @@ class LocalClient:
         private = self.setup.private
         loss_sum = torch.zeros((), device=self.device)
         for indices, ends_step in poisson_batches(
-            num_examples=self.setup.num_examples, sample_rate=self.setup.sample_rate, steps=steps,
-            generator=self.sampling_generator, max_physical_batch_size=self.setup.config.max_physical_batch_size,
+            num_examples=self.setup.num_examples,
+            sample_rate=self.setup.sample_rate,
+            steps=steps,
+            generator=self.sampling_generator,
+            max_physical_batch_size=self.setup.config.max_physical_batch_size,
             optimizer=self.optimizer if private else None,
         ):
             if len(indices) == 0 and not private:

@@ -14,8 +14,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from dp_core.errors import ConfigError, require, require_choice, require_positive
 from dp_core.config import TrainConfig, known_keys, unknown_key_error
+from dp_core.errors import ConfigError, require, require_choice, require_positive
 
 __all__ = ["KIND", "PARTITIONS", "FEDERATED_KEYS", "FederatedConfig", "split_flat", "to_flat", "is_federated"]
 

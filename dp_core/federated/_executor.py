@@ -31,7 +31,7 @@ class ClientExecutor(abc.ABC):
     def train_round(self, global_state: Mapping[str, torch.Tensor], *, round_index: int) -> list[ClientUpdate]:
         """Every client's update after training one round from ``global_state``, in client order."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: an executor with nothing to release keeps this)
         """Release the clients (idempotent)."""
 
     def __enter__(self) -> ClientExecutor:

@@ -35,7 +35,9 @@ def partition(
     count = len(labels)
     require(
         isinstance(clients, int) and not isinstance(clients, bool) and 1 <= clients <= count,
-        key="clients", value=clients, allowed=f"to be an integer in [1, {count}] (the training-set size)",
+        key="clients",
+        value=clients,
+        allowed=f"to be an integer in [1, {count}] (the training-set size)",
     )
     rng = np.random.default_rng(np.random.SeedSequence([seed, _PARTITION_STREAM]))
     if scheme == "iid":

@@ -99,36 +99,49 @@ class FederatedPlan:
         """Raise ConfigError unless this plan describes ``config`` on these shards (else its ε is wrong)."""
         privacy = config.privacy
         expected: dict[str, Any] = {
-            "private": privacy.is_private, "delta": privacy.delta, "accountant": privacy.accountant,
+            "private": privacy.is_private,
+            "delta": privacy.delta,
+            "accountant": privacy.accountant,
             "planned_rounds": federated.rounds,
             "shard_sizes": [int(n) for n in shard_sizes],
             "sample_rates": [config.resolved_sample_rate(n) for n in shard_sizes],
             "steps_per_round": [federated.local_epochs * config.steps_per_epoch(n) for n in shard_sizes],
         }
         actual: dict[str, Any] = {
-            "private": self.private, "delta": self.delta, "accountant": self.accountant,
+            "private": self.private,
+            "delta": self.delta,
+            "accountant": self.accountant,
             "planned_rounds": self.planned_rounds,
             "shard_sizes": [c.shard_size for c in self.clients],
             "sample_rates": [c.sample_rate for c in self.clients],
             "steps_per_round": [c.steps_per_round for c in self.clients],
         }
         if privacy.is_private and privacy.noise_multiplier is not None:
-            expected["noise_multiplier"], actual["noise_multiplier"] = float(privacy.noise_multiplier), self.noise_multiplier
+            expected["noise_multiplier"], actual["noise_multiplier"] = (
+                float(privacy.noise_multiplier),
+                self.noise_multiplier,
+            )
         wrong = {key: (actual[key], value) for key, value in expected.items() if actual[key] != value}
         if privacy.is_private and privacy.epsilon_budget is not None and self.epsilon > privacy.epsilon_budget:
             wrong["epsilon"] = (self.epsilon, privacy.epsilon_budget)
         if wrong:
-            raise ConfigError(f"Expected the federated privacy plan to match the configuration, but got "
-                              f"(plan, config) = {wrong}.")
+            raise ConfigError(
+                f"Expected the federated privacy plan to match the configuration, but got (plan, config) = {wrong}."
+            )
 
 
 def _client_epsilons(
     noise_multiplier: float, sample_rate: float, steps_per_round: int, rounds: int, delta: float, accountant: str
 ) -> tuple[float, ...]:
-    return tuple(accounting.epsilons(
-        noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-        steps=[steps_per_round * (r + 1) for r in range(rounds)], delta=delta, accountant=accountant,
-    ))
+    return tuple(
+        accounting.epsilons(
+            noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate,
+            steps=[steps_per_round * (r + 1) for r in range(rounds)],
+            delta=delta,
+            accountant=accountant,
+        )
+    )
 
 
 def _calibrate(config: TrainConfig, target: float, mechanisms: Sequence[tuple[float, int]]) -> float:
@@ -136,14 +149,19 @@ def _calibrate(config: TrainConfig, target: float, mechanisms: Sequence[tuple[fl
     privacy = config.privacy
     sigma = max(
         accounting.noise_multiplier_for(
-            target_epsilon=target, sample_rate=q, steps=steps, delta=privacy.delta, accountant=privacy.accountant,
+            target_epsilon=target,
+            sample_rate=q,
+            steps=steps,
+            delta=privacy.delta,
+            accountant=privacy.accountant,
         )
         for q, steps in set(mechanisms)
     )
     for _ in range(_MAX_NUDGES):
         worst = max(
-            accounting.epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=privacy.delta,
-                               accountant=privacy.accountant)
+            accounting.epsilon(
+                noise_multiplier=sigma, sample_rate=q, steps=steps, delta=privacy.delta, accountant=privacy.accountant
+            )
             for q, steps in set(mechanisms)
         )
         if worst <= target:
@@ -166,7 +184,8 @@ def plan_federated(config: TrainConfig, federated: FederatedConfig, *, shard_siz
     """
     if len(shard_sizes) != federated.clients:
         raise ConfigError(
-            f"Expected one shard size per client ({federated.clients}), but got {len(shard_sizes)}: {list(shard_sizes)}."
+            f"Expected one shard size per client ({federated.clients}), "
+            f"but got {len(shard_sizes)}: {list(shard_sizes)}."
         )
     privacy = config.privacy
     rounds = federated.rounds
@@ -191,10 +210,14 @@ def plan_federated(config: TrainConfig, federated: FederatedConfig, *, shard_siz
     for client, (size, q, steps) in enumerate(zip(shard_sizes, sample_rates, steps_per_round, strict=True)):
         epsilons = (
             _client_epsilons(noise_multiplier, q, steps, rounds, privacy.delta, privacy.accountant)
-            if privacy.is_private else tuple(math.inf for _ in range(rounds))
+            if privacy.is_private
+            else tuple(math.inf for _ in range(rounds))
         )
-        clients.append(ClientPrivacy(client=client, shard_size=int(size), sample_rate=q, steps_per_round=steps,
-                                     epsilon_by_round=epsilons))
+        clients.append(
+            ClientPrivacy(
+                client=client, shard_size=int(size), sample_rate=q, steps_per_round=steps, epsilon_by_round=epsilons
+            )
+        )
 
     by_round = [max(values) for values in zip(*(c.epsilon_by_round for c in clients), strict=True)]
     max_rounds = rounds
@@ -208,6 +231,11 @@ def plan_federated(config: TrainConfig, federated: FederatedConfig, *, shard_siz
                 f"some client (δ = {privacy.delta:g}, {privacy.accountant.upper()} accountant)."
             )
     return FederatedPlan(
-        private=privacy.is_private, noise_multiplier=noise_multiplier, delta=privacy.delta,
-        accountant=privacy.accountant, planned_rounds=rounds, max_rounds=max_rounds, clients=tuple(clients),
+        private=privacy.is_private,
+        noise_multiplier=noise_multiplier,
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+        planned_rounds=rounds,
+        max_rounds=max_rounds,
+        clients=tuple(clients),
     )

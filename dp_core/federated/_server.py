@@ -67,8 +67,10 @@ def fed_avg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[floa
     tensors (counters) must agree across clients and are copied.
     """
     if not states or len(states) != len(weights):
-        raise ValueError(f"Expected one weight per state and at least one state, but got {len(states)} "
-                         f"states and {len(weights)} weights.")
+        raise ValueError(
+            f"Expected one weight per state and at least one state, but got {len(states)} "
+            f"states and {len(weights)} weights."
+        )
     if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"Expected finite weights >= 0 with a positive sum, but got weights={list(weights)}.")
     total = float(sum(weights))
@@ -88,8 +90,13 @@ def fed_avg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[floa
 
 def partition_data(data: DatasetSplits, config: TrainConfig, federated: FederatedConfig) -> list[torch.Tensor]:
     """The clients' shards of ``data.train`` as index tensors (seeded by ``config.seed``)."""
-    return partition(data.train.tensors[1], clients=federated.clients, scheme=federated.partition,
-                     dirichlet_alpha=federated.dirichlet_alpha, seed=config.seed)
+    return partition(
+        data.train.tensors[1],
+        clients=federated.clients,
+        scheme=federated.partition,
+        dirichlet_alpha=federated.dirichlet_alpha,
+        seed=config.seed,
+    )
 
 
 def train_federated(
@@ -126,23 +133,34 @@ def train_federated(
     }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # the global model's initialisation
-        model = build_model(config.model.model, input_shape=data.input_shape, num_classes=data.num_classes,
-                            gn_groups=config.model.gn_groups)
+        model = build_model(
+            config.model.model,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            gn_groups=config.model.gn_groups,
+        )
     model = model.to(device)
     setups = [
         ClientSetup(
-            index=client.client, seed=client_seed(config.seed, client.client), config=config,
-            images=train_images[shard].clone(), labels=train_labels[shard].clone(),
-            input_shape=data.input_shape, num_classes=data.num_classes, private=plan.private,
-            noise_multiplier=plan.noise_multiplier, sample_rate=client.sample_rate,
-            steps_per_round=client.steps_per_round, total_steps=client.steps_after(plan.planned_rounds),
+            index=client.client,
+            seed=client_seed(config.seed, client.client),
+            config=config,
+            images=train_images[shard].clone(),
+            labels=train_labels[shard].clone(),
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            private=plan.private,
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=client.sample_rate,
+            steps_per_round=client.steps_per_round,
+            total_steps=client.steps_after(plan.planned_rounds),
         )
         for client, shard in zip(plan.clients, shards, strict=True)
     ]
 
     reports: list[RoundReport] = []
     stopped_early = False
-    with (executor if executor is not None else InProcessExecutor()) as clients:
+    with executor if executor is not None else InProcessExecutor() as clients:
         clients.start(setups)
         for round_index in range(1, plan.max_rounds + 1):
             started = time.perf_counter()
@@ -158,11 +176,17 @@ def train_federated(
             stopped_early = round_index == plan.max_rounds and plan.stops_early
             client_epsilons = plan.client_epsilons(round_index)
             report = RoundReport(
-                round=round_index, client_steps=tuple(c.steps_after(round_index) for c in plan.clients),
+                round=round_index,
+                client_steps=tuple(c.steps_after(round_index) for c in plan.clients),
                 **measured,
-                epsilon=max(client_epsilons), client_epsilons=client_epsilons, delta=plan.delta,
-                accountant=plan.accountant, noise_multiplier=plan.noise_multiplier,
-                train_seconds=train_seconds, eval_seconds=eval_seconds, stopped_by_budget=stopped_early,
+                epsilon=max(client_epsilons),
+                client_epsilons=client_epsilons,
+                delta=plan.delta,
+                accountant=plan.accountant,
+                noise_multiplier=plan.noise_multiplier,
+                train_seconds=train_seconds,
+                eval_seconds=eval_seconds,
+                stopped_by_budget=stopped_early,
             )
             reports.append(report)
             if asks_to_stop(on_round, report):
@@ -170,5 +194,11 @@ def train_federated(
                 break
 
     resolved = config.replace(noise_multiplier=plan.noise_multiplier) if plan.private else config
-    return FederatedResult(config=resolved, federated=federated, plan=plan, reports=tuple(reports),
-                           stopped_early=stopped_early, model=model)
+    return FederatedResult(
+        config=resolved,
+        federated=federated,
+        plan=plan,
+        reports=tuple(reports),
+        stopped_early=stopped_early,
+        model=model,
+    )

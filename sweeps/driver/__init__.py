@@ -9,5 +9,19 @@ once) and ``submit`` (a sweep as a Ray Job). It re-exports no names: ``python -m
 imports this package and must start without torch, Ray, Optuna or MLflow.
 """
 
-__all__ = ["batch_tpe", "confirm_stage", "finish", "optuna_actors", "prepare_data", "preparation", "progress",
-           "resources", "runner", "search", "session", "submit", "sweep_stats", "tracking_callback"]
+__all__ = [
+    "batch_tpe",
+    "confirm_stage",
+    "finish",
+    "optuna_actors",
+    "prepare_data",
+    "preparation",
+    "progress",
+    "resources",
+    "runner",
+    "search",
+    "session",
+    "submit",
+    "sweep_stats",
+    "tracking_callback",
+]

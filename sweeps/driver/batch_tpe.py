@@ -71,7 +71,9 @@ class BatchTPESampler(optuna.samplers.TPESampler):
                 f"BatchTPESampler is tested on optuna>={low},<{high}, but got optuna {optuna.__version__}: "
                 "it falls back to TPESampler's one fit per suggestion (same search, slower asks). "
                 "Run tests/sweeps/test_batch_tpe.py on this version before widening TESTED_OPTUNA.",
-                RuntimeWarning, stacklevel=2)
+                RuntimeWarning,
+                stacklevel=2,
+            )
         # (handle_below, search space) -> the estimator built at the batch's first suggestion
         self._fits: dict[tuple[bool, tuple[tuple[str, BaseDistribution], ...]], Any] | None = None
 
@@ -84,16 +86,22 @@ class BatchTPESampler(optuna.samplers.TPESampler):
         finally:
             self._fits = None
 
-    def _build_parzen_estimator(self, study: optuna.Study, search_space: dict[str, BaseDistribution],
-                                trials: list[optuna.trial.FrozenTrial], handle_below: bool) -> Any:
+    def _build_parzen_estimator(
+        self,
+        study: optuna.Study,
+        search_space: dict[str, BaseDistribution],
+        trials: list[optuna.trial.FrozenTrial],
+        handle_below: bool,
+    ) -> Any:
         estimator = super()._build_parzen_estimator(study, search_space, trials, handle_below)
         if self._fits is not None:
             # Kept per set of parameters: a conditional space asks different sets, each its own fit.
             self._fits[(handle_below, tuple(search_space.items()))] = estimator
         return estimator
 
-    def _sample(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def _sample(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         items = tuple(search_space.items())
         below = self._fits.get((True, items)) if self._fits is not None else None
         above = self._fits.get((False, items)) if self._fits is not None else None

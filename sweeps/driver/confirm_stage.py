@@ -13,12 +13,23 @@ import ray
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.dataset_facts import canonical_train_size
 from dp_core.vectorized import group_signature
+from sweeps.planning import plan_trial
 from sweeps.planning.keys import released_params, trial_key
 from sweeps.privacy.ledger import LedgerEntry
 from sweeps.protocol import ConfirmationJob, ConfirmationResult
-from sweeps.planning import plan_trial
-from sweeps.results.confirm import (CONFIRMATIONS_FILE, Candidate, ConfirmationRun, confirmation_config, confirmation_jobs,
-                                    keep_done, read_done, refit_config, refit_jobs, refit_run_name, run_name)
+from sweeps.results.confirm import (
+    CONFIRMATIONS_FILE,
+    Candidate,
+    ConfirmationRun,
+    confirmation_config,
+    confirmation_jobs,
+    keep_done,
+    read_done,
+    refit_config,
+    refit_jobs,
+    refit_run_name,
+    run_name,
+)
 from sweeps.results.frontier import ConfirmedConfig
 from sweeps.workers.confirmation import train_jobs
 
@@ -33,11 +44,15 @@ def _ledger_entry(job: ConfirmationJob, *, role: str) -> LedgerEntry:
     """The mechanism a job runs: the trial's σ and sampling rate, for the steps up to its epoch."""
     config = TrainConfig.from_dict(job.train)
     train_size = _train_size(config)
-    return LedgerEntry(key=trial_key(job.train, name=job.name), name=job.name, role=role,
-                       noise_multiplier=0.0 if config.privacy.disable_dp else float(config.privacy.noise_multiplier or 0.0),
-                       sample_rate=config.resolved_sample_rate(train_size),
-                       steps=config.steps_per_epoch(train_size) * job.epoch,
-                       train_config=released_params(job.train))
+    return LedgerEntry(
+        key=trial_key(job.train, name=job.name),
+        name=job.name,
+        role=role,
+        noise_multiplier=0.0 if config.privacy.disable_dp else float(config.privacy.noise_multiplier or 0.0),
+        sample_rate=config.resolved_sample_rate(train_size),
+        steps=config.steps_per_epoch(train_size) * job.epoch,
+        train_config=released_params(job.train),
+    )
 
 
 def _units(jobs: Sequence[ConfirmationJob], slots: int) -> list[list[ConfirmationJob]]:
@@ -50,7 +65,7 @@ def _units(jobs: Sequence[ConfirmationJob], slots: int) -> list[list[Confirmatio
     units = []
     for group in groups.values():
         size = max(1, math.ceil(len(group) / max(1, slots)))
-        units += [group[i:i + size] for i in range(0, len(group), size)]
+        units += [group[i : i + size] for i in range(0, len(group), size)]
     return units
 
 
@@ -60,21 +75,29 @@ def _calibrated(values: Mapping[str, Any], *, name: str, what: str, bound: float
     try:
         planned = plan_trial(dict(values), name=name, axis_values={})
     except ConfigError as error:  # e.g. the bound is below what one step spends
-        print(f"  not {what} for ε ≤ {bound:g} (δ = {values.get('delta')}, "
-              f"{str(values.get('accountant')).upper()} accountant): {error}", file=sys.stderr)
+        print(
+            f"  not {what} for ε ≤ {bound:g} (δ = {values.get('delta')}, "
+            f"{str(values.get('accountant')).upper()} accountant): {error}",
+            file=sys.stderr,
+        )
         return None
     return released_params(planned.train_config)
 
 
-def calibrated_configs(chosen: Sequence[Candidate], trial_configs: Mapping[str, Mapping[str, Any]],
-                       ) -> dict[tuple[str, int, float], dict[str, Any]]:
+def calibrated_configs(
+    chosen: Sequence[Candidate],
+    trial_configs: Mapping[str, Mapping[str, Any]],
+) -> dict[tuple[str, int, float], dict[str, Any]]:
     """Each candidate's configuration as confirmed, σ calibrated to spend its bound. A candidate no σ
     can hold to its bound is left out, and said so."""
     configs = {}
     for candidate in chosen:
-        config = _calibrated(confirmation_config(candidate, trial_configs[candidate.trial]),
-                             name=run_name(candidate, 0), bound=candidate.bound,
-                             what=f"confirming {candidate.trial} (epoch {candidate.epoch})")
+        config = _calibrated(
+            confirmation_config(candidate, trial_configs[candidate.trial]),
+            name=run_name(candidate, 0),
+            bound=candidate.bound,
+            what=f"confirming {candidate.trial} (epoch {candidate.epoch})",
+        )
         if config is not None:
             configs[candidate.key] = config
     return configs
@@ -86,41 +109,90 @@ def refit_configs(chosen: Sequence[ConfirmedConfig]) -> dict[tuple[str, int, flo
     configs = {}
     for confirmed in chosen:
         assert confirmed.bound is not None
-        config = _calibrated(refit_config(confirmed), name=refit_run_name(confirmed, 0), bound=confirmed.bound,
-                             what=f"refitting {confirmed.trial} (epoch {confirmed.epoch}) on train + validation")
+        config = _calibrated(
+            refit_config(confirmed),
+            name=refit_run_name(confirmed, 0),
+            bound=confirmed.bound,
+            what=f"refitting {confirmed.trial} (epoch {confirmed.epoch}) on train + validation",
+        )
         if config is not None:
             configs[confirmed.key] = config
     return configs
 
 
 def run_confirmations(
-    chosen: Sequence[Candidate], configs: Mapping[tuple[str, int, float], Mapping[str, Any]], *, seeds: int,
-    root_seed: int, ledger: Any, tracker: Any, sweep_dir: Path, cpus_per_unit: float, gpus_per_unit: float, slots: int,
+    chosen: Sequence[Candidate],
+    configs: Mapping[tuple[str, int, float], Mapping[str, Any]],
+    *,
+    seeds: int,
+    root_seed: int,
+    ledger: Any,
+    tracker: Any,
+    sweep_dir: Path,
+    cpus_per_unit: float,
+    gpus_per_unit: float,
+    slots: int,
 ) -> list[ConfirmationRun]:
     """Retrain every candidate ``seeds`` times (those not done before), log each run, return all.
 
     ``configs`` are the candidates' configurations from :func:`calibrated_configs`."""
     jobs = confirmation_jobs(chosen, configs, seeds=seeds, root_seed=root_seed)
-    return _run_jobs(jobs, stage="confirmation", doing=f"confirming {len(chosen)} configuration(s)", seeds=seeds,
-                     ledger=ledger, tracker=tracker, sweep_dir=sweep_dir, cpus_per_unit=cpus_per_unit,
-                     gpus_per_unit=gpus_per_unit, slots=slots)
+    return _run_jobs(
+        jobs,
+        stage="confirmation",
+        doing=f"confirming {len(chosen)} configuration(s)",
+        seeds=seeds,
+        ledger=ledger,
+        tracker=tracker,
+        sweep_dir=sweep_dir,
+        cpus_per_unit=cpus_per_unit,
+        gpus_per_unit=gpus_per_unit,
+        slots=slots,
+    )
 
 
 def run_refits(
-    chosen: Sequence[ConfirmedConfig], configs: Mapping[tuple[str, int, float], Mapping[str, Any]], *, seeds: int,
-    root_seed: int, ledger: Any, tracker: Any, sweep_dir: Path, cpus_per_unit: float, gpus_per_unit: float, slots: int,
+    chosen: Sequence[ConfirmedConfig],
+    configs: Mapping[tuple[str, int, float], Mapping[str, Any]],
+    *,
+    seeds: int,
+    root_seed: int,
+    ledger: Any,
+    tracker: Any,
+    sweep_dir: Path,
+    cpus_per_unit: float,
+    gpus_per_unit: float,
+    slots: int,
 ) -> list[ConfirmationRun]:
     """Refit every chosen configuration ``seeds`` times on train + validation (those not done
     before), log each run, return all. ``configs`` from :func:`refit_configs`."""
     jobs = refit_jobs([c for c in chosen if c.key in configs], configs, seeds=seeds, root_seed=root_seed)
-    return _run_jobs(jobs, stage="refit", doing=f"refitting {len(chosen)} chosen configuration(s) on train + validation",
-                     seeds=seeds, ledger=ledger, tracker=tracker, sweep_dir=sweep_dir, cpus_per_unit=cpus_per_unit,
-                     gpus_per_unit=gpus_per_unit, slots=slots)
+    return _run_jobs(
+        jobs,
+        stage="refit",
+        doing=f"refitting {len(chosen)} chosen configuration(s) on train + validation",
+        seeds=seeds,
+        ledger=ledger,
+        tracker=tracker,
+        sweep_dir=sweep_dir,
+        cpus_per_unit=cpus_per_unit,
+        gpus_per_unit=gpus_per_unit,
+        slots=slots,
+    )
 
 
 def _run_jobs(
-    jobs: Sequence[ConfirmationJob], *, stage: str, doing: str, seeds: int, ledger: Any, tracker: Any, sweep_dir: Path,
-    cpus_per_unit: float, gpus_per_unit: float, slots: int,
+    jobs: Sequence[ConfirmationJob],
+    *,
+    stage: str,
+    doing: str,
+    seeds: int,
+    ledger: Any,
+    tracker: Any,
+    sweep_dir: Path,
+    cpus_per_unit: float,
+    gpus_per_unit: float,
+    slots: int,
 ) -> list[ConfirmationRun]:
     done_file = sweep_dir / CONFIRMATIONS_FILE
     done = read_done(done_file)
@@ -128,8 +200,11 @@ def _run_jobs(
     by_name = {job.name: job for job in jobs}
     # Recorded before any runs: a launcher killed mid-stage still has them counted.
     ledger.record([_ledger_entry(job, role=stage) for job in pending])
-    print(f"{doing} with {seeds} fresh seeds each: {len(pending)} run(s)"
-          f"{f', {len(jobs) - len(pending)} done before' if len(jobs) > len(pending) else ''} ...", flush=True)
+    print(
+        f"{doing} with {seeds} fresh seeds each: {len(pending)} run(s)"
+        f"{f', {len(jobs) - len(pending)} done before' if len(jobs) > len(pending) else ''} ...",
+        flush=True,
+    )
     remote = ray.remote(num_cpus=cpus_per_unit, num_gpus=gpus_per_unit, max_retries=2)(train_jobs)
     waiting = {remote.remote(unit): unit for unit in _units(pending, slots)}
     finished = 0
@@ -144,17 +219,31 @@ def _run_jobs(
         runs = []
         for row in rows:
             job = by_name[row.name]
-            run = ConfirmationRun(name=job.name, trial=job.trial, epoch=job.epoch, bound=job.bound,
-                                  seed_index=job.seed_index, epsilon=row.epsilon, val_accuracy=row.val_accuracy,
-                                  test_accuracy=row.test_accuracy, stage=stage)
+            run = ConfirmationRun(
+                name=job.name,
+                trial=job.trial,
+                epoch=job.epoch,
+                bound=job.bound,
+                seed_index=job.seed_index,
+                epsilon=row.epsilon,
+                val_accuracy=row.val_accuracy,
+                test_accuracy=row.test_accuracy,
+                stage=stage,
+            )
             measured = {"epsilon": row.epsilon, "val_accuracy": row.val_accuracy, "test_accuracy": row.test_accuracy}
             tracker.log_trial(
-                key=trial_key(job.train, name=job.name), name=job.name,
-                params={**released_params(job.train), "confirms_trial": job.trial, "confirms_epoch": job.epoch,
-                        "spends_epsilon": job.bound},
+                key=trial_key(job.train, name=job.name),
+                name=job.name,
+                params={
+                    **released_params(job.train),
+                    "confirms_trial": job.trial,
+                    "confirms_epoch": job.epoch,
+                    "spends_epsilon": job.bound,
+                },
                 epochs=[(job.epoch, {k: v for k, v in measured.items() if math.isfinite(v)})],
                 outcome="completed" if run.ok else "failed",
-                tags={"dpsweep.role": stage, "dpsweep.stage": stage, "dpsweep.confirms": job.trial})
+                tags={"dpsweep.role": stage, "dpsweep.stage": stage, "dpsweep.confirms": job.trial},
+            )
             runs.append(run)
         keep_done(done_file, runs)
         done.update({run.name: run for run in runs})
@@ -163,5 +252,8 @@ def _run_jobs(
     run_ids = {}
     for job in jobs:
         run_ids[job.name] = tracker.run_id_of(trial_key(job.train, name=job.name))
-    return [ConfirmationRun(**{**run.__dict__, "run_id": run.run_id or run_ids.get(run.name, "")})
-            for name, run in done.items() if name in by_name]
+    return [
+        ConfirmationRun(**{**run.__dict__, "run_id": run.run_id or run_ids.get(run.name, "")})
+        for name, run in done.items()
+        if name in by_name
+    ]

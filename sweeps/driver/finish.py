@@ -11,11 +11,11 @@ from typing import Any
 
 from dp_core.config import TrainConfig
 from sweeps.driver.confirm_stage import calibrated_configs, refit_configs, run_confirmations, run_refits
-from sweeps.driver.session import OpenSweep, SweepTrials
 from sweeps.driver.preparation import PreparedSweep, SweepRequest, sweep_filter
+from sweeps.driver.session import OpenSweep, SweepTrials
 from sweeps.privacy.ledger import CONFIRMATION_ROLES
-from sweeps.privacy.statement import shared_seed_note
 from sweeps.privacy.selection import sweep_privacy
+from sweeps.privacy.statement import shared_seed_note
 from sweeps.results.confirm import BASELINE, baseline_candidates, baseline_config, candidates, choose, refit
 from sweeps.results.frontier import default_buckets
 from sweeps.results.frontier_report import FrontierReport
@@ -37,8 +37,17 @@ class _Outcome:
     frontier_dir: Path
 
 
-def finish_sweep(request: SweepRequest, prepared: PreparedSweep, opened: OpenSweep, trials: SweepTrials,
-                 callback: Any, results: Any, *, slots: float, started: float) -> int:
+def finish_sweep(
+    request: SweepRequest,
+    prepared: PreparedSweep,
+    opened: OpenSweep,
+    trials: SweepTrials,
+    callback: Any,
+    results: Any,
+    *,
+    slots: float,
+    started: float,
+) -> int:
     """Close the sweep after Ray Tune returned; the launcher's exit code (0, 3 MLflow away, 130 interrupted)."""
     tracker = opened.tracker
     if tracker.offline:
@@ -49,23 +58,41 @@ def finish_sweep(request: SweepRequest, prepared: PreparedSweep, opened: OpenSwe
     orphans = _close_open_runs(opened, ended_how="interrupted" if callback.time_budget_reached() else "failed")
     points = _sweep_points(request, opened, callback)
     confirm_started = time.monotonic()
-    confirmed = _confirm(prepared.space, points, ledger=opened.ledger, tracker=tracker, sweep_dir=prepared.folder,
-                         slots=int(slots))
+    confirmed = _confirm(
+        prepared.space, points, ledger=opened.ledger, tracker=tracker, sweep_dir=prepared.folder, slots=int(slots)
+    )
     confirm_seconds = time.monotonic() - confirm_started
-    report = FrontierReport(points, budget=prepared.space.epsilon_budget, delta=prepared.delta,
-                            accountant=prepared.accountant, axis_keys=list(prepared.space.axes), confirmed=confirmed)
+    report = FrontierReport(
+        points,
+        budget=prepared.space.epsilon_budget,
+        delta=prepared.delta,
+        accountant=prepared.accountant,
+        axis_keys=list(prepared.space.axes),
+        confirmed=confirmed,
+    )
     privacy, audit = _privacy_statement(request, prepared, opened, report)
     frontier_dir = prepared.folder / "frontier"
-    for path in report.write(frontier_dir, title=prepared.space.name,
-                             extra_lines=privacy.plot_lines() if privacy else None):
+    for path in report.write(
+        frontier_dir, title=prepared.space.name, extra_lines=privacy.plot_lines() if privacy else None
+    ):
         tracker.log_artifact(str(path))
     searcher = trials.searcher
-    split = {**callback.stats.split(slots=slots),
-             "planning_seconds": prepared.planning_seconds + (searcher.planning_seconds if searcher else 0.0),
-             "confirmation_seconds": confirm_seconds, "total_seconds": time.monotonic() - started}
+    split = {
+        **callback.stats.split(slots=slots),
+        "planning_seconds": prepared.planning_seconds + (searcher.planning_seconds if searcher else 0.0),
+        "confirmation_seconds": confirm_seconds,
+        "total_seconds": time.monotonic() - started,
+    }
     outcomes = tracker.read_or(tracker.outcomes, lambda: dict(callback.outcomes, skipped_over_budget=trials.skipped))
-    outcome = _Outcome(report=report, privacy=privacy, audit=audit, outcomes=outcomes, orphans=orphans, split=split,
-                       frontier_dir=frontier_dir)
+    outcome = _Outcome(
+        report=report,
+        privacy=privacy,
+        audit=audit,
+        outcomes=outcomes,
+        orphans=orphans,
+        split=split,
+        frontier_dir=frontier_dir,
+    )
     _log_to_parent_run(prepared, opened, outcome, points=points)
     if searcher is not None:
         # Again, now that the asker actor is surely gone: a suggestion it was asking when it was
@@ -74,9 +101,12 @@ def finish_sweep(request: SweepRequest, prepared: PreparedSweep, opened: OpenSwe
     tracker.end_sweep()
     _print_summary(prepared, opened, outcome, slots=slots, time_budget_reached=callback.time_budget_reached())
     if tracker.offline:
-        print(f"\nMLflow at {opened.tracking_uri} could not be reached during the sweep. Training finished and "
-              f"nothing is lost: the tracking writes are kept in {opened.journal}.\nWhen the server is back, run:\n"
-              f"  python -m sweeps.sync {opened.journal}", file=sys.stderr)
+        print(
+            f"\nMLflow at {opened.tracking_uri} could not be reached during the sweep. Training finished and "
+            f"nothing is lost: the tracking writes are kept in {opened.journal}.\nWhen the server is back, run:\n"
+            f"  python -m sweeps.sync {opened.journal}",
+            file=sys.stderr,
+        )
         return 3
     uri = opened.tracking_uri
     where = f"open {uri}" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
@@ -91,9 +121,12 @@ def _leave_for_resume(request: SweepRequest, prepared: PreparedSweep, opened: Op
         tracker.close_orphans(outcome="interrupted")
     tracker.log_sweep_tags({"dpsweep.state": "interrupted"})
     tracker.end_sweep(status="KILLED")
-    print(f"\nsweep interrupted{f' with {unfinished} trial(s) unfinished' if unfinished else ''}; nothing finished "
-          "is lost. Continue with:\n"
-          f"  python -m sweeps.launch --space {request.space} --resume {prepared.name}", file=sys.stderr)
+    print(
+        f"\nsweep interrupted{f' with {unfinished} trial(s) unfinished' if unfinished else ''}; nothing finished "
+        "is lost. Continue with:\n"
+        f"  python -m sweeps.launch --space {request.space} --resume {prepared.name}",
+        file=sys.stderr,
+    )
     return 130
 
 
@@ -118,8 +151,9 @@ def _sweep_points(request: SweepRequest, opened: OpenSweep, callback: Any) -> li
     return tracker.read_or(tracker.points, lambda: callback.points)
 
 
-def _privacy_statement(request: SweepRequest, prepared: PreparedSweep, opened: OpenSweep,
-                       report: FrontierReport) -> tuple[Any, Any]:
+def _privacy_statement(
+    request: SweepRequest, prepared: PreparedSweep, opened: OpenSweep, report: FrontierReport
+) -> tuple[Any, Any]:
     """What releasing the selected model costs, the search included (sweeps.privacy.selection), and
     the audit's result if asked; (None, None) for federated sweeps (ε per client, in their runs)."""
     if prepared.space.kind != "train":
@@ -130,20 +164,35 @@ def _privacy_statement(request: SweepRequest, prepared: PreparedSweep, opened: O
     # Every run that touched the data, from the sweep's own ledger (not from MLflow): trials
     # that diverged or died before logging, earlier launches of a resumed sweep, the audit.
     ran = ledger.mechanisms()
-    privacy = sweep_privacy(space, admitted=prepared.admitted if prepared.grid is not None else ran, trials_run=ran,
-                            delta=delta, adaptive=prepared.grid is None, sweep_filter=sweep_filter(space, delta))
+    privacy = sweep_privacy(
+        space,
+        admitted=prepared.admitted if prepared.grid is not None else ran,
+        trials_run=ran,
+        delta=delta,
+        adaptive=prepared.grid is None,
+        sweep_filter=sweep_filter(space, delta),
+    )
     entries = ledger.entries()
-    return dataclasses.replace(privacy, audit_runs=sum(e.role == "audit" for e in entries),
-                               confirmation_runs=sum(e.role in CONFIRMATION_ROLES for e in entries)), audit
+    return dataclasses.replace(
+        privacy,
+        audit_runs=sum(e.role == "audit" for e in entries),
+        confirmation_runs=sum(e.role in CONFIRMATION_ROLES for e in entries),
+    ), audit
 
 
 def _log_to_parent_run(prepared: PreparedSweep, opened: OpenSweep, outcome: _Outcome, *, points: list[Any]) -> None:
     tracker, report, privacy = opened.tracker, outcome.report, outcome.privacy
     best = report.best()
-    tracker.log_sweep_metrics({**outcome.split, "frontier_points": len(report.front), "points": len(points),
-                               "best_val_accuracy": best.accuracy if best else float("nan"),
-                               "best_val_accuracy_epsilon": best.epsilon if best else float("nan"),
-                               **_confirmed_metrics(report)})
+    tracker.log_sweep_metrics(
+        {
+            **outcome.split,
+            "frontier_points": len(report.front),
+            "points": len(points),
+            "best_val_accuracy": best.accuracy if best else float("nan"),
+            "best_val_accuracy_epsilon": best.epsilon if best else float("nan"),
+            **_confirmed_metrics(report),
+        }
+    )
     if privacy is not None:
         tracker.log_sweep_metrics(privacy.metrics())
     if outcome.audit is not None:
@@ -152,18 +201,30 @@ def _log_to_parent_run(prepared: PreparedSweep, opened: OpenSweep, outcome: _Out
         tracker.log_artifact(str(_write_release(prepared.folder / "release", best, privacy)))
     tracker.log_sweep_tags({f"dpsweep.trials.{k}": v for k, v in outcome.outcomes.items()})
     # The frontier's runs findable among thousands (sweeps.tracking.tags), and the table on the parent's page.
-    tracker.tag_runs(frontier_tags(report.front, report.buckets,
-                                   confirmed_best=report.confirmed_best() if report.confirmed else None,
-                                   run_of_trial={p.trial: p.run_id for p in points}))
+    tracker.tag_runs(
+        frontier_tags(
+            report.front,
+            report.buckets,
+            confirmed_best=report.confirmed_best() if report.confirmed else None,
+            run_of_trial={p.trial: p.run_id for p in points},
+        )
+    )
     space = prepared.space
-    tracker.log_sweep_tags({"mlflow.note.content": sweep_note(
-        title=f"{prepared.name}: space {space.name}, ε budget {space.epsilon_budget} (δ = {prepared.delta:g}, "
-              f"{prepared.accountant.upper()} accountant), {sum(outcome.outcomes.values())} trials",
-        summary=report.summary(), details=[privacy.summary()] if privacy is not None else [])})
+    tracker.log_sweep_tags(
+        {
+            "mlflow.note.content": sweep_note(
+                title=f"{prepared.name}: space {space.name}, ε budget {space.epsilon_budget} (δ = {prepared.delta:g}, "
+                f"{prepared.accountant.upper()} accountant), {sum(outcome.outcomes.values())} trials",
+                summary=report.summary(),
+                details=[privacy.summary()] if privacy is not None else [],
+            )
+        }
+    )
 
 
-def _print_summary(prepared: PreparedSweep, opened: OpenSweep, outcome: _Outcome, *, slots: float,
-                   time_budget_reached: bool) -> None:
+def _print_summary(
+    prepared: PreparedSweep, opened: OpenSweep, outcome: _Outcome, *, slots: float, time_budget_reached: bool
+) -> None:
     report, split = outcome.report, outcome.split
     print()
     print(report.summary())
@@ -175,14 +236,18 @@ def _print_summary(prepared: PreparedSweep, opened: OpenSweep, outcome: _Outcome
     if outcome.audit is not None:
         print(outcome.audit.summary())
     left = "interrupted (time budget)" if time_budget_reached else "failed (their process died)"
-    print(f"\ntrials: {', '.join(f'{k} {v}' for k, v in sorted(outcome.outcomes.items()))}"
-          + (f"; {outcome.orphans} left running marked {left}" if outcome.orphans else ""))
-    print(f"time: {split['total_seconds']:.1f} s in all; planning (σ calibration, per-epoch ε) "
-          f"{split['planning_seconds']:.1f} s; trials {split['wall_seconds']:.1f} s on {slots:g} slots, of whose time "
-          f"training {split['train_share']:.0%}, evaluation {split['eval_share']:.0%}, trial set-up "
-          f"{split['setup_share']:.0%}, reporting/checkpoints {split['report_share']:.0%}, idle/scheduling "
-          f"{split['idle_share']:.0%}; {split['trial_epochs_per_second']:.2f} trial-epochs/s"
-          + (f"; confirmation {split['confirmation_seconds']:.1f} s" if report.confirmed else ""))
+    print(
+        f"\ntrials: {', '.join(f'{k} {v}' for k, v in sorted(outcome.outcomes.items()))}"
+        + (f"; {outcome.orphans} left running marked {left}" if outcome.orphans else "")
+    )
+    print(
+        f"time: {split['total_seconds']:.1f} s in all; planning (σ calibration, per-epoch ε) "
+        f"{split['planning_seconds']:.1f} s; trials {split['wall_seconds']:.1f} s on {slots:g} slots, of whose time "
+        f"training {split['train_share']:.0%}, evaluation {split['eval_share']:.0%}, trial set-up "
+        f"{split['setup_share']:.0%}, reporting/checkpoints {split['report_share']:.0%}, idle/scheduling "
+        f"{split['idle_share']:.0%}; {split['trial_epochs_per_second']:.2f} trial-epochs/s"
+        + (f"; confirmation {split['confirmation_seconds']:.1f} s" if report.confirmed else "")
+    )
     print(f"frontier files: {outcome.frontier_dir}")
 
 
@@ -195,8 +260,11 @@ def _confirm(space: Any, points: list[Any], *, ledger: Any, tracker: Any, sweep_
         return []
     buckets = default_buckets(space.epsilon_budget)
     # What each trial trained, from the ledger: it has every trial that ran, before and after a resume.
-    trial_configs = {entry.name: entry.train_config for entry in ledger.entries()
-                     if entry.role == "trial" and entry.train_config is not None}
+    trial_configs = {
+        entry.name: entry.train_config
+        for entry in ledger.entries()
+        if entry.role == "trial" and entry.train_config is not None
+    }
     chosen = [c for c in candidates(points, buckets, top=space.confirm.top) if c.trial in trial_configs]
     if space.confirm.baseline:
         defaults, why_not = baseline_config(space.fixed, space.axes)
@@ -210,8 +278,15 @@ def _confirm(space: Any, points: list[Any], *, ledger: Any, tracker: Any, sweep_
     chosen = [c for c in chosen if c.key in configs]
     if not chosen:
         return []
-    on_ray = dict(root_seed=space.seed, ledger=ledger, tracker=tracker, sweep_dir=sweep_dir, slots=slots,
-                  cpus_per_unit=space.cpus_per_trial, gpus_per_unit=space.gpus_per_trial)
+    on_ray = dict(
+        root_seed=space.seed,
+        ledger=ledger,
+        tracker=tracker,
+        sweep_dir=sweep_dir,
+        slots=slots,
+        cpus_per_unit=space.cpus_per_trial,
+        gpus_per_unit=space.gpus_per_trial,
+    )
     runs = run_confirmations(chosen, configs, seeds=space.confirm.seeds, **on_ray)
     confirmed = choose(chosen, runs, buckets, configs)
     if not space.confirm.refit:
@@ -238,11 +313,19 @@ def _log_unlogged(tracker: Any, ledger: Any, *, outcome: str) -> int:
     missing = [entry for entry in ledger.entries() if entry.role == "trial" and entry.key not in logged]
     for entry in missing:
         tracker.log_trial(
-            key=entry.key, name=entry.name, outcome=outcome,
-            params={"noise_multiplier": entry.noise_multiplier, "sample_rate_resolved": entry.sample_rate,
-                    "steps_planned": entry.steps},
-            tags={"dpsweep.failure": "its worker stopped before it logged an epoch (the launcher died or the time "
-                                     "budget ran out); it is counted in the sweep's privacy ledger"})
+            key=entry.key,
+            name=entry.name,
+            outcome=outcome,
+            params={
+                "noise_multiplier": entry.noise_multiplier,
+                "sample_rate_resolved": entry.sample_rate,
+                "steps_planned": entry.steps,
+            },
+            tags={
+                "dpsweep.failure": "its worker stopped before it logged an epoch (the launcher died or the time "
+                "budget ran out); it is counted in the sweep's privacy ledger"
+            },
+        )
     return len(missing)
 
 
@@ -258,11 +341,23 @@ def _write_release(folder: Path, best: Any, privacy: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "selected_model.json"
     hyperparameters = {k.removeprefix("axis."): v for k, v in best.params.items() if k.startswith("axis.")}
-    path.write_text(json.dumps({
-        "hyperparameters": hyperparameters, "epoch": best.epoch, "val_accuracy": best.accuracy,
-        "sweep_epsilon": privacy.sweep_epsilon, "delta": privacy.delta, "accountant": privacy.accountant,
-        "guarantee": f"best of K ~ {privacy.distribution} (mean {privacy.mean:g}) random trials, Papernot & Steinke 2022",
-    }, indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "hyperparameters": hyperparameters,
+                "epoch": best.epoch,
+                "val_accuracy": best.accuracy,
+                "sweep_epsilon": privacy.sweep_epsilon,
+                "delta": privacy.delta,
+                "accountant": privacy.accountant,
+                "guarantee": (
+                    f"best of K ~ {privacy.distribution} (mean {privacy.mean:g}) random trials, Papernot & Steinke 2022"
+                ),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return path
 
 
@@ -277,8 +372,8 @@ def _audit_best(trials: list[Any], best: Any, *, ledger: Any) -> Any:
     from dp_core.config import TrainConfig
     from dp_core.data import load_data
     from dp_core.privacy_plan import plan_privacy
-    from sweeps.privacy import sweep_secret
     from sweeps.planning.keys import trial_key
+    from sweeps.privacy import sweep_secret
     from sweeps.privacy.ledger import LedgerEntry
     from sweeps.privacy.mechanism import TrialMechanism
 
@@ -290,7 +385,16 @@ def _audit_best(trials: list[Any], best: Any, *, ledger: Any) -> Any:
     audited, train_size = audit_config(config, data, canary_seed=canary_seed)
     mechanism = TrialMechanism.from_plan(plan_privacy(audited, train_size=train_size))
     name = f"audit_of_{trial.name}"
-    ledger.record([LedgerEntry(key=trial_key(trial.train_config, name=name), name=name, role="audit",
-                               noise_multiplier=mechanism.noise_multiplier, sample_rate=mechanism.sample_rate,
-                               steps=mechanism.steps)])
+    ledger.record(
+        [
+            LedgerEntry(
+                key=trial_key(trial.train_config, name=name),
+                name=name,
+                role="audit",
+                noise_multiplier=mechanism.noise_multiplier,
+                sample_rate=mechanism.sample_rate,
+                steps=mechanism.steps,
+            )
+        ]
+    )
     return audit(config, data=data, seed=canary_seed)

@@ -42,7 +42,6 @@ def _suggest(trial: optuna.Trial, key: str, axis: Any) -> Any:
     return trial.suggest_categorical(key, list(axis))
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Asked:
     """One configuration asked of Optuna and planned: ``planned`` None with ``error`` saying why
@@ -83,8 +82,12 @@ def ask_batch(study: optuna.Study, space: SearchSpace, count: int) -> list[tuple
     return out
 
 
-def plan_asked(study: optuna.Study, space: SearchSpace, plan: Callable[[dict[str, Any], str], PlannedTrial],
-          asked: list[tuple[int, int, dict[str, Any], str]]) -> list[Asked]:
+def plan_asked(
+    study: optuna.Study,
+    space: SearchSpace,
+    plan: Callable[[dict[str, Any], str], PlannedTrial],
+    asked: list[tuple[int, int, dict[str, Any], str]],
+) -> list[Asked]:
     """Plan each asked configuration's privacy spend; its planned ε goes to its Optuna trial."""
     out = []
     for number, trial_id, values, name in asked:
@@ -109,8 +112,9 @@ class Asker:
 
     def __init__(self, space: SearchSpace, storage: str, study_name: str, seed: int | None) -> None:
         self.space = space
-        self.study = optuna.load_study(study_name=study_name, storage=journal_storage(storage),
-                                       sampler=new_sampler(space, seed=seed))
+        self.study = optuna.load_study(
+            study_name=study_name, storage=journal_storage(storage), sampler=new_sampler(space, seed=seed)
+        )
 
     def ask(self, count: int) -> list[tuple[int, int, dict[str, Any], str]]:
         return ask_batch(self.study, self.space, count)
@@ -120,8 +124,9 @@ class Planner:
     """Plans asked configurations in a Ray actor, beside the asker (the two work in parallel,
     batch after batch), in one process for the whole sweep, so its σ and ε caches stay warm."""
 
-    def __init__(self, space: SearchSpace, storage: str, study_name: str,
-                 plan: Callable[[dict[str, Any], str], PlannedTrial]) -> None:
+    def __init__(
+        self, space: SearchSpace, storage: str, study_name: str, plan: Callable[[dict[str, Any], str], PlannedTrial]
+    ) -> None:
         self.space, self.plan = space, plan
         self.study = optuna.load_study(study_name=study_name, storage=journal_storage(storage))
 

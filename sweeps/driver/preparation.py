@@ -170,9 +170,17 @@ def prepare_sweep(request: SweepRequest) -> PreparedSweep:
             f"Expected a grid sweep of kind: train with --audit (it retrains the best planned trial), but got "
             f"search={space.search!r}, kind={space.kind!r} in {space.source}."
         )
-    return PreparedSweep(space=space, name=name, results_dir=results_dir, download=download, grid=grid,
-                         admitted=admitted, runnable=runnable, over_budget=over_budget,
-                         planning_seconds=planning_seconds)
+    return PreparedSweep(
+        space=space,
+        name=name,
+        results_dir=results_dir,
+        download=download,
+        grid=grid,
+        admitted=admitted,
+        runnable=runnable,
+        over_budget=over_budget,
+        planning_seconds=planning_seconds,
+    )
 
 
 def _sweep_name(space_name: str, results_dir: Path, resume: str | None) -> str:
@@ -183,10 +191,13 @@ def _sweep_name(space_name: str, results_dir: Path, resume: str | None) -> str:
             raise ConfigError(f"Expected --resume to name a sweep folder in {results_dir}, but got {resume!r}.")
         return resume
     # A sweep folder is one Ray Tune can restore from (it holds Tune's experiment state).
-    earlier = sorted(p.name for p in results_dir.glob(f"{space_name}-*")
-                     if p.is_dir() and any(p.glob("experiment_state*.json")))
+    earlier = sorted(
+        p.name for p in results_dir.glob(f"{space_name}-*") if p.is_dir() and any(p.glob("experiment_state*.json"))
+    )
     if not earlier:
-        raise ConfigError(f"Expected an earlier sweep of space {space_name!r} in {results_dir} to resume, but found none.")
+        raise ConfigError(
+            f"Expected an earlier sweep of space {space_name!r} in {results_dir} to resume, but found none."
+        )
     return earlier[-1]
 
 

@@ -67,22 +67,28 @@ def prepare_here(
     for name in names:
         if name not in FILE_DATASETS:
             continue
-        log(f"data: {'fetching (if missing) and ' if download else ''}verifying {name} under {where} on "
-            f"{platform.node()} ...")
+        log(
+            f"data: {'fetching (if missing) and ' if download else ''}verifying {name} under {where} on "
+            f"{platform.node()} ..."
+        )
         started = time.monotonic()
         try:
             splits = load_dataset(name, root=root, download=download)
         except ConfigError as error:
-            raise ConfigError(f"{error} In a sweep: set download: true under fixed in the space file, or "
-                              "copy the files there first.") from None
+            raise ConfigError(
+                f"{error} In a sweep: set download: true under fixed in the space file, or copy the files there first."
+            ) from None
         except Exception as error:  # noqa: BLE001 - a failed download: URLError, OSError, torchvision's RuntimeError
             raise ConfigError(
                 f"Could not fetch dataset {name!r} into {where} on {platform.node()} "
                 f"({type(error).__name__}: {' '.join(str(error).split()).rstrip('.')}). Without network access, copy "
                 "torchvision's files for it into that folder (or set DPSWEEP_DATA to a folder that holds them); "
-                "no trial has been started.") from None
-        line = (f"data: {name} ready on {platform.node()} ({len(splits.train)} train, {len(splits.test)} test "
-                f"examples; {time.monotonic() - started:.1f} s)")
+                "no trial has been started."
+            ) from None
+        line = (
+            f"data: {name} ready on {platform.node()} ({len(splits.train)} train, {len(splits.test)} test "
+            f"examples; {time.monotonic() - started:.1f} s)"
+        )
         log(line)
         done.append(line)
     return done
@@ -120,8 +126,10 @@ def prepare_on_nodes(
     for line in lines:
         log(f"  {line}")
     if root is None and not os.environ.get("DPSWEEP_DATA"):
-        log("note: nodes that join later (an autoscaling cluster) find the data only if DPSWEEP_DATA (or data_root) "
-            "is a folder on a volume every node mounts, such as /mnt/dpsweep/data in the infra/ configs")
+        log(
+            "note: nodes that join later (an autoscaling cluster) find the data only if DPSWEEP_DATA (or data_root) "
+            "is a folder on a volume every node mounts, such as /mnt/dpsweep/data in the infra/ configs"
+        )
     return lines
 
 

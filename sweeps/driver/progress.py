@@ -32,8 +32,14 @@ from sweeps.results.frontier import Point, default_buckets
 __all__ = ["SweepProgress", "quiet_libraries"]
 
 # Outcomes (sweeps.tracking.OUTCOMES) as the display groups them.
-_GROUPS = {"completed": "done", "stopped_by_budget": "done", "pruned": "pruned", "skipped_over_budget": "skipped",
-           "failed": "failed", "interrupted": "interrupted"}
+_GROUPS = {
+    "completed": "done",
+    "stopped_by_budget": "done",
+    "pruned": "pruned",
+    "skipped_over_budget": "skipped",
+    "failed": "failed",
+    "interrupted": "interrupted",
+}
 _SHOWN = ("done", "pruned", "skipped", "failed")  # always; "interrupted" only once it happens
 
 
@@ -50,10 +56,19 @@ class SweepProgress:
     ``live`` forces the terminal display on or off (default: whether ``console`` is a terminal).
     """
 
-    def __init__(self, *, total: int | None, epsilon_budget: float | None = None, time_budget_s: float | None = None,
-                 verbose: bool = False, console: Console | None = None, live: bool | None = None,
-                 interval_s: float | None = 30.0, accuracy_name: str = "validation accuracy",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        total: int | None,
+        epsilon_budget: float | None = None,
+        time_budget_s: float | None = None,
+        verbose: bool = False,
+        console: Console | None = None,
+        live: bool | None = None,
+        interval_s: float | None = 30.0,
+        accuracy_name: str = "validation accuracy",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total = total
         self.bounds: Sequence[float] = default_buckets(epsilon_budget)
         self.time_budget_s = time_budget_s
@@ -87,8 +102,14 @@ class SweepProgress:
         """The trials start: the clock (elapsed, time budget) runs from here; on a terminal, the live display."""
         self.started = self._last_line = self._clock()
         if self.live and self._display is None:
-            self._display = Live(get_renderable=self.frame, console=self.console, refresh_per_second=4,
-                                 transient=True, redirect_stdout=True, redirect_stderr=True)
+            self._display = Live(
+                get_renderable=self.frame,
+                console=self.console,
+                refresh_per_second=4,
+                transient=True,
+                redirect_stdout=True,
+                redirect_stderr=True,
+            )
             self._display.start()
             self._reroute_logging()
 
@@ -151,12 +172,17 @@ class SweepProgress:
         """Log handlers made before the display write to the terminal itself, past the display's
         redirection of sys.stdout/sys.stderr, and break its frame: point them at the redirection."""
         originals = {id(sys.__stdout__), id(sys.__stderr__)}
-        loggers = [logging.getLogger(), *(log for log in logging.Logger.manager.loggerDict.values()
-                                          if isinstance(log, logging.Logger))]
+        loggers = [
+            logging.getLogger(),
+            *(log for log in logging.Logger.manager.loggerDict.values() if isinstance(log, logging.Logger)),
+        ]
         for log in loggers:
             for handler in log.handlers:
-                if (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-                        and id(handler.stream) in originals):
+                if (
+                    isinstance(handler, logging.StreamHandler)
+                    and not isinstance(handler, logging.FileHandler)
+                    and id(handler.stream) in originals
+                ):
                     replacement = sys.stderr if handler.stream is sys.__stderr__ else sys.stdout
                     self._rerouted.append((handler, handler.setStream(replacement)))
 
@@ -191,7 +217,9 @@ class SweepProgress:
     def best_text(self) -> str:
         """``best validation accuracy so far: ε ≤ 0.5 0.850, ε ≤ 1 0.925, …`` (– where none yet)."""
         with self._lock:
-            cells = [f"ε ≤ {b:g} {self.best[b].accuracy:.3f}" if b in self.best else f"ε ≤ {b:g} –" for b in self.bounds]
+            cells = [
+                f"ε ≤ {b:g} {self.best[b].accuracy:.3f}" if b in self.best else f"ε ≤ {b:g} –" for b in self.bounds
+            ]
         return f"best {self.accuracy_name} so far: " + ", ".join(cells)
 
     def summary_line(self, *, final: bool = False) -> str:

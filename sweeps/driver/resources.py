@@ -27,8 +27,16 @@ from typing import Any
 
 from dp_core.config import ConfigError
 
-__all__ = ["trial_slots", "NodeResources", "TrialResources", "cluster_nodes", "parse_resources", "require_fit", "shortfall",
-           "with_resources"]
+__all__ = [
+    "trial_slots",
+    "NodeResources",
+    "TrialResources",
+    "cluster_nodes",
+    "parse_resources",
+    "require_fit",
+    "shortfall",
+    "with_resources",
+]
 
 _POLL_SECONDS = 5.0
 
@@ -87,7 +95,8 @@ def parse_resources(text: str, *, default: TrialResources) -> TrialResources:
         if found is None or found.group(1) in seen:
             raise ConfigError(
                 f"Expected --resources as cpus=N,gpus=M (each at most once, e.g. --resources cpus=2,gpus=0), "
-                f"but got --resources {text!r}.")
+                f"but got --resources {text!r}."
+            )
         seen.add(found.group(1))
         values[found.group(1)] = float(found.group(2))
     return TrialResources(**values)
@@ -109,8 +118,7 @@ def shortfall(request: TrialResources, nodes: Sequence[NodeResources], *, spread
         cpus, gpus = sum(n.cpus for n in nodes), sum(n.gpus for n in nodes)
         if cpus >= request.cpus and gpus >= request.gpus:
             return None
-        return (f"the cluster has {_amount(cpus, 'CPU')} and {_amount(gpus, 'GPU')} in all "
-                f"({_describe_nodes(nodes)})")
+        return f"the cluster has {_amount(cpus, 'CPU')} and {_amount(gpus, 'GPU')} in all ({_describe_nodes(nodes)})"
     if any(n.cpus >= request.cpus and n.gpus >= request.gpus for n in nodes):
         return None
     return f"no node has that much ({_describe_nodes(nodes)})"
@@ -139,14 +147,26 @@ def cluster_nodes() -> list[NodeResources]:
     """The alive nodes of the connected Ray cluster, with their total CPUs and GPUs."""
     import ray
 
-    return [NodeResources(name=str(node.get("NodeManagerAddress") or node["NodeID"][:8]),
-                          cpus=float(node["Resources"].get("CPU", 0.0)), gpus=float(node["Resources"].get("GPU", 0.0)))
-            for node in ray.nodes() if node.get("Alive")]
+    return [
+        NodeResources(
+            name=str(node.get("NodeManagerAddress") or node["NodeID"][:8]),
+            cpus=float(node["Resources"].get("CPU", 0.0)),
+            gpus=float(node["Resources"].get("GPU", 0.0)),
+        )
+        for node in ray.nodes()
+        if node.get("Alive")
+    ]
 
 
 def require_fit(
-    request: TrialResources, *, where: str, address: str | None, wait_seconds: float = 0.0, spread: bool = False,
-    read_nodes: Callable[[], list[NodeResources]] = cluster_nodes, log: Callable[[str], None] = print,
+    request: TrialResources,
+    *,
+    where: str,
+    address: str | None,
+    wait_seconds: float = 0.0,
+    spread: bool = False,
+    read_nodes: Callable[[], list[NodeResources]] = cluster_nodes,
+    log: Callable[[str], None] = print,
 ) -> list[NodeResources]:
     """Return the cluster's nodes if one trial of ``request`` fits; else wait (a cluster given by
     ``address`` with ``wait_seconds`` > 0: autoscaling) or raise ConfigError with the ways out.
@@ -165,13 +185,19 @@ def require_fit(
 
 
 def _wait(
-    request: TrialResources, *, wait_seconds: float, spread: bool, read_nodes: Callable[[], list[NodeResources]],
+    request: TrialResources,
+    *,
+    wait_seconds: float,
+    spread: bool,
+    read_nodes: Callable[[], list[NodeResources]],
     log: Callable[[str], None],
 ) -> tuple[list[NodeResources], str | None]:
     from ray.autoscaler.sdk import request_resources
 
-    log(f"waiting up to {wait_seconds:g} s for the cluster to offer a node with {request.describe()} "
-        "(the autoscaler has been asked for one) ...")
+    log(
+        f"waiting up to {wait_seconds:g} s for the cluster to offer a node with {request.describe()} "
+        "(the autoscaler has been asked for one) ..."
+    )
     request_resources(bundles=[request.bundle()])
     deadline = time.monotonic() + wait_seconds
     try:
@@ -186,7 +212,12 @@ def _wait(
 
 
 def _message(
-    request: TrialResources, nodes: Sequence[NodeResources], *, missing: str, where: str, address: str | None,
+    request: TrialResources,
+    nodes: Sequence[NodeResources],
+    *,
+    missing: str,
+    where: str,
+    address: str | None,
     waited: float,
 ) -> str:
     cluster = "the local Ray cluster (this machine)" if address is None else f"the Ray cluster at {address!r}"
@@ -196,13 +227,17 @@ def _message(
     if suggested is not None:
         cpu_only = " (CPU only: trials train on the CPU, much slower for large models)" if suggested.gpus == 0 else ""
         ways.append(f"make each trial smaller: --resources cpus={suggested.cpus:g},gpus={suggested.gpus:g}{cpu_only}")
-    ways.append("run on a Ray cluster whose nodes are that large: --address HOST:PORT (or ray://HOST:10001, "
-                "or --address auto on a cluster node)")
+    ways.append(
+        "run on a Ray cluster whose nodes are that large: --address HOST:PORT (or ray://HOST:10001, "
+        "or --address auto on a cluster node)"
+    )
     if address is not None and waited <= 0:
         ways.append("on an autoscaling cluster, wait for nodes to join: --wait-for-resources SECONDS")
     listed = "".join(f"\n  - {way}" for way in ways)
-    return (f"Expected a Ray node that can hold one trial, {request.describe()} ({where}), but on {cluster}"
-            f"{waited_note} {missing}: no trial could ever start. Ways out:{listed}")
+    return (
+        f"Expected a Ray node that can hold one trial, {request.describe()} ({where}), but on {cluster}"
+        f"{waited_note} {missing}: no trial could ever start. Ways out:{listed}"
+    )
 
 
 def trial_slots(space: Any) -> float:

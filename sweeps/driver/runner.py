@@ -28,19 +28,19 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from sweeps.workers.federated_actors import trial_resources
-from sweeps.privacy.ledger import PrivacyLedger
-from sweeps.planning.packing import pack_limit, pack_spec, pack_trials
-from sweeps.planning import PlannedTrial
 from sweeps.driver.progress import SweepProgress
-from sweeps.planning.pruning import epsilon_band
 from sweeps.driver.search import BudgetedOptunaSearch
 from sweeps.driver.sweep_stats import SweepStats  # the callback's; a sweep's saved Tune state looks for it here
 from sweeps.driver.tracking_callback import TrackingCallback  # also where Tune's saved states from before its move look
+from sweeps.planning import PlannedTrial
+from sweeps.planning.packing import pack_limit, pack_spec, pack_trials
+from sweeps.planning.pruning import epsilon_band
+from sweeps.privacy.ledger import PrivacyLedger
+from sweeps.protocol import TRIAL_FIELD, encode_unit, unit_of
 from sweeps.space import PRUNERS, SearchSpace
 from sweeps.tracking import SweepTracker
+from sweeps.workers.federated_actors import trial_resources
 from sweeps.workers.trainable import run_trial
-from sweeps.protocol import TRIAL_FIELD, encode_unit, unit_of
 
 __all__ = ["SweepStats", "run_trials", "connect_ray"]
 
@@ -87,7 +87,9 @@ class BandedASHA(FIFOScheduler):
 
 
 def start_pruning_board(name: str, rule: type, *, grace_period: int, max_epochs: int) -> Any:
-    """The sweep's pruning board: its pruning ``rule`` (:data:`sweeps.space.model.PRUNERS`) in a Ray actor named ``name``.
+    """The sweep's pruning board: its pruning ``rule`` in a Ray actor named ``name``.
+
+    ``rule`` is an entry of :data:`sweeps.space.model.PRUNERS`.
 
     It takes no CPU (one dict lookup per call). A resumed sweep starts a fresh board: trials
     that ran before the interruption are not compared again.
@@ -100,8 +102,14 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None) -> None:
     """Local Ray with this machine's resources (or ``num_cpus`` CPUs), or an existing cluster at ``address``."""
     if ray.is_initialized():
         return
-    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-             configure_logging=True)
+    ray.init(
+        address=address,
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        logging_level="WARNING",
+        log_to_driver=False,
+        configure_logging=True,
+    )
 
 
 class _InterruptCatcher:
@@ -172,9 +180,15 @@ def run_trials(
     # The searcher records an Optuna trial when it hands it out, before Tune has it; the callback
     # records grid trials as they start. Both recording the same trials appended every Optuna
     # trial twice to the ledger of a resumed sweep (the restored searcher holds its own copy).
-    callback = TrackingCallback(tracker, stats, total=total, time_budget_s=time_budget_s,
-                                ledger=ledger if searcher is None else None, public_seed=space.public_seed,
-                                progress=progress)
+    callback = TrackingCallback(
+        tracker,
+        stats,
+        total=total,
+        time_budget_s=time_budget_s,
+        ledger=ledger if searcher is None else None,
+        public_seed=space.public_seed,
+        progress=progress,
+    )
     # Federated trials reserve one bundle per client actor; other trials, {"cpu": ..., "gpu": ...}.
     trainable = tune.with_resources(run_trial, trial_resources(space))
     experiment = storage_path / name
@@ -194,9 +208,19 @@ def run_trials(
             tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
             tuner._local_tuner._run_config.callbacks = [callback]  # the restored callback lost its tracker state
             return callback, tuner.fit()
-        return callback, _new_tuner(space, trainable, name=name, storage_path=storage_path, grid=grid,
-                                    searcher=searcher, board_name=board_name, slots=slots, callback=callback,
-                                    max_failures=max_failures, time_budget_s=time_budget_s).fit()
+        return callback, _new_tuner(
+            space,
+            trainable,
+            name=name,
+            storage_path=storage_path,
+            grid=grid,
+            searcher=searcher,
+            board_name=board_name,
+            slots=slots,
+            callback=callback,
+            max_failures=max_failures,
+            time_budget_s=time_budget_s,
+        ).fit()
     finally:
         interrupted.restore()
         callback.progress.close()
@@ -211,33 +235,50 @@ def run_trials(
 
 
 def _new_tuner(
-    space: SearchSpace, trainable: Any, *, name: str, storage_path: Path, grid: Sequence[PlannedTrial] | None,
-    searcher: BudgetedOptunaSearch | None, board_name: str | None, slots: int, callback: TrackingCallback,
-    max_failures: int, time_budget_s: float | None,
+    space: SearchSpace,
+    trainable: Any,
+    *,
+    name: str,
+    storage_path: Path,
+    grid: Sequence[PlannedTrial] | None,
+    searcher: BudgetedOptunaSearch | None,
+    board_name: str | None,
+    slots: int,
+    callback: TrackingCallback,
+    max_failures: int,
+    time_budget_s: float | None,
 ) -> tune.Tuner:
     scheduler = BandedASHA(board_name) if board_name is not None else None
     param_space: dict[str, Any] = {}
     if grid is not None:
         packs = pack_trials(grid, vectorize=space.vectorize, slots=slots)
-        param_space = {TRIAL_FIELD: tune.grid_search([
-            encode_unit(pack_spec(pack, width=pack_limit(pack[0], vectorize=space.vectorize))) for pack in packs])}
+        param_space = {
+            TRIAL_FIELD: tune.grid_search(
+                [encode_unit(pack_spec(pack, width=pack_limit(pack[0], vectorize=space.vectorize))) for pack in packs]
+            )
+        }
     if board_name is not None:
         param_space["board"] = board_name
     return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=1 if grid is not None else space.trials,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=1 if grid is not None else space.trials,
             # Without it Tune keeps one trial pending for a custom searcher, and a second slot
             # waited for a suggestion until the first trial ended: half the machine idle. One
             # more than the slots keeps a suggestion waiting, so a slot that frees up starts its
             # next pack at once instead of waiting for Optuna and the planner.
             max_concurrent_trials=slots + 1 if searcher is not None else None,
             time_budget_s=time_budget_s,
-            reuse_actors=True, trial_dirname_creator=_trial_dirname,
+            reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage_path), verbose=0,
+            name=name,
+            storage_path=str(storage_path),
+            verbose=0,
             callbacks=[callback] if searcher is None else [callback, PlanAheadPump(searcher)],
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -38,14 +38,23 @@ from ray.tune.search import Searcher
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dp_core.config import ModelConfig
-from sweeps.privacy.adaptive import RdpFilter
-from sweeps.driver.optuna_actors import Asked, Asker, Planner, ask_batch, journal_storage, new_sampler, plan_asked, sampler_seed
-from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
-from sweeps.planning.packing import group_key, pack_capacity, pack_limit, pack_size, pack_spec
+from sweeps.driver.optuna_actors import (
+    Asked,
+    Asker,
+    Planner,
+    ask_batch,
+    journal_storage,
+    new_sampler,
+    plan_asked,
+    sampler_seed,
+)
 from sweeps.planning import EpsilonBudget, PlannedTrial
+from sweeps.planning.packing import group_key, pack_capacity, pack_limit, pack_size, pack_spec
+from sweeps.privacy.adaptive import RdpFilter
+from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
 from sweeps.privacy.mechanism import TrialMechanism
-from sweeps.space import SearchSpace
 from sweeps.protocol import TRIAL_FIELD, EpochRow, LatestRows, encode_unit, outcome_of, rows_of
+from sweeps.space import SearchSpace
 
 __all__ = ["BudgetedOptunaSearch", "journal_storage"]
 
@@ -67,8 +76,9 @@ class BudgetedOptunaSearch(Searcher):
         max_consecutive_skips: int = 200,
     ) -> None:
         multi = space.objective == "multi"
-        super().__init__(metric=["val_accuracy", "epsilon"] if multi else "val_accuracy",
-                         mode=["max", "min"] if multi else "max")
+        super().__init__(
+            metric=["val_accuracy", "epsilon"] if multi else "val_accuracy", mode=["max", "min"] if multi else "max"
+        )
         self.space = space
         self.storage = str(storage)  # an Optuna journal file
         self.study_name = study_name
@@ -102,7 +112,8 @@ class BudgetedOptunaSearch(Searcher):
         if self._study is None:
             multi = self.space.objective == "multi"
             self._study = optuna.create_study(
-                storage=journal_storage(self.storage), study_name=self.study_name,
+                storage=journal_storage(self.storage),
+                study_name=self.study_name,
                 sampler=new_sampler(self.space, seed=sampler_seed(self.space, 0)),
                 load_if_exists=True,
                 directions=["maximize", "minimize"] if multi else ["maximize"],
@@ -119,8 +130,14 @@ class BudgetedOptunaSearch(Searcher):
         size = min(pack_capacity(width) if width > 1 else max(self.slots, 1), self._ask_room())
         if self.space.trials is None:
             return size
-        return min(size, self.space.trials - self._issued - len(self._waiting) - len(self._ready)
-                   - sum(count for count, _ in self._planning))
+        return min(
+            size,
+            self.space.trials
+            - self._issued
+            - len(self._waiting)
+            - len(self._ready)
+            - sum(count for count, _ in self._planning),
+        )
 
     #: Batches being asked and planned ahead of Tune's requests: enough that the control loop
     #: finds a planned pack ready, few enough that Optuna's later suggestions still learn from
@@ -149,11 +166,16 @@ class BudgetedOptunaSearch(Searcher):
             study = self.study  # created in its journal file before the actors load it from there
             node = ray.get_runtime_context().get_node_id()  # the machine with the journal file
             on_this_machine = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-            self._asker = ray.remote(num_cpus=0)(Asker).options(scheduling_strategy=on_this_machine).remote(
-                self.space, self.storage, self.study_name,
-                sampler_seed(self.space, 1))  # not the driver's stream again
-            self._planner = ray.remote(num_cpus=0)(Planner).options(scheduling_strategy=on_this_machine).remote(
-                self.space, self.storage, self.study_name, self.plan)
+            self._asker = (
+                ray.remote(num_cpus=0)(Asker)
+                .options(scheduling_strategy=on_this_machine)
+                .remote(self.space, self.storage, self.study_name, sampler_seed(self.space, 1))
+            )  # not the driver's stream again
+            self._planner = (
+                ray.remote(num_cpus=0)(Planner)
+                .options(scheduling_strategy=on_this_machine)
+                .remote(self.space, self.storage, self.study_name, self.plan)
+            )
             count = min(self._batch_size(), self._unit_width() * max(self.slots, 1))
             self._take(plan_asked(study, self.space, self.plan, ask_batch(study, self.space, count)))
             self.plan_ahead()
@@ -245,8 +267,11 @@ class BudgetedOptunaSearch(Searcher):
 
     def _filter_full(self) -> bool:
         """Whether the filter's room left is below the cheapest trial Optuna has proposed."""
-        return (self.sweep_filter is not None and self._filter_spent is not None
-                and self.sweep_filter.capacity - self._filter_spent < self._cheapest)
+        return (
+            self.sweep_filter is not None
+            and self._filter_spent is not None
+            and self.sweep_filter.capacity - self._filter_spent < self._cheapest
+        )
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """The next pack (or lone trial) of planned configurations within the budget.
@@ -299,12 +324,15 @@ class BudgetedOptunaSearch(Searcher):
             members.append(candidate)
         if self.ledger is not None:
             # Before Tune has the configuration: no worker can train it unrecorded.
-            self.ledger.record(LedgerEntry.from_spec(asked.planned.spec(), public_seed=self.space.public_seed)
-                               for asked in members)
+            self.ledger.record(
+                LedgerEntry.from_spec(asked.planned.spec(), public_seed=self.space.public_seed) for asked in members
+            )
         self._issued += len(members)
         self._live[trial_id] = {asked.planned.key: asked.number for asked in members}
         self._asked.update({asked.planned.key: asked.trial_id for asked in members})
-        config: dict[str, Any] = {TRIAL_FIELD: encode_unit(pack_spec([asked.planned for asked in members], width=width))}
+        config: dict[str, Any] = {
+            TRIAL_FIELD: encode_unit(pack_spec([asked.planned for asked in members], width=width))
+        }
         if self.board_name is not None:
             config["board"] = self.board_name
         return config
@@ -329,8 +357,13 @@ class BudgetedOptunaSearch(Searcher):
         if self.space.objective == "multi":
             return  # Optuna does not take intermediate values for multi-objective studies
         trial_id = self._asked.get(key)
-        if trial_id is not None and row.diverged is None and (key, row.epoch) not in self._reported \
-                and not self._is_finished(number) and self._tells_optuna(row):
+        if (
+            trial_id is not None
+            and row.diverged is None
+            and (key, row.epoch) not in self._reported
+            and not self._is_finished(number)
+            and self._tells_optuna(row)
+        ):
             # The planner actor asked it: an optuna.Trial of the driver's study is made from its id.
             optuna.trial.Trial(self.study, trial_id).report(row.val_accuracy, step=row.epoch)
             self._reported.add((key, row.epoch))
@@ -384,7 +417,9 @@ class BudgetedOptunaSearch(Searcher):
             self.study.tell(number, state=states.PRUNED)
         else:
             assert row is not None
-            self.study.tell(number, [row.val_accuracy, row.epsilon] if self.space.objective == "multi" else row.val_accuracy)
+            self.study.tell(
+                number, [row.val_accuracy, row.epsilon] if self.space.objective == "multi" else row.val_accuracy
+            )
 
     def _mark_finished(self, number: int) -> None:
         if self._finished is not None:
@@ -429,13 +464,18 @@ class BudgetedOptunaSearch(Searcher):
         FAIL, with the reason as its ``dpsweep.fail_reason`` user attribute.
         """
         resumed = {number for members in self._live.values() for number in members.values()}
-        abandoned = [t for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                     if t.number not in resumed]
+        abandoned = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if t.number not in resumed
+        ]
         for trial in abandoned:
             optuna.trial.Trial(self.study, trial._trial_id).set_user_attr(
-                "dpsweep.fail_reason", "never finished: the sweep ended or its launcher stopped before a worker "
+                "dpsweep.fail_reason",
+                "never finished: the sweep ended or its launcher stopped before a worker "
                 "finished it, and no resumed Ray trial runs it (asked ahead of use, or handed out after Tune's "
-                "last saved state)")
+                "last saved state)",
+            )
             self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         self._finished = None
         return [t.number for t in abandoned]

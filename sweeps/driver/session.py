@@ -13,10 +13,10 @@ from typing import Any
 
 from dp_core.config import ConfigError
 from sweeps.driver import prepare_data, runner
+from sweeps.driver.preparation import PreparedSweep, SweepRequest, sweep_filter
 from sweeps.driver.progress import SweepProgress
 from sweeps.driver.resources import TrialResources, require_fit
 from sweeps.driver.search import BudgetedOptunaSearch
-from sweeps.driver.preparation import PreparedSweep, SweepRequest, sweep_filter
 from sweeps.planning import plan_trial
 from sweeps.privacy import sweep_secret
 from sweeps.privacy.ledger import LEDGER_FILE, PrivacyLedger
@@ -60,11 +60,21 @@ def open_sweep(request: SweepRequest, prepared: PreparedSweep) -> OpenSweep:
     tracker = SweepTracker(tracking_uri=tracking_uri, experiment=request.experiment, journal=journal)
     try:
         tracker.start_sweep(
-            sweep_id=name, run_name=name,
-            params={"space": space.name, "space_file": str(space.source), "search": space.search,
-                    "objective": space.objective, "pruner": space.pruner, "epsilon_budget": space.epsilon_budget,
-                    "delta": delta, "accountant": accountant, "trials": space.trials,
-                    **{f"fixed.{k}": v for k, v in space.fixed.items()}, **_versions()},
+            sweep_id=name,
+            run_name=name,
+            params={
+                "space": space.name,
+                "space_file": str(space.source),
+                "search": space.search,
+                "objective": space.objective,
+                "pruner": space.pruner,
+                "epsilon_budget": space.epsilon_budget,
+                "delta": delta,
+                "accountant": accountant,
+                "trials": space.trials,
+                **{f"fixed.{k}": v for k, v in space.fixed.items()},
+                **_versions(),
+            },
             tags={"dpsweep.space": space.name},
         )
     except TrackingUnavailable as error:
@@ -83,9 +93,12 @@ def open_sweep(request: SweepRequest, prepared: PreparedSweep) -> OpenSweep:
         sweep_secret.keep(prepared.folder, space.seed)
     prepared.folder.mkdir(parents=True, exist_ok=True)
     ledger = PrivacyLedger(prepared.folder / LEDGER_FILE)
-    print(f"sweep {name}: space {space.name} ({space.search}), ε budget {space.epsilon_budget} "
-          f"(δ = {delta:g}, {accountant.upper()} accountant); MLflow {tracking_uri}, "
-          f"experiment {request.experiment!r}, parent run {tracker.parent_run_id}", flush=True)
+    print(
+        f"sweep {name}: space {space.name} ({space.search}), ε budget {space.epsilon_budget} "
+        f"(δ = {delta:g}, {accountant.upper()} accountant); MLflow {tracking_uri}, "
+        f"experiment {request.experiment!r}, parent run {tracker.parent_run_id}",
+        flush=True,
+    )
     if space.public_seed:
         print(f"note: {PUBLIC_SEED_CAVEAT}", flush=True)
         tracker.log_sweep_tags({"dpsweep.privacy_caveat": PUBLIC_SEED_CAVEAT})
@@ -110,9 +123,12 @@ def start_trials(request: SweepRequest, prepared: PreparedSweep, opened: OpenSwe
     # selection: the number of trials run is K, which is not shown.
     grid = prepared.grid
     total = None if space.private_selection is not None else len(grid) if grid else space.trials
-    trials = SweepTrials(progress=SweepProgress(total=total, epsilon_budget=space.epsilon_budget,
-                                                time_budget_s=request.time_budget, verbose=request.verbose),
-                         searcher=None)
+    trials = SweepTrials(
+        progress=SweepProgress(
+            total=total, epsilon_budget=space.epsilon_budget, time_budget_s=request.time_budget, verbose=request.verbose
+        ),
+        searcher=None,
+    )
     on_skip = _skip_recorder(trials, tracker)
     if grid is not None:
         for trial in prepared.over_budget:
@@ -120,20 +136,31 @@ def start_trials(request: SweepRequest, prepared: PreparedSweep, opened: OpenSwe
         over_budget = prepared.over_budget
         to_run = "K drawn" if space.private_selection is not None else str(len(prepared.runnable or []))
         names = ", ".join(t.name for t in over_budget[:8]) + (", …" if len(over_budget) > 8 else "")
-        print(f"{len(grid)} grid points: {to_run} to run, {trials.skipped} skipped over budget"
-              + (f" ({names})" if over_budget and not request.verbose else ""), flush=True)
+        print(
+            f"{len(grid)} grid points: {to_run} to run, {trials.skipped} skipped over budget"
+            + (f" ({names})" if over_budget and not request.verbose else ""),
+            flush=True,
+        )
         if space.private_selection is not None:
             # Not K: the sweep ε holds only while K is unknown (sweeps.privacy.selection).
-            print(f"private selection: drew the trial count K ~ {space.private_selection.distribution} (mean "
-                  f"{space.private_selection.mean:g}) and each trial uniformly from the {len(prepared.admitted or [])} "
-                  "admitted grid points, with its own secret seed; K is not shown", flush=True)
+            print(
+                f"private selection: drew the trial count K ~ {space.private_selection.distribution} (mean "
+                f"{space.private_selection.mean:g}) and each trial uniformly from the {len(prepared.admitted or [])} "
+                "admitted grid points, with its own secret seed; K is not shown",
+                flush=True,
+            )
         return trials
     prepared.results_dir.mkdir(parents=True, exist_ok=True)
     trials.searcher = BudgetedOptunaSearch(
-        space, storage=prepared.results_dir / f"{prepared.name}-optuna.journal", study_name=prepared.name,
-        plan=lambda values, name: plan_trial(values, name=name, axis_values={
-            k: values[k] for k in space.axes}, where=str(space.source)),
-        on_skip=on_skip, ledger=opened.ledger, sweep_filter=sweep_filter(space, prepared.delta),
+        space,
+        storage=prepared.results_dir / f"{prepared.name}-optuna.journal",
+        study_name=prepared.name,
+        plan=lambda values, name: plan_trial(
+            values, name=name, axis_values={k: values[k] for k in space.axes}, where=str(space.source)
+        ),
+        on_skip=on_skip,
+        ledger=opened.ledger,
+        sweep_filter=sweep_filter(space, prepared.delta),
     )
     return trials
 
@@ -142,11 +169,17 @@ def _skip_recorder(trials: SweepTrials, tracker: SweepTracker) -> Callable[[Any,
     def on_skip(planned: Any, values: dict[str, Any], reason: str) -> None:
         trials.skipped += 1
         if planned is not None:
-            tracker.log_skipped(key=planned.key, name=planned.name, params=planned.params(),
-                                planned_epsilon=planned.planned_epsilon, reason=reason)
+            tracker.log_skipped(
+                key=planned.key,
+                name=planned.name,
+                params=planned.params(),
+                planned_epsilon=planned.planned_epsilon,
+                reason=reason,
+            )
         # A configuration that could not be planned at all is shown in any case: its reason is an error.
-        trials.progress.skipped(name=planned.name if planned is not None else values.get("name", "?"), reason=reason,
-                                show=planned is None)
+        trials.progress.skipped(
+            name=planned.name if planned is not None else values.get("name", "?"), reason=reason, show=planned is None
+        )
 
     return on_skip
 
@@ -167,12 +200,19 @@ def _ready_cluster(space: Any, args: SweepRequest, *, download: bool) -> None:
     """Exit 2 (ConfigError) unless a trial fits the cluster (sweeps.driver.resources), then prepare the data
     (sweeps.driver.prepare_data): here on local Ray, once per node on a cluster."""
     if args.wait_for_resources < 0:
-        raise ConfigError(f"Expected --wait-for-resources >= 0, but got --wait-for-resources {args.wait_for_resources:g}.")
+        raise ConfigError(
+            f"Expected --wait-for-resources >= 0, but got --wait-for-resources {args.wait_for_resources:g}."
+        )
     where = f"--resources {args.resources}" if args.resources else f"resources: in {space.source}"
     # A Ray Job's driver attaches to its cluster through RAY_ADDRESS, without --address.
     address = args.address or os.environ.get("RAY_ADDRESS") or None
-    require_fit(TrialResources(cpus=space.cpus_per_trial, gpus=space.gpus_per_trial), where=where,
-                address=address, wait_seconds=args.wait_for_resources, spread=space.kind == "federated")
+    require_fit(
+        TrialResources(cpus=space.cpus_per_trial, gpus=space.gpus_per_trial),
+        where=where,
+        address=address,
+        wait_seconds=args.wait_for_resources,
+        spread=space.kind == "federated",
+    )
     names, root = prepare_data.datasets_of(space), space.fixed.get("data_root")
     if address is not None:
         prepare_data.prepare_on_nodes(names, root=root, download=download)

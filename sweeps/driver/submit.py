@@ -45,8 +45,21 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Never uploaded with the job: local results, local tracking stores, caches, checkpoints. Ray
 # also honours the project's .gitignore.
 EXCLUDES = (
-    ".git", ".venv", "venv", "__pycache__", "*.egg-info", ".pytest_cache", ".benchmarks",
-    ".import_linter_cache", "dpsweep_results", "mlflow.db", "mlruns", "mlartifacts", "*.pt", "build", "dist",
+    ".git",
+    ".venv",
+    "venv",
+    "__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    ".benchmarks",
+    ".import_linter_cache",
+    "dpsweep_results",
+    "mlflow.db",
+    "mlruns",
+    "mlartifacts",
+    "*.pt",
+    "build",
+    "dist",
 )
 # Where a space file from outside the project travels inside the job's working directory.
 _JOB_SPACES = ".dpsweep_job_spaces"
@@ -63,18 +76,31 @@ _MLFLOW_ACCOUNT = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFL
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sweeps.submit", description=__doc__.splitlines()[0])
     parser.add_argument("--space", required=True, help="a shipped space name or a path to a .yaml file")
-    parser.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS") or DEFAULT_ADDRESS,
-                        help="the cluster's dashboard (Job API) address "
-                             f"(default: $RAY_API_SERVER_ADDRESS or {DEFAULT_ADDRESS})")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                        help="MLflow tracking URI as the head node sees it (default: $MLFLOW_TRACKING_URI)")
-    parser.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR,
-                        help=f"Ray Tune's trial state, on a path every node can reach (default: {DEFAULT_RESULTS_DIR})")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_API_SERVER_ADDRESS") or DEFAULT_ADDRESS,
+        help=f"the cluster's dashboard (Job API) address (default: $RAY_API_SERVER_ADDRESS or {DEFAULT_ADDRESS})",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow tracking URI as the head node sees it (default: $MLFLOW_TRACKING_URI)",
+    )
+    parser.add_argument(
+        "--results-dir",
+        default=DEFAULT_RESULTS_DIR,
+        help=f"Ray Tune's trial state, on a path every node can reach (default: {DEFAULT_RESULTS_DIR})",
+    )
     parser.add_argument("--experiment", default="dpsweep", help="MLflow experiment name (default: dpsweep)")
     parser.add_argument("--no-wait", action="store_true", help="print the job id and return without following the job")
-    parser.add_argument("--wait-for-resources", type=float, default=DEFAULT_WAIT_FOR_RESOURCES, metavar="SECONDS",
-                        help="how long the sweep waits for the autoscaler to add a node that can hold one trial "
-                             f"(default: {DEFAULT_WAIT_FOR_RESOURCES:g}; 0 for a fixed cluster: fail at once)")
+    parser.add_argument(
+        "--wait-for-resources",
+        type=float,
+        default=DEFAULT_WAIT_FOR_RESOURCES,
+        metavar="SECONDS",
+        help="how long the sweep waits for the autoscaler to add a node that can hold one trial "
+        f"(default: {DEFAULT_WAIT_FOR_RESOURCES:g}; 0 for a fixed cluster: fail at once)",
+    )
     return parser
 
 
@@ -93,8 +119,9 @@ def _check_tracking_uri(uri: str | None) -> str:
             "MLFLOW_TRACKING_PASSWORD on the head; infra/README.md)."
         )
     # sqlite:////abs/path is absolute (the path part starts with //), sqlite:///rel/path is not.
-    relative = ((parsed.scheme == "sqlite" and not parsed.path.startswith("//"))
-                or (parsed.scheme in ("", "file") and not Path(parsed.path).is_absolute()))
+    relative = (parsed.scheme == "sqlite" and not parsed.path.startswith("//")) or (
+        parsed.scheme in ("", "file") and not Path(parsed.path).is_absolute()
+    )
     if relative:
         raise ConfigError(
             f"Expected --tracking-uri to be a server URL or an absolute path on the head node, but got {uri!r}: "
@@ -125,8 +152,19 @@ def job_entrypoint(
     *, space: str, tracking_uri: str, results_dir: str, experiment: str, wait_for_resources: float | None = None
 ) -> str:
     """The shell command the job runs on the head node, in the project's working directory."""
-    command = ["python", "-m", "sweeps.launch", "--space", space, "--tracking-uri", tracking_uri,
-               "--results-dir", results_dir, "--experiment", experiment]
+    command = [
+        "python",
+        "-m",
+        "sweeps.launch",
+        "--space",
+        space,
+        "--tracking-uri",
+        tracking_uri,
+        "--results-dir",
+        results_dir,
+        "--experiment",
+        experiment,
+    ]
     if wait_for_resources:
         command += ["--wait-for-resources", f"{wait_for_resources:g}"]
     return shlex.join(command)
@@ -157,16 +195,28 @@ def job_runtime_env(space_file: Path | None) -> Iterator[tuple[dict[str, Any], s
 
 
 def submit(
-    client: Any, *, space: str, tracking_uri: str, results_dir: str, experiment: str,
+    client: Any,
+    *,
+    space: str,
+    tracking_uri: str,
+    results_dir: str,
+    experiment: str,
     wait_for_resources: float | None = None,
 ) -> str:
     """Submit the sweep as a Ray Job on ``client``'s cluster; returns the job id."""
     with job_runtime_env(_space_file(space)) as (runtime_env, space_in_job):
-        entrypoint = job_entrypoint(space=space_in_job or space, tracking_uri=tracking_uri,
-                                    results_dir=results_dir, experiment=experiment,
-                                    wait_for_resources=wait_for_resources)
-        return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                                 metadata={"dpsweep.space": Path(space).stem, "dpsweep.experiment": experiment})
+        entrypoint = job_entrypoint(
+            space=space_in_job or space,
+            tracking_uri=tracking_uri,
+            results_dir=results_dir,
+            experiment=experiment,
+            wait_for_resources=wait_for_resources,
+        )
+        return client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env=runtime_env,
+            metadata={"dpsweep.space": Path(space).stem, "dpsweep.experiment": experiment},
+        )
 
 
 async def _tail(client: Any, job_id: str, out: TextIO) -> None:
@@ -201,25 +251,37 @@ def main(argv: list[str] | None = None) -> int:
             client = JobSubmissionClient(args.address)
         except (ConnectionError, RuntimeError) as error:
             raise ConfigError(f"Cannot reach the Ray Job API at {args.address}: {error}") from None
-        job_id = submit(client, space=args.space, tracking_uri=tracking_uri, results_dir=results_dir,
-                        experiment=args.experiment, wait_for_resources=args.wait_for_resources)
+        job_id = submit(
+            client,
+            space=args.space,
+            tracking_uri=tracking_uri,
+            results_dir=results_dir,
+            experiment=args.experiment,
+            wait_for_resources=args.wait_for_resources,
+        )
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"submitted job {job_id} to {args.address}", flush=True)
     if any(os.environ.get(name) for name in _MLFLOW_ACCOUNT):
-        print("note: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of this shell are not sent with the "
-              "job (Ray logs a job's runtime environment); the sweep signs in to MLflow with the head's own "
-              "account (infra/README.md).",
-              file=sys.stderr, flush=True)
+        print(
+            "note: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of this shell are not sent with the "
+            "job (Ray logs a job's runtime environment); the sweep signs in to MLflow with the head's own "
+            "account (infra/README.md).",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.no_wait:
         print(f"follow it with: ray job logs --address {args.address} --follow {job_id}")
         return 0
     try:
         status = follow(client, job_id)
     except KeyboardInterrupt:
-        print(f"\nstopped following; job {job_id} keeps running. Stop it with: "
-              f"ray job stop --address {args.address} {job_id}", file=sys.stderr)
+        print(
+            f"\nstopped following; job {job_id} keeps running. Stop it with: "
+            f"ray job stop --address {args.address} {job_id}",
+            file=sys.stderr,
+        )
         return 130
     info = client.get_job_info(job_id)
     print(f"job {job_id}: {status}" + (f" ({info.message})" if status != JobStatus.SUCCEEDED and info.message else ""))

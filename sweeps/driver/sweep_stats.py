@@ -32,11 +32,17 @@ class SweepStats:
         slot_seconds = max(wall * slots, 1e-9)
         busy = self.train_seconds + self.eval_seconds + self.setup_seconds + self.report_seconds
         return {
-            "wall_seconds": wall, "slots": slots, "train_seconds": self.train_seconds,
-            "eval_seconds": self.eval_seconds, "setup_seconds": self.setup_seconds,
-            "report_seconds": self.report_seconds, "logging_seconds": self.logging_seconds,
-            "train_share": self.train_seconds / slot_seconds, "eval_share": self.eval_seconds / slot_seconds,
-            "setup_share": self.setup_seconds / slot_seconds, "report_share": self.report_seconds / slot_seconds,
+            "wall_seconds": wall,
+            "slots": slots,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+            "setup_seconds": self.setup_seconds,
+            "report_seconds": self.report_seconds,
+            "logging_seconds": self.logging_seconds,
+            "train_share": self.train_seconds / slot_seconds,
+            "eval_share": self.eval_seconds / slot_seconds,
+            "setup_share": self.setup_seconds / slot_seconds,
+            "report_share": self.report_seconds / slot_seconds,
             "idle_share": max(0.0, 1 - busy / slot_seconds),
             "trial_epochs_per_second": self.epochs / max(wall, 1e-9),
         }

@@ -75,10 +75,18 @@ class _BackgroundWriter:
 class TrackingCallback(tune.Callback):
     """Forwards trial events to the MLflow tracker and to the progress display (sweeps.driver.progress)."""
 
-    def __init__(self, tracker: SweepTracker, stats: SweepStats, *, total: int | None,
-                 time_budget_s: float | None = None, out: TextIO = sys.stdout,
-                 ledger: PrivacyLedger | None = None, public_seed: bool = False,
-                 progress: SweepProgress | None = None):
+    def __init__(
+        self,
+        tracker: SweepTracker,
+        stats: SweepStats,
+        *,
+        total: int | None,
+        time_budget_s: float | None = None,
+        out: TextIO = sys.stdout,
+        ledger: PrivacyLedger | None = None,
+        public_seed: bool = False,
+        progress: SweepProgress | None = None,
+    ):
         # Without a display of the launcher's: one line per trial on ``out``.
         self.progress = progress if progress is not None else _line_per_trial(total, out)
         self.time_budget_s = time_budget_s
@@ -123,8 +131,10 @@ class TrackingCallback(tune.Callback):
     def logged_points(self) -> list[Point]:
         """``points`` with their MLflow run ids: after ``close``, what reading the sweep's runs
         back from MLflow gives when this process logged all of them (no resume, MLflow reached)."""
-        return [dataclasses.replace(point, run_id=self.tracker.run_id_of(key))
-                for point, key in zip(self.points, self._point_keys)]
+        return [
+            dataclasses.replace(point, run_id=self.tracker.run_id_of(key))
+            for point, key in zip(self.points, self._point_keys)
+        ]
 
     def time_budget_reached(self) -> bool:
         return self.time_budget_s is not None and self.stats.wall_seconds() >= self.time_budget_s
@@ -148,8 +158,11 @@ class TrackingCallback(tune.Callback):
         members = self._members(trial)
         if self.ledger is not None:
             # Federated trials have no single DP-SGD mechanism to compose (their clients' ε is per shard).
-            self.ledger.record(LedgerEntry.from_spec(spec, public_seed=self.public_seed) for spec in members
-                               if spec.kind != "federated")
+            self.ledger.record(
+                LedgerEntry.from_spec(spec, public_seed=self.public_seed)
+                for spec in members
+                if spec.kind != "federated"
+            )
         if len(members) == 1 and members[0].key not in self._finished:
             # A lone trial may run for hours: its run shows in MLflow from the start. The members
             # of a pack (seconds of training) show with their first epochs. A trial that had ended
@@ -216,9 +229,18 @@ class TrackingCallback(tune.Callback):
         metrics.update({f"epsilon_client_{i}": e for i, e in enumerate(row.client_epsilons) if math.isfinite(e)})
         if math.isfinite(row.epsilon):
             metrics["epsilon"] = row.epsilon
-        self.points.append(Point(epsilon=row.epsilon, accuracy=row.val_accuracy, run_id="", trial=spec.name,
-                                 epoch=row.epoch, delta=spec.delta, accountant=spec.accountant,
-                                 params={k: str(v) for k, v in spec.params.items()}))  # as log_trial logs them
+        self.points.append(
+            Point(
+                epsilon=row.epsilon,
+                accuracy=row.val_accuracy,
+                run_id="",
+                trial=spec.name,
+                epoch=row.epoch,
+                delta=spec.delta,
+                accountant=spec.accountant,
+                params={k: str(v) for k, v in spec.params.items()},
+            )
+        )  # as log_trial logs them
         self._point_keys.append(spec.key)
         self.progress.point(self.points[-1])
         self._unlogged.setdefault(spec.key, []).append((row.epoch, metrics))
@@ -232,8 +254,9 @@ class TrackingCallback(tune.Callback):
                 continue
             row = self._last_rows.pop(spec.key)
             # A pack that errored out may still have finished some members before it did.
-            self._finish_member(spec, row, error=error and not (row is not None and row.ended),
-                                error_file=trial.error_file)
+            self._finish_member(
+                spec, row, error=error and not (row is not None and row.ended), error_file=trial.error_file
+            )
         if len(members) == 1 and self._writer is not None:
             # A lone trial's end reaches MLflow before Tune goes on (and saves it as ended): a
             # launcher killed next leaves no backlog of its writes behind what Optuna was told.
@@ -246,16 +269,26 @@ class TrackingCallback(tune.Callback):
             tags["dpsweep.failure"] = row.diverged
         elif error:
             tags["dpsweep.failure"] = f"trial raised an error; see {error_file}"
-        self._write(self.tracker.log_trial, key=spec.key, name=spec.name, params=spec.params,
-                    epochs=self._unlogged.pop(spec.key, []), outcome=outcome, tags=tags)
+        self._write(
+            self.tracker.log_trial,
+            key=spec.key,
+            name=spec.name,
+            params=spec.params,
+            epochs=self._unlogged.pop(spec.key, []),
+            outcome=outcome,
+            tags=tags,
+        )
         self._unlogged_since.pop(spec.key, None)
         self._specs.pop(spec.key, None)
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         self.stats.trials_finished += 1
         name = spec.name
         if row is not None and row.diverged is None:
-            privacy = (f"ε = {row.epsilon:.3f} (δ = {spec.delta:g}, {spec.accountant.upper()})"
-                       if math.isfinite(row.epsilon) else "ε = ∞ (no noise)")
+            privacy = (
+                f"ε = {row.epsilon:.3f} (δ = {spec.delta:g}, {spec.accountant.upper()})"
+                if math.isfinite(row.epsilon)
+                else "ε = ∞ (no noise)"
+            )
             detail = f"epoch {row.epoch}/{row.epochs_planned}  val acc {row.val_accuracy:.4f}  {privacy}"
         else:
             detail = tags.get("dpsweep.failure", "")

@@ -12,5 +12,19 @@ from sweeps.planning.grid import plan_grid
 from sweeps.planning.kinds import PLANNERS, plan_trial, trial_kind
 from sweeps.planning.trials import EpsilonBudget, PlannedTrial
 
-__all__ = ["PLANNERS", "EpsilonBudget", "PlannedTrial", "plan_grid", "plan_trial", "trial_kind",
-           "central", "federated", "grid", "keys", "kinds", "packing", "pruning", "trials"]
+__all__ = [
+    "PLANNERS",
+    "EpsilonBudget",
+    "PlannedTrial",
+    "plan_grid",
+    "plan_trial",
+    "trial_kind",
+    "central",
+    "federated",
+    "grid",
+    "keys",
+    "kinds",
+    "packing",
+    "pruning",
+    "trials",
+]

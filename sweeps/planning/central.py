@@ -14,8 +14,9 @@ from sweeps.planning.trials import PlannedTrial
 __all__ = ["plan_central_trial"]
 
 
-def plan_central_trial(config_values: Mapping[str, Any], *, name: str, axis_values: Mapping[str, Any],
-                       where: str = "") -> PlannedTrial:
+def plan_central_trial(
+    config_values: Mapping[str, Any], *, name: str, axis_values: Mapping[str, Any], where: str = ""
+) -> PlannedTrial:
     """Validate one trial's flat configuration and plan its privacy spend.
 
     Raises ConfigError for values no run can use (δ ≥ 1/N, an unreachable target ε, …).
@@ -27,4 +28,6 @@ def plan_central_trial(config_values: Mapping[str, Any], *, name: str, axis_valu
     plan = plan_privacy(config.replace(epsilon_budget=None), train_size=train_size)
     resolved = config.replace(noise_multiplier=plan.noise_multiplier) if plan.private else config
     flat = resolved.to_dict()
-    return PlannedTrial(name=name, key=trial_key(flat, name=name), axis_values=dict(axis_values), train_config=flat, plan=plan)
+    return PlannedTrial(
+        name=name, key=trial_key(flat, name=name), axis_values=dict(axis_values), train_config=flat, plan=plan
+    )

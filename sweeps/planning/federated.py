@@ -18,8 +18,8 @@ import torch
 
 from dp_core.data import load_dataset
 from dp_core.federated import partition, plan_federated, split_flat, to_flat
-from sweeps.planning.trials import PlannedTrial
 from sweeps.planning.keys import released_params, trial_key
+from sweeps.planning.trials import PlannedTrial
 
 __all__ = ["FederatedPlannedTrial", "plan_federated_trial"]
 
@@ -56,8 +56,7 @@ class FederatedPlannedTrial(PlannedTrial):
 
 @functools.lru_cache(maxsize=4)
 def _train_labels(dataset: str, root: str | None, download: bool, validation_fraction: float) -> torch.Tensor:
-    return load_dataset(dataset, root=root, download=download,
-                        validation_fraction=validation_fraction).train.tensors[1]
+    return load_dataset(dataset, root=root, download=download, validation_fraction=validation_fraction).train.tensors[1]
 
 
 def plan_federated_trial(
@@ -68,14 +67,21 @@ def plan_federated_trial(
     Raises ConfigError for values no run can use (a shard smaller than the batch, δ ≥ 1/n_i, …).
     """
     config, federated = split_flat(config_values, where=where)
-    labels = _train_labels(config.data.dataset, config.data.data_root, config.data.download,
-                           config.data.validation_fraction)
-    shards = partition(labels, clients=federated.clients, scheme=federated.partition,
-                       dirichlet_alpha=federated.dirichlet_alpha, seed=config.seed)
+    labels = _train_labels(
+        config.data.dataset, config.data.data_root, config.data.download, config.data.validation_fraction
+    )
+    shards = partition(
+        labels,
+        clients=federated.clients,
+        scheme=federated.partition,
+        dirichlet_alpha=federated.dirichlet_alpha,
+        seed=config.seed,
+    )
     # As for single runs: whether the trial may start is EpsilonBudget's decision on the whole
     # planned spend; the in-trial budget stop stays in the configuration the worker trains.
     plan = plan_federated(config.replace(epsilon_budget=None), federated, shard_sizes=[len(s) for s in shards])
     resolved = config.replace(noise_multiplier=plan.noise_multiplier) if plan.private else config
     flat = to_flat(resolved, federated)
-    return FederatedPlannedTrial(name=name, key=trial_key(flat, name=name), axis_values=dict(axis_values), train_config=flat,
-                                 plan=plan)
+    return FederatedPlannedTrial(
+        name=name, key=trial_key(flat, name=name), axis_values=dict(axis_values), train_config=flat, plan=plan
+    )

@@ -14,13 +14,23 @@ from sweeps.planning.trials import PlannedTrial
 __all__ = ["plan_grid"]
 
 
-_MECHANISM_KEYS = ("dataset", "noise_multiplier", "target_epsilon", "batch_size", "sample_rate", "epochs",
-                   "delta", "accountant", "disable_dp")
+_MECHANISM_KEYS = (
+    "dataset",
+    "noise_multiplier",
+    "target_epsilon",
+    "batch_size",
+    "sample_rate",
+    "epochs",
+    "delta",
+    "accountant",
+    "disable_dp",
+)
 
 
 def _plan_group(jobs: list[tuple[dict[str, Any], str, dict[str, Any], str]]) -> list[PlannedTrial]:
-    return [plan_trial(values, name=name, axis_values=axis_values, where=where)
-            for values, name, axis_values, where in jobs]
+    return [
+        plan_trial(values, name=name, axis_values=axis_values, where=where) for values, name, axis_values, where in jobs
+    ]
 
 
 def plan_grid(space: Any, *, workers: int | None = None) -> list[PlannedTrial]:

@@ -30,8 +30,9 @@ def trial_kind(config_values: Mapping[str, Any]) -> str:
     return kind
 
 
-def plan_trial(config_values: Mapping[str, Any], *, name: str, axis_values: Mapping[str, Any],
-               where: str = "") -> PlannedTrial:
+def plan_trial(
+    config_values: Mapping[str, Any], *, name: str, axis_values: Mapping[str, Any], where: str = ""
+) -> PlannedTrial:
     """Validate one trial's flat configuration and plan its privacy spend, by its kind.
 
     Raises ConfigError for values no run can use (δ ≥ 1/N, an unreachable target ε, …).

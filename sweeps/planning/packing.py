@@ -26,8 +26,17 @@ from dp_core.vectorized import can_vectorize, group_signature
 from sweeps.planning.trials import PlannedTrial
 from sweeps.protocol import PackSpec, UnitSpec
 
-__all__ = ["AUTO_PACK_SIZE", "AUTO_MODELS", "PACK_DEPTH", "group_key", "pack_capacity", "pack_limit", "pack_size",
-           "pack_trials", "pack_spec"]
+__all__ = [
+    "AUTO_PACK_SIZE",
+    "AUTO_MODELS",
+    "PACK_DEPTH",
+    "group_key",
+    "pack_capacity",
+    "pack_limit",
+    "pack_size",
+    "pack_trials",
+    "pack_spec",
+]
 
 #: ``vectorize: auto`` packs up to this many configurations of a model in AUTO_MODELS. Past
 #: the kernel's own gain (below), a bigger pack pays Ray's start and end of a trial once for
@@ -118,4 +127,6 @@ def pack_spec(members: Sequence[PlannedTrial], *, width: int) -> UnitSpec:
     """
     if len(members) == 1:
         return members[0].spec()
-    return PackSpec.of((m.spec() for m in members), width=math.ceil(len(members) / math.ceil(len(members) / max(width, 1))))
+    return PackSpec.of(
+        (m.spec() for m in members), width=math.ceil(len(members) / math.ceil(len(members) / max(width, 1)))
+    )

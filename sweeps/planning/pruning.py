@@ -57,8 +57,9 @@ class BandedSuccessiveHalving:
             recorded = self._recorded.setdefault((band, rung), {})
             if trial_id in recorded:
                 return False  # judged at this rung already
-            cutoff = (np.nanpercentile(list(recorded.values()), (1 - 1 / self.reduction_factor) * 100)
-                      if recorded else None)
+            cutoff = (
+                np.nanpercentile(list(recorded.values()), (1 - 1 / self.reduction_factor) * 100) if recorded else None
+            )
             recorded[trial_id] = accuracy
             if cutoff is not None and accuracy < cutoff:
                 self._stopped.add(trial_id)
@@ -75,8 +76,11 @@ class BandedSuccessiveHalving:
 
         One call per epoch of a pack (its members' rows), so a remote board costs one round trip.
         """
-        return [trial_id for trial_id, band, epoch, accuracy in rows
-                if self.should_stop(trial_id=trial_id, band=band, epoch=epoch, accuracy=accuracy)]
+        return [
+            trial_id
+            for trial_id, band, epoch, accuracy in rows
+            if self.should_stop(trial_id=trial_id, band=band, epoch=epoch, accuracy=accuracy)
+        ]
 
 
 class NoPruning:

@@ -26,7 +26,7 @@ class PlannedTrial:
     name: str
     key: str
     axis_values: Mapping[str, Any]
-    train_config: Mapping[str, Any]   # flat, with σ resolved: what the worker trains
+    train_config: Mapping[str, Any]  # flat, with σ resolved: what the worker trains
     plan: PrivacyPlan | FederatedPlan  # by kind: a federated trial's clients are planned one by one
 
     @property
@@ -36,8 +36,14 @@ class PlannedTrial:
 
     def spec(self) -> TrialSpec:
         """What a worker needs to run this trial: kind, identity, configuration, params, plan."""
-        return TrialSpec(kind=self.kind, name=self.name, key=self.key, train=dict(self.train_config),
-                         params=self.params(), plan=self.plan)
+        return TrialSpec(
+            kind=self.kind,
+            name=self.name,
+            key=self.key,
+            train=dict(self.train_config),
+            params=self.params(),
+            plan=self.plan,
+        )
 
     def params(self) -> dict[str, Any]:
         """What the tracker logs as the run's params: every setting but the seed, plus the planned spend."""

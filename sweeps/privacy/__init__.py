@@ -13,6 +13,23 @@ from sweeps.privacy.mechanism import TrialMechanism, as_mechanism
 from sweeps.privacy.selection import draw_trial_count, select_trials, sweep_privacy
 from sweeps.privacy.statement import SelectionPrivacy, shared_seed_note
 
-__all__ = ["CONFIRMATION_ROLES", "LEDGER_FILE", "LedgerEntry", "PrivacyLedger", "RdpFilter", "SelectionPrivacy",
-           "TrialMechanism", "as_mechanism", "draw_trial_count", "select_trials", "shared_seed_note", "sweep_privacy",
-           "adaptive", "ledger", "mechanism", "selection", "statement", "sweep_secret"]
+__all__ = [
+    "CONFIRMATION_ROLES",
+    "LEDGER_FILE",
+    "LedgerEntry",
+    "PrivacyLedger",
+    "RdpFilter",
+    "SelectionPrivacy",
+    "TrialMechanism",
+    "as_mechanism",
+    "draw_trial_count",
+    "select_trials",
+    "shared_seed_note",
+    "sweep_privacy",
+    "adaptive",
+    "ledger",
+    "mechanism",
+    "selection",
+    "statement",
+    "sweep_secret",
+]

@@ -24,8 +24,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from dp_core.errors import require_in_range, require_positive
 from dp_core.accounting import RDP_ORDERS, rdp_curve
+from dp_core.errors import require_in_range, require_positive
 from sweeps.privacy.mechanism import TrialMechanism
 
 __all__ = ["RdpFilter", "ACCOUNTANT"]
@@ -78,8 +78,9 @@ class RdpFilter:
         if mechanism.noise_multiplier == 0:
             return math.inf
         index = RDP_ORDERS.index(self.order) if self.order in RDP_ORDERS else None
-        curve = rdp_curve(noise_multiplier=mechanism.noise_multiplier, sample_rate=mechanism.sample_rate,
-                          steps=mechanism.steps)
+        curve = rdp_curve(
+            noise_multiplier=mechanism.noise_multiplier, sample_rate=mechanism.sample_rate, steps=mechanism.steps
+        )
         return float(curve[index]) if index is not None else math.inf
 
     def rejects(self, spent: float, mechanism: TrialMechanism) -> str | None:
@@ -87,10 +88,14 @@ class RdpFilter:
         cost = self.cost(mechanism)
         if spent + cost <= self.capacity:
             return None
-        return (f"the sweep's privacy filter is full: this trial's RDP at order {self.order:g} ({cost:.3f}) on top of "
-                f"the {spent:.3f} the sweep has run would exceed {self.capacity:.3f}, which is sweep ε = "
-                f"{self.epsilon:g} (δ = {self.delta:g}, {ACCOUNTANT.upper()} accountant)")
+        return (
+            f"the sweep's privacy filter is full: this trial's RDP at order {self.order:g} ({cost:.3f}) on top of "
+            f"the {spent:.3f} the sweep has run would exceed {self.capacity:.3f}, which is sweep ε = "
+            f"{self.epsilon:g} (δ = {self.delta:g}, {ACCOUNTANT.upper()} accountant)"
+        )
 
     def describe(self) -> str:
-        return (f"RDP filter at order {self.order:g} (Feldman & Zrnic 2021): ε = {self.epsilon:g} "
-                f"(δ = {self.delta:g}, {ACCOUNTANT.upper()} accountant)")
+        return (
+            f"RDP filter at order {self.order:g} (Feldman & Zrnic 2021): ε = {self.epsilon:g} "
+            f"(δ = {self.delta:g}, {ACCOUNTANT.upper()} accountant)"
+        )

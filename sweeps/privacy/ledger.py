@@ -65,10 +65,16 @@ class LedgerEntry:
         if not isinstance(plan, PrivacyPlan):
             raise TypeError(f"the ledger records central trials, but {spec.name} is a {spec.kind} trial")
         seed = spec.train.get("seed") if public_seed else None
-        return cls(key=spec.key, name=spec.name, role=role,
-                   noise_multiplier=plan.noise_multiplier if plan.private else 0.0,
-                   sample_rate=plan.sample_rate, steps=plan.planned_steps,
-                   public_seed=None if seed is None else int(seed), train_config=released_params(spec.train))
+        return cls(
+            key=spec.key,
+            name=spec.name,
+            role=role,
+            noise_multiplier=plan.noise_multiplier if plan.private else 0.0,
+            sample_rate=plan.sample_rate,
+            steps=plan.planned_steps,
+            public_seed=None if seed is None else int(seed),
+            train_config=released_params(spec.train),
+        )
 
     def mechanism(self) -> TrialMechanism:
         return TrialMechanism(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps)

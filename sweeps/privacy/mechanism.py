@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from dp_core.errors import ConfigError, require, require_in_range
 from dp_core.accounting import RDP_ORDERS, rdp_curve
+from dp_core.errors import ConfigError, require, require_in_range
 from dp_core.privacy_plan import PrivacyPlan
 
 __all__ = [
@@ -44,8 +44,12 @@ def dp_accounting_rdp() -> Any:
         raise ImportError(
             "The privacy of a sweep's selection is computed with dp-accounting: pip install 'dp-accounting>=0.4'."
         ) from error
-    for name in ("_compute_rdp_repeat_and_select", "_gamma_truncated_negative_binomial",
-                 "_truncated_negative_binomial_mean", "compute_epsilon"):
+    for name in (
+        "_compute_rdp_repeat_and_select",
+        "_gamma_truncated_negative_binomial",
+        "_truncated_negative_binomial_mean",
+        "compute_epsilon",
+    ):
         if not hasattr(rdp_privacy_accountant, name):  # pragma: no cover - a future dp-accounting
             raise ImportError(
                 f"dp_accounting.rdp.rdp_privacy_accountant has no {name} (the Papernot–Steinke analysis "
@@ -96,7 +100,8 @@ class TrialMechanism:
         sigma = params.get("noise_multiplier")
         return cls(
             noise_multiplier=0.0 if disabled or sigma in (None, "None") else float(sigma),
-            sample_rate=float(params["sample_rate_resolved"]), steps=int(float(params["steps_planned"])),
+            sample_rate=float(params["sample_rate_resolved"]),
+            steps=int(float(params["steps_planned"])),
         )
 
     def dp_event(self) -> Any:
@@ -125,10 +130,11 @@ def as_mechanism(trial: Any) -> TrialMechanism:
 def _rdp_curve(mechanism: TrialMechanism) -> np.ndarray:
     """RDP of the whole run, from dp_core's vectorised sampled-Gaussian RDP: for composing many
     runs (an Optuna sweep's hundreds of distinct configurations), where dp-accounting's is too slow
-    per run (``docs/benchmarks.md``). Equal to Opacus' and to numerical integration; dp-accounting's fractional-order series
-    stops early at small σ and is then slightly larger (looser), never smaller."""
-    return rdp_curve(noise_multiplier=mechanism.noise_multiplier, sample_rate=mechanism.sample_rate,
-                     steps=mechanism.steps)
+    per run (``docs/benchmarks.md``). Equal to Opacus' and to numerical integration; dp-accounting's
+    fractional-order series stops early at small σ and is then slightly larger (looser), never smaller."""
+    return rdp_curve(
+        noise_multiplier=mechanism.noise_multiplier, sample_rate=mechanism.sample_rate, steps=mechanism.steps
+    )
 
 
 def epsilon_of(curve: np.ndarray, delta: float) -> float:
@@ -163,4 +169,3 @@ def largest_trial_epsilon(trial_plans: Sequence[Any], *, delta: float) -> float:
     if not trial_plans:
         raise ConfigError("Expected at least one trial to take the largest ε of, but got none.")
     return max(epsilon_of(_rdp_curve(m), delta) for m in {as_mechanism(t) for t in trial_plans})
-

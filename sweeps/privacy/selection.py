@@ -75,8 +75,9 @@ from typing import Any
 
 import numpy as np
 
-from dp_core.errors import ConfigError, require, require_choice
 from dp_core.accounting import RDP_ORDERS
+from dp_core.errors import ConfigError, require, require_choice
+from sweeps.planning import PlannedTrial
 from sweeps.privacy.mechanism import (
     TrialMechanism,
     as_mechanism,
@@ -87,7 +88,6 @@ from sweeps.privacy.mechanism import (
     naive_composition_epsilon,
     quiet_absl,
 )
-from sweeps.planning import PlannedTrial
 from sweeps.privacy.statement import SelectionPrivacy
 from sweeps.space import SELECTION_DISTRIBUTIONS, SearchSpace
 
@@ -132,13 +132,21 @@ def _check_distribution(distribution: str, mean: float, eta: float | None) -> fl
     ok = isinstance(mean, (int, float)) and not isinstance(mean, bool) and math.isfinite(mean) and mean >= 1
     require(ok, key="mean", value=mean, allowed="to be a finite number >= 1 (the expected number of trials)")
     if distribution == "poisson":
-        require(eta is None, key="eta", value=eta,
-                allowed="to be absent for distribution: poisson (eta is the truncated negative binomial's shape)")
+        require(
+            eta is None,
+            key="eta",
+            value=eta,
+            allowed="to be absent for distribution: poisson (eta is the truncated negative binomial's shape)",
+        )
         return math.inf
     shape = _DEFAULT_ETA if eta is None else eta
     ok = isinstance(shape, (int, float)) and not isinstance(shape, bool) and math.isfinite(shape) and shape >= 0
-    require(ok, key="eta", value=eta,
-            allowed="to be a finite number >= 0 (0: logarithmic, 1: geometric distribution of the trial count)")
+    require(
+        ok,
+        key="eta",
+        value=eta,
+        allowed="to be a finite number >= 0 (0: logarithmic, 1: geometric distribution of the trial count)",
+    )
     return float(shape)
 
 
@@ -196,13 +204,24 @@ def sweep_epsilon(
         sweep_epsilon=selected,
         naive_composition_epsilon=naive_composition_epsilon(trials_run, delta=delta),
         largest_trial_epsilon=largest_trial_epsilon(list(mechanisms), delta=delta),
-        trials_run=len(trials_run), configurations=len(mechanisms), distribution=distribution,
-        mean=float(mean), eta=None if distribution == "poisson" else shape, delta=float(delta),
+        trials_run=len(trials_run),
+        configurations=len(mechanisms),
+        distribution=distribution,
+        mean=float(mean),
+        eta=None if distribution == "poisson" else shape,
+        delta=float(delta),
     )
 
 
-def sweep_privacy(space: SearchSpace, *, admitted: Sequence[Any], trials_run: Sequence[Any], delta: float,
-                  adaptive: bool = False, sweep_filter: Any = None) -> SelectionPrivacy:
+def sweep_privacy(
+    space: SearchSpace,
+    *,
+    admitted: Sequence[Any],
+    trials_run: Sequence[Any],
+    delta: float,
+    adaptive: bool = False,
+    sweep_filter: Any = None,
+) -> SelectionPrivacy:
     """The launcher's report: :func:`sweep_epsilon` with ``space.private_selection``, else naive composition only.
 
     ``admitted`` are the configurations the sweep could run (for Optuna, pass the trials run);
@@ -211,14 +230,26 @@ def sweep_privacy(space: SearchSpace, *, admitted: Sequence[Any], trials_run: Se
     """
     selection = getattr(space, "private_selection", None)
     if selection is not None:
-        return sweep_epsilon(trial_plans=admitted, trials_run=trials_run, distribution=selection.distribution,
-                             mean=selection.mean, eta=selection.eta, delta=delta)
+        return sweep_epsilon(
+            trial_plans=admitted,
+            trials_run=trials_run,
+            distribution=selection.distribution,
+            mean=selection.mean,
+            eta=selection.eta,
+            delta=delta,
+        )
     candidates = list(admitted) or list(trials_run)
     return SelectionPrivacy(
-        sweep_epsilon=None, naive_composition_epsilon=naive_composition_epsilon(trials_run, delta=delta),
+        sweep_epsilon=None,
+        naive_composition_epsilon=naive_composition_epsilon(trials_run, delta=delta),
         largest_trial_epsilon=largest_trial_epsilon(candidates, delta=delta) if candidates else 0.0,
-        trials_run=len(trials_run), configurations=len({as_mechanism(t) for t in candidates}),
-        distribution=None, mean=None, eta=None, delta=float(delta), adaptive=adaptive,
+        trials_run=len(trials_run),
+        configurations=len({as_mechanism(t) for t in candidates}),
+        distribution=None,
+        mean=None,
+        eta=None,
+        delta=float(delta),
+        adaptive=adaptive,
         filter_description=sweep_filter.describe() if sweep_filter is not None else None,
         filter_epsilon=sweep_filter.epsilon if sweep_filter is not None else None,
     )
@@ -255,8 +286,9 @@ def draw_trial_count(distribution: str, mean: float, rng: np.random.Generator, *
     )
 
 
-def select_trials(space: SearchSpace, admitted: Sequence[PlannedTrial], *,
-                  rng: np.random.Generator | None = None) -> list[PlannedTrial]:
+def select_trials(
+    space: SearchSpace, admitted: Sequence[PlannedTrial], *, rng: np.random.Generator | None = None
+) -> list[PlannedTrial]:
     """The runs of a private-selection sweep: K ~ the space's distribution, each a uniform draw.
 
     Draws are with replacement and independent of the data (the admitted grid points are decided by
@@ -276,10 +308,14 @@ def select_trials(space: SearchSpace, admitted: Sequence[PlannedTrial], *,
     if selection is None:
         raise ConfigError(f"Expected private_selection in {space.source} to select trials at random, but it is absent.")
     if not admitted:
-        raise ConfigError(f"Expected at least one admitted grid point to draw trials from in {space.source}, but got none.")
+        raise ConfigError(
+            f"Expected at least one admitted grid point to draw trials from in {space.source}, but got none."
+        )
     if rng is None:
         if space.seed is None:
-            raise ConfigError(f"Expected the sweep's root seed to draw the trials of {space.source}, but it is not drawn yet.")
+            raise ConfigError(
+                f"Expected the sweep's root seed to draw the trials of {space.source}, but it is not drawn yet."
+            )
         rng = np.random.default_rng(derived_seed(space.seed, SELECTION))
     count = draw_trial_count(selection.distribution, selection.mean, rng, eta=selection.eta)
     if count == 0:

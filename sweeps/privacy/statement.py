@@ -46,8 +46,10 @@ class SelectionPrivacy:
         With private selection the trial count stays out: knowing K turns the random count back
         into a fixed one, and the sweep ε no longer holds.
         """
-        values = {"naive_composition_epsilon": self.naive_composition_epsilon,
-                  "largest_trial_epsilon_rdp": self.largest_trial_epsilon}
+        values = {
+            "naive_composition_epsilon": self.naive_composition_epsilon,
+            "largest_trial_epsilon_rdp": self.largest_trial_epsilon,
+        }
         if self.sweep_epsilon is not None:
             values["sweep_epsilon"] = self.sweep_epsilon
         else:
@@ -71,40 +73,60 @@ class SelectionPrivacy:
         """Console lines: each ε with its accountant and δ (with private selection, without K)."""
         tag = f"(δ = {self.delta:g}, {self.accountant.upper()} accountant)"
         runs = f"{self.trials_run} trial{'' if self.trials_run == 1 else 's'}"
-        largest = (f"  largest ε of one configuration alone: ε = {_fmt(self.largest_trial_epsilon)} {tag}; "
-                   "not a bound for the selected model")
+        largest = (
+            f"  largest ε of one configuration alone: ε = {_fmt(self.largest_trial_epsilon)} {tag}; "
+            "not a bound for the selected model"
+        )
         head = "Privacy of releasing the selected model (the search included):"
-        extra = [f"the confirmation stage's {self.confirmation_runs} runs" if self.confirmation_runs else "",
-                 "the audit's retraining" if self.audit_runs else ""]
+        extra = [
+            f"the confirmation stage's {self.confirmation_runs} runs" if self.confirmation_runs else "",
+            "the audit's retraining" if self.audit_runs else "",
+        ]
         among = f" ({' and '.join(e for e in extra if e)} among them)" if any(extra) else ""
         if self.adaptive:
-            reading = (f"  RDP sum over the {runs} run{among}: ε = {_fmt(self.naive_composition_epsilon)} {tag}; an odometer "
-                       "reading, not a bound: Optuna chose each trial from earlier results")
+            reading = (
+                f"  RDP sum over the {runs} run{among}: ε = {_fmt(self.naive_composition_epsilon)} {tag}; an odometer "
+                "reading, not a bound: Optuna chose each trial from earlier results"
+            )
             if self.filter_epsilon is not None:
-                bound = (f"  sweep ε = {_fmt(self.filter_epsilon)} {tag}: releasing every trial, whatever Optuna chose "
-                         f"({self.filter_description}; trials that did not fit were skipped)")
+                bound = (
+                    f"  sweep ε = {_fmt(self.filter_epsilon)} {tag}: releasing every trial, whatever Optuna chose "
+                    f"({self.filter_description}; trials that did not fit were skipped)"
+                )
                 return "\n".join([head, bound, reading, largest])
-            note = ("  No bound fixed in advance covers these adaptively chosen trials: set sweep_epsilon_budget in the "
-                    "space for an RDP filter whose ε holds for the whole sweep (sweeps.privacy.adaptive).")
+            note = (
+                "  No bound fixed in advance covers these adaptively chosen trials: set sweep_epsilon_budget in the "
+                "space for an RDP filter whose ε holds for the whole sweep (sweeps.privacy.adaptive)."
+            )
             return "\n".join([head, reading, largest, note])
-        naive = (f"  naive composition over the {runs} run{among}: ε = {_fmt(self.naive_composition_epsilon)} "
-                 f"{tag}; covers releasing every trial")
+        naive = (
+            f"  naive composition over the {runs} run{among}: ε = {_fmt(self.naive_composition_epsilon)} "
+            f"{tag}; covers releasing every trial"
+        )
         if self.sweep_epsilon is None:
-            note = ("  The selected model's own ε does not bound what the sweep leaks: which trial wins depends on "
-                    "the data of every trial. With a fixed set of trials, naive composition is the bound; add "
-                    "private_selection: {distribution: poisson, mean: ...} to the space for Papernot–Steinke's, "
-                    "which grows with log E[K] rather than with K.")
+            note = (
+                "  The selected model's own ε does not bound what the sweep leaks: which trial wins depends on "
+                "the data of every trial. With a fixed set of trials, naive composition is the bound; add "
+                "private_selection: {distribution: poisson, mean: ...} to the space for Papernot–Steinke's, "
+                "which grows with log E[K] rather than with K."
+            )
             return "\n".join([head, naive, largest, note])
-        naive = (f"  naive composition over the trials run (K and the audit, if any; their count is not shown): "
-                 f"ε = {_fmt(self.naive_composition_epsilon)} {tag}; covers releasing every trial")
+        naive = (
+            f"  naive composition over the trials run (K and the audit, if any; their count is not shown): "
+            f"ε = {_fmt(self.naive_composition_epsilon)} {tag}; covers releasing every trial"
+        )
         shape = "" if self.eta is None else f", η = {self.eta:g}"
-        selected = (f"  sweep ε = {_fmt(self.sweep_epsilon)} {tag}: releasing the best of K trials with its "
-                    f"hyperparameters (not its seed, not K), K ~ {self.distribution} (mean {self.mean:g}{shape}), "
-                    f"each run a uniform draw among the admitted grid points ({self.configurations} distinct DP "
-                    "mechanisms; Papernot & Steinke 2022)")
-        note = ("  The sweep ε covers that one model only (release/selected_model.json): K, the other trials and the "
-                "frontier (for the team, in MLflow) are covered by naive composition, which charges the trials that "
-                "ran rather than the worst one each time.")
+        selected = (
+            f"  sweep ε = {_fmt(self.sweep_epsilon)} {tag}: releasing the best of K trials with its "
+            f"hyperparameters (not its seed, not K), K ~ {self.distribution} (mean {self.mean:g}{shape}), "
+            f"each run a uniform draw among the admitted grid points ({self.configurations} distinct DP "
+            "mechanisms; Papernot & Steinke 2022)"
+        )
+        note = (
+            "  The sweep ε covers that one model only (release/selected_model.json): K, the other trials and the "
+            "frontier (for the team, in MLflow) are covered by naive composition, which charges the trials that "
+            "ran rather than the worst one each time."
+        )
         return "\n".join([head, selected, naive, largest, note])
 
 
@@ -124,6 +146,8 @@ def shared_seed_note(entries: Iterable[Any]) -> str | None:
     distinct = len(set(seeds))
     if distinct == len(seeds):
         return None
-    return (f"  {len(seeds)} trials trained with {distinct} distinct seed{'' if distinct == 1 else 's'}: trials "
-            "that share a seed share one noise stream, so they are not independent mechanisms and no composition "
-            "above bounds releasing them together. Without fixed.seed or a seed axis each trial draws its own seed.")
+    return (
+        f"  {len(seeds)} trials trained with {distinct} distinct seed{'' if distinct == 1 else 's'}: trials "
+        "that share a seed share one noise stream, so they are not independent mechanisms and no composition "
+        "above bounds releasing them together. Without fixed.seed or a seed axis each trial draws its own seed."
+    )

@@ -5,11 +5,28 @@
 ``frontier_report``: the frontier files and the console summary. Pure: no Ray, MLflow or Optuna.
 """
 
-from sweeps.results.frontier import (DEFAULT_BUCKETS, ConfirmedConfig, Point, best_per_bucket, default_buckets,
-                                     pareto_front)
+from sweeps.results.frontier import (
+    DEFAULT_BUCKETS,
+    ConfirmedConfig,
+    Point,
+    best_per_bucket,
+    default_buckets,
+    pareto_front,
+)
 from sweeps.results.frontier_plot import plot_frontier
 from sweeps.results.frontier_report import FrontierReport
 
-__all__ = ["DEFAULT_BUCKETS", "ConfirmedConfig", "FrontierReport", "Point", "best_per_bucket", "default_buckets",
-           "pareto_front", "plot_frontier",
-           "confirm", "frontier", "frontier_plot", "frontier_report"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "ConfirmedConfig",
+    "FrontierReport",
+    "Point",
+    "best_per_bucket",
+    "default_buckets",
+    "pareto_front",
+    "plot_frontier",
+    "confirm",
+    "frontier",
+    "frontier_plot",
+    "frontier_report",
+]

@@ -49,8 +49,21 @@ from sweeps.protocol import ConfirmationJob
 from sweeps.results.frontier import ConfirmedConfig, Point
 from sweeps.space.model import Axis, Range
 
-__all__ = ["BASELINE", "CONFIRMATIONS_FILE", "Candidate", "ConfirmationRun", "baseline_candidates", "baseline_config",
-           "candidates", "choose", "confirmation_config", "confirmation_jobs", "refit", "refit_config", "refit_jobs"]
+__all__ = [
+    "BASELINE",
+    "CONFIRMATIONS_FILE",
+    "Candidate",
+    "ConfirmationRun",
+    "baseline_candidates",
+    "baseline_config",
+    "candidates",
+    "choose",
+    "confirmation_config",
+    "confirmation_jobs",
+    "refit",
+    "refit_config",
+    "refit_jobs",
+]
 
 CONFIRMATIONS_FILE = "confirmations.jsonl"
 #: The candidate name of the trainer's defaults, confirmed beside the search's nominees.
@@ -128,9 +141,17 @@ def candidates(points: Iterable[Point], buckets: Sequence[float], *, top: int) -
                     best_of_trial[p.trial] = p
         leaders = sorted(best_of_trial.values(), key=lambda p: (-p.accuracy, p.epsilon, p.trial))[:top]
         for p in leaders:
-            chosen.setdefault((p.trial, p.epoch, bound), Candidate(
-                trial=p.trial, epoch=p.epoch, epsilon=p.epsilon, val_accuracy=p.accuracy, bound=bound,
-                params=dict(p.params)))
+            chosen.setdefault(
+                (p.trial, p.epoch, bound),
+                Candidate(
+                    trial=p.trial,
+                    epoch=p.epoch,
+                    epsilon=p.epsilon,
+                    val_accuracy=p.accuracy,
+                    bound=bound,
+                    params=dict(p.params),
+                ),
+            )
     return list(chosen.values())
 
 
@@ -144,8 +165,11 @@ def baseline_config(fixed: Mapping[str, Any], axes: Mapping[str, Axis]) -> tuple
         if key in _PRIVACY_KEYS:
             continue
         default = defaults.get(key)
-        inside = (isinstance(default, (int, float)) and not isinstance(default, bool)
-                  and axis.low <= default <= axis.high) if isinstance(axis, Range) else default in axis
+        inside = (
+            (isinstance(default, (int, float)) and not isinstance(default, bool) and axis.low <= default <= axis.high)
+            if isinstance(axis, Range)
+            else default in axis
+        )
         if not inside:
             return None, f"the default {key} = {default!r} is not on its axis"
         values[key] = default
@@ -154,8 +178,10 @@ def baseline_config(fixed: Mapping[str, Any], axes: Mapping[str, Axis]) -> tuple
 
 def baseline_candidates(buckets: Sequence[float], *, epochs: int) -> list[Candidate]:
     """The trainer's defaults as a candidate for every bound, trained for ``epochs`` epochs."""
-    return [Candidate(trial=BASELINE, epoch=epochs, epsilon=math.nan, val_accuracy=math.nan, bound=bound)
-            for bound in buckets]
+    return [
+        Candidate(trial=BASELINE, epoch=epochs, epsilon=math.nan, val_accuracy=math.nan, bound=bound)
+        for bound in buckets
+    ]
 
 
 def run_name(candidate: Candidate, seed_index: int) -> str:
@@ -173,8 +199,13 @@ def confirmation_config(candidate: Candidate, trial_config: Mapping[str, Any]) -
     return {**config, "epochs": candidate.epoch, "target_epsilon": candidate.bound, "noise_multiplier": None}
 
 
-def confirmation_jobs(chosen: Sequence[Candidate], configs: Mapping[tuple[str, int, float], Mapping[str, Any]], *,
-                      seeds: int, root_seed: int) -> list[ConfirmationJob]:
+def confirmation_jobs(
+    chosen: Sequence[Candidate],
+    configs: Mapping[tuple[str, int, float], Mapping[str, Any]],
+    *,
+    seeds: int,
+    root_seed: int,
+) -> list[ConfirmationJob]:
     """One job per (candidate, seed): its run name, flat configuration with a fresh seed, and epochs.
 
     ``configs`` maps each candidate's key to the flat configuration it is confirmed as, σ
@@ -182,12 +213,25 @@ def confirmation_jobs(chosen: Sequence[Candidate], configs: Mapping[tuple[str, i
     sweep's secret, the trial's name, the bound, the epoch and the run's index: fresh against
     the search (another stream) and between candidates, the same again on ``--resume``.
     """
-    return _seeded_jobs([(c.trial, c.epoch, c.bound) for c in chosen], configs, stage="confirm",
-                        stream=CONFIRM_STREAM, seeds=seeds, root_seed=root_seed)
+    return _seeded_jobs(
+        [(c.trial, c.epoch, c.bound) for c in chosen],
+        configs,
+        stage="confirm",
+        stream=CONFIRM_STREAM,
+        seeds=seeds,
+        root_seed=root_seed,
+    )
 
 
-def _seeded_jobs(keys: Sequence[tuple[str, int, float]], configs: Mapping[tuple[str, int, float], Mapping[str, Any]],
-                 *, stage: str, stream: int, seeds: int, root_seed: int) -> list[ConfirmationJob]:
+def _seeded_jobs(
+    keys: Sequence[tuple[str, int, float]],
+    configs: Mapping[tuple[str, int, float], Mapping[str, Any]],
+    *,
+    stage: str,
+    stream: int,
+    seeds: int,
+    root_seed: int,
+) -> list[ConfirmationJob]:
     """``seeds`` jobs per (trial, epoch, bound) key, named after ``stage``, each its configuration with
     a seed from the sweep's secret, ``stream``, the trial's name, the bound, the epoch and the index."""
     from sweeps.privacy.sweep_secret import derived_seed
@@ -197,9 +241,16 @@ def _seeded_jobs(keys: Sequence[tuple[str, int, float]], configs: Mapping[tuple[
         word = int(hashlib.sha256(f"{trial}@{bound!r}".encode()).hexdigest()[:12], 16)
         for index in range(seeds):
             seed = derived_seed(root_seed, stream, word, epoch, index)
-            jobs.append(ConfirmationJob(name=_run_name(stage, trial, epoch, bound, index), trial=trial, epoch=epoch,
-                                        bound=bound, seed_index=index,
-                                        train={**configs[(trial, epoch, bound)], "seed": seed}))
+            jobs.append(
+                ConfirmationJob(
+                    name=_run_name(stage, trial, epoch, bound, index),
+                    trial=trial,
+                    epoch=epoch,
+                    bound=bound,
+                    seed_index=index,
+                    train={**configs[(trial, epoch, bound)], "seed": seed},
+                )
+            )
     return jobs
 
 
@@ -230,8 +281,12 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def choose(chosen: Sequence[Candidate], runs: Iterable[ConfirmationRun], buckets: Sequence[float],
-           configs: Mapping[tuple[str, int, float], Mapping[str, Any]]) -> list[ConfirmedConfig]:
+def choose(
+    chosen: Sequence[Candidate],
+    runs: Iterable[ConfirmationRun],
+    buckets: Sequence[float],
+    configs: Mapping[tuple[str, int, float], Mapping[str, Any]],
+) -> list[ConfirmedConfig]:
     """Each candidate's confirmed figures, and for each ε bound, among its candidates, the one with
     the best mean validation accuracy (ties: lower ε); ``best_for`` lists the bound it was chosen for.
     ``configs`` are the candidates' flat configurations as confirmed (their params in the report).
@@ -251,9 +306,20 @@ def choose(chosen: Sequence[Candidate], runs: Iterable[ConfirmationRun], buckets
             continue
         val_mean, val_std = _mean_std([r.val_accuracy if r.ok else 0.0 for r in own])
         test_mean, test_std = _mean_std([r.test_accuracy if r.ok else 0.0 for r in own])
-        summaries.append((candidate, {
-            "epsilon": max(r.epsilon for r in ok), "val_mean": val_mean, "val_std": val_std, "test_mean": test_mean,
-            "test_std": test_std, "seeds": len(own), "run_ids": tuple(r.run_id for r in own if r.run_id)}))
+        summaries.append(
+            (
+                candidate,
+                {
+                    "epsilon": max(r.epsilon for r in ok),
+                    "val_mean": val_mean,
+                    "val_std": val_std,
+                    "test_mean": test_mean,
+                    "test_std": test_std,
+                    "seeds": len(own),
+                    "run_ids": tuple(r.run_id for r in own if r.run_id),
+                },
+            )
+        )
     best_for: dict[tuple[str, int, float], list[float]] = {}
     for bound in buckets:
         eligible = [(c, s) for c, s in summaries if c.bound == bound and s["epsilon"] <= bound]
@@ -261,8 +327,15 @@ def choose(chosen: Sequence[Candidate], runs: Iterable[ConfirmationRun], buckets
             winner, _ = max(eligible, key=lambda cs: (cs[1]["val_mean"], -cs[1]["epsilon"]))
             best_for.setdefault(winner.key, []).append(bound)
     return [
-        ConfirmedConfig(trial=c.trial, epoch=c.epoch, bound=c.bound, search_val_accuracy=c.val_accuracy,
-                        params=dict(configs[c.key]), best_for=tuple(best_for.get(c.key, ())), **s)
+        ConfirmedConfig(
+            trial=c.trial,
+            epoch=c.epoch,
+            bound=c.bound,
+            search_val_accuracy=c.val_accuracy,
+            params=dict(configs[c.key]),
+            best_for=tuple(best_for.get(c.key, ())),
+            **s,
+        )
         for c, s in summaries
     ]
 
@@ -275,20 +348,27 @@ def refit_run_name(confirmed: ConfirmedConfig, seed_index: int) -> str:
 def refit_config(confirmed: ConfirmedConfig) -> dict[str, Any]:
     """The flat configuration a chosen configuration is refit as (σ still to be calibrated, no seed):
     the confirmed one, on the whole training split, its bound as the target ε."""
-    return {**confirmed.params, "validation_fraction": 0.0, "target_epsilon": confirmed.bound,
-            "noise_multiplier": None}
+    return {**confirmed.params, "validation_fraction": 0.0, "target_epsilon": confirmed.bound, "noise_multiplier": None}
 
 
-def refit_jobs(chosen: Sequence[ConfirmedConfig], configs: Mapping[tuple[str, int, float], Mapping[str, Any]], *,
-               seeds: int, root_seed: int) -> list[ConfirmationJob]:
+def refit_jobs(
+    chosen: Sequence[ConfirmedConfig],
+    configs: Mapping[tuple[str, int, float], Mapping[str, Any]],
+    *,
+    seeds: int,
+    root_seed: int,
+) -> list[ConfirmationJob]:
     """One job per (chosen configuration, seed), ``configs`` mapping each one's key (trial, epoch,
     bound) to its refit configuration, σ calibrated. Seeds from the sweep's secret, REFIT_STREAM."""
     keys = [(c.trial, c.epoch, float(c.bound)) for c in chosen if c.bound is not None]
     return _seeded_jobs(keys, configs, stage="refit", stream=REFIT_STREAM, seeds=seeds, root_seed=root_seed)
 
 
-def refit(confirmed: Sequence[ConfirmedConfig], runs: Iterable[ConfirmationRun],
-          configs: Mapping[tuple[str, int, float], Mapping[str, Any]]) -> list[ConfirmedConfig]:
+def refit(
+    confirmed: Sequence[ConfirmedConfig],
+    runs: Iterable[ConfirmationRun],
+    configs: Mapping[tuple[str, int, float], Mapping[str, Any]],
+) -> list[ConfirmedConfig]:
     """``confirmed`` with each chosen configuration that has refit runs reporting them: their test
     accuracy (mean ± std; a diverged run counts as 0), ε, seeds and configuration, its run ids
     added. What chose it (validation figures, ``best_for``) is kept; the others are unchanged."""
@@ -304,8 +384,16 @@ def refit(confirmed: Sequence[ConfirmedConfig], runs: Iterable[ConfirmationRun],
             out.append(c)
             continue
         test_mean, test_std = _mean_std([r.test_accuracy if r.ok else 0.0 for r in own])
-        out.append(dataclasses.replace(
-            c, epsilon=max(r.epsilon for r in ok), test_mean=test_mean, test_std=test_std, seeds=len(own),
-            params=dict(configs[c.key]), run_ids=c.run_ids + tuple(r.run_id for r in own if r.run_id),
-            trained_on=TRAIN_AND_VALIDATION))
+        out.append(
+            dataclasses.replace(
+                c,
+                epsilon=max(r.epsilon for r in ok),
+                test_mean=test_mean,
+                test_std=test_std,
+                seeds=len(own),
+                params=dict(configs[c.key]),
+                run_ids=c.run_ids + tuple(r.run_id for r in own if r.run_id),
+                trained_on=TRAIN_AND_VALIDATION,
+            )
+        )
     return out

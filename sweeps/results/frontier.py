@@ -14,12 +14,33 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_BUCKETS", "ConfirmedConfig", "Point", "best_per_bucket", "default_buckets", "format_frontier_table",
-           "pareto_front", "write_frontier_csv"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "ConfirmedConfig",
+    "Point",
+    "best_per_bucket",
+    "default_buckets",
+    "format_frontier_table",
+    "pareto_front",
+    "write_frontier_csv",
+]
 
 DEFAULT_BUCKETS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 20.0, 50.0)
-_FIXED_COLUMNS = ("kind", "epsilon", "val_accuracy", "val_accuracy_std", "test_accuracy_mean", "test_accuracy_std",
-                  "seeds", "trained_on", "best_for_epsilon", "on_frontier", "run_id", "trial", "epoch")
+_FIXED_COLUMNS = (
+    "kind",
+    "epsilon",
+    "val_accuracy",
+    "val_accuracy_std",
+    "test_accuracy_mean",
+    "test_accuracy_std",
+    "seeds",
+    "trained_on",
+    "best_for_epsilon",
+    "on_frontier",
+    "run_id",
+    "trial",
+    "epoch",
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -129,8 +150,12 @@ def _identity(p: Point) -> tuple[str, str, int, float, float]:
     return (p.run_id, p.trial, p.epoch, p.epsilon, p.accuracy)
 
 
-def write_frontier_csv(path: str | os.PathLike[str], points: Iterable[Point], front: Iterable[Point],
-                       confirmed: Sequence[ConfirmedConfig] = ()) -> None:
+def write_frontier_csv(
+    path: str | os.PathLike[str],
+    points: Iterable[Point],
+    front: Iterable[Point],
+    confirmed: Sequence[ConfirmedConfig] = (),
+) -> None:
     """The confirmed configurations, then one row per search point sorted by ε then -accuracy.
 
     Columns: kind (confirmed / search), epsilon, val_accuracy (confirmed: the mean over its seeds),
@@ -150,15 +175,39 @@ def write_frontier_csv(path: str | os.PathLike[str], points: Iterable[Point], fr
         writer.writerow([*_FIXED_COLUMNS, *columns.values()])
         for c in sorted(confirmed, key=lambda c: (c.epsilon, -c.val_mean)):
             # repr round-trips floats exactly and spells infinity "inf", which float() reads back.
-            row = ["confirmed", repr(float(c.epsilon)), repr(c.val_mean), repr(c.val_std), repr(c.test_mean),
-                   repr(c.test_std), c.seeds, c.trained_on, " ".join(f"{b:g}" for b in c.best_for), "",
-                   " ".join(c.run_ids),
-                   c.trial, c.epoch]
+            row = [
+                "confirmed",
+                repr(float(c.epsilon)),
+                repr(c.val_mean),
+                repr(c.val_std),
+                repr(c.test_mean),
+                repr(c.test_std),
+                c.seeds,
+                c.trained_on,
+                " ".join(f"{b:g}" for b in c.best_for),
+                "",
+                " ".join(c.run_ids),
+                c.trial,
+                c.epoch,
+            ]
             writer.writerow(row + [c.params.get(k, "") for k in keys])
         for p in pts:
             flag = "true" if _identity(p) in on_front else "false"
-            row = ["search", repr(float(p.epsilon)), repr(float(p.accuracy)), "", "", "", "", "", "", flag, p.run_id,
-                   p.trial, p.epoch]
+            row = [
+                "search",
+                repr(float(p.epsilon)),
+                repr(float(p.accuracy)),
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                flag,
+                p.run_id,
+                p.trial,
+                p.epoch,
+            ]
             writer.writerow(row + [p.params.get(k, "") for k in keys])
 
 

@@ -149,26 +149,50 @@ def plot_frontier(
             _log_ticks(ax)
         if finite:
             size, alpha = _dot_style(len(finite))
-            ax.scatter([p.epsilon for p in finite], [p.accuracy for p in finite], s=size, c="0.35", alpha=alpha,
-                       linewidths=0, rasterized=True,
-                       label=f"search: {search_metric}, every trial × epoch ({len(finite):,})")
+            ax.scatter(
+                [p.epsilon for p in finite],
+                [p.accuracy for p in finite],
+                s=size,
+                c="0.35",
+                alpha=alpha,
+                linewidths=0,
+                rasterized=True,
+                label=f"search: {search_metric}, every trial × epoch ({len(finite):,})",
+            )
         if fr:
             xs, ys = [p.epsilon for p in fr], [p.accuracy for p in fr]
             # Carry the last step to the largest ε seen: past it nothing more accurate was found.
             x_end = max([p.epsilon for p in finite] + xs)
             ax.step(xs + [x_end], ys + [ys[-1]], where="post", color="tab:red", lw=1.8, zorder=3)
-            ax.plot(xs, ys, "o", color="tab:red", ms=4 if len(fr) > 25 else 6, zorder=4,
-                    label=f"Pareto frontier of the search ({len(fr)})")
+            ax.plot(
+                xs,
+                ys,
+                "o",
+                color="tab:red",
+                ms=4 if len(fr) > 25 else 6,
+                zorder=4,
+                label=f"Pareto frontier of the search ({len(fr)})",
+            )
         # A chosen configuration refit on train + validation (sweeps.results.confirm.refit) is a
         # different model from its confirmation runs: drawn apart, a dark star edged in white, so it
         # stands out of the diamonds it sits among and the two are not compared.
         for refit, marker, size, colour in ((False, "D", 6, "tab:blue"), (True, "*", 15, REFIT_COLOUR)):
             drawn = [c for c in shown_confirmed if (c.trained_on != "train") == refit]
             if drawn:
-                ax.errorbar([c.epsilon for c in drawn], [c.test_mean for c in drawn],
-                            yerr=[c.test_std if math.isfinite(c.test_std) else 0.0 for c in drawn],
-                            fmt=marker, color=colour, ms=size, mec="white" if refit else colour, mew=0.8,
-                            capsize=4, elinewidth=1.5, zorder=5 + refit, label=_confirmed_label(drawn, refit=refit))
+                ax.errorbar(
+                    [c.epsilon for c in drawn],
+                    [c.test_mean for c in drawn],
+                    yerr=[c.test_std if math.isfinite(c.test_std) else 0.0 for c in drawn],
+                    fmt=marker,
+                    color=colour,
+                    ms=size,
+                    mec="white" if refit else colour,
+                    mew=0.8,
+                    capsize=4,
+                    elinewidth=1.5,
+                    zorder=5 + refit,
+                    label=_confirmed_label(drawn, refit=refit),
+                )
         if budget is not None and math.isfinite(budget):
             ax.axvline(budget, color="black", ls="--", lw=1.2, label=f"ε budget = {budget:g}")
         if n_hidden:
@@ -192,8 +216,14 @@ def plot_frontier(
         if handles:
             # What was measured first (search, frontier, confirmed), then the ε values to read them by.
             order = sorted(range(len(labels)), key=lambda i: _legend_rank(labels[i]))
-            ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="lower right", fontsize="small",
-                      framealpha=0.9, markerscale=1.5)
+            ax.legend(
+                [handles[i] for i in order],
+                [labels[i] for i in order],
+                loc="lower right",
+                fontsize="small",
+                framealpha=0.9,
+                markerscale=1.5,
+            )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, format="png")

@@ -6,14 +6,42 @@ frozen dataclasses, and the rules between its settings. ``checks``: the checks t
 """
 
 from sweeps.space.load import SPACES_DIR, list_spaces, load_space
-from sweeps.space.model import (DEFAULT_VALIDATION_FRACTION, KINDS, OBJECTIVES, PRUNERS, SEARCH_MODES,
-                                SELECTION_DISTRIBUTIONS, Axis, Confirmation, PrivateSelection, Range, SearchSpace,
-                                rebuild_space)
+from sweeps.space.model import (
+    DEFAULT_VALIDATION_FRACTION,
+    KINDS,
+    OBJECTIVES,
+    PRUNERS,
+    SEARCH_MODES,
+    SELECTION_DISTRIBUTIONS,
+    Axis,
+    Confirmation,
+    PrivateSelection,
+    Range,
+    SearchSpace,
+    rebuild_space,
+)
 
 # A pickled SearchSpace names its rebuild function; Tune state saved before the package was split
 # (a --resume) still looks for it here.
 _rebuild_space = rebuild_space
 
-__all__ = ["DEFAULT_VALIDATION_FRACTION", "KINDS", "OBJECTIVES", "PRUNERS", "SEARCH_MODES", "SELECTION_DISTRIBUTIONS",
-           "SPACES_DIR", "Axis", "Confirmation", "PrivateSelection", "Range", "SearchSpace", "list_spaces", "load_space",
-           "checks", "load", "model", "parse"]
+__all__ = [
+    "DEFAULT_VALIDATION_FRACTION",
+    "KINDS",
+    "OBJECTIVES",
+    "PRUNERS",
+    "SEARCH_MODES",
+    "SELECTION_DISTRIBUTIONS",
+    "SPACES_DIR",
+    "Axis",
+    "Confirmation",
+    "PrivateSelection",
+    "Range",
+    "SearchSpace",
+    "list_spaces",
+    "load_space",
+    "checks",
+    "load",
+    "model",
+    "parse",
+]

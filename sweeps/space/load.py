@@ -141,7 +141,11 @@ def _safe_load(source: str, path: Path) -> Any:
         detail = getattr(error, "problem", None) or str(error)
         context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
         if context:
-            at = f" at line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark is not None else ""
+            at = (
+                f" at line {context_mark.line + 1}, column {context_mark.column + 1}"
+                if context_mark is not None
+                else ""
+            )
             detail = f"{detail} ({context}{at})"
         note = ""
         if isinstance(error, yaml.constructor.ConstructorError):

@@ -71,8 +71,7 @@ class Range:
         """
         if self.num is None:
             raise ConfigError(
-                f"Expected num (an integer >= 1) for a grid over the range [{self.low}, {self.high}], "
-                "but got num=None."
+                f"Expected num (an integer >= 1) for a grid over the range [{self.low}, {self.high}], but got num=None."
             )
         num = self.num
         if num == 1:
@@ -185,7 +184,9 @@ class SearchSpace:
         to optuna needs a trial count from the file or from ``trials``.
         """
         changed = dataclasses.replace(
-            self, search=self.search if search is None else search, trials=self.trials if trials is None else trials,
+            self,
+            search=self.search if search is None else search,
+            trials=self.trials if trials is None else trials,
         )
         check_search_settings(changed, self.source, override=True)
         check_trial_configs(changed, self.source)
@@ -213,14 +214,14 @@ class SearchSpace:
         so trials draw independent streams (two equal among 10,000 trials: odds ~1e-11) and a
         resumed sweep's trials draw the ones they drew before."""
         if self.seed is None:
-            raise ConfigError(f"Expected the sweep's root seed for trial seeds of {self.source}, but it is not drawn yet.")
+            raise ConfigError(
+                f"Expected the sweep's root seed for trial seeds of {self.source}, but it is not drawn yet."
+            )
         words = np.random.SeedSequence([self.seed, number]).generate_state(2, dtype=np.uint32)
         return (int(words[0]) << 30) ^ int(words[1])  # < 2**62: the trainer adds 1 and 2 to it
 
     def _axis_values(self) -> dict[str, list[Any]]:
-        return {
-            key: axis.grid_values() if isinstance(axis, Range) else list(axis) for key, axis in self.axes.items()
-        }
+        return {key: axis.grid_values() if isinstance(axis, Range) else list(axis) for key, axis in self.axes.items()}
 
 
 def rebuild_space(state: dict[str, Any]) -> SearchSpace:
@@ -242,12 +243,21 @@ def _check_private_selection(space: SearchSpace, path: Path, source: str) -> Non
     if space.private_selection is None:
         return
     why = {
-        "search": (space.search != "grid", space.search,
-                   "grid (Optuna proposes from earlier results, so its runs are not independent draws)"),
-        "pruner": (space.pruner != "none", space.pruner,
-                   "none (ASHA stops a run based on other runs' results, so runs are not independent)"),
-        "trials": (space.trials is not None, space.trials,
-                   "absent (the number of trials is drawn from private_selection's distribution)"),
+        "search": (
+            space.search != "grid",
+            space.search,
+            "grid (Optuna proposes from earlier results, so its runs are not independent draws)",
+        ),
+        "pruner": (
+            space.pruner != "none",
+            space.pruner,
+            "none (ASHA stops a run based on other runs' results, so runs are not independent)",
+        ),
+        "trials": (
+            space.trials is not None,
+            space.trials,
+            "absent (the number of trials is drawn from private_selection's distribution)",
+        ),
         "kind": (space.kind != "train", space.kind, "train (a federated run is not one sampled Gaussian mechanism)"),
     }
     for key, (broken, value, allowed) in why.items():

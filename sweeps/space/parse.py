@@ -98,16 +98,18 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
             raise dp_config.unknown_key_error(str(key), _TOP_LEVEL_KEYS, where=str(path))
     for key in _REQUIRED_KEYS:
         if key not in data:
-            raise ConfigError(
-                f"Missing required key {key!r} in {path}. Required keys: {', '.join(_REQUIRED_KEYS)}."
-            )
+            raise ConfigError(f"Missing required key {key!r} in {path}. Required keys: {', '.join(_REQUIRED_KEYS)}.")
 
     # The file is the name: sweeps, their MLflow runs and --resume find a space by its file stem.
     name = data.get("name", path.stem)
     require_here(isinstance(name, str) and name != "", key="name", value=name, allowed="to be a non-empty string")
     if name != path.stem:  # stacklevel 3: the line that called load_space
-        warnings.warn(f"Expected name to equal the file name without .yaml ({path.stem!r}), but got name={name!r} "
-                      f"in {path}; the space is named {path.stem!r}.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"Expected name to equal the file name without .yaml ({path.stem!r}), but got name={name!r} "
+            f"in {path}; the space is named {path.stem!r}.",
+            UserWarning,
+            stacklevel=3,
+        )
         name = path.stem
     description = data.get("description", "")
     description = "" if description is None else description
@@ -159,8 +161,12 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
     cpus, gpus = _parse_resources(data.get("resources"), path)
 
     seed = data.get("seed")
-    require_here(seed is None or (is_int(seed) and seed >= 0), key="seed", value=seed,
-                 allowed="to be an integer >= 0, or absent (a secret seed drawn for each sweep)")
+    require_here(
+        seed is None or (is_int(seed) and seed >= 0),
+        key="seed",
+        value=seed,
+        allowed="to be an integer >= 0, or absent (a secret seed drawn for each sweep)",
+    )
     public_seed = seed is not None or "seed" in fixed or "seed" in axes
     sweep_budget = _coerce(data.get("sweep_epsilon_budget"))
     if sweep_budget is not None:
@@ -171,20 +177,31 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
     vectorize = data.get("vectorize", "auto")
     if vectorize is False or vectorize == "off":  # YAML reads a bare `off` as False
         vectorize = 1
-    require_here(vectorize == "auto" or (is_int(vectorize) and vectorize >= 1), key="vectorize", value=vectorize,
-                 allowed="to be auto, off or an integer >= 1 (configurations trained at once)")
+    require_here(
+        vectorize == "auto" or (is_int(vectorize) and vectorize >= 1),
+        key="vectorize",
+        value=vectorize,
+        allowed="to be auto, off or an integer >= 1 (configurations trained at once)",
+    )
 
     confirm = _parse_confirm(data.get("confirm", {}), path, kind=kind)
     if confirm is not None and (private_selection is not None or sweep_budget is not None):
         if "confirm" in data:
-            why = ("private_selection: its guarantee covers releasing the best of K trials, and the number of "
-                   "nominees would tell K" if private_selection is not None else
-                   "sweep_epsilon_budget: the RDP filter does not charge the confirmation runs yet")
+            why = (
+                "private_selection: its guarantee covers releasing the best of K trials, and the number of "
+                "nominees would tell K"
+                if private_selection is not None
+                else "sweep_epsilon_budget: the RDP filter does not charge the confirmation runs yet"
+            )
             raise ConfigError(f"Expected no confirm with {why} (in {path}); write confirm: off.")
         confirm = None
     validation = fixed.get("validation_fraction", DEFAULT_VALIDATION_FRACTION)
-    require_here(is_number(validation) and 0 < validation < 0.5, key="fixed.validation_fraction", value=validation,
-                 allowed="in (0, 0.5): a sweep chooses on a validation split held out of training, never on test data")
+    require_here(
+        is_number(validation) and 0 < validation < 0.5,
+        key="fixed.validation_fraction",
+        value=validation,
+        allowed="in (0, 0.5): a sweep chooses on a validation split held out of training, never on test data",
+    )
     space = SearchSpace(
         confirm=confirm, name=name, description=description, source=path, fixed=fixed, axes=axes, epsilon_budget=budget,
         search=search, trials=trials, objective=objective, pruner=pruner,
@@ -224,7 +241,9 @@ def _parse_fixed(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Any]
     if raw is None:
         raw = {}
     require_in(path)(
-        isinstance(raw, dict), key="fixed", value=raw,
+        isinstance(raw, dict),
+        key="fixed",
+        value=raw,
         allowed="to be a mapping of training keys to values (it may be empty: fixed: {})",
     )
     _check_train_keys(raw, path, known, where="fixed")
@@ -233,18 +252,19 @@ def _parse_fixed(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Any]
 
 def _parse_axes(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Axis]:
     require_in(path)(
-        isinstance(raw, dict) and len(raw) > 0, key="axes", value=raw,
+        isinstance(raw, dict) and len(raw) > 0,
+        key="axes",
+        value=raw,
         allowed="to be a non-empty mapping of training keys to a list of values or a range {low, high, log, num}",
     )
     _check_train_keys(raw, path, known, where="axes")
     integer_keys = _integer_keys()
-    return {
-        key: _parse_axis(value, path, key=key, integer=key in integer_keys) for key, value in raw.items()
-    }
+    return {key: _parse_axis(value, path, key=key, integer=key in integer_keys) for key, value in raw.items()}
 
 
-def _check_section_keys(raw: Mapping[str, Any], *, known: tuple[str, ...], required: tuple[str, ...], where: str,
-                        needs: str) -> None:
+def _check_section_keys(
+    raw: Mapping[str, Any], *, known: tuple[str, ...], required: tuple[str, ...], where: str, needs: str
+) -> None:
     """Refuse a key of a nested mapping that is not ``known`` ("did you mean"), or a missing ``required`` one."""
     for key in raw:
         if key not in known:
@@ -266,7 +286,9 @@ def _parse_axis(raw: Any, path: Path, *, key: str, integer: bool) -> Axis:
         values = [_coerce(value) for value in raw]
         for i, value in enumerate(values):
             require_here(
-                value is None or isinstance(value, (str, int, float, bool)), key=f"{label}[{i}]", value=value,
+                value is None or isinstance(value, (str, int, float, bool)),
+                key=f"{label}[{i}]",
+                value=value,
                 allowed="to be a single value (a number, string, true/false or null), not a list or mapping",
             )
         for i, value in enumerate(values):
@@ -278,14 +300,21 @@ def _parse_axis(raw: Any, path: Path, *, key: str, integer: bool) -> Axis:
         return tuple(values)
 
     if isinstance(raw, dict):
-        _check_section_keys(raw, known=_RANGE_KEYS, required=("low", "high"), where=f"the range {label} of {path}",
-                            needs="A range needs low and high, and optionally log (true/false) and num (grid points).")
+        _check_section_keys(
+            raw,
+            known=_RANGE_KEYS,
+            required=("low", "high"),
+            where=f"the range {label} of {path}",
+            needs="A range needs low and high, and optionally log (true/false) and num (grid points).",
+        )
         low, high = _coerce(raw["low"]), _coerce(raw["high"])
         kind = "an integer" if integer else "a finite number"
         for sub, value in (("low", low), ("high", high)):
             ok = is_int(value) if integer else is_number(value)
             require_here(
-                ok, key=f"{label}.{sub}", value=value,
+                ok,
+                key=f"{label}.{sub}",
+                value=value,
                 allowed=f"to be {kind}" + (f" ({key} takes integers)" if integer else ""),
             )
         if not low <= high:
@@ -301,8 +330,11 @@ def _parse_axis(raw: Any, path: Path, *, key: str, integer: bool) -> Axis:
         if num is not None:
             require_here(is_int(num) and num >= 1, key=f"{label}.num", value=num, allowed="to be an integer >= 1")
         return Range(
-            low=low if integer else float(low), high=high if integer else float(high),
-            log=log, num=num, integer=integer,
+            low=low if integer else float(low),
+            high=high if integer else float(high),
+            log=log,
+            num=num,
+            integer=integer,
         )
 
     raise ConfigError(
@@ -317,7 +349,10 @@ def _parse_resources(raw: Any, path: Path) -> tuple[float, float]:
     if raw is None:
         raw = {}
     require_here(
-        isinstance(raw, dict), key="resources", value=raw, allowed="to be a mapping such as {cpus: 1, gpus: 0}",
+        isinstance(raw, dict),
+        key="resources",
+        value=raw,
+        allowed="to be a mapping such as {cpus: 1, gpus: 0}",
     )
     for key in raw:
         if key not in _RESOURCE_KEYS:
@@ -325,7 +360,9 @@ def _parse_resources(raw: Any, path: Path) -> tuple[float, float]:
     cpus, gpus = _coerce(raw.get("cpus", 1)), _coerce(raw.get("gpus", 0))
     require_here(is_number(cpus) and cpus > 0, key="resources.cpus", value=cpus, allowed="to be a number > 0")
     require_here(
-        is_number(gpus) and gpus >= 0, key="resources.gpus", value=gpus,
+        is_number(gpus) and gpus >= 0,
+        key="resources.gpus",
+        value=gpus,
         allowed="to be a number >= 0 (fractions such as 0.25 share a GPU between trials)",
     )
     return float(cpus), float(gpus)
@@ -335,26 +372,47 @@ def _parse_confirm(raw: Any, path: Path, *, kind: str) -> Confirmation | None:
     if raw is False or raw == "off":  # YAML reads a bare `off` as False
         return None
     require_here = require_in(path)
-    require_here(isinstance(raw, dict), key="confirm", value=raw,
-                 allowed="to be a mapping {top: N, seeds: R, baseline: true, refit: true} or off")
+    require_here(
+        isinstance(raw, dict),
+        key="confirm",
+        value=raw,
+        allowed="to be a mapping {top: N, seeds: R, baseline: true, refit: true} or off",
+    )
     for key in raw:
         if key not in _CONFIRM_KEYS:
             raise dp_config.unknown_key_error(str(key), _CONFIRM_KEYS, where=f"confirm of {path}")
     top, seeds = raw.get("top", 3), raw.get("seeds", 3)
     baseline, refit = raw.get("baseline", True), raw.get("refit", True)
-    require_here(is_int(top) and top >= 1, key="confirm.top", value=top,
-                 allowed="to be an integer >= 1 (configurations retrained per ε bucket)")
-    require_here(is_int(seeds) and seeds >= 2, key="confirm.seeds", value=seeds,
-                 allowed="to be an integer >= 2 (fresh seeds per configuration: a std needs two)")
-    require_here(isinstance(baseline, bool), key="confirm.baseline", value=baseline,
-                 allowed="to be true (confirm the trainer's defaults beside the search's nominees) or false")
-    require_here(isinstance(refit, bool), key="confirm.refit", value=refit,
-                 allowed="to be true (train each bound's chosen configuration on train + validation to report it) "
-                         "or false")
+    require_here(
+        is_int(top) and top >= 1,
+        key="confirm.top",
+        value=top,
+        allowed="to be an integer >= 1 (configurations retrained per ε bucket)",
+    )
+    require_here(
+        is_int(seeds) and seeds >= 2,
+        key="confirm.seeds",
+        value=seeds,
+        allowed="to be an integer >= 2 (fresh seeds per configuration: a std needs two)",
+    )
+    require_here(
+        isinstance(baseline, bool),
+        key="confirm.baseline",
+        value=baseline,
+        allowed="to be true (confirm the trainer's defaults beside the search's nominees) or false",
+    )
+    require_here(
+        isinstance(refit, bool),
+        key="confirm.refit",
+        value=refit,
+        allowed="to be true (train each bound's chosen configuration on train + validation to report it) or false",
+    )
     if kind != "train":
         if raw:
-            raise ConfigError(f"Expected no confirm with kind: {kind} in {path}: the confirmation stage retrains "
-                              "dp_core.train configurations (write confirm: off).")
+            raise ConfigError(
+                f"Expected no confirm with kind: {kind} in {path}: the confirmation stage retrains "
+                "dp_core.train configurations (write confirm: off)."
+            )
         return None
     return Confirmation(top=top, seeds=seeds, baseline=baseline, refit=refit)
 
@@ -364,27 +422,42 @@ def _parse_private_selection(raw: Any, path: Path) -> PrivateSelection | None:
         return None
     require_here = require_in(path)
     require_here(
-        isinstance(raw, dict), key="private_selection", value=raw,
+        isinstance(raw, dict),
+        key="private_selection",
+        value=raw,
         allowed="to be a mapping such as {distribution: poisson, mean: 10}",
     )
-    _check_section_keys(raw, known=_SELECTION_KEYS, required=("distribution", "mean"), where=f"private_selection of {path}",
-                        needs=f"It needs distribution ({' | '.join(SELECTION_DISTRIBUTIONS)}) and mean, and "
-                        "optionally eta for the negative binomial.")
+    _check_section_keys(
+        raw,
+        known=_SELECTION_KEYS,
+        required=("distribution", "mean"),
+        where=f"private_selection of {path}",
+        needs=f"It needs distribution ({' | '.join(SELECTION_DISTRIBUTIONS)}) and mean, and "
+        "optionally eta for the negative binomial.",
+    )
     distribution, mean, eta = raw["distribution"], _coerce(raw["mean"]), _coerce(raw.get("eta"))
     with in_file(path):
         require_choice(distribution, key="private_selection.distribution", choices=SELECTION_DISTRIBUTIONS)
     require_here(
-        is_number(mean) and mean >= 1, key="private_selection.mean", value=mean,
+        is_number(mean) and mean >= 1,
+        key="private_selection.mean",
+        value=mean,
         allowed="to be a finite number >= 1 (the expected number of trials)",
     )
     if distribution == "poisson":
-        require_here(eta is None, key="private_selection.eta", value=eta,
-                     allowed="to be absent for distribution: poisson (eta is the negative binomial's shape)")
+        require_here(
+            eta is None,
+            key="private_selection.eta",
+            value=eta,
+            allowed="to be absent for distribution: poisson (eta is the negative binomial's shape)",
+        )
     elif eta is None:
         eta = 1.0  # the geometric distribution
     else:
         require_here(
-            is_number(eta) and eta >= 0, key="private_selection.eta", value=eta,
+            is_number(eta) and eta >= 0,
+            key="private_selection.eta",
+            value=eta,
             allowed="to be a number >= 0 (0: logarithmic, 1: geometric distribution of the trial count)",
         )
     return PrivateSelection(distribution=distribution, mean=float(mean), eta=None if eta is None else float(eta))

@@ -24,5 +24,17 @@ from sweeps.planning.keys import trial_key  # re-exported: callers identify runs
 from sweeps.tracking.errors import TrackingRefused, TrackingUnavailable
 from sweeps.tracking.writer import OUTCOMES, SweepTracker, default_tracking_uri
 
-__all__ = ["OUTCOMES", "SweepTracker", "TrackingRefused", "TrackingUnavailable", "default_tracking_uri", "trial_key",
-           "errors", "journal", "sqlite", "sync", "tags", "writer"]
+__all__ = [
+    "OUTCOMES",
+    "SweepTracker",
+    "TrackingRefused",
+    "TrackingUnavailable",
+    "default_tracking_uri",
+    "trial_key",
+    "errors",
+    "journal",
+    "sqlite",
+    "sync",
+    "tags",
+    "writer",
+]

@@ -30,15 +30,21 @@ def refusal(error: BaseException, *, tracking_uri: str, experiment: str) -> Trac
     """The TrackingRefused that ``error`` means, or None. Names no user and no secret."""
     code = error.error_code if isinstance(error, MlflowException) else None
     if code == "UNAUTHENTICATED":
-        given = bool(os.environ.get("MLFLOW_TRACKING_USERNAME") or os.environ.get("MLFLOW_TRACKING_TOKEN")
-                     or Path("~/.mlflow/credentials").expanduser().exists())
+        given = bool(
+            os.environ.get("MLFLOW_TRACKING_USERNAME")
+            or os.environ.get("MLFLOW_TRACKING_TOKEN")
+            or Path("~/.mlflow/credentials").expanduser().exists()
+        )
         what = "refused the account it was given" if given else "requires an account, and none was given"
-        return TrackingRefused(f"MLflow at {tracking_uri} {what} (HTTP 401): {_SET_ACCOUNT} to an account of "
-                               "that server.")
+        return TrackingRefused(
+            f"MLflow at {tracking_uri} {what} (HTTP 401): {_SET_ACCOUNT} to an account of that server."
+        )
     if code == "PERMISSION_DENIED":
-        return TrackingRefused(f"MLflow at {tracking_uri} does not let this account write to experiment "
-                               f"{experiment!r} (HTTP 403): {_SET_ACCOUNT} to an account with EDIT permission on it, "
-                               "or have an MLflow admin grant it (infra/README.md).")
+        return TrackingRefused(
+            f"MLflow at {tracking_uri} does not let this account write to experiment "
+            f"{experiment!r} (HTTP 403): {_SET_ACCOUNT} to an account with EDIT permission on it, "
+            "or have an MLflow admin grant it (infra/README.md)."
+        )
     return None
 
 
@@ -47,8 +53,10 @@ def check_uri(tracking_uri: str) -> None:
     parts = urlsplit(tracking_uri)
     if parts.username or parts.password:
         shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-        raise TrackingRefused(f"Expected a tracking URI without credentials, but got one with a user or password "
-                              f"before the host ({shown}): {_SET_ACCOUNT} instead.")
+        raise TrackingRefused(
+            f"Expected a tracking URI without credentials, but got one with a user or password "
+            f"before the host ({shown}): {_SET_ACCOUNT} instead."
+        )
 
 
 def is_unreachable(error: BaseException) -> bool:
@@ -58,6 +66,10 @@ def is_unreachable(error: BaseException) -> bool:
         return True
     if isinstance(error, MlflowException):
         text = str(error)
-        return ("failed with exception" in text or "Max retries exceeded" in text
-                or "TEMPORARILY_UNAVAILABLE" in str(error.error_code) or "database is locked" in text)
+        return (
+            "failed with exception" in text
+            or "Max retries exceeded" in text
+            or "TEMPORARILY_UNAVAILABLE" in str(error.error_code)
+            or "database is locked" in text
+        )
     return False

@@ -24,8 +24,7 @@ from sweeps.tracking.errors import TrackingUnavailable, check_uri, is_unreachabl
 __all__ = ["JournaledWrites", "JOURNALED"]
 
 #: Writes that may be journaled and replayed, in the order they were made.
-JOURNALED = ("log_trial", "log_skipped", "log_sweep_metrics", "log_sweep_tags",
-             "log_artifact", "end_sweep", "tag_runs")
+JOURNALED = ("log_trial", "log_skipped", "log_sweep_metrics", "log_sweep_tags", "log_artifact", "end_sweep", "tag_runs")
 
 
 class JournaledWrites:
@@ -90,8 +89,19 @@ class JournaledWrites:
         self.journal.parent.mkdir(parents=True, exist_ok=True)
         with open(self.journal, "a") as handle:
             if handle.tell() == 0:
-                handle.write(json.dumps({"op": "sweep", "kwargs": {
-                    "tracking_uri": self.tracking_uri, "experiment": self.experiment, **(self.sweep_arguments or {})}}) + "\n")
+                handle.write(
+                    json.dumps(
+                        {
+                            "op": "sweep",
+                            "kwargs": {
+                                "tracking_uri": self.tracking_uri,
+                                "experiment": self.experiment,
+                                **(self.sweep_arguments or {}),
+                            },
+                        }
+                    )
+                    + "\n"
+                )
             handle.write(json.dumps({"op": op, "kwargs": kwargs}, default=str) + "\n")
 
     def flush(self) -> int:
@@ -124,8 +134,9 @@ class JournaledWrites:
         """Replay a journal left by a sweep whose MLflow server was unreachable."""
         path = Path(journal)
         header = json.loads(path.read_text().splitlines()[0])["kwargs"]
-        tracker = cls(tracking_uri=tracking_uri or header.pop("tracking_uri"), experiment=header.pop("experiment"),
-                      journal=path)
+        tracker = cls(
+            tracking_uri=tracking_uri or header.pop("tracking_uri"), experiment=header.pop("experiment"), journal=path
+        )
         header.pop("tracking_uri", None)
         tracker.sweep_arguments = header
         check_uri(tracker.tracking_uri)

@@ -41,4 +41,4 @@ def fast_sqlite(tracking_uri: str) -> None:
                 dbapi_connection.execute("PRAGMA journal_mode=WAL")
                 dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
-    _WAL_DATABASES.add(os.path.realpath(tracking_uri[len("sqlite:///"):]))
+    _WAL_DATABASES.add(os.path.realpath(tracking_uri[len("sqlite:///") :]))

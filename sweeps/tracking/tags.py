@@ -41,9 +41,13 @@ def best_filter(bound: float) -> str:
     return f"tags.`{BEST_FOR}_{_bound(bound)}` = 'true'"
 
 
-def frontier_tags(front: Iterable[Point], buckets: Iterable[tuple[float, Point | None]], *,
-                  confirmed_best: Iterable[tuple[float, ConfirmedConfig | None]] | None = None,
-                  run_of_trial: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:
+def frontier_tags(
+    front: Iterable[Point],
+    buckets: Iterable[tuple[float, Point | None]],
+    *,
+    confirmed_best: Iterable[tuple[float, ConfirmedConfig | None]] | None = None,
+    run_of_trial: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, str]]:
     """Tags by run id for the runs on the frontier and each bound's best (runs without an id are left out).
 
     ``confirmed_best`` (the report's choice per bound after the confirmation stage) replaces the
@@ -73,22 +77,32 @@ def frontier_tags(front: Iterable[Point], buckets: Iterable[tuple[float, Point |
     return tags
 
 
-def sweep_note(*, title: str, summary: str, details: Sequence[str] = (), filters: Mapping[str, str] | None = None,
-               limit: int = MAX_NOTE_CHARS) -> str:
+def sweep_note(
+    *,
+    title: str,
+    summary: str,
+    details: Sequence[str] = (),
+    filters: Mapping[str, str] | None = None,
+    limit: int = MAX_NOTE_CHARS,
+) -> str:
     """The parent run's description (tag ``mlflow.note.content``, markdown): a title, the frontier
     summary as preformatted text, then ``details`` (each preformatted) and the filter strings.
 
     Over ``limit`` characters, lines from the middle of the summary (the frontier table's) are left
     out, saying so, until it fits: the full table is in the run's ``frontier.csv``.
     """
-    filters = {"runs on the frontier": FRONTIER_FILTER, "each ε bound's best": BEST_FILTER} if filters is None else filters
+    filters = (
+        {"runs on the frontier": FRONTIER_FILTER, "each ε bound's best": BEST_FILTER} if filters is None else filters
+    )
     tail = [f"```\n{block.strip()}\n```" for block in details if block.strip()]
     # A fenced block, not inline code: the filters hold backquotes themselves.
-    tail += ["Find these runs among the child runs: paste a filter into the search box of the runs table.",
-             *(f"{what[0].upper()}{what[1:]}:\n```\n{text}\n```" for what, text in filters.items())]
+    tail += [
+        "Find these runs among the child runs: paste a filter into the search box of the runs table.",
+        *(f"{what[0].upper()}{what[1:]}:\n```\n{text}\n```" for what, text in filters.items()),
+    ]
     lines = summary.strip("\n").splitlines()
     for left_out in range(len(lines) + 1):
-        head, rest = lines[:(len(lines) - left_out) // 2], lines[(len(lines) - left_out) // 2 + left_out:]
+        head, rest = lines[: (len(lines) - left_out) // 2], lines[(len(lines) - left_out) // 2 + left_out :]
         gap = [f"… {left_out} lines left out: frontier.csv has them all"] if left_out else []
         note = "\n\n".join([f"### {title}", "```\n" + "\n".join([*head, *gap, *rest]) + "\n```", *tail])
         if len(note) <= limit:

@@ -143,8 +143,12 @@ class SweepTracker(JournaledWrites):
         """Map every existing child run by trial key in one paged query (not one query per trial)."""
         token = None
         while True:
-            page = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{_PARENT}` = '{self.parent_run_id}'",
-                                           max_results=1000, page_token=token)
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{_PARENT}` = '{self.parent_run_id}'",
+                max_results=1000,
+                page_token=token,
+            )
             for run in page:
                 key = run.data.tags.get("dpsweep.trial_key")
                 if key is not None:
@@ -179,15 +183,19 @@ class SweepTracker(JournaledWrites):
 
     def tag_runs(self, tags_by_run_id: Mapping[str, Mapping[str, Any]]) -> None:
         """Set tags on runs of this sweep by run id (the parent's or its children's): one batch per run."""
-        self._write("tag_runs", tags_by_run_id={run_id: {k: str(v) for k, v in tags.items()}
-                                                for run_id, tags in tags_by_run_id.items() if tags})
+        self._write(
+            "tag_runs",
+            tags_by_run_id={
+                run_id: {k: str(v) for k, v in tags.items()} for run_id, tags in tags_by_run_id.items() if tags
+            },
+        )
 
     def _tag_runs(self, *, tags_by_run_id: Mapping[str, Mapping[str, str]]) -> None:
         for run_id, tags in tags_by_run_id.items():
             # MLflow takes at most 100 tags per batch.
             items = [RunTag(k, v) for k, v in tags.items()]
             for start in range(0, len(items), 100):
-                self.client.log_batch(run_id, tags=items[start:start + 100])
+                self.client.log_batch(run_id, tags=items[start : start + 100])
 
     def log_artifact(self, path: str) -> None:
         """Attach a local file to the parent run (journaled by path: keep the file)."""
@@ -214,33 +222,62 @@ class SweepTracker(JournaledWrites):
         """The child run id of a trial this tracker has written ("" if none)."""
         return self._run_ids.get(key, "")
 
-    def log_trial(self, *, key: str, name: str, params: Mapping[str, Any],
-                  epochs: list[tuple[int, Mapping[str, float]]] = (), outcome: str | None = None,
-                  tags: Mapping[str, str] | None = None) -> None:
+    def log_trial(
+        self,
+        *,
+        key: str,
+        name: str,
+        params: Mapping[str, Any],
+        epochs: list[tuple[int, Mapping[str, float]]] = (),
+        outcome: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         """Everything new about one trial, in as few MLflow calls as it takes: its child run
         opened (created with its params, or reopened on a retry or resume), ``epochs`` logged as
         (step, metrics), and, given an ``outcome``, the run ended with that outcome and ``tags``.
 
         A trial of a pack usually arrives whole: then it costs three calls (create, one batch,
         end), against one per write; on a small machine the per-call cost of MLflow's sqlite
-        store took more CPU than the trials' training (``docs/benchmarks.md``). Non-finite values (ε = ∞) are not logged.
+        store took more CPU than the trials' training (``docs/benchmarks.md``). Non-finite values
+        (ε = ∞) are not logged.
         """
         assert outcome is None or outcome in OUTCOMES, outcome
-        self._write("log_trial", key=key, name=name, params={k: str(v) for k, v in params.items()},
-                    epochs=[[int(step), {k: float(v) for k, v in metrics.items()}] for step, metrics in epochs],
-                    outcome=outcome, tags={k: str(v) for k, v in (tags or {}).items()},
-                    timestamp=int(time.time() * 1000))
+        self._write(
+            "log_trial",
+            key=key,
+            name=name,
+            params={k: str(v) for k, v in params.items()},
+            epochs=[[int(step), {k: float(v) for k, v in metrics.items()}] for step, metrics in epochs],
+            outcome=outcome,
+            tags={k: str(v) for k, v in (tags or {}).items()},
+            timestamp=int(time.time() * 1000),
+        )
 
-    def _log_trial(self, *, key: str, name: str, params: Mapping[str, str], epochs: list[list[Any]],
-                   outcome: str | None, tags: Mapping[str, str], timestamp: int) -> None:
+    def _log_trial(
+        self,
+        *,
+        key: str,
+        name: str,
+        params: Mapping[str, str],
+        epochs: list[list[Any]],
+        outcome: str | None,
+        tags: Mapping[str, str],
+        timestamp: int,
+    ) -> None:
         run_id = self._find_trial(key)
         end_tags = [RunTag("dpsweep.outcome", outcome), *(RunTag(k, v) for k, v in tags.items())] if outcome else []
         new_params: list[Param] = []
         if run_id is None:
             run = self.client.create_run(
-                self.experiment_id, run_name=name,
-                tags={_PARENT: self.parent_run_id, "dpsweep.trial_key": key, "dpsweep.role": "trial",
-                      "dpsweep.outcome": outcome or "running", **(tags if outcome else {})},
+                self.experiment_id,
+                run_name=name,
+                tags={
+                    _PARENT: self.parent_run_id,
+                    "dpsweep.trial_key": key,
+                    "dpsweep.role": "trial",
+                    "dpsweep.outcome": outcome or "running",
+                    **(tags if outcome else {}),
+                },
             )
             run_id = self._run_ids[key] = run.info.run_id
             self._opened.add(key)
@@ -252,14 +289,19 @@ class SweepTracker(JournaledWrites):
                 new_params = _params(params)
         last = self._last_step.get(key, -1)
         # An epoch logged before this run was reopened comes again when its trial starts over.
-        metrics = [Metric(k, v, timestamp, step) for step, values in epochs if step > last or "val_accuracy" not in values
-                   for k, v in values.items() if math.isfinite(v)]
+        metrics = [
+            Metric(k, v, timestamp, step)
+            for step, values in epochs
+            if step > last or "val_accuracy" not in values
+            for k, v in values.items()
+            if math.isfinite(v)
+        ]
         # MLflow takes at most 1000 entries per batch, 100 of them params and 100 tags.
         room = 1000 - len(new_params) - len(end_tags)
         if new_params or end_tags or metrics:
             self.client.log_batch(run_id, params=new_params, tags=end_tags, metrics=metrics[:room])
         for start in range(room, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
         if outcome is not None:
             status = RunStatus.FAILED if outcome == "failed" else RunStatus.FINISHED
             self.client.set_terminated(run_id, status=RunStatus.to_string(status))
@@ -275,18 +317,34 @@ class SweepTracker(JournaledWrites):
         self._opened.add(key)
         return bool(self.client.get_run(run_id).data.params)
 
-    def log_skipped(self, *, key: str, name: str, params: Mapping[str, Any], planned_epsilon: float, reason: str) -> None:
+    def log_skipped(
+        self, *, key: str, name: str, params: Mapping[str, Any], planned_epsilon: float, reason: str
+    ) -> None:
         """Record a trial that was never started because its planned ε exceeds the budget."""
-        self._write("log_skipped", key=key, name=name, params={k: str(v) for k, v in params.items()},
-                    planned_epsilon=float(planned_epsilon), reason=reason)
+        self._write(
+            "log_skipped",
+            key=key,
+            name=name,
+            params={k: str(v) for k, v in params.items()},
+            planned_epsilon=float(planned_epsilon),
+            reason=reason,
+        )
 
-    def _log_skipped(self, *, key: str, name: str, params: Mapping[str, Any], planned_epsilon: float, reason: str) -> None:
+    def _log_skipped(
+        self, *, key: str, name: str, params: Mapping[str, Any], planned_epsilon: float, reason: str
+    ) -> None:
         # The planned ε's accountant and δ are in the run's params (``accountant``, ``delta``), and
         # the skip reason (EpsilonBudget.rejects) names both beside the ε.
         assert {"accountant", "delta"} <= set(params), "a planned ε is logged with its accountant and δ"
-        self._log_trial(key=key, name=name, params=params, epochs=[[0, {"planned_epsilon": planned_epsilon}]],
-                        outcome="skipped_over_budget", tags={"dpsweep.skip_reason": reason},
-                        timestamp=int(time.time() * 1000))
+        self._log_trial(
+            key=key,
+            name=name,
+            params=params,
+            epochs=[[0, {"planned_epsilon": planned_epsilon}]],
+            outcome="skipped_over_budget",
+            tags={"dpsweep.skip_reason": reason},
+            timestamp=int(time.time() * 1000),
+        )
 
     def close_orphans(self, *, outcome: str = "failed") -> int:
         """Mark child runs still 'RUNNING' (their process died, or the sweep was interrupted) as
@@ -317,11 +375,18 @@ class SweepTracker(JournaledWrites):
             epsilon = {m.step: m.value for m in self.client.get_metric_history(run.info.run_id, "epsilon")}
             for step, value in sorted(accuracy.items()):
                 params = dict(run.data.params)
-                points.append(Point(
-                    epsilon=epsilon.get(step, math.inf), accuracy=value, run_id=run.info.run_id,
-                    trial=run.info.run_name, epoch=step, params=params,
-                    delta=float(params["delta"]) if "delta" in params else None, accountant=params.get("accountant"),
-                ))
+                points.append(
+                    Point(
+                        epsilon=epsilon.get(step, math.inf),
+                        accuracy=value,
+                        run_id=run.info.run_id,
+                        trial=run.info.run_name,
+                        epoch=step,
+                        params=params,
+                        delta=float(params["delta"]) if "delta" in params else None,
+                        accountant=params.get("accountant"),
+                    )
+                )
         return points
 
     def outcomes(self) -> dict[str, int]:

@@ -8,5 +8,14 @@ of a lone trial, a pack and a federated trial; ``federated_actors``: a federated
 
 from sweeps.workers.trainable import RUNNERS, run_trial
 
-__all__ = ["RUNNERS", "run_trial",
-           "confirmation", "federated", "federated_actors", "pack", "threads", "trainable", "trial"]
+__all__ = [
+    "RUNNERS",
+    "run_trial",
+    "confirmation",
+    "federated",
+    "federated_actors",
+    "pack",
+    "threads",
+    "trainable",
+    "trial",
+]

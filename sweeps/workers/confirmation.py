@@ -8,7 +8,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-
 from dp_core.config import TrainConfig
 from dp_core.data import load_data
 from dp_core.train import EpochReport, StopTraining, TrainingDiverged, train
@@ -35,10 +34,12 @@ def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
     def row(k: int, report: EpochReport) -> ConfirmationResult:
         # A refit trains on the whole training split: no validation split is left to measure (NaN).
         val = math.nan if report.val_accuracy is None else report.val_accuracy
-        return ConfirmationResult(name=jobs[k].name, epsilon=report.epsilon, val_accuracy=val,
-                                  test_accuracy=report.test_accuracy)
+        return ConfirmationResult(
+            name=jobs[k].name, epsilon=report.epsilon, val_accuracy=val, test_accuracy=report.test_accuracy
+        )
 
     if len(jobs) > 1 and can_vectorize(configs, data=data) is None:
+
         def on_epoch(reports: dict[int, Any]) -> list[int]:
             done = [k for k, report in reports.items() if report.epoch >= stops[k]]
             measured.update({k: reports[k] for k in done})
@@ -51,6 +52,7 @@ def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
             measured.clear()  # train them one by one: only the diverging ones fail
     results = []
     for k, config in enumerate(configs):
+
         def stop_at(report: Any, k: int = k) -> None:
             if report.epoch >= stops[k]:
                 measured[k] = report

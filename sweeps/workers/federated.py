@@ -18,21 +18,30 @@ from ray import tune
 
 from dp_core.federated import InProcessExecutor, RoundReport, split_flat, train_federated
 from dp_core.train import TrainingDiverged
-from sweeps.workers.federated_actors import RayClientExecutor
 from sweeps.protocol import EpochRow, TrialSpec
-from sweeps.workers.trial import worker_dataset
+from sweeps.workers.federated_actors import RayClientExecutor
 from sweeps.workers.threads import use_reserved_cpus
+from sweeps.workers.trial import worker_dataset
 
 __all__ = ["round_row", "run_federated_trial"]
 
 
 def round_row(report: RoundReport, *, rounds_planned: int) -> EpochRow:
     """What a federated trial reports after a round (a round is its epoch; ε the clients' maximum)."""
-    return EpochRow(epoch=report.round, epochs_planned=rounds_planned, steps=max(report.client_steps),
-                    val_accuracy=report.val_accuracy, val_loss=report.val_loss, epsilon=report.epsilon,
-                    delta=report.delta, accountant=report.accountant, epoch_seconds=report.train_seconds,
-                    eval_seconds=report.eval_seconds, stopped_by_budget=report.stopped_by_budget,
-                    client_epsilons=tuple(report.client_epsilons))
+    return EpochRow(
+        epoch=report.round,
+        epochs_planned=rounds_planned,
+        steps=max(report.client_steps),
+        val_accuracy=report.val_accuracy,
+        val_loss=report.val_loss,
+        epsilon=report.epsilon,
+        delta=report.delta,
+        accountant=report.accountant,
+        epoch_seconds=report.train_seconds,
+        eval_seconds=report.eval_seconds,
+        stopped_by_budget=report.stopped_by_budget,
+        client_epsilons=tuple(report.client_epsilons),
+    )
 
 
 def run_federated_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
@@ -51,13 +60,16 @@ def run_federated_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
         nonlocal last_return
         overhead = time.perf_counter() - last_return - report.train_seconds - report.eval_seconds
         # Before the first round: imports, data, σ, and starting the client actors.
-        row = dataclasses.replace(round_row(report, rounds_planned=federated.rounds),
-                                  **{"setup_seconds" if last_return == started else "report_seconds": max(overhead, 0.0)})
+        row = dataclasses.replace(
+            round_row(report, rounds_planned=federated.rounds),
+            **{"setup_seconds" if last_return == started else "report_seconds": max(overhead, 0.0)},
+        )
         tune.report(row.to_result())
         last_return = time.perf_counter()
 
     try:
-        train_federated(config, federated, executor=executor, on_round=on_round, data=data, plan=plan,
-                        evaluate_test=False)
+        train_federated(
+            config, federated, executor=executor, on_round=on_round, data=data, plan=plan, evaluate_test=False
+        )
     except TrainingDiverged as error:
         tune.report(EpochRow.of_divergence(str(error), epochs_planned=federated.rounds).to_result())

@@ -115,9 +115,14 @@ class RayClientExecutor(ClientExecutor):
         group = get_current_placement_group()  # None outside Ray workers and placement groups
         if group is not None and len(group.bundle_specs) == count and not _holds_cpus():
             return [
-                ((group.id.hex(), i),
-                 {"num_cpus": bundle.get("CPU", 0.0), "num_gpus": bundle.get("GPU", 0.0),
-                  "scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)})
+                (
+                    (group.id.hex(), i),
+                    {
+                        "num_cpus": bundle.get("CPU", 0.0),
+                        "num_gpus": bundle.get("GPU", 0.0),
+                        "scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
+                    },
+                )
                 for i, bundle in enumerate(group.bundle_specs)
             ]
         return [((None, i), {"num_cpus": 0, "num_gpus": 0}) for i in range(count)]
@@ -131,8 +136,12 @@ class RayClientExecutor(ClientExecutor):
             kept = _KEPT.pop(key, None) if self.keep_actors else None
             self._actors.append((key, kept if kept is not None else actor_class.options(**options).remote()))
         # Wait until every client is built, so the first round's time is training, not start-up.
-        ray.get([actor.start.remote(setup, self.num_threads)
-                 for (_, actor), setup in zip(self._actors, setups, strict=True)])
+        ray.get(
+            [
+                actor.start.remote(setup, self.num_threads)
+                for (_, actor), setup in zip(self._actors, setups, strict=True)
+            ]
+        )
 
     def train_round(self, global_state: Mapping[str, torch.Tensor], *, round_index: int) -> list[ClientUpdate]:
         state = ray.put(dict(global_state))  # one copy in the object store, read by every client

@@ -29,8 +29,8 @@ from dp_core.train import EpochReport
 from dp_core.vectorized import ConfigsDiverged, train_vectorized
 from sweeps.planning.pruning import epsilon_band
 from sweeps.protocol import EpochRow, PackSpec, encode_rows
-from sweeps.workers.trial import epoch_row, worker_dataset
 from sweeps.workers.threads import use_reserved_cpus
+from sweeps.workers.trial import epoch_row, worker_dataset
 
 __all__ = ["run_pack"]
 
@@ -65,16 +65,22 @@ def run_pack(unit: PackSpec, tune_config: dict[str, Any]) -> None:
     def send() -> None:
         nonlocal last_sent
         now = time.perf_counter()
-        spent["report_seconds"] = now - started - spent["epoch_seconds"] - spent["eval_seconds"] - spent["setup_seconds"]
+        spent["report_seconds"] = (
+            now - started - spent["epoch_seconds"] - spent["eval_seconds"] - spent["setup_seconds"]
+        )
         latest = [rows[-1] for rows in unsent.values()]
-        tune.report({
-            "epoch": max(row.epoch for row in latest), "epochs_planned": epochs, "members": encode_rows(unsent),
-            **{k: spent[k] - sent[k] for k in spent},
-            # Ray Tune insists that every result carries the searcher's metrics; the members' own
-            # values are in ``members``, these summary values decide nothing.
-            "val_accuracy": max(row.val_accuracy for row in latest),
-            "epsilon": max(row.epsilon for row in latest),
-        })
+        tune.report(
+            {
+                "epoch": max(row.epoch for row in latest),
+                "epochs_planned": epochs,
+                "members": encode_rows(unsent),
+                **{k: spent[k] - sent[k] for k in spent},
+                # Ray Tune insists that every result carries the searcher's metrics; the members' own
+                # values are in ``members``, these summary values decide nothing.
+                "val_accuracy": max(row.val_accuracy for row in latest),
+                "epsilon": max(row.epsilon for row in latest),
+            }
+        )
         sent.update(spent)
         unsent.clear()
         last_sent = time.perf_counter()
@@ -90,8 +96,13 @@ def run_pack(unit: PackSpec, tune_config: dict[str, Any]) -> None:
         at_rung = [k for k, row in rows.items() if row.epoch in rungs and row.epoch < epochs]
         stop: set[int] = set()
         if at_rung:
-            verdicts = set(ray.get(board.judge.remote([(members[k].key, bands[k], rows[k].epoch,
-                                                        rows[k].val_accuracy) for k in at_rung])))
+            verdicts = set(
+                ray.get(
+                    board.judge.remote(
+                        [(members[k].key, bands[k], rows[k].epoch, rows[k].val_accuracy) for k in at_rung]
+                    )
+                )
+            )
             stop = {k for k in at_rung if members[k].key in verdicts}
         for k, row in rows.items():
             row = dataclasses.replace(row, pruned=k in stop)
@@ -104,8 +115,14 @@ def run_pack(unit: PackSpec, tune_config: dict[str, Any]) -> None:
 
     while active:
         try:
-            train_vectorized([configs[k] for k in active], data=data, plans=[plans[k] for k in active],
-                             on_epoch=on_epoch, width=width, evaluate_test=False)
+            train_vectorized(
+                [configs[k] for k in active],
+                data=data,
+                plans=[plans[k] for k in active],
+                on_epoch=on_epoch,
+                width=width,
+                evaluate_test=False,
+            )
             if unsent:
                 send()
             return

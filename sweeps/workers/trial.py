@@ -18,8 +18,7 @@ from typing import Any
 
 from ray import tune
 
-from dp_core.config import TrainConfig
-from dp_core.config import DataConfig
+from dp_core.config import DataConfig, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.train import EpochReport, TrainingDiverged, train
 from sweeps.protocol import EpochRow, TrialSpec
@@ -54,10 +53,19 @@ def epoch_row(report: EpochReport, *, epochs_planned: int) -> EpochRow:
     A search trial measures validation accuracy only (``train(evaluate_test=False)``): it is what
     pruning, Optuna and the frontier decide on, and no decision can read what is not there.
     """
-    return EpochRow(epoch=report.epoch, epochs_planned=epochs_planned, steps=report.steps,
-                    val_accuracy=report.val_accuracy, val_loss=report.val_loss, epsilon=report.epsilon,
-                    delta=report.delta, accountant=report.accountant, epoch_seconds=report.train_seconds,
-                    eval_seconds=report.eval_seconds, stopped_by_budget=report.stopped_by_budget)
+    return EpochRow(
+        epoch=report.epoch,
+        epochs_planned=epochs_planned,
+        steps=report.steps,
+        val_accuracy=report.val_accuracy,
+        val_loss=report.val_loss,
+        epsilon=report.epsilon,
+        delta=report.delta,
+        accountant=report.accountant,
+        epoch_seconds=report.train_seconds,
+        eval_seconds=report.eval_seconds,
+        stopped_by_budget=report.stopped_by_budget,
+    )
 
 
 def _hold_if_asked(template: str, *, trial: str, epoch: int) -> None:
@@ -98,7 +106,9 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
         # the first epoch (imports, data, model, σ), reporting and checkpointing after the others.
         overhead = now - last_return - report.train_seconds - report.eval_seconds
         row = epoch_row(report, epochs_planned=config.epochs)
-        row = dataclasses.replace(row, **{"setup_seconds" if last_return == started else "report_seconds": max(overhead, 0.0)})
+        row = dataclasses.replace(
+            row, **{"setup_seconds" if last_return == started else "report_seconds": max(overhead, 0.0)}
+        )
         state = state_file.stat().st_mtime_ns if state_file.exists() else None
         checkpoint = None
         if state is not None and state != reported_state:  # a new checkpoint was saved this epoch
@@ -110,8 +120,15 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
         last_return = time.perf_counter()
 
     try:
-        train(config, on_epoch=on_epoch, checkpoint_path=state_file, data=data,
-              checkpoint_every_seconds=CHECKPOINT_EVERY_SECONDS, plan=plan, evaluate_test=False)
+        train(
+            config,
+            on_epoch=on_epoch,
+            checkpoint_path=state_file,
+            data=data,
+            checkpoint_every_seconds=CHECKPOINT_EVERY_SECONDS,
+            plan=plan,
+            evaluate_test=False,
+        )
     except TrainingDiverged as error:
         tune.report(EpochRow.of_divergence(str(error), epochs_planned=config.epochs).to_result())
     finally:

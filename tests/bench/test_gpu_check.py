@@ -20,17 +20,30 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_dry_run_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out-dir", str(tmp_path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out-dir", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     (written,) = tmp_path.glob("gpu-check-dryrun-cpu-*.json")
     report = json.loads(written.read_text())
     assert report["dry_run"] is True and "CPU (dry run)" in report["device_name"]
-    assert {k: report[k]["status"] for k in ("engines", "sweep", "packs")} == {"engines": "ok", "sweep": "ok", "packs": "ok"}
+    assert {k: report[k]["status"] for k in ("engines", "sweep", "packs")} == {
+        "engines": "ok",
+        "sweep": "ok",
+        "packs": "ok",
+    }
     # 1. the DP step against the non-private step, for both GPU models, time and memory.
     cases = {(c["model"], c["batch_size"]): c for c in report["engines"]["cases"]}
     assert set(cases) == {("resnet18_gn", 2), ("wrn16_4", 2)}
-    assert all(c["auto_engine"] == "bk" and c["auto_time_ratio"] > 0 and c["auto_memory_ratio"] > 0 for c in cases.values())
+    assert all(
+        c["auto_engine"] == "bk" and c["auto_time_ratio"] > 0 and c["auto_memory_ratio"] > 0 for c in cases.values()
+    )
     # 2. the sweep: the launcher's time split and throughput, read back from its MLflow parent run.
     sweep = report["sweep"]
     assert sweep["space"]["fixed"]["dataset"] == "synthetic_cifar10" and sweep["space"]["fixed"]["lr_schedule"] == "cos"

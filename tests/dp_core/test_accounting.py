@@ -36,7 +36,6 @@ import pytest
 from scipy import integrate
 
 from dp_core import _prv, _rdp, accounting
-from dp_core.errors import ConfigError
 from dp_core.accounting import (
     ACCOUNTANTS,
     RDP_ORDERS,
@@ -46,6 +45,7 @@ from dp_core.accounting import (
     max_steps_within,
     noise_multiplier_for,
 )
+from dp_core.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------
 # oracle
@@ -487,7 +487,6 @@ def test_rdp_curve_equals_numerical_integration_where_dp_accounting_is_looser() 
     """At σ = 0.6 dp-accounting's fractional-order series gives up (α ≤ 1.6) or stops early (α = 1.7:
     0.0748); the exact Rényi divergence of the sampled Gaussian, by 40-digit quadrature, is 0.0720."""
     import mpmath
-
     from dp_accounting import dp_event
     from dp_accounting.rdp import RdpAccountant
 
@@ -499,8 +498,10 @@ def test_rdp_curve_equals_numerical_integration_where_dp_accounting_is_looser() 
     s, rate = mpmath.mpf(sigma), mpmath.mpf(128) / 1437
     for order in (1.7, 2.5, 3.2, 7.0):
         a = mpmath.mpf(order)
-        moment = mpmath.quad(lambda z: mpmath.npdf(z, 0, s) * ((1 - rate) + rate * mpmath.e ** ((2 * z - 1) / (2 * s * s))) ** a,
-                             [-mpmath.inf, -5, 0, 0.5, 1, 2, 5, 10, mpmath.inf])
+        moment = mpmath.quad(
+            lambda z, a=a: mpmath.npdf(z, 0, s) * ((1 - rate) + rate * mpmath.e ** ((2 * z - 1) / (2 * s * s))) ** a,
+            [-mpmath.inf, -5, 0, 0.5, 1, 2, 5, 10, mpmath.inf],
+        )
         exact = float(mpmath.log(moment) / (a - 1))
         index = accounting.RDP_ORDERS.index(order)
         assert curve[index] == pytest.approx(exact, rel=1e-9)
@@ -514,7 +515,8 @@ def test_calibrated_noise_multipliers_lie_on_one_geometric_grid() -> None:
     step = -math.log(1 - 0.01)
     for target in (0.7, 1.3, 5.0):
         for accountant in ("prv", "rdp"):
-            sigma = accounting.noise_multiplier_for(target_epsilon=target, sample_rate=0.01, steps=500, delta=1e-5,
-                                                    accountant=accountant)
+            sigma = accounting.noise_multiplier_for(
+                target_epsilon=target, sample_rate=0.01, steps=500, delta=1e-5, accountant=accountant
+            )
             k = math.log(sigma) / (step * (1 - 1e-9))
             assert abs(k - round(k)) < 1e-6, (target, accountant, sigma)

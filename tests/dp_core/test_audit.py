@@ -11,7 +11,6 @@ from scipy import stats
 from torch import nn
 
 from dp_core import accounting
-from dp_core.errors import ConfigError
 from dp_core.audit import (
     EPSILON_STEP,
     audit,
@@ -22,6 +21,7 @@ from dp_core.audit import (
 )
 from dp_core.config import TrainConfig
 from dp_core.data import load_dataset
+from dp_core.errors import ConfigError
 
 DIGITS = load_dataset("digits")
 
@@ -38,13 +38,20 @@ def _p_value_by_the_theorem(m: int, r: int, v: int, eps: float, delta: float) ->
     return min(f(v) + 2 * m * delta * max((f(v - i) - f(v)) / i for i in range(1, m + 1)), 1.0)
 
 
-@pytest.mark.parametrize(("m", "r", "v", "eps", "delta"), [
-    (100, 40, 35, 1.0, 1e-5), (500, 200, 199, 3.0, 1e-5), (500, 200, 120, 0.5, 1e-3),
-    (50, 10, 10, 2.0, 0.0), (20, 20, 0, 1.0, 1e-2),
-])
+@pytest.mark.parametrize(
+    ("m", "r", "v", "eps", "delta"),
+    [
+        (100, 40, 35, 1.0, 1e-5),
+        (500, 200, 199, 3.0, 1e-5),
+        (500, 200, 120, 0.5, 1e-3),
+        (50, 10, 10, 2.0, 0.0),
+        (20, 20, 0, 1.0, 1e-2),
+    ],
+)
 def test_p_value_is_theorem_3(m: int, r: int, v: int, eps: float, delta: float) -> None:
     assert p_value(canaries=m, guesses=r, correct=v, epsilon=eps, delta=delta) == pytest.approx(
-        _p_value_by_the_theorem(m, r, v, eps, delta), rel=1e-9, abs=1e-15)
+        _p_value_by_the_theorem(m, r, v, eps, delta), rel=1e-9, abs=1e-15
+    )
 
 
 def test_perfect_guesses_give_the_closed_form_bound() -> None:
@@ -98,8 +105,8 @@ def test_ood_canaries_are_appended_half_included_and_seeded() -> None:
     assert 150 < included < 250  # Binomial(400, 1/2)
     images, labels = augmented.train.tensors
     assert len(labels) == len(DIGITS.train) + included
-    assert torch.equal(images[len(DIGITS.train):], canaries.images[canaries.included])
-    assert torch.equal(labels[len(DIGITS.train):], canaries.labels[canaries.included])
+    assert torch.equal(images[len(DIGITS.train) :], canaries.images[canaries.included])
+    assert torch.equal(labels[len(DIGITS.train) :], canaries.labels[canaries.included])
     assert augmented.test is DIGITS.test
 
 
@@ -120,8 +127,12 @@ def test_canary_score_is_the_logit_margin_of_its_label() -> None:
     with torch.no_grad():
         model[1].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]))
     _, canaries = insert_canaries(DIGITS, count=2, seed=0)
-    canaries = type(canaries)(images=torch.tensor([[[[2.0, 1.0]]], [[[2.0, 1.0]]]]), labels=torch.tensor([0, 1]),
-                              included=canaries.included, kind="ood")
+    canaries = type(canaries)(
+        images=torch.tensor([[[[2.0, 1.0]]], [[[2.0, 1.0]]]]),
+        labels=torch.tensor([0, 1]),
+        included=canaries.included,
+        kind="ood",
+    )
     # logits (2, 1, 1.5): label 0 → 2 - 1.5; label 1 → 1 - 2.
     assert canary_scores(model, canaries).tolist() == pytest.approx([0.5, -1.0])
 
@@ -130,16 +141,25 @@ def test_canary_score_is_the_logit_margin_of_its_label() -> None:
 
 CANARIES = 500
 # Digits MLP, expected batch 128 of N + m/2 examples, 20 epochs: 260 steps. σ = 5 gives ε ≈ 1.
-AUDITED = {"dataset": "digits", "model": "mlp", "batch_size": 128, "epochs": 20, "lr": 2.0, "accountant": "rdp",
-           "delta": 1e-5, "seed": 0}
+AUDITED = {
+    "dataset": "digits",
+    "model": "mlp",
+    "batch_size": 128,
+    "epochs": 20,
+    "lr": 2.0,
+    "accountant": "rdp",
+    "delta": 1e-5,
+    "seed": 0,
+}
 CLAIMED_SIGMA = 5.0
 
 
 def _claimed_epsilon() -> float:
     sample_rate = 128 / (len(DIGITS.train) + CANARIES / 2)  # what audit() pins q to
     steps = int(1 / sample_rate) * AUDITED["epochs"]
-    return accounting.epsilon(noise_multiplier=CLAIMED_SIGMA, sample_rate=sample_rate, steps=steps, delta=1e-5,
-                              accountant="rdp")
+    return accounting.epsilon(
+        noise_multiplier=CLAIMED_SIGMA, sample_rate=sample_rate, steps=steps, delta=1e-5, accountant="rdp"
+    )
 
 
 def test_correct_trainer_stays_below_its_theoretical_epsilon() -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+import torch.nn as nn
 from opacus.grad_sample.utils import wrap_model
 
 from dp_core import bench, engines
@@ -20,13 +21,24 @@ class _MeanAsSum(engines.Engine):
     name = "mean_as_sum"
 
     def prepare(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
-        max_grad_norms: list[float], flat: bool, expected_batch_size: float, noise_generator: torch.Generator | None,
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norms: list[float],
+        flat: bool,
+        expected_batch_size: float,
+        noise_generator: torch.Generator | None,
     ) -> engines.PrivateStep:
         private_model = wrap_model(model, grad_sample_mode="hooks", batch_first=True, loss_reduction="sum")
         dp_optimizer = engines.make_dp_optimizer(
-            optimizer, noise_multiplier=noise_multiplier, max_grad_norms=max_grad_norms, flat=flat,
-            expected_batch_size=expected_batch_size, noise_generator=noise_generator,
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norms=max_grad_norms,
+            flat=flat,
+            expected_batch_size=expected_batch_size,
+            noise_generator=noise_generator,
         )
         return engines.GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
 
@@ -51,8 +63,15 @@ def test_the_gate_passes_a_correct_engine_and_rejects_a_wrong_one(wrong_engine: 
 
 
 def test_a_failed_engine_is_reported_but_never_timed(wrong_engine: str, tmp_path) -> None:
-    report = run_benchmark(cases=[CASE], engines=[wrong_engine, "hooks", "bk"], device=torch.device("cpu"),
-                           warmup=1, repeats=2, out_dir=tmp_path, log=lambda _: None)
+    report = run_benchmark(
+        cases=[CASE],
+        engines=[wrong_engine, "hooks", "bk"],
+        device=torch.device("cpu"),
+        warmup=1,
+        repeats=2,
+        out_dir=tmp_path,
+        log=lambda _: None,
+    )
     rows = report["results"][0]["engines"]
     assert rows[wrong_engine]["status"] == "failed" and "ratio" not in rows[wrong_engine]
     assert rows["hooks"]["status"] == rows["bk"]["status"] == "ok"
@@ -61,18 +80,42 @@ def test_a_failed_engine_is_reported_but_never_timed(wrong_engine: str, tmp_path
 
 
 def test_quick_run_writes_the_json_report(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = bench.main(["--quick", "--models", "mlp", "--engines", "hooks,ghost,bk", "--warmup", "1",
-                       "--repeats", "2", "--out-dir", str(tmp_path)])
+    code = bench.main(
+        [
+            "--quick",
+            "--models",
+            "mlp",
+            "--engines",
+            "hooks,ghost,bk",
+            "--warmup",
+            "1",
+            "--repeats",
+            "2",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     [path] = tmp_path.glob("cpu-*.json")
     report = json.loads(path.read_text())
-    assert {"device", "device_name", "date", "torch", "opacus", "threads", "quick", "results",
-            "load_average_before", "timing", "memory"} <= set(report)
+    assert {
+        "device",
+        "device_name",
+        "date",
+        "torch",
+        "opacus",
+        "threads",
+        "quick",
+        "results",
+        "load_average_before",
+        "timing",
+        "memory",
+    } <= set(report)
     assert report["device"] == "cpu" and report["quick"] is True
     [result] = report["results"]
     assert result["model"] == "mlp" and result["auto"] == "bk"
     assert set(result["engines"]) == {"none", "hooks", "ghost", "bk"}
-    for name, row in result["engines"].items():
+    for row in result["engines"].values():
         assert row["status"] == "ok"
         assert {"median_s", "ratio", "cpu_median_s", "cpu_ratio", "peak_step_bytes", "mem_ratio"} <= set(row)
         assert row["median_s"] > 0 and row["peak_step_bytes"] > 0

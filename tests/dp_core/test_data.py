@@ -13,8 +13,8 @@ import torch
 from torchvision import datasets as tv_datasets
 
 from dp_core import data as data_module
-from dp_core.errors import ConfigError
 from dp_core.data import DATASETS, DatasetSplits, canonical_train_size, load_dataset
+from dp_core.errors import ConfigError
 
 # ---------------------------------------------------------------- writers of the real on-disk formats
 

@@ -15,9 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_leaf_module_imports_nothing_heavy() -> None:
-    code = ("import sys; import dp_core.dataset_facts; "
-            "heavy = [m for m in ('torch', 'numpy', 'opacus', 'sklearn', 'torchvision') if m in sys.modules]; "
-            "print(heavy); raise SystemExit(1 if heavy else 0)")
+    code = (
+        "import sys; import dp_core.dataset_facts; "
+        "heavy = [m for m in ('torch', 'numpy', 'opacus', 'sklearn', 'torchvision') if m in sys.modules]; "
+        "print(heavy); raise SystemExit(1 if heavy else 0)"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -16,15 +16,17 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
-def _naive_clipped_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: list[float], flat: bool) -> list[torch.Tensor]:
+def _naive_clipped_grads(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: list[float], flat: bool
+) -> list[torch.Tensor]:
     """Σ_i clip(g_i) computed by a plain loop over examples, straight from the definition."""
     params = [p for p in model.parameters()]
     total = [torch.zeros_like(p) for p in params]
     for i in range(len(x)):
-        loss = nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
+        loss = nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
         grads = torch.autograd.grad(loss, params)
         if flat:
-            norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+            norm = torch.sqrt(sum((g**2).sum() for g in grads))
             factors = [min(1.0, bounds[0] / (norm.item() + 1e-6))] * len(grads)
         else:
             factors = [min(1.0, c / (g.norm().item() + 1e-6)) for g, c in zip(grads, bounds)]
@@ -45,8 +47,12 @@ def test_noiseless_step_is_the_mean_of_clipped_per_example_gradients(clipping: s
     expected = [g / batch for g in _naive_clipped_grads(reference, x, y, bounds, flat=clipping == "flat")]
 
     private_model, optimizer = make_private(
-        model, torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
-        max_grad_norm=max_grad_norm, expected_batch_size=batch, clipping=clipping,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=batch,
+        clipping=clipping,
     )
     nn.functional.cross_entropy(private_model(x), y).backward()
     optimizer.step()
@@ -62,8 +68,11 @@ def test_huge_clip_without_noise_equals_plain_sgd() -> None:
     nn.functional.cross_entropy(plain(x), y).backward()
     plain_opt.step()
     private_model, optimizer = make_private(
-        private, torch.optim.SGD(private.parameters(), lr=0.1), noise_multiplier=0.0,
-        max_grad_norm=1e6, expected_batch_size=8,
+        private,
+        torch.optim.SGD(private.parameters(), lr=0.1),
+        noise_multiplier=0.0,
+        max_grad_norm=1e6,
+        expected_batch_size=8,
     )
     nn.functional.cross_entropy(private_model(x), y).backward()
     optimizer.step()
@@ -79,8 +88,12 @@ def test_noise_has_std_sigma_c_over_expected_batch(noise_multiplier: float, max_
     clean = [g / batch for g in _naive_clipped_grads(reference, x, y, [max_grad_norm], flat=True)]
     model = _model()
     private_model, optimizer = make_private(
-        model, torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, expected_batch_size=batch, noise_generator=torch.Generator().manual_seed(3),
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=batch,
+        noise_generator=torch.Generator().manual_seed(3),
     )
     nn.functional.cross_entropy(private_model(x), y).backward()
     optimizer.step()
@@ -93,7 +106,9 @@ def test_noise_has_std_sigma_c_over_expected_batch(noise_multiplier: float, max_
 
 def test_poisson_batches_sample_each_example_with_probability_q() -> None:
     generator = torch.Generator().manual_seed(0)
-    sizes = [len(idx) for idx, _ in poisson_batches(num_examples=1000, sample_rate=0.05, steps=400, generator=generator)]
+    sizes = [
+        len(idx) for idx, _ in poisson_batches(num_examples=1000, sample_rate=0.05, steps=400, generator=generator)
+    ]
     assert len(sizes) == 400
     assert sum(sizes) / len(sizes) == pytest.approx(50, rel=0.05)
     # Poisson sampling: batch sizes vary (binomial variance n q (1-q) = 47.5), unlike fixed batches.
@@ -109,13 +124,21 @@ def test_virtual_batches_equal_one_physical_batch() -> None:
     for max_physical in (None, 7):
         model = _model()
         private_model, optimizer = make_private(
-            model, torch.optim.SGD(model.parameters(), lr=0.5), noise_multiplier=0.7, max_grad_norm=0.5,
-            expected_batch_size=12, noise_generator=torch.Generator().manual_seed(5),
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.5),
+            noise_multiplier=0.7,
+            max_grad_norm=0.5,
+            expected_batch_size=12,
+            noise_generator=torch.Generator().manual_seed(5),
         )
         steps = 0
         for indices, ends_step in poisson_batches(
-            num_examples=40, sample_rate=0.3, steps=3, generator=torch.Generator().manual_seed(9),
-            max_physical_batch_size=max_physical, optimizer=optimizer,
+            num_examples=40,
+            sample_rate=0.3,
+            steps=3,
+            generator=torch.Generator().manual_seed(9),
+            max_physical_batch_size=max_physical,
+            optimizer=optimizer,
         ):
             if max_physical is not None:
                 assert len(indices) <= max_physical

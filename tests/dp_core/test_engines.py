@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from dp_core import _bookkeeping
-from dp_core.errors import ConfigError
 from dp_core.config import TrainConfig
 from dp_core.data import load_dataset
 from dp_core.dpsgd import make_private, make_private_step, per_layer_norms, poisson_batches
 from dp_core.engines import AUTO_ORDER, ENGINES, choose_engine
+from dp_core.errors import ConfigError
 from dp_core.models import build_model
 from dp_core.train import train
 
@@ -41,8 +41,10 @@ def _batch(shape: tuple[int, ...], size: int, seed: int = 1) -> tuple[torch.Tens
 def _naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[list[torch.Tensor]]:
     """g_i for every example i, straight from the definition (one forward/backward each)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return [list(torch.autograd.grad(nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]), params))
-            for i in range(len(x))]
+    return [
+        list(torch.autograd.grad(nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params))
+        for i in range(len(x))
+    ]
 
 
 def _clipped_mean(per_example: list[list[torch.Tensor]], bounds: list[float], *, flat: bool) -> list[torch.Tensor]:
@@ -69,8 +71,14 @@ def test_every_engine_takes_the_noiseless_clipped_step_of_the_definition(name: s
     per_example = _naive(_model(name), x, y)
     bound = _norms(per_example).median().item()  # some examples clipped, some not
     model = _model(name)
-    step = make_private_step(model, torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
-                             max_grad_norm=bound, expected_batch_size=5, grad_sample_mode=engine)
+    step = make_private_step(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=bound,
+        expected_batch_size=5,
+        grad_sample_mode=engine,
+    )
     step.backward(x, y)
     torch.testing.assert_close(step.per_sample_norms(), _norms(per_example), rtol=1e-4, atol=1e-6)
     step.optimizer.step()
@@ -85,8 +93,15 @@ def test_bk_per_layer_clipping_is_the_definition(name: str) -> None:
     per_example = _naive(reference, x, y)
     bounds = per_layer_norms(0.3, reference)
     model = _model(name)
-    step = make_private_step(model, torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
-                             max_grad_norm=0.3, expected_batch_size=4, clipping="per_layer", grad_sample_mode="bk")
+    step = make_private_step(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=0.3,
+        expected_batch_size=4,
+        clipping="per_layer",
+        grad_sample_mode="bk",
+    )
     step.backward(x, y)
     step.optimizer.step()
     for p, expected in zip(model.parameters(), _clipped_mean(per_example, bounds, flat=False)):
@@ -99,7 +114,14 @@ _CONVS = [
     {"in_channels": 4, "out_channels": 3, "kernel_size": 7, "stride": 2, "padding": 3, "bias": False},
     {"in_channels": 6, "out_channels": 8, "kernel_size": 1, "stride": 2},
     {"in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 2, "dilation": 2},
-    {"in_channels": 2, "out_channels": 3, "kernel_size": (3, 2), "stride": (2, 1), "padding": (1, 0), "dilation": (1, 2)},
+    {
+        "in_channels": 2,
+        "out_channels": 3,
+        "kernel_size": (3, 2),
+        "stride": (2, 1),
+        "padding": (1, 0),
+        "dilation": (1, 2),
+    },
     {"in_channels": 2, "out_channels": 3, "kernel_size": 5, "stride": 3},
 ]
 
@@ -113,7 +135,7 @@ def test_every_conv_strategy_gives_per_example_norms_and_clipped_sums(strategy: 
     a = torch.randn(4, conv["in_channels"], 11, 10, dtype=torch.float64)
     b = torch.randn_like(layer(a))
     params = [p for p in layer.parameters()]
-    per_example = [torch.autograd.grad(layer(a[i:i + 1]), params, b[i:i + 1]) for i in range(len(a))]
+    per_example = [torch.autograd.grad(layer(a[i : i + 1]), params, b[i : i + 1]) for i in range(len(a))]
     rules = _bookkeeping._conv2d(layer, (a,), b)
     factors = torch.rand(len(a), dtype=torch.float64)
     for k, p in enumerate(params):
@@ -135,9 +157,15 @@ def test_noise_is_added_once_exactly_as_the_hooks_engine_adds_it(engine: str) ->
     grads = []
     for mode in ("hooks", engine):
         model = _linear_model()
-        step = make_private_step(model, torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=1.3,
-                                 max_grad_norm=0.7, expected_batch_size=12, grad_sample_mode=mode,
-                                 noise_generator=torch.Generator().manual_seed(4))
+        step = make_private_step(
+            model,
+            torch.optim.SGD(model.parameters(), lr=1.0),
+            noise_multiplier=1.3,
+            max_grad_norm=0.7,
+            expected_batch_size=12,
+            grad_sample_mode=mode,
+            noise_generator=torch.Generator().manual_seed(4),
+        )
         step.backward(x, y)
         step.optimizer.step()
         grads.append([p.grad.clone() for p in model.parameters()])
@@ -149,9 +177,15 @@ def test_bk_noise_has_std_sigma_c_over_expected_batch() -> None:
     x, y = _batch((1, 8, 8), 8)
     clean = _clipped_mean(_naive(_linear_model(), x, y), [0.4], flat=True)
     model = _linear_model()
-    step = make_private_step(model, torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=2.0,
-                             max_grad_norm=0.4, expected_batch_size=8, grad_sample_mode="bk",
-                             noise_generator=torch.Generator().manual_seed(3))
+    step = make_private_step(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=2.0,
+        max_grad_norm=0.4,
+        expected_batch_size=8,
+        grad_sample_mode="bk",
+        noise_generator=torch.Generator().manual_seed(3),
+    )
     step.backward(x, y)
     step.optimizer.step()
     noise = torch.cat([(p.grad - c).flatten() for p, c in zip(model.parameters(), clean)])
@@ -163,9 +197,15 @@ def test_bk_noise_has_std_sigma_c_over_expected_batch() -> None:
 def test_an_empty_batch_is_a_step_of_pure_noise(engine: str) -> None:
     model = _linear_model()
     before = [p.detach().clone() for p in model.parameters()]
-    step = make_private_step(model, torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=1.0,
-                             max_grad_norm=1.0, expected_batch_size=4, grad_sample_mode=engine,
-                             noise_generator=torch.Generator().manual_seed(0))
+    step = make_private_step(
+        model,
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=4,
+        grad_sample_mode=engine,
+        noise_generator=torch.Generator().manual_seed(0),
+    )
     x, y = _batch((1, 8, 8), 0)
     assert step.backward(x, y).item() == 0.0
     step.optimizer.step()
@@ -181,12 +221,23 @@ def test_virtual_batches_equal_one_physical_batch(engine: str) -> None:
     results = []
     for max_physical in (None, 7):
         model = _linear_model()
-        step = make_private_step(model, torch.optim.SGD(model.parameters(), lr=0.5), noise_multiplier=0.7,
-                                 max_grad_norm=0.5, expected_batch_size=12, grad_sample_mode=engine,
-                                 noise_generator=torch.Generator().manual_seed(5))
-        for indices, _ in poisson_batches(num_examples=40, sample_rate=0.3, steps=3,
-                                          generator=torch.Generator().manual_seed(9),
-                                          max_physical_batch_size=max_physical, optimizer=step.optimizer):
+        step = make_private_step(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.5),
+            noise_multiplier=0.7,
+            max_grad_norm=0.5,
+            expected_batch_size=12,
+            grad_sample_mode=engine,
+            noise_generator=torch.Generator().manual_seed(5),
+        )
+        for indices, _ in poisson_batches(
+            num_examples=40,
+            sample_rate=0.3,
+            steps=3,
+            generator=torch.Generator().manual_seed(9),
+            max_physical_batch_size=max_physical,
+            optimizer=step.optimizer,
+        ):
             step.backward(x[indices], y[indices])
             step.optimizer.step()
             step.optimizer.zero_grad(set_to_none=True)
@@ -199,8 +250,14 @@ def test_bk_works_in_eval_mode_and_leaves_no_hooks_behind() -> None:
     x, y = _batch(ZOO["mnist_cnn"], 4)
     per_example = _naive(_model("mnist_cnn"), x, y)
     model = _model("mnist_cnn").eval()
-    step = make_private_step(model, torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
-                             max_grad_norm=1e6, expected_batch_size=4, grad_sample_mode="bk")
+    step = make_private_step(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=1e6,
+        expected_batch_size=4,
+        grad_sample_mode="bk",
+    )
     step.backward(x, y)
     torch.testing.assert_close(step.per_sample_norms(), _norms(per_example), rtol=1e-4, atol=1e-6)
     assert not any(m._forward_hooks for m in model.modules())
@@ -211,21 +268,39 @@ def test_bk_works_in_eval_mode_and_leaves_no_hooks_behind() -> None:
 def test_a_plain_backward_cannot_drive_an_engine_that_clips_in_backward() -> None:
     """bk's optimizer would otherwise add noise to unclipped gradients: it refuses to step."""
     model = _linear_model()
-    step = make_private_step(model, torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0,
-                             max_grad_norm=1.0, expected_batch_size=4, grad_sample_mode="bk")
+    step = make_private_step(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=4,
+        grad_sample_mode="bk",
+    )
     x, y = _batch((1, 8, 8), 4)
     nn.functional.cross_entropy(model(x), y).backward()
     with pytest.raises(RuntimeError, match="PrivateStep.backward"):
         step.optimizer.step()
     with pytest.raises(ConfigError, match="clips during its own backward"):
-        make_private(_linear_model(), torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0,
-                     max_grad_norm=1.0, expected_batch_size=4, grad_sample_mode="bk")
+        make_private(
+            _linear_model(),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=4,
+            grad_sample_mode="bk",
+        )
 
 
 def test_make_private_with_auto_picks_an_engine_that_clips_in_the_optimizer() -> None:
     model = _linear_model()
-    private_model, _ = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0,
-                                    max_grad_norm=1.0, expected_batch_size=4, grad_sample_mode="auto")
+    private_model, _ = make_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=4,
+        grad_sample_mode="auto",
+    )
     assert type(private_model).__name__ == "GradSampleModule"
 
 
@@ -285,17 +360,28 @@ def test_bk_refuses_weight_tying_layer_reuse_and_in_place_outputs() -> None:
 def test_config_accepts_every_engine_and_defaults_to_auto() -> None:
     assert set(ENGINES) == {"hooks", "functorch", "ew", "ghost", "bk"}
     for mode in ("auto", *ENGINES):
-        assert TrainConfig.from_dict({"noise_multiplier": 1.0, "grad_sample_mode": mode}).privacy.grad_sample_mode == mode
+        assert (
+            TrainConfig.from_dict({"noise_multiplier": 1.0, "grad_sample_mode": mode}).privacy.grad_sample_mode == mode
+        )
     assert TrainConfig.from_dict({"noise_multiplier": 1.0}).privacy.grad_sample_mode == "auto"
 
 
 def test_training_with_bk_equals_training_with_hooks() -> None:
     """Same seed, same noise stream, same clipped sums: the engines train the same model."""
     digits = load_dataset("digits")
-    settings = {"model": "digits_cnn", "epochs": 1, "batch_size": 128, "lr": 1.0, "max_grad_norm": 0.5,
-                "noise_multiplier": 1.0, "max_physical_batch_size": 48}
-    results = {mode: train(TrainConfig.from_dict({**settings, "grad_sample_mode": mode}), data=digits)
-               for mode in ("hooks", "bk")}
+    settings = {
+        "model": "digits_cnn",
+        "epochs": 1,
+        "batch_size": 128,
+        "lr": 1.0,
+        "max_grad_norm": 0.5,
+        "noise_multiplier": 1.0,
+        "max_physical_batch_size": 48,
+    }
+    results = {
+        mode: train(TrainConfig.from_dict({**settings, "grad_sample_mode": mode}), data=digits)
+        for mode in ("hooks", "bk")
+    }
     assert results["bk"].final.test_loss == pytest.approx(results["hooks"].final.test_loss, rel=1e-4)
     for a, b in zip(results["bk"].model.parameters(), results["hooks"].model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

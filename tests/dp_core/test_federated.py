@@ -50,9 +50,7 @@ def test_weighted_average_is_exact_on_hand_made_tensors() -> None:
     b = {"w": torch.tensor([4.0, 0.5, 1.0, 0.7]), "steps": torch.tensor(7)}
     averaged = fed_avg([a, b], [1, 3])
     # The exact rational mean of the float32 inputs, rounded once to float32.
-    exact = [
-        float((Fraction(float(x)) * 1 + Fraction(float(y)) * 3) / 4) for x, y in zip(a["w"], b["w"], strict=True)
-    ]
+    exact = [float((Fraction(float(x)) * 1 + Fraction(float(y)) * 3) / 4) for x, y in zip(a["w"], b["w"], strict=True)]
     assert torch.equal(averaged["w"], torch.tensor(exact, dtype=torch.float32))
     assert averaged["w"][:3].tolist() == [3.25, 0.875, 0.0]
     assert averaged["w"].dtype == torch.float32 and torch.equal(averaged["steps"], torch.tensor(7))
@@ -79,9 +77,18 @@ def _setup(shard: torch.Tensor, *, index: int = 0, seed: int = 0, steps_per_roun
     config, _ = split_flat({**FAST, "noise_multiplier": 1.0, "clients": 1, "rounds": 2})
     images, labels = DIGITS.train.tensors
     return ClientSetup(
-        index=index, seed=client_seed(seed, 0), config=config, images=images[shard], labels=labels[shard],
-        input_shape=DIGITS.input_shape, num_classes=DIGITS.num_classes, private=True, noise_multiplier=1.0,
-        sample_rate=32 / len(shard), steps_per_round=steps_per_round, total_steps=2 * steps_per_round,
+        index=index,
+        seed=client_seed(seed, 0),
+        config=config,
+        images=images[shard],
+        labels=labels[shard],
+        input_shape=DIGITS.input_shape,
+        num_classes=DIGITS.num_classes,
+        private=True,
+        noise_multiplier=1.0,
+        sample_rate=32 / len(shard),
+        steps_per_round=steps_per_round,
+        total_steps=2 * steps_per_round,
     )
 
 
@@ -94,8 +101,14 @@ def test_fedavg_of_identical_clients_equals_one_clients_model() -> None:
     twins.start([_setup(shard), _setup(shard, index=1)])
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        state = {k: v.clone() for k, v in torch.nn.Sequential(
-            torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).state_dict().items()}
+        state = {
+            k: v.clone()
+            for k, v in torch.nn.Sequential(
+                torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+            )
+            .state_dict()
+            .items()
+        }
     alone, together = state, state
     for round_index in (1, 2):
         (one,) = single.train_round(alone, round_index=round_index)
@@ -178,8 +191,18 @@ def test_config_errors_name_key_value_and_rule() -> None:
 
 
 def test_flat_form_round_trips() -> None:
-    train, federated = split_flat({**FAST, "target_epsilon": 2.0, "clients": 3, "rounds": 4, "local_epochs": 2,
-                                   "partition": "dirichlet", "dirichlet_alpha": 0.5, "kind": "federated"})
+    train, federated = split_flat(
+        {
+            **FAST,
+            "target_epsilon": 2.0,
+            "clients": 3,
+            "rounds": 4,
+            "local_epochs": 2,
+            "partition": "dirichlet",
+            "dirichlet_alpha": 0.5,
+            "kind": "federated",
+        }
+    )
     flat = to_flat(train, federated)
     assert flat["kind"] == "federated" and flat["epochs"] == 8
     assert split_flat(flat) == (train, federated)
@@ -190,21 +213,47 @@ def test_flat_form_round_trips() -> None:
 
 def test_each_clients_epsilon_is_accounted_on_its_own_shard() -> None:
     """Client i's ε after round r is accounting.epsilon(σ, B/n_i, r·E·⌊n_i/B⌋ steps); the run's is the max."""
-    train, federated = split_flat({**FAST, "noise_multiplier": 1.2, "clients": 3, "rounds": 2, "local_epochs": 2,
-                                   "partition": "dirichlet", "dirichlet_alpha": 1.0, "accountant": "prv"})
+    train, federated = split_flat(
+        {
+            **FAST,
+            "noise_multiplier": 1.2,
+            "clients": 3,
+            "rounds": 2,
+            "local_epochs": 2,
+            "partition": "dirichlet",
+            "dirichlet_alpha": 1.0,
+            "accountant": "prv",
+        }
+    )
     seen: list[RoundReport] = []
     result = train_federated(train, federated, on_round=seen.append, data=DIGITS)
     sizes = [len(shard) for shard in partition_data(DIGITS, train, federated)]
     assert len(set(sizes)) == 3  # unequal shards: the clients' ε differ
     assert [r.round for r in seen] == [1, 2] and result.reports == tuple(seen)
     # Each client's ε after every round, its own mechanism's per-round ε in one computation.
-    by_round = [accounting.epsilons(noise_multiplier=1.2, sample_rate=32 / n, steps=[r * 2 * (n // 32) for r in (1, 2)],
-                                    delta=1e-5, accountant="prv") for n in sizes]
+    by_round = [
+        accounting.epsilons(
+            noise_multiplier=1.2,
+            sample_rate=32 / n,
+            steps=[r * 2 * (n // 32) for r in (1, 2)],
+            delta=1e-5,
+            accountant="prv",
+        )
+        for n in sizes
+    ]
     for report in seen:
         expected = [client[report.round - 1] for client in by_round]
         assert list(report.client_epsilons) == expected
-        alone = [accounting.epsilon(noise_multiplier=1.2, sample_rate=32 / n, steps=report.round * 2 * (n // 32),
-                                    delta=1e-5, accountant="prv") for n in sizes]
+        alone = [
+            accounting.epsilon(
+                noise_multiplier=1.2,
+                sample_rate=32 / n,
+                steps=report.round * 2 * (n // 32),
+                delta=1e-5,
+                accountant="prv",
+            )
+            for n in sizes
+        ]
         assert expected == pytest.approx(alone, abs=0.02)  # each round on its own grid: within 2 × eps_error
         assert report.epsilon == max(expected)
         assert report.client_steps == tuple(report.round * 2 * (n // 32) for n in sizes)
@@ -214,8 +263,17 @@ def test_each_clients_epsilon_is_accounted_on_its_own_shard() -> None:
 
 
 def test_target_epsilon_calibrates_one_sigma_that_keeps_every_client_within_it() -> None:
-    train, federated = split_flat({**FAST, "target_epsilon": 2.0, "clients": 3, "rounds": 3,
-                                   "partition": "dirichlet", "dirichlet_alpha": 1.0, "accountant": "rdp"})
+    train, federated = split_flat(
+        {
+            **FAST,
+            "target_epsilon": 2.0,
+            "clients": 3,
+            "rounds": 3,
+            "partition": "dirichlet",
+            "dirichlet_alpha": 1.0,
+            "accountant": "rdp",
+        }
+    )
     sizes = [len(s) for s in partition_data(DIGITS, train, federated)]
     plan = plan_federated(train, federated, shard_sizes=sizes)
     assert plan.planned_epsilon <= 2.0
@@ -225,8 +283,9 @@ def test_target_epsilon_calibrates_one_sigma_that_keeps_every_client_within_it()
 
 
 def test_budget_stops_at_the_last_round_within_it() -> None:
-    train, federated = split_flat({**FAST, "noise_multiplier": 1.5, "clients": 2, "rounds": 6,
-                                   "accountant": "rdp", "epsilon_budget": 1.5})
+    train, federated = split_flat(
+        {**FAST, "noise_multiplier": 1.5, "clients": 2, "rounds": 6, "accountant": "rdp", "epsilon_budget": 1.5}
+    )
     result = train_federated(train, federated, data=DIGITS)
     plan = result.plan
     assert plan.stops_early and result.stopped_early and result.final.stopped_by_budget
@@ -279,20 +338,52 @@ def test_non_private_run_reports_infinite_epsilon() -> None:
 @pytest.mark.slow  # a subprocess that imports torch and trains: seconds
 def test_command_line_prints_accuracy_and_every_clients_epsilon_with_delta_and_accountant() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "dp_core.federated", "--dataset", "digits", "--clients", "2", "--rounds", "2",
-         "--batch-size", "64", "--sigma", "1.0", "--accountant", "rdp", "--lr", "1.0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-m",
+            "dp_core.federated",
+            "--dataset",
+            "digits",
+            "--clients",
+            "2",
+            "--rounds",
+            "2",
+            "--batch-size",
+            "64",
+            "--sigma",
+            "1.0",
+            "--accountant",
+            "rdp",
+            "--lr",
+            "1.0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert [line.split(":")[0] for line in lines if line.startswith("round")] == ["round 1/2", "round 2/2"]
     assert "global test accuracy" in lines[0]
     for client in (0, 1):
-        assert sum(line.strip().startswith(f"client {client}: ε = ") and "(δ = 1e-05, RDP accountant)" in line
-                   for line in lines) == 2
+        assert (
+            sum(
+                line.strip().startswith(f"client {client}: ε = ") and "(δ = 1e-05, RDP accountant)" in line
+                for line in lines
+            )
+            == 2
+        )
     assert "max over clients" in done.stdout
     assert "train loss" not in done.stdout  # an un-noised statistic of the clients' data
 
-    bad = subprocess.run([sys.executable, "-m", "dp_core.federated", "--clients", "0"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    bad = subprocess.run(
+        [sys.executable, "-m", "dp_core.federated", "--clients", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert bad.returncode == 2 and "clients=0" in bad.stderr

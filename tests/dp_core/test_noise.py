@@ -71,8 +71,11 @@ SETTINGS = {"model": "mlp", "epochs": 1, "batch_size": 256, "noise_multiplier": 
 @pytest.mark.parametrize("engine", list(engines.ENGINES))
 def test_every_engine_noises_with_the_helper(engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
     stds = _recording(monkeypatch, engines)
-    result = train(TrainConfig.from_dict({**SETTINGS, "grad_sample_mode": engine}), data=load_dataset("digits"),
-                   evaluate_test=False)
+    result = train(
+        TrainConfig.from_dict({**SETTINGS, "grad_sample_mode": engine}),
+        data=load_dataset("digits"),
+        evaluate_test=False,
+    )
     parameters = sum(1 for _ in result.model.parameters())
     assert len(stds) == result.final.steps * parameters and set(stds) == {0.8 * 0.5}
 

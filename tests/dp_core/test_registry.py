@@ -30,11 +30,16 @@ class _LoopStep(GradSampleStep):
     def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self._owner.backward_calls += 1
         params = list(self.optimizer.params)
-        per_example = [torch.autograd.grad(nn.functional.cross_entropy(self.model(images[i:i + 1]), labels[i:i + 1]),
-                                           params) for i in range(len(images))]
+        per_example = [
+            torch.autograd.grad(nn.functional.cross_entropy(self.model(images[i : i + 1]), labels[i : i + 1]), params)
+            for i in range(len(images))
+        ]
         for k, p in enumerate(params):
-            p.grad_sample = (torch.stack([grads[k] for grads in per_example]) if per_example
-                             else torch.zeros((0, *p.shape), dtype=p.dtype))
+            p.grad_sample = (
+                torch.stack([grads[k] for grads in per_example])
+                if per_example
+                else torch.zeros((0, *p.shape), dtype=p.dtype)
+            )
         losses = [nn.functional.cross_entropy(self.model(images), labels).detach()] if len(images) else []
         return losses[0] if losses else torch.zeros(())
 
@@ -49,12 +54,17 @@ class _PerExampleLoop(Engine):
         self.prepared = 0
         self.backward_calls = 0
 
-    def prepare(self, model, optimizer, *, noise_multiplier, max_grad_norms, flat, expected_batch_size,
-                noise_generator) -> PrivateStep:  # type: ignore[no-untyped-def]
+    def prepare(
+        self, model, optimizer, *, noise_multiplier, max_grad_norms, flat, expected_batch_size, noise_generator
+    ) -> PrivateStep:  # type: ignore[no-untyped-def]
         self.prepared += 1
         dp_optimizer = make_dp_optimizer(
-            optimizer, noise_multiplier=noise_multiplier, max_grad_norms=max_grad_norms, flat=flat,
-            expected_batch_size=expected_batch_size, noise_generator=noise_generator,
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norms=max_grad_norms,
+            flat=flat,
+            expected_batch_size=expected_batch_size,
+            noise_generator=noise_generator,
         )
         return _LoopStep(engine=self, model=model, optimizer=dp_optimizer)
 
@@ -67,8 +77,16 @@ def loop_engine() -> Iterator[_PerExampleLoop]:
     ENGINES.unregister(engine.name)
 
 
-SETTINGS = {"dataset": "digits", "model": "mlp", "epochs": 1, "batch_size": 128, "lr": 1.0, "max_grad_norm": 0.1,
-            "noise_multiplier": 1.0, "seed": 3}
+SETTINGS = {
+    "dataset": "digits",
+    "model": "mlp",
+    "epochs": 1,
+    "batch_size": 128,
+    "lr": 1.0,
+    "max_grad_norm": 0.1,
+    "noise_multiplier": 1.0,
+    "seed": 3,
+}
 
 
 def test_an_engine_registered_at_run_time_trains_through_train_config(loop_engine: _PerExampleLoop) -> None:
@@ -82,19 +100,26 @@ def test_an_engine_registered_at_run_time_trains_through_train_config(loop_engin
     # Same seed, so the same batches and the same noise stream: the new engine clips and noises as
     # the hooks engine (checked against DP-SGD's definition in test_engines) does, up to rounding.
     # C = 0.1 clips nearly every example, so a missing clip or noise term would change the weights.
-    reference = train(TrainConfig.from_dict({**SETTINGS, "grad_sample_mode": "hooks"}), data=digits,
-                      evaluate_test=False)
+    reference = train(
+        TrainConfig.from_dict({**SETTINGS, "grad_sample_mode": "hooks"}), data=digits, evaluate_test=False
+    )
     for ours, theirs in zip(result.model.state_dict().values(), reference.model.state_dict().values()):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
-    without_noise = train(TrainConfig.from_dict({**SETTINGS, "grad_sample_mode": loop_engine.name,
-                                                 "noise_multiplier": 0.0}), data=digits, evaluate_test=False)
+    without_noise = train(
+        TrainConfig.from_dict({**SETTINGS, "grad_sample_mode": loop_engine.name, "noise_multiplier": 0.0}),
+        data=digits,
+        evaluate_test=False,
+    )
     weights = next(iter(result.model.state_dict().values()))
     assert not torch.allclose(weights, next(iter(without_noise.model.state_dict().values())), atol=1e-3)
 
 
 def test_an_unregistered_engine_is_refused_naming_the_known_ones(loop_engine: _PerExampleLoop) -> None:
-    with pytest.raises(ConfigError, match=r"Expected grad_sample_mode to be one of auto, .*per_example_loop.*, but "
-                                          r"got grad_sample_mode='warp_drive'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"Expected grad_sample_mode to be one of auto, .*per_example_loop.*, but "
+        r"got grad_sample_mode='warp_drive'",
+    ):
         PrivacyConfig(noise_multiplier=1.0, grad_sample_mode="warp_drive")
     ENGINES.unregister(loop_engine.name)
     with pytest.raises(ConfigError, match="Expected grad_sample_mode to be one of"):
@@ -113,18 +138,33 @@ def test_a_dataset_and_a_model_registered_at_run_time_train(loop_engine: _PerExa
     images, labels = torch.randn(300, 2, 3, 3, generator=generator), torch.randint(0, 3, (300,), generator=generator)
 
     def load() -> DatasetSplits:
-        return DatasetSplits(name="tiny", train=TensorDataset(images[:200], labels[:200]),
-                             test=TensorDataset(images[200:], labels[200:]), num_classes=3, input_shape=(2, 3, 3))
+        return DatasetSplits(
+            name="tiny",
+            train=TensorDataset(images[:200], labels[:200]),
+            test=TensorDataset(images[200:], labels[200:]),
+            num_classes=3,
+            input_shape=(2, 3, 3),
+        )
 
     def linear(*, input_shape, num_classes, gn_groups):  # type: ignore[no-untyped-def]
         return nn.Sequential(nn.Flatten(), nn.Linear(18, num_classes))
 
-    DATASETS.register("tiny", DatasetFacts(input_shape=(2, 3, 3), num_classes=3, train_size=200, test_size=100,
-                                           source="loader", load=load))
+    DATASETS.register(
+        "tiny",
+        DatasetFacts(input_shape=(2, 3, 3), num_classes=3, train_size=200, test_size=100, source="loader", load=load),
+    )
     MODELS.register("tiny_linear", linear)
     try:
-        config = TrainConfig.from_dict({"dataset": "tiny", "model": "tiny_linear", "epochs": 2, "batch_size": 20,
-                                        "noise_multiplier": 1.0, "delta": 1e-3})
+        config = TrainConfig.from_dict(
+            {
+                "dataset": "tiny",
+                "model": "tiny_linear",
+                "epochs": 2,
+                "batch_size": 20,
+                "noise_multiplier": 1.0,
+                "delta": 1e-3,
+            }
+        )
         result = train(config)
     finally:
         DATASETS.unregister("tiny")

@@ -64,8 +64,20 @@ def test_classes_carry_signal_that_a_single_example_does_not_give_away() -> None
 
 
 def test_dp_training_learns_it() -> None:
-    config = TrainConfig.from_dict({
-        "dataset": "synthetic_mnist", "model": "mlp", "epochs": 4, "batch_size": 100, "lr": 1.0,
-        "noise_multiplier": 0.5, "max_grad_norm": 1.0, "delta": 1e-5, "accountant": "rdp", "seed": 0, "device": "cpu"})
+    config = TrainConfig.from_dict(
+        {
+            "dataset": "synthetic_mnist",
+            "model": "mlp",
+            "epochs": 4,
+            "batch_size": 100,
+            "lr": 1.0,
+            "noise_multiplier": 0.5,
+            "max_grad_norm": 1.0,
+            "delta": 1e-5,
+            "accountant": "rdp",
+            "seed": 0,
+            "device": "cpu",
+        }
+    )
     result = train(config)
     assert result.final.test_accuracy > 0.4  # chance: 0.1

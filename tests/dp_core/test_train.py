@@ -28,16 +28,19 @@ FAST = {"model": "mlp", "epochs": 3, "batch_size": 256, "lr": 2.0, "max_grad_nor
 
 def test_reports_every_epoch_with_the_accountants_epsilon() -> None:
     seen: list[EpochReport] = []
-    result = train(TrainConfig.from_dict({**FAST, "noise_multiplier": 1.5, "accountant": "rdp"}),
-                   on_epoch=seen.append, data=DIGITS)
+    result = train(
+        TrainConfig.from_dict({**FAST, "noise_multiplier": 1.5, "accountant": "rdp"}), on_epoch=seen.append, data=DIGITS
+    )
     assert [r.epoch for r in seen] == [1, 2, 3]
     q = 256 / len(DIGITS.train)
     steps_per_epoch = int(1 / q)
     for report in seen:
         assert report.steps == steps_per_epoch * report.epoch
         assert report.accountant == "rdp" and report.delta == 1e-5
-        assert report.epsilon == pytest.approx(accounting.epsilon(
-            noise_multiplier=1.5, sample_rate=q, steps=report.steps, delta=1e-5, accountant="rdp"), rel=1e-12)
+        assert report.epsilon == pytest.approx(
+            accounting.epsilon(noise_multiplier=1.5, sample_rate=q, steps=report.steps, delta=1e-5, accountant="rdp"),
+            rel=1e-12,
+        )
     assert seen[0].epsilon < seen[1].epsilon < seen[2].epsilon
     assert result.final.test_accuracy > 0.5  # learns something real even in 3 noisy epochs
 
@@ -50,15 +53,17 @@ def test_target_epsilon_is_met_not_exceeded() -> None:
 
 
 def test_budget_stops_before_the_step_that_would_exceed_it() -> None:
-    config = TrainConfig.from_dict({**FAST, "epochs": 6, "noise_multiplier": 2.0, "epsilon_budget": 1.5,
-                                    "accountant": "rdp"})
+    config = TrainConfig.from_dict(
+        {**FAST, "epochs": 6, "noise_multiplier": 2.0, "epsilon_budget": 1.5, "accountant": "rdp"}
+    )
     result = train(config, data=DIGITS)
     q = 256 / len(DIGITS.train)
     last = result.final
     assert result.stopped_early and last.stopped_by_budget
     assert last.epsilon <= 1.5
-    one_more = accounting.epsilon(noise_multiplier=2.0, sample_rate=q, steps=last.steps + 1, delta=1e-5,
-                                  accountant="rdp")
+    one_more = accounting.epsilon(
+        noise_multiplier=2.0, sample_rate=q, steps=last.steps + 1, delta=1e-5, accountant="rdp"
+    )
     assert one_more > 1.5
     assert all(r.epsilon <= 1.5 for r in result.reports)
     assert last.steps < 6 * int(1 / q)
@@ -92,9 +97,15 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path) -> None:
 
 def test_checkpoint_of_another_config_is_refused(tmp_path) -> None:
     checkpoint = tmp_path / "state.pt"
-    train(TrainConfig.from_dict({**FAST, "epochs": 1, "noise_multiplier": 1.0}), data=DIGITS, checkpoint_path=checkpoint)
+    train(
+        TrainConfig.from_dict({**FAST, "epochs": 1, "noise_multiplier": 1.0}), data=DIGITS, checkpoint_path=checkpoint
+    )
     with pytest.raises(ValueError, match="different one"):
-        train(TrainConfig.from_dict({**FAST, "epochs": 1, "noise_multiplier": 2.0}), data=DIGITS, checkpoint_path=checkpoint)
+        train(
+            TrainConfig.from_dict({**FAST, "epochs": 1, "noise_multiplier": 2.0}),
+            data=DIGITS,
+            checkpoint_path=checkpoint,
+        )
 
 
 def test_non_private_and_noiseless_runs_report_infinite_epsilon() -> None:
@@ -104,9 +115,18 @@ def test_non_private_and_noiseless_runs_report_infinite_epsilon() -> None:
 
 
 def test_per_layer_clipping_adam_cosine_and_virtual_batches_train() -> None:
-    config = TrainConfig.from_dict({**FAST, "epochs": 2, "noise_multiplier": 1.0, "clipping": "per_layer",
-                                    "optimizer": "adam", "lr": 0.01, "lr_schedule": "cos",
-                                    "max_physical_batch_size": 64})
+    config = TrainConfig.from_dict(
+        {
+            **FAST,
+            "epochs": 2,
+            "noise_multiplier": 1.0,
+            "clipping": "per_layer",
+            "optimizer": "adam",
+            "lr": 0.01,
+            "lr_schedule": "cos",
+            "max_physical_batch_size": 64,
+        }
+    )
     result = train(config, data=DIGITS)
     assert result.final.steps == 2 * int(len(DIGITS.train) / 256)
     assert result.final.test_accuracy > 0.3
@@ -129,9 +149,24 @@ def test_no_training_loss_is_reported_or_printed(tmp_path: Path) -> None:
     assert "train_loss" not in {field.name for field in dataclasses.fields(EpochReport)}
     saved = tmp_path / "metrics.json"
     done = subprocess.run(
-        [sys.executable, "-m", "dp_core.train", "--dataset", "digits", "--epochs", "1", "--sigma", "1.0",
-         "--metrics-json", str(saved)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-m",
+            "dp_core.train",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--sigma",
+            "1.0",
+            "--metrics-json",
+            str(saved),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)

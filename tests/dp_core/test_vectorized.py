@@ -37,12 +37,33 @@ def _group(model: str) -> list[TrainConfig]:
     chaotic run (e.g. digits_cnn at lr 2-4 for 50 steps) amplifies it, and then train()'s own
     engines (hooks vs bk) disagree with each other as much as with the vectorised run."""
     return [
-        TrainConfig.from_dict({**BASE, "model": model, "noise_multiplier": 1.0, "max_grad_norm": 0.5,
-                               "lr": 2.0, "seed": 0}),
-        TrainConfig.from_dict({**BASE, "model": model, "noise_multiplier": 0.7, "max_grad_norm": 1.0,
-                               "lr": 0.5, "momentum": 0.9, "weight_decay": 0.01, "seed": 3}),
-        TrainConfig.from_dict({**BASE, "model": model, "target_epsilon": 4.0, "max_grad_norm": 2.0,
-                               "lr": 1.0, "momentum": 0.5, "lr_schedule": "cos", "seed": 7}),
+        TrainConfig.from_dict(
+            {**BASE, "model": model, "noise_multiplier": 1.0, "max_grad_norm": 0.5, "lr": 2.0, "seed": 0}
+        ),
+        TrainConfig.from_dict(
+            {
+                **BASE,
+                "model": model,
+                "noise_multiplier": 0.7,
+                "max_grad_norm": 1.0,
+                "lr": 0.5,
+                "momentum": 0.9,
+                "weight_decay": 0.01,
+                "seed": 3,
+            }
+        ),
+        TrainConfig.from_dict(
+            {
+                **BASE,
+                "model": model,
+                "target_epsilon": 4.0,
+                "max_grad_norm": 2.0,
+                "lr": 1.0,
+                "momentum": 0.5,
+                "lr_schedule": "cos",
+                "seed": 7,
+            }
+        ),
     ]
 
 
@@ -102,9 +123,21 @@ def test_physical_batches_and_memory_chunks_change_nothing(model: str, monkeypat
     step clips in chunks of examples, and for models it must materialise per-example gradients,
     in chunks of at most _CHUNK_BYTES as well. Neither changes the result."""
     monkeypatch.setattr(vectorized, "_CHUNK_BYTES", 200_000)  # a handful of digits_cnn examples a chunk
-    configs = [TrainConfig.from_dict({**BASE, "model": model, "epochs": 2, "max_physical_batch_size": 100,
-                                      "noise_multiplier": s, "lr": 1.0, "momentum": 0.5, "seed": i})
-               for i, s in enumerate((0.8, 1.5))]
+    configs = [
+        TrainConfig.from_dict(
+            {
+                **BASE,
+                "model": model,
+                "epochs": 2,
+                "max_physical_batch_size": 100,
+                "noise_multiplier": s,
+                "lr": 1.0,
+                "momentum": 0.5,
+                "seed": i,
+            }
+        )
+        for i, s in enumerate((0.8, 1.5))
+    ]
     for config, mine in zip(configs, train_vectorized(configs, data=DIGITS)):
         _assert_same_run(mine, train(config, data=DIGITS))
 
@@ -115,7 +148,7 @@ def _naive_clipped_sum(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     for image, label in zip(images, labels):
         loss = nn.functional.cross_entropy(model(image[None]), label[None])
         grads = torch.autograd.grad(loss, list(model.parameters()))
-        norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+        norm = torch.sqrt(sum((g**2).sum() for g in grads))
         for t, g in zip(total, grads):
             t += min(1.0, max_grad_norm / (norm.item() + 1e-6)) * g
     return total
@@ -125,14 +158,17 @@ def _naive_clipped_sum(model: nn.Module, images: torch.Tensor, labels: torch.Ten
 def test_both_clipping_routes_equal_the_per_example_definition(clipping: str) -> None:
     torch.manual_seed(0)
     configs = [models.build_model("mlp", input_shape=(1, 8, 8), num_classes=10) for _ in range(2)]
-    route = {"ghost": _vectorized_clipping.ghost_clipping, "per_example": _vectorized_clipping.per_example_clipping}[clipping]
+    route = {"ghost": _vectorized_clipping.ghost_clipping, "per_example": _vectorized_clipping.per_example_clipping}[
+        clipping
+    ]
     params, buffers = _vectorized_clipping.stack_models(configs)
     images, labels = DIGITS.train.tensors[0][:12], DIGITS.train.tensors[1][:12]
     weight = torch.ones(2, 12)
     weight[1, 7:] = 0  # config 1 sees a batch of 7, padded to 12
     max_grad_norm = torch.tensor([0.1, 100.0])  # clips every example; clips none
-    sums, losses = route(configs[0])(params, buffers, images.expand(2, -1, -1, -1, -1), labels.expand(2, -1),
-                                     weight, max_grad_norm)
+    sums, losses = route(configs[0])(
+        params, buffers, images.expand(2, -1, -1, -1, -1), labels.expand(2, -1), weight, max_grad_norm
+    )
     for k, (model, count) in enumerate(zip(configs, (12, 7))):
         expected = _naive_clipped_sum(model, images[:count], labels[:count], max_grad_norm[k].item())
         for name, e in zip(sums, expected):
@@ -153,8 +189,9 @@ def test_empty_batches_add_noise_and_step_as_opacus_does() -> None:
     base = {**BASE, "model": "mlp", "epochs": 1, "batch_size": None, "sample_rate": 1 / size}
     configs = [
         TrainConfig.from_dict({**base, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "lr": 0.1, "seed": 0}),
-        TrainConfig.from_dict({**base, "noise_multiplier": 0.0, "max_grad_norm": 0.3, "lr": 0.1,
-                               "momentum": 0.5, "seed": 1}),
+        TrainConfig.from_dict(
+            {**base, "noise_multiplier": 0.0, "max_grad_norm": 0.3, "lr": 0.1, "momentum": 0.5, "seed": 1}
+        ),
         TrainConfig.from_dict({**base, "noise_multiplier": 2.0, "max_grad_norm": 2.0, "lr": 0.05, "seed": 2}),
     ]
     empty = []
@@ -170,8 +207,10 @@ def test_empty_batches_add_noise_and_step_as_opacus_does() -> None:
 
 
 def test_stop_training_from_the_hook_stops_every_configuration() -> None:
-    configs = [TrainConfig.from_dict({**BASE, "model": "mlp", "noise_multiplier": s, "seed": i})
-               for i, s in enumerate((0.8, 1.2))]
+    configs = [
+        TrainConfig.from_dict({**BASE, "model": "mlp", "noise_multiplier": s, "seed": i})
+        for i, s in enumerate((0.8, 1.2))
+    ]
 
     def stop_after_first(reports: dict[int, EpochReport]) -> None:
         if any(r.epoch == 1 for r in reports.values()):
@@ -204,8 +243,9 @@ def test_a_configuration_that_joins_a_running_stack_trains_as_if_alone() -> None
     """With width 2, five configurations take turns: each joins when one stops (pruned, or
     through its epochs), starts at its own epoch 1, and ends with the results it has alone."""
     configs = _group("mlp") + [
-        TrainConfig.from_dict({**BASE, "model": "mlp", "noise_multiplier": s, "max_grad_norm": c, "lr": lr,
-                               "momentum": 0.9, "seed": seed})
+        TrainConfig.from_dict(
+            {**BASE, "model": "mlp", "noise_multiplier": s, "max_grad_norm": c, "lr": lr, "momentum": 0.9, "seed": seed}
+        )
         for s, c, lr, seed in ((0.9, 1.5, 1.5, 11), (1.3, 0.7, 0.8, 12))
     ]
     prune_at = {1: 1, 3: 2}  # configuration -> its epoch after which the hook stops it
@@ -222,6 +262,7 @@ def test_a_configuration_that_joins_a_running_stack_trains_as_if_alone() -> None
         def hook(report: EpochReport) -> None:
             if report.epoch == epoch:
                 raise StopTraining
+
         return hook
 
     for k, config in enumerate(configs):
@@ -230,8 +271,10 @@ def test_a_configuration_that_joins_a_running_stack_trains_as_if_alone() -> None
 
 
 def test_stop_training_leaves_configurations_that_had_not_started_without_reports() -> None:
-    configs = [TrainConfig.from_dict({**BASE, "model": "mlp", "noise_multiplier": s, "seed": i})
-               for i, s in enumerate((0.8, 1.2, 1.0))]
+    configs = [
+        TrainConfig.from_dict({**BASE, "model": "mlp", "noise_multiplier": s, "seed": i})
+        for i, s in enumerate((0.8, 1.2, 1.0))
+    ]
 
     def stop(reports: dict[int, EpochReport]) -> None:
         raise StopTraining
@@ -253,8 +296,7 @@ def test_stopping_an_unknown_configuration_is_refused() -> None:
 
 
 def test_a_diverging_configuration_is_named() -> None:
-    configs = [TrainConfig.from_dict({**BASE, "model": "mlp", "noise_multiplier": 1.0, "lr": lr})
-               for lr in (0.5, 1e30)]
+    configs = [TrainConfig.from_dict({**BASE, "model": "mlp", "noise_multiplier": 1.0, "lr": lr}) for lr in (0.5, 1e30)]
     with pytest.raises(ConfigsDiverged, match="config 1") as caught:
         train_vectorized(configs, data=DIGITS)
     assert caught.value.config_indices == (1,)
@@ -269,8 +311,17 @@ GROUPABLE = {**BASE, "model": "mlp", "noise_multiplier": 1.0}
 def test_a_sweeps_trials_can_be_vectorised() -> None:
     configs = [
         TrainConfig.from_dict({**GROUPABLE, "lr": 0.5, "seed": 1, "grad_sample_mode": "functorch"}),
-        TrainConfig.from_dict({**GROUPABLE, "noise_multiplier": None, "target_epsilon": 2.0, "max_grad_norm": 3.0,
-                               "momentum": 0.9, "weight_decay": 0.1, "lr_schedule": "cos"}),
+        TrainConfig.from_dict(
+            {
+                **GROUPABLE,
+                "noise_multiplier": None,
+                "target_epsilon": 2.0,
+                "max_grad_norm": 3.0,
+                "momentum": 0.9,
+                "weight_decay": 0.1,
+                "lr_schedule": "cos",
+            }
+        ),
         # The same sampling rate spelled as a rate: what matters is q, not how it was given.
         TrainConfig.from_dict({**GROUPABLE, "batch_size": None, "sample_rate": 256 / 1437}),
         # A budget that is never reached does not stop the run early.
@@ -280,20 +331,23 @@ def test_a_sweeps_trials_can_be_vectorised() -> None:
     assert can_vectorize(configs[:1]) is None
 
 
-@pytest.mark.parametrize("change,reason", [
-    ({"model": "digits_cnn"}, "share model"),
-    ({"epochs": 4}, "share epochs"),
-    ({"batch_size": 128}, "share sample_rate"),
-    ({"delta": 1e-6}, "share delta"),
-    ({"accountant": "prv"}, "share accountant"),
-    ({"max_physical_batch_size": 64}, "share max_physical_batch_size"),
-    ({"test_batch_size": 100}, "share test_batch_size"),
-    ({"optimizer": "adam"}, "optimizer='sgd'"),
-    ({"optimizer": "rmsprop"}, "optimizer='sgd'"),
-    ({"clipping": "per_layer"}, "clipping='flat'"),
-    ({"disable_dp": True, "noise_multiplier": None}, "disable_dp=True"),
-    ({"epsilon_budget": 5.0}, "stop at its epsilon_budget after"),  # ε = 6.1 after all 15 steps
-])
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        ({"model": "digits_cnn"}, "share model"),
+        ({"epochs": 4}, "share epochs"),
+        ({"batch_size": 128}, "share sample_rate"),
+        ({"delta": 1e-6}, "share delta"),
+        ({"accountant": "prv"}, "share accountant"),
+        ({"max_physical_batch_size": 64}, "share max_physical_batch_size"),
+        ({"test_batch_size": 100}, "share test_batch_size"),
+        ({"optimizer": "adam"}, "optimizer='sgd'"),
+        ({"optimizer": "rmsprop"}, "optimizer='sgd'"),
+        ({"clipping": "per_layer"}, "clipping='flat'"),
+        ({"disable_dp": True, "noise_multiplier": None}, "disable_dp=True"),
+        ({"epsilon_budget": 5.0}, "stop at its epsilon_budget after"),  # ε = 6.1 after all 15 steps
+    ],
+)
 def test_configurations_that_cannot_train_together_are_refused_with_the_reason(change: dict, reason: str) -> None:
     configs = [TrainConfig.from_dict(GROUPABLE), TrainConfig.from_dict({**GROUPABLE, **change})]
     found = can_vectorize(configs)
@@ -304,8 +358,9 @@ def test_configurations_that_cannot_train_together_are_refused_with_the_reason(c
 
 
 def test_a_model_with_dropout_is_refused_naming_the_layers() -> None:
-    configs = [TrainConfig.from_dict({**GROUPABLE, "dataset": "mnist", "model": "mnist_cnn", "seed": s})
-               for s in (0, 1)]
+    configs = [
+        TrainConfig.from_dict({**GROUPABLE, "dataset": "mnist", "model": "mnist_cnn", "seed": s}) for s in (0, 1)
+    ]
     found = can_vectorize(configs)
     assert found is not None and "randomness" in found and "Dropout2d" in found and "Dropout)" in found
 

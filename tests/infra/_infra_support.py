@@ -71,8 +71,22 @@ class TrackingServer:
     def sql(self, query: str, *, database: str = "mlflow") -> list[list[str]]:
         """Ask PostgreSQL itself (not MLflow) through psql; rows of text fields."""
         psql = shutil.which("psql") or "psql"
-        command = [psql, "-h", "127.0.0.1", "-p", self.env["PG_PORT"], "-U", "mlflow", "-d", database, "-tA",
-                   "-F", "\t", "-c", query]
+        command = [
+            psql,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            self.env["PG_PORT"],
+            "-U",
+            "mlflow",
+            "-d",
+            database,
+            "-tA",
+            "-F",
+            "\t",
+            "-c",
+            query,
+        ]
         done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return [line.split("\t") for line in done.stdout.splitlines() if line]
@@ -87,21 +101,27 @@ class TrackingServer:
         experiments it creates, or is granted EDIT on.
         """
         password = secrets.token_hex(16)
-        reply = requests.post(f"{self.tracking_uri}/api/2.0/mlflow/users/create", auth=self.admin, timeout=60,
-                              json={"username": username, "password": password})
+        reply = requests.post(
+            f"{self.tracking_uri}/api/2.0/mlflow/users/create",
+            auth=self.admin,
+            timeout=60,
+            json={"username": username, "password": password},
+        )
         assert reply.status_code == 200, (reply.status_code, reply.text)
         return password
 
 
 def start_local(command: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(START_LOCAL), command], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(["bash", str(START_LOCAL), command], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def account_env(env: dict[str, str], username: str | None, password: str | None) -> dict[str, str]:
     """``env`` with MLflow's credential variables set to this account, or removed (None)."""
-    clean = {k: v for k, v in env.items()
-             if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")}
+    clean = {
+        k: v
+        for k, v in env.items()
+        if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+    }
     if username is not None:
         clean.update(MLFLOW_TRACKING_USERNAME=username, MLFLOW_TRACKING_PASSWORD=password or "")
     return clean
@@ -119,17 +139,28 @@ def tracking_server() -> Iterator[TrackingServer]:
     home.chmod(0o755)
     pg_port, mlflow_port = free_ports(2)
     admin = (f"admin-{secrets.token_hex(4)}", secrets.token_hex(16))
-    env = {**account_env(dict(os.environ), None, None), "DPSWEEP_MLFLOW_HOME": str(home), "PG_PORT": str(pg_port),
-           "MLFLOW_PORT": str(mlflow_port), "PYTHON": sys.executable, "PGPASSFILE": str(home / "pgpass"),
-           "MLFLOW_AUTH_ADMIN_USERNAME": admin[0], "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1]}
+    env = {
+        **account_env(dict(os.environ), None, None),
+        "DPSWEEP_MLFLOW_HOME": str(home),
+        "PG_PORT": str(pg_port),
+        "MLFLOW_PORT": str(mlflow_port),
+        "PYTHON": sys.executable,
+        "PGPASSFILE": str(home / "pgpass"),
+        "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
+    }
     try:
         started = start_local("start", env)
         if started.returncode == 3:
-            pytest.fail(f"PostgreSQL is not installed, so the MLflow server cannot be tested: {started.stderr.strip()} "
-                        "CI installs it with the lines in infra/CI_SETUP.md (apt-get install -y postgresql).")
+            pytest.fail(
+                f"PostgreSQL is not installed, so the MLflow server cannot be tested: {started.stderr.strip()} "
+                "CI installs it with the lines in infra/CI_SETUP.md (apt-get install -y postgresql)."
+            )
         if started.returncode != 0:
-            pytest.fail(f"infra/mlflow/start_local.sh could not start PostgreSQL and MLflow (exit "
-                        f"{started.returncode}):\n{started.stdout}\n{started.stderr}")
+            pytest.fail(
+                f"infra/mlflow/start_local.sh could not start PostgreSQL and MLflow (exit "
+                f"{started.returncode}):\n{started.stdout}\n{started.stderr}"
+            )
         assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{mlflow_port}" in started.stdout, started.stdout
         yield TrackingServer(home=home, tracking_uri=f"http://127.0.0.1:{mlflow_port}", env=env, admin=admin)
     finally:

@@ -68,6 +68,7 @@ def _ray_schema() -> dict[str, Any]:
 
 # ---- the Ray cluster launcher config ------------------------------------------------------------
 
+
 def test_cluster_yaml_validates_against_rays_own_schema() -> None:
     config = _cluster_yaml()
     jsonschema.validate(config, _ray_schema())  # as written
@@ -77,7 +78,8 @@ def test_cluster_yaml_validates_against_rays_own_schema() -> None:
 def test_the_schema_check_catches_a_misspelled_key() -> None:
     broken = _cluster_yaml()
     broken["available_node_types"]["gpu_worker"]["min_worker"] = broken["available_node_types"]["gpu_worker"].pop(
-        "min_workers")
+        "min_workers"
+    )
     broken["setup_comands"] = broken.pop("setup_commands")
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(broken))
@@ -102,10 +104,21 @@ def test_cluster_nodes_install_the_project_from_pyproject_and_share_the_results_
 
 # ---- the Kubernetes manifests --------------------------------------------------------------------
 
+
 def test_manifests_parse_and_have_the_kinds_the_readme_describes() -> None:
     kinds = sorted(doc["kind"] for doc in _manifests())
-    assert kinds == sorted(["RayCluster", "RayJob", "PersistentVolumeClaim", "Service", "Service", "StatefulSet",
-                            "ConfigMap", "Deployment"])
+    assert kinds == sorted(
+        [
+            "RayCluster",
+            "RayJob",
+            "PersistentVolumeClaim",
+            "Service",
+            "Service",
+            "StatefulSet",
+            "ConfigMap",
+            "Deployment",
+        ]
+    )
     for doc in _manifests():
         assert doc["apiVersion"] and doc["metadata"]["name"]
         if doc["kind"] in ("RayCluster", "RayJob"):
@@ -184,8 +197,12 @@ def test_mlflow_on_kubernetes_requires_an_account_whose_admin_comes_from_a_secre
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["args"][:2] == ["--app-name", "basic-auth"]
-    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
-                 "PGPASSWORD"):
+    for name in (
+        "MLFLOW_AUTH_ADMIN_USERNAME",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "PGPASSWORD",
+    ):
         _from_secret(container["env"], name)
     config_path = next(e["value"] for e in container["env"] if e["name"] == "MLFLOW_AUTH_CONFIG_PATH")
     config_map = next(d for d in _manifests() if d["kind"] == "ConfigMap")
@@ -197,6 +214,7 @@ def test_mlflow_on_kubernetes_requires_an_account_whose_admin_comes_from_a_secre
 
 
 # ---- images and the MLflow server definitions ------------------------------------------------------
+
 
 def test_one_ray_release_everywhere_and_within_the_projects_range() -> None:
     dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
@@ -252,8 +270,10 @@ def test_compose_requires_an_account_whose_admin_comes_from_the_environment() ->
 def test_ray_heads_get_their_mlflow_account_from_a_secret_and_jobs_carry_none() -> None:
     for kind, spec in _ray_cluster_specs().items():
         head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
-        assert {_from_secret(head["env"], "MLFLOW_TRACKING_USERNAME"),
-                _from_secret(head["env"], "MLFLOW_TRACKING_PASSWORD")} == {"dpsweep-mlflow-account"}, kind
+        assert {
+            _from_secret(head["env"], "MLFLOW_TRACKING_USERNAME"),
+            _from_secret(head["env"], "MLFLOW_TRACKING_PASSWORD"),
+        } == {"dpsweep-mlflow-account"}, kind
         for group in spec["workerGroupSpecs"]:  # trials never talk to MLflow
             assert not group["template"]["spec"]["containers"][0].get("env"), kind
     job = next(doc for doc in _manifests() if doc["kind"] == "RayJob")
@@ -288,6 +308,7 @@ def test_no_config_serves_the_ray_dashboard_beyond_loopback_without_token_auth()
 
 # ---- the local start script --------------------------------------------------------------------
 
+
 def test_start_local_script_is_valid_bash() -> None:
     done = subprocess.run(["bash", "-n", str(INFRA / "mlflow" / "start_local.sh")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -295,8 +316,12 @@ def test_start_local_script_is_valid_bash() -> None:
 
 def test_start_local_says_how_to_install_postgresql_when_it_is_missing() -> None:
     with tempfile.TemporaryDirectory() as home:
-        done = subprocess.run(["bash", str(INFRA / "mlflow" / "start_local.sh"), "start"], capture_output=True,
-                              text=True, timeout=60,
-                              env={**os.environ, "DPSWEEP_MLFLOW_HOME": home, "PG_BIN": "/nonexistent"})
+        done = subprocess.run(
+            ["bash", str(INFRA / "mlflow" / "start_local.sh"), "start"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "DPSWEEP_MLFLOW_HOME": home, "PG_BIN": "/nonexistent"},
+        )
         assert done.returncode == 3 and "apt-get install -y postgresql" in done.stderr
         assert not any(Path(home).iterdir())  # nothing was created

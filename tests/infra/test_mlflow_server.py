@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
+
 from tests.infra._infra_support import (
     ROOT,
     TrackingServer,
@@ -31,7 +33,6 @@ from tests.infra._infra_support import (
     start_local,
     tracking_server,
 )
-from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
@@ -89,8 +90,18 @@ def _secrets_of(account: tuple[str, str]) -> list[str]:
 
 
 def _launch_command(space: Path, server: TrackingServer, results: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri", server.tracking_uri,
-            "--results-dir", str(results), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "sweeps.launch",
+        "--space",
+        str(space),
+        "--tracking-uri",
+        server.tracking_uri,
+        "--results-dir",
+        str(results),
+        *extra,
+    ]
 
 
 def _launch_env(account: tuple[str, str] | None, ray_tmp: Path | None = None) -> dict[str, str]:
@@ -110,8 +121,10 @@ def _as_admin(server: TrackingServer, monkeypatch: pytest.MonkeyPatch) -> Mlflow
 
 def _runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return ([r for r in runs if r.data.tags.get("dpsweep.role") == "sweep"],
-            [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"])
+    return (
+        [r for r in runs if r.data.tags.get("dpsweep.role") == "sweep"],
+        [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"],
+    )
 
 
 def _assert_logged_everything(client: MlflowClient, experiment: str) -> list:
@@ -130,6 +143,7 @@ def _params_and_tags(runs: list) -> str:
 
 # ---- the server --------------------------------------------------------------------------------
 
+
 def test_start_local_serves_mlflow_on_postgres_over_loopback(server: TrackingServer) -> None:
     status = server.script("status", timeout=60)
     assert "MLflow server: running" in status.stdout and "server is running" in status.stdout, status.stdout
@@ -146,8 +160,13 @@ def test_start_local_needs_the_admin_account_from_the_environment() -> None:
     home = Path(tempfile.mkdtemp(prefix="dpsweep-mlflow-", dir="/tmp"))
     home.chmod(0o755)
     pg_port, mlflow_port = free_ports(2)
-    env = {**account_env(dict(os.environ), None, None), "DPSWEEP_MLFLOW_HOME": str(home), "PG_PORT": str(pg_port),
-           "MLFLOW_PORT": str(mlflow_port), "PYTHON": sys.executable}
+    env = {
+        **account_env(dict(os.environ), None, None),
+        "DPSWEEP_MLFLOW_HOME": str(home),
+        "PG_PORT": str(pg_port),
+        "MLFLOW_PORT": str(mlflow_port),
+        "PYTHON": sys.executable,
+    }
     for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
         env.pop(name, None)
     try:
@@ -157,7 +176,8 @@ def test_start_local_needs_the_admin_account_from_the_environment() -> None:
         # A first start creates the admin account, so it needs the password too; there is no default.
         passwordless = start_local("start", {**env, "MLFLOW_AUTH_ADMIN_USERNAME": "admin"})
         assert passwordless.returncode == 2 and "set MLFLOW_AUTH_ADMIN_PASSWORD" in passwordless.stderr, (
-            passwordless.stderr)
+            passwordless.stderr
+        )
         assert "MLflow server: not running" in start_local("status", env, timeout=60).stdout
     finally:
         start_local("stop", env, timeout=120)
@@ -168,10 +188,14 @@ def test_start_local_needs_the_admin_account_from_the_environment() -> None:
 def test_without_an_account_reads_writes_and_the_ui_get_401(server: TrackingServer) -> None:
     api = f"{server.tracking_uri}/api/2.0/mlflow"
     for auth in (None, (server.admin[0], "not-the-password")):
-        assert requests.get(f"{api}/experiments/search", params={"max_results": 1}, auth=auth,
-                            timeout=60).status_code == 401
-        assert requests.post(f"{api}/experiments/create", json={"name": "anonymous"}, auth=auth,
-                             timeout=60).status_code == 401
+        assert (
+            requests.get(f"{api}/experiments/search", params={"max_results": 1}, auth=auth, timeout=60).status_code
+            == 401
+        )
+        assert (
+            requests.post(f"{api}/experiments/create", json={"name": "anonymous"}, auth=auth, timeout=60).status_code
+            == 401
+        )
         assert requests.get(f"{server.tracking_uri}/", auth=auth, timeout=60).status_code == 401
     assert requests.get(f"{server.tracking_uri}/health", timeout=60).status_code == 200  # probes need no account
 
@@ -191,26 +215,39 @@ def test_a_user_with_read_permission_cannot_write(server: TrackingServer) -> Non
     assert read.status_code == 200 and read.json()["experiment"]["name"] == "admins-sweeps"
     assert requests.get(f"{api}/runs/get", params={"run_id": run_id}, auth=reader, timeout=60).status_code == 200
     # ... and writes nothing there: no new run, no overwritten or deleted one, no renamed experiment.
-    for endpoint, body in [("runs/create", {"experiment_id": experiment_id}),
-                           ("runs/log-parameter", {"run_id": run_id, "key": "noise_multiplier", "value": "0"}),
-                           ("runs/delete", {"run_id": run_id}),
-                           ("experiments/update", {"experiment_id": experiment_id, "new_name": "taken"})]:
+    for endpoint, body in [
+        ("runs/create", {"experiment_id": experiment_id}),
+        ("runs/log-parameter", {"run_id": run_id, "key": "noise_multiplier", "value": "0"}),
+        ("runs/delete", {"run_id": run_id}),
+        ("experiments/update", {"experiment_id": experiment_id, "new_name": "taken"}),
+    ]:
         reply = requests.post(f"{api}/{endpoint}", json=body, auth=reader, timeout=60)
         assert reply.status_code == 403, (endpoint, reply.status_code, reply.text)
-    assert requests.get(f"{api}/runs/get", params={"run_id": run_id}, auth=server.admin,
-                        timeout=60).json()["run"]["info"]["lifecycle_stage"] == "active"
+    assert (
+        requests.get(f"{api}/runs/get", params={"run_id": run_id}, auth=server.admin, timeout=60).json()["run"]["info"][
+            "lifecycle_stage"
+        ]
+        == "active"
+    )
 
 
 # ---- sweeps against it --------------------------------------------------------------------------
 
+
 def test_a_sweep_with_an_account_logs_everything_and_writes_no_credential(
-        server: TrackingServer, sweeper: tuple[str, str], tmp_path: Path, ray_tmp: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    server: TrackingServer, sweeper: tuple[str, str], tmp_path: Path, ray_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     space = tmp_path / "pg_tiny.yaml"
     space.write_text(SPACE.format(name="pg_tiny"))
     results = tmp_path / "results"
-    done = subprocess.run(_launch_command(space, server, results, "--experiment", "pg-e2e"), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600, env=_launch_env(sweeper, ray_tmp))
+    done = subprocess.run(
+        _launch_command(space, server, results, "--experiment", "pg-e2e"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_launch_env(sweeper, ray_tmp),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
     # Through the server, as any user of the shared store sees it.
@@ -219,13 +256,15 @@ def test_a_sweep_with_an_account_logs_everything_and_writes_no_credential(
     # In PostgreSQL's own tables: every run, and every trial's per-epoch accuracy.
     rows = server.sql(
         "SELECT r.name, r.status FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
-        "WHERE e.name = 'pg-e2e' ORDER BY r.name")
+        "WHERE e.name = 'pg-e2e' ORDER BY r.name"
+    )
     assert sorted(name for name, _ in rows) == sorted(r.info.run_name for r in runs)
     assert {status for _, status in rows} == {"FINISHED"}
     epochs = server.sql(
         "SELECT r.name, count(DISTINCT m.step) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
         "JOIN experiments e ON e.experiment_id = r.experiment_id "
-        "WHERE e.name = 'pg-e2e' AND m.key = 'val_accuracy' GROUP BY r.name ORDER BY r.name")
+        "WHERE e.name = 'pg-e2e' AND m.key = 'val_accuracy' GROUP BY r.name ORDER BY r.name"
+    )
     assert epochs == [["trial_0000", "2"], ["trial_0001", "2"]]
     # The frontier files went through the server into its artifact store.
     stored = {p.name for p in (server.home / "artifacts").rglob("*") if p.is_file()}
@@ -243,14 +282,21 @@ def test_a_sweep_with_an_account_logs_everything_and_writes_no_credential(
 
 @pytest.mark.parametrize("password", [None, "not-the-password"], ids=["no account", "wrong password"])
 def test_a_sweep_whose_account_is_refused_exits_2_before_starting_ray(
-        server: TrackingServer, sweeper: tuple[str, str], tmp_path: Path, password: str | None) -> None:
+    server: TrackingServer, sweeper: tuple[str, str], tmp_path: Path, password: str | None
+) -> None:
     space = tmp_path / "pg_refused.yaml"
     space.write_text(SPACE.format(name="pg_refused"))
     account = None if password is None else (sweeper[0], password)
     # A Ray address where nothing listens: had the launcher gone to Ray first, it would fail there instead.
     ray_address = f"127.0.0.1:{free_ports(1)[0]}"
-    done = subprocess.run(_launch_command(space, server, tmp_path / "results", "--address", ray_address),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_launch_env(account))
+    done = subprocess.run(
+        _launch_command(space, server, tmp_path / "results", "--address", ray_address),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_launch_env(account),
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert SET_ACCOUNT in done.stderr and "HTTP 401" in done.stderr, done.stderr
     assert not (tmp_path / "results").exists()  # no sweep folder, no Ray Tune state: nothing ran
@@ -258,15 +304,20 @@ def test_a_sweep_whose_account_is_refused_exits_2_before_starting_ray(
 
 
 def test_a_sweep_cut_off_from_mlflow_journals_no_credential_and_sync_replays_with_its_account(
-        server: TrackingServer, sweeper: tuple[str, str], tmp_path: Path, ray_tmp: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    server: TrackingServer, sweeper: tuple[str, str], tmp_path: Path, ray_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     space = tmp_path / "pg_journal.yaml"
     space.write_text(SPACE.format(name="pg_journal"))
     results = tmp_path / "results"
     # No HTTP retries: a write to the stopped server goes to the journal at once.
-    launcher = subprocess.Popen(_launch_command(space, server, results, "--experiment", "pg-journal"), cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**_launch_env(sweeper, ray_tmp), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    launcher = subprocess.Popen(
+        _launch_command(space, server, results, "--experiment", "pg-journal"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**_launch_env(sweeper, ray_tmp), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
+    )
     try:
         # The parent run is open: freeze the launcher while its server goes away, so that every
         # later write (all trials, the frontier, the end of the sweep) finds it gone.
@@ -295,12 +346,17 @@ def test_a_sweep_cut_off_from_mlflow_journals_no_credential_and_sync_replays_wit
     assert [n for n in needles if n in output] == []
 
     sync = [sys.executable, "-m", "sweeps.tracking.sync", str(journal)]
-    refused = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                             env=_launch_env((sweeper[0], "not-the-password")))
+    refused = subprocess.run(
+        sync,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_launch_env((sweeper[0], "not-the-password")),
+    )
     assert refused.returncode == 2 and SET_ACCOUNT in refused.stderr, refused.stdout + refused.stderr
     assert journal.exists()
-    replayed = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                              env=_launch_env(sweeper))
+    replayed = subprocess.run(sync, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_launch_env(sweeper))
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert not journal.exists()
     runs = _assert_logged_everything(_as_admin(server, monkeypatch), "pg-journal")

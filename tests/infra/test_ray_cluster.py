@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
+
 from tests.infra._infra_support import (
     TrackingServer,
     account_env,
@@ -35,7 +37,6 @@ from tests.infra._infra_support import (
     kill_processes_mentioning,
     tracking_server,
 )
-from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -77,8 +78,9 @@ class LocalCluster:
 
     def state(self, code: str) -> object:
         """Run ``code`` (which prints JSON) in a fresh Python with this cluster's credentials."""
-        done = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True,
-                              timeout=120, cwd=ROOT)
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120, cwd=ROOT
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -86,8 +88,9 @@ class LocalCluster:
 def _ray_start(args: list[str], env: dict[str, str]) -> None:
     ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     assert ray is not None, "the `ray` command is missing: pip install -e '.[test]'"
-    done = subprocess.run([ray, "start", *args, "--disable-usage-stats"], env=env, capture_output=True, text=True,
-                          timeout=240)
+    done = subprocess.run(
+        [ray, "start", *args, "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, f"ray start {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
 
 
@@ -109,17 +112,58 @@ def cluster(mlflow_server: TrackingServer) -> Iterator[LocalCluster]:
     account_name = "ray-head-" + secrets.token_hex(4)
     account = (account_name, mlflow_server.add_user(account_name))
     gcs, dashboard, client, head_agent, worker_agent = free_ports(5)
-    node = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "1",
-            "--object-store-memory", str(100 * 1024**2)]
+    node = [
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        "1",
+        "--num-gpus",
+        "1",
+        "--object-store-memory",
+        str(100 * 1024**2),
+    ]
     try:
         # Only the head has the MLflow account: its job drivers inherit it, trials never use it.
-        _ray_start(["--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-                    "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(head_agent),
-                    "--temp-dir", str(base / "head"), *node], account_env(env, *account))
-        _ray_start(["--address", f"127.0.0.1:{gcs}", "--dashboard-agent-listen-port", str(worker_agent),
-                    "--temp-dir", str(base / "worker"), *node], env)
-        yield LocalCluster(base=base, gcs_address=f"127.0.0.1:{gcs}", dashboard_url=f"http://127.0.0.1:{dashboard}",
-                           env=env, token=token.read_text(), mlflow=mlflow_server, mlflow_account=account)
+        _ray_start(
+            [
+                "--head",
+                "--port",
+                str(gcs),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(dashboard),
+                "--ray-client-server-port",
+                str(client),
+                "--dashboard-agent-listen-port",
+                str(head_agent),
+                "--temp-dir",
+                str(base / "head"),
+                *node,
+            ],
+            account_env(env, *account),
+        )
+        _ray_start(
+            [
+                "--address",
+                f"127.0.0.1:{gcs}",
+                "--dashboard-agent-listen-port",
+                str(worker_agent),
+                "--temp-dir",
+                str(base / "worker"),
+                *node,
+            ],
+            env,
+        )
+        yield LocalCluster(
+            base=base,
+            gcs_address=f"127.0.0.1:{gcs}",
+            dashboard_url=f"http://127.0.0.1:{dashboard}",
+            env=env,
+            token=token.read_text(),
+            mlflow=mlflow_server,
+            mlflow_account=account,
+        )
     finally:
         kill_processes_mentioning(str(base))
         shutil.rmtree(base, ignore_errors=True)
@@ -150,8 +194,11 @@ def _trial_runs(tracking_uri: str, experiment: str = "dpsweep") -> tuple[MlflowC
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(experiment)
     runs = client.search_runs([experiment.experiment_id])
-    return (client, [r for r in runs if r.data.tags.get("dpsweep.role") == "sweep"],
-            [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"])
+    return (
+        client,
+        [r for r in runs if r.data.tags.get("dpsweep.role") == "sweep"],
+        [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"],
+    )
 
 
 def _as_admin(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,7 +216,8 @@ def test_the_job_api_answers_only_with_the_clusters_token(cluster: LocalCluster)
 
 
 def test_submitted_sweep_runs_its_trials_on_both_nodes_and_logs_every_trial(
-        cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     nodes = cluster.state(NODES_AND_TRIAL_ACTORS % {"url": cluster.dashboard_url})["nodes"]
     assert sorted(n["is_head"] for n in nodes) == [False, True], nodes
     space = tmp_path / "cluster_tiny.yaml"  # outside the project: submit ships it with the job
@@ -180,9 +228,26 @@ def test_submitted_sweep_runs_its_trials_on_both_nodes_and_logs_every_trial(
 
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "sweeps.driver.submit", "--space", str(space), "--address", cluster.dashboard_url,
-         "--tracking-uri", tracking_uri, "--results-dir", str(tmp_path / "results"), "--experiment", "cluster-submit"],
-        cwd=tmp_path, env=account_env(cluster.env, *own_account), capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "sweeps.driver.submit",
+            "--space",
+            str(space),
+            "--address",
+            cluster.dashboard_url,
+            "--tracking-uri",
+            tracking_uri,
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--experiment",
+            "cluster-submit",
+        ],
+        cwd=tmp_path,
+        env=account_env(cluster.env, *own_account),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     log = done.stdout + done.stderr
     assert done.returncode == 0, log
@@ -198,7 +263,8 @@ def test_submitted_sweep_runs_its_trials_on_both_nodes_and_logs_every_trial(
         "import json; from ray.job_submission import JobSubmissionClient; "
         f"info = JobSubmissionClient({cluster.dashboard_url!r}).get_job_info({job_id!r}); "
         "print(json.dumps({'status': str(info.status), 'entrypoint': info.entrypoint, "
-        "'runtime_env': info.runtime_env, 'metadata': info.metadata}))")
+        "'runtime_env': info.runtime_env, 'metadata': info.metadata}))"
+    )
     assert job["status"] == "SUCCEEDED" and job["entrypoint"].startswith("python -m sweeps.launch --space "), job
 
     # Which node ran each trial: Tune's results name the worker process, Ray's state API the node
@@ -238,18 +304,39 @@ def test_submitted_sweep_runs_its_trials_on_both_nodes_and_logs_every_trial(
 
 
 def test_a_submitted_sweep_the_heads_account_may_not_log_exits_2_before_any_trial(
-        cluster: LocalCluster, tmp_path: Path) -> None:
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
     # An experiment of the admin's: every account reads it, only the admin writes to it.
-    created = requests.post(f"{cluster.mlflow.tracking_uri}/api/2.0/mlflow/experiments/create",
-                            json={"name": "admins-only"}, auth=cluster.mlflow.admin, timeout=60)
+    created = requests.post(
+        f"{cluster.mlflow.tracking_uri}/api/2.0/mlflow/experiments/create",
+        json={"name": "admins-only"},
+        auth=cluster.mlflow.admin,
+        timeout=60,
+    )
     assert created.status_code == 200, created.text
     space = tmp_path / "cluster_refused.yaml"
     space.write_text(SPACE.format(name="cluster_refused", epochs=2))
     done = subprocess.run(
-        [sys.executable, "-m", "sweeps.driver.submit", "--space", str(space), "--address", cluster.dashboard_url,
-         "--tracking-uri", cluster.mlflow.tracking_uri, "--results-dir", str(tmp_path / "results"),
-         "--experiment", "admins-only"],
-        cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "sweeps.driver.submit",
+            "--space",
+            str(space),
+            "--address",
+            cluster.dashboard_url,
+            "--tracking-uri",
+            cluster.mlflow.tracking_uri,
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--experiment",
+            "admins-only",
+        ],
+        cwd=tmp_path,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 2, done.stdout + done.stderr
     # The launcher's own message, streamed back from the head: what to set, and no secret.
@@ -263,9 +350,24 @@ def test_launch_with_address_attaches_to_the_running_cluster(cluster: LocalClust
     space.write_text(SPACE.format(name="attached_tiny", epochs=2))
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     done = subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--address", cluster.gcs_address,
-         "--tracking-uri", tracking_uri, "--results-dir", str(tmp_path / "results")],
-        cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "sweeps.launch",
+            "--space",
+            str(space),
+            "--address",
+            cluster.gcs_address,
+            "--tracking-uri",
+            tracking_uri,
+            "--results-dir",
+            str(tmp_path / "results"),
+        ],
+        cwd=tmp_path,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 

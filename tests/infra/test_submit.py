@@ -29,11 +29,25 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
 
 
 def test_entrypoint_is_the_launcher_with_the_options_passed_through() -> None:
-    command = submit.job_entrypoint(space="digits quick.yaml", tracking_uri="http://mlflow:5000",
-                                    results_dir="/mnt/dpsweep/results", experiment="team a")
-    assert shlex.split(command) == ["python", "-m", "sweeps.launch", "--space", "digits quick.yaml", "--tracking-uri",
-                                    "http://mlflow:5000", "--results-dir", "/mnt/dpsweep/results",
-                                    "--experiment", "team a"]
+    command = submit.job_entrypoint(
+        space="digits quick.yaml",
+        tracking_uri="http://mlflow:5000",
+        results_dir="/mnt/dpsweep/results",
+        experiment="team a",
+    )
+    assert shlex.split(command) == [
+        "python",
+        "-m",
+        "sweeps.launch",
+        "--space",
+        "digits quick.yaml",
+        "--tracking-uri",
+        "http://mlflow:5000",
+        "--results-dir",
+        "/mnt/dpsweep/results",
+        "--experiment",
+        "team a",
+    ]
 
 
 def test_the_job_waits_for_the_autoscaler_by_default_and_the_launcher_takes_the_option() -> None:
@@ -41,8 +55,13 @@ def test_the_job_waits_for_the_autoscaler_by_default_and_the_launcher_takes_the_
 
     args = submit.build_parser().parse_args(["--space", "cifar10_grid", "--tracking-uri", "http://mlflow:5000"])
     assert args.wait_for_resources == submit.DEFAULT_WAIT_FOR_RESOURCES > 0
-    command = submit.job_entrypoint(space="cifar10_grid", tracking_uri="http://mlflow:5000",
-                                    results_dir="/mnt/dpsweep/results", experiment="dpsweep", wait_for_resources=900)
+    command = submit.job_entrypoint(
+        space="cifar10_grid",
+        tracking_uri="http://mlflow:5000",
+        results_dir="/mnt/dpsweep/results",
+        experiment="dpsweep",
+        wait_for_resources=900,
+    )
     words = shlex.split(command)
     assert words[-2:] == ["--wait-for-resources", "900"]
     assert build_parser().parse_args(words[3:]).wait_for_resources == 900
@@ -64,8 +83,11 @@ def test_a_space_file_inside_the_project_is_named_relative_to_it() -> None:
 
 def test_a_space_file_from_elsewhere_travels_in_a_copy_of_the_project(tmp_path: Path) -> None:
     space = tmp_path / "mine.yaml"
-    space.write_text((submit.PROJECT_ROOT / "search_spaces" / "digits_quick.yaml").read_text()
-                     .replace("name: digits_quick", "name: mine"))
+    space.write_text(
+        (submit.PROJECT_ROOT / "search_spaces" / "digits_quick.yaml")
+        .read_text()
+        .replace("name: digits_quick", "name: mine")
+    )
     with submit.job_runtime_env(submit._space_file(str(space))) as (runtime_env, space_in_job):
         stage = Path(runtime_env["working_dir"])
         assert (stage / space_in_job).read_text() == space.read_text()
@@ -75,15 +97,22 @@ def test_a_space_file_from_elsewhere_travels_in_a_copy_of_the_project(tmp_path: 
     assert not stage.exists()  # removed once Ray has uploaded it
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--space", "digits_quick"], "Expected --tracking-uri"),
-    (["--space", "digits_quick", "--tracking-uri", "sqlite:///mlflow.db"], "relative path"),
-    (["--space", "digits_quick", "--tracking-uri", "http://m:5000", "--results-dir", "results"],
-     "Expected --results-dir to be an absolute path"),
-    (["--space", "no_such_space", "--tracking-uri", "http://m:5000"], "Known spaces: "),
-    (["--space", "digits_quick", "--tracking-uri", "http://sweeper:hunter2-secret@m:5000"],
-     "Expected --tracking-uri without a user or password"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--space", "digits_quick"], "Expected --tracking-uri"),
+        (["--space", "digits_quick", "--tracking-uri", "sqlite:///mlflow.db"], "relative path"),
+        (
+            ["--space", "digits_quick", "--tracking-uri", "http://m:5000", "--results-dir", "results"],
+            "Expected --results-dir to be an absolute path",
+        ),
+        (["--space", "no_such_space", "--tracking-uri", "http://m:5000"], "Known spaces: "),
+        (
+            ["--space", "digits_quick", "--tracking-uri", "http://sweeper:hunter2-secret@m:5000"],
+            "Expected --tracking-uri without a user or password",
+        ),
+    ],
+)
 def test_bad_input_stops_before_the_cluster_is_contacted(cli, args: list[str], message: str) -> None:
     # Nothing listens on port 9 of loopback: reaching the connection step would say so instead.
     code, stderr = cli(*args, "--address", "http://127.0.0.1:9")
@@ -97,8 +126,12 @@ def test_a_job_carries_no_mlflow_credentials(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "sweeper")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2-secret")
     with submit.job_runtime_env(submit._space_file("digits_quick")) as (runtime_env, _):
-        entrypoint = submit.job_entrypoint(space="digits_quick", tracking_uri="http://mlflow:5000",
-                                           results_dir="/mnt/dpsweep/results", experiment="dpsweep")
+        entrypoint = submit.job_entrypoint(
+            space="digits_quick",
+            tracking_uri="http://mlflow:5000",
+            results_dir="/mnt/dpsweep/results",
+            experiment="dpsweep",
+        )
         assert runtime_env["env_vars"] == {"PYTHONUNBUFFERED": "1"}
         assert "hunter2-secret" not in repr(runtime_env) + entrypoint and "sweeper" not in repr(runtime_env)
 

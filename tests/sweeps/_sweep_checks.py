@@ -67,8 +67,10 @@ class Kind:
         if self.federated:
             fixed = fixed.replace(f"  epochs: {self.epochs}", f"  clients: 2\n  rounds: {self.epochs}")
         for selection in _SELECTIONS if "{selection}" in self.space else [""]:
-            path.write_text(f"name: {self.name}\ndescription: fault matrix\nseed: 0\n"
-                            + self.space.format(fixed=fixed, selection=selection))
+            path.write_text(
+                f"name: {self.name}\ndescription: fault matrix\nseed: 0\n"
+                + self.space.format(fixed=fixed, selection=selection)
+            )
             if not selection or 3 <= len(_planned_grid(path)) <= 5:
                 return path
         raise AssertionError(f"no private_selection of {_SELECTIONS} draws 3-5 trials with seed 0")
@@ -76,9 +78,9 @@ class Kind:
 
 # Distributions of K to try, in order, until the seeded draw gives a few trials (3-5): enough for
 # one to finish while another trains, whatever stream the launcher draws K from.
-_SELECTIONS = ([f"{{distribution: truncated_negative_binomial, mean: {mean}, eta: {eta}}}"
-                for mean in (2, 3, 4) for eta in (2, 3)]
-               + [f"{{distribution: poisson, mean: {mean}}}" for mean in (3, 4, 5)])
+_SELECTIONS = [
+    f"{{distribution: truncated_negative_binomial, mean: {mean}, eta: {eta}}}" for mean in (2, 3, 4) for eta in (2, 3)
+] + [f"{{distribution: poisson, mean: {mean}}}" for mean in (3, 4, 5)]
 
 # ---- reading a sweep back -----------------------------------------------------------------------
 
@@ -92,8 +94,10 @@ def _sweep_dir(results: Path) -> Path | None:
 def _runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id], max_results=1000) if found else []
-    return ([r for r in runs if r.data.tags.get("dpsweep.role") == "sweep"],
-            [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"])
+    return (
+        [r for r in runs if r.data.tags.get("dpsweep.role") == "sweep"],
+        [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"],
+    )
 
 
 def _study(results: Path) -> optuna.Study:
@@ -117,8 +121,8 @@ def half_way(kind: Kind, client: MlflowClient, experiment: str, results: Path) -
     if not low <= completed <= high:
         return False
     if kind.packed_completed is None and not any(
-            c.info.status == "RUNNING" and client.get_metric_history(c.info.run_id, "val_accuracy")
-            for c in children):
+        c.info.status == "RUNNING" and client.get_metric_history(c.info.run_id, "val_accuracy") for c in children
+    ):
         return False
     if kind.optuna:  # the finished trials were told to Optuna too
         return sum(t.state == optuna.trial.TrialState.COMPLETE for t in _study(results).trials) >= low
@@ -159,8 +163,9 @@ def _check_epsilon(kind: Kind, client: MlflowClient, child: Any) -> None:
     sigma, delta, accountant = float(params["noise_multiplier"]), float(params["delta"]), params["accountant"]
 
     def oracle(sample_rate: float, steps: int) -> float:
-        return accounting.epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
-                                  accountant=accountant)
+        return accounting.epsilon(
+            noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant
+        )
 
     if kind.federated:
         # ε of a round is the largest of the clients', each accounted on its own shard.
@@ -179,8 +184,9 @@ def _check_epsilon(kind: Kind, client: MlflowClient, child: Any) -> None:
         planned_epochs = int(params["epochs"])
         steps_per_epoch = int(params["steps_planned"]) // planned_epochs
         for step, value in epsilon.items():
-            assert value == pytest.approx(oracle(float(params["sample_rate_resolved"]), step * steps_per_epoch),
-                                          rel=1e-9), (name, step)
+            assert value == pytest.approx(
+                oracle(float(params["sample_rate_resolved"]), step * steps_per_epoch), rel=1e-9
+            ), (name, step)
     if child.data.tags["dpsweep.outcome"] == "completed":
         assert max(epsilon) == planned_epochs, name
         assert epsilon[planned_epochs] == pytest.approx(float(params["planned_epsilon"]), rel=1e-9), name
@@ -220,8 +226,9 @@ def _check_study(kind: Kind, space: Path, client: MlflowClient, results: Path, c
             assert _has_reason(child, trial), f"{name} is {trial.state.name} in the study with no reason given"
 
 
-def _check_frontier(kind: Kind, client: MlflowClient, sweep: Path, parent: Any, trained: list,
-                    frontiers: dict[str, dict]) -> None:
+def _check_frontier(
+    kind: Kind, client: MlflowClient, sweep: Path, parent: Any, trained: list, frontiers: dict[str, dict]
+) -> None:
     """The frontier file holds every point of every trial that trained, as MLflow has them; for a
     grid, the points every other fault on this kind reached too (each trial's own seed, so the same
     results however often it was interrupted, retried or resumed)."""
@@ -260,16 +267,25 @@ def _check_privacy(kind: Kind, sweep: Path, trained: list, output: str, *, delta
     entries = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
     for entry in entries:
         assert {"key", "name", "noise_multiplier", "sample_rate", "steps"} <= set(entry), entry
-    ledgered = {entry["key"]: TrialMechanism(noise_multiplier=float(entry["noise_multiplier"]),
-                                             sample_rate=float(entry["sample_rate"]), steps=int(entry["steps"]))
-                for entry in entries}
+    ledgered = {
+        entry["key"]: TrialMechanism(
+            noise_multiplier=float(entry["noise_multiplier"]),
+            sample_rate=float(entry["sample_rate"]),
+            steps=int(entry["steps"]),
+        )
+        for entry in entries
+    }
     for child in trained:  # in the ledger, as the mechanism it ran
-        assert ledgered.get(child.data.tags["dpsweep.trial_key"]) == TrialMechanism.from_params(child.data.params), \
+        assert ledgered.get(child.data.tags["dpsweep.trial_key"]) == TrialMechanism.from_params(child.data.params), (
             f"{child.info.run_name} trained but its ledger entry is missing or another mechanism"
+        )
     # "naive composition over the 4 trials run: ε = 1.540 (...)"; Optuna sweeps call it an RDP sum;
     # with private selection the count is not shown (it would give K away).
-    found = re.findall(r"(?:naive composition|RDP sum) over the (\d+ trials? run|trials run \([^)]*\))"
-                       r"(?: \([^)]*\))?: ε = ([\d.]+)", output)
+    found = re.findall(
+        r"(?:naive composition|RDP sum) over the (\d+ trials? run|trials run \([^)]*\))"
+        r"(?: \([^)]*\))?: ε = ([\d.]+)",
+        output,
+    )
     assert found, f"no composition of the sweep's trials in the final output:\n{output[-3000:]}"
     counted, epsilon = found[-1]
     if counted[0].isdigit():
@@ -278,8 +294,16 @@ def _check_privacy(kind: Kind, sweep: Path, trained: list, output: str, *, delta
     assert float(epsilon) == pytest.approx(expected, abs=5e-4)  # printed to 3 decimals
 
 
-def check_sweep(kind: Kind, *, space: Path, client: MlflowClient, experiment: str, results: Path,
-                 output: str, frontiers: dict[str, dict]) -> None:
+def check_sweep(
+    kind: Kind,
+    *,
+    space: Path,
+    client: MlflowClient,
+    experiment: str,
+    results: Path,
+    output: str,
+    frontiers: dict[str, dict],
+) -> None:
     sweep = _sweep_dir(results)
     assert sweep is not None
     parents, children = _runs(client, experiment)
@@ -288,13 +312,17 @@ def check_sweep(kind: Kind, *, space: Path, client: MlflowClient, experiment: st
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     keys = [c.data.tags["dpsweep.trial_key"] for c in children]
     assert len(keys) == len(set(keys)), f"two child runs for one trial: {sorted(c.info.run_name for c in children)}"
-    left = [(c.info.run_name, c.info.status, c.data.tags["dpsweep.outcome"]) for c in children
-            if c.info.status == "RUNNING" or c.data.tags["dpsweep.outcome"] in ("running", "interrupted")]
+    left = [
+        (c.info.run_name, c.info.status, c.data.tags["dpsweep.outcome"])
+        for c in children
+        if c.info.status == "RUNNING" or c.data.tags["dpsweep.outcome"] in ("running", "interrupted")
+    ]
     assert left == [], "child runs left running or interrupted"
     if not kind.optuna:
         planned = _planned_grid(space)
         assert sorted((c.info.run_name, c.data.tags["dpsweep.trial_key"]) for c in children) == sorted(
-            (t.name, t.key) for t in planned)  # exactly the planned trials, each once
+            (t.name, t.key) for t in planned
+        )  # exactly the planned trials, each once
         assert {c.data.tags["dpsweep.outcome"] for c in children} == {"completed"}
     trained = [c for c in children if c.data.tags["dpsweep.outcome"] != "skipped_over_budget"]
     for child in trained:
@@ -306,15 +334,18 @@ def check_sweep(kind: Kind, *, space: Path, client: MlflowClient, experiment: st
     _check_privacy(kind, sweep, trained, output, delta=float(parent.data.params["delta"]))
 
 
-def _check_confirmation(space: Path, client: MlflowClient, experiment: str, sweep: Path, frontiers: dict[str, dict],
-                        kind: Kind) -> None:
+def _check_confirmation(
+    space: Path, client: MlflowClient, experiment: str, sweep: Path, frontiers: dict[str, dict], kind: Kind
+) -> None:
     """A space with confirm: each confirmation run once, finished, in the ledger, and in frontier.csv
     and best_per_epsilon.json; for a grid, the same confirmed results however the sweep was broken."""
     if "confirm: {" not in space.read_text():
         return
-    runs = [r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
-                                          max_results=10_000)
-            if r.data.tags.get("dpsweep.role") in ("confirmation", "refit")]
+    runs = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=10_000)
+        if r.data.tags.get("dpsweep.role") in ("confirmation", "refit")
+    ]
     assert runs, "no confirmation runs"
     names = [r.info.run_name for r in runs]
     assert len(names) == len(set(names)), "a confirmation run twice"

@@ -30,8 +30,13 @@ ROOT = Path(__file__).resolve().parents[2]
 # token file some earlier local Ray left in ~/.ray would make the launcher's ray.init fail.
 # OMP_NUM_THREADS: Ray would give a 2-CPU trial two torch threads, and on a 2-core machine that other
 # jobs share, spinning threads made a pack's epochs 10-20x slower than on one thread.
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled",
-       "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(ROOT),
+    "PYTHONUNBUFFERED": "1",
+    "RAY_AUTH_MODE": "disabled",
+    "OMP_NUM_THREADS": "1",
+}
 
 __all__ = ["ENV", "ROOT", "Launch", "MlflowServer", "RayCluster", "TcpProxy", "free_port", "wait_for"]
 
@@ -94,12 +99,27 @@ class RayCluster:
     def start(self) -> None:
         # A short path: Ray's unix sockets live under it.
         self._temp_dir = Path(tempfile.mkdtemp(prefix="rayfm-", dir="/tmp"))
-        command = ["ray", "start", "--head", "--num-cpus", str(self.num_cpus), "--port", str(free_port()),
-                   "--ray-client-server-port", str(free_port()), "--disable-usage-stats",
-                   "--include-dashboard", "false", "--object-store-memory", str(200 * 1024**2),
-                   "--temp-dir", str(self._temp_dir)]
-        started = subprocess.Popen(command, env=self.env, start_new_session=True, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+        command = [
+            "ray",
+            "start",
+            "--head",
+            "--num-cpus",
+            str(self.num_cpus),
+            "--port",
+            str(free_port()),
+            "--ray-client-server-port",
+            str(free_port()),
+            "--disable-usage-stats",
+            "--include-dashboard",
+            "false",
+            "--object-store-memory",
+            str(200 * 1024**2),
+            "--temp-dir",
+            str(self._temp_dir),
+        ]
+        started = subprocess.Popen(
+            command, env=self.env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         output, _ = started.communicate(timeout=180)
         self._session = started.pid  # the session `ray start` opened: every process of the cluster
         found = re.search(r"ray start --address='([^']+)'", output)
@@ -107,8 +127,7 @@ class RayCluster:
         self.address = found.group(1)
 
     def alive(self) -> bool:
-        return self._session is not None and any(
-            "gcs_server" in " ".join(p.cmdline()) for p in self._processes())
+        return self._session is not None and any("gcs_server" in " ".join(p.cmdline()) for p in self._processes())
 
     def ensure_running(self) -> None:
         """Start the cluster, or start it again if its processes are gone (another job on this
@@ -140,8 +159,11 @@ class RayCluster:
         return workers
 
     def wait_idle(self, *, timeout: float = 90) -> None:
-        wait_for(lambda: not self.job_processes(), timeout=timeout,
-                 what=f"the Ray cluster's job processes to end: {self._describe()}")
+        wait_for(
+            lambda: not self.job_processes(),
+            timeout=timeout,
+            what=f"the Ray cluster's job processes to end: {self._describe()}",
+        )
 
     def _describe(self) -> str:
         names = []
@@ -174,15 +196,35 @@ class MlflowServer:
     def start(self) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.store}/server.db",
-             "--artifacts-destination", str(self.store / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.store}/server.db",
+                "--artifacts-destination",
+                str(self.store / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
             # No job runner: sweeps run no MLflow jobs, and it leaves a folder in /dev/shm per server.
-            cwd=self.store, env={**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
+            cwd=self.store,
+            env={**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
-        wait_for(lambda: MlflowClient(tracking_uri=self.uri).search_experiments() is not None, timeout=120,
-                 what="the MLflow server to answer", interval=0.5)
+        wait_for(
+            lambda: MlflowClient(tracking_uri=self.uri).search_experiments() is not None,
+            timeout=120,
+            what="the MLflow server to answer",
+            interval=0.5,
+        )
 
     def stop(self) -> None:
         if self._process is not None:
@@ -272,9 +314,14 @@ class Launch:
     def __init__(self, arguments: Sequence[str], *, cwd: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         with open(log, "w") as handle:
-            self.process = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *arguments], cwd=cwd,
-                                            env={**ENV, **(env or {})},
-                                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sweeps.launch", *arguments],
+                cwd=cwd,
+                env={**ENV, **(env or {})},
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:

@@ -18,8 +18,9 @@ closed; every trial's ε at every epoch equals what dp_core.accounting gives for
 Optuna's study holds one finished state per trial and agrees with the child runs; the frontier is
 made of every trial's points; the privacy summary counts every trial that trained.
 
-All sweeps share the session's Ray cluster (``ray start``, reached with ``--address``; tests/sweeps/conftest.py), which also shows
-that a launcher killed while connected to a cluster takes its trials with it.
+All sweeps share the session's Ray cluster (``ray start``, reached with ``--address``;
+tests/sweeps/conftest.py), which also shows that a launcher killed while connected to a cluster takes
+its trials with it.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.sweeps._sweep_checks import Kind, check_sweep, half_way
-from tests.sweeps._sweep_harness import ENV, Launch, MlflowServer, RayCluster, TcpProxy, launched, wait_for
 from mlflow.tracking import MlflowClient
 
+from tests.sweeps._sweep_checks import Kind, check_sweep, half_way
+from tests.sweeps._sweep_harness import ENV, Launch, MlflowServer, RayCluster, TcpProxy, launched, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,11 @@ pytestmark = pytest.mark.slow
 # of its cost on 2 cores) and their half-way states are exact. A pack trains 2 members at once
 # (vectorize: 2) and holds rounds of them: it is half-way while some, not all, have completed.
 KINDS = [
-    Kind("grid_unpacked", epochs=4, held="trial_0003", space="""{fixed}
+    Kind(
+        "grid_unpacked",
+        epochs=4,
+        held="trial_0003",
+        space="""{fixed}
 axes:
   noise_multiplier: [1.5, 2.5]
   lr: [0.5, 2.0]
@@ -59,9 +64,14 @@ pruner: none
 vectorize: "off"
 resources: {{cpus: 1, gpus: 0}}
 confirm: {{top: 1, seeds: 2}}
-"""),
+""",
+    ),
     # One pack of 6 in three rounds of 2.
-    Kind("grid_packed", epochs=8, packed_completed=(1, 5), space="""{fixed}
+    Kind(
+        "grid_packed",
+        epochs=8,
+        packed_completed=(1, 5),
+        space="""{fixed}
 axes:
   noise_multiplier: [1.5, 2.0, 2.5]
   lr: [0.5, 2.0]
@@ -71,10 +81,15 @@ pruner: none
 vectorize: 2
 resources: {{cpus: 2, gpus: 0}}
 confirm: off  # grid_unpacked covers the confirmation stage
-"""),
+""",
+    ),
     # Optuna hands out one round first (2 trials), then a pack of the 6 left (three rounds): it is
     # half-way with 3-7 completed, the case of the bench's "Cannot tell a COMPLETE trial".
-    Kind("optuna_single_packed", epochs=8, packed_completed=(3, 7), space="""{fixed}
+    Kind(
+        "optuna_single_packed",
+        epochs=8,
+        packed_completed=(3, 7),
+        space="""{fixed}
 axes:
   noise_multiplier: {{low: 1.5, high: 3.0, log: true}}
   lr: {{low: 0.5, high: 2.0, log: true}}
@@ -86,8 +101,13 @@ pruner: none
 vectorize: 2
 resources: {{cpus: 2, gpus: 0}}
 confirm: off  # grid_unpacked covers the confirmation stage
-"""),
-    Kind("optuna_multi_unpacked", epochs=4, held="trial_0002", space="""{fixed}
+""",
+    ),
+    Kind(
+        "optuna_multi_unpacked",
+        epochs=4,
+        held="trial_0002",
+        space="""{fixed}
 axes:
   noise_multiplier: {{low: 1.5, high: 3.0, log: true}}
   lr: {{low: 0.5, high: 2.0, log: true}}
@@ -99,9 +119,14 @@ pruner: none
 vectorize: "off"
 resources: {{cpus: 2, gpus: 0}}
 confirm: off
-"""),
+""",
+    ),
     # The seeded draw's last trial is held: K is 3-5, run one after another.
-    Kind("private_selection", epochs=4, held="last", space="""{fixed}
+    Kind(
+        "private_selection",
+        epochs=4,
+        held="last",
+        space="""{fixed}
 axes:
   noise_multiplier: [1.5, 2.5]
   lr: [0.5, 2.0]
@@ -111,10 +136,14 @@ pruner: none
 vectorize: "off"
 private_selection: {selection}
 resources: {{cpus: 2, gpus: 0}}
-"""),
+""",
+    ),
     # Each trial runs two client actors besides its own.
     # 12 rounds: at 6 a trial took about 3 s and the sweep could end between two looks for its half-way state.
-    Kind("federated", epochs=12, space="""kind: federated
+    Kind(
+        "federated",
+        epochs=12,
+        space="""kind: federated
 {fixed}
 axes:
   noise_multiplier: [1.5, 2.0, 2.5]
@@ -123,7 +152,8 @@ epsilon_budget: 50.0
 search: grid
 pruner: none
 resources: {{cpus: 2, gpus: 0}}
-"""),
+""",
+    ),
 ]
 FAULTS = ["sigint_launcher", "sigkill_launcher", "sigkill_worker", "mlflow_lost"]
 TIMEOUT = 300  # seconds for one launcher run; a cell takes well under a minute on 2 idle cores
@@ -134,10 +164,14 @@ TIMEOUT = 300  # seconds for one launcher run; a cell takes well under a minute 
 # with lone trials against a dead worker. DPSWEEP_FULL_MATRIX=1 runs all 24.
 FULL_MATRIX = os.environ.get("DPSWEEP_FULL_MATRIX") == "1"
 BEYOND_CI = {
-    ("grid_packed", "sigkill_worker"), ("grid_packed", "mlflow_lost"),
-    ("optuna_multi_unpacked", "sigint_launcher"), ("optuna_multi_unpacked", "mlflow_lost"),
-    ("private_selection", "sigkill_worker"), ("private_selection", "mlflow_lost"),
-    ("federated", "sigint_launcher"), ("federated", "mlflow_lost"),
+    ("grid_packed", "sigkill_worker"),
+    ("grid_packed", "mlflow_lost"),
+    ("optuna_multi_unpacked", "sigint_launcher"),
+    ("optuna_multi_unpacked", "mlflow_lost"),
+    ("private_selection", "sigkill_worker"),
+    ("private_selection", "mlflow_lost"),
+    ("federated", "sigint_launcher"),
+    ("federated", "mlflow_lost"),
 }
 
 
@@ -197,9 +231,16 @@ def _resume(arguments: list[str], cwd: Path) -> str:
 
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
-def test_sweep_finishes_whole_after_fault(kind: Kind, fault: str, tmp_path: Path, ray_cluster: RayCluster,
-                                          mlflow_template: Path, frontiers: dict[str, dict], hold: Path | None,
-                                          request: pytest.FixtureRequest) -> None:
+def test_sweep_finishes_whole_after_fault(
+    kind: Kind,
+    fault: str,
+    tmp_path: Path,
+    ray_cluster: RayCluster,
+    mlflow_template: Path,
+    frontiers: dict[str, dict],
+    hold: Path | None,
+    request: pytest.FixtureRequest,
+) -> None:
     if (kind.name, fault) in BEYOND_CI and not FULL_MATRIX:
         pytest.skip("outside the CI's 16 cells: DPSWEEP_FULL_MATRIX=1 runs the whole matrix")
 
@@ -224,16 +265,30 @@ def test_sweep_finishes_whole_after_fault(kind: Kind, fault: str, tmp_path: Path
         shutil.copy(mlflow_template, tmp_path / "mlflow.db")
         uri = read_uri = f"sqlite:///{tmp_path}/mlflow.db"
     results = tmp_path / "results"
-    arguments = ["--space", str(space), "--tracking-uri", uri, "--experiment", experiment,
-                 "--results-dir", str(results), "--address", ray_cluster.address]
+    arguments = [
+        "--space",
+        str(space),
+        "--tracking-uri",
+        uri,
+        "--experiment",
+        experiment,
+        "--results-dir",
+        str(results),
+        "--address",
+        ray_cluster.address,
+    ]
     client = MlflowClient(tracking_uri=read_uri)
 
     # With the server gone, MLflow's own HTTP retries only delay the switch to the journal.
     env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"} if fault == "mlflow_lost" else None
     with launched(arguments, cwd=tmp_path, log=tmp_path / "launch.log", env=env) as launch:
         # Twice a second: each look reads MLflow (and the study), CPU the sweep's trials need too.
-        wait_for(lambda: not launch.running() or (held() and half_way(kind, client, experiment, results)),
-                 timeout=TIMEOUT, what=f"{kind.name} half-way (a trial finished, another training)", interval=0.5)
+        wait_for(
+            lambda: not launch.running() or (held() and half_way(kind, client, experiment, results)),
+            timeout=TIMEOUT,
+            what=f"{kind.name} half-way (a trial finished, another training)",
+            interval=0.5,
+        )
         assert launch.running(), f"the sweep ended before the fault point:\n{launch.output()[-6000:]}"
 
         if fault in ("sigint_launcher", "sigkill_launcher"):
@@ -268,10 +323,18 @@ def test_sweep_finishes_whole_after_fault(kind: Kind, fault: str, tmp_path: Path
             assert code == 3, output[-6000:]  # trained, tracking kept in a journal
             (journal,) = results.glob("*-mlflow-journal.jsonl")
             assert f"python -m sweeps.sync {journal}" in output
-            synced = subprocess.run([sys.executable, "-m", "sweeps.tracking.sync", str(journal)], check=False, cwd=tmp_path,
-                                    env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+            synced = subprocess.run(
+                [sys.executable, "-m", "sweeps.tracking.sync", str(journal)],
+                check=False,
+                cwd=tmp_path,
+                env=ENV,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+            )
             assert synced.returncode == 0, synced.stdout + synced.stderr
             assert not journal.exists()
 
-    check_sweep(kind, space=space, client=client, experiment=experiment, results=results, output=output,
-                 frontiers=frontiers)
+    check_sweep(
+        kind, space=space, client=client, experiment=experiment, results=results, output=output, frontiers=frontiers
+    )

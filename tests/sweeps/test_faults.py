@@ -50,8 +50,18 @@ def _space(tmp_path: Path, name: str, *, epochs: int = 6, batch: int = 256, lrs:
 
 
 def _command(tmp_path: Path, space: Path, uri: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri", uri,
-            "--results-dir", str(tmp_path / "results"), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "sweeps.launch",
+        "--space",
+        str(space),
+        "--tracking-uri",
+        uri,
+        "--results-dir",
+        str(tmp_path / "results"),
+        *extra,
+    ]
 
 
 def _children(uri: str) -> tuple[MlflowClient, list]:
@@ -61,12 +71,17 @@ def _children(uri: str) -> tuple[MlflowClient, list]:
     return client, [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"]
 
 
-def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path: Path,
-                                                                        ray_cluster: RayCluster) -> None:
+def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path: Path, ray_cluster: RayCluster) -> None:
     space = _space(tmp_path, "nan", epochs=3, batch=256, lrs="[2.0, 1.0e+30]")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    done = subprocess.run(_command(tmp_path, space, uri, "--address", ray_cluster.address), cwd=tmp_path,
-                          env={**CLUSTER_ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        _command(tmp_path, space, uri, "--address", ray_cluster.address),
+        cwd=tmp_path,
+        env={**CLUSTER_ENV, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     _, children = _children(uri)
     by_lr = {float(c.data.params["lr"]): c for c in children}
@@ -91,8 +106,14 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path:
 def test_bad_space_exits_nonzero_before_creating_anything(tmp_path: Path, edit, needle: str) -> None:
     space = _space(tmp_path, "bad")
     space.write_text(edit(space.read_text()))
-    done = subprocess.run(_command(tmp_path, space, f"sqlite:///{tmp_path}/mlflow.db"), cwd=tmp_path, env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        _command(tmp_path, space, f"sqlite:///{tmp_path}/mlflow.db"),
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert needle in done.stderr and str(space) in done.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()

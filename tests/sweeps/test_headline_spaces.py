@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.sweeps._sweep_harness import ENV, ROOT, RayCluster
 from mlflow.tracking import MlflowClient
 
+from tests.sweeps._sweep_harness import ENV, ROOT, RayCluster
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +42,23 @@ def _derived_space(tmp_path: Path, shipped: str, *, fixed: dict[str, Any], axes:
 
 def _launch(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", *args, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-         "--results-dir", str(tmp_path / "results")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env or ENV, check=False)
+        [
+            sys.executable,
+            "-m",
+            "sweeps.launch",
+            *args,
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--results-dir",
+            str(tmp_path / "results"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env or ENV,
+        check=False,
+    )
 
 
 def _trial_runs(tmp_path: Path) -> tuple[MlflowClient, Any, list[Any]]:
@@ -73,30 +87,61 @@ def _check_trials(tmp_path: Path, *, dataset: str, models: set[str], epochs: int
 
 
 def test_cifar10_grid_on_cpu_with_the_synthetic_stand_in(tmp_path: Path, ray_cluster: RayCluster) -> None:
-    space = _derived_space(tmp_path, "cifar10_grid", fixed={"dataset": "synthetic_cifar10", "epochs": 2,
-                                                           "max_physical_batch_size": 16},
-                           axes={"model": ["resnet18_gn", "cifar_cnn"], "batch_size": [64], "max_grad_norm": [1.0],
-                                 "noise_multiplier": [1.5], "lr": [0.1]})
+    space = _derived_space(
+        tmp_path,
+        "cifar10_grid",
+        fixed={"dataset": "synthetic_cifar10", "epochs": 2, "max_physical_batch_size": 16},
+        axes={
+            "model": ["resnet18_gn", "cifar_cnn"],
+            "batch_size": [64],
+            "max_grad_norm": [1.0],
+            "noise_multiplier": [1.5],
+            "lr": [0.1],
+        },
+    )
     done = _launch(tmp_path, "--space", str(space), "--resources", "cpus=2,gpus=0", "--address", ray_cluster.address)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "trial-epochs/s" in done.stdout
-    _check_trials(tmp_path, dataset="synthetic_cifar10", models={"resnet18_gn", "cifar_cnn"}, epochs=2,
-                  expected={"lr_schedule": "cos", "optimizer": "sgd", "momentum": "0.9", "batch_size": "64",
-                            "max_physical_batch_size": "16", "gn_groups": "8", "accountant": "prv"})
+    _check_trials(
+        tmp_path,
+        dataset="synthetic_cifar10",
+        models={"resnet18_gn", "cifar_cnn"},
+        epochs=2,
+        expected={
+            "lr_schedule": "cos",
+            "optimizer": "sgd",
+            "momentum": "0.9",
+            "batch_size": "64",
+            "max_physical_batch_size": "16",
+            "gn_groups": "8",
+            "accountant": "prv",
+        },
+    )
 
 
 def test_mnist_grid_on_cpu_with_the_synthetic_stand_in(tmp_path: Path, ray_cluster: RayCluster) -> None:
-    space = _derived_space(tmp_path, "mnist_grid", fixed={"dataset": "synthetic_mnist", "epochs": 2},
-                           axes={"max_grad_norm": [1.0], "noise_multiplier": [0.8, 1.5], "lr": [0.15]})
+    space = _derived_space(
+        tmp_path,
+        "mnist_grid",
+        fixed={"dataset": "synthetic_mnist", "epochs": 2},
+        axes={"max_grad_norm": [1.0], "noise_multiplier": [0.8, 1.5], "lr": [0.15]},
+    )
     # The space's 2 CPUs, no GPU, on the session's cluster of 2 CPUs.
     done = _launch(tmp_path, "--space", str(space), "--resources", "gpus=0", "--address", ray_cluster.address)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    _check_trials(tmp_path, dataset="synthetic_mnist", models={"mnist_cnn"}, epochs=2,
-                  expected={"momentum": "0.5", "batch_size": "64", "accountant": "prv"})
+    _check_trials(
+        tmp_path,
+        dataset="synthetic_mnist",
+        models={"mnist_cnn"},
+        epochs=2,
+        expected={"momentum": "0.5", "batch_size": "64", "accountant": "prv"},
+    )
 
 
-@pytest.mark.skipif(os.cpu_count() >= 4 and __import__("torch").cuda.is_available(),
-                    reason="this machine can hold a cifar10_grid trial (4 CPUs, half a GPU)")
+@pytest.mark.skipif(
+    os.cpu_count() >= 4 and __import__("torch").cuda.is_available(),
+    reason="this machine can hold a cifar10_grid trial (4 CPUs, half a GPU)",
+)
 def test_cifar10_grid_as_shipped_exits_2_with_the_fix_on_a_machine_without_a_gpu(tmp_path: Path) -> None:
     done = _launch(tmp_path, "--space", "cifar10_grid")
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
@@ -107,11 +152,22 @@ def test_cifar10_grid_as_shipped_exits_2_with_the_fix_on_a_machine_without_a_gpu
 
 
 def test_a_dataset_that_cannot_be_fetched_is_one_error_before_anything_runs(tmp_path: Path) -> None:
-    space = _derived_space(tmp_path, "mnist_grid", fixed={"epochs": 1}, axes={"max_grad_norm": [1.0],
-                           "noise_multiplier": [1.1], "lr": [0.15]})  # dataset: mnist, download: true
-    offline = {**ENV, "DPSWEEP_DATA": str(tmp_path / "data"), "http_proxy": "http://127.0.0.1:9",
-               "https_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
-               "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
+    space = _derived_space(
+        tmp_path,
+        "mnist_grid",
+        fixed={"epochs": 1},
+        axes={"max_grad_norm": [1.0], "noise_multiplier": [1.1], "lr": [0.15]},
+    )  # dataset: mnist, download: true
+    offline = {
+        **ENV,
+        "DPSWEEP_DATA": str(tmp_path / "data"),
+        "http_proxy": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "no_proxy": "",
+        "NO_PROXY": "",
+    }
     done = _launch(tmp_path, "--space", str(space), "--resources", "gpus=0", env=offline)
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stderr.count("Could not fetch dataset 'mnist'") == 1 and "Without network access" in done.stderr

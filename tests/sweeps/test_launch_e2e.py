@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.sweeps._sweep_harness import ENV, RayCluster, launched, wait_for
 from mlflow.tracking import MlflowClient
 
-from sweeps.results.frontier import Point, pareto_front
 from sweeps.privacy import sweep_secret
+from sweeps.results.frontier import Point, pareto_front
 from sweeps.space import load_space
+from tests.sweeps._sweep_harness import ENV, RayCluster, launched, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -46,15 +46,28 @@ confirm: {{top: 1, seeds: 2}}
 """
 
 
-def _launch(tmp_path: Path, *args: str, timeout: float = 600, cluster: RayCluster | None = None
-            ) -> subprocess.CompletedProcess:
+def _launch(
+    tmp_path: Path, *args: str, timeout: float = 600, cluster: RayCluster | None = None
+) -> subprocess.CompletedProcess:
     # --num-cpus 2, or the session's cluster of 2 CPUs: the slots (and so which trials ASHA prunes) of
     # a 2-core machine, on any machine.
     ray = ["--address", cluster.address] if cluster is not None else ["--num-cpus", "2"]
     return subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", *args, *ray, "--tracking-uri",
-         f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "sweeps.launch",
+            *args,
+            *ray,
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--results-dir",
+            str(tmp_path / "results"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**ENV, "PYTHONPATH": str(ROOT)} if cluster is not None else {**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
@@ -79,8 +92,12 @@ def _assert_no_seed_released(tmp_path: Path, client: MlflowClient, parent, child
     secrets_ = {str(root), *(str(space.trial_seed(i)) for i in range(len(children)))}
     released = [console]
     for run in (parent, *children):
-        released += [run.info.run_name, *map(str, run.data.params.items()), *map(str, run.data.tags.items()),
-                     *(f"{k}={v!r}" for k, v in run.data.metrics.items())]
+        released += [
+            run.info.run_name,
+            *map(str, run.data.params.items()),
+            *map(str, run.data.tags.items()),
+            *(f"{k}={v!r}" for k, v in run.data.metrics.items()),
+        ]
         for artifact in client.list_artifacts(run.info.run_id):
             local = client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path / "downloaded"))
             if not Path(local).is_dir():
@@ -127,8 +144,15 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
         if outcomes[child.info.run_name] == "completed":
             assert [m.step for m in accuracy] == [1, 2, 3, 4]
         for m in accuracy:
-            points.append(Point(epsilon=epsilon[m.step], accuracy=m.value, run_id=child.info.run_id,
-                                trial=child.info.run_name, epoch=m.step))
+            points.append(
+                Point(
+                    epsilon=epsilon[m.step],
+                    accuracy=m.value,
+                    run_id=child.info.run_id,
+                    trial=child.info.run_name,
+                    epoch=m.step,
+                )
+            )
 
     # The frontier artifact is exactly the Pareto set of the logged points.
     folder = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path / "artifacts")))
@@ -139,8 +163,9 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
     assert len(rows) == len(points)
     # Row for row the logged points (the launcher takes them from what it logged, not read back),
     # with each run's params as MLflow holds them.
-    assert {(r["run_id"], r["trial"], int(r["epoch"]), float(r["epsilon"]), float(r["val_accuracy"])) for r in rows} \
-        == {(p.run_id, p.trial, p.epoch, p.epsilon, p.accuracy) for p in points}
+    assert {
+        (r["run_id"], r["trial"], int(r["epoch"]), float(r["epsilon"]), float(r["val_accuracy"])) for r in rows
+    } == {(p.run_id, p.trial, p.epoch, p.epsilon, p.accuracy) for p in points}
     params = {c.info.run_id: c.data.params for c in children}
     for row in rows:
         assert {k: row[k] for k in params[row["run_id"]]} == params[row["run_id"]]
@@ -152,8 +177,11 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
     # The confirmation stage: the leading trials of each ε bound retrained with fresh seeds, each run
     # a child run measured on validation and test at its epoch.
     # Then each bound's chosen configuration is refit, trained as often again on train + validation.
-    stage_runs = [r for r in client.search_runs([parent.info.experiment_id])
-                  if r.data.tags.get("dpsweep.role") in ("confirmation", "refit")]
+    stage_runs = [
+        r
+        for r in client.search_runs([parent.info.experiment_id])
+        if r.data.tags.get("dpsweep.role") in ("confirmation", "refit")
+    ]
     confirmations = [r for r in stage_runs if r.data.tags["dpsweep.role"] == "confirmation"]
     refits = [r for r in stage_runs if r.data.tags["dpsweep.role"] == "refit"]
     confirmed = [r for r in all_rows if r["kind"] == "confirmed"]
@@ -173,8 +201,9 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
     best = json.loads((folder / "best_per_epsilon.json").read_text())
     chosen = [b for b in best if b["test_accuracy_mean"] is not None]
     assert chosen and all(b["confirmed"] and b["seeds"] == 2 and b["epsilon"] <= b["epsilon_at_most"] for b in chosen)
-    assert all(b["trained_on"] == "train+validation" and b["train_config"]["validation_fraction"] == 0.0
-               for b in chosen)
+    assert all(
+        b["trained_on"] == "train+validation" and b["train_config"]["validation_fraction"] == 0.0 for b in chosen
+    )
     assert len(refits) == 2 * len({(b["trial"], b["epoch"], b["epsilon_at_most"]) for b in chosen})
     assert "test acc" in done.stdout and " ± " in done.stdout and "refit" in done.stdout
     _assert_no_seed_released(tmp_path, client, parent, stage_runs, done.stdout + done.stderr)
@@ -217,19 +246,30 @@ def test_budget_below_every_trial_stops_before_anything_runs(tmp_path: Path) -> 
 
 
 def test_list_shows_the_shipped_spaces(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "sweeps.launch", "--list"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.launch", "--list"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0
     for name in ("digits_quick", "digits_grid", "mnist_grid", "cifar10_grid"):
         assert name in done.stdout
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path, ray_cluster: RayCluster,
-                                                                     ray_holds: Path) -> None:
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
+    tmp_path: Path, ray_cluster: RayCluster, ray_holds: Path
+) -> None:
     space = tmp_path / "resumable.yaml"
     # Lone trials (vectorize: off): the hold below is a lone trial's.
-    space.write_text(TINY_SPACE.format(name="resumable").replace("pruner: asha", "pruner: none\nvectorize: off").replace("confirm: {top: 1, seeds: 2}", "confirm: off")
-                     .replace("epochs: 4", "epochs: 6"))
+    space.write_text(
+        TINY_SPACE.format(name="resumable")
+        .replace("pruner: asha", "pruner: none\nvectorize: off")
+        .replace("confirm: {top: 1, seeds: 2}", "confirm: off")
+        .replace("epochs: 4", "epochs: 6")
+    )
     # trial_0001 is held before it reports its second epoch (sweeps.workers.trial's test hook) until
     # the interruption: SIGINT comes once trial_0000 has finished and while trial_0001 trains, on
     # a machine however slow or loaded, with one slot or many. The trial workers are the session
@@ -238,20 +278,34 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     hold.with_name(hold.name + ".held").unlink(missing_ok=True)  # an earlier test's
     hold.touch()
     # --verbose: a line per trial, so that this test sees the first trial end.
-    arguments = ["--space", str(space), "--verbose", "--address", ray_cluster.address, "--tracking-uri",
-                 f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results")]
+    arguments = [
+        "--space",
+        str(space),
+        "--verbose",
+        "--address",
+        ray_cluster.address,
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--results-dir",
+        str(tmp_path / "results"),
+    ]
 
     def first_done_second_held() -> bool:
         if not hold.with_name(hold.name + ".held").exists():  # the store exists once a trial runs
             return False
         _, _, children = _runs(tmp_path)
-        return any(c.info.run_name == "trial_0000" and c.data.tags.get("dpsweep.outcome") == "completed"
-                   for c in children)
+        return any(
+            c.info.run_name == "trial_0000" and c.data.tags.get("dpsweep.outcome") == "completed" for c in children
+        )
 
     try:
         with launched(arguments, cwd=tmp_path, log=tmp_path / "launch.log") as launch:
-            wait_for(lambda: not launch.running() or first_done_second_held(), timeout=300, interval=0.5,
-                     what="trial_0000 finished and trial_0001 held at its second epoch")
+            wait_for(
+                lambda: not launch.running() or first_done_second_held(),
+                timeout=300,
+                interval=0.5,
+                what="trial_0000 finished and trial_0001 held at its second epoch",
+            )
             assert launch.running(), launch.output()[-6000:]
             launch.send(signal.SIGINT)  # like Ctrl-C
             code = launch.wait(timeout=180)
@@ -308,8 +362,9 @@ confirm: off  # the confirmation stage is tested in test_launch_e2e, test_confir
 
 
 @pytest.mark.parametrize("objective", ["single", "multi"])
-def test_optuna_search_skips_over_budget_suggestions_and_tells_optuna(tmp_path: Path, objective: str,
-                                                                     ray_cluster: RayCluster) -> None:
+def test_optuna_search_skips_over_budget_suggestions_and_tells_optuna(
+    tmp_path: Path, objective: str, ray_cluster: RayCluster
+) -> None:
     import optuna
 
     space = tmp_path / "tinyopt.yaml"

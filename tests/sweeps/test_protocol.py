@@ -8,8 +8,19 @@ import math
 import pytest
 
 from sweeps.planning import plan_trial
-from sweeps.protocol import (TRIAL_FIELD, EpochRow, LatestRows, PackSpec, TrialSpec, decode_unit, encode_rows,
-                             encode_unit, outcome_of, rows_of, unit_of)
+from sweeps.protocol import (
+    TRIAL_FIELD,
+    EpochRow,
+    LatestRows,
+    PackSpec,
+    TrialSpec,
+    decode_unit,
+    encode_rows,
+    encode_unit,
+    outcome_of,
+    rows_of,
+    unit_of,
+)
 
 BASE = {"dataset": "digits", "model": "mlp", "epochs": 3, "batch_size": 128, "validation_fraction": 0.1}
 

@@ -1,4 +1,7 @@
-"""Each sweeps sub-package declares its public surface, cheaply (no private names across modules: tests/test_architecture.py)."""
+"""Each sweeps sub-package declares its public surface, cheaply.
+
+No module imports another's private names: tests/test_architecture.py checks that for all of them.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ def test_every_public_name_of_a_subpackage_resolves(name: str) -> None:
         assert (folder / f"{public}.py").is_file(), f"sweeps.{name}.__all__ names {public!r}, which is nothing"
         assert not public.startswith("_")
     modules = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
-    assert modules <= set(package.__all__), f"public modules missing from sweeps.{name}.__all__: {modules - set(package.__all__)}"
+    assert modules <= set(package.__all__), (
+        f"public modules missing from sweeps.{name}.__all__: {modules - set(package.__all__)}"
+    )
 
 
 def test_light_entry_points_stay_light() -> None:

@@ -23,8 +23,14 @@ from sweeps.registry import LazyRegistry, resolve_reference
 from sweeps.space import PRUNERS, SPACES_DIR, load_space
 from sweeps.workers import RUNNERS, run_trial
 
-BASE = {"dataset": "digits", "model": "mlp", "epochs": 2, "batch_size": 128, "validation_fraction": 0.1,
-        "noise_multiplier": 1.0}
+BASE = {
+    "dataset": "digits",
+    "model": "mlp",
+    "epochs": 2,
+    "batch_size": 128,
+    "validation_fraction": 0.1,
+    "noise_multiplier": 1.0,
+}
 RUN_CALLS: list[tuple[Any, dict[str, Any]]] = []
 
 
@@ -81,7 +87,9 @@ def test_a_registered_runner_runs_its_kind_of_unit(toy_kind: str) -> None:
 
 
 def test_an_unknown_runner_is_refused_with_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"Expected kind to be one of central, federated, pack, but got kind='quantum'\."):
+    with pytest.raises(
+        ConfigError, match=r"Expected kind to be one of central, federated, pack, but got kind='quantum'\."
+    ):
         RUNNERS.get("quantum")
 
 

@@ -22,7 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
@@ -40,7 +40,7 @@ def _permuted_test_labels():
 
 
 data._load_digits = _permuted_test_labels
-'''
+"""
 
 OPTUNA = """
 name: {name}
@@ -70,21 +70,40 @@ def _sweep(folder: Path, template: str, *, permuted: bool) -> dict:
         (folder / "hook").mkdir()
         (folder / "hook" / "sitecustomize.py").write_text(SITECUSTOMIZE)
         env["PYTHONPATH"] = os.pathsep.join([str(folder / "hook"), *filter(None, [env.get("PYTHONPATH")])])
-    done = subprocess.run([sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri",
-                           f"sqlite:///{folder}/mlflow.db"], cwd=folder, env=env, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweeps.launch",
+            "--space",
+            str(space),
+            "--tracking-uri",
+            f"sqlite:///{folder}/mlflow.db",
+        ],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (sweep_dir,) = [p for p in (folder / "dpsweep_results").iterdir() if p.is_dir()]
     with open(sweep_dir / "frontier" / "frontier.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     outcome = {
-        "search": sorted((r["trial"], r["epoch"], r["epsilon"], r["val_accuracy"], r["on_frontier"])
-                         for r in rows if r["kind"] == "search"),
-        "confirmed": sorted((r["trial"], r["epoch"], r["val_accuracy"], r["best_for_epsilon"])
-                            for r in rows if r["kind"] == "confirmed"),
+        "search": sorted(
+            (r["trial"], r["epoch"], r["epsilon"], r["val_accuracy"], r["on_frontier"])
+            for r in rows
+            if r["kind"] == "search"
+        ),
+        "confirmed": sorted(
+            (r["trial"], r["epoch"], r["val_accuracy"], r["best_for_epsilon"]) for r in rows if r["kind"] == "confirmed"
+        ),
         "test": sorted((r["trial"], r["epoch"], r["test_accuracy_mean"]) for r in rows if r["kind"] == "confirmed"),
-        "best": [{k: v for k, v in b.items() if not k.startswith("test_") and k != "run_ids"}
-                 for b in json.loads((sweep_dir / "frontier" / "best_per_epsilon.json").read_text())],
+        "best": [
+            {k: v for k, v in b.items() if not k.startswith("test_") and k != "run_ids"}
+            for b in json.loads((sweep_dir / "frontier" / "best_per_epsilon.json").read_text())
+        ],
     }
     journals = list((folder / "dpsweep_results").glob("*-optuna.journal"))
     if journals:

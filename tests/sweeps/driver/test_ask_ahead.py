@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeps.planning.packing import AUTO_MODELS
 from sweeps.driver.search import journal_storage
+from sweeps.planning.packing import AUTO_MODELS
 from tests.sweeps._sweep_harness import ENV, RayCluster
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -46,15 +46,30 @@ seed: 0
 """
 
 
-def test_an_optuna_cnn_sweep_asks_at_most_the_slots_and_one_before_its_first_result(tmp_path: Path,
-                                                                                     ray_cluster: RayCluster) -> None:
+def test_an_optuna_cnn_sweep_asks_at_most_the_slots_and_one_before_its_first_result(
+    tmp_path: Path, ray_cluster: RayCluster
+) -> None:
     assert "digits_cnn" not in AUTO_MODELS, "the space must train one trial per unit"
     (tmp_path / "cnnask.yaml").write_text(CNN_SPACE)
     done = subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", "--space", str(tmp_path / "cnnask.yaml"),
-         "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results"),
-         "--address", ray_cluster.address],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**ENV, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-m",
+            "sweeps.launch",
+            "--space",
+            str(tmp_path / "cnnask.yaml"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--address",
+            ray_cluster.address,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**ENV, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     slots = int(float(re.search(r" on ([\d.]+) slots", done.stdout).group(1)))

@@ -37,14 +37,20 @@ def _ask_conditional(study: optuna.Study) -> optuna.Trial:
 def _score(trial: optuna.Trial) -> float:
     """Best near lr = 0.1, C = 1 (log scale): what TPE should learn."""
     params = trial.params
-    score = -(math.log10(params["lr"]) + 1) ** 2
+    score = -((math.log10(params["lr"]) + 1) ** 2)
     if "max_grad_norm" in params:
         score -= math.log10(params["max_grad_norm"]) ** 2
     return score + 0.3 * params.get("momentum", 0.0) - 0.05 * params.get("warmup_epochs", 0)
 
 
-def _history(study: optuna.Study, count: int, ask: Callable[[optuna.Study], optuna.Trial] = _ask, *,
-             seed: int = 0, running: int = 0) -> None:
+def _history(
+    study: optuna.Study,
+    count: int,
+    ask: Callable[[optuna.Study], optuna.Trial] = _ask,
+    *,
+    seed: int = 0,
+    running: int = 0,
+) -> None:
     """``count`` told trials, a fifth of them pruned with an intermediate value (as a sweep's are),
     then ``running`` asked and not told (what the constant liar counts as bad)."""
     rng = random.Random(seed)
@@ -63,13 +69,17 @@ def _studies(seed: int, **options: Any) -> tuple[optuna.Study, optuna.Study]:
     """Optuna's TPESampler and BatchTPESampler, same options and seed."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True
-        return (optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed, **options)),
-                optuna.create_study(direction="maximize", sampler=BatchTPESampler(seed=seed, **options)))
+        return (
+            optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed, **options)),
+            optuna.create_study(direction="maximize", sampler=BatchTPESampler(seed=seed, **options)),
+        )
 
 
-SAMPLERS = [pytest.param({"multivariate": False}, id="independent"),
-            pytest.param({"multivariate": True}, id="multivariate"),
-            pytest.param({"multivariate": True, "group": True}, id="multivariate-group")]
+SAMPLERS = [
+    pytest.param({"multivariate": False}, id="independent"),
+    pytest.param({"multivariate": True}, id="multivariate"),
+    pytest.param({"multivariate": True, "group": True}, id="multivariate-group"),
+]
 SPACES = [pytest.param(_ask, id="plain"), pytest.param(_ask_conditional, id="conditional")]
 
 

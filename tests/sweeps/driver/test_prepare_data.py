@@ -24,8 +24,12 @@ def _write_mnist(root: Path) -> None:
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for name, shape in (("train-images-idx3-ubyte", (20, 28, 28)), ("train-labels-idx1-ubyte", (20,)),
-                        ("t10k-images-idx3-ubyte", (8, 28, 28)), ("t10k-labels-idx1-ubyte", (8,))):
+    for name, shape in (
+        ("train-images-idx3-ubyte", (20, 28, 28)),
+        ("train-labels-idx1-ubyte", (20,)),
+        ("t10k-images-idx3-ubyte", (8, 28, 28)),
+        ("t10k-labels-idx1-ubyte", (8,)),
+    ):
         array = rng.integers(0, 10 if len(shape) == 1 else 256, size=shape, dtype=np.uint8)
         header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
         (raw / name).write_bytes(header + array.tobytes())

@@ -9,8 +9,8 @@ import re
 
 from rich.console import Console
 
-from sweeps.results.frontier import Point
 from sweeps.driver.progress import SweepProgress, quiet_libraries
+from sweeps.results.frontier import Point
 
 
 class FakeClock:
@@ -49,9 +49,13 @@ def test_without_a_terminal_a_summary_line_every_interval_and_at_the_end() -> No
     clock.now += 31
     progress.trial_ended(name="trial_0003", outcome="failed")
     lines = out.getvalue().splitlines()
-    assert lines == [("sweep running: trials 4/10: 1 done, 1 pruned, 1 skipped, 1 failed; elapsed 0:31, about 0:46 to go "
-                      "at this rate; best validation accuracy so far: ε ≤ 0.5 0.700, ε ≤ 1 0.850, ε ≤ 2 0.850, "
-                      "ε ≤ 3 0.850")]
+    assert lines == [
+        (
+            "sweep running: trials 4/10: 1 done, 1 pruned, 1 skipped, 1 failed; elapsed 0:31, about 0:46 to go "
+            "at this rate; best validation accuracy so far: ε ≤ 0.5 0.700, ε ≤ 1 0.850, ε ≤ 2 0.850, "
+            "ε ≤ 3 0.850"
+        )
+    ]
     clock.now += 10
     progress.tick()  # 10 s since the last line: nothing
     progress.trial_ended(name="trial_0004", outcome="interrupted")
@@ -59,9 +63,13 @@ def test_without_a_terminal_a_summary_line_every_interval_and_at_the_end() -> No
     progress.close()
     progress.close()  # once only
     final = out.getvalue().splitlines()[1:]
-    assert final == [("sweep over: trials 5/10: 1 done, 1 pruned, 1 skipped, 1 failed, 1 interrupted; elapsed 0:41, about "
-                      "0:41 to go at this rate; best validation accuracy so far: ε ≤ 0.5 0.700, ε ≤ 1 0.850, "
-                      "ε ≤ 2 0.850, ε ≤ 3 0.850")]
+    assert final == [
+        (
+            "sweep over: trials 5/10: 1 done, 1 pruned, 1 skipped, 1 failed, 1 interrupted; elapsed 0:41, about "
+            "0:41 to go at this rate; best validation accuracy so far: ε ≤ 0.5 0.700, ε ≤ 1 0.850, "
+            "ε ≤ 2 0.850, ε ≤ 3 0.850"
+        )
+    ]
 
 
 def test_the_time_budget_counts_down_and_empty_bounds_show_a_dash() -> None:
@@ -70,8 +78,11 @@ def test_the_time_budget_counts_down_and_empty_bounds_show_a_dash() -> None:
     clock.now += 95
     progress.point(_point(6.0, 0.95))
     assert out.getvalue().splitlines() == [
-        ("sweep running: trials 0: 0 done, 0 pruned, 0 skipped, 0 failed; elapsed 1:35, 3:25 left of the 5:00 time "
-         "budget; best validation accuracy so far: ε ≤ 0.5 –, ε ≤ 1 –, ε ≤ 2 –, ε ≤ 3 –, ε ≤ 5 –, ε ≤ 8 0.950")]
+        (
+            "sweep running: trials 0: 0 done, 0 pruned, 0 skipped, 0 failed; elapsed 1:35, 3:25 left of the 5:00 time "
+            "budget; best validation accuracy so far: ε ≤ 0.5 –, ε ≤ 1 –, ε ≤ 2 –, ε ≤ 3 –, ε ≤ 5 –, ε ≤ 8 0.950"
+        )
+    ]
 
 
 def test_verbose_prints_a_line_per_trial_and_per_skip() -> None:
@@ -116,7 +127,7 @@ def test_on_a_terminal_the_live_display_shows_counts_time_and_the_best_per_bound
     before = out.getvalue()
     progress.close()
     # The display is cleared (transient) and one plain line stays, above the frontier table to come.
-    after = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue()[len(before):])
+    after = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue()[len(before) :])
     assert after.strip().splitlines()[-1].startswith("sweep over: trials 3/1000: 1 done, 2 pruned")
 
 

@@ -37,8 +37,9 @@ def test_parse_resources_refuses_bad_syntax_with_the_expected_form(text: str) ->
         parse_resources(text, default=TrialResources(cpus=1, gpus=0))
 
 
-@pytest.mark.parametrize(("text", "rule"), [("cpus=0", "cpus to be a number > 0"),
-                                            ("gpus=1.5", "gpus to be at most 1 or a whole number")])
+@pytest.mark.parametrize(
+    ("text", "rule"), [("cpus=0", "cpus to be a number > 0"), ("gpus=1.5", "gpus to be at most 1 or a whole number")]
+)
 def test_parse_resources_refuses_values_ray_cannot_reserve(text: str, rule: str) -> None:
     with pytest.raises(ConfigError, match=rule):
         parse_resources(text, default=TrialResources(cpus=1, gpus=0))
@@ -74,8 +75,12 @@ def test_spread_trials_need_the_cluster_totals_only() -> None:
 
 def test_the_message_names_what_was_asked_what_is_there_and_the_ways_out() -> None:
     with pytest.raises(ConfigError) as raised:
-        require_fit(TrialResources(cpus=4, gpus=0.5), where="resources: in cifar10_grid.yaml", address=None,
-                    read_nodes=lambda: LAPTOP)
+        require_fit(
+            TrialResources(cpus=4, gpus=0.5),
+            where="resources: in cifar10_grid.yaml",
+            address=None,
+            read_nodes=lambda: LAPTOP,
+        )
     message = str(raised.value)
     assert "4 CPUs and 0.5 GPUs (resources: in cifar10_grid.yaml)" in message
     assert "local Ray cluster" in message and "laptop: 2 CPUs, 0 GPUs" in message
@@ -85,10 +90,16 @@ def test_the_message_names_what_was_asked_what_is_there_and_the_ways_out() -> No
 
 def test_a_fixed_cluster_is_told_about_waiting_and_a_fitting_one_passes() -> None:
     with pytest.raises(ConfigError, match="--wait-for-resources SECONDS"):
-        require_fit(TrialResources(cpus=4, gpus=2), where="--resources cpus=4,gpus=2", address="head:6379",
-                    read_nodes=lambda: GPU_CLUSTER)
-    assert require_fit(TrialResources(cpus=4, gpus=1), where="x", address="head:6379",
-                       read_nodes=lambda: GPU_CLUSTER) == GPU_CLUSTER
+        require_fit(
+            TrialResources(cpus=4, gpus=2),
+            where="--resources cpus=4,gpus=2",
+            address="head:6379",
+            read_nodes=lambda: GPU_CLUSTER,
+        )
+    assert (
+        require_fit(TrialResources(cpus=4, gpus=1), where="x", address="head:6379", read_nodes=lambda: GPU_CLUSTER)
+        == GPU_CLUSTER
+    )
 
 
 # ---- the real cluster -----------------------------------------------------------------------
@@ -117,8 +128,14 @@ def test_waits_for_nodes_asks_the_autoscaler_and_then_gives_up_with_the_message(
 
     logged: list[str] = []
     with pytest.raises(ConfigError) as raised:
-        require_fit(TrialResources(cpus=2, gpus=0), where="x", address="this-cluster", wait_seconds=0.5,
-                    read_nodes=counted, log=logged.append)
+        require_fit(
+            TrialResources(cpus=2, gpus=0),
+            where="x",
+            address="this-cluster",
+            wait_seconds=0.5,
+            read_nodes=counted,
+            log=logged.append,
+        )
     assert "after waiting 0.5 s for nodes to join" in str(raised.value)
     assert "--resources cpus=1,gpus=0" in str(raised.value)
     assert next(reads) >= 2  # read before waiting and again after
@@ -127,6 +144,12 @@ def test_waits_for_nodes_asks_the_autoscaler_and_then_gives_up_with_the_message(
 
 def test_a_node_joining_while_waiting_ends_the_wait(local_ray) -> None:
     grown = iter([LAPTOP, LAPTOP + GPU_CLUSTER])
-    nodes = require_fit(TrialResources(cpus=4, gpus=1), where="x", address="this-cluster", wait_seconds=30,
-                        read_nodes=lambda: next(grown), log=lambda _line: None)
+    nodes = require_fit(
+        TrialResources(cpus=4, gpus=1),
+        where="x",
+        address="this-cluster",
+        wait_seconds=30,
+        read_nodes=lambda: next(grown),
+        log=lambda _line: None,
+    )
     assert nodes == LAPTOP + GPU_CLUSTER

@@ -8,13 +8,13 @@ import optuna
 import pytest
 import ray
 
+from sweeps.driver.search import BudgetedOptunaSearch, journal_storage
+from sweeps.planning import plan_trial
 from sweeps.privacy.adaptive import RdpFilter
 from sweeps.privacy.ledger import PrivacyLedger
-from sweeps.planning import plan_trial
-from sweeps.driver.search import BudgetedOptunaSearch, journal_storage
 from sweeps.privacy.mechanism import TrialMechanism
-from sweeps.space import load_space
 from sweeps.protocol import EpochRow, encode_rows, unit_of
+from sweeps.space import load_space
 
 SPACE = """
 name: searched
@@ -55,7 +55,9 @@ def test_a_pack_member_is_told_to_optuna_when_it_ends_not_when_its_pack_does(tmp
     path.write_text(SPACE)
     space = load_space(path)
     searcher = BudgetedOptunaSearch(
-        space, storage=tmp_path / "study.journal", study_name="searched",
+        space,
+        storage=tmp_path / "study.journal",
+        study_name="searched",
         plan=lambda values, name: plan_trial(values, name=name, axis_values={k: values[k] for k in space.axes}),
         on_skip=lambda *args: pytest.fail(f"nothing is over budget here: {args}"),
     )
@@ -67,8 +69,9 @@ def test_a_pack_member_is_told_to_optuna_when_it_ends_not_when_its_pack_does(tmp
         assert [t.state for t in study.trials[:2]] == [optuna.trial.TrialState.RUNNING] * 2
 
         # The first member is through its 4 epochs; the second, in the pack's next round, at epoch 1.
-        searcher.on_trial_result("pack-1", {"members": encode_rows(
-            {first: [_row(3), _row(4, accuracy=0.9)], second: [_row(1)]})})
+        searcher.on_trial_result(
+            "pack-1", {"members": encode_rows({first: [_row(3), _row(4, accuracy=0.9)], second: [_row(1)]})}
+        )
         states = {t.number: t for t in study.trials}
         assert states[0].state == optuna.trial.TrialState.COMPLETE and states[0].value == 0.9
         assert states[1].state == optuna.trial.TrialState.RUNNING
@@ -83,9 +86,12 @@ def test_a_pack_member_is_told_to_optuna_when_it_ends_not_when_its_pack_does(tmp
 
 def _searcher(tmp_path: Path, space, **extra) -> BudgetedOptunaSearch:
     return BudgetedOptunaSearch(
-        space, storage=tmp_path / "study.journal", study_name="searched",
+        space,
+        storage=tmp_path / "study.journal",
+        study_name="searched",
         plan=lambda values, name: plan_trial(values, name=name, axis_values={k: values[k] for k in space.axes}),
-        on_skip=extra.pop("on_skip", lambda *args: None), **extra,
+        on_skip=extra.pop("on_skip", lambda *args: None),
+        **extra,
     )
 
 
@@ -107,8 +113,9 @@ def test_a_resumed_searcher_tells_each_trial_once_and_fails_what_nothing_will_ru
     searcher.close()  # what was asked ahead is marked FAIL when the sweep stops
     study = optuna.load_study(study_name="searched", storage=journal_storage(tmp_path / "study.journal"))
     ahead = [t for t in study.trials if t.number >= 2]
-    assert ahead and all(t.state == optuna.trial.TrialState.FAIL and "dpsweep.fail_reason" in t.user_attrs
-                         for t in ahead)
+    assert ahead and all(
+        t.state == optuna.trial.TrialState.FAIL and "dpsweep.fail_reason" in t.user_attrs for t in ahead
+    )
 
     # A third trial open in the study that no restored Ray trial runs (handed out after Tune's last save).
     stray = study.ask()
@@ -130,15 +137,24 @@ def test_the_sweep_filter_skips_what_would_take_the_sweep_over_its_budget(tmp_pa
     path = tmp_path / "searched.yaml"
     path.write_text(SPACE.replace("trials: 4", "trials: 6").replace("vectorize: 2", "vectorize: 1"))
     space = load_space(path)
-    one = TrialMechanism.from_plan(plan_trial(space.trial_config({"lr": 1.0}, number=0), name="t",
-                                              axis_values={"lr": 1.0}).plan)
+    one = TrialMechanism.from_plan(
+        plan_trial(space.trial_config({"lr": 1.0}, number=0), name="t", axis_values={"lr": 1.0}).plan
+    )
     # A sweep ε with room for exactly two such trials.
-    sweep_filter = next(f for f in (RdpFilter.for_budget(epsilon=e / 20, delta=1e-5) for e in range(20, 2000))
-                        if 2 * f.cost(one) <= f.capacity < 3 * f.cost(one))
+    sweep_filter = next(
+        f
+        for f in (RdpFilter.for_budget(epsilon=e / 20, delta=1e-5) for e in range(20, 2000))
+        if 2 * f.cost(one) <= f.capacity < 3 * f.cost(one)
+    )
     skipped: list[str] = []
     ledger = PrivacyLedger(tmp_path / "ledger.jsonl")
-    searcher = _searcher(tmp_path, space, ledger=ledger, sweep_filter=sweep_filter,
-                         on_skip=lambda planned, values, reason: skipped.append(reason))
+    searcher = _searcher(
+        tmp_path,
+        space,
+        ledger=ledger,
+        sweep_filter=sweep_filter,
+        on_skip=lambda planned, values, reason: skipped.append(reason),
+    )
     searcher.slots = 3
     try:
         handed_out = [searcher.suggest(f"t{i}") for i in range(3)]

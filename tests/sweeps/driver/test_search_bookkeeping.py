@@ -15,10 +15,10 @@ import optuna
 import pytest
 import ray
 
-from sweeps.planning import plan_trial
 from sweeps.driver.search import BudgetedOptunaSearch, journal_storage
-from sweeps.space import load_space
+from sweeps.planning import plan_trial
 from sweeps.protocol import unit_of
+from sweeps.space import load_space
 
 States = optuna.trial.TrialState
 
@@ -52,15 +52,27 @@ def local_ray():
     ray.shutdown()
 
 
-def _searcher(tmp_path: Path, *, model: str = "mlp", trials: int = 6, vectorize: Any = 1, budget: float = 50.0,
-              slots: int = 1, **extra: Any) -> BudgetedOptunaSearch:
+def _searcher(
+    tmp_path: Path,
+    *,
+    model: str = "mlp",
+    trials: int = 6,
+    vectorize: Any = 1,
+    budget: float = 50.0,
+    slots: int = 1,
+    **extra: Any,
+) -> BudgetedOptunaSearch:
     path = tmp_path / "kept.yaml"
     path.write_text(SPACE.format(model=model, trials=trials, vectorize=vectorize, budget=budget))
     space = load_space(path)
     searcher = BudgetedOptunaSearch(
-        space, storage=tmp_path / "study.journal", study_name="kept",
+        space,
+        storage=tmp_path / "study.journal",
+        study_name="kept",
         plan=lambda values, name: plan_trial(values, name=name, axis_values={k: values[k] for k in space.axes}),
-        on_skip=extra.pop("on_skip", lambda *args: pytest.fail(f"nothing is over budget here: {args}")), **extra)
+        on_skip=extra.pop("on_skip", lambda *args: pytest.fail(f"nothing is over budget here: {args}")),
+        **extra,
+    )
     searcher.slots = slots
     return searcher
 
@@ -84,8 +96,18 @@ def _suggest(searcher: BudgetedOptunaSearch, trial_id: str) -> Any:
 
 def _row(searcher: BudgetedOptunaSearch, epoch: int, *, accuracy: float = 0.5, **flags: Any) -> dict[str, Any]:
     """One epoch's metrics as a lone trial reports them (the accuracy under the searcher's metric)."""
-    return {"epoch": epoch, "epochs_planned": 4, searcher.metric: accuracy, "epsilon": 1.0, "delta": 1e-5,
-            "accountant": "rdp", "pruned": False, "diverged": None, "stopped_by_budget": False, **flags}
+    return {
+        "epoch": epoch,
+        "epochs_planned": 4,
+        searcher.metric: accuracy,
+        "epsilon": 1.0,
+        "delta": 1e-5,
+        "accountant": "rdp",
+        "pruned": False,
+        "diverged": None,
+        "stopped_by_budget": False,
+        **flags,
+    }
 
 
 def test_issued_configurations_count_against_the_cap_and_the_last_pack_is_cut(tmp_path: Path, local_ray) -> None:
@@ -163,8 +185,12 @@ def test_each_way_a_trial_ends_is_told_as_its_optuna_state(tmp_path: Path, local
 
 def test_over_budget_suggestions_are_skipped_told_pruned_and_not_issued(tmp_path: Path, local_ray) -> None:
     skipped: list[tuple[Any, dict, str]] = []
-    searcher = _searcher(tmp_path, budget=0.01, max_consecutive_skips=5,
-                         on_skip=lambda planned, values, reason: skipped.append((planned, values, reason)))
+    searcher = _searcher(
+        tmp_path,
+        budget=0.01,
+        max_consecutive_skips=5,
+        on_skip=lambda planned, values, reason: skipped.append((planned, values, reason)),
+    )
     try:
         assert searcher.suggest("t") is searcher.FINISHED  # five skips in a row: the space has nothing within budget
         assert len(skipped) == 5 and all(planned.planned_epsilon > 0.01 for planned, _, _ in skipped)
@@ -190,8 +216,9 @@ def test_fail_abandoned_fails_what_no_live_trial_runs_and_nothing_else(tmp_path:
         assert sorted(failed) == sorted(set(running) - handed_out)
         study = _study(tmp_path)
         assert all(study.trials[n].state == States.RUNNING for n in handed_out)
-        assert all(study.trials[n].state == States.FAIL and "dpsweep.fail_reason" in study.trials[n].user_attrs
-                   for n in failed)
+        assert all(
+            study.trials[n].state == States.FAIL and "dpsweep.fail_reason" in study.trials[n].user_attrs for n in failed
+        )
         assert searcher.fail_abandoned() == []  # nothing twice
     finally:
         searcher.close()

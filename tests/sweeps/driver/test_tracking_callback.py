@@ -37,37 +37,61 @@ BASE = {"dataset": "digits", "model": "mlp", "batch_size": 256, "epochs": EPOCHS
 
 # ---- what the runner and the workers make ------------------------------------------------------
 
+
 def _planned(name: str, noise: float, lr: float = 0.5, **overrides: Any) -> PlannedTrial:
-    return plan_trial({**BASE, "noise_multiplier": noise, "lr": lr, **overrides}, name=name,
-                      axis_values={"noise_multiplier": noise, "lr": lr})
+    return plan_trial(
+        {**BASE, "noise_multiplier": noise, "lr": lr, **overrides},
+        name=name,
+        axis_values={"noise_multiplier": noise, "lr": lr},
+    )
 
 
 def _ray_trial(members: list[PlannedTrial], root: Path) -> Trial:
     """A Tune trial whose config is ``runner._new_tuner``'s: the encoded unit (a pack of several members,
     or one trial) under TRIAL_FIELD; its paths set as Tune sets them before starting it."""
     unit = pack_spec(members, width=len(members))
-    trial = Trial("run_trial", config={TRIAL_FIELD: encode_unit(unit)}, stub=True,
-                  storage=StorageContext(storage_path=str(root), experiment_dir_name="sweep"))
+    trial = Trial(
+        "run_trial",
+        config={TRIAL_FIELD: encode_unit(unit)},
+        stub=True,
+        storage=StorageContext(storage_path=str(root), experiment_dir_name="sweep"),
+    )
     trial.init_local_path()
     return trial
 
 
-def _row(trial: PlannedTrial, epoch: int, accuracy: float, *, steps: int | None = None,
-         stopped_by_budget: bool = False) -> EpochRow:
+def _row(
+    trial: PlannedTrial, epoch: int, accuracy: float, *, steps: int | None = None, stopped_by_budget: bool = False
+) -> EpochRow:
     """The row a worker reports after ``epoch`` (sweeps.workers.trial.epoch_row), ε as planned."""
     plan = trial.plan
     steps = epoch * plan.steps_per_epoch if steps is None else steps
-    report = EpochReport(epoch=epoch, steps=steps, val_loss=2.0 - accuracy, val_accuracy=accuracy,
-                         epsilon=plan.epsilon_at(steps), delta=plan.delta, accountant=plan.accountant,
-                         noise_multiplier=plan.noise_multiplier, train_seconds=0.25, eval_seconds=0.05,
-                         stopped_by_budget=stopped_by_budget)
+    report = EpochReport(
+        epoch=epoch,
+        steps=steps,
+        val_loss=2.0 - accuracy,
+        val_accuracy=accuracy,
+        epsilon=plan.epsilon_at(steps),
+        delta=plan.delta,
+        accountant=plan.accountant,
+        noise_multiplier=plan.noise_multiplier,
+        train_seconds=0.25,
+        eval_seconds=0.05,
+        stopped_by_budget=stopped_by_budget,
+    )
     return epoch_row(report, epochs_planned=EPOCHS)
 
 
 def _tune_result(trial: Trial, reported: dict[str, Any], iteration: int) -> dict[str, Any]:
     """What Tune hands a callback: the worker's report plus Tune's own bookkeeping."""
-    return {**reported, "trial_id": trial.trial_id, "training_iteration": iteration, "done": False,
-            "checkpoint_dir_name": None, "time_this_iter_s": 0.3}
+    return {
+        **reported,
+        "trial_id": trial.trial_id,
+        "training_iteration": iteration,
+        "done": False,
+        "checkpoint_dir_name": None,
+        "time_this_iter_s": 0.3,
+    }
 
 
 def _lone_result(trial: Trial, row: EpochRow, iteration: int) -> dict[str, Any]:
@@ -79,14 +103,25 @@ def _lone_result(trial: Trial, row: EpochRow, iteration: int) -> dict[str, Any]:
 def _pack_result(trial: Trial, rows: dict[str, list[EpochRow]], iteration: int) -> dict[str, Any]:
     """A pack's report (sweeps.workers.pack.run_pack's send): its members' rows since the last one."""
     latest = [member[-1] for member in rows.values()]
-    return _tune_result(trial, {
-        "epoch": max(row.epoch for row in latest), "epochs_planned": EPOCHS, "members": encode_rows(rows),
-        "epoch_seconds": 0.75, "eval_seconds": 0.15, "setup_seconds": 0.0, "report_seconds": 0.02,
-        "val_accuracy": max(row.val_accuracy for row in latest), "epsilon": max(row.epsilon for row in latest),
-    }, iteration)
+    return _tune_result(
+        trial,
+        {
+            "epoch": max(row.epoch for row in latest),
+            "epochs_planned": EPOCHS,
+            "members": encode_rows(rows),
+            "epoch_seconds": 0.75,
+            "eval_seconds": 0.15,
+            "setup_seconds": 0.0,
+            "report_seconds": 0.02,
+            "val_accuracy": max(row.val_accuracy for row in latest),
+            "epsilon": max(row.epsilon for row in latest),
+        },
+        iteration,
+    )
 
 
 # ---- the store, the callback, reading back -----------------------------------------------------
+
 
 def _tracker(tmp_path: Path) -> SweepTracker:
     tracker = SweepTracker(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="dpsweep")
@@ -126,6 +161,7 @@ def _logged(trial: PlannedTrial) -> dict[str, str]:
 
 # ---- lone trials ------------------------------------------------------------------------------
 
+
 def test_a_lone_trial_is_one_child_run_that_shows_at_start_and_logs_each_epoch_at_its_step(tmp_path: Path) -> None:
     tracker = _tracker(tmp_path)
     callback, out = _callback(tracker, total=1)
@@ -134,7 +170,9 @@ def test_a_lone_trial_is_one_child_run_that_shows_at_start_and_logs_each_epoch_a
     accuracies = [0.4, 0.6, 0.7, 0.75]
 
     callback.on_trial_start(iteration=0, trials=[trial], trial=trial)
-    callback.on_trial_result(iteration=1, trials=[trial], trial=trial, result=_lone_result(trial, _row(planned, 1, 0.4), 1))
+    callback.on_trial_result(
+        iteration=1, trials=[trial], trial=trial, result=_lone_result(trial, _row(planned, 1, 0.4), 1)
+    )
     callback._writer.drain()  # the callback's writes run on its background thread
     # A lone trial's run shows from its start, with its first epoch, while it trains.
     (running,) = _children(tracker).values()
@@ -142,8 +180,12 @@ def test_a_lone_trial_is_one_child_run_that_shows_at_start_and_logs_each_epoch_a
     assert _history(tracker, running, "val_accuracy") == [(1, 0.4)]
 
     for epoch, accuracy in enumerate(accuracies[1:], start=2):
-        callback.on_trial_result(iteration=epoch, trials=[trial], trial=trial,
-                                 result=_lone_result(trial, _row(planned, epoch, accuracy), epoch))
+        callback.on_trial_result(
+            iteration=epoch,
+            trials=[trial],
+            trial=trial,
+            result=_lone_result(trial, _row(planned, epoch, accuracy), epoch),
+        )
     callback.on_trial_complete(iteration=5, trials=[trial], trial=trial)
     callback.close()
 
@@ -164,7 +206,8 @@ def test_a_lone_trial_is_one_child_run_that_shows_at_start_and_logs_each_epoch_a
     # The points the launcher builds its frontier from are the ones MLflow holds.
     assert [(p.trial, p.epoch, p.accuracy, p.epsilon, p.run_id) for p in callback.logged_points()] == [
         ("trial_0000", e, a, planned.plan.epsilon_at(s), run.info.run_id)
-        for (e, a), s in zip(enumerate(accuracies, 1), steps)]
+        for (e, a), s in zip(enumerate(accuracies, 1), steps)
+    ]
 
 
 def test_each_way_a_lone_trial_ends_is_its_outcome(tmp_path: Path) -> None:
@@ -181,25 +224,43 @@ def test_each_way_a_lone_trial_ends_is_its_outcome(tmp_path: Path) -> None:
     reports = [
         (completed, [_row(completed, e, 0.5 + e / 10) for e in range(1, EPOCHS + 1)]),
         (pruned, [_row(pruned, e, 0.2) for e in (1, 2)]),
-        (budget, [_row(budget, 1, 0.5), _row(budget, 2, 0.5),
-                  _row(budget, 3, 0.55, steps=budget_stop, stopped_by_budget=True)]),
+        (
+            budget,
+            [
+                _row(budget, 1, 0.5),
+                _row(budget, 2, 0.5),
+                _row(budget, 3, 0.55, steps=budget_stop, stopped_by_budget=True),
+            ],
+        ),
         # sweeps.workers.trial reports a divergence as a row (retrying would only diverge again).
-        (diverged, [_row(diverged, 1, 0.3), _row(diverged, 2, 0.1), EpochRow.of_divergence(reason, epochs_planned=EPOCHS)]),
+        (
+            diverged,
+            [_row(diverged, 1, 0.3), _row(diverged, 2, 0.1), EpochRow.of_divergence(reason, epochs_planned=EPOCHS)],
+        ),
     ]
     for planned, rows in reports:
         trial = _ray_trial([planned], tmp_path / "ray")
         callback.on_trial_start(iteration=0, trials=[trial], trial=trial)
         for iteration, row in enumerate(rows, start=1):
-            callback.on_trial_result(iteration=iteration, trials=[trial], trial=trial,
-                                     result=_lone_result(trial, row, iteration))
+            callback.on_trial_result(
+                iteration=iteration, trials=[trial], trial=trial, result=_lone_result(trial, row, iteration)
+            )
         callback.on_trial_complete(iteration=len(rows) + 1, trials=[trial], trial=trial)
     callback.close()
 
     runs = _children(tracker)
     assert {name: run.data.tags["dpsweep.outcome"] for name, run in runs.items()} == {
-        "trial_0000": "completed", "trial_0001": "pruned", "trial_0002": "stopped_by_budget", "trial_0003": "failed"}
+        "trial_0000": "completed",
+        "trial_0001": "pruned",
+        "trial_0002": "stopped_by_budget",
+        "trial_0003": "failed",
+    }
     assert {name: run.info.status for name, run in runs.items()} == {
-        "trial_0000": "FINISHED", "trial_0001": "FINISHED", "trial_0002": "FINISHED", "trial_0003": "FAILED"}
+        "trial_0000": "FINISHED",
+        "trial_0001": "FINISHED",
+        "trial_0002": "FINISHED",
+        "trial_0003": "FAILED",
+    }
     assert [step for step, _ in _history(tracker, runs["trial_0001"], "val_accuracy")] == [1, 2]
     assert [step for step, _ in _history(tracker, runs["trial_0002"], "val_accuracy")] == [1, 2, 3]
     assert _history(tracker, runs["trial_0002"], "epsilon")[-1] == (3, budget.plan.epsilon_at(budget_stop))
@@ -215,6 +276,7 @@ def test_each_way_a_lone_trial_ends_is_its_outcome(tmp_path: Path) -> None:
 
 # ---- packs ------------------------------------------------------------------------------------
 
+
 def test_a_packs_members_are_logged_as_separate_trials_each_epoch_once(tmp_path: Path) -> None:
     tracker = _tracker(tmp_path)
     callback, _ = _callback(tracker, total=3)
@@ -224,14 +286,20 @@ def test_a_packs_members_are_logged_as_separate_trials_each_epoch_once(tmp_path:
 
     callback.on_trial_start(iteration=0, trials=[pack], trial=pack)
     # Two epochs of all three; b is pruned at the rung after its second epoch (sweeps.workers.pack).
-    first = {a.key: [_row(a, 1, 0.5), _row(a, 2, 0.6)],
-             b.key: [_row(b, 1, 0.2), dataclasses.replace(_row(b, 2, 0.25), pruned=True)],
-             c.key: [_row(c, 1, 0.4), _row(c, 2, 0.45)]}
+    first = {
+        a.key: [_row(a, 1, 0.5), _row(a, 2, 0.6)],
+        b.key: [_row(b, 1, 0.2), dataclasses.replace(_row(b, 2, 0.25), pruned=True)],
+        c.key: [_row(c, 1, 0.4), _row(c, 2, 0.45)],
+    }
     callback.on_trial_result(iteration=1, trials=[pack], trial=pack, result=_pack_result(pack, first, 1))
     # c diverges in epoch 3: reported at once, and a starts over without it (same streams, so the
     # same results), reporting its epochs 1 and 2 again before its new ones.
-    callback.on_trial_result(iteration=2, trials=[pack], trial=pack, result=_pack_result(
-        pack, {c.key: [EpochRow.of_divergence(reason, epochs_planned=EPOCHS)]}, 2))
+    callback.on_trial_result(
+        iteration=2,
+        trials=[pack],
+        trial=pack,
+        result=_pack_result(pack, {c.key: [EpochRow.of_divergence(reason, epochs_planned=EPOCHS)]}, 2),
+    )
     again = {a.key: [_row(a, 1, 0.5), _row(a, 2, 0.6), _row(a, 3, 0.7), _row(a, 4, 0.8)]}
     callback.on_trial_result(iteration=3, trials=[pack], trial=pack, result=_pack_result(pack, again, 3))
     callback.on_trial_complete(iteration=4, trials=[pack], trial=pack)
@@ -257,6 +325,7 @@ def test_a_packs_members_are_logged_as_separate_trials_each_epoch_once(tmp_path:
 
 # ---- errors -----------------------------------------------------------------------------------
 
+
 def test_a_trial_that_errors_is_failed_and_names_its_error_file(tmp_path: Path) -> None:
     tracker = _tracker(tmp_path)
     callback, out = _callback(tracker, total=4)
@@ -264,8 +333,12 @@ def test_a_trial_that_errors_is_failed_and_names_its_error_file(tmp_path: Path) 
     trial = _ray_trial([lone], tmp_path / "ray")
     callback.on_trial_start(iteration=0, trials=[trial], trial=trial)
     for epoch in (1, 2):
-        callback.on_trial_result(iteration=epoch, trials=[trial], trial=trial,
-                                 result=_lone_result(trial, _row(lone, epoch, 0.3 * epoch), epoch))
+        callback.on_trial_result(
+            iteration=epoch,
+            trials=[trial],
+            trial=trial,
+            result=_lone_result(trial, _row(lone, epoch, 0.3 * epoch), epoch),
+        )
     trial.handle_error(RuntimeError("worker lost"))  # what Tune does before calling on_trial_error
     callback.on_trial_error(iteration=3, trials=[trial], trial=trial)
 
@@ -281,8 +354,11 @@ def test_a_trial_that_errors_is_failed_and_names_its_error_file(tmp_path: Path) 
 
     runs = _children(tracker)
     assert {name: (run.data.tags["dpsweep.outcome"], run.info.status) for name, run in runs.items()} == {
-        "trial_0000": ("failed", "FAILED"), "trial_0001": ("completed", "FINISHED"),
-        "trial_0002": ("failed", "FAILED"), "trial_0003": ("failed", "FAILED")}
+        "trial_0000": ("failed", "FAILED"),
+        "trial_0001": ("completed", "FINISHED"),
+        "trial_0002": ("failed", "FAILED"),
+        "trial_0003": ("failed", "FAILED"),
+    }
     assert trial.error_file and "worker lost" in Path(trial.error_file).read_text()
     assert runs["trial_0000"].data.tags["dpsweep.failure"] == f"trial raised an error; see {trial.error_file}"
     assert runs["trial_0002"].data.tags["dpsweep.failure"] == f"trial raised an error; see {pack.error_file}"
@@ -304,7 +380,9 @@ def test_a_write_mlflow_refuses_stops_the_sweep_at_close(tmp_path: Path) -> None
     # MLflow refuses a param name with a character outside its set (its run is created first).
     trial = _ray_trial([dataclasses.replace(planned, axis_values={"lr*2": 1.0})], tmp_path / "ray")
     callback.on_trial_start(iteration=0, trials=[trial], trial=trial)
-    callback.on_trial_result(iteration=1, trials=[trial], trial=trial, result=_lone_result(trial, _row(planned, 1, 0.5), 1))
+    callback.on_trial_result(
+        iteration=1, trials=[trial], trial=trial, result=_lone_result(trial, _row(planned, 1, 0.5), 1)
+    )
     callback.on_trial_complete(iteration=2, trials=[trial], trial=trial)
     with pytest.raises(MlflowException, match=r"axis\.lr\*2"):
         callback.close()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.protocol import decode_unit, encode_unit
-from sweeps.planning.packing import AUTO_PACK_SIZE, PACK_DEPTH, group_key, pack_limit, pack_size, pack_spec, pack_trials
 from sweeps.planning import plan_trial
+from sweeps.planning.packing import AUTO_PACK_SIZE, PACK_DEPTH, group_key, pack_limit, pack_size, pack_spec, pack_trials
+from sweeps.protocol import decode_unit, encode_unit
 from tests.sweeps._sweep_harness import ENV, RayCluster
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -20,8 +20,14 @@ BASE = {"dataset": "digits", "model": "mlp", "batch_size": 256, "epochs": 3, "de
 
 
 def _planned(count: int, **overrides) -> list:
-    return [plan_trial({**BASE, "noise_multiplier": 1.0 + i / 10, **overrides}, name=f"trial_{i:04d}",
-                       axis_values={"noise_multiplier": 1.0 + i / 10}) for i in range(count)]
+    return [
+        plan_trial(
+            {**BASE, "noise_multiplier": 1.0 + i / 10, **overrides},
+            name=f"trial_{i:04d}",
+            axis_values={"noise_multiplier": 1.0 + i / 10},
+        )
+        for i in range(count)
+    ]
 
 
 def test_auto_packs_only_the_models_that_train_faster_together() -> None:
@@ -105,9 +111,24 @@ def _launch(folder: Path, space: Path, cluster: RayCluster) -> tuple[MlflowClien
     done = subprocess.run(
         # The session's cluster of 2 CPUs: the slots, and so the packs and what the board prunes, of a
         # 2-core machine, on any.
-        [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--address", cluster.address,
-         "--tracking-uri", uri, "--results-dir", str(folder / "results")],
-        cwd=folder, capture_output=True, text=True, timeout=600, env={**ENV, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-m",
+            "sweeps.launch",
+            "--space",
+            str(space),
+            "--address",
+            cluster.address,
+            "--tracking-uri",
+            uri,
+            "--results-dir",
+            str(folder / "results"),
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**ENV, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     client = MlflowClient(tracking_uri=uri)
@@ -123,18 +144,24 @@ def _sweep(tmp_path: Path, vectorize: str, cluster: RayCluster) -> dict[str, dic
     children = {r.info.run_name: r for r in runs if r.data.tags.get("dpsweep.role") == "trial"}
     return {
         name: {
-            "outcome": run.data.tags["dpsweep.outcome"], "status": run.info.status,
-            **{key: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key),
-                                                        key=lambda m: m.step)]
-               for key in ("val_accuracy", "epsilon", "val_loss", "train_loss")},
+            "outcome": run.data.tags["dpsweep.outcome"],
+            "status": run.info.status,
+            **{
+                key: [
+                    (m.step, m.value)
+                    for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+                ]
+                for key in ("val_accuracy", "epsilon", "val_loss", "train_loss")
+            },
         }
         for name, run in children.items()
     }
 
 
 @pytest.mark.slow
-def test_a_packed_sweep_logs_each_member_as_the_trial_it_would_be_alone(tmp_path: Path,
-                                                                        ray_cluster: RayCluster) -> None:
+def test_a_packed_sweep_logs_each_member_as_the_trial_it_would_be_alone(
+    tmp_path: Path, ray_cluster: RayCluster
+) -> None:
     # Width 2: each of the two packs of 4 trains two members, then the other two in their places.
     packed, alone = _sweep(tmp_path, "2", ray_cluster), _sweep(tmp_path, "off", ray_cluster)
     assert sorted(packed) == sorted(alone) == [f"trial_{i:04d}" for i in range(8)]
@@ -175,15 +202,19 @@ confirm: off  # the confirmation stage is tested in test_launch_e2e, test_confir
 
 
 @pytest.mark.slow
-def test_optuna_packs_are_told_to_optuna_member_by_member_and_pruned_by_the_board(tmp_path: Path,
-                                                                                  ray_cluster: RayCluster) -> None:
+def test_optuna_packs_are_told_to_optuna_member_by_member_and_pruned_by_the_board(
+    tmp_path: Path, ray_cluster: RayCluster
+) -> None:
     import optuna
 
     space = tmp_path / "packed_optuna.yaml"
     space.write_text(OPTUNA_SPACE)
     client, runs = _launch(tmp_path, space, ray_cluster)
-    trained = [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"
-               and r.data.tags["dpsweep.outcome"] != "skipped_over_budget"]
+    trained = [
+        r
+        for r in runs
+        if r.data.tags.get("dpsweep.role") == "trial" and r.data.tags["dpsweep.outcome"] != "skipped_over_budget"
+    ]
     assert len(trained) == 8  # `trials: 8` counts configurations, not packs
     outcomes = sorted(r.data.tags["dpsweep.outcome"] for r in trained)
     assert set(outcomes) <= {"completed", "pruned"} and "pruned" in outcomes, outcomes
@@ -200,8 +231,11 @@ def test_optuna_packs_are_told_to_optuna_member_by_member_and_pruned_by_the_boar
     rungs = {1, 3}  # the board's: grace period max(1, 6 // 4) = 1, reduction factor 3, below 6 epochs
     for run in trained:  # each member told as its own Optuna trial, with its own learning curve
         told = by_name[run.info.run_name]
-        expected = optuna.trial.TrialState.COMPLETE if run.data.tags["dpsweep.outcome"] == "completed" \
+        expected = (
+            optuna.trial.TrialState.COMPLETE
+            if run.data.tags["dpsweep.outcome"] == "completed"
             else optuna.trial.TrialState.PRUNED
+        )
         assert told.state == expected
         accuracy = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")}
         # Optuna is told the accuracy at the rungs and at the last epoch; MLflow has every epoch.

@@ -35,18 +35,38 @@ search: {search}
 {extra}
 pruner: none
 resources: {{cpus: 1, gpus: 0}}
-confirm: {{top: 1, seeds: 2, baseline: false}}  # a bound's best, twice, and its refit: the stage's runs are counted (the stage itself: test_confirm, test_launch_e2e)
+# a bound's best, twice, and its refit: the stage's runs are counted (the stage itself: test_confirm, test_launch_e2e)
+confirm: {{top: 1, seeds: 2, baseline: false}}
 """
 
 
-def _launch(tmp_path: Path, cluster: RayCluster, name: str, *extra_args: str,
-            **fields: str) -> tuple[subprocess.CompletedProcess, list]:
+def _launch(
+    tmp_path: Path, cluster: RayCluster, name: str, *extra_args: str, **fields: str
+) -> tuple[subprocess.CompletedProcess, list]:
     space = tmp_path / f"{name}.yaml"
     space.write_text(SPACE.format(name=name, **fields))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    done = subprocess.run([sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri", uri,
-                           "--results-dir", str(tmp_path / "results"), "--address", cluster.address, *extra_args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**ENV, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweeps.launch",
+            "--space",
+            str(space),
+            "--tracking-uri",
+            uri,
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--address",
+            cluster.address,
+            *extra_args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**ENV, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("dpsweep").experiment_id])
@@ -62,8 +82,9 @@ def _ledger(tmp_path: Path) -> PrivacyLedger:
 
 
 def test_an_audited_sweep_counts_the_audit_run(tmp_path: Path, ray_cluster: RayCluster) -> None:
-    done, children = _launch(tmp_path, ray_cluster, "audited", "--audit", axes="  noise_multiplier: [1.5, 2.5]", search="grid",
-                             extra="")
+    done, children = _launch(
+        tmp_path, ray_cluster, "audited", "--audit", axes="  noise_multiplier: [1.5, 2.5]", search="grid", extra=""
+    )
     entries = _ledger(tmp_path).entries()
     confirmations = [e for e in entries if e.role in ("confirmation", "refit")]
     assert {e.role for e in confirmations} == {"confirmation", "refit"}
@@ -71,18 +92,24 @@ def test_an_audited_sweep_counts_the_audit_run(tmp_path: Path, ray_cluster: RayC
     assert sorted(e.role for e in entries if e not in confirmations) == ["audit", "trial", "trial"]
     assert {e.key for e in entries if e.role == "trial"} == {c.data.tags["dpsweep.trial_key"] for c in children}
     assert _composed(done.stdout) == len(entries)
-    assert (f"the confirmation stage's {len(confirmations)} runs and the audit's retraining among them"
-            in done.stdout)
+    assert f"the confirmation stage's {len(confirmations)} runs and the audit's retraining among them" in done.stdout
     assert "fresh seed" in done.stdout
 
 
 def test_a_diverged_optuna_trial_is_counted(tmp_path: Path, ray_cluster: RayCluster) -> None:
-    done, children = _launch(tmp_path, ray_cluster, "diverging", axes="  lr: [1.0, 1.0e+30]\n  noise_multiplier: [1.5, 2.0]",
-                             search="optuna", extra="trials: 6\nvectorize: off")
+    done, children = _launch(
+        tmp_path,
+        ray_cluster,
+        "diverging",
+        axes="  lr: [1.0, 1.0e+30]\n  noise_multiplier: [1.5, 2.0]",
+        search="optuna",
+        extra="trials: 6\nvectorize: off",
+    )
     failed = [c for c in children if c.data.tags["dpsweep.outcome"] == "failed"]
     assert failed, "lr = 1e30 diverges"
-    trained = {c.data.tags["dpsweep.trial_key"] for c in children
-               if c.data.tags["dpsweep.outcome"] != "skipped_over_budget"}
+    trained = {
+        c.data.tags["dpsweep.trial_key"] for c in children if c.data.tags["dpsweep.outcome"] != "skipped_over_budget"
+    }
     entries = _ledger(tmp_path).entries()
     ledger_keys = {e.key for e in entries if e.role == "trial"}
     assert trained == ledger_keys and len(ledger_keys) == 6

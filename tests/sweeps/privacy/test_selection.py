@@ -13,20 +13,22 @@ import pytest
 from dp_accounting import dp_event
 from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant, compute_epsilon
 
-from dp_core.errors import ConfigError
 from dp_core.accounting import RDP_ORDERS
+from dp_core.errors import ConfigError
 from sweeps.planning import plan_trial
-from sweeps.privacy.mechanism import TrialMechanism, largest_trial_epsilon, naive_composition_epsilon
-from sweeps.privacy.statement import shared_seed_note
-from sweeps.privacy.selection import draw_trial_count, select_trials, sweep_epsilon, sweep_privacy
 from sweeps.planning.keys import trial_key
 from sweeps.privacy.ledger import LedgerEntry
-from sweeps.space import load_space
+from sweeps.privacy.mechanism import TrialMechanism, largest_trial_epsilon, naive_composition_epsilon
+from sweeps.privacy.selection import draw_trial_count, select_trials, sweep_epsilon, sweep_privacy
+from sweeps.privacy.statement import shared_seed_note
 from sweeps.privacy.sweep_secret import SELECTION, derived_seed
+from sweeps.space import load_space
 
 DELTA = 1e-5
 # digits_quick's admitted σ (q = 128/1437, 20 epochs of 11 steps); σ = 1.1 dominates the others.
-DIGITS_QUICK = [TrialMechanism(noise_multiplier=s, sample_rate=128 / 1437, steps=220) for s in (1.1, 1.5, 2.5, 4.0, 8.0)]
+DIGITS_QUICK = [
+    TrialMechanism(noise_multiplier=s, sample_rate=128 / 1437, steps=220) for s in (1.1, 1.5, 2.5, 4.0, 8.0)
+]
 # Two configurations whose RDP curves cross: few steps with large q, many steps with small q.
 FEW_LARGE = TrialMechanism(noise_multiplier=1.0, sample_rate=0.5, steps=5)
 MANY_SMALL = TrialMechanism(noise_multiplier=0.6, sample_rate=0.01, steps=1000)
@@ -47,15 +49,21 @@ def _curve(mechanism: TrialMechanism) -> np.ndarray:
 # ---- against dp-accounting's RepeatAndSelectDpEvent --------------------------------------------
 
 
-@pytest.mark.parametrize(("distribution", "eta", "shape"), [
-    ("poisson", None, math.inf), ("truncated_negative_binomial", 1.0, 1.0),
-])
-def test_one_configuration_equals_dp_accounting_repeat_and_select(distribution: str, eta: float | None,
-                                                                   shape: float) -> None:
+@pytest.mark.parametrize(
+    ("distribution", "eta", "shape"),
+    [
+        ("poisson", None, math.inf),
+        ("truncated_negative_binomial", 1.0, 1.0),
+    ],
+)
+def test_one_configuration_equals_dp_accounting_repeat_and_select(
+    distribution: str, eta: float | None, shape: float
+) -> None:
     mechanism = DIGITS_QUICK[0]
     expected = _dp_accounting_epsilon(dp_event.RepeatAndSelectDpEvent(mechanism.dp_event(), 10, shape))
-    result = sweep_epsilon(trial_plans=[mechanism], trials_run=[mechanism] * 10, distribution=distribution,
-                           mean=10, eta=eta, delta=DELTA)
+    result = sweep_epsilon(
+        trial_plans=[mechanism], trials_run=[mechanism] * 10, distribution=distribution, mean=10, eta=eta, delta=DELTA
+    )
     assert result.sweep_epsilon == expected  # the same event, the same computation
     assert result.accountant == "rdp" and result.delta == DELTA
 
@@ -66,16 +74,27 @@ def test_other_negative_binomial_shapes_match_and_round_up(eta: float) -> None:
     # draw from, a hair above the requested mean, so ε may only be higher, by ~1e-9 relative.
     mechanism = DIGITS_QUICK[2]
     expected = _dp_accounting_epsilon(dp_event.RepeatAndSelectDpEvent(mechanism.dp_event(), 10, eta))
-    result = sweep_epsilon(trial_plans=[mechanism], trials_run=[mechanism], distribution="truncated_negative_binomial",
-                           mean=10, eta=eta, delta=DELTA)
+    result = sweep_epsilon(
+        trial_plans=[mechanism],
+        trials_run=[mechanism],
+        distribution="truncated_negative_binomial",
+        mean=10,
+        eta=eta,
+        delta=DELTA,
+    )
     assert expected <= result.sweep_epsilon == pytest.approx(expected, rel=1e-8)
 
 
 def test_digits_quick_sweep_epsilon_sits_between_one_trial_and_naive_composition() -> None:
     ran = [DIGITS_QUICK[0]] * 10  # K = 10 = the mean, each run the costliest configuration
-    for distribution, eta in (("poisson", None), ("truncated_negative_binomial", 1.0), ("truncated_negative_binomial", 0.0)):
-        result = sweep_epsilon(trial_plans=DIGITS_QUICK, trials_run=ran, distribution=distribution, mean=10, eta=eta,
-                               delta=DELTA)
+    for distribution, eta in (
+        ("poisson", None),
+        ("truncated_negative_binomial", 1.0),
+        ("truncated_negative_binomial", 0.0),
+    ):
+        result = sweep_epsilon(
+            trial_plans=DIGITS_QUICK, trials_run=ran, distribution=distribution, mean=10, eta=eta, delta=DELTA
+        )
         # dp_core's exact RDP (equal to numerical integration, see test_accounting) against
         # dp-accounting's, whose fractional-order series stops early at σ = 1.1 and is a little looser.
         oracle = _dp_accounting_epsilon(DIGITS_QUICK[0].dp_event())
@@ -83,8 +102,9 @@ def test_digits_quick_sweep_epsilon_sits_between_one_trial_and_naive_composition
         assert result.largest_trial_epsilon < result.sweep_epsilon < result.naive_composition_epsilon
         assert result.configurations == 5 and result.trials_run == 10
         # σ = 1.1 dominates every other configuration, so the mixture's curve is its curve.
-        alone = sweep_epsilon(trial_plans=[DIGITS_QUICK[0]], trials_run=ran, distribution=distribution, mean=10,
-                              eta=eta, delta=DELTA)
+        alone = sweep_epsilon(
+            trial_plans=[DIGITS_QUICK[0]], trials_run=ran, distribution=distribution, mean=10, eta=eta, delta=DELTA
+        )
         assert result.sweep_epsilon == alone.sweep_epsilon
     naive = _dp_accounting_epsilon(dp_event.SelfComposedDpEvent(DIGITS_QUICK[0].dp_event(), 10))
     assert naive * (1 - 1e-2) < result.naive_composition_epsilon <= naive
@@ -97,8 +117,14 @@ def test_naive_composition_of_cheap_draws_can_undercut_the_sweep_epsilon() -> No
     # logarithmic distribution's (12.5) does not. Both are valid, for different releases.
     ran = [DIGITS_QUICK[i % 5] for i in range(10)]
     poisson = sweep_epsilon(trial_plans=DIGITS_QUICK, trials_run=ran, distribution="poisson", mean=10, delta=DELTA)
-    logarithmic = sweep_epsilon(trial_plans=DIGITS_QUICK, trials_run=ran, distribution="truncated_negative_binomial",
-                                mean=10, eta=0.0, delta=DELTA)
+    logarithmic = sweep_epsilon(
+        trial_plans=DIGITS_QUICK,
+        trials_run=ran,
+        distribution="truncated_negative_binomial",
+        mean=10,
+        eta=0.0,
+        delta=DELTA,
+    )
     assert logarithmic.sweep_epsilon < poisson.naive_composition_epsilon < poisson.sweep_epsilon
 
 
@@ -116,21 +142,30 @@ def test_mixture_of_configurations_applies_the_theorem_to_the_pointwise_max_curv
     selected = np.minimum.accumulate(selected[::-1])[::-1]  # RDP is nondecreasing in λ
     oracle, _ = compute_epsilon(orders, selected, DELTA)
 
-    result = sweep_epsilon(trial_plans=[FEW_LARGE, MANY_SMALL], trials_run=[FEW_LARGE, MANY_SMALL] * 4,
-                           distribution="truncated_negative_binomial", mean=mean, eta=1.0, delta=DELTA)
+    result = sweep_epsilon(
+        trial_plans=[FEW_LARGE, MANY_SMALL],
+        trials_run=[FEW_LARGE, MANY_SMALL] * 4,
+        distribution="truncated_negative_binomial",
+        mean=mean,
+        eta=1.0,
+        delta=DELTA,
+    )
     assert result.sweep_epsilon == pytest.approx(oracle, rel=1e-9)
     # Each configuration alone (dp-accounting's own event: 12.92 and 13.32) costs less than drawing
     # either (13.63): the maximum of the final ε's would understate the sweep's cost.
-    alone = [_dp_accounting_epsilon(dp_event.RepeatAndSelectDpEvent(m.dp_event(), mean, 1.0))
-             for m in (FEW_LARGE, MANY_SMALL)]
+    alone = [
+        _dp_accounting_epsilon(dp_event.RepeatAndSelectDpEvent(m.dp_event(), mean, 1.0))
+        for m in (FEW_LARGE, MANY_SMALL)
+    ]
     assert max(alone) + 0.2 < result.sweep_epsilon
     assert result.largest_trial_epsilon < result.sweep_epsilon < result.naive_composition_epsilon
 
 
 def test_a_configuration_without_noise_makes_the_sweep_non_private() -> None:
     no_noise = TrialMechanism(noise_multiplier=0.0, sample_rate=0.1, steps=10)
-    result = sweep_epsilon(trial_plans=[DIGITS_QUICK[0], no_noise], trials_run=[no_noise], distribution="poisson",
-                           mean=5, delta=DELTA)
+    result = sweep_epsilon(
+        trial_plans=[DIGITS_QUICK[0], no_noise], trials_run=[no_noise], distribution="poisson", mean=5, delta=DELTA
+    )
     assert math.isinf(result.sweep_epsilon) and math.isinf(result.naive_composition_epsilon)
     assert math.isinf(largest_trial_epsilon([no_noise], delta=DELTA))
     assert naive_composition_epsilon([], delta=DELTA) == 0.0
@@ -150,10 +185,15 @@ def test_bad_distribution_settings_are_refused() -> None:
 # ---- drawing K ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("distribution", "eta"), [
-    ("poisson", None), ("truncated_negative_binomial", 1.0), ("truncated_negative_binomial", 0.0),
-    ("truncated_negative_binomial", 0.5),
-])
+@pytest.mark.parametrize(
+    ("distribution", "eta"),
+    [
+        ("poisson", None),
+        ("truncated_negative_binomial", 1.0),
+        ("truncated_negative_binomial", 0.0),
+        ("truncated_negative_binomial", 0.5),
+    ],
+)
 def test_trial_count_has_the_requested_mean(distribution: str, eta: float | None) -> None:
     rng = np.random.default_rng(0)
     counts = np.array([draw_trial_count(distribution, 10, rng, eta=eta) for _ in range(20_000)])
@@ -173,7 +213,7 @@ def test_truncated_negative_binomial_follows_definition_1() -> None:
     rng = np.random.default_rng(1)
     counts = np.array([draw_trial_count("truncated_negative_binomial", mean, rng, eta=eta) for _ in range(20_000)])
     for k in (1, 2, 5):
-        pmf = (1 - gamma) ** k / (gamma ** -eta - 1) * math.prod((l + eta) / (l + 1) for l in range(k))
+        pmf = (1 - gamma) ** k / (gamma**-eta - 1) * math.prod((i + eta) / (i + 1) for i in range(k))
         assert np.mean(counts == k) == pytest.approx(pmf, abs=0.01)
 
 
@@ -194,8 +234,10 @@ def _space(tmp_path: Path, selection: str, name: str = "private") -> tuple[objec
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(SPACE.format(name=name, selection=selection)))
     space = load_space(str(path))
-    planned = [plan_trial(space.trial_config(v), name=f"trial_{i:04d}", axis_values=v)
-               for i, v in enumerate(space.grid_axis_values())]
+    planned = [
+        plan_trial(space.trial_config(v), name=f"trial_{i:04d}", axis_values=v)
+        for i, v in enumerate(space.grid_axis_values())
+    ]
     return space, [t for t in planned if t.planned_epsilon <= space.epsilon_budget]
 
 
@@ -208,8 +250,9 @@ def test_select_trials_draws_k_seeded_runs_from_the_admitted_points(tmp_path: Pa
     space = unseeded.with_secret_seed(root)
     runs = select_trials(space, admitted)
     assert [r.name for r in runs] == [r.name for r in select_trials(space, admitted)]  # a resumed sweep draws the same
-    expected_count = draw_trial_count("truncated_negative_binomial", 20,
-                                      np.random.default_rng(derived_seed(root, SELECTION)), eta=1.0)
+    expected_count = draw_trial_count(
+        "truncated_negative_binomial", 20, np.random.default_rng(derived_seed(root, SELECTION)), eta=1.0
+    )
     assert len(runs) == expected_count >= 1
     names = {t.name: t for t in admitted}
     for run in runs:
@@ -222,8 +265,14 @@ def test_select_trials_draws_k_seeded_runs_from_the_admitted_points(tmp_path: Pa
     assert len({r.train_config["seed"] for r in runs}) == len({r.key for r in runs}) == len(runs)
 
     privacy = sweep_privacy(space, admitted=admitted, trials_run=runs, delta=DELTA)
-    direct = sweep_epsilon(trial_plans=[t.plan for t in admitted], trials_run=[r.plan for r in runs],
-                           distribution="truncated_negative_binomial", mean=20, eta=1.0, delta=DELTA)
+    direct = sweep_epsilon(
+        trial_plans=[t.plan for t in admitted],
+        trials_run=[r.plan for r in runs],
+        distribution="truncated_negative_binomial",
+        mean=20,
+        eta=1.0,
+        delta=DELTA,
+    )
     assert privacy == direct
     # K is what the sweep ε needs unknown: not a metric, not in the plot's labels, not in the summary.
     assert set(privacy.metrics()) == {"sweep_epsilon", "naive_composition_epsilon", "largest_trial_epsilon_rdp"}
@@ -262,17 +311,32 @@ def test_without_private_selection_only_naive_composition_is_reported(tmp_path: 
 
 
 def test_mechanism_from_logged_params_reads_mlflow_strings() -> None:
-    params = {"noise_multiplier": "1.1", "sample_rate_resolved": "0.0890744606819763", "steps_planned": "220",
-              "disable_dp": "False"}
-    assert TrialMechanism.from_params(params) == TrialMechanism(noise_multiplier=1.1, sample_rate=0.0890744606819763,
-                                                                 steps=220)
+    params = {
+        "noise_multiplier": "1.1",
+        "sample_rate_resolved": "0.0890744606819763",
+        "steps_planned": "220",
+        "disable_dp": "False",
+    }
+    assert TrialMechanism.from_params(params) == TrialMechanism(
+        noise_multiplier=1.1, sample_rate=0.0890744606819763, steps=220
+    )
     assert TrialMechanism.from_params({**params, "disable_dp": "True"}).noise_multiplier == 0.0
 
 
 def test_trials_that_share_a_seed_are_named_in_the_privacy_summary() -> None:
     def entries(seeds: list[int | None]) -> list[LedgerEntry]:  # as the ledger holds them
-        return [LedgerEntry(key=f"k{i}", name=f"trial_{i:04d}", role="trial", noise_multiplier=1.0, sample_rate=0.1,
-                            steps=10, public_seed=seed) for i, seed in enumerate(seeds)]
+        return [
+            LedgerEntry(
+                key=f"k{i}",
+                name=f"trial_{i:04d}",
+                role="trial",
+                noise_multiplier=1.0,
+                sample_rate=0.1,
+                steps=10,
+                public_seed=seed,
+            )
+            for i, seed in enumerate(seeds)
+        ]
 
     assert shared_seed_note(entries([None, None, None])) is None  # secret seeds: distinct by construction
     assert shared_seed_note(entries([11, 12, 13])) is None  # each trial its own seed

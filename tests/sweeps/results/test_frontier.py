@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweeps.results.frontier_plot import plot_frontier
 from sweeps.results.frontier import (
     ConfirmedConfig,
     Point,
@@ -20,6 +19,7 @@ from sweeps.results.frontier import (
     pareto_front,
     write_frontier_csv,
 )
+from sweeps.results.frontier_plot import plot_frontier
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -126,18 +126,44 @@ def test_write_frontier_csv_round_trip(tmp_path: Path) -> None:
     ]
     front = pareto_front(pts)
     path = tmp_path / "sub" / "frontier.csv"
-    confirmed = [ConfirmedConfig(trial="trial_0007", epoch=2, epsilon=1.5, search_val_accuracy=0.9, val_mean=0.85,
-                                 val_std=0.01, test_mean=0.84, test_std=0.02, seeds=3, run_ids=("a", "b", "c"),
-                                 params={"lr": 0.5}, best_for=(2.0, 3.0), trained_on="train+validation")]
+    confirmed = [
+        ConfirmedConfig(
+            trial="trial_0007",
+            epoch=2,
+            epsilon=1.5,
+            search_val_accuracy=0.9,
+            val_mean=0.85,
+            val_std=0.01,
+            test_mean=0.84,
+            test_std=0.02,
+            seeds=3,
+            run_ids=("a", "b", "c"),
+            params={"lr": 0.5},
+            best_for=(2.0, 3.0),
+            trained_on="train+validation",
+        )
+    ]
     write_frontier_csv(path, pts, front, confirmed)
 
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
         fields = reader.fieldnames
-    assert fields[:13] == ["kind", "epsilon", "val_accuracy", "val_accuracy_std", "test_accuracy_mean",
-                           "test_accuracy_std", "seeds", "trained_on", "best_for_epsilon", "on_frontier", "run_id",
-                           "trial", "epoch"]
+    assert fields[:13] == [
+        "kind",
+        "epsilon",
+        "val_accuracy",
+        "val_accuracy_std",
+        "test_accuracy_mean",
+        "test_accuracy_std",
+        "seeds",
+        "trained_on",
+        "best_for_epsilon",
+        "on_frontier",
+        "run_id",
+        "trial",
+        "epoch",
+    ]
     # Sorted by param key; a key clashing with a fixed column is prefixed.
     assert fields[13:] == ["param_epoch", "lr", "noise"]
     # The confirmed configurations first; search points carry no test accuracy.
@@ -177,15 +203,30 @@ def test_plot_frontier_writes_png(tmp_path: Path, budget: float | None, with_inf
         pts += [_pt(math.inf, 0.97, 500), _pt(math.inf, 0.96, 501)]
     front = pareto_front(pts)
     path = tmp_path / "plots" / "frontier.png"
-    plot_frontier(path, pts, front, budget=budget, delta=1e-5, accountant="rdp", title="test sweep",
-                  extra_lines={"sweep ε incl. tuning": 4.2})
+    plot_frontier(
+        path,
+        pts,
+        front,
+        budget=budget,
+        delta=1e-5,
+        accountant="rdp",
+        title="test sweep",
+        extra_lines={"sweep ε incl. tuning": 4.2},
+    )
     _check_png(path)
 
 
 def test_plot_frontier_degenerate_inputs(tmp_path: Path) -> None:
     only_inf = [_pt(math.inf, 0.9, 1)]
-    plot_frontier(tmp_path / "a.png", only_inf, pareto_front(only_inf), budget=2.0, delta=1e-5,
-                  accountant="prv", title="non-private only")
+    plot_frontier(
+        tmp_path / "a.png",
+        only_inf,
+        pareto_front(only_inf),
+        budget=2.0,
+        delta=1e-5,
+        accountant="prv",
+        title="non-private only",
+    )
     _check_png(tmp_path / "a.png")
     plot_frontier(tmp_path / "b.png", [], [], budget=None, delta=1e-5, accountant="rdp", title="empty")
     _check_png(tmp_path / "b.png")
@@ -212,17 +253,40 @@ def test_the_confirmed_table_names_the_choice_the_defaults_and_a_calibrated_sigm
     from sweeps.results.frontier_report import FrontierReport
 
     def confirmed(trial: str, bound: float, val: float, *, best: bool) -> ConfirmedConfig:
-        return ConfirmedConfig(trial=trial, epoch=20, epsilon=bound - 0.01, bound=bound,
-                               search_val_accuracy=math.nan if trial == "defaults" else 0.95, val_mean=val,
-                               val_std=0.01, test_mean=val - 0.01, test_std=0.005, seeds=3,
-                               params={"target_epsilon": None, "noise_multiplier": 2.5, "lr": 2.0},
-                               best_for=(bound,) if best else (), trained_on="train+validation" if best else "train")
+        return ConfirmedConfig(
+            trial=trial,
+            epoch=20,
+            epsilon=bound - 0.01,
+            bound=bound,
+            search_val_accuracy=math.nan if trial == "defaults" else 0.95,
+            val_mean=val,
+            val_std=0.01,
+            test_mean=val - 0.01,
+            test_std=0.005,
+            seeds=3,
+            params={"target_epsilon": None, "noise_multiplier": 2.5, "lr": 2.0},
+            best_for=(bound,) if best else (),
+            trained_on="train+validation" if best else "train",
+        )
 
-    points = [Point(epsilon=2.9, accuracy=0.95, run_id="r", trial="trial_0001", epoch=20,
-                    params={"axis.target_epsilon": "3.0", "axis.lr": "2.0"})]
-    report = FrontierReport(points, budget=3.0, delta=1e-5, accountant="prv", axis_keys=["target_epsilon", "lr"],
-                            confirmed=[confirmed("trial_0001", 3.0, 0.93, best=True),
-                                       confirmed("defaults", 3.0, 0.92, best=False)])
+    points = [
+        Point(
+            epsilon=2.9,
+            accuracy=0.95,
+            run_id="r",
+            trial="trial_0001",
+            epoch=20,
+            params={"axis.target_epsilon": "3.0", "axis.lr": "2.0"},
+        )
+    ]
+    report = FrontierReport(
+        points,
+        budget=3.0,
+        delta=1e-5,
+        accountant="prv",
+        axis_keys=["target_epsilon", "lr"],
+        confirmed=[confirmed("trial_0001", 3.0, 0.93, best=True), confirmed("defaults", 3.0, 0.92, best=False)],
+    )
     text = report.summary()
     assert "refit" in text and "defaults val" in text
     (row,) = [line for line in text.splitlines() if "trial_0001, epoch 20" in line]

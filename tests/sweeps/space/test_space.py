@@ -6,8 +6,8 @@ import copy
 import pickle
 import textwrap
 import warnings
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -37,7 +37,9 @@ def write(tmp_path: Path, text: str, name: str = "space") -> Path:
     return path
 
 
-def write_good(tmp_path: Path, *, replace: tuple[str, str] | None = None, append: str = "", name: str = "space") -> Path:
+def write_good(
+    tmp_path: Path, *, replace: tuple[str, str] | None = None, append: str = "", name: str = "space"
+) -> Path:
     text = GOOD.format(name=name)
     if replace is not None:
         assert replace[0] in text, replace[0]
@@ -156,9 +158,16 @@ def test_range_grid_values_log_linear_integer() -> None:
 
 
 def test_integer_keys_get_integer_ranges(tmp_path: Path) -> None:
-    path = write_good(tmp_path, append="""\
+    path = write_good(
+        tmp_path,
+        append="""\
         trials: 100
-        """, replace=("  noise_multiplier: [0.7, 1.0, 1.5]\n", "  noise_multiplier: [1.0]\n  batch_size: {low: 32, high: 128, log: true, num: 3}\n"))
+        """,
+        replace=(
+            "  noise_multiplier: [0.7, 1.0, 1.5]\n",
+            "  noise_multiplier: [1.0]\n  batch_size: {low: 32, high: 128, log: true, num: 3}\n",
+        ),
+    )
     space = load_space(str(path))
     axis = space.axes["batch_size"]
     assert isinstance(axis, Range) and axis.integer
@@ -232,12 +241,16 @@ def test_with_overrides_revalidates(tmp_path: Path) -> None:
 
 
 def test_optuna_space_allows_ranges_without_num(tmp_path: Path) -> None:
-    path = write_good(tmp_path, replace=("search: grid", "search: optuna\ntrials: 10"), append="""\
+    path = write_good(
+        tmp_path,
+        replace=("search: grid", "search: optuna\ntrials: 10"),
+        append="""\
         objective: multi
         pruner: none
         resources: {cpus: 0.5, gpus: 0.25}
         seed: 3
-        """)
+        """,
+    )
     text = path.read_text().replace("max_grad_norm: [0.5, 1.0]", "max_grad_norm: {low: 0.1, high: 10, log: true}")
     path.write_text(text)
     space = load_space(str(path))
@@ -257,7 +270,12 @@ def test_typo_in_top_level_key_suggests_axes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("typo", ["learning_rate", "lrr"])
 def test_typo_in_train_key_of_axes_suggests_lr(tmp_path: Path, typo: str) -> None:
-    message = load_error(write_good(tmp_path, replace=("  noise_multiplier: [0.7, 1.0, 1.5]\n", f"  noise_multiplier: [0.7]\n  {typo}: [0.1, 1.0]\n")))
+    message = load_error(
+        write_good(
+            tmp_path,
+            replace=("  noise_multiplier: [0.7, 1.0, 1.5]\n", f"  noise_multiplier: [0.7]\n  {typo}: [0.1, 1.0]\n"),
+        )
+    )
     assert f"'{typo}'" in message and "Did you mean 'lr'?" in message and "axes of" in message
 
 
@@ -330,7 +348,13 @@ def test_range_num_must_be_positive_int(tmp_path: Path) -> None:
 
 
 def test_integer_range_needs_integer_bounds(tmp_path: Path) -> None:
-    path = write_good(tmp_path, replace=("  noise_multiplier: [0.7, 1.0, 1.5]\n", "  noise_multiplier: [1.0]\n  batch_size: {low: 32.5, high: 128, num: 2}\n"))
+    path = write_good(
+        tmp_path,
+        replace=(
+            "  noise_multiplier: [0.7, 1.0, 1.5]\n",
+            "  noise_multiplier: [1.0]\n  batch_size: {low: 32.5, high: 128, num: 2}\n",
+        ),
+    )
     message = load_error(path)
     assert "axes.batch_size.low" in message and "32.5" in message and "integer" in message
 
@@ -353,7 +377,9 @@ def test_noise_multiplier_and_target_epsilon_both(tmp_path: Path) -> None:
 
 
 def test_batch_size_and_sample_rate_both(tmp_path: Path) -> None:
-    message = load_error(write_good(tmp_path, replace=("  epochs: 2", "  epochs: 2\n  batch_size: 64\n  sample_rate: 0.05")))
+    message = load_error(
+        write_good(tmp_path, replace=("  epochs: 2", "  epochs: 2\n  batch_size: 64\n  sample_rate: 0.05"))
+    )
     assert "batch_size" in message and "sample_rate" in message
 
 
@@ -380,7 +406,9 @@ def test_zero_delta_caught_by_train_config(tmp_path: Path) -> None:
 
 
 def test_wrong_type_for_an_axis(tmp_path: Path) -> None:
-    path = write_good(tmp_path, replace=("  noise_multiplier: [0.7, 1.0, 1.5]\n", "  noise_multiplier: [1.0]\n  lr: fast\n"))
+    path = write_good(
+        tmp_path, replace=("  noise_multiplier: [0.7, 1.0, 1.5]\n", "  noise_multiplier: [1.0]\n  lr: fast\n")
+    )
     message = load_error(path)
     assert "axes.lr" in message and "'fast'" in message and "list" in message and "range" in message
 
@@ -460,12 +488,15 @@ def test_epsilon_budget_must_be_positive(tmp_path: Path) -> None:
 
 def test_python_tags_are_refused_and_never_run(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    path = write(tmp_path, f"""\
+    path = write(
+        tmp_path,
+        f"""\
         name: !!python/object/apply:os.system ["touch {marker}"]
         fixed: {{dataset: digits}}
         axes: {{lr: [0.1]}}
         search: grid
-        """)
+        """,
+    )
     message = load_error(path)
     assert "python/object/apply:os.system" in message and "line 1" in message
     assert not marker.exists()
@@ -478,25 +509,39 @@ def test_a_sweep_holds_out_validation_and_confirms_by_default(tmp_path: Path) ->
     space = load_space(str(write_good(tmp_path)))
     assert space.confirm == Confirmation(top=3, seeds=3, baseline=True, refit=True)
     assert space.trial_config({"max_grad_norm": 1.0, "noise_multiplier": 0.7})["validation_fraction"] == 0.1
-    custom = load_space(str(write_good(tmp_path, name="custom", append="confirm: {top: 2, seeds: 5}\n",
-                                       replace=("  delta: 1.0e-5\n", "  delta: 1.0e-5\n  validation_fraction: 0.2\n"))))
+    custom = load_space(
+        str(
+            write_good(
+                tmp_path,
+                name="custom",
+                append="confirm: {top: 2, seeds: 5}\n",
+                replace=("  delta: 1.0e-5\n", "  delta: 1.0e-5\n  validation_fraction: 0.2\n"),
+            )
+        )
+    )
     assert custom.confirm == Confirmation(top=2, seeds=5)
     assert custom.trial_config({"max_grad_norm": 1.0, "noise_multiplier": 0.7})["validation_fraction"] == 0.2
     assert load_space(str(write_good(tmp_path, name="unconfirmed", append="confirm: off\n"))).confirm is None
-    held_out = load_space(str(write_good(tmp_path, name="held_out", append="confirm: {refit: false, baseline: false}\n")))
+    held_out = load_space(
+        str(write_good(tmp_path, name="held_out", append="confirm: {refit: false, baseline: false}\n"))
+    )
     assert held_out.confirm == Confirmation(top=3, seeds=3, baseline=False, refit=False)
 
 
-@pytest.mark.parametrize(("append", "replace", "needle"), [
-    ("confirm: {top: 2, seed: 3}\n", None, "Did you mean 'seeds'"),
-    ("confirm: {seeds: 1}\n", None, "confirm.seeds"),
-    ("confirm: {top: 0}\n", None, "confirm.top"),
-    ("confirm: {refit: yes please}\n", None, "confirm.refit"),
-    ("confirm: {baseline: 1}\n", None, "confirm.baseline"),
-    ("confirm: {refits: false}\n", None, "Did you mean 'refit'"),
-    ("", ("  delta: 1.0e-5\n", "  delta: 1.0e-5\n  validation_fraction: 0.0\n"), "never on test data"),
-    ("", ("  delta: 1.0e-5\n", "  delta: 1.0e-5\n  validation_fraction: 0.6\n"), "validation_fraction"),
-])
-def test_bad_confirmation_or_validation_settings_are_refused(tmp_path: Path, append: str, replace: Any,
-                                                             needle: str) -> None:
+@pytest.mark.parametrize(
+    ("append", "replace", "needle"),
+    [
+        ("confirm: {top: 2, seed: 3}\n", None, "Did you mean 'seeds'"),
+        ("confirm: {seeds: 1}\n", None, "confirm.seeds"),
+        ("confirm: {top: 0}\n", None, "confirm.top"),
+        ("confirm: {refit: yes please}\n", None, "confirm.refit"),
+        ("confirm: {baseline: 1}\n", None, "confirm.baseline"),
+        ("confirm: {refits: false}\n", None, "Did you mean 'refit'"),
+        ("", ("  delta: 1.0e-5\n", "  delta: 1.0e-5\n  validation_fraction: 0.0\n"), "never on test data"),
+        ("", ("  delta: 1.0e-5\n", "  delta: 1.0e-5\n  validation_fraction: 0.6\n"), "validation_fraction"),
+    ],
+)
+def test_bad_confirmation_or_validation_settings_are_refused(
+    tmp_path: Path, append: str, replace: Any, needle: str
+) -> None:
     assert needle in load_error(write_good(tmp_path, append=append, replace=replace))

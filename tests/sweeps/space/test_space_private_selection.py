@@ -50,12 +50,19 @@ def test_poisson_and_negative_binomial_parse(tmp_path: Path) -> None:
     assert space.private_selection == PrivateSelection(distribution="poisson", mean=10.0, eta=None)
     space = load_space(str(write(tmp_path, "private_selection: {distribution: truncated_negative_binomial, mean: 5}")))
     assert space.private_selection == PrivateSelection(distribution="truncated_negative_binomial", mean=5.0, eta=1.0)
-    space = load_space(str(write(tmp_path, """\
+    space = load_space(
+        str(
+            write(
+                tmp_path,
+                """\
         private_selection:
           distribution: truncated_negative_binomial
           mean: 1.2e1
           eta: 0
-        """)))
+        """,
+            )
+        )
+    )
     assert space.private_selection == PrivateSelection(distribution="truncated_negative_binomial", mean=12.0, eta=0.0)
     assert pickle.loads(pickle.dumps(space)) == space  # Ray ships the space to workers
 
@@ -77,19 +84,25 @@ def test_bad_values_name_the_key_and_value(tmp_path: Path) -> None:
     assert "to be a mapping" in message
 
 
-@pytest.mark.parametrize(("extra", "key"), [
-    ("pruner: asha", "pruner"),
-    ("trials: 2", "trials"),
-])
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("pruner: asha", "pruner"),
+        ("trials: 2", "trials"),
+    ],
+)
 def test_settings_that_break_independent_runs_are_refused(tmp_path: Path, extra: str, key: str) -> None:
     message = error(tmp_path, f"private_selection: {{distribution: poisson, mean: 10}}\n{extra}")
     assert f"Expected {key} to be" in message and "with private_selection" in message
 
 
 def test_optuna_is_refused_even_from_the_command_line(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         private_selection: {distribution: poisson, mean: 10}
-        """)
+        """,
+    )
     space = load_space(str(path))
     with pytest.raises(ConfigError) as info:
         space.with_overrides(search="optuna", trials=5)
@@ -101,7 +114,11 @@ def test_optuna_is_refused_even_from_the_command_line(tmp_path: Path) -> None:
 
 def test_a_seed_axis_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "space.yaml"
-    path.write_text(SPACE.format(extra="private_selection: {distribution: poisson, mean: 10}").replace(
-        "  noise_multiplier: [1.0, 2.0]\n", "  noise_multiplier: [1.0, 2.0]\n  seed: [0, 1]\n"), encoding="utf-8")
+    path.write_text(
+        SPACE.format(extra="private_selection: {distribution: poisson, mean: 10}").replace(
+            "  noise_multiplier: [1.0, 2.0]\n", "  noise_multiplier: [1.0, 2.0]\n  seed: [0, 1]\n"
+        ),
+        encoding="utf-8",
+    )
     with pytest.raises(ConfigError, match="Expected no seed axis with private_selection"):
         load_space(str(path))

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from tests.sweeps._sweep_harness import MlflowServer, TcpProxy
 from mlflow.tracking import MlflowClient
 
 from sweeps.results.frontier import Point, best_per_bucket, pareto_front
+from sweeps.tracking import SweepTracker
 from sweeps.tracking.tags import (
     BEST_FILTER,
     FRONTIER_FILTER,
@@ -18,7 +17,7 @@ from sweeps.tracking.tags import (
     frontier_tags,
     sweep_note,
 )
-from sweeps.tracking import SweepTracker
+from tests.sweeps._sweep_harness import MlflowServer, TcpProxy
 
 
 def _point(run: str, epoch: int, epsilon: float, accuracy: float) -> Point:
@@ -27,17 +26,27 @@ def _point(run: str, epoch: int, epsilon: float, accuracy: float) -> Point:
 
 # Run "a" is on the frontier twice and best for ε ≤ 0.5 and ε ≤ 1; "b" best for 3; "c" (ε 0.3,
 # the number a LIKE '%3%' on one list-valued tag would wrongly match) best for 0.3; "d", "e" are dominated.
-POINTS = [_point("c", 1, 0.29, 0.50), _point("a", 1, 0.4, 0.70), _point("a", 2, 0.8, 0.80),
-          _point("b", 3, 2.5, 0.90), _point("d", 4, 2.9, 0.60), _point("e", 1, 7.0, 0.85)]
+POINTS = [
+    _point("c", 1, 0.29, 0.50),
+    _point("a", 1, 0.4, 0.70),
+    _point("a", 2, 0.8, 0.80),
+    _point("b", 3, 2.5, 0.90),
+    _point("d", 4, 2.9, 0.60),
+    _point("e", 1, 7.0, 0.85),
+]
 BUCKETS = [0.3, 0.5, 1.0, 3.0]
 
 
 def test_frontier_tags_one_tag_per_bound_and_the_frontier_epochs() -> None:
     tags = frontier_tags(pareto_front(POINTS), best_per_bucket(POINTS, BUCKETS))
     assert set(tags) == {"a", "b", "c"}
-    assert tags["a"] == {"dpsweep.frontier": "true", "dpsweep.frontier_epochs": "1, 2",
-                         "dpsweep.best_for_epsilon": "0.5, 1", "dpsweep.best_for_epsilon_0.5": "true",
-                         "dpsweep.best_for_epsilon_1": "true"}
+    assert tags["a"] == {
+        "dpsweep.frontier": "true",
+        "dpsweep.frontier_epochs": "1, 2",
+        "dpsweep.best_for_epsilon": "0.5, 1",
+        "dpsweep.best_for_epsilon_0.5": "true",
+        "dpsweep.best_for_epsilon_1": "true",
+    }
     assert tags["c"]["dpsweep.best_for_epsilon_0.3"] == "true" and tags["b"]["dpsweep.best_for_epsilon"] == "3"
     # Points whose run id is unknown (logged while MLflow was away) are left out, not tagged "".
     assert frontier_tags([_point("", 1, 1.0, 0.9)], [(1.0, _point("", 1, 1.0, 0.9))]) == {}
@@ -46,14 +55,21 @@ def test_frontier_tags_one_tag_per_bound_and_the_frontier_epochs() -> None:
 def _sweep(tracker: SweepTracker, runs: list[str]) -> dict[str, str]:
     tracker.start_sweep(sweep_id="s1", run_name="s1", params={"space": "t"}, tags={})
     for run in runs:
-        tracker.log_trial(key=run, name=f"trial_{run}", params={"lr": 1.0},
-                          epochs=[(1, {"val_accuracy": 0.5, "epsilon": 1.0})], outcome="completed")
+        tracker.log_trial(
+            key=run,
+            name=f"trial_{run}",
+            params={"lr": 1.0},
+            epochs=[(1, {"val_accuracy": 0.5, "epsilon": 1.0})],
+            outcome="completed",
+        )
     return {run: tracker.run_id_of(run) for run in runs}
 
 
 def _with_run_ids(ids: dict[str, str]) -> list[Point]:
-    return [Point(epsilon=p.epsilon, accuracy=p.accuracy, run_id=ids[p.run_id], trial=p.trial, epoch=p.epoch)
-            for p in POINTS]
+    return [
+        Point(epsilon=p.epsilon, accuracy=p.accuracy, run_id=ids[p.run_id], trial=p.trial, epoch=p.epoch)
+        for p in POINTS
+    ]
 
 
 def _names(client: MlflowClient, experiment_id: str, filter_string: str) -> list[str]:

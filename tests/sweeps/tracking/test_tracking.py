@@ -24,16 +24,25 @@ def _epochs(steps: range) -> list[tuple[int, dict[str, float]]]:
 
 def test_a_trial_logged_whole_is_one_finished_run_with_its_params_epochs_and_outcome(tmp_path: Path) -> None:
     tracker = _tracker(tmp_path)
-    tracker.log_trial(key="k1", name="trial_0000", params=PARAMS, epochs=_epochs(range(1, 4)), outcome="pruned",
-                      tags={"dpsweep.note": "x"})
+    tracker.log_trial(
+        key="k1",
+        name="trial_0000",
+        params=PARAMS,
+        epochs=_epochs(range(1, 4)),
+        outcome="pruned",
+        tags={"dpsweep.note": "x"},
+    )
     client = MlflowClient(tracking_uri=tracker.tracking_uri)
     run = client.get_run(tracker.run_id_of("k1"))
     assert run.info.status == "FINISHED" and run.info.run_name == "trial_0000"
     assert run.data.tags["dpsweep.outcome"] == "pruned" and run.data.tags["dpsweep.note"] == "x"
     assert run.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
     assert run.data.params == {"lr": "0.5", "max_grad_norm": "1.0", "seed": "None"}
-    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_accuracy")] \
-        == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [
+        (1, 0.1),
+        (2, 0.2),
+        (3, 0.3),
+    ]
     # The store keeps a write-ahead log (one append per commit, not a journal file per commit).
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -16,12 +16,12 @@ from mlflow.tracking import MlflowClient
 from dp_core.config import ConfigError
 from dp_core.data import load_dataset
 from dp_core.federated import InProcessExecutor, split_flat, train_federated
-from sweeps.workers.federated_actors import RayClientExecutor, trial_resources
-from sweeps.planning.federated import FederatedPlannedTrial
-from sweeps.results.frontier import Point, pareto_front
-from sweeps.protocol import decode_unit, encode_unit
 from sweeps.planning import EpsilonBudget, plan_trial
+from sweeps.planning.federated import FederatedPlannedTrial
+from sweeps.protocol import decode_unit, encode_unit
+from sweeps.results.frontier import Point, pareto_front
 from sweeps.space import Range, list_spaces, load_space
+from sweeps.workers.federated_actors import RayClientExecutor, trial_resources
 from tests.sweeps._sweep_harness import ENV, RayCluster
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -60,7 +60,8 @@ def _write(tmp_path: Path, text: str, name: str = "fed") -> Path:
 
 def test_space_of_kind_federated_takes_the_federated_keys(tmp_path: Path) -> None:
     text = SPACE.replace("  lr: [1.0, 2.0]", "  lr: [1.0, 2.0]\n  rounds: {{low: 2, high: 6, num: 3}}").replace(
-        "  rounds: 2\n", "")
+        "  rounds: 2\n", ""
+    )
     space = load_space(_write(tmp_path, text))
     assert space.kind == "federated"
     assert space.axes["rounds"] == Range(low=2, high=6, num=3, integer=True)
@@ -91,12 +92,15 @@ def test_federated_keys_without_kind_federated_say_what_to_add(tmp_path: Path) -
     assert str(path) in str(error.value)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (("kind: federated", "kind: swarm"), "kind to be one of federated, train"),
-    (("  rounds: 2\n", "  rounds: 2\n  epochs: 5\n"), r"rounds × local_epochs = 2 × 1 = 2"),
-    (("  clients: 3\n", "  clients: 0\n"), r"clients to be an integer >= 1, but got clients=0"),
-    (("  lr: [1.0, 2.0]", "  lr: [1.0, 2.0]\n  partition: [iid, skewed]"), "partition to be one of dirichlet, iid"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("kind: federated", "kind: swarm"), "kind to be one of federated, train"),
+        (("  rounds: 2\n", "  rounds: 2\n  epochs: 5\n"), r"rounds × local_epochs = 2 × 1 = 2"),
+        (("  clients: 3\n", "  clients: 0\n"), r"clients to be an integer >= 1, but got clients=0"),
+        (("  lr: [1.0, 2.0]", "  lr: [1.0, 2.0]\n  partition: [iid, skewed]"), "partition to be one of dirichlet, iid"),
+    ],
+)
 def test_bad_federated_spaces_fail_naming_the_file(tmp_path: Path, change: tuple[str, str], message: str) -> None:
     path = _write(tmp_path, SPACE.replace(*change))
     with pytest.raises(ConfigError, match=message) as error:
@@ -110,8 +114,9 @@ def test_bad_federated_spaces_fail_naming_the_file(tmp_path: Path, change: tuple
 def test_a_federated_trial_plans_the_max_client_epsilon_and_is_skipped_over_budget(tmp_path: Path) -> None:
     space = load_space(_write(tmp_path, SPACE))
     budget = EpsilonBudget(space.epsilon_budget)
-    planned = [plan_trial(space.trial_config(v), name=f"t{i}", axis_values=v)
-               for i, v in enumerate(space.grid_axis_values())]
+    planned = [
+        plan_trial(space.trial_config(v), name=f"t{i}", axis_values=v) for i, v in enumerate(space.grid_axis_values())
+    ]
     assert all(isinstance(t, FederatedPlannedTrial) for t in planned)
     for trial in planned:
         finals = [c.epsilon_by_round[-1] for c in trial.plan.clients]
@@ -128,8 +133,11 @@ def test_a_federated_trial_plans_the_max_client_epsilon_and_is_skipped_over_budg
 def test_federated_trials_reserve_one_bundle_per_client(tmp_path: Path) -> None:
     space = load_space(_write(tmp_path, SPACE))
     resources = trial_resources(space)
-    config = {"trial": encode_unit(plan_trial(space.trial_config({"noise_multiplier": 1.5, "lr": 1.0}),
-                                              name="t", axis_values={}).spec())}
+    config = {
+        "trial": encode_unit(
+            plan_trial(space.trial_config({"noise_multiplier": 1.5, "lr": 1.0}), name="t", axis_values={}).spec()
+        )
+    }
     factory = resources(config)
     assert factory.head_bundle_is_empty  # the server takes nothing its clients could use
     assert factory.bundles == [{"CPU": 2 / 3}] * 3 and factory.strategy == "SPREAD"
@@ -148,9 +156,21 @@ def local_ray():
 
 
 def _run(executor, **overrides):
-    train, federated = split_flat({"dataset": "digits", "model": "mlp", "batch_size": 64, "lr": 1.0,
-                                   "noise_multiplier": 1.0, "accountant": "rdp", "clients": 3, "rounds": 2,
-                                   "partition": "dirichlet", "dirichlet_alpha": 1.0, **overrides})
+    train, federated = split_flat(
+        {
+            "dataset": "digits",
+            "model": "mlp",
+            "batch_size": 64,
+            "lr": 1.0,
+            "noise_multiplier": 1.0,
+            "accountant": "rdp",
+            "clients": 3,
+            "rounds": 2,
+            "partition": "dirichlet",
+            "dirichlet_alpha": 1.0,
+            **overrides,
+        }
+    )
     return train_federated(train, federated, executor=executor, data=DIGITS)
 
 
@@ -177,36 +197,59 @@ def test_inside_a_trial_placement_group_each_client_takes_its_bundle(local_ray) 
     @ray.remote(num_cpus=0)
     def where_clients_go(count: int) -> list[tuple[float, int | None]]:
         options = RayClientExecutor().actor_options(count)
-        return [(o["num_cpus"], getattr(o.get("scheduling_strategy"), "placement_group_bundle_index", None))
-                for _, o in options]
+        return [
+            (o["num_cpus"], getattr(o.get("scheduling_strategy"), "placement_group_bundle_index", None))
+            for _, o in options
+        ]
 
     group = placement_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="SPREAD")
     ray.get(group.ready())
     try:
         # Like a Tune trial with an empty head bundle: the server itself holds no CPU.
-        in_group = where_clients_go.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True))
+        in_group = where_clients_go.options(
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+            )
+        )
         assert ray.get(in_group.remote(2)) == [(0.5, 0), (0.5, 1)]
         # Bundles that do not match the clients: share, never wait for CPUs the caller holds.
         assert ray.get(in_group.remote(3)) == [(0, None)] * 3
     finally:
         remove_placement_group(group)
-    assert RayClientExecutor().actor_options(2) == [((None, 0), {"num_cpus": 0, "num_gpus": 0}),
-                                                    ((None, 1), {"num_cpus": 0, "num_gpus": 0})]
+    assert RayClientExecutor().actor_options(2) == [
+        ((None, 0), {"num_cpus": 0, "num_gpus": 0}),
+        ((None, 1), {"num_cpus": 0, "num_gpus": 0}),
+    ]
 
 
 # ---- end to end ----------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_tiny_federated_sweep_logs_rounds_client_epsilons_and_the_frontier(tmp_path: Path,
-                                                                            ray_cluster: RayCluster) -> None:
+def test_tiny_federated_sweep_logs_rounds_client_epsilons_and_the_frontier(
+    tmp_path: Path, ray_cluster: RayCluster
+) -> None:
     # Two clients: each client is an actor process importing torch, the bulk of a cold trial's start.
     space = _write(tmp_path, SPACE.replace("  clients: 3\n", "  clients: 2\n"), name="tinyfed")
     done = subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--tracking-uri",
-         f"sqlite:///{tmp_path}/mlflow.db", "--results-dir", str(tmp_path / "results"), "--address", ray_cluster.address],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**ENV, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-m",
+            "sweeps.launch",
+            "--space",
+            str(space),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--address",
+            ray_cluster.address,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**ENV, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     grid_line = next(line for line in done.stdout.splitlines() if "grid points:" in line)
@@ -220,22 +263,30 @@ def test_tiny_federated_sweep_logs_rounds_client_epsilons_and_the_frontier(tmp_p
     assert parent.info.status == "FINISHED" and len(children) == 4
     outcomes = {name: run.data.tags["dpsweep.outcome"] for name, run in children.items()}
     assert "epsilon_client_2" not in children["trial_0000"].data.metrics
-    assert outcomes == {"trial_0000": "completed", "trial_0001": "completed",
-                        "trial_0002": "skipped_over_budget", "trial_0003": "skipped_over_budget"}
+    assert outcomes == {
+        "trial_0000": "completed",
+        "trial_0001": "completed",
+        "trial_0002": "skipped_over_budget",
+        "trial_0003": "skipped_over_budget",
+    }
 
     points = []
     for name in ("trial_0000", "trial_0001"):
         run = children[name]
         assert run.data.params["kind"] == "federated" and run.data.params["clients"] == "2"
-        history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-                   for key in ("val_accuracy", "epsilon", "epsilon_client_0", "epsilon_client_1")}
+        history = {
+            key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+            for key in ("val_accuracy", "epsilon", "epsilon_client_0", "epsilon_client_1")
+        }
         assert all(sorted(values) == [1, 2] for values in history.values())  # one step per round
         for step in (1, 2):
             clients = [history[f"epsilon_client_{i}"][step] for i in range(2)]
             assert history["epsilon"][step] == max(clients) <= 6.0
         assert history["epsilon"][2] == pytest.approx(float(run.data.params["planned_epsilon"]), rel=1e-12)
-        points += [Point(epsilon=history["epsilon"][s], accuracy=a, run_id=run.info.run_id, trial=name, epoch=s)
-                   for s, a in history["val_accuracy"].items()]
+        points += [
+            Point(epsilon=history["epsilon"][s], accuracy=a, run_id=run.info.run_id, trial=name, epoch=s)
+            for s, a in history["val_accuracy"].items()
+        ]
 
     folder = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path / "artifacts")))
     with open(folder / "frontier.csv") as handle:
