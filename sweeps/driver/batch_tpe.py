@@ -45,7 +45,7 @@ from packaging.version import Version
 
 __all__ = ["BatchTPESampler", "TESTED_OPTUNA"]
 
-#: Optuna versions (lowest included, highest excluded) on which tests/sweeps/test_batch_tpe.py
+#: Optuna versions (lowest included, highest excluded) on which tests/sweeps/driver/test_batch_tpe.py
 #: passed: their TPESampler._sample fits l(x) and g(x) with ``_build_parzen_estimator(study,
 #: search_space, trials, handle_below)`` and then draws as :meth:`BatchTPESampler._sample` does.
 TESTED_OPTUNA = ("5.0", "5.2")
@@ -70,7 +70,7 @@ class BatchTPESampler(optuna.samplers.TPESampler):
             warnings.warn(
                 f"BatchTPESampler is tested on optuna>={low},<{high}, but got optuna {optuna.__version__}: "
                 "it falls back to TPESampler's one fit per suggestion (same search, slower asks). "
-                "Run tests/sweeps/test_batch_tpe.py on this version before widening TESTED_OPTUNA.",
+                "Run tests/sweeps/driver/test_batch_tpe.py on this version before widening TESTED_OPTUNA.",
                 RuntimeWarning,
                 stacklevel=2,
             )
