@@ -5,18 +5,36 @@ sweeps, are each one :class:`Registry`. Validation reads the registry (``registr
 or ``registry.get(value)``), never a hard-coded tuple, so whatever is registered at run time can
 be selected from a config like a built-in. Modelled on Opacus' ``accountants/registry.py``: a
 plain mapping with ``register`` and ``get``, and an error that lists what is known.
+
+A registry made with ``references=True`` also takes an entry as its ``"module:attribute"``
+reference, imported on ``get``: where importing the entry is heavy (a trial's runner pulls in
+torch, and Ray starts a trial's actor by importing the registry's module) or would cross a layer
+(a space names a pruner that the planning layer implements).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from dp_core.errors import ConfigError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "resolve_reference"]
 
 T = TypeVar("T")
+
+
+def resolve_reference(reference: str) -> Any:
+    """The object that ``"package.module:attribute"`` names, its module imported now.
+
+    Raises:
+        ValueError: the reference has no ``:`` between module and attribute.
+    """
+    module, _, attribute = reference.partition(":")
+    if not module or not attribute:
+        raise ValueError(f"Expected a reference 'module:attribute', but got {reference!r}.")
+    return getattr(importlib.import_module(module), attribute)
 
 
 class Registry(Generic[T]):
@@ -25,6 +43,8 @@ class Registry(Generic[T]):
     Args:
         key: the config key that selects an entry (``"grad_sample_mode"``, ``"model"``), used in
             error messages so that they name what the user wrote.
+        references: a string entry is a ``"module:attribute"`` reference that :meth:`get`
+            imports (and a string is never an entry itself).
 
     Example:
         >>> shapes = Registry[str]("shape")
@@ -41,10 +61,19 @@ class Registry(Generic[T]):
         Traceback (most recent call last):
         ...
         dp_core.errors.ConfigError: Expected shape to be one of circle, square, but got shape='triangle'.
+
+        With references, an entry is imported when it is first asked for:
+
+        >>> joins = Registry("join", references=True)
+        >>> joins.register("path", "os.path:join")
+        'os.path:join'
+        >>> joins.get("path")("runs", "trial")
+        'runs/trial'
     """
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, *, references: bool = False) -> None:
         self.key = key
+        self.references = references
         self._entries: dict[str, T] = {}
 
     @overload
@@ -76,13 +105,14 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
 
     def get(self, name: str) -> T:
-        """The entry registered as ``name``.
+        """The entry registered as ``name`` (a reference imported first, with ``references``).
 
         Raises:
             ConfigError: nothing is registered as ``name``; the message lists the known names.
         """
         self.check(name)
-        return self._entries[name]
+        entry = self._entries[name]
+        return resolve_reference(entry) if self.references and isinstance(entry, str) else entry
 
     def check(self, name: object, *, extra: tuple[str, ...] = ()) -> None:
         """Raise ConfigError unless ``name`` is registered (or one of ``extra``, e.g. ``"auto"``)."""

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from dp_core.federated import FederatedPlan
 from dp_core.privacy_plan import PrivacyPlan
-from sweeps.registry import LazyRegistry
+from dp_core.registry import Registry
 
 __all__ = [
     "TrialSpec",
@@ -46,7 +46,7 @@ __all__ = [
 TRIAL_FIELD = "trial"
 
 #: trial kind -> the plan type its trials carry (a kind's planner: sweeps.planning.kinds.PLANNERS).
-PLAN_TYPES = LazyRegistry("kind")
+PLAN_TYPES = Registry("kind", references=True)
 PLAN_TYPES.register("central", PrivacyPlan)
 PLAN_TYPES.register("federated", FederatedPlan)
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dp_core.registry import Registry
 from sweeps.planning.central import plan_central_trial
 from sweeps.planning.federated import plan_federated_trial
 from sweeps.planning.trials import PlannedTrial
-from sweeps.registry import LazyRegistry
 
 __all__ = ["PLANNERS", "trial_kind", "plan_trial"]
 
 #: kind -> planner(config_values, *, name, axis_values, where) -> PlannedTrial
-PLANNERS = LazyRegistry("kind")
+PLANNERS = Registry("kind", references=True)
 PLANNERS.register("central", plan_central_trial)
 PLANNERS.register("federated", plan_federated_trial)
 

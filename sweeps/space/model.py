@@ -19,7 +19,7 @@ import numpy as np
 from dp_core import config as dp_config
 from dp_core.errors import ConfigError, require_choice
 from dp_core.federated import KIND, split_flat
-from sweeps.registry import LazyRegistry
+from dp_core.registry import Registry
 from sweeps.space.checks import in_file, is_int, require_in
 
 __all__ = [
@@ -45,7 +45,7 @@ OBJECTIVES = ("single", "multi")
 #: pruner name -> its rule (:mod:`sweeps.planning.pruning`), a reference the driver imports: a
 #: space names a pruner, the planning layer implements it. ``none`` must mean no pruning at all
 #: (private selection needs independent runs).
-PRUNERS = LazyRegistry("pruner")
+PRUNERS = Registry("pruner", references=True)
 PRUNERS.register("asha", "sweeps.planning.pruning:BandedSuccessiveHalving")
 PRUNERS.register("none", "sweeps.planning.pruning:NoPruning")
 KINDS = ("train", "federated")  # what a trial runs: dp_core.train, or dp_core.federated

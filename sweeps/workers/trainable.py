@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sweeps.registry import LazyRegistry
+from dp_core.registry import Registry
 
 __all__ = ["run_trial", "RUNNERS"]
 
 #: A unit's kind -> its runner, called with (unit, tune_config). Registered as references, imported
 #: on the unit's first call, where torch's import counts as its set-up. A new kind of trial is a
 #: planner in sweeps.planning.kinds and a runner registered here.
-RUNNERS = LazyRegistry("kind")
+RUNNERS = Registry("kind", references=True)
 RUNNERS.register("central", "sweeps.workers.trial:run_central_trial")
 RUNNERS.register("pack", "sweeps.workers.pack:run_pack")
 RUNNERS.register("federated", "sweeps.workers.federated:run_federated_trial")

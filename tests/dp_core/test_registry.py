@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,7 @@ from dp_core.engines import ENGINES, Engine, GradSampleStep, PrivateStep, make_d
 from dp_core.errors import ConfigError
 from dp_core.models import MODELS
 from dp_core.privacy_plan import plan_privacy
+from dp_core.registry import Registry, resolve_reference
 from dp_core.train import train
 
 
@@ -190,3 +192,19 @@ def test_a_dataset_fact_needs_a_loader_exactly_for_source_loader() -> None:
         DatasetFacts(input_shape=(1, 2, 2), num_classes=2, train_size=10, test_size=5, source="loader")
     with pytest.raises(ConfigError, match="Expected source to be one of"):
         DatasetFacts(input_shape=(1, 2, 2), num_classes=2, train_size=10, test_size=5, source="web")
+
+
+def test_a_reference_is_imported_on_get_only() -> None:
+    registry = Registry("thing", references=True)
+    registry.register("late", "json.tool:main")
+    sys.modules.pop("json.tool", None)
+    assert "json.tool" not in sys.modules
+    assert registry.get("late") is resolve_reference("json.tool:main") and "json.tool" in sys.modules
+    with pytest.raises(ValueError, match="Expected a reference 'module:attribute', but got 'json.tool'"):
+        resolve_reference("json.tool")
+
+
+def test_without_references_a_string_entry_is_the_entry() -> None:
+    registry = Registry("label")
+    registry.register("greeting", "os.path:join")
+    assert registry.get("greeting") == "os.path:join"

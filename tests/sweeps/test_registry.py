@@ -1,4 +1,4 @@
-"""sweeps' plug-in points are registries (sweeps.registry.LazyRegistry): what is registered is selectable.
+"""sweeps' plug-in points are registries (dp_core.registry.Registry, with references): what is registered is selectable.
 
 Pruners (sweeps.space.PRUNERS), trial kinds (sweeps.planning.PLANNERS with sweeps.protocol.PLAN_TYPES)
 and runners (sweeps.workers.RUNNERS): a name registered at run time passes the same validation as
@@ -8,7 +8,6 @@ a built-in one, and an unknown name is refused with the names that are known.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from dp_core.config import ConfigError
 from sweeps.planning import PLANNERS, plan_trial, trial_kind
 from sweeps.planning.pruning import BandedSuccessiveHalving, NoPruning
 from sweeps.protocol import PLAN_TYPES, TRIAL_FIELD, encode_unit
-from sweeps.registry import LazyRegistry, resolve_reference
 from sweeps.space import PRUNERS, SPACES_DIR, load_space
 from sweeps.workers import RUNNERS, run_trial
 
@@ -133,13 +131,3 @@ def test_every_registered_pruner_keeps_the_rule_contract() -> None:
         assert rule.judge([]) == []
     assert PRUNERS.get("none")(grace_period=1, max_epochs=9).rung_epochs() == []  # no board for none
     assert BandedSuccessiveHalving(grace_period=1, max_epochs=9).rung_epochs() == [1, 3]
-
-
-def test_a_reference_is_imported_on_get_only() -> None:
-    registry = LazyRegistry("thing")
-    registry.register("late", "json.tool:main")
-    sys.modules.pop("json.tool", None)
-    assert "json.tool" not in sys.modules
-    assert registry.get("late") is resolve_reference("json.tool:main") and "json.tool" in sys.modules
-    with pytest.raises(ValueError, match="Expected a reference 'module:attribute', but got 'json.tool'"):
-        resolve_reference("json.tool")
