@@ -1,4 +1,4 @@
-"""The two tiers: ``python -m pytest -q -m "not slow"`` for the edit loop, ``python -m pytest -q`` for CI.
+"""The two tiers: ``python -m pytest -q -m "not slow"`` for the edit loop, ``python -m pytest -q -n 2`` for CI.
 
 A test is ``slow`` when it is marked so (``pytest.mark.slow``: a sweep through the launcher, a server
 of its own, a unit test of many seconds), and also whenever it uses a fixture that starts a Ray
