@@ -31,6 +31,7 @@ from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
 __all__ = [
     "EpochReport",
+    "epoch_report",
     "ProgressReport",
     "StopTraining",
     "TrainResult",
@@ -79,6 +80,31 @@ class EpochReport(ProgressReport):
 
     epoch: int
     steps: int
+
+
+def epoch_report(
+    plan: PrivacyPlan,
+    *,
+    epoch: int,
+    steps: int,
+    measured: dict[str, float],
+    train_seconds: float,
+    eval_seconds: float,
+    stopped_by_budget: bool = False,
+) -> EpochReport:
+    """An epoch's report, its ε that of ``steps`` steps of ``plan`` (train() and each packed run alike)."""
+    return EpochReport(
+        epoch=epoch,
+        steps=steps,
+        **measured,
+        epsilon=plan.epsilon_at(steps),
+        delta=plan.delta,
+        accountant=plan.accountant,
+        noise_multiplier=plan.noise_multiplier,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        stopped_by_budget=stopped_by_budget,
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -335,14 +361,11 @@ def train(
         measured = evaluate_splits(model, eval_splits, batch_size=config.test_batch_size)
         eval_seconds = time.perf_counter() - started
         stopped_early = steps >= plan.max_steps and plan.max_steps < plan.planned_steps
-        report = EpochReport(
+        report = epoch_report(
+            plan,
             epoch=epoch,
             steps=steps,
-            **measured,
-            epsilon=plan.epsilon_at(steps),
-            delta=plan.delta,
-            accountant=plan.accountant,
-            noise_multiplier=plan.noise_multiplier,
+            measured=measured,
             train_seconds=train_seconds,
             eval_seconds=eval_seconds,
             stopped_by_budget=stopped_early,

@@ -29,7 +29,7 @@ from dp_core._vectorized_stack import ConfigStack
 from dp_core.config import TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.privacy_plan import PrivacyPlan
-from dp_core.train import EpochReport, StopTraining, TrainingDiverged, TrainResult
+from dp_core.train import EpochReport, StopTraining, TrainingDiverged, TrainResult, epoch_report
 
 __all__ = ["ConfigsDiverged", "can_vectorize", "group_signature", "train_vectorized"]
 
@@ -106,9 +106,10 @@ def train_vectorized(
         measured = stack.evaluate()
         eval_seconds = (time.perf_counter() - started) / size
         epoch_reports = {
-            k: _report(
+            k: epoch_report(
                 plans[k],
                 epoch=len(reports[k]) + 1,
+                steps=(len(reports[k]) + 1) * plans[k].steps_per_epoch,
                 measured=own,
                 train_seconds=train_seconds,
                 eval_seconds=eval_seconds,
@@ -136,24 +137,6 @@ def train_vectorized(
         )
         for k, (config, plan, own, stop) in enumerate(zip(configs, plans, reports, stopped))
     ]
-
-
-def _report(
-    plan: PrivacyPlan, *, epoch: int, measured: dict[str, float], train_seconds: float, eval_seconds: float
-) -> EpochReport:
-    """A configuration's report on its own ``epoch``, as train() writes it."""
-    steps = epoch * plan.steps_per_epoch
-    return EpochReport(
-        epoch=epoch,
-        steps=steps,
-        **measured,
-        epsilon=plan.epsilon_at(steps),
-        delta=plan.delta,
-        accountant=plan.accountant,
-        noise_multiplier=plan.noise_multiplier,
-        train_seconds=train_seconds,
-        eval_seconds=eval_seconds,
-    )
 
 
 def _diverged(configs: Sequence[TrainConfig], diverged: tuple[int, ...], *, epoch: int) -> ConfigsDiverged:

@@ -21,25 +21,18 @@ from dp_core.train import TrainingDiverged
 from sweeps.protocol import EpochRow, TrialSpec
 from sweeps.workers.federated_actors import RayClientExecutor
 from sweeps.workers.threads import use_reserved_cpus
-from sweeps.workers.trial import worker_dataset
+from sweeps.workers.trial import progress_row, worker_dataset
 
 __all__ = ["round_row", "run_federated_trial"]
 
 
 def round_row(report: RoundReport, *, rounds_planned: int) -> EpochRow:
     """What a federated trial reports after a round (a round is its epoch; ε the clients' maximum)."""
-    return EpochRow(
+    return progress_row(
+        report,
         epoch=report.round,
-        epochs_planned=rounds_planned,
         steps=max(report.client_steps),
-        val_accuracy=report.val_accuracy,
-        val_loss=report.val_loss,
-        epsilon=report.epsilon,
-        delta=report.delta,
-        accountant=report.accountant,
-        epoch_seconds=report.train_seconds,
-        eval_seconds=report.eval_seconds,
-        stopped_by_budget=report.stopped_by_budget,
+        epochs_planned=rounds_planned,
         client_epsilons=tuple(report.client_epsilons),
     )
 

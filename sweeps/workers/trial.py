@@ -20,11 +20,11 @@ from ray import tune
 
 from dp_core.config import DataConfig, TrainConfig
 from dp_core.data import DatasetSplits, load_data
-from dp_core.train import EpochReport, TrainingDiverged, train
+from dp_core.train import EpochReport, ProgressReport, TrainingDiverged, train
 from sweeps.protocol import EpochRow, TrialSpec
 from sweeps.workers.threads import use_reserved_cpus
 
-__all__ = ["run_central_trial", "epoch_row", "worker_dataset", "CHECKPOINT_FILE"]
+__all__ = ["run_central_trial", "epoch_row", "progress_row", "worker_dataset", "CHECKPOINT_FILE"]
 
 CHECKPOINT_FILE = "dp_state.pt"
 # A dead worker redoes at most this much training; saving and persisting a checkpoint after
@@ -47,16 +47,18 @@ def worker_dataset(config: DataConfig) -> DatasetSplits:
     return load_data(config)
 
 
-def epoch_row(report: EpochReport, *, epochs_planned: int) -> EpochRow:
-    """What a trial reports after an epoch.
+def progress_row(
+    report: ProgressReport, *, epoch: int, steps: int, epochs_planned: int, client_epsilons: tuple[float, ...] = ()
+) -> EpochRow:
+    """The row a worker reports from a run's progress report (an epoch's, or a federated round's).
 
     A search trial measures validation accuracy only (``train(evaluate_test=False)``): it is what
     pruning, Optuna and the frontier decide on, and no decision can read what is not there.
     """
     return EpochRow(
-        epoch=report.epoch,
+        epoch=epoch,
         epochs_planned=epochs_planned,
-        steps=report.steps,
+        steps=steps,
         val_accuracy=report.val_accuracy,
         val_loss=report.val_loss,
         epsilon=report.epsilon,
@@ -65,7 +67,13 @@ def epoch_row(report: EpochReport, *, epochs_planned: int) -> EpochRow:
         epoch_seconds=report.train_seconds,
         eval_seconds=report.eval_seconds,
         stopped_by_budget=report.stopped_by_budget,
+        client_epsilons=client_epsilons,
     )
+
+
+def epoch_row(report: EpochReport, *, epochs_planned: int) -> EpochRow:
+    """What a trial reports after an epoch."""
+    return progress_row(report, epoch=report.epoch, steps=report.steps, epochs_planned=epochs_planned)
 
 
 def _hold_if_asked(template: str, *, trial: str, epoch: int) -> None:
