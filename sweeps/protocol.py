@@ -193,6 +193,8 @@ class EpochRow:
     pruned: bool = False
     diverged: str | None = None
     client_epsilons: tuple[float, ...] = ()
+    #: The row of a trial restored at its end, reported again (sweeps.workers.trial): logged already.
+    replayed: bool = False
 
     @classmethod
     def of_divergence(cls, reason: str, *, epochs_planned: int) -> EpochRow:

@@ -181,8 +181,8 @@ class TrackingCallback(tune.Callback):
             if key in self._finished:
                 continue
             for row in epochs:
-                if row.diverged is not None:
-                    self._last_rows.update(key, row)
+                if row.diverged is not None or row.replayed:
+                    self._last_rows.update(key, row)  # a replayed row was logged before the interruption
                     continue
                 last = self._last_rows.get(key)
                 if last is not None and last.epoch >= row.epoch:

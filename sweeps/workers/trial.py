@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -27,6 +28,10 @@ from sweeps.workers.threads import use_reserved_cpus
 __all__ = ["run_central_trial", "epoch_row", "progress_row", "worker_dataset", "CHECKPOINT_FILE"]
 
 CHECKPOINT_FILE = "dp_state.pt"
+# The row reported with a checkpoint, saved beside it: a trial restored from the checkpoint of its
+# last epoch (the launcher interrupted between that report and the trial's end) trains nothing
+# more, and reports this row again so that the driver's new process sees how the trial ended.
+LAST_ROW_FILE = "last_row.json"
 # A dead worker redoes at most this much training; saving and persisting a checkpoint after
 # every millisecond-long epoch would cost more than the epochs.
 CHECKPOINT_EVERY_SECONDS = 5.0
@@ -100,15 +105,19 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="dpsweep-trial-"))
     state_file = workdir / CHECKPOINT_FILE
     restored = tune.get_checkpoint()
+    restored_row = None
     if restored is not None:
         with restored.as_directory() as folder:
             shutil.copy(Path(folder) / CHECKPOINT_FILE, state_file)
+            if (Path(folder) / LAST_ROW_FILE).exists():
+                restored_row = EpochRow.from_result(json.loads((Path(folder) / LAST_ROW_FILE).read_text()))
     reported_state = state_file.stat().st_mtime_ns if state_file.exists() else None
     last_return = started
     hold_template = os.environ.get(HOLD_FILE_ENV)
+    epochs_reported = 0
 
     def on_epoch(report: EpochReport) -> None:
-        nonlocal reported_state, last_return
+        nonlocal reported_state, last_return, epochs_reported
         now = time.perf_counter()
         # Time between two epochs that was neither training nor evaluation: trial set-up before
         # the first epoch (imports, data, model, σ), reporting and checkpointing after the others.
@@ -120,11 +129,13 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
         state = state_file.stat().st_mtime_ns if state_file.exists() else None
         checkpoint = None
         if state is not None and state != reported_state:  # a new checkpoint was saved this epoch
+            (workdir / LAST_ROW_FILE).write_text(json.dumps(row.to_result()))
             checkpoint = tune.Checkpoint.from_directory(str(workdir))
             reported_state = state
         if hold_template:
             _hold_if_asked(hold_template, trial=unit.name, epoch=report.epoch)
         tune.report(row.to_result(), checkpoint=checkpoint)
+        epochs_reported += 1
         last_return = time.perf_counter()
 
     try:
@@ -139,5 +150,10 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
         )
     except TrainingDiverged as error:
         tune.report(EpochRow.of_divergence(str(error), epochs_planned=config.epochs).to_result())
+    else:
+        if epochs_reported == 0 and restored_row is not None:
+            # Restored at its end: nothing was trained, and without a row the driver would count
+            # the trial as cut short (pruned). The row was logged before the interruption.
+            tune.report(dataclasses.replace(restored_row, replayed=True).to_result())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

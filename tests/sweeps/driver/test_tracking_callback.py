@@ -274,6 +274,41 @@ def test_each_way_a_lone_trial_ends_is_its_outcome(tmp_path: Path) -> None:
     assert reason in out.getvalue()
 
 
+def test_a_trial_restored_at_its_end_keeps_its_epochs_and_is_completed_not_pruned(tmp_path: Path) -> None:
+    """The launcher interrupted between a trial's last report (with its checkpoint) and the
+    trial's end: on --resume, Tune restores the trial at that checkpoint, it trains nothing more
+    and reports its last row again, marked replayed (sweeps.workers.trial). The resumed sweep's
+    callback ends the trial with that row's outcome and logs none of its epochs twice."""
+    planned = _planned("trial_0000", noise=1.0)
+    rows = [_row(planned, e, 0.5 + e / 10) for e in range(1, EPOCHS + 1)]
+    tracker = _tracker(tmp_path)
+    first, _ = _callback(tracker, total=1)
+    trial = _ray_trial([planned], tmp_path / "ray")
+    first.on_trial_start(iteration=0, trials=[trial], trial=trial)
+    for iteration, row in enumerate(rows, start=1):
+        first.on_trial_result(
+            iteration=iteration, trials=[trial], trial=trial, result=_lone_result(trial, row, iteration)
+        )
+    first.close()  # interrupted: the trial never completed in this process
+
+    resumed = SweepTracker(tracking_uri=tracker.tracking_uri, experiment="dpsweep")
+    resumed.start_sweep(sweep_id="sweep", run_name="sweep", params={"space": "test"}, tags={})
+    assert planned.key not in resumed.ended_before
+    second, _ = _callback(resumed, total=1)
+    restored = _ray_trial([planned], tmp_path / "ray")
+    second.on_trial_start(iteration=0, trials=[restored], trial=restored)
+    replayed = dataclasses.replace(rows[-1], replayed=True)
+    second.on_trial_result(iteration=1, trials=[restored], trial=restored, result=_lone_result(restored, replayed, 1))
+    second.on_trial_complete(iteration=2, trials=[restored], trial=restored)
+    second.close()
+
+    (run,) = _children(resumed).values()
+    assert run.data.tags["dpsweep.outcome"] == "completed" and run.info.status == "FINISHED"
+    assert second.outcomes == {"completed": 1}
+    assert second.stats.epochs == 0 and not second.points  # no epoch trained (or counted) twice
+    assert _history(resumed, run, "val_accuracy") == [(e, 0.5 + e / 10) for e in range(1, EPOCHS + 1)]
+
+
 # ---- packs ------------------------------------------------------------------------------------
 
 
