@@ -22,7 +22,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-from dp_core.engines import Engine, PrivateStep, choose_engine
+from dp_core.engines import Engine, PrivateStep, StepMechanism, choose_engine
 from dp_core.errors import ConfigError
 
 __all__ = [
@@ -160,15 +160,14 @@ def _prepare(
     noise_generator: torch.Generator | None = None,
 ) -> PrivateStep:
     flat = clipping == "flat"
-    return engine.prepare(
-        model,
-        optimizer,
+    mechanism = StepMechanism(
         noise_multiplier=noise_multiplier,
-        max_grad_norms=[max_grad_norm] if flat else per_layer_norms(max_grad_norm, model),
+        max_grad_norms=(max_grad_norm,) if flat else tuple(per_layer_norms(max_grad_norm, model)),
         flat=flat,
         expected_batch_size=expected_batch_size,
         noise_generator=noise_generator,
     )
+    return engine.prepare(model, optimizer, mechanism)
 
 
 class PlainStep:

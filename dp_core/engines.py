@@ -31,6 +31,8 @@ that fill ``p.grad_sample``; every engine's noise is ``dp_core.noise.gaussian_no
 from __future__ import annotations
 
 import abc
+import dataclasses
+import math
 
 import torch
 from opacus.grad_sample.grad_sample_module import GradSampleModule
@@ -52,9 +54,41 @@ __all__ = [
     "Engine",
     "PrivateStep",
     "GradSampleStep",
+    "StepMechanism",
     "choose_engine",
     "make_dp_optimizer",
 ]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepMechanism:
+    """The Gaussian mechanism of one DP-SGD step, as every engine applies it.
+
+    Each example's gradient is clipped to ``max_grad_norms`` (one bound over all parameters if
+    ``flat``, else one per optimizer parameter), the clipped gradients are summed, N(0, σ²S²) is
+    added once per logical batch (S: :attr:`sensitivity`), and the sum is divided by
+    ``expected_batch_size`` (qN, never the realised batch size).
+    """
+
+    noise_multiplier: float
+    max_grad_norms: tuple[float, ...]
+    flat: bool
+    expected_batch_size: float
+    noise_generator: torch.Generator | None = None
+
+    @property
+    def sensitivity(self) -> float:
+        """The L2 sensitivity of the clipped sum: C if flat, √(Σ_p C_p²) per layer."""
+        return self.max_grad_norms[0] if self.flat else math.sqrt(sum(c * c for c in self.max_grad_norms))
+
+    def optimizer_settings(self) -> dict:
+        """Opacus' DP optimizer keywords for the noise, the divisor and the generator."""
+        return {
+            "noise_multiplier": self.noise_multiplier,
+            "expected_batch_size": self.expected_batch_size,
+            "loss_reduction": "mean",
+            "generator": self.noise_generator,
+        }
 
 
 class PrivateStep(abc.ABC):
@@ -105,14 +139,9 @@ class Engine(abc.ABC):
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        *,
-        noise_multiplier: float,
-        max_grad_norms: list[float],
-        flat: bool,
-        expected_batch_size: float,
-        noise_generator: torch.Generator | None,
+        mechanism: StepMechanism,
     ) -> PrivateStep:
-        """Wrap for DP-SGD. ``max_grad_norms`` is one bound if ``flat``, else one per optimizer parameter."""
+        """Wrap for DP-SGD: each step clips and noises as ``mechanism`` says."""
 
 
 # ---------------------------------------------------------------------------------------------- Opacus
@@ -148,44 +177,21 @@ class _DPPerLayerOptimizer(_AddsGaussianNoise, DPPerLayerOptimizer):
     """Opacus' per-layer-clipping DP optimizer, noised by ``gaussian_noise``."""
 
 
-def make_dp_optimizer(
-    optimizer: torch.optim.Optimizer,
-    *,
-    noise_multiplier: float,
-    max_grad_norms: list[float],
-    flat: bool,
-    expected_batch_size: float,
-    noise_generator: torch.Generator | None,
-) -> DPOptimizer:
+def make_dp_optimizer(optimizer: torch.optim.Optimizer, mechanism: StepMechanism) -> DPOptimizer:
     """Opacus' DP optimizer for engines that fill ``p.grad_sample``: it clips, sums, noises and scales.
 
     Args:
         optimizer: the optimizer to wrap.
-        noise_multiplier: σ.
-        max_grad_norms: ``[C]`` if ``flat``, else one bound per parameter of ``optimizer``.
-        flat: one bound over all parameters, or one per parameter.
-        expected_batch_size: qN, the divisor of the noised sum (never the realised batch size).
-        noise_generator: the run's noise generator.
+        mechanism: the bounds (one if flat, else one per parameter of ``optimizer``), σ, qN and
+            the run's noise generator.
 
     Returns:
         A ``DPOptimizer`` whose ``add_noise`` is ``dp_core.noise.gaussian_noise``'s.
     """
-    if flat:
-        return _DPOptimizer(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norms[0],
-            expected_batch_size=expected_batch_size,
-            loss_reduction="mean",
-            generator=noise_generator,
-        )
+    if mechanism.flat:
+        return _DPOptimizer(optimizer, max_grad_norm=mechanism.max_grad_norms[0], **mechanism.optimizer_settings())
     return _DPPerLayerOptimizer(
-        optimizer,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norms,
-        expected_batch_size=expected_batch_size,
-        loss_reduction="mean",
-        generator=noise_generator,
+        optimizer, max_grad_norm=list(mechanism.max_grad_norms), **mechanism.optimizer_settings()
     )
 
 
@@ -217,25 +223,13 @@ class _Hooks(Engine):
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        *,
-        noise_multiplier: float,
-        max_grad_norms: list[float],
-        flat: bool,
-        expected_batch_size: float,
-        noise_generator: torch.Generator | None,
+        mechanism: StepMechanism,
     ) -> PrivateStep:
         private_model = wrap_model(model, grad_sample_mode=self.name, batch_first=True, loss_reduction="mean")
         # Poisson sampling assumes each step sees a fresh batch: accumulating per-sample gradients
         # over two forward passes would change the sensitivity, so Opacus forbids it.
         private_model.forbid_grad_accumulation()
-        dp_optimizer = make_dp_optimizer(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norms=max_grad_norms,
-            flat=flat,
-            expected_batch_size=expected_batch_size,
-            noise_generator=noise_generator,
-        )
+        dp_optimizer = make_dp_optimizer(optimizer, mechanism)
         return GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
 
 
@@ -269,22 +263,10 @@ class _ExpandedWeights(Engine):
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        *,
-        noise_multiplier: float,
-        max_grad_norms: list[float],
-        flat: bool,
-        expected_batch_size: float,
-        noise_generator: torch.Generator | None,
+        mechanism: StepMechanism,
     ) -> PrivateStep:
         private_model = wrap_model(model, grad_sample_mode="ew", batch_first=True, loss_reduction="mean")
-        dp_optimizer = make_dp_optimizer(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norms=max_grad_norms,
-            flat=flat,
-            expected_batch_size=expected_batch_size,
-            noise_generator=noise_generator,
-        )
+        dp_optimizer = make_dp_optimizer(optimizer, mechanism)
         return GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
 
 
@@ -363,27 +345,17 @@ class _Ghost(Engine):
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        *,
-        noise_multiplier: float,
-        max_grad_norms: list[float],
-        flat: bool,
-        expected_batch_size: float,
-        noise_generator: torch.Generator | None,
+        mechanism: StepMechanism,
     ) -> PrivateStep:
         private_model = wrap_model(
             model,
             grad_sample_mode="ghost",
             batch_first=True,
             loss_reduction="mean",
-            max_grad_norm=max_grad_norms[0],
+            max_grad_norm=mechanism.max_grad_norms[0],
         )
         dp_optimizer = _ClippedSumOptimizer(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norms[0],
-            expected_batch_size=expected_batch_size,
-            loss_reduction="mean",
-            generator=noise_generator,
+            optimizer, max_grad_norm=mechanism.sensitivity, **mechanism.optimizer_settings()
         )
         return _GhostStep(model=private_model, optimizer=dp_optimizer)
 
@@ -421,25 +393,15 @@ class _Bookkeeping(Engine):
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        *,
-        noise_multiplier: float,
-        max_grad_norms: list[float],
-        flat: bool,
-        expected_batch_size: float,
-        noise_generator: torch.Generator | None,
+        mechanism: StepMechanism,
     ) -> PrivateStep:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-        bounds = dict(zip(params, max_grad_norms * len(params) if flat else max_grad_norms))
-        clipper = _bookkeeping.BookkeepingClipper(model, max_grad_norms=bounds, flat=flat)
-        # Sensitivity of Σ_i clip(g_i): C flat, √(Σ_p C_p²) per layer (as DPPerLayerOptimizer computes it).
-        sensitivity = max_grad_norms[0] if flat else torch.norm(torch.tensor(max_grad_norms)).item()
+        norms = mechanism.max_grad_norms
+        bounds = dict(zip(params, norms * len(params) if mechanism.flat else norms))
+        clipper = _bookkeeping.BookkeepingClipper(model, max_grad_norms=bounds, flat=mechanism.flat)
+        # Noised at the sensitivity of Σ_i clip(g_i), as DPPerLayerOptimizer computes it per layer.
         dp_optimizer = _ClippedSumOptimizer(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=sensitivity,
-            expected_batch_size=expected_batch_size,
-            loss_reduction="mean",
-            generator=noise_generator,
+            optimizer, max_grad_norm=mechanism.sensitivity, **mechanism.optimizer_settings()
         )
         return _BookkeepingStep(model=model, optimizer=dp_optimizer, clipper=clipper)
 

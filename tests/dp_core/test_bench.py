@@ -21,25 +21,10 @@ class _MeanAsSum(engines.Engine):
     name = "mean_as_sum"
 
     def prepare(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        noise_multiplier: float,
-        max_grad_norms: list[float],
-        flat: bool,
-        expected_batch_size: float,
-        noise_generator: torch.Generator | None,
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, mechanism: engines.StepMechanism
     ) -> engines.PrivateStep:
         private_model = wrap_model(model, grad_sample_mode="hooks", batch_first=True, loss_reduction="sum")
-        dp_optimizer = engines.make_dp_optimizer(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norms=max_grad_norms,
-            flat=flat,
-            expected_batch_size=expected_batch_size,
-            noise_generator=noise_generator,
-        )
+        dp_optimizer = engines.make_dp_optimizer(optimizer, mechanism)
         return engines.GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
 
 

@@ -14,7 +14,7 @@ from dp_core.accounting import ACCOUNTANTS
 from dp_core.config import PrivacyConfig, TrainConfig
 from dp_core.data import DatasetSplits, load_dataset
 from dp_core.dataset_facts import DATASETS, DatasetFacts
-from dp_core.engines import ENGINES, Engine, GradSampleStep, PrivateStep, make_dp_optimizer
+from dp_core.engines import ENGINES, Engine, GradSampleStep, PrivateStep, StepMechanism, make_dp_optimizer
 from dp_core.errors import ConfigError
 from dp_core.models import MODELS
 from dp_core.privacy_plan import plan_privacy
@@ -56,18 +56,9 @@ class _PerExampleLoop(Engine):
         self.prepared = 0
         self.backward_calls = 0
 
-    def prepare(
-        self, model, optimizer, *, noise_multiplier, max_grad_norms, flat, expected_batch_size, noise_generator
-    ) -> PrivateStep:  # type: ignore[no-untyped-def]
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, mechanism: StepMechanism) -> PrivateStep:
         self.prepared += 1
-        dp_optimizer = make_dp_optimizer(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norms=max_grad_norms,
-            flat=flat,
-            expected_batch_size=expected_batch_size,
-            noise_generator=noise_generator,
-        )
+        dp_optimizer = make_dp_optimizer(optimizer, mechanism)
         return _LoopStep(engine=self, model=model, optimizer=dp_optimizer)
 
 
