@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from dp_core import config as config_module
-from dp_core.config import ConfigError, TrainConfig
+from dp_core.config import TOP_LEVEL_KEYS, ConfigError, TrainConfig
 
 __all__ = [
     "add_flag",
@@ -78,18 +78,6 @@ def _flag_type(annotation: Any) -> Any:
     return str
 
 
-# The top-level keys of TrainConfig that are flags (the sections' keys are read from their dataclasses).
-_TOP_LEVEL_FLAGS = (
-    "epochs",
-    "batch_size",
-    "sample_rate",
-    "max_physical_batch_size",
-    "seed",
-    "device",
-    "test_batch_size",
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = settings_parser(
         prog="python -m dp_core.train",
@@ -123,7 +111,7 @@ def add_train_flags(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...]
     ):
         for field in dataclasses.fields(section):
             add_flag(parser, field.name, field.type, defaults[field.name])
-    for key in _TOP_LEVEL_FLAGS:
+    for key in TOP_LEVEL_KEYS:
         if key not in exclude:
             field = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
             add_flag(parser, key, field.type, defaults[key])

@@ -33,6 +33,7 @@ __all__ = [
     "TrainConfig",
     "OPTIMIZERS",
     "LR_SCHEDULES",
+    "TOP_LEVEL_KEYS",
     "CLIPPING_MODES",
     "DEVICES",
     "known_keys",
@@ -192,7 +193,8 @@ _SECTIONS: dict[str, type] = {
     "optimizer": OptimizerConfig,
     "privacy": PrivacyConfig,
 }
-_TOP_LEVEL_KEYS = (
+#: The keys of TrainConfig outside its sections (each section's keys are its dataclass's fields).
+TOP_LEVEL_KEYS = (
     "epochs",
     "batch_size",
     "sample_rate",
@@ -209,7 +211,7 @@ def _section_keys() -> dict[str, str]:
 
 
 def known_keys() -> tuple[str, ...]:
-    return tuple(sorted([*_section_keys(), *_TOP_LEVEL_KEYS]))
+    return tuple(sorted([*_section_keys(), *TOP_LEVEL_KEYS]))
 
 
 def unknown_key_error(key: str, known: tuple[str, ...], *, where: str = "") -> ConfigError:
@@ -269,7 +271,7 @@ class TrainConfig:
         for key, value in values.items():
             if key in owners:
                 per_section[owners[key]][key] = value
-            elif key in _TOP_LEVEL_KEYS:
+            elif key in TOP_LEVEL_KEYS:
                 top[key] = value
             else:
                 raise unknown_key_error(str(key), known_keys(), where=where)
@@ -294,7 +296,7 @@ class TrainConfig:
         flat: dict[str, Any] = {}
         for name in _SECTIONS:
             flat.update(dataclasses.asdict(getattr(self, name)))
-        flat.update({key: getattr(self, key) for key in _TOP_LEVEL_KEYS})
+        flat.update({key: getattr(self, key) for key in TOP_LEVEL_KEYS})
         return flat
 
     def replace(self, **flat_changes: Any) -> TrainConfig:

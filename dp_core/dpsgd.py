@@ -149,23 +149,16 @@ def make_private(
 
 
 def _prepare(
-    engine: Engine,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    *,
-    noise_multiplier: float,
-    max_grad_norm: float,
-    expected_batch_size: float,
-    clipping: str = "flat",
-    noise_generator: torch.Generator | None = None,
+    engine: Engine, model: nn.Module, optimizer: torch.optim.Optimizer, **settings: Unpack[StepSettings]
 ) -> PrivateStep:
-    flat = clipping == "flat"
+    flat = settings.get("clipping", "flat") == "flat"
+    max_grad_norm = settings["max_grad_norm"]
     mechanism = StepMechanism(
-        noise_multiplier=noise_multiplier,
+        noise_multiplier=settings["noise_multiplier"],
         max_grad_norms=(max_grad_norm,) if flat else tuple(per_layer_norms(max_grad_norm, model)),
         flat=flat,
-        expected_batch_size=expected_batch_size,
-        noise_generator=noise_generator,
+        expected_batch_size=settings["expected_batch_size"],
+        noise_generator=settings.get("noise_generator"),
     )
     return engine.prepare(model, optimizer, mechanism)
 

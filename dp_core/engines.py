@@ -135,12 +135,7 @@ class Engine(abc.ABC):
         return reasons + [str(e) for e in GradSampleModule.validate(model, strict=False)]
 
     @abc.abstractmethod
-    def prepare(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        mechanism: StepMechanism,
-    ) -> PrivateStep:
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, mechanism: StepMechanism) -> PrivateStep:
         """Wrap for DP-SGD: each step clips and noises as ``mechanism`` says."""
 
 
@@ -219,12 +214,7 @@ class _Hooks(Engine):
     def __init__(self, name: str) -> None:
         self.name = name  # "hooks" or "functorch": same module, functorch forced for every layer
 
-    def prepare(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        mechanism: StepMechanism,
-    ) -> PrivateStep:
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, mechanism: StepMechanism) -> PrivateStep:
         private_model = wrap_model(model, grad_sample_mode=self.name, batch_first=True, loss_reduction="mean")
         # Poisson sampling assumes each step sees a fresh batch: accumulating per-sample gradients
         # over two forward passes would change the sensitivity, so Opacus forbids it.
@@ -259,12 +249,7 @@ class _ExpandedWeights(Engine):
             if type(m) not in _EW_LAYERS
         ]
 
-    def prepare(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        mechanism: StepMechanism,
-    ) -> PrivateStep:
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, mechanism: StepMechanism) -> PrivateStep:
         private_model = wrap_model(model, grad_sample_mode="ew", batch_first=True, loss_reduction="mean")
         dp_optimizer = make_dp_optimizer(optimizer, mechanism)
         return GradSampleStep(engine=self.name, model=private_model, optimizer=dp_optimizer)
@@ -341,12 +326,7 @@ class _Ghost(Engine):
     supports_per_layer = False
     clips_in_optimizer_step = False
 
-    def prepare(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        mechanism: StepMechanism,
-    ) -> PrivateStep:
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, mechanism: StepMechanism) -> PrivateStep:
         private_model = wrap_model(
             model,
             grad_sample_mode="ghost",
@@ -389,12 +369,7 @@ class _Bookkeeping(Engine):
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         return _bookkeeping.unsupported_layers(model)
 
-    def prepare(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        mechanism: StepMechanism,
-    ) -> PrivateStep:
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, mechanism: StepMechanism) -> PrivateStep:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
         norms = mechanism.max_grad_norms
         bounds = dict(zip(params, norms * len(params) if mechanism.flat else norms))
