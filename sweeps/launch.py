@@ -121,7 +121,7 @@ def check_options(args: argparse.Namespace) -> None:
         >>> check_options(build_parser().parse_args(["--space", "digits_quick", "--time-budget", "-5"]))
         Traceback (most recent call last):
         ...
-        dp_core.config.ConfigError: Expected --time-budget > 0 (seconds), but got --time-budget -5.
+        dp_core.errors.ConfigError: Expected --time-budget > 0 (seconds), but got --time-budget -5.
     """
     for dest, (flag, lowest, inclusive, what) in NUMERIC_OPTIONS.items():
         value = getattr(args, dest)

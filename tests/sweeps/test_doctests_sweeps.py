@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["sweeps.space.load", "sweeps.driver.preparation", "sweeps.results.frontier_plot"]
+MODULES = ["sweeps.space.load", "sweeps.driver.preparation", "sweeps.results.frontier_plot", "sweeps.launch"]
 
 
 @pytest.mark.parametrize("name", MODULES)
