@@ -179,7 +179,7 @@ def plot_frontiers(path: str | os.PathLike[str], frontiers: Sequence[SweepFronti
         if epsilons:
             ax.set_xlim(min(epsilons) / 1.3, max(epsilons) * 1.3)
             ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.005, max(highs) + 0.02))
-            ax.legend(loc="lower right", fontsize="small", framealpha=0.9)
+            ax.legend(loc="best", fontsize="small", framealpha=0.9)
         else:
             ax.text(0.5, 0.5, "no confirmed bound with a finite ε", ha="center", va="center", transform=ax.transAxes)
         first = frontiers[0]

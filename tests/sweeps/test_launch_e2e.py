@@ -216,13 +216,18 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
 
 
 def _assert_stages_print_one_line_each(stdout: str) -> None:
-    """Without a terminal the confirmation and the refit stage print one summary line each (and a
-    plain line per 30 s, which a tiny sweep does not reach), not a line per finished unit."""
+    """Without a terminal the confirmation and the refit stage print one summary line each, and
+    a plain line per 30 s they run (none, on a quiet machine), not a line per finished unit."""
     lines = stdout.splitlines()
     search_over = next(i for i, line in enumerate(lines) if line.startswith("sweep over:"))
     refit_over = next(i for i, line in enumerate(lines) if line.startswith("refit over:"))
     stage_lines = lines[search_over + 1 : refit_over + 1]
-    assert [line.split(":")[0] for line in stage_lines] == ["confirmation over", "refit over"], stage_lines
+    for stage in ("confirmation", "refit"):
+        (over,) = [line for line in stage_lines if line.startswith(f"{stage} over: ")]
+        minutes, seconds = re.search(r"; took (\d+):(\d\d)$", over).groups()
+        running = [line for line in stage_lines if line.startswith(f"{stage} running: ")]
+        assert len(running) <= (60 * int(minutes) + int(seconds)) // 30, stage_lines
+    assert len(stage_lines) == 2 + sum(" running: " in line for line in stage_lines), stage_lines
     assert not [line for line in lines if re.match(r"\s*(confirmed|refit) \d+/\d+", line)]
 
 
