@@ -116,7 +116,7 @@ def half_way(kind: Kind, client: MlflowClient, experiment: str, results: Path) -
         return False
     _, children = _runs(client, experiment)
     completed = sum(c.data.tags.get("dpsweep.outcome") == "completed" for c in children)
-    # Packs show their members in MLflow as they end; a lone trial shows from its start.
+    # Packs show their members in MLflow as they end; a lone trial shows with its first epoch.
     low, high = kind.packed_completed or (1, len(children) - 1)
     if not low <= completed <= high:
         return False

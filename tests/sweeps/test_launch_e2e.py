@@ -233,16 +233,25 @@ def _assert_stages_print_one_line_each(stdout: str) -> None:
 
 def _assert_runs_span_their_training(client, children, stage_runs, launched_ms: int, returned_ms: int) -> None:
     """A run's start and end are its training's, measured in the worker: within the launch (this
-    test's clock), and at least as long as the epochs its trainer timed (perf_counter, another
-    clock), which the time of the driver's writes (milliseconds) was not."""
+    test's clock), and at least as long as the training its pack timed (perf_counter, another
+    clock), which the time of the driver's writes (milliseconds) was not.
+
+    The two trained trials are one pack's members (one slot), trained at once from its first
+    epoch, so they start together; a member's ``epoch_seconds`` is its share of the stack's epoch,
+    which took that share times the members in it.
+    """
     trained = [c for c in children if c.data.tags["dpsweep.outcome"] in ("completed", "pruned")]
-    assert trained
+    assert len(trained) == 2 and len({c.info.start_time for c in trained}) == 1, [c.info for c in trained]
     for run in [*trained, *stage_runs]:
         assert launched_ms <= run.info.start_time < run.info.end_time <= returned_ms, run.info
+    shares = {
+        c.info.run_id: {m.step: m.value for m in client.get_metric_history(c.info.run_id, "epoch_seconds")}
+        for c in trained
+    }
     for run in trained:
-        epochs = client.get_metric_history(run.info.run_id, "epoch_seconds")
-        trained_ms = 1000 * sum(m.value for m in epochs)
-        assert run.info.end_time - run.info.start_time >= trained_ms - len(epochs), (run.info, trained_ms)
+        own = shares[run.info.run_id]
+        stack_ms = 1000 * sum(share * sum(step in other for other in shares.values()) for step, share in own.items())
+        assert run.info.end_time - run.info.start_time >= stack_ms - len(own), (run.info, stack_ms)
 
 
 def test_bad_space_stops_before_anything_runs(tmp_path: Path) -> None:
