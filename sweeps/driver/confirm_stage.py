@@ -288,7 +288,7 @@ def _collect(
                     "confirms_epoch": job.epoch,
                     "spends_epsilon": job.bound,
                 },
-                epochs=[(job.epoch, {k: v for k, v in measured.items() if math.isfinite(v)})],
+                epochs=[(job.epoch, {k: v for k, v in measured.items() if math.isfinite(v)}, row.ended_ms)],
                 outcome="completed" if run.ok else "failed",
                 tags={"dpsweep.role": stage, "dpsweep.stage": stage, "dpsweep.confirms": job.trial},
                 started_ms=row.started_ms,

@@ -98,7 +98,7 @@ class TrackingCallback(tune.Callback):
         self.out = out
         self._specs: dict[str, TrialSpec] = {}  # member trial key -> its spec
         self._last_rows = LatestRows()  # member trial key -> its latest epoch row
-        self._unlogged: dict[str, list[tuple[int, dict[str, float]]]] = {}  # epochs not yet sent to MLflow
+        self._unlogged: dict[str, list[tuple[int, dict[str, float], int]]] = {}  # epochs not yet sent to MLflow
         self._unlogged_since: dict[str, float] = {}  # member key -> when its oldest unlogged epoch came
         self._shown: set[str] = set()  # member keys with an epoch sent to MLflow already
         # Member key -> (started_ms, ended_ms): its training's span as its worker measured it, so far.
@@ -258,7 +258,8 @@ class TrackingCallback(tune.Callback):
         )  # as log_trial logs them
         self._point_keys.append(spec.key)
         self.progress.point(self.points[-1])
-        self._unlogged.setdefault(spec.key, []).append((row.epoch, metrics))
+        # At the time its worker measured it: MLflow's charts over time, like the run's span, are the training's.
+        self._unlogged.setdefault(spec.key, []).append((row.epoch, metrics, row.ended_ms))
         self._unlogged_since.setdefault(spec.key, time.monotonic())
 
     def _finish(self, trial: Any, *, error: bool) -> None:

@@ -229,7 +229,7 @@ class SweepTracker(JournaledWrites):
         key: str,
         name: str,
         params: Mapping[str, Any],
-        epochs: list[tuple[int, Mapping[str, float]]] = (),
+        epochs: list[tuple[Any, ...]] = (),
         outcome: str | None = None,
         tags: Mapping[str, str] | None = None,
         started_ms: int | None = None,
@@ -237,7 +237,8 @@ class SweepTracker(JournaledWrites):
     ) -> None:
         """Everything new about one trial, in as few MLflow calls as it takes: its child run
         opened (created with its params, or reopened on a retry or resume), ``epochs`` logged as
-        (step, metrics), and, given an ``outcome``, the run ended with that outcome and ``tags``.
+        (step, metrics) or (step, metrics, Unix epoch ms its worker measured them at), and, given
+        an ``outcome``, the run ended with that outcome and ``tags``.
 
         ``started_ms`` and ``ended_ms`` (Unix epoch ms, measured where the trial trained) become a
         new run's start and an ended run's end, so that its Duration is the trial's; without them,
@@ -254,7 +255,10 @@ class SweepTracker(JournaledWrites):
             key=key,
             name=name,
             params={k: str(v) for k, v in params.items()},
-            epochs=[[int(step), {k: float(v) for k, v in metrics.items()}] for step, metrics in epochs],
+            epochs=[
+                [int(step), {k: float(v) for k, v in metrics.items()}, *(int(w) for w in when if w)]
+                for step, metrics, *when in epochs
+            ],
             outcome=outcome,
             tags={k: str(v) for k, v in (tags or {}).items()},
             timestamp=int(time.time() * 1000),
@@ -302,8 +306,8 @@ class SweepTracker(JournaledWrites):
         last = self._last_step.get(key, -1)
         # An epoch logged before this run was reopened comes again when its trial starts over.
         metrics = [
-            Metric(k, v, timestamp, step)
-            for step, values in epochs
+            Metric(k, v, when[0] if when else timestamp, step)
+            for step, values, *when in epochs
             if step > last or "val_accuracy" not in values
             for k, v in values.items()
             if math.isfinite(v)

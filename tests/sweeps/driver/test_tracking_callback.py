@@ -393,8 +393,9 @@ def test_a_write_mlflow_refuses_stops_the_sweep_at_close(tmp_path: Path) -> None
 
 
 def test_a_trials_run_spans_the_times_its_worker_measured_not_the_writes(tmp_path: Path) -> None:
-    """A lone trial's and a pack member's run start and end where their rows say (worker clocks,
-    set here an hour in the past, so that the time of the driver's writes cannot pass for them)."""
+    """A lone trial's and a pack member's run start and end where their rows say, and their
+    epochs' metrics are timed as their rows (worker clocks, set here an hour in the past, so that
+    the time of the driver's writes cannot pass for them)."""
     tracker = _tracker(tmp_path)
     callback, _ = _callback(tracker, total=3)
     hour_ago = int(time.time() * 1000) - 3_600_000
@@ -430,3 +431,9 @@ def test_a_trials_run_spans_the_times_its_worker_measured_not_the_writes(tmp_pat
         "trial_0001": (hour_ago + 10_000, hour_ago + 10_000 + 300 * EPOCHS),
         "trial_0002": (hour_ago + 20_000, hour_ago + 20_000 + 500 * EPOCHS),
     }
+    # Each epoch's metrics are timed when its worker measured them, so MLflow's charts over time agree.
+    client = MlflowClient(tracking_uri=tracker.tracking_uri)
+    history = client.get_metric_history(runs["trial_0000"].info.run_id, "val_accuracy")
+    assert sorted((m.step, m.timestamp) for m in history) == [
+        (e, hour_ago + 1000 + 400 * e) for e in range(1, EPOCHS + 1)
+    ]
