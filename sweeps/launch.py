@@ -10,11 +10,12 @@ privacy statement, and attach them to the parent run (``finish``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dp_core.config import ConfigError
 
@@ -102,6 +103,45 @@ def _list_spaces() -> int:
     return 0
 
 
+#: Every numeric option: its argparse dest -> (flag, the smallest value it takes, whether that
+#: value itself is allowed, what the value is). --resources holds numbers too: check_options
+#: parses it as the launcher will.
+NUMERIC_OPTIONS: dict[str, tuple[str, float, bool, str]] = {
+    "trials": ("--trials", 1, True, "the number of trials"),
+    "time_budget": ("--time-budget", 0, False, "seconds"),
+    "num_cpus": ("--num-cpus", 1, True, "CPUs"),
+    "wait_for_resources": ("--wait-for-resources", 0, True, "seconds"),
+}
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse a numeric option out of its range before anything starts (ConfigError: exit 2).
+
+    Example:
+        >>> check_options(build_parser().parse_args(["--space", "digits_quick", "--time-budget", "-5"]))
+        Traceback (most recent call last):
+        ...
+        dp_core.errors.ConfigError: Expected --time-budget > 0 (seconds), but got --time-budget -5.
+    """
+    for dest, (flag, lowest, inclusive, what) in NUMERIC_OPTIONS.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        fits = math.isfinite(value) and (value >= lowest if inclusive else value > lowest)
+        if not fits:
+            rule = f"{'>=' if inclusive else '>'} {lowest:g}"
+            raise ConfigError(f"Expected {flag} {rule} ({what}), but got {flag} {value:g}.")
+    if args.resources is not None:
+        from sweeps.driver.resources import TrialResources, parse_resources
+
+        # Keys left out keep the space's values (checked with the space): any valid ones stand in here.
+        try:
+            parse_resources(args.resources, default=TrialResources(cpus=1, gpus=0))
+        except ConfigError as error:
+            named = str(error) if "--resources" in str(error) else f"{error} (--resources {args.resources})"
+            raise ConfigError(named) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
@@ -110,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give --space NAME (or --list to see the shipped spaces)", file=sys.stderr)
         return 2
     try:
+        check_options(args)
         return _run(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -126,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
     # Ray's session files) is for its owner only.
     os.umask(0o077)
     prepared = prepare_sweep(request)
+    _say_what_trials_does(request, prepared)
 
     from sweeps.driver.progress import quiet_libraries
     from sweeps.tracking import default_tracking_uri  # noqa: F401  MLflow's import, before its logging is quieted
@@ -166,8 +208,22 @@ def _check_local_ray(request: SweepRequest) -> None:
             + ("--address" if request.address else "RAY_ADDRESS set")
             + ": a cluster's CPUs are its nodes' (ray start --num-cpus N)."
         )
-    if request.num_cpus < 1:
-        raise ConfigError(f"Expected --num-cpus >= 1, but got --num-cpus {request.num_cpus}.")
+
+
+def _say_what_trials_does(request: SweepRequest, prepared: Any) -> None:
+    """``--trials`` samples that many Optuna trials; on a grid it only caps the points run: one line says which."""
+    if request.trials is None or prepared.space.search != "grid":
+        return
+    total = prepared.space.grid_size
+    if request.trials >= total:
+        effect = f"no effect here: the grid has {total} points, all of which run"
+    else:
+        effect = f"the first {request.trials} of its {total} points run"
+    print(
+        f"note: --trials {request.trials} on a grid space ({prepared.space.name}) only caps its points: {effect} "
+        "(--search optuna samples trials instead)",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

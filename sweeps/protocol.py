@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -40,6 +41,7 @@ __all__ = [
     "PLAN_TYPES",
     "ConfirmationJob",
     "ConfirmationResult",
+    "wall_clock_ms",
 ]
 
 #: The key of a Ray trial's config that holds its unit's spec.
@@ -175,6 +177,9 @@ class EpochRow:
     test split. ``epsilon`` is ∞ for a trial without noise. ``diverged`` holds the reason a trial's
     loss diverged (its only row then, with accuracy 0). The ``*_seconds`` say where the time went;
     setup/report are the time between epochs that was neither training nor evaluation.
+    ``started_ms``/``ended_ms`` are wall-clock times (Unix epoch, ms) taken in the worker: when the
+    trial began (the same in all its rows; 0: not measured) and when this epoch ended; the tracker
+    makes them its MLflow run's start and end (:func:`wall_clock_ms`).
     """
 
     epoch: int
@@ -193,12 +198,22 @@ class EpochRow:
     pruned: bool = False
     diverged: str | None = None
     client_epsilons: tuple[float, ...] = ()
+    started_ms: int = 0
+    ended_ms: int = 0
     #: The row of a trial restored at its end, reported again (sweeps.workers.trial): logged already.
     replayed: bool = False
 
     @classmethod
-    def of_divergence(cls, reason: str, *, epochs_planned: int) -> EpochRow:
-        return cls(epoch=0, epochs_planned=epochs_planned, val_accuracy=0.0, epsilon=math.inf, diverged=reason)
+    def of_divergence(cls, reason: str, *, epochs_planned: int, started_ms: int = 0) -> EpochRow:
+        return cls(
+            epoch=0,
+            epochs_planned=epochs_planned,
+            val_accuracy=0.0,
+            epsilon=math.inf,
+            diverged=reason,
+            started_ms=started_ms,
+            ended_ms=wall_clock_ms() if started_ms else 0,
+        )
 
     @property
     def ended(self) -> bool:
@@ -292,13 +307,30 @@ class ConfirmationJob:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ConfirmationResult:
-    """What a confirmation run measured at its epoch (NaN throughout: it diverged or its worker failed)."""
+    """What a confirmation run measured at its epoch (NaN throughout: it diverged or its worker failed),
+    and when it trained: ``started_ms``/``ended_ms`` as :class:`EpochRow`'s (0: not measured)."""
 
     name: str
     epsilon: float
     val_accuracy: float
     test_accuracy: float
+    started_ms: int = 0
+    ended_ms: int = 0
 
     @classmethod
-    def failed(cls, name: str) -> ConfirmationResult:
-        return cls(name=name, epsilon=math.nan, val_accuracy=math.nan, test_accuracy=math.nan)
+    def failed(cls, name: str, *, started_ms: int = 0) -> ConfirmationResult:
+        ended = wall_clock_ms() if started_ms else 0
+        return cls(
+            name=name,
+            epsilon=math.nan,
+            val_accuracy=math.nan,
+            test_accuracy=math.nan,
+            started_ms=started_ms,
+            ended_ms=ended,
+        )
+
+
+def wall_clock_ms() -> int:
+    """Now, as MLflow times runs and metrics: Unix epoch milliseconds. A worker takes it where the
+    training happens, so that a run's start and end are its training's, not the driver's writes."""
+    return int(time.time() * 1000)

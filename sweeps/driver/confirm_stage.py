@@ -13,6 +13,7 @@ import ray
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.dataset_facts import canonical_train_size
 from dp_core.vectorized import group_signature
+from sweeps.driver.progress import StageProgress, SweepProgress
 from sweeps.planning import plan_trial
 from sweeps.planning.keys import released_params, trial_key
 from sweeps.privacy.ledger import LedgerEntry
@@ -132,16 +133,19 @@ def run_confirmations(
     cpus_per_unit: float,
     gpus_per_unit: float,
     slots: int,
+    progress: SweepProgress | None = None,
 ) -> list[ConfirmationRun]:
     """Retrain every candidate ``seeds`` times (those not done before), log each run, return all.
 
-    ``configs`` are the candidates' configurations from :func:`calibrated_configs`."""
+    ``configs`` are the candidates' configurations from :func:`calibrated_configs`; ``progress`` is
+    the search's display, which the stage reports through (default: one of its own)."""
     jobs = confirmation_jobs(chosen, configs, seeds=seeds, root_seed=root_seed)
     return _run_jobs(
         jobs,
         stage="confirmation",
-        doing=f"confirming {len(chosen)} configuration(s)",
+        doing=f"{len(chosen)} configuration(s)",
         seeds=seeds,
+        progress=progress,
         ledger=ledger,
         tracker=tracker,
         sweep_dir=sweep_dir,
@@ -163,6 +167,7 @@ def run_refits(
     cpus_per_unit: float,
     gpus_per_unit: float,
     slots: int,
+    progress: SweepProgress | None = None,
 ) -> list[ConfirmationRun]:
     """Refit every chosen configuration ``seeds`` times on train + validation (those not done
     before), log each run, return all. ``configs`` from :func:`refit_configs`."""
@@ -170,8 +175,9 @@ def run_refits(
     return _run_jobs(
         jobs,
         stage="refit",
-        doing=f"refitting {len(chosen)} chosen configuration(s) on train + validation",
+        doing=f"{len(chosen)} chosen configuration(s) on train + validation",
         seeds=seeds,
+        progress=progress,
         ledger=ledger,
         tracker=tracker,
         sweep_dir=sweep_dir,
@@ -193,6 +199,7 @@ def _run_jobs(
     cpus_per_unit: float,
     gpus_per_unit: float,
     slots: int,
+    progress: SweepProgress | None,
 ) -> list[ConfirmationRun]:
     done_file = sweep_dir / CONFIRMATIONS_FILE
     done = read_done(done_file)
@@ -200,16 +207,57 @@ def _run_jobs(
     by_name = {job.name: job for job in jobs}
     # Recorded before any runs: a launcher killed mid-stage still has them counted.
     ledger.record([_ledger_entry(job, role=stage) for job in pending])
-    print(
-        f"{doing} with {seeds} fresh seeds each: {len(pending)} run(s)"
-        f"{f', {len(jobs) - len(pending)} done before' if len(jobs) > len(pending) else ''} ...",
-        flush=True,
-    )
-    remote = ray.remote(num_cpus=cpus_per_unit, num_gpus=gpus_per_unit, max_retries=2)(train_jobs)
-    waiting = {remote.remote(unit): unit for unit in _units(pending, slots)}
-    finished = 0
+    what, before = f"{doing} x {seeds} fresh seeds", len(jobs) - len(pending)
+    if progress is not None:
+        display = progress.stage(stage, runs=len(pending), done_before=before, what=what)
+    else:
+        display = StageProgress(stage=stage, runs=len(pending), done_before=before, what=what)
+    display.start()
+    try:
+        _collect(
+            by_name,
+            done,
+            done_file,
+            display,
+            stage=stage,
+            tracker=tracker,
+            units=_units(pending, slots),
+            remote=ray.remote(num_cpus=cpus_per_unit, num_gpus=gpus_per_unit, max_retries=2)(train_jobs),
+        )
+    finally:
+        display.close()
+    run_ids = {}
+    for job in jobs:
+        run_ids[job.name] = tracker.run_id_of(trial_key(job.train, name=job.name))
+    return [
+        ConfirmationRun(**{**run.__dict__, "run_id": run.run_id or run_ids.get(run.name, "")})
+        for name, run in done.items()
+        if name in by_name
+    ]
+
+
+#: How often the stage wakes while its runs train, so that the display's plain line keeps its interval.
+_TICK_SECONDS = 1.0
+
+
+def _collect(
+    by_name: Mapping[str, ConfirmationJob],
+    done: dict[str, ConfirmationRun],
+    done_file: Path,
+    display: StageProgress,
+    *,
+    stage: str,
+    tracker: Any,
+    units: list[list[ConfirmationJob]],
+    remote: Any,
+) -> None:
+    """Run ``units`` on Ray, log and keep each run as its unit comes back, and show them on ``display``."""
+    waiting = {remote.remote(unit): unit for unit in units}
     while waiting:
-        ready, _ = ray.wait(list(waiting), num_returns=1)
+        ready, _ = ray.wait(list(waiting), num_returns=1, timeout=_TICK_SECONDS)
+        if not ready:
+            display.tick()
+            continue
         unit = waiting.pop(ready[0])
         try:
             rows = ray.get(ready[0])
@@ -240,20 +288,14 @@ def _run_jobs(
                     "confirms_epoch": job.epoch,
                     "spends_epsilon": job.bound,
                 },
-                epochs=[(job.epoch, {k: v for k, v in measured.items() if math.isfinite(v)})],
+                epochs=[(job.epoch, {k: v for k, v in measured.items() if math.isfinite(v)}, row.ended_ms)],
                 outcome="completed" if run.ok else "failed",
                 tags={"dpsweep.role": stage, "dpsweep.stage": stage, "dpsweep.confirms": job.trial},
+                started_ms=row.started_ms,
+                ended_ms=row.ended_ms,
             )
             runs.append(run)
         keep_done(done_file, runs)
         done.update({run.name: run for run in runs})
-        finished += len(runs)
-        print(f"  {'refit' if stage == 'refit' else 'confirmed'} {finished}/{len(pending)}", flush=True)
-    run_ids = {}
-    for job in jobs:
-        run_ids[job.name] = tracker.run_id_of(trial_key(job.train, name=job.name))
-    return [
-        ConfirmationRun(**{**run.__dict__, "run_id": run.run_id or run_ids.get(run.name, "")})
-        for name, run in done.items()
-        if name in by_name
-    ]
+        failed = sum(not run.ok for run in runs)
+        display.runs_ended(ok=len(runs) - failed, failed=failed)

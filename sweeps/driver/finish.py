@@ -59,7 +59,13 @@ def finish_sweep(
     points = _sweep_points(request, opened, callback)
     confirm_started = time.monotonic()
     confirmed = _confirm(
-        prepared.space, points, ledger=opened.ledger, tracker=tracker, sweep_dir=prepared.folder, slots=int(slots)
+        prepared.space,
+        points,
+        ledger=opened.ledger,
+        tracker=tracker,
+        sweep_dir=prepared.folder,
+        slots=int(slots),
+        progress=trials.progress,
     )
     confirm_seconds = time.monotonic() - confirm_started
     report = FrontierReport(
@@ -251,7 +257,9 @@ def _print_summary(
     print(f"frontier files: {outcome.frontier_dir}")
 
 
-def _confirm(space: Any, points: list[Any], *, ledger: Any, tracker: Any, sweep_dir: Path, slots: int) -> list[Any]:
+def _confirm(
+    space: Any, points: list[Any], *, ledger: Any, tracker: Any, sweep_dir: Path, slots: int, progress: Any = None
+) -> list[Any]:
     """The confirmation stage (sweeps.results.confirm): each ε bound's leading configurations, spending
     the bound, and the trainer's defaults beside them (unless baseline: false), retrained with fresh
     seeds; each bound's chosen on mean validation accuracy, then refit on train + validation (unless
@@ -286,6 +294,7 @@ def _confirm(space: Any, points: list[Any], *, ledger: Any, tracker: Any, sweep_
         slots=slots,
         cpus_per_unit=space.cpus_per_trial,
         gpus_per_unit=space.gpus_per_trial,
+        progress=progress,  # the search's display: the stages report through it
     )
     runs = run_confirmations(chosen, configs, seeds=space.confirm.seeds, **on_ray)
     confirmed = choose(chosen, runs, buckets, configs)

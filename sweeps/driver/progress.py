@@ -6,6 +6,10 @@ is cleared at the end, leaving one summary line above the frontier table. Withou
 Ray Job logs, a file) the same facts are printed as one plain line every ``interval_s`` seconds
 and at the end. ``verbose`` adds one line per trial (and per skipped trial) in both cases.
 
+The stages after the search (confirmation, refit) report through the same display
+(:meth:`SweepProgress.stage` gives each a :class:`StageProgress`): a live bar on a terminal, a plain
+line every ``interval_s`` without one, and one summary line when the stage is over.
+
 :func:`quiet_libraries` hides the start-up chatter of Ray Tune, MLflow and Optuna (their
 configuration box, a TensorBoard hint, INFO logs); warnings that matter still show.
 """
@@ -29,7 +33,7 @@ from rich.text import Text
 
 from sweeps.results.frontier import Point, default_buckets
 
-__all__ = ["SweepProgress", "quiet_libraries"]
+__all__ = ["SweepProgress", "StageProgress", "quiet_libraries"]
 
 # Outcomes (sweeps.tracking.OUTCOMES) as the display groups them.
 _GROUPS = {
@@ -48,7 +52,106 @@ def _clock_text(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-class SweepProgress:
+class _Display:
+    """What a sweep's displays share: a rich live display of ``frame()`` on a terminal, else the
+    ``summary_line()`` every ``interval_s`` seconds; one final summary line at ``close``."""
+
+    #: Whether ``close`` prints the final line also with neither a live display nor plain lines.
+    final_line_always = False
+
+    def __init__(
+        self,
+        *,
+        console: Console | None,
+        live: bool | None,
+        interval_s: float | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.console = console if console is not None else Console(highlight=False)
+        self.live = self.console.is_terminal if live is None else live
+        self.interval_s = interval_s
+        self._clock = clock
+        self.started = clock()
+        self._last_line = self.started
+        self._lock = threading.Lock()  # the live display renders from its own thread
+        self._display: Live | None = None
+        self._rerouted: list[tuple[logging.StreamHandler, Any]] = []  # log handlers pointed at the display
+
+    def frame(self) -> Any:
+        """What the live display draws now (a rich renderable)."""
+        raise NotImplementedError
+
+    def summary_line(self, *, final: bool = False) -> str:
+        """The plain status line (``final``: the last one, when the display closes)."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """The clock (elapsed, time budget) runs from here; on a terminal, the live display starts."""
+        self.started = self._last_line = self._clock()
+        if self.live and self._display is None:
+            self._display = Live(
+                get_renderable=self.frame,
+                console=self.console,
+                refresh_per_second=4,
+                transient=True,
+                redirect_stdout=True,
+                redirect_stderr=True,
+            )
+            self._display.start()
+            self._reroute_logging()
+
+    def tick(self) -> None:
+        """Without a terminal, print the summary line when ``interval_s`` has passed since the last."""
+        if self.live or self.interval_s is None:
+            return
+        now = self._clock()
+        if now - self._last_line >= self.interval_s:
+            self._last_line = now
+            self._print(self.summary_line())
+
+    def close(self) -> None:
+        """Stop the display and print the final summary line (once)."""
+        if self._display is not None:
+            for handler, stream in self._rerouted:
+                handler.setStream(stream)
+            self._rerouted = []
+            self._display.stop()
+            self._display = None
+        if not self.__dict__.get("_closed") and (self.live or self.interval_s is not None or self.final_line_always):
+            self._print(self.summary_line(final=True))
+        self.live, self.interval_s, self._closed = False, None, True  # a second close prints nothing
+
+    def _reroute_logging(self) -> None:
+        """Log handlers made before the display write to the terminal itself, past the display's
+        redirection of sys.stdout/sys.stderr, and break its frame: point them at the redirection."""
+        originals = {id(sys.__stdout__), id(sys.__stderr__)}
+        loggers = [
+            logging.getLogger(),
+            *(log for log in logging.Logger.manager.loggerDict.values() if isinstance(log, logging.Logger)),
+        ]
+        for log in loggers:
+            for handler in log.handlers:
+                if (
+                    isinstance(handler, logging.StreamHandler)
+                    and not isinstance(handler, logging.FileHandler)
+                    and id(handler.stream) in originals
+                ):
+                    replacement = sys.stderr if handler.stream is sys.__stderr__ else sys.stdout
+                    self._rerouted.append((handler, handler.setStream(replacement)))
+
+    def elapsed(self) -> float:
+        return self._clock() - self.started
+
+    def say(self, text: str) -> None:
+        """A line the user must read (a failure, a reason): above the live display while one runs."""
+        self._print(text)
+
+    def _print(self, text: str) -> None:
+        # Through the console: on a terminal, rich prints it above the live display.
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+class SweepProgress(_Display):
     """Counts trials by outcome and the best point within each ε bound, and shows them.
 
     ``total`` is the sweep's trial count (None: unknown); ``epsilon_budget`` picks the reported ε
@@ -69,22 +172,16 @@ class SweepProgress:
         accuracy_name: str = "validation accuracy",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(console=console, live=live, interval_s=interval_s, clock=clock)
         self.total = total
         self.bounds: Sequence[float] = default_buckets(epsilon_budget)
         self.time_budget_s = time_budget_s
         self.verbose = verbose
-        self.console = console if console is not None else Console(highlight=False)
-        self.live = self.console.is_terminal if live is None else live
-        self.interval_s = interval_s
         self.accuracy_name = accuracy_name
-        self._clock = clock
-        self.started = clock()
         self.counts: dict[str, int] = {}
         self.best: dict[float, Point] = {}  # ε bound -> most accurate point within it so far
-        self._last_line = self.started
-        self._lock = threading.Lock()  # the live display renders from its own thread
-        self._display: Live | None = None
-        self._rerouted: list[tuple[logging.StreamHandler, Any]] = []  # log handlers pointed at the display
+        # What the stages after the search show on (close() turns the search's own display off).
+        self._stage_settings = {"live": self.live, "interval_s": interval_s}
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune saves what holds it (the searcher's skip callback): a console, a lock and a
@@ -97,21 +194,6 @@ class SweepProgress:
         self._lock = threading.Lock()
 
     # ---- events ----------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """The trials start: the clock (elapsed, time budget) runs from here; on a terminal, the live display."""
-        self.started = self._last_line = self._clock()
-        if self.live and self._display is None:
-            self._display = Live(
-                get_renderable=self.frame,
-                console=self.console,
-                refresh_per_second=4,
-                transient=True,
-                redirect_stdout=True,
-                redirect_stderr=True,
-            )
-            self._display.start()
-            self._reroute_logging()
 
     def point(self, point: Point) -> None:
         """One epoch of one trial: it may be the best so far within some ε bounds."""
@@ -147,53 +229,11 @@ class SweepProgress:
             self.counts[group] = self.counts.get(group, 0) + 1
             return self.finished
 
-    def tick(self) -> None:
-        """Without a terminal, print the summary line when ``interval_s`` has passed since the last."""
-        if self.live or self.interval_s is None:
-            return
-        now = self._clock()
-        if now - self._last_line >= self.interval_s:
-            self._last_line = now
-            self._print(self.summary_line())
-
-    def close(self) -> None:
-        """Stop the display and print the final summary line (once)."""
-        if self._display is not None:
-            for handler, stream in self._rerouted:
-                handler.setStream(stream)
-            self._rerouted = []
-            self._display.stop()
-            self._display = None
-        if self.live or self.interval_s is not None:
-            self._print(self.summary_line(final=True))
-        self.live, self.interval_s = False, None  # a second close prints nothing
-
-    def _reroute_logging(self) -> None:
-        """Log handlers made before the display write to the terminal itself, past the display's
-        redirection of sys.stdout/sys.stderr, and break its frame: point them at the redirection."""
-        originals = {id(sys.__stdout__), id(sys.__stderr__)}
-        loggers = [
-            logging.getLogger(),
-            *(log for log in logging.Logger.manager.loggerDict.values() if isinstance(log, logging.Logger)),
-        ]
-        for log in loggers:
-            for handler in log.handlers:
-                if (
-                    isinstance(handler, logging.StreamHandler)
-                    and not isinstance(handler, logging.FileHandler)
-                    and id(handler.stream) in originals
-                ):
-                    replacement = sys.stderr if handler.stream is sys.__stderr__ else sys.stdout
-                    self._rerouted.append((handler, handler.setStream(replacement)))
-
     # ---- what is shown ---------------------------------------------------------------------
 
     @property
     def finished(self) -> int:
         return sum(self.counts.values())
-
-    def elapsed(self) -> float:
-        return self._clock() - self.started
 
     def _time_text(self) -> str:
         elapsed = self.elapsed()
@@ -244,9 +284,76 @@ class SweepProgress:
         line.add_row(bar, Text(trials))
         return Group(line, Text(self._time_text(), style="dim"), table)
 
-    def _print(self, text: str) -> None:
-        # Through the console: on a terminal, rich prints it above the live display.
-        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+    def stage(self, stage: str, *, runs: int, done_before: int = 0, what: str = "") -> StageProgress:
+        """The display of a stage after the search (``confirmation``, ``refit``): on the same console,
+        live where the search's was, plain lines at the same interval where it printed them."""
+        return StageProgress(
+            stage=stage,
+            runs=runs,
+            done_before=done_before,
+            what=what,
+            console=self.console,
+            clock=self._clock,
+            **self._stage_settings,
+        )
+
+
+class StageProgress(_Display):
+    """A stage of runs after the search (the confirmation stage, its refit): runs done out of
+    ``runs``, failed ones, time; one summary line at the end.
+
+    ``done_before`` counts runs a resumed sweep had finished already (not run again); ``what``
+    says what the runs are (e.g. ``18 configuration(s) x 3 fresh seeds``). Its summary line prints
+    at ``close`` in every case: it replaces the stage's start and end lines.
+    """
+
+    final_line_always = True
+
+    def __init__(
+        self,
+        *,
+        stage: str,
+        runs: int,
+        done_before: int = 0,
+        what: str = "",
+        console: Console | None = None,
+        live: bool | None = None,
+        interval_s: float | None = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(console=console, live=live, interval_s=interval_s, clock=clock)
+        self.stage = stage
+        self.runs = runs
+        self.done_before = done_before
+        self.what = what
+        self.finished = 0
+        self.failed = 0
+
+    def runs_ended(self, *, ok: int, failed: int = 0) -> None:
+        """``ok`` runs measured their accuracy, ``failed`` did not (diverged, or their worker died)."""
+        with self._lock:
+            self.finished += ok + failed
+            self.failed += failed
+        self.tick()
+
+    def _counts_text(self) -> str:
+        failed = f", {self.failed} failed" if self.failed else ""
+        before = f" ({self.done_before} done before)" if self.done_before else ""
+        return f"{self.finished}/{self.runs} run(s){failed}{before}"
+
+    def summary_line(self, *, final: bool = False) -> str:
+        what = f" ({self.what})" if self.what else ""
+        if final:
+            return f"{self.stage} over: {self._counts_text()}{what}; took {_clock_text(self.elapsed())}"
+        return f"{self.stage} running: {self._counts_text()}{what}; elapsed {_clock_text(self.elapsed())}"
+
+    def frame(self) -> Any:
+        with self._lock:
+            done, text = self.finished, f"{self.stage}: {self._counts_text()}"
+        line = Table.grid(padding=(0, 1))
+        line.add_row(ProgressBar(total=float(max(self.runs, 1)), completed=float(done), width=30), Text(text))
+        details = f"{self.what}; " if self.what else ""
+        return Group(line, Text(f"{details}elapsed {_clock_text(self.elapsed())}", style="dim"))
 
 
 class _DropStartupNotice(logging.Filter):

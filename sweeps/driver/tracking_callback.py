@@ -98,9 +98,11 @@ class TrackingCallback(tune.Callback):
         self.out = out
         self._specs: dict[str, TrialSpec] = {}  # member trial key -> its spec
         self._last_rows = LatestRows()  # member trial key -> its latest epoch row
-        self._unlogged: dict[str, list[tuple[int, dict[str, float]]]] = {}  # epochs not yet sent to MLflow
+        self._unlogged: dict[str, list[tuple[int, dict[str, float], int]]] = {}  # epochs not yet sent to MLflow
         self._unlogged_since: dict[str, float] = {}  # member key -> when its oldest unlogged epoch came
         self._shown: set[str] = set()  # member keys with an epoch sent to MLflow already
+        # Member key -> (started_ms, ended_ms): its training's span as its worker measured it, so far.
+        self._spans: dict[str, tuple[int, int]] = {}
         # Members of running packs that have ended; on resume also every trial that ended before
         # the interruption: a restored pack trains its members again, and a replayed member must
         # not overwrite the outcome it had (a fresh pruning board can judge it otherwise).
@@ -163,11 +165,9 @@ class TrackingCallback(tune.Callback):
                 for spec in members
                 if spec.kind != "federated"
             )
-        if len(members) == 1 and members[0].key not in self._finished:
-            # A lone trial may run for hours: its run shows in MLflow from the start. The members
-            # of a pack (seconds of training) show with their first epochs. A trial that had ended
-            # before a resume (Tune's saved state can predate its end) keeps the run it has.
-            self._write(self.tracker.log_trial, key=members[0].key, name=members[0].name, params=members[0].params)
+        # A trial's run is created with its first epoch, which its worker sends at once (a lone
+        # trial) or within seconds (a pack): MLflow cannot move a run's start, and its start is
+        # to be the trial's, as the worker measured it, not the time Tune scheduled it.
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         members = {spec.key: spec for spec in self._members(trial)}
@@ -181,6 +181,7 @@ class TrackingCallback(tune.Callback):
             if key in self._finished:
                 continue
             for row in epochs:
+                self._note_span(key, row)
                 if row.diverged is not None or row.replayed:
                     self._last_rows.update(key, row)  # a replayed row was logged before the interruption
                     continue
@@ -218,7 +219,21 @@ class TrackingCallback(tune.Callback):
             self._unlogged_since.pop(key, None)
             if epochs:
                 spec = self._specs[key]
-                self._write(self.tracker.log_trial, key=key, name=spec.name, params=spec.params, epochs=epochs)
+                self._write(
+                    self.tracker.log_trial,
+                    key=key,
+                    name=spec.name,
+                    params=spec.params,
+                    epochs=epochs,
+                    started_ms=self._spans.get(key, (0, 0))[0],
+                )
+
+    def _note_span(self, key: str, row: EpochRow) -> None:
+        """The trial's first measured start and its latest measured end."""
+        if not row.started_ms:
+            return
+        started, _ = self._spans.get(key, (row.started_ms, 0))
+        self._spans[key] = (min(started, row.started_ms), max(row.ended_ms, row.started_ms))
 
     def _log_epoch(self, spec: TrialSpec, row: EpochRow) -> None:
         self.stats.epochs += 1
@@ -243,7 +258,8 @@ class TrackingCallback(tune.Callback):
         )  # as log_trial logs them
         self._point_keys.append(spec.key)
         self.progress.point(self.points[-1])
-        self._unlogged.setdefault(spec.key, []).append((row.epoch, metrics))
+        # At the time its worker measured it: MLflow's charts over time, like the run's span, are the training's.
+        self._unlogged.setdefault(spec.key, []).append((row.epoch, metrics, row.ended_ms))
         self._unlogged_since.setdefault(spec.key, time.monotonic())
 
     def _finish(self, trial: Any, *, error: bool) -> None:
@@ -269,6 +285,7 @@ class TrackingCallback(tune.Callback):
             tags["dpsweep.failure"] = row.diverged
         elif error:
             tags["dpsweep.failure"] = f"trial raised an error; see {error_file}"
+        started_ms, ended_ms = self._spans.pop(spec.key, (0, 0))
         self._write(
             self.tracker.log_trial,
             key=spec.key,
@@ -277,6 +294,8 @@ class TrackingCallback(tune.Callback):
             epochs=self._unlogged.pop(spec.key, []),
             outcome=outcome,
             tags=tags,
+            started_ms=started_ms,
+            ended_ms=ended_ms,
         )
         self._unlogged_since.pop(spec.key, None)
         self._specs.pop(spec.key, None)

@@ -2,7 +2,8 @@
 
 ``frontier``: points, the Pareto set, ε buckets, the CSV. ``frontier_plot``: ``frontier.png``.
 ``confirm``: the leading configurations of each ε bucket retrained with fresh seeds.
-``frontier_report``: the frontier files and the console summary. Pure: no Ray, MLflow or Optuna.
+``frontier_report``: the frontier files and the console summary. ``compare``: several sweeps'
+confirmed frontiers on one plot (``python -m sweeps.compare``). Pure: no Ray, MLflow or Optuna.
 """
 
 from sweeps.results.frontier import (
@@ -25,6 +26,7 @@ __all__ = [
     "default_buckets",
     "pareto_front",
     "plot_frontier",
+    "compare",
     "confirm",
     "frontier",
     "frontier_plot",

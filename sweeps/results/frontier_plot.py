@@ -19,7 +19,7 @@ from typing import Any
 
 from sweeps.results.frontier import ConfirmedConfig, Point
 
-__all__ = ["plot_frontier"]
+__all__ = ["epsilon_axis_label", "plain_log_ticks", "plot_frontier"]
 
 # Dots shrink and fade as points grow in number, so that dense regions read as density.
 _DOT_SIZE = ((300, 14.0, 0.4), (3000, 7.0, 0.25), (math.inf, 4.0, 0.18))  # (up to n points, size, alpha)
@@ -32,7 +32,8 @@ def _legend_rank(label: str) -> int:
     return next((i for i, prefix in enumerate(_LEGEND_ORDER) if label.startswith(prefix)), len(_LEGEND_ORDER))
 
 
-def _epsilon_label(delta: float, accountant: str) -> str:
+def epsilon_axis_label(delta: float, accountant: str) -> str:
+    """The ε axis' name: every ε on it is a statement of this δ and accountant."""
     return f"ε (δ = {delta:g}, {accountant.upper()} accountant)"
 
 
@@ -69,7 +70,7 @@ def _sweep_entries(ax: Any, values: Mapping[str, float], *, delta: float, xmax: 
         ax.plot([], [], " ", label=f"{label} = {value:.4g} (δ = {delta:g}){where}")
 
 
-def _log_ticks(ax: Any) -> None:
+def plain_log_ticks(ax: Any) -> None:
     """1, 2, 5 per decade, written as plain numbers (0.5, 2, 8) rather than powers of ten."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -146,7 +147,7 @@ def plot_frontier(
         low, high = _x_limits(epsilons, budget, log=log_epsilon)
         if log_epsilon:
             ax.set_xscale("log")
-            _log_ticks(ax)
+            plain_log_ticks(ax)
         if finite:
             size, alpha = _dot_style(len(finite))
             ax.scatter(
@@ -208,7 +209,7 @@ def plot_frontier(
         highs = [p.accuracy for p in finite] + [c.test_mean + s for c, s in zip(shown_confirmed, spread)]
         if lows:
             ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.005, max(highs) + 0.02))
-        ax.set_xlabel(_epsilon_label(delta, accountant) + (", log scale" if log_epsilon else ""))
+        ax.set_xlabel(epsilon_axis_label(delta, accountant) + (", log scale" if log_epsilon else ""))
         ax.set_ylabel("accuracy")
         ax.set_title(title)
         ax.grid(True, alpha=0.3, which="both" if log_epsilon else "major")

@@ -12,7 +12,8 @@ sweeps:
 
 Also here: telling MLflow's failures apart (:mod:`sweeps.tracking.errors`), the write-ahead log
 for sqlite stores (:mod:`sweeps.tracking.sqlite`), the tags that make a sweep's runs findable
-(:mod:`sweeps.tracking.tags`) and the journal's replay command (:mod:`sweeps.tracking.sync`).
+(:mod:`sweeps.tracking.tags`), the journal's replay command (:mod:`sweeps.tracking.sync`), and
+sweeps read back by name for ``python -m sweeps.compare`` (:mod:`sweeps.tracking.sweep_runs`).
 
 Credentials are MLflow's own (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, or
 ``MLFLOW_TRACKING_TOKEN``), read by MLflow's client from the environment: this package never
@@ -34,6 +35,7 @@ __all__ = [
     "errors",
     "journal",
     "sqlite",
+    "sweep_runs",
     "sync",
     "tags",
     "writer",

@@ -76,6 +76,7 @@ class SweepTracker(JournaledWrites):
         self._last_step: dict[str, int] = {}  # trial key -> last epoch logged (for reopened runs)
         self._opened: set[str] = set()  # trial keys whose run this tracker created or reopened
         self.ended_before: set[str] = set()  # trial keys whose run had ended when a resumed sweep reopened the parent
+        self._kept_end: dict[str, int] = {}  # trial key -> the end (ms) its run had before a resume: it stays
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -228,13 +229,20 @@ class SweepTracker(JournaledWrites):
         key: str,
         name: str,
         params: Mapping[str, Any],
-        epochs: list[tuple[int, Mapping[str, float]]] = (),
+        epochs: list[tuple[Any, ...]] = (),
         outcome: str | None = None,
         tags: Mapping[str, str] | None = None,
+        started_ms: int | None = None,
+        ended_ms: int | None = None,
     ) -> None:
         """Everything new about one trial, in as few MLflow calls as it takes: its child run
         opened (created with its params, or reopened on a retry or resume), ``epochs`` logged as
-        (step, metrics), and, given an ``outcome``, the run ended with that outcome and ``tags``.
+        (step, metrics) or (step, metrics, Unix epoch ms its worker measured them at), and, given
+        an ``outcome``, the run ended with that outcome and ``tags``.
+
+        ``started_ms`` and ``ended_ms`` (Unix epoch ms, measured where the trial trained) become a
+        new run's start and an ended run's end, so that its Duration is the trial's; without them,
+        the time of the write. A run that exists keeps its start (a resumed sweep's, a retry's).
 
         A trial of a pack usually arrives whole: then it costs three calls (create, one batch,
         end), against one per write; on a small machine the per-call cost of MLflow's sqlite
@@ -247,10 +255,15 @@ class SweepTracker(JournaledWrites):
             key=key,
             name=name,
             params={k: str(v) for k, v in params.items()},
-            epochs=[[int(step), {k: float(v) for k, v in metrics.items()}] for step, metrics in epochs],
+            epochs=[
+                [int(step), {k: float(v) for k, v in metrics.items()}, *(int(w) for w in when if w)]
+                for step, metrics, *when in epochs
+            ],
             outcome=outcome,
             tags={k: str(v) for k, v in (tags or {}).items()},
             timestamp=int(time.time() * 1000),
+            started_ms=int(started_ms) if started_ms else None,
+            ended_ms=int(ended_ms) if ended_ms else None,
         )
 
     def _log_trial(
@@ -263,6 +276,8 @@ class SweepTracker(JournaledWrites):
         outcome: str | None,
         tags: Mapping[str, str],
         timestamp: int,
+        started_ms: int | None = None,
+        ended_ms: int | None = None,
     ) -> None:
         run_id = self._find_trial(key)
         end_tags = [RunTag("dpsweep.outcome", outcome), *(RunTag(k, v) for k, v in tags.items())] if outcome else []
@@ -271,6 +286,7 @@ class SweepTracker(JournaledWrites):
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=name,
+                start_time=started_ms or timestamp,
                 tags={
                     _PARENT: self.parent_run_id,
                     "dpsweep.trial_key": key,
@@ -290,8 +306,8 @@ class SweepTracker(JournaledWrites):
         last = self._last_step.get(key, -1)
         # An epoch logged before this run was reopened comes again when its trial starts over.
         metrics = [
-            Metric(k, v, timestamp, step)
-            for step, values in epochs
+            Metric(k, v, when[0] if when else timestamp, step)
+            for step, values, *when in epochs
             if step > last or "val_accuracy" not in values
             for k, v in values.items()
             if math.isfinite(v)
@@ -304,18 +320,23 @@ class SweepTracker(JournaledWrites):
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
         if outcome is not None:
             status = RunStatus.FAILED if outcome == "failed" else RunStatus.FINISHED
-            self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+            end = self.__dict__.setdefault("_kept_end", {}).pop(key, None) or ended_ms
+            self.client.set_terminated(run_id, status=RunStatus.to_string(status), end_time=end)
             self._opened.discard(key)  # a later write (a retried trial) reopens the run
 
     def _reopen_trial(self, key: str, run_id: str) -> bool:
         """A trial's run from before (a retry, a resumed sweep): running again; remember its last
         epoch. Returns whether the run has its params."""
+        before = self.client.get_run(run_id)
+        if key in self.ended_before and before.info.end_time:
+            # Its outcome was logged before the resume: so was its end, measured then, which stays.
+            self.__dict__.setdefault("_kept_end", {})[key] = before.info.end_time
         self.client.update_run(run_id, status="RUNNING")
         self.client.set_tag(run_id, "dpsweep.outcome", "running")
         history = self.client.get_metric_history(run_id, "val_accuracy")
         self._last_step[key] = max((m.step for m in history), default=0)
         self._opened.add(key)
-        return bool(self.client.get_run(run_id).data.params)
+        return bool(before.data.params)
 
     def log_skipped(
         self, *, key: str, name: str, params: Mapping[str, Any], planned_epsilon: float, reason: str

@@ -12,7 +12,7 @@ from dp_core.config import TrainConfig
 from dp_core.data import load_data
 from dp_core.train import EpochReport, StopTraining, TrainingDiverged, train
 from dp_core.vectorized import can_vectorize, train_vectorized
-from sweeps.protocol import ConfirmationJob, ConfirmationResult
+from sweeps.protocol import ConfirmationJob, ConfirmationResult, wall_clock_ms
 from sweeps.workers.threads import use_reserved_cpus
 
 __all__ = ["train_jobs"]
@@ -23,19 +23,27 @@ def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
     accuracy there (a worker's part).
 
     Jobs whose configurations can train together (dp_core.vectorized) do, each stopping at its
-    own epoch; the others train one by one.
+    own epoch; the others train one by one. Each result carries when its job trained (wall clock):
+    from its training's start (the unit's, for jobs that train together) to its epoch's evaluation.
     """
     use_reserved_cpus()
     configs = [TrainConfig.from_dict(job.train) for job in jobs]
     data = load_data(configs[0].data)
     stops = [job.epoch for job in jobs]
     measured: dict[int, Any] = {}
+    started_ms: dict[int, int] = {}
+    ended_ms: dict[int, int] = {}
 
     def row(k: int, report: EpochReport) -> ConfirmationResult:
         # A refit trains on the whole training split: no validation split is left to measure (NaN).
         val = math.nan if report.val_accuracy is None else report.val_accuracy
         return ConfirmationResult(
-            name=jobs[k].name, epsilon=report.epsilon, val_accuracy=val, test_accuracy=report.test_accuracy
+            name=jobs[k].name,
+            epsilon=report.epsilon,
+            val_accuracy=val,
+            test_accuracy=report.test_accuracy,
+            started_ms=started_ms[k],
+            ended_ms=ended_ms[k],
         )
 
     if len(jobs) > 1 and can_vectorize(configs, data=data) is None:
@@ -43,9 +51,11 @@ def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
         def on_epoch(reports: dict[int, Any]) -> list[int]:
             done = [k for k, report in reports.items() if report.epoch >= stops[k]]
             measured.update({k: reports[k] for k in done})
+            ended_ms.update(dict.fromkeys(done, wall_clock_ms()))
             return done
 
         try:
+            started_ms.update(dict.fromkeys(range(len(jobs)), wall_clock_ms()))
             train_vectorized(configs, data=data, on_epoch=on_epoch)
             return [row(k, measured[k]) for k in range(len(jobs))]
         except TrainingDiverged:
@@ -55,12 +65,13 @@ def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
 
         def stop_at(report: Any, k: int = k) -> None:
             if report.epoch >= stops[k]:
-                measured[k] = report
+                measured[k], ended_ms[k] = report, wall_clock_ms()
                 raise StopTraining
 
         try:
+            started_ms[k] = wall_clock_ms()
             train(config, data=data, on_epoch=stop_at)
             results.append(row(k, measured[k]))
         except TrainingDiverged:
-            results.append(ConfirmationResult.failed(jobs[k].name))
+            results.append(ConfirmationResult.failed(jobs[k].name, started_ms=started_ms[k]))
     return results

@@ -18,7 +18,7 @@ from ray import tune
 
 from dp_core.federated import InProcessExecutor, RoundReport, split_flat, train_federated
 from dp_core.train import TrainingDiverged
-from sweeps.protocol import EpochRow, TrialSpec
+from sweeps.protocol import EpochRow, TrialSpec, wall_clock_ms
 from sweeps.workers.federated_actors import RayClientExecutor
 from sweeps.workers.threads import use_reserved_cpus
 from sweeps.workers.trial import progress_row, worker_dataset
@@ -40,6 +40,7 @@ def round_row(report: RoundReport, *, rounds_planned: int) -> EpochRow:
 def run_federated_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
     """Runs one ``kind: federated`` trial (:data:`sweeps.workers.trainable.RUNNERS`), reporting every round."""
     started = time.perf_counter()
+    started_ms = wall_clock_ms()  # the trial's MLflow run starts here, set-up included
     config, federated = split_flat(unit.train)
     # Planned in the driver already (σ, every client's ε per round): not again per trial.
     plan = unit.plan
@@ -55,6 +56,8 @@ def run_federated_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
         # Before the first round: imports, data, σ, and starting the client actors.
         row = dataclasses.replace(
             round_row(report, rounds_planned=federated.rounds),
+            started_ms=started_ms,
+            ended_ms=wall_clock_ms(),
             **{"setup_seconds" if last_return == started else "report_seconds": max(overhead, 0.0)},
         )
         tune.report(row.to_result())
@@ -65,4 +68,5 @@ def run_federated_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
             config, federated, executor=executor, on_round=on_round, data=data, plan=plan, evaluate_test=False
         )
     except TrainingDiverged as error:
-        tune.report(EpochRow.of_divergence(str(error), epochs_planned=federated.rounds).to_result())
+        row = EpochRow.of_divergence(str(error), epochs_planned=federated.rounds, started_ms=started_ms)
+        tune.report(row.to_result())

@@ -28,7 +28,7 @@ from dp_core.config import TrainConfig
 from dp_core.train import EpochReport
 from dp_core.vectorized import ConfigsDiverged, train_vectorized
 from sweeps.planning.pruning import epsilon_band
-from sweeps.protocol import EpochRow, PackSpec, encode_rows
+from sweeps.protocol import EpochRow, PackSpec, encode_rows, wall_clock_ms
 from sweeps.workers.threads import use_reserved_cpus
 from sweeps.workers.trial import epoch_row, worker_dataset
 
@@ -61,6 +61,9 @@ def run_pack(unit: PackSpec, tune_config: dict[str, Any]) -> None:
     spent = {"epoch_seconds": 0.0, "eval_seconds": 0.0, "setup_seconds": 0.0, "report_seconds": 0.0}
     sent = dict(spent)
     last_sent = time.perf_counter()
+    # Member -> when it joined the stack (wall clock, ms): its MLflow run's start. A member that
+    # starts over (another diverged) keeps its first start: its run spans both.
+    joined_ms: dict[int, int] = {}
 
     def send() -> None:
         nonlocal last_sent
@@ -86,9 +89,22 @@ def run_pack(unit: PackSpec, tune_config: dict[str, Any]) -> None:
         last_sent = time.perf_counter()
 
     def on_epoch(reports: dict[int, EpochReport]) -> list[int]:
-        rows = {active[i]: epoch_row(r, epochs_planned=epochs) for i, r in reports.items()}
+        ended_ms = wall_clock_ms()
         train_seconds = sum(r.train_seconds for r in reports.values())  # the pack's time, split evenly
         eval_seconds = sum(r.eval_seconds for r in reports.values())
+        # The stack's epoch took train_seconds + eval_seconds of wall time; a member's first one began then.
+        epoch_began_ms = ended_ms - round(1000 * (train_seconds + eval_seconds))
+        for i, report in reports.items():
+            if report.epoch == 1:
+                joined_ms.setdefault(active[i], epoch_began_ms)
+        rows = {
+            active[i]: dataclasses.replace(
+                epoch_row(r, epochs_planned=epochs),
+                started_ms=joined_ms.get(active[i], epoch_began_ms),
+                ended_ms=ended_ms,
+            )
+            for i, r in reports.items()
+        }
         if not any(spent.values()):
             spent["setup_seconds"] = time.perf_counter() - started - train_seconds - eval_seconds
         spent["epoch_seconds"] += train_seconds
@@ -129,7 +145,9 @@ def run_pack(unit: PackSpec, tune_config: dict[str, Any]) -> None:
         except ConfigsDiverged as error:
             diverged = {active[i] for i in error.config_indices}
             for k in diverged:
-                unsent[members[k].key] = [EpochRow.of_divergence(str(error), epochs_planned=epochs)]
+                unsent[members[k].key] = [
+                    EpochRow.of_divergence(str(error), epochs_planned=epochs, started_ms=joined_ms.get(k, 0))
+                ]
             send()
             # The others start over without them: their own streams, so the results they had.
             active = [k for k in active if k not in diverged and k not in ended]

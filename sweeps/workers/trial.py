@@ -22,7 +22,7 @@ from ray import tune
 from dp_core.config import DataConfig, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.train import EpochReport, ProgressReport, TrainingDiverged, train
-from sweeps.protocol import EpochRow, TrialSpec
+from sweeps.protocol import EpochRow, TrialSpec, wall_clock_ms
 from sweeps.workers.threads import use_reserved_cpus
 
 __all__ = ["run_central_trial", "epoch_row", "progress_row", "worker_dataset", "CHECKPOINT_FILE"]
@@ -97,6 +97,7 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
     A diverged run (NaN loss) is reported, not raised: retrying it would only diverge again.
     """
     started = time.perf_counter()
+    started_ms = wall_clock_ms()  # the trial's MLflow run starts here, set-up included
     # Planned in the driver already (σ calibration, ε after every epoch): not again per trial.
     config, plan = TrainConfig.from_dict(unit.train), unit.plan
     use_reserved_cpus()
@@ -124,7 +125,10 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
         overhead = now - last_return - report.train_seconds - report.eval_seconds
         row = epoch_row(report, epochs_planned=config.epochs)
         row = dataclasses.replace(
-            row, **{"setup_seconds" if last_return == started else "report_seconds": max(overhead, 0.0)}
+            row,
+            started_ms=started_ms,
+            ended_ms=wall_clock_ms(),
+            **{"setup_seconds" if last_return == started else "report_seconds": max(overhead, 0.0)},
         )
         state = state_file.stat().st_mtime_ns if state_file.exists() else None
         checkpoint = None
@@ -149,7 +153,7 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
             evaluate_test=False,
         )
     except TrainingDiverged as error:
-        tune.report(EpochRow.of_divergence(str(error), epochs_planned=config.epochs).to_result())
+        tune.report(EpochRow.of_divergence(str(error), epochs_planned=config.epochs, started_ms=started_ms).to_result())
     else:
         if epochs_reported == 0 and restored_row is not None:
             # Restored at its end: nothing was trained, and without a row the driver would count

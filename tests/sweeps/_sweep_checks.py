@@ -116,7 +116,7 @@ def half_way(kind: Kind, client: MlflowClient, experiment: str, results: Path) -
         return False
     _, children = _runs(client, experiment)
     completed = sum(c.data.tags.get("dpsweep.outcome") == "completed" for c in children)
-    # Packs show their members in MLflow as they end; a lone trial shows from its start.
+    # Packs show their members in MLflow as they end; a lone trial shows with its first epoch.
     low, high = kind.packed_completed or (1, len(children) - 1)
     if not low <= completed <= high:
         return False
@@ -294,6 +294,15 @@ def _check_privacy(kind: Kind, sweep: Path, trained: list, output: str, *, delta
     assert float(epsilon) == pytest.approx(expected, abs=5e-4)  # printed to 3 decimals
 
 
+def _check_span(client: MlflowClient, child: Any, parent: Any) -> None:
+    """However the sweep was broken and resumed, a trial's run spans at least the epochs its
+    trainer timed (each logged once), within its sweep's run: its times are its worker's, kept."""
+    info = child.info
+    assert parent.info.start_time <= info.start_time < info.end_time <= parent.info.end_time, (info, parent.info)
+    timed_ms = 1000 * sum(m.value for m in client.get_metric_history(info.run_id, "epoch_seconds"))
+    assert info.end_time - info.start_time >= timed_ms - 5, (info, timed_ms)
+
+
 def check_sweep(
     kind: Kind,
     *,
@@ -327,6 +336,7 @@ def check_sweep(
     trained = [c for c in children if c.data.tags["dpsweep.outcome"] != "skipped_over_budget"]
     for child in trained:
         _check_epsilon(kind, client, child)
+        _check_span(client, child, parent)
     if kind.optuna:
         _check_study(kind, space, client, results, children)
     _check_frontier(kind, client, sweep, parent, trained, frontiers)

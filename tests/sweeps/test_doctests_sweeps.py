@@ -7,7 +7,13 @@ import importlib
 
 import pytest
 
-MODULES = ["sweeps.space.load", "sweeps.driver.preparation", "sweeps.results.frontier_plot"]
+MODULES = [
+    "sweeps.space.load",
+    "sweeps.driver.preparation",
+    "sweeps.results.frontier_plot",
+    "sweeps.launch",
+    "sweeps.results.compare",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

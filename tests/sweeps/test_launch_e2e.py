@@ -6,10 +6,12 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,7 +112,9 @@ def _assert_no_seed_released(tmp_path: Path, client: MlflowClient, parent, child
 def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Path, ray_cluster: RayCluster) -> None:
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_SPACE.format(name="tiny"))
+    launched_ms = int(time.time() * 1000)
     done = _launch(tmp_path, "--space", str(space), cluster=ray_cluster)
+    returned_ms = int(time.time() * 1000)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 skipped over budget (trial_0002, trial_0003)" in done.stdout  # σ = 0.3 is far over an ε budget of 6
     assert "frontier" in done.stdout and "RDP" in done.stdout
@@ -207,6 +211,47 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
     assert len(refits) == 2 * len({(b["trial"], b["epoch"], b["epsilon_at_most"]) for b in chosen})
     assert "test acc" in done.stdout and " ± " in done.stdout and "refit" in done.stdout
     _assert_no_seed_released(tmp_path, client, parent, stage_runs, done.stdout + done.stderr)
+    _assert_stages_print_one_line_each(done.stdout)
+    _assert_runs_span_their_training(client, children, stage_runs, launched_ms, returned_ms)
+
+
+def _assert_stages_print_one_line_each(stdout: str) -> None:
+    """Without a terminal the confirmation and the refit stage print one summary line each, and
+    a plain line per 30 s they run (none, on a quiet machine), not a line per finished unit."""
+    lines = stdout.splitlines()
+    search_over = next(i for i, line in enumerate(lines) if line.startswith("sweep over:"))
+    refit_over = next(i for i, line in enumerate(lines) if line.startswith("refit over:"))
+    stage_lines = lines[search_over + 1 : refit_over + 1]
+    for stage in ("confirmation", "refit"):
+        (over,) = [line for line in stage_lines if line.startswith(f"{stage} over: ")]
+        minutes, seconds = re.search(r"; took (\d+):(\d\d)$", over).groups()
+        running = [line for line in stage_lines if line.startswith(f"{stage} running: ")]
+        assert len(running) <= (60 * int(minutes) + int(seconds)) // 30, stage_lines
+    assert len(stage_lines) == 2 + sum(" running: " in line for line in stage_lines), stage_lines
+    assert not [line for line in lines if re.match(r"\s*(confirmed|refit) \d+/\d+", line)]
+
+
+def _assert_runs_span_their_training(client, children, stage_runs, launched_ms: int, returned_ms: int) -> None:
+    """A run's start and end are its training's, measured in the worker: within the launch (this
+    test's clock), and at least as long as the training its pack timed (perf_counter, another
+    clock), which the time of the driver's writes (milliseconds) was not.
+
+    The two trained trials are one pack's members (one slot), trained at once from its first
+    epoch, so they start together; a member's ``epoch_seconds`` is its share of the stack's epoch,
+    which took that share times the members in it.
+    """
+    trained = [c for c in children if c.data.tags["dpsweep.outcome"] in ("completed", "pruned")]
+    assert len(trained) == 2 and len({c.info.start_time for c in trained}) == 1, [c.info for c in trained]
+    for run in [*trained, *stage_runs]:
+        assert launched_ms <= run.info.start_time < run.info.end_time <= returned_ms, run.info
+    shares = {
+        c.info.run_id: {m.step: m.value for m in client.get_metric_history(c.info.run_id, "epoch_seconds")}
+        for c in trained
+    }
+    for run in trained:
+        own = shares[run.info.run_id]
+        stack_ms = 1000 * sum(share * sum(step in other for other in shares.values()) for step, share in own.items())
+        assert run.info.end_time - run.info.start_time >= stack_ms - len(own), (run.info, stack_ms)
 
 
 def test_bad_space_stops_before_anything_runs(tmp_path: Path) -> None:

@@ -198,3 +198,64 @@ def test_log_records_during_the_live_display_go_through_it_and_handlers_are_rest
         assert "a warning that matters" in console.file.getvalue() and terminal.getvalue() == ""
     finally:
         log.removeHandler(handler)
+
+
+# ---- the stages after the search ----------------------------------------------------------------
+
+
+def test_a_stage_prints_a_plain_line_every_interval_and_one_summary_line_after_the_searchs() -> None:
+    progress, out, clock = _plain(total=4, epsilon_budget=1.0, interval_s=30.0)
+    progress.start()
+    progress.trial_ended(name="trial_0000", outcome="completed")
+    progress.close()
+    search_lines = out.getvalue().splitlines()
+    assert len(search_lines) == 1 and search_lines[0].startswith("sweep over:")
+
+    stage = progress.stage("confirmation", runs=54, done_before=3, what="18 configuration(s) x 3 fresh seeds")
+    stage.start()
+    for _ in range(20):  # 20 units of 2 runs, 5 s apart: one plain line per 30 s, not one per unit
+        clock.now += 5
+        stage.runs_ended(ok=2)
+    clock.now += 5
+    stage.runs_ended(ok=11, failed=3)
+    stage.close()
+    stage.close()  # a second close prints nothing
+    lines = out.getvalue().splitlines()[1:]
+    assert lines == [
+        "confirmation running: 12/54 run(s) (3 done before) (18 configuration(s) x 3 fresh seeds); elapsed 0:30",
+        "confirmation running: 24/54 run(s) (3 done before) (18 configuration(s) x 3 fresh seeds); elapsed 1:00",
+        "confirmation running: 36/54 run(s) (3 done before) (18 configuration(s) x 3 fresh seeds); elapsed 1:30",
+        "confirmation over: 54/54 run(s), 3 failed (3 done before) (18 configuration(s) x 3 fresh seeds); took 1:45",
+    ]
+
+
+def test_a_stage_without_plain_lines_still_prints_its_summary_line() -> None:
+    out = io.StringIO()
+    progress = SweepProgress(total=1, console=Console(file=out), live=False, interval_s=None, verbose=True)
+    stage = progress.stage("refit", runs=6)
+    stage.start()
+    stage.runs_ended(ok=6)
+    stage.close()
+    assert out.getvalue().splitlines() == [stage.summary_line(final=True)]
+    assert out.getvalue().startswith("refit over: 6/6 run(s); took ")
+
+
+def test_on_a_terminal_a_stage_draws_a_bar_and_leaves_its_summary_line() -> None:
+    out, clock = io.StringIO(), FakeClock()
+    console = Console(file=out, force_terminal=True, width=120, color_system=None)
+    progress = SweepProgress(total=10, console=console, clock=clock)
+    progress.start()
+    progress.close()
+    stage = progress.stage("refit", runs=6, what="2 chosen configuration(s) x 3 fresh seeds")
+    assert stage.live  # live where the search's display was, though the search's display is closed
+    stage.start()
+    stage.runs_ended(ok=4)
+    clock.now += 12
+    drawn = io.StringIO()
+    Console(file=drawn, force_terminal=True, width=120, color_system=None).print(stage.frame())
+    frame = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.getvalue())
+    assert "refit: 4/6 run(s)" in frame and "elapsed 0:12" in frame
+    before = out.getvalue()
+    stage.close()
+    after = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue()[len(before) :]).strip().splitlines()
+    assert after[-1] == "refit over: 4/6 run(s) (2 chosen configuration(s) x 3 fresh seeds); took 0:12"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -421,3 +422,53 @@ def test_a_write_mlflow_refuses_stops_the_sweep_at_close(tmp_path: Path) -> None
     callback.on_trial_complete(iteration=2, trials=[trial], trial=trial)
     with pytest.raises(MlflowException, match=r"axis\.lr\*2"):
         callback.close()
+
+
+# ---- run times -----------------------------------------------------------------------------------
+
+
+def test_a_trials_run_spans_the_times_its_worker_measured_not_the_writes(tmp_path: Path) -> None:
+    """A lone trial's and a pack member's run start and end where their rows say, and their
+    epochs' metrics are timed as their rows (worker clocks, set here an hour in the past, so that
+    the time of the driver's writes cannot pass for them)."""
+    tracker = _tracker(tmp_path)
+    callback, _ = _callback(tracker, total=3)
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    lone = _planned("trial_0000", noise=1.0)
+    trial = _ray_trial([lone], tmp_path / "ray")
+    callback.on_trial_start(iteration=0, trials=[trial], trial=trial)
+    for epoch in range(1, EPOCHS + 1):
+        row = dataclasses.replace(_row(lone, epoch, 0.5), started_ms=hour_ago, ended_ms=hour_ago + 1000 + 400 * epoch)
+        callback.on_trial_result(iteration=epoch, trials=[trial], trial=trial, result=_lone_result(trial, row, epoch))
+    callback.on_trial_complete(iteration=EPOCHS + 1, trials=[trial], trial=trial)
+
+    a, b = _planned("trial_0001", noise=2.0), _planned("trial_0002", noise=3.0)
+    pack = _ray_trial([a, b], tmp_path / "ray")
+    callback.on_trial_start(iteration=0, trials=[pack], trial=pack)
+    rows = {  # b joins the stack at its second epoch, when a slot frees (a width-1 stack's order)
+        a.key: [
+            dataclasses.replace(_row(a, e, 0.5), started_ms=hour_ago + 10_000, ended_ms=hour_ago + 10_000 + 300 * e)
+            for e in range(1, EPOCHS + 1)
+        ],
+        b.key: [
+            dataclasses.replace(_row(b, e, 0.5), started_ms=hour_ago + 20_000, ended_ms=hour_ago + 20_000 + 500 * e)
+            for e in range(1, EPOCHS + 1)
+        ],
+    }
+    callback.on_trial_result(iteration=1, trials=[pack], trial=pack, result=_pack_result(pack, rows, 1))
+    callback.on_trial_complete(iteration=2, trials=[pack], trial=pack)
+    callback.close()
+
+    runs = _children(tracker)
+    spans = {name: (run.info.start_time, run.info.end_time) for name, run in runs.items()}
+    assert spans == {
+        "trial_0000": (hour_ago, hour_ago + 1000 + 400 * EPOCHS),
+        "trial_0001": (hour_ago + 10_000, hour_ago + 10_000 + 300 * EPOCHS),
+        "trial_0002": (hour_ago + 20_000, hour_ago + 20_000 + 500 * EPOCHS),
+    }
+    # Each epoch's metrics are timed when its worker measured them, so MLflow's charts over time agree.
+    client = MlflowClient(tracking_uri=tracker.tracking_uri)
+    history = client.get_metric_history(runs["trial_0000"].info.run_id, "val_accuracy")
+    assert sorted((m.step, m.timestamp) for m in history) == [
+        (e, hour_ago + 1000 + 400 * e) for e in range(1, EPOCHS + 1)
+    ]

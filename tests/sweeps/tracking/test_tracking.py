@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -65,3 +66,43 @@ def test_a_running_trial_shows_then_ends_and_a_resumed_one_logs_no_epoch_twice(t
     steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
     assert steps == [1, 2, 3, 4, 5]
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_runs_start_and_end_are_the_measured_ones_and_a_resume_keeps_them(tmp_path: Path) -> None:
+    """Times given (the worker's) are the run's; without them, the write's. A resumed sweep's
+    writes to a run that had ended keep the start and the end it had."""
+    tracker = _tracker(tmp_path)
+    client = MlflowClient(tracking_uri=tracker.tracking_uri)
+    day_ago = int(time.time() * 1000) - 86_400_000
+    tracker.log_trial(key="k1", name="trial_0000", params=PARAMS, epochs=_epochs(range(1, 3)), started_ms=day_ago)
+    tracker.log_trial(
+        key="k1",
+        name="trial_0000",
+        params=PARAMS,
+        epochs=_epochs(range(3, 4)),
+        outcome="completed",
+        started_ms=day_ago,
+        ended_ms=day_ago + 4_321,
+    )
+    run = client.get_run(tracker.run_id_of("k1"))
+    assert (run.info.start_time, run.info.end_time) == (day_ago, day_ago + 4_321)
+
+    before = int(time.time() * 1000)
+    tracker.log_trial(key="k2", name="trial_0001", params=PARAMS, outcome="skipped_over_budget")
+    unmeasured = client.get_run(tracker.run_id_of("k2")).info
+    assert before <= unmeasured.start_time <= unmeasured.end_time <= int(time.time() * 1000)
+
+    again = _tracker(tmp_path)  # resumed: the run had ended
+    assert "k1" in again.ended_before
+    again.log_trial(
+        key="k1",
+        name="trial_0000",
+        params=PARAMS,
+        epochs=_epochs(range(1, 4)),
+        outcome="completed",
+        started_ms=day_ago + 50_000,
+        ended_ms=day_ago + 60_000,
+    )
+    kept = client.get_run(run.info.run_id)
+    assert kept.info.status == "FINISHED"
+    assert (kept.info.start_time, kept.info.end_time) == (day_ago, day_ago + 4_321)
