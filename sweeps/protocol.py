@@ -40,6 +40,7 @@ __all__ = [
     "PLAN_TYPES",
     "ConfirmationJob",
     "ConfirmationResult",
+    "TrainedModel",
 ]
 
 #: The key of a Ray trial's config that holds its unit's spec.
@@ -278,7 +279,8 @@ class ConfirmationJob:
     """One confirmation run (:mod:`sweeps.results.confirm`): search trial ``trial``'s
     configuration nominated at ``epoch`` for the ε bound ``bound``, as confirmed (``train``: its
     epochs, σ calibrated to the bound, a fresh seed); ``seed_index`` is its place among the
-    configuration's seeds."""
+    configuration's seeds. ``keep_model``: the worker hands the trained model back
+    (:class:`TrainedModel`), for the one refit run per bound whose model is registered."""
 
     name: str
     trial: str
@@ -286,16 +288,30 @@ class ConfirmationJob:
     bound: float
     seed_index: int
     train: Mapping[str, Any]
+    keep_model: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainedModel:
+    """A run's trained weights as a worker hands them back: the model's ``state_dict`` on the CPU,
+    and the data's shape, from which the driver builds the model again (``dp_core.models.build_model``
+    with the configuration's model name)."""
+
+    state_dict: Mapping[str, Any]
+    input_shape: tuple[int, int, int]
+    num_classes: int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ConfirmationResult:
-    """What a confirmation run measured at its epoch (NaN throughout: it diverged or its worker failed)."""
+    """What a confirmation run measured at its epoch (NaN throughout: it diverged or its worker failed),
+    and its trained model if its job asked for it (``ConfirmationJob.keep_model``)."""
 
     name: str
     epsilon: float
     val_accuracy: float
     test_accuracy: float
+    model: TrainedModel | None = None
 
     @classmethod
     def failed(cls, name: str) -> ConfirmationResult:

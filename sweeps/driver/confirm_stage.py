@@ -31,6 +31,7 @@ from sweeps.results.confirm import (
     run_name,
 )
 from sweeps.results.frontier import ConfirmedConfig
+from sweeps.results.released_model import save_weights, weights_path
 from sweeps.workers.confirmation import train_jobs
 
 __all__ = ["calibrated_configs", "refit_configs", "run_confirmations", "run_refits"]
@@ -245,6 +246,13 @@ def _run_jobs(
                 tags={"dpsweep.role": stage, "dpsweep.stage": stage, "dpsweep.confirms": job.trial},
             )
             runs.append(run)
+            if row.model is not None:  # the bound's model (MODEL_SEED_INDEX): kept before the run counts as done
+                save_weights(
+                    weights_path(sweep_dir, job.name),
+                    row.model,
+                    train=job.train,
+                    run_key=trial_key(job.train, name=job.name),
+                )
         keep_done(done_file, runs)
         done.update({run.name: run for run in runs})
         finished += len(runs)

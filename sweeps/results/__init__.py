@@ -2,7 +2,8 @@
 
 ``frontier``: points, the Pareto set, ε buckets, the CSV. ``frontier_plot``: ``frontier.png``.
 ``confirm``: the leading configurations of each ε bucket retrained with fresh seeds.
-``frontier_report``: the frontier files and the console summary. Pure: no Ray, MLflow or Optuna.
+``frontier_report``: the frontier files and the console summary. ``released_model``: which refit
+run is a bound's model, its kept weights, its registry name, alias and tags. Pure: no Ray, MLflow or Optuna.
 """
 
 from sweeps.results.frontier import (
@@ -29,4 +30,5 @@ __all__ = [
     "frontier",
     "frontier_plot",
     "frontier_report",
+    "released_model",
 ]
