@@ -54,12 +54,17 @@ def has_no_registry(error: BaseException) -> bool:
 
 @contextlib.contextmanager
 def _fluent_tracking_uri(tracking_uri: str) -> Iterator[None]:
-    previous = mlflow.get_tracking_uri()
+    # set_tracking_uri also sets MLFLOW_TRACKING_URI (for subprocesses): that is put back as it was too.
+    previous, environment = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+        if environment is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
 
 
 def _hold_if_asked() -> None:

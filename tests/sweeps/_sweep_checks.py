@@ -340,6 +340,9 @@ def _check_confirmation(
     """A space with confirm: each confirmation run once, finished, in the ledger, and in frontier.csv
     and best_per_epsilon.json; for a grid, the same confirmed results however the sweep was broken."""
     if "confirm: {" not in space.read_text():
+        # Nothing to register: no refit (a private selection's release is a search trial; no trial is registered).
+        ran = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])}
+        assert not [v.name for v in client.search_model_versions() if v.run_id in ran]
         return
     runs = [
         r

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -50,12 +51,14 @@ def test_alias_of_a_bound_is_eps_and_the_bound_with_its_dot_as_underscore() -> N
 
 
 def test_a_model_registered_twice_is_one_version_on_its_refit_run_that_loads_and_predicts_as_trained(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tracker, path, model = _refit_run(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tags = {"dpsweep.epsilon": "2.9", "dpsweep.delta": "1e-05", "dpsweep.accountant": "prv", "trained_on": "x"}
     tracker.register_model(weights=str(path), name="dpsweep-t", alias="eps-3", tags=tags)
     tracker.register_model(weights=str(path), name="dpsweep-t", alias="eps-3", tags=tags)  # a resume, a replay
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # MLflow's fluent URI was the tracker's only for the call
 
     client = MlflowClient(tracking_uri=tracker.tracking_uri)
     run_id = tracker.run_id_of("refit-key")
