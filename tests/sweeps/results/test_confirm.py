@@ -276,13 +276,15 @@ def test_the_chosen_configuration_is_refit_on_train_and_validation_spending_the_
     # weights handed back, kept and built again score on the test split exactly what the run reported.
     assert [job.keep_model for job in jobs] == [True, False, False]
     assert rows[0].model is not None and rows[1].model is None
-    kept = tmp_path / "refit.pt"
-    save_weights(kept, rows[0].model, train=jobs[0].train, run_key="k")
-    model = load_weights(kept).model
     images, labels = load_data(TrainConfig.from_dict(jobs[0].train).data).test.tensors
-    with torch.no_grad():
-        accuracy = (model(images).argmax(dim=1) == labels).float().mean().item()
-    assert accuracy == pytest.approx(rows[0].test_accuracy, abs=1e-6)
+    (alone,) = train_jobs(jobs[:1])  # trained by train(), not vectorised
+    for path, row in (("vectorised", rows[0]), ("alone", alone)):
+        kept = tmp_path / f"{path}.pt"
+        save_weights(kept, row.model, train=jobs[0].train, run_key="k")
+        model = load_weights(kept).model
+        with torch.no_grad():
+            accuracy = (model(images).argmax(dim=1) == labels).float().mean().item()
+        assert accuracy == pytest.approx(row.test_accuracy, abs=1e-6), path
 
 
 def test_refit_reports_the_refit_runs_and_keeps_what_chose_the_configuration() -> None:
