@@ -9,13 +9,20 @@ from pathlib import Path
 import mlflow.pytorch
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    ENDPOINT_NOT_FOUND,
+    FEATURE_DISABLED,
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_DOES_NOT_EXIST,
+)
 from mlflow.tracking import MlflowClient
 
 from dp_core.models import build_model
 from sweeps.protocol import TrainedModel
 from sweeps.results.released_model import bound_alias, save_weights, weights_path
 from sweeps.tracking import SweepTracker
-from sweeps.tracking.model_registry import RUN_ID_TAG
+from sweeps.tracking.model_registry import RUN_ID_TAG, has_no_registry
 
 TRAIN = {"dataset": "digits", "model": "mlp", "epochs": 2, "seed": 7}
 
@@ -97,3 +104,16 @@ def test_a_server_without_a_registry_is_said_in_one_line_and_the_sweep_goes_on(
     assert "Traceback" not in err
     monkeypatch.delenv("MLFLOW_REGISTRY_URI")
     assert MlflowClient(tracking_uri=tracker.tracking_uri).search_registered_models() == []
+
+
+def test_what_a_server_without_a_registry_answers_is_told_apart_from_other_failures() -> None:
+    # What MLflow's REST client raises for a 404 without a JSON body (mlflow.utils.rest_utils.verify_rest_response).
+    missing_endpoint = MlflowException(
+        "API request to endpoint /api/2.0/mlflow/model-versions/search failed with error code 404 != 200",
+        error_code=ENDPOINT_NOT_FOUND,
+    )
+    assert has_no_registry(missing_endpoint)
+    assert has_no_registry(MlflowException("registry off", error_code=FEATURE_DISABLED))
+    assert not has_no_registry(MlflowException("no such model", error_code=RESOURCE_DOES_NOT_EXIST))
+    assert not has_no_registry(MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE))
+    assert not has_no_registry(RuntimeError("anything else"))
