@@ -41,6 +41,7 @@ __all__ = [
     "PLAN_TYPES",
     "ConfirmationJob",
     "ConfirmationResult",
+    "TrainedModel",
     "wall_clock_ms",
 ]
 
@@ -295,7 +296,8 @@ class ConfirmationJob:
     """One confirmation run (:mod:`sweeps.results.confirm`): search trial ``trial``'s
     configuration nominated at ``epoch`` for the ε bound ``bound``, as confirmed (``train``: its
     epochs, σ calibrated to the bound, a fresh seed); ``seed_index`` is its place among the
-    configuration's seeds."""
+    configuration's seeds. ``keep_model``: the worker hands the trained model back
+    (:class:`TrainedModel`), for the one refit run per bound whose model is registered."""
 
     name: str
     trial: str
@@ -303,12 +305,25 @@ class ConfirmationJob:
     bound: float
     seed_index: int
     train: Mapping[str, Any]
+    keep_model: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainedModel:
+    """A run's trained weights as a worker hands them back: the model's ``state_dict`` on the CPU,
+    and the data's shape, from which the driver builds the model again (``dp_core.models.build_model``
+    with the configuration's model name)."""
+
+    state_dict: Mapping[str, Any]
+    input_shape: tuple[int, int, int]
+    num_classes: int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ConfirmationResult:
     """What a confirmation run measured at its epoch (NaN throughout: it diverged or its worker failed),
-    and when it trained: ``started_ms``/``ended_ms`` as :class:`EpochRow`'s (0: not measured)."""
+    and when it trained: ``started_ms``/``ended_ms`` as :class:`EpochRow`'s (0: not measured), and its
+    trained model if its job asked for it (``ConfirmationJob.keep_model``)."""
 
     name: str
     epsilon: float
@@ -316,6 +331,7 @@ class ConfirmationResult:
     test_accuracy: float
     started_ms: int = 0
     ended_ms: int = 0
+    model: TrainedModel | None = None
 
     @classmethod
     def failed(cls, name: str, *, started_ms: int = 0) -> ConfirmationResult:

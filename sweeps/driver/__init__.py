@@ -3,7 +3,8 @@
 In the order a sweep runs them: ``preparation`` (the request, the space, the secret and the grid
 planned, before Ray or MLflow), ``session`` (the MLflow parent run and Ray), ``runner`` (Ray Tune,
 the pruning board) with ``search``, ``optuna_actors`` and ``batch_tpe`` (Optuna),
-``tracking_callback``, ``sweep_stats`` and ``progress``, then ``confirm_stage`` and ``finish``.
+``tracking_callback``, ``sweep_stats`` and ``progress``, then ``confirm_stage``, ``finish`` and
+``register_models`` (each ε bound's model into MLflow's Model Registry).
 Beside them: ``resources`` (whether trials fit the cluster), ``prepare_data`` (datasets fetched
 once) and ``submit`` (a sweep as a Ray Job). It re-exports no names: ``python -m sweeps.submit``
 imports this package and must start without torch, Ray, Optuna or MLflow.
@@ -17,6 +18,7 @@ __all__ = [
     "prepare_data",
     "preparation",
     "progress",
+    "register_models",
     "resources",
     "runner",
     "search",

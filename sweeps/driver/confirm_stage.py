@@ -32,6 +32,7 @@ from sweeps.results.confirm import (
     run_name,
 )
 from sweeps.results.frontier import ConfirmedConfig
+from sweeps.results.released_model import save_weights, weights_path
 from sweeps.workers.confirmation import train_jobs
 
 __all__ = ["calibrated_configs", "refit_configs", "run_confirmations", "run_refits"]
@@ -295,6 +296,13 @@ def _collect(
                 ended_ms=row.ended_ms,
             )
             runs.append(run)
+            if row.model is not None:  # the bound's model (MODEL_SEED_INDEX): kept before the run counts as done
+                save_weights(
+                    weights_path(done_file.parent, job.name),  # the sweep folder
+                    row.model,
+                    train=job.train,
+                    run_key=trial_key(job.train, name=job.name),
+                )
         keep_done(done_file, runs)
         done.update({run.name: run for run in runs})
         failed = sum(not run.ok for run in runs)

@@ -12,6 +12,7 @@ from typing import Any
 from dp_core.config import TrainConfig
 from sweeps.driver.confirm_stage import calibrated_configs, refit_configs, run_confirmations, run_refits
 from sweeps.driver.preparation import PreparedSweep, SweepRequest, sweep_filter
+from sweeps.driver.register_models import register_models
 from sweeps.driver.session import OpenSweep, SweepTrials
 from sweeps.privacy.ledger import CONFIRMATION_ROLES
 from sweeps.privacy.selection import sweep_privacy
@@ -100,6 +101,14 @@ def finish_sweep(
         frontier_dir=frontier_dir,
     )
     _log_to_parent_run(prepared, opened, outcome, points=points)
+    register_models(
+        report,
+        privacy,
+        tracker=tracker,
+        sweep_dir=prepared.folder,
+        space_name=prepared.space.name,
+        sweep_name=prepared.name,
+    )
     if searcher is not None:
         # Again, now that the asker actor is surely gone: a suggestion it was asking when it was
         # stopped reached the study after run_trials had closed the searcher.

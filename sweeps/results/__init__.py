@@ -2,8 +2,9 @@
 
 ``frontier``: points, the Pareto set, ε buckets, the CSV. ``frontier_plot``: ``frontier.png``.
 ``confirm``: the leading configurations of each ε bucket retrained with fresh seeds.
-``frontier_report``: the frontier files and the console summary. ``compare``: several sweeps'
-confirmed frontiers on one plot (``python -m sweeps.compare``). Pure: no Ray, MLflow or Optuna.
+``frontier_report``: the frontier files and the console summary. ``released_model``: which refit
+run is a bound's model, its kept weights, its registry name, alias and tags. ``compare``: several
+sweeps' confirmed frontiers on one plot (``python -m sweeps.compare``). Pure: no Ray, MLflow or Optuna.
 """
 
 from sweeps.results.frontier import (
@@ -31,4 +32,5 @@ __all__ = [
     "frontier",
     "frontier_plot",
     "frontier_report",
+    "released_model",
 ]

@@ -52,6 +52,7 @@ from sweeps.space.model import Axis, Range
 __all__ = [
     "BASELINE",
     "CONFIRMATIONS_FILE",
+    "MODEL_SEED_INDEX",
     "Candidate",
     "ConfirmationRun",
     "baseline_candidates",
@@ -74,6 +75,9 @@ _PRIVACY_KEYS = ("noise_multiplier", "target_epsilon")
 CONFIRM_STREAM = 2**40 + 3
 #: … and for the refit runs' seeds: fresh against the search and the confirmation runs.
 REFIT_STREAM = 2**40 + 4
+#: Which refit run of a bound becomes its registered model (sweeps.results.released_model): the
+#: first, a rule fixed before any refit run is evaluated, never a choice by its results.
+MODEL_SEED_INDEX = 0
 #: What a refit trains on, as ConfirmedConfig.trained_on says it.
 TRAIN_AND_VALIDATION = "train+validation"
 
@@ -359,9 +363,11 @@ def refit_jobs(
     root_seed: int,
 ) -> list[ConfirmationJob]:
     """One job per (chosen configuration, seed), ``configs`` mapping each one's key (trial, epoch,
-    bound) to its refit configuration, σ calibrated. Seeds from the sweep's secret, REFIT_STREAM."""
+    bound) to its refit configuration, σ calibrated. Seeds from the sweep's secret, REFIT_STREAM.
+    The job of seed index MODEL_SEED_INDEX keeps its model (``keep_model``): it is the bound's model."""
     keys = [(c.trial, c.epoch, float(c.bound)) for c in chosen if c.bound is not None]
-    return _seeded_jobs(keys, configs, stage="refit", stream=REFIT_STREAM, seeds=seeds, root_seed=root_seed)
+    jobs = _seeded_jobs(keys, configs, stage="refit", stream=REFIT_STREAM, seeds=seeds, root_seed=root_seed)
+    return [dataclasses.replace(job, keep_model=job.seed_index == MODEL_SEED_INDEX) for job in jobs]
 
 
 def refit(

@@ -10,6 +10,9 @@ sweeps:
   cannot take go to a local journal while training goes on; it is replayed as soon as the server
   answers again, and ``python -m sweeps.sync JOURNAL`` replays whatever is left after the sweep.
 
+Each ε bound's model is logged on its refit run and registered in MLflow's Model Registry
+(:mod:`sweeps.tracking.model_registry`), idempotently and through the journal like every write.
+
 Also here: telling MLflow's failures apart (:mod:`sweeps.tracking.errors`), the write-ahead log
 for sqlite stores (:mod:`sweeps.tracking.sqlite`), the tags that make a sweep's runs findable
 (:mod:`sweeps.tracking.tags`), the journal's replay command (:mod:`sweeps.tracking.sync`), and
@@ -34,6 +37,7 @@ __all__ = [
     "trial_key",
     "errors",
     "journal",
+    "model_registry",
     "sqlite",
     "sweep_runs",
     "sync",

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -204,6 +206,51 @@ class SweepTracker(JournaledWrites):
 
     def _log_artifact(self, *, path: str) -> None:
         self.client.log_artifact(self.parent_run_id, path)
+
+    def register_model(self, *, weights: str, name: str, alias: str, tags: Mapping[str, Any]) -> None:
+        """Log the model kept at ``weights`` (sweeps.results.released_model) on the child run of the
+        refit run that trained it and register it as ``name`` with ``alias`` and ``tags``
+        (:func:`sweeps.tracking.model_registry.register_model`: one version per run, however often
+        this is called). Journaled by path: keep the file. A server without a Model Registry is said
+        in one line, once, and the sweep goes on."""
+        self._write(
+            "register_model",
+            weights=str(weights),
+            name=name,
+            alias=alias,
+            tags={k: str(v) for k, v in tags.items()},
+        )
+
+    def _register_model(self, *, weights: str, name: str, alias: str, tags: Mapping[str, str]) -> None:
+        # Imported here: torch and MLflow's model flavours are for the end of a sweep, not every import.
+        from sweeps.results.released_model import load_weights
+        from sweeps.tracking.model_registry import has_no_registry, register_model
+
+        if self.__dict__.get("_no_registry"):
+            return
+        kept = load_weights(Path(weights))
+        run_id = self._find_trial(kept.run_key)
+        assert run_id is not None, f"no refit run with trial key {kept.run_key} to log its model on"
+        try:
+            register_model(
+                self.client,
+                tracking_uri=self.tracking_uri,
+                run_id=run_id,
+                model=kept.model,
+                input_shape=kept.input_shape,
+                name=name,
+                alias=alias,
+                tags=tags,
+            )
+        except Exception as error:  # noqa: BLE001 - re-raised unless it means "no registry here"
+            if not has_no_registry(error):
+                raise
+            self._no_registry = True
+            print(
+                f"MLflow at {self.tracking_uri} has no Model Registry ({type(error).__name__}): the models are not "
+                f"registered; their weights stay in {Path(weights).parent}.",
+                file=sys.stderr,
+            )
 
     # ---- trials (child runs), addressed by trial key -------------------------------------------
 

@@ -1,6 +1,8 @@
 """A confirmation stage's unit of work (a Ray task): its jobs trained up to their epochs, where
 validation and test accuracy are measured. The choice between them is the driver's
-(:func:`sweeps.results.confirm.choose`), which reads test accuracy only to report it."""
+(:func:`sweeps.results.confirm.choose`), which reads test accuracy only to report it. A job that
+asks for its model (``keep_model``: one refit run per bound, fixed before any is evaluated) gets
+its trained weights handed back with its row, for the driver to register."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from torch import nn
+
 from dp_core.config import TrainConfig
 from dp_core.data import load_data
 from dp_core.train import EpochReport, StopTraining, TrainingDiverged, train
 from dp_core.vectorized import can_vectorize, train_vectorized
-from sweeps.protocol import ConfirmationJob, ConfirmationResult, wall_clock_ms
+from sweeps.protocol import ConfirmationJob, ConfirmationResult, TrainedModel, wall_clock_ms
 from sweeps.workers.threads import use_reserved_cpus
 
 __all__ = ["train_jobs"]
@@ -34,9 +38,14 @@ def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
     started_ms: dict[int, int] = {}
     ended_ms: dict[int, int] = {}
 
-    def row(k: int, report: EpochReport) -> ConfirmationResult:
+    def row(k: int, report: EpochReport, model: nn.Module) -> ConfirmationResult:
         # A refit trains on the whole training split: no validation split is left to measure (NaN).
         val = math.nan if report.val_accuracy is None else report.val_accuracy
+        kept = None
+        if jobs[k].keep_model:
+            # Only the weights, on the CPU: a small dict of tensors crosses to the driver, not the module.
+            weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+            kept = TrainedModel(state_dict=weights, input_shape=tuple(data.input_shape), num_classes=data.num_classes)
         return ConfirmationResult(
             name=jobs[k].name,
             epsilon=report.epsilon,
@@ -44,6 +53,7 @@ def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
             test_accuracy=report.test_accuracy,
             started_ms=started_ms[k],
             ended_ms=ended_ms[k],
+            model=kept,
         )
 
     if len(jobs) > 1 and can_vectorize(configs, data=data) is None:
@@ -56,8 +66,8 @@ def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
 
         try:
             started_ms.update(dict.fromkeys(range(len(jobs)), wall_clock_ms()))
-            train_vectorized(configs, data=data, on_epoch=on_epoch)
-            return [row(k, measured[k]) for k in range(len(jobs))]
+            trained = train_vectorized(configs, data=data, on_epoch=on_epoch)
+            return [row(k, measured[k], trained[k].model) for k in range(len(jobs))]
         except TrainingDiverged:
             measured.clear()  # train them one by one: only the diverging ones fail
     results = []
@@ -70,8 +80,8 @@ def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
 
         try:
             started_ms[k] = wall_clock_ms()
-            train(config, data=data, on_epoch=stop_at)
-            results.append(row(k, measured[k]))
+            trained = train(config, data=data, on_epoch=stop_at)
+            results.append(row(k, measured[k], trained.model))
         except TrainingDiverged:
             results.append(ConfirmationResult.failed(jobs[k].name, started_ms=started_ms[k]))
     return results

@@ -350,6 +350,9 @@ def _check_confirmation(
     """A space with confirm: each confirmation run once, finished, in the ledger, and in frontier.csv
     and best_per_epsilon.json; for a grid, the same confirmed results however the sweep was broken."""
     if "confirm: {" not in space.read_text():
+        # Nothing to register: no refit (a private selection's release is a search trial; no trial is registered).
+        ran = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])}
+        assert not [v.name for v in client.search_model_versions() if v.run_id in ran]
         return
     runs = [
         r
@@ -377,3 +380,18 @@ def _check_confirmation(
     if not kind.optuna:
         figures = sorted((r["trial"], r["epoch"], r["val_accuracy"], r["test_accuracy_mean"]) for r in confirmed)
         assert figures == frontiers.setdefault(f"{kind.name}:confirmed", figures)
+    _check_models(client, kind, best, runs)
+
+
+def _check_models(client: MlflowClient, kind: Kind, best: list[dict], runs: list) -> None:
+    """One registered version per reported bound (however often registration was cut off and resumed),
+    on that bound's first refit run, under the bound's alias."""
+    name = f"dpsweep-{kind.name}"
+    refits = {r.info.run_name: r.info.run_id for r in runs if r.data.tags["dpsweep.role"] == "refit"}
+    versions = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id in refits.values()]
+    chosen = [b for b in best if b["test_accuracy_mean"] is not None]
+    assert len(versions) == len(chosen), sorted((v.version, v.run_id) for v in versions)
+    for bound in chosen:
+        alias = "eps-" + f"{bound['epsilon_at_most']:g}".replace(".", "_")
+        run = f"refit_{bound['trial']}_epoch{bound['epoch']}_eps{bound['epsilon_at_most']:g}_seed1"
+        assert client.get_model_version_by_alias(name, alias).run_id == refits[run]

@@ -7,16 +7,18 @@ launcher; SIGKILL to the trial workers; the MLflow server lost (a TCP proxy in f
 
 CI runs 16 of the 24 cells (see BEYOND_CI); ``DPSWEEP_FULL_MATRIX=1`` runs all of them.
 
-Every fault is injected at a state the test polls for, never after a sleep: some trial has
-finished while another is still training (for packs: a pack between its rounds of members); the
-kinds of lone trials hold their last trial there (sweeps.workers.trial's test hook) until the
-fault is injected, so that the state lasts however slow the machine. Then
-comes one ``--resume`` (launcher faults), nothing (the worker fault: Ray retries the trial), or
-the exit-3 path and ``python -m sweeps.sync`` (MLflow lost). Every cell then checks the same
-things: the sweep finished; exactly one child run per trial, none left RUNNING, the parent run
-closed; every trial's ε at every epoch equals what dp_core.accounting gives for its (σ, q, steps);
-Optuna's study holds one finished state per trial and agrees with the child runs; the frontier is
-made of every trial's points; the privacy summary counts every trial that trained.
+Every fault is injected at a state the test polls for, never after a sleep: some trial has finished
+while another is still training (for packs: a pack between its rounds of members); the kinds of lone
+trials hold their last trial there (sweeps.workers.trial's test hook) until the fault is injected,
+so that the state lasts however slow the machine. Then comes one ``--resume`` (launcher faults;
+after a SIGKILL, a sweep with a confirmation stage is first resumed and killed again while it
+registers its first model, then resumed), nothing (the worker fault: Ray retries the trial), or the
+exit-3 path and ``python -m sweeps.sync`` (MLflow lost). Every cell then checks the same things: the
+sweep finished; exactly one child run per trial, none left RUNNING, the parent run closed; every
+trial's ε at every epoch equals what dp_core.accounting gives for its (σ, q, steps); Optuna's study
+holds one finished state per trial and agrees with the child runs; the frontier is made of every
+trial's points; the privacy summary counts every trial that trained; with a confirmation stage, one
+registered model version per reported ε bound.
 
 All sweeps share the session's Ray cluster (``ray start``, reached with ``--address``;
 tests/sweeps/conftest.py), which also shows that a launcher killed while connected to a cluster takes
@@ -38,6 +40,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from sweeps.tracking.model_registry import HOLD_REGISTRATION_ENV
 from tests.sweeps._sweep_checks import Kind, check_sweep, half_way
 from tests.sweeps._sweep_harness import ENV, Launch, MlflowServer, RayCluster, TcpProxy, launched, wait_for
 
@@ -229,6 +232,27 @@ def _resume(arguments: list[str], cwd: Path) -> str:
     return resumed.output()
 
 
+def _kill_during_registration(arguments: list[str], cwd: Path, ray_cluster: RayCluster) -> None:
+    """A ``--resume`` that finishes the sweep up to its models, SIGKILLed while it registers the first
+    one: logged on its refit run, its version not yet created (sweeps.tracking.model_registry's test hook)."""
+    hold = cwd / "hold-registration"
+    hold.touch()
+    with launched(
+        [*arguments, "--resume"], cwd=cwd, log=cwd / "resume-killed.log", env={HOLD_REGISTRATION_ENV: str(hold)}
+    ) as resumed:
+        wait_for(
+            lambda: not resumed.running() or hold.with_name(hold.name + ".held").exists(),
+            timeout=TIMEOUT,
+            what="the resumed sweep registering its first model",
+            interval=0.5,
+        )
+        assert resumed.running(), f"the resumed sweep ended before registering:\n{resumed.output()[-6000:]}"
+        resumed.send(signal.SIGKILL)
+        hold.unlink()
+        resumed.wait(timeout=TIMEOUT)
+    ray_cluster.wait_idle(timeout=60)
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
 def test_sweep_finishes_whole_after_fault(
@@ -300,6 +324,8 @@ def test_sweep_finishes_whole_after_fault(
             # Ray ends a dead driver's trials on a cluster it merely connected to, as it does its own:
             # else they would train on, unrecorded, beside the resumed ones.
             ray_cluster.wait_idle(timeout=60)
+            if fault == "sigkill_launcher" and "confirm: {" in space.read_text():
+                _kill_during_registration(arguments, tmp_path, ray_cluster)
             output = _resume(arguments, tmp_path)
         elif fault == "sigkill_worker":
             workers = ray_cluster.trial_workers()

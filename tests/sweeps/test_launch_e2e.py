@@ -14,11 +14,17 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
+import mlflow.pytorch
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
+from dp_core.config import TrainConfig
+from dp_core.data import load_data
 from sweeps.privacy import sweep_secret
 from sweeps.results.frontier import Point, pareto_front
+from sweeps.results.released_model import bound_alias
 from sweeps.space import load_space
 from tests.sweeps._sweep_harness import ENV, RayCluster, launched, wait_for
 
@@ -213,6 +219,7 @@ def test_tiny_sweep_logs_trials_skips_prunes_and_the_exact_frontier(tmp_path: Pa
     _assert_no_seed_released(tmp_path, client, parent, stage_runs, done.stdout + done.stderr)
     _assert_stages_print_one_line_each(done.stdout)
     _assert_runs_span_their_training(client, children, stage_runs, launched_ms, returned_ms)
+    _assert_each_bound_has_its_model(tmp_path, client, best, refits)
 
 
 def _assert_stages_print_one_line_each(stdout: str) -> None:
@@ -252,6 +259,40 @@ def _assert_runs_span_their_training(client, children, stage_runs, launched_ms: 
         own = shares[run.info.run_id]
         stack_ms = 1000 * sum(share * sum(step in other for other in shares.values()) for step, share in own.items())
         assert run.info.end_time - run.info.start_time >= stack_ms - len(own), (run.info, stack_ms)
+
+
+def _assert_each_bound_has_its_model(tmp_path: Path, client: MlflowClient, best: list[dict], refits: list) -> None:
+    """The registry holds one version per reported bound, ``dpsweep-<space>@eps-<bound>``, on the bound's
+    first refit run, tagged with its ε, δ, accountant and test figures; loaded back, it scores on the
+    test split exactly what that run reported, within two standard deviations of the refit's mean."""
+    chosen = [b for b in best if b["test_accuracy_mean"] is not None]
+    versions = client.search_model_versions("name = 'dpsweep-tiny'")
+    assert len(versions) == len(chosen), [(v.version, v.aliases) for v in versions]
+    refit_of = {r.info.run_name: r for r in refits}
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        for bound in chosen:
+            alias = bound_alias(bound["epsilon_at_most"])
+            version = client.get_model_version_by_alias("dpsweep-tiny", alias)
+            run = refit_of[f"refit_{bound['trial']}_epoch{bound['epoch']}_eps{bound['epsilon_at_most']:g}_seed1"]
+            assert version.run_id == run.info.run_id
+            tags = version.tags
+            assert float(tags["dpsweep.epsilon"]) == pytest.approx(bound["epsilon"], rel=1e-5)
+            assert tags["dpsweep.delta"] == "1e-05" and tags["dpsweep.accountant"] == "rdp"
+            assert tags["trained_on"] == "train+validation"
+            assert float(tags["dpsweep.test_accuracy_mean"]) == pytest.approx(bound["test_accuracy_mean"], rel=1e-5)
+            assert (
+                "RDP accountant" in tags["dpsweep.privacy_statement"]
+                and "naive composition" in tags["dpsweep.privacy_statement"]
+            )
+            model = mlflow.pytorch.load_model(f"models:/dpsweep-tiny@{alias}")
+            images, labels = load_data(TrainConfig.from_dict(bound["train_config"]).data).test.tensors
+            with torch.no_grad():
+                accuracy = (model(images).argmax(dim=1) == labels).float().mean().item()
+            assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-6)
+            assert abs(accuracy - bound["test_accuracy_mean"]) <= 2 * bound["test_accuracy_std"]
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 def test_bad_space_stops_before_anything_runs(tmp_path: Path) -> None:

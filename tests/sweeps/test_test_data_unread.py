@@ -4,8 +4,9 @@ The same sweep (a public seed, so every random choice repeats) runs twice throug
 launcher, real Ray, Optuna and MLflow: once on digits as shipped, once with the test split's
 labels permuted in every process (Ray's workers included) by a ``sitecustomize`` module the test
 puts on PYTHONPATH. Pruning, Optuna's suggestions and the values it was told, the search points,
-the confirmation nominees and each ε bound's chosen configuration must be identical; only the
-reported test accuracies may change, and they must (else the permutation did not reach them).
+the confirmation nominees, each ε bound's chosen configuration and which refit run is its
+registered model must be identical; only the reported test accuracies may change, and they must
+(else the permutation did not reach them).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +107,13 @@ def _sweep(folder: Path, template: str, *, permuted: bool) -> dict:
             for b in json.loads((sweep_dir / "frontier" / "best_per_epsilon.json").read_text())
         ],
     }
+    # Which refit run each bound's registered model is: fixed before any was evaluated.
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db")
+    registered = client.get_registered_model(f"dpsweep-{folder.name}")
+    outcome["models"] = sorted(
+        (alias, client.get_run(client.get_model_version(registered.name, version).run_id).info.run_name)
+        for alias, version in registered.aliases.items()
+    )
     journals = list((folder / "dpsweep_results").glob("*-optuna.journal"))
     if journals:
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journals[0])))
@@ -120,7 +129,8 @@ def test_permuting_the_test_labels_changes_no_decision(tmp_path: Path) -> None:
     shipped = _sweep(tmp_path / "shipped", OPTUNA, permuted=False)
     permuted = _sweep(tmp_path / "permuted", OPTUNA, permuted=True)
     assert shipped["confirmed"], "the confirmation stage confirmed nothing"
-    for what in ("search", "confirmed", "best", "optuna"):
+    assert shipped["models"], "no model registered"
+    for what in ("search", "confirmed", "best", "optuna", "models"):
         assert shipped.get(what) == permuted.get(what), what
     # The reported figures did read the permuted labels: far below what the real ones give.
     assert shipped["test"] != permuted["test"]

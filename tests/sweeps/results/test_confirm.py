@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import torch
 
 from dp_core.config import TrainConfig
 from dp_core.data import load_data
@@ -22,6 +24,7 @@ from sweeps.results.confirm import (
     refit_jobs,
 )
 from sweeps.results.frontier import ConfirmedConfig, Point
+from sweeps.results.released_model import load_weights, save_weights
 from sweeps.workers.confirmation import train_jobs
 
 
@@ -213,7 +216,7 @@ def _confirmed(trial: str, *, best_for: tuple[float, ...], params: dict) -> Conf
     )
 
 
-def test_the_chosen_configuration_is_refit_on_train_and_validation_spending_the_same_bound() -> None:
+def test_the_chosen_configuration_is_refit_on_train_and_validation_spending_the_same_bound(tmp_path: Path) -> None:
     from sweeps.driver.confirm_stage import refit_configs
     from sweeps.planning import plan_trial
 
@@ -268,6 +271,20 @@ def test_the_chosen_configuration_is_refit_on_train_and_validation_spending_the_
     ]
     assert all(math.isnan(r.val_accuracy) and 0.5 < r.test_accuracy <= 1.0 and r.ok for r in runs)
     assert all(r.epsilon == pytest.approx(3.0, rel=0.01) and r.epsilon <= 3.0 + 1e-9 for r in runs)
+
+    # The first refit run's model is the bound's, a rule fixed before any ran: only its job keeps it, and the
+    # weights handed back, kept and built again score on the test split exactly what the run reported.
+    assert [job.keep_model for job in jobs] == [True, False, False]
+    assert rows[0].model is not None and rows[1].model is None
+    images, labels = load_data(TrainConfig.from_dict(jobs[0].train).data).test.tensors
+    (alone,) = train_jobs(jobs[:1])  # trained by train(), not vectorised
+    for path, row in (("vectorised", rows[0]), ("alone", alone)):
+        kept = tmp_path / f"{path}.pt"
+        save_weights(kept, row.model, train=jobs[0].train, run_key="k")
+        model = load_weights(kept).model
+        with torch.no_grad():
+            accuracy = (model(images).argmax(dim=1) == labels).float().mean().item()
+        assert accuracy == pytest.approx(row.test_accuracy, abs=1e-6), path
 
 
 def test_refit_reports_the_refit_runs_and_keeps_what_chose_the_configuration() -> None:
