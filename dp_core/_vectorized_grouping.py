@@ -18,7 +18,7 @@ from dp_core._vectorized_clipping import clipping_for, stack_models
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits
 from dp_core.dataset_facts import DATASETS, canonical_train_size
-from dp_core.models import build_model
+from dp_core.models import build_configured_model
 from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
 __all__ = ["can_vectorize", "checked_plans", "group_signature"]
@@ -30,6 +30,9 @@ _SHARED: tuple[tuple[str, Callable[[TrainConfig], Any]], ...] = (
     ("validation_fraction", lambda c: c.data.validation_fraction),
     ("model", lambda c: c.model.model),
     ("gn_groups", lambda c: c.model.gn_groups),
+    ("model_kwargs", lambda c: repr(sorted(c.model.model_kwargs.items()))),
+    ("fix_model", lambda c: c.model.fix_model),
+    ("code", lambda c: c.code),
     ("epochs", lambda c: c.epochs),
     ("delta", lambda c: c.privacy.delta),
     ("accountant", lambda c: c.privacy.accountant),
@@ -141,9 +144,7 @@ def _model_problem(config: TrainConfig, *, input_shape: tuple[int, int, int], nu
     name = config.model.model
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
         try:
-            model = build_model(
-                name, input_shape=input_shape, num_classes=num_classes, gn_groups=config.model.gn_groups
-            )
+            model = build_configured_model(config, input_shape=input_shape, num_classes=num_classes)
         except ConfigError as error:
             return f"Expected a model that builds for this dataset, but building model={name!r} failed: {error}"
         random = [f"{n} ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, _RANDOM_MODULES)]

@@ -23,6 +23,7 @@ from dp_core.errors import (
     require_in_range,
     require_positive,
 )
+from dp_core.user_code import check_reference, is_reference
 
 __all__ = [
     "ConfigError",
@@ -80,16 +81,39 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Which architecture of the zoo to build."""
+    """Which architecture to build: a zoo name, or the user's own ``"module:function"`` (dp_core.user_code)."""
 
     model: str = "mlp"
     gn_groups: int = 8
+    # The builder's own keyword arguments (a tabular MLP's width, an own model's depth), passed as
+    # builder(input_shape=, num_classes=, **model_kwargs).
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Opt-in for an own model that Opacus cannot train as built (BatchNorm): let Opacus'
+    # ModuleValidator.fix replace those modules rather than refuse the model.
+    fix_model: bool = False
 
     def __post_init__(self) -> None:
-        from dp_core.models import MODELS  # imported here: models imports torch; keep config importable cheaply
+        from dp_core.models import MODELS, check_builder  # imported here: models imports torch
 
-        MODELS.check(self.model)
+        if is_reference(self.model):
+            check_reference(self.model, key="model")  # imported where the code folders are known (TrainConfig)
+        else:
+            try:
+                MODELS.check(self.model)
+            except ConfigError as error:
+                raise ConfigError(f"{error} Or name a builder of your own as 'module:function'.") from None
         _require_int(self.gn_groups, key="gn_groups", low=1)
+        kwargs = self.model_kwargs
+        require(
+            isinstance(kwargs, Mapping) and all(isinstance(k, str) and k.isidentifier() for k in kwargs),
+            key="model_kwargs",
+            value=kwargs,
+            allowed="to be a mapping of the builder's keyword arguments, such as {width: 128, depth: 2}",
+        )
+        object.__setattr__(self, "model_kwargs", dict(kwargs))
+        _require_bool(self.fix_model, key="fix_model")
+        if not is_reference(self.model):
+            check_builder(self.model, model_kwargs=self.model_kwargs)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -200,6 +224,7 @@ _TOP_LEVEL_KEYS = (
     "seed",
     "device",
     "test_batch_size",
+    "code",
 )
 
 
@@ -236,8 +261,22 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     test_batch_size: int = 1024
+    # Folders that an own "module:function" (the model's) is imported from; a sweep sets the
+    # space file's folder, so that dp_core.train --config imports the module the sweep trained.
+    code: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        require(
+            isinstance(self.code, (list, tuple)) and all(isinstance(folder, str) for folder in self.code),
+            key="code",
+            value=self.code,
+            allowed="to be a list of folders to import the configuration's own modules from",
+        )
+        object.__setattr__(self, "code", tuple(self.code))
+        if is_reference(self.model.model):
+            from dp_core.models import check_builder
+
+            check_builder(self.model.model, model_kwargs=self.model.model_kwargs, code=self.code)
         _require_int(self.epochs, key="epochs", low=1)
         if (self.batch_size is None) == (self.sample_rate is None):
             raise ConfigError(
