@@ -37,6 +37,7 @@ __all__ = [
     "CLIPPING_MODES",
     "DEVICES",
     "known_keys",
+    "model_kwarg_name",
     "unknown_key_error",
 ]
 
@@ -233,6 +234,15 @@ def _section_keys() -> dict[str, str]:
     return {f.name: section for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls)}
 
 
+def model_kwarg_name(key: object) -> str | None:
+    """``"width"`` for the flat key ``"model_kwargs.width"`` (one keyword argument of the model's
+    builder, as a sweep's axis sets it), else None."""
+    if isinstance(key, str) and key.startswith("model_kwargs."):
+        name = key.removeprefix("model_kwargs.")
+        return name if name.isidentifier() else None
+    return None
+
+
 def known_keys() -> tuple[str, ...]:
     return tuple(sorted([*_section_keys(), *_TOP_LEVEL_KEYS]))
 
@@ -305,13 +315,19 @@ class TrainConfig:
         owners = _section_keys()
         per_section: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         top: dict[str, Any] = {}
+        model_kwargs: dict[str, Any] = {}  # from flat "model_kwargs.NAME" keys
         for key, value in values.items():
             if key in owners:
                 per_section[owners[key]][key] = value
             elif key in _TOP_LEVEL_KEYS:
                 top[key] = value
+            elif (name := model_kwarg_name(key)) is not None:
+                model_kwargs[name] = value
             else:
                 raise unknown_key_error(str(key), known_keys(), where=where)
+        given = per_section["model"].get("model_kwargs", {})
+        if model_kwargs and isinstance(given, Mapping):  # a flat key sets one argument of the mapping
+            per_section["model"]["model_kwargs"] = {**given, **model_kwargs}
         if "batch_size" not in top and "sample_rate" in top:
             top["batch_size"] = None
         if (

@@ -3,9 +3,11 @@
 A configuration may name a function of the user's, not of dpsweep (``model: "mynet:build"``). It
 is imported with :mod:`importlib`, never evaluated: the name is split at ``:``, the module imported
 by its dotted name and the attribute read from it, as setuptools and Ray read entry points. The
-module is looked for on the usual import path and in the configuration's ``code`` folders (the
-space file's folder, in a sweep), which are put first on ``sys.path`` only while importing and
-building, so that a configuration changes nothing for the rest of the process.
+module is looked for on the usual import path, then in the configuration's ``code`` folders (the
+space file's folder, in a sweep), which are added to ``sys.path`` only while importing and building,
+so that a configuration changes nothing for the rest of the process. They come last: on a Ray
+worker the copy that Ray's runtime environment ships (``py_modules``, on the import path) is the
+one imported, whether or not the folder also exists there.
 
 Naming a module runs that module's code, as ``python mynet.py`` would: it is trusted as a script is.
 """
@@ -44,14 +46,14 @@ def check_reference(value: str, *, key: str) -> None:
 
 @contextlib.contextmanager
 def on_import_path(code: Sequence[str]) -> Iterator[None]:
-    """``code``'s existing folders first on ``sys.path`` for the block, then as they were.
+    """``code``'s existing folders at the end of ``sys.path`` for the block, then as it was.
 
     A folder that does not exist here is skipped: on a Ray worker the code arrives through the
     runtime environment's ``py_modules`` instead (sweeps.driver.user_code).
     """
     folders = [str(Path(folder)) for folder in code if Path(folder).is_dir()]
     added = [folder for folder in folders if folder not in sys.path]
-    sys.path[:0] = added
+    sys.path.extend(added)
     try:
         yield
     finally:
@@ -102,9 +104,10 @@ def import_from_code(reference: str, *, key: str, code: Sequence[str] = ()) -> C
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
+            where = getattr(module, "__file__", None)
             raise ConfigError(
                 f"Expected {key}={reference!r} to name a function of module {module_name!r}, but it has no "
-                f"attribute {attribute!r}."
+                f"attribute {attribute!r}" + (f" (the module imported is {where})." if where else ".")
             )
         target = getattr(target, part)
     if not callable(target):

@@ -15,6 +15,7 @@ from typing import Any
 from dp_core.config import ConfigError
 from sweeps.driver import prepare_data
 from sweeps.driver.resources import with_resources
+from sweeps.driver.user_code import check_own_models, code_runtime_env
 from sweeps.planning import EpsilonBudget, PlannedTrial, plan_grid
 from sweeps.privacy import sweep_secret
 from sweeps.space import SearchSpace, load_space
@@ -103,6 +104,7 @@ class PreparedSweep:
     runnable: list[PlannedTrial] | None
     over_budget: list[PlannedTrial]
     planning_seconds: float
+    runtime_env: dict[str, Any] | None = None  # Ray's, carrying the space's own code (sweeps.driver.user_code)
 
     @property
     def folder(self) -> Path:
@@ -129,6 +131,8 @@ def prepare_sweep(request: SweepRequest) -> PreparedSweep:
         space = space.with_overrides(search=request.search, trials=request.trials)
     if request.resources:
         space = with_resources(space, request.resources)
+    check_own_models(space)  # an own model Opacus refuses, or with the wrong outputs, stops here
+    runtime_env = code_runtime_env(space)
     # Trials never download: the launcher fetches and verifies the data once, before any starts.
     download = prepare_data.downloads_wanted(space)
     space = prepare_data.without_downloads(space)
@@ -180,6 +184,7 @@ def prepare_sweep(request: SweepRequest) -> PreparedSweep:
         runnable=runnable,
         over_budget=over_budget,
         planning_seconds=planning_seconds,
+        runtime_env=runtime_env,
     )
 
 

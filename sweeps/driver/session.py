@@ -54,7 +54,7 @@ def open_sweep(request: SweepRequest, prepared: PreparedSweep) -> OpenSweep:
     tracking_uri = request.tracking_uri or default_tracking_uri()
     cluster_first = not tracking_uri.startswith(("http://", "https://"))
     if cluster_first:
-        runner.connect_ray(request.address, num_cpus=request.num_cpus)
+        runner.connect_ray(request.address, num_cpus=request.num_cpus, runtime_env=prepared.runtime_env)
         _ready_cluster(space, request, download=prepared.download)
     journal = prepared.results_dir / f"{name}-mlflow-journal.jsonl"
     tracker = SweepTracker(tracking_uri=tracking_uri, experiment=request.experiment, journal=journal)
@@ -83,7 +83,7 @@ def open_sweep(request: SweepRequest, prepared: PreparedSweep) -> OpenSweep:
         raise ConfigError(str(error)) from None
     if not cluster_first:
         try:
-            runner.connect_ray(request.address, num_cpus=request.num_cpus)
+            runner.connect_ray(request.address, num_cpus=request.num_cpus, runtime_env=prepared.runtime_env)
             _ready_cluster(space, request, download=prepared.download)
         except ConfigError as error:
             tracker.log_sweep_tags({"dpsweep.state": "failed", "dpsweep.failure": str(error)[:4000]})

@@ -71,7 +71,7 @@ def test_an_own_builder_gets_shape_classes_and_kwargs(tmp_path: Path) -> None:
 
 def test_the_code_folder_is_on_the_path_only_inside_the_block(tmp_path: Path) -> None:
     with on_import_path([str(tmp_path), str(tmp_path / "missing")]):
-        assert sys.path[0] == str(tmp_path)
+        assert sys.path[-1] == str(tmp_path)  # last: an installed or Ray-shipped copy comes first
         assert str(tmp_path / "missing") not in sys.path  # a folder that is not here is skipped
     assert str(tmp_path) not in sys.path
 
