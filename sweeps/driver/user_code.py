@@ -11,6 +11,7 @@ and a package's data files are excluded by name; the data reaches the workers on
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -98,15 +99,22 @@ def _data_paths_inside(space: SearchSpace, modules: list[Path]) -> list[str]:
 
 
 def _packed_size(module: Path, excludes: list[str]) -> int:
+    """The bytes Ray would pack for ``module``: its files less those an exclude pattern matches (a
+    name pattern matches any part of the path; ``/a/b`` one path from the package's top)."""
     if module.is_file():
         return module.stat().st_size
-    import pathspec  # Ray's own dependency, which it matches excludes with
 
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", excludes)
+    def excluded(relative: Path) -> bool:
+        anchored = "/" + relative.as_posix()
+        return any(
+            anchored == pattern or anchored.startswith(pattern + "/")
+            if pattern.startswith("/")
+            else any(fnmatch.fnmatch(part, pattern) for part in relative.parts)
+            for pattern in excludes
+        )
+
     return sum(
-        path.stat().st_size
-        for path in module.rglob("*")
-        if path.is_file() and not spec.match_file(path.relative_to(module).as_posix())
+        path.stat().st_size for path in module.rglob("*") if path.is_file() and not excluded(path.relative_to(module))
     )
 
 
