@@ -1,8 +1,9 @@
-"""The model zoo: DP-compatible image classifiers by name."""
+"""The model zoo: DP-compatible classifiers by name, for images (C, H, W) and tabular data (D,)."""
 
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 
@@ -16,7 +17,7 @@ from dp_core.registry import Registry
 
 __all__ = ["MODELS", "build_model", "make_dp_compatible", "register_model"]
 
-Shape = tuple[int, int, int]
+Shape = tuple[int, ...]  # (C, H, W) for images, (D,) for tabular data
 
 #: The model zoo by name: ``builder(input_shape=, num_classes=, gn_groups=) -> nn.Module``. A model
 #: registered at run time is selectable as ``model`` in a config (``ModelConfig`` validates against
@@ -26,14 +27,14 @@ register_model = MODELS.register  # the README's name for it: ``register_model(n
 
 
 def build_model(name: str, *, input_shape: Shape, num_classes: int, gn_groups: int = 8) -> nn.Module:
-    """Build the registered model ``name`` for ``input_shape`` = (C, H, W) and make it DP-compatible."""
+    """Build the registered model ``name`` for ``input_shape`` = (C, H, W) or (D,) and make it DP-compatible."""
     builder = MODELS.get(name)
     shape_ok = (
         isinstance(input_shape, (tuple, list))
-        and len(input_shape) == 3
+        and len(input_shape) in (1, 3)
         and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in input_shape)
     )
-    require(shape_ok, key="input_shape", value=input_shape, allowed="to be (C, H, W) with positive ints")
+    require(shape_ok, key="input_shape", value=input_shape, allowed="to be (C, H, W) or (D,) with positive ints")
     for key, value in (("num_classes", num_classes), ("gn_groups", gn_groups)):
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         require(ok, key=key, value=value, allowed="to be an int >= 1")
@@ -126,7 +127,7 @@ def _remove_inplace_ops(model: nn.Module) -> None:
 
 
 def _require_hw(model: str, shape: Shape, minimum: int) -> None:
-    ok = shape[1] >= minimum and shape[2] >= minimum
+    ok = len(shape) == 3 and shape[1] >= minimum and shape[2] >= minimum
     require(ok, key="input_shape", value=shape, allowed=f"to be (C, H, W) with H, W >= {minimum} for model {model!r}")
 
 
@@ -142,8 +143,22 @@ def _group_norm(model: str, groups: int) -> Callable[[int], nn.GroupNorm]:
 
 
 def _mlp(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
-    c, h, w = input_shape
-    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 128), nn.ReLU(), nn.Linear(128, num_classes))
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+
+def _tabular_mlp(
+    *, input_shape: Shape, num_classes: int, gn_groups: int, width: int = 64, depth: int = 2
+) -> nn.Module:
+    """``depth`` hidden layers of ``width`` units (ReLU) for a table's D features (or any input, flattened)."""
+    for key, value in (("width", width), ("depth", depth)):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        require(ok, key=key, value=value, allowed="to be an integer >= 1 for model 'tabular_mlp'")
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = math.prod(input_shape)
+    for _ in range(depth):
+        layers += [nn.Linear(fan_in, width), nn.ReLU()]
+        fan_in = width
+    return nn.Sequential(*layers, nn.Linear(fan_in, num_classes))
 
 
 def _digits_cnn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
@@ -222,6 +237,7 @@ for _name, _builder in (
     ("cifar_cnn", _cifar_cnn),
     ("resnet18_gn", _resnet18_gn),
     ("wrn16_4", _wrn16_4),
+    ("tabular_mlp", _tabular_mlp),
 ):
     MODELS.register(_name, _builder)
 del _name, _builder

@@ -103,6 +103,7 @@ class PreparedSweep:
     runnable: list[PlannedTrial] | None
     over_budget: list[PlannedTrial]
     planning_seconds: float
+    own_data: tuple[Any, ...] = ()  # the own datasets read (dp_core.own_data.OwnDataset), kept in this process
 
     @property
     def folder(self) -> Path:
@@ -132,10 +133,13 @@ def prepare_sweep(request: SweepRequest) -> PreparedSweep:
     # Trials never download: the launcher fetches and verifies the data once, before any starts.
     download = prepare_data.downloads_wanted(space)
     space = prepare_data.without_downloads(space)
+    own_data = prepare_data.read_own(space)  # once, here: planning needs its N; a bad file stops the sweep now
     if space.kind == "federated":  # its planning reads the training labels
         prepare_data.prepare_here(prepare_data.datasets_of(space), root=space.fixed.get("data_root"), download=download)
     results_dir = request.results_dir.resolve()
     name = _sweep_name(space.name, results_dir, request.resume)
+    if request.resume:
+        prepare_data.check_digests(results_dir / name, own_data)
     # The root of every random choice: the one an earlier launch kept, or a new secret (kept once
     # the sweep has started). A space that sets seed: keeps its own, public one.
     kept_root = sweep_secret.read(results_dir / name) if request.resume else None
@@ -180,6 +184,7 @@ def prepare_sweep(request: SweepRequest) -> PreparedSweep:
         runnable=runnable,
         over_budget=over_budget,
         planning_seconds=planning_seconds,
+        own_data=own_data,
     )
 
 
