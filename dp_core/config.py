@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dp_core.dataset_facts import DATASETS
+from dp_core.dataset_spec import DatasetSpec, dataset_name
 from dp_core.errors import (
     ConfigError,
     require,
@@ -58,9 +59,13 @@ def _require_bool(value: Any, *, key: str) -> None:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Which dataset to train on and where its files live (torchvision layout)."""
+    """Which dataset to train on and where its files live (torchvision layout).
 
-    dataset: str = "digits"
+    ``dataset`` is a zoo name, or an own dataset: a mapping (``{format: npz, path: ...}``, see
+    :class:`~dp_core.dataset_spec.DatasetSpec`), turned into its spec here.
+    """
+
+    dataset: str | DatasetSpec = "digits"
     data_root: str | None = None
     download: bool = False
     # The share of the training split held out, stratified and fixed, as a validation split: never
@@ -69,7 +74,10 @@ class DataConfig:
     validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        DATASETS.check(self.dataset)  # dp_core.dataset_facts: built-ins and any registered at run time
+        if isinstance(self.dataset, Mapping):
+            object.__setattr__(self, "dataset", DatasetSpec.from_mapping(self.dataset))
+        if not isinstance(self.dataset, DatasetSpec):
+            DATASETS.check(self.dataset)  # dp_core.dataset_facts: built-ins and any registered at run time
         require_in_range(self.validation_fraction, key="validation_fraction", low=0.0, high=0.5, high_open=True)
         require(
             self.data_root is None or isinstance(self.data_root, str),
@@ -349,6 +357,8 @@ class TrainConfig:
         flat: dict[str, Any] = {}
         for name in _SECTIONS:
             flat.update(dataclasses.asdict(getattr(self, name)))
+        if isinstance(self.data.dataset, DatasetSpec):
+            flat["dataset"] = self.data.dataset.to_mapping()
         flat.update({key: getattr(self, key) for key in _TOP_LEVEL_KEYS})
         return flat
 
@@ -394,6 +404,6 @@ class TrainConfig:
                 value=self.privacy.delta,
                 allowed=(
                     f"to be < 1/N = {1.0 / train_size:.3g} (N={train_size} training examples of "
-                    f"{self.data.dataset}); a larger δ permits leaking a whole example"
+                    f"{dataset_name(self.data.dataset)}); a larger δ permits leaking a whole example"
                 ),
             )

@@ -1,4 +1,4 @@
-"""The model zoo: DP-compatible image classifiers by name."""
+"""The model zoo: DP-compatible classifiers by name, for images (C, H, W) and tabular data (D,)."""
 
 from __future__ import annotations
 
@@ -263,6 +263,19 @@ def _mlp(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 128), nn.ReLU(), nn.Linear(128, num_classes))
 
 
+def _tabular_mlp(*, input_shape: Shape, num_classes: int, gn_groups: int, width: int = 64, depth: int = 2) -> nn.Module:
+    """``depth`` hidden layers of ``width`` units (ReLU) for a table's D features (or any input, flattened)."""
+    for key, value in (("width", width), ("depth", depth)):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        require(ok, key=key, value=value, allowed="to be an integer >= 1 for model 'tabular_mlp'")
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = math.prod(input_shape)
+    for _ in range(depth):
+        layers += [nn.Linear(fan_in, width), nn.ReLU()]
+        fan_in = width
+    return nn.Sequential(*layers, nn.Linear(fan_in, num_classes))
+
+
 def _digits_cnn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
     _require_hw("digits_cnn", input_shape, 8)
     return nn.Sequential(
@@ -339,6 +352,7 @@ for _name, _builder in (
     ("cifar_cnn", _cifar_cnn),
     ("resnet18_gn", _resnet18_gn),
     ("wrn16_4", _wrn16_4),
+    ("tabular_mlp", _tabular_mlp),
 ):
     MODELS.register(_name, _builder)
 del _name, _builder

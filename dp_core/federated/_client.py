@@ -52,7 +52,7 @@ class ClientSetup:
     config: TrainConfig
     images: torch.Tensor
     labels: torch.Tensor
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # (C, H, W) or (D,)
     num_classes: int
     private: bool
     noise_multiplier: float

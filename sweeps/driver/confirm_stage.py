@@ -32,6 +32,7 @@ from sweeps.results.confirm import (
 )
 from sweeps.results.frontier import ConfirmedConfig
 from sweeps.workers.confirmation import train_jobs
+from sweeps.workers.own_data import shipped
 
 __all__ = ["calibrated_configs", "refit_configs", "run_confirmations", "run_refits"]
 
@@ -206,7 +207,8 @@ def _run_jobs(
         flush=True,
     )
     remote = ray.remote(num_cpus=cpus_per_unit, num_gpus=gpus_per_unit, max_retries=2)(train_jobs)
-    waiting = {remote.remote(unit): unit for unit in _units(pending, slots)}
+    own_data = shipped()  # the sweep's own datasets, put into the object store once for every unit
+    waiting = {remote.remote(unit, own_data): unit for unit in _units(pending, slots)}
     finished = 0
     while waiting:
         ready, _ = ray.wait(list(waiting), num_returns=1)

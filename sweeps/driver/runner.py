@@ -29,6 +29,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from dp_core.errors import ConfigError
+from dp_core.own_data import provided
 from sweeps.driver.progress import SweepProgress
 from sweeps.driver.search import BudgetedOptunaSearch
 from sweeps.driver.sweep_stats import SweepStats  # the callback's; a sweep's saved Tune state looks for it here
@@ -202,7 +203,11 @@ def run_trials(
         progress=progress,
     )
     # Federated trials reserve one bundle per client actor; other trials, {"cpu": ..., "gpu": ...}.
-    trainable = tune.with_resources(run_trial, trial_resources(space))
+    # A sweep's own datasets, read by the driver, reach each node once through Ray's object store.
+    own_data = provided()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, own_data=own_data) if own_data else run_trial, trial_resources(space)
+    )
     experiment = storage_path / name
     board, board_name = None, None
     default_epochs = int(space.fixed.get("epochs", 15))  # a federated trial counts rounds: none prunes it

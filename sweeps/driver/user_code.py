@@ -21,7 +21,9 @@ import torch
 
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.dataset_facts import DATASETS
+from dp_core.dataset_spec import DatasetSpec
 from dp_core.models import build_configured_model
+from dp_core.own_data import own_dataset
 from dp_core.user_code import is_reference
 from sweeps.space import SearchSpace
 from sweeps.space.model import candidate_axis_values
@@ -146,7 +148,8 @@ def check_own_models(space: SearchSpace) -> None:
             try:
                 build_configured_model(config, input_shape=input_shape, num_classes=num_classes)
             except ConfigError as error:
-                raise ConfigError(f"{error} (in {space.source}, for dataset {config.data.dataset!r})") from None
+                dataset = getattr(config.data.dataset, "display_name", config.data.dataset)
+                raise ConfigError(f"{error} (in {space.source}, for dataset {dataset!r})") from None
 
 
 def _candidate_configs(space: SearchSpace) -> Iterator[TrainConfig]:
@@ -159,6 +162,9 @@ def _candidate_configs(space: SearchSpace) -> Iterator[TrainConfig]:
 def _dataset_shape(config: TrainConfig) -> tuple[tuple[int, ...], int] | None:
     """The dataset's input shape and class count, as known before it is loaded (None: not known here)."""
     dataset = config.data.dataset
+    if isinstance(dataset, DatasetSpec):  # read once by the driver before (sweeps.driver.prepare_data.read_own)
+        splits = own_dataset(dataset).splits
+        return splits.input_shape, splits.num_classes
     if isinstance(dataset, str) and dataset in DATASETS:
         facts = DATASETS.get(dataset)
         return facts.input_shape, facts.num_classes

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dp_core import config as dp_config
+from dp_core.dataset_spec import DatasetSpec
 from dp_core.errors import ConfigError, require_choice, require_positive
 from dp_core.federated import FEDERATED_KEYS, FederatedConfig
 from dp_core.user_code import is_reference
@@ -291,7 +292,13 @@ def _parse_fixed(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Any]
         allowed="to be a mapping of training keys to values (it may be empty: fixed: {})",
     )
     _check_train_keys(raw, path, known, where="fixed")
-    return {key: _coerce(value) for key, value in raw.items()}
+    fixed = {key: _coerce(value) for key, value in raw.items()}
+    if isinstance(fixed.get("dataset"), dict):
+        # An own dataset: its paths are relative to the space file, made absolute here, so that every
+        # trial's configuration (and best_per_epsilon.json) names the same files wherever it runs.
+        with in_file(path):
+            fixed["dataset"] = DatasetSpec.from_mapping(fixed["dataset"], base=path.parent).to_mapping()
+    return fixed
 
 
 def _parse_axes(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Axis]:
@@ -302,6 +309,11 @@ def _parse_axes(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Axis]
         allowed="to be a non-empty mapping of training keys to a list of values or a range {low, high, log, num}",
     )
     _check_train_keys(raw, path, known, where="axes")
+    if isinstance(raw.get("dataset"), list) and any(isinstance(v, dict) for v in raw["dataset"]):
+        raise ConfigError(
+            f"Expected the dataset axis of {path} to list zoo names, but got an own dataset (a mapping) in it: "
+            "an own dataset goes under fixed (one sweep per own dataset)."
+        )
     integer_keys = _integer_keys()
     return {
         key: _parse_axis(value, path, key=key, integer=_is_integer_axis(key, value, integer_keys))

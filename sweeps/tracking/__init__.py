@@ -31,6 +31,7 @@ __all__ = [
     "TrackingUnavailable",
     "default_tracking_uri",
     "trial_key",
+    "datasets",
     "errors",
     "journal",
     "sqlite",

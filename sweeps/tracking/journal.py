@@ -24,7 +24,10 @@ from sweeps.tracking.errors import TrackingUnavailable, check_uri, is_unreachabl
 __all__ = ["JournaledWrites", "JOURNALED"]
 
 #: Writes that may be journaled and replayed, in the order they were made.
-JOURNALED = ("log_trial", "log_skipped", "log_sweep_metrics", "log_sweep_tags", "log_artifact", "end_sweep", "tag_runs")
+JOURNALED = (
+    "log_trial", "log_skipped", "log_sweep_metrics", "log_sweep_tags", "log_artifact", "end_sweep", "tag_runs",
+    "log_dataset",
+)  # fmt: skip
 
 
 class JournaledWrites:

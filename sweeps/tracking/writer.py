@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import mlflow
@@ -196,6 +196,21 @@ class SweepTracker(JournaledWrites):
             items = [RunTag(k, v) for k, v in tags.items()]
             for start in range(0, len(items), 100):
                 self.client.log_batch(run_id, tags=items[start : start + 100])
+
+    def log_dataset(
+        self, *, name: str, source: str, loader: str | None, digest: str, input_shape: Sequence[int]
+    ) -> None:
+        """Record a dataset the sweep trains on as an input of the parent run (``mlflow.log_input``): its name,
+        source, digest and schema (:mod:`sweeps.tracking.datasets`), never a value of it."""
+        self._write(
+            "log_dataset", name=name, source=source, loader=loader, digest=digest, input_shape=list(input_shape)
+        )
+
+    def _log_dataset(self, *, name: str, source: str, loader: str | None, digest: str, input_shape: list[int]) -> None:
+        from sweeps.tracking.datasets import dataset_input
+
+        entry = dataset_input(name=name, source=source, loader=loader, digest=digest, input_shape=input_shape)
+        self.client.log_inputs(self.parent_run_id, datasets=[entry])
 
     def log_artifact(self, path: str) -> None:
         """Attach a local file to the parent run (journaled by path: keep the file)."""
