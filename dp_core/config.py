@@ -360,6 +360,7 @@ class TrainConfig:
         if isinstance(self.data.dataset, DatasetSpec):
             flat["dataset"] = self.data.dataset.to_mapping()
         flat.update({key: getattr(self, key) for key in _TOP_LEVEL_KEYS})
+        flat["code"] = list(self.code)  # as JSON and YAML write it, and as a space's trials carry it
         return flat
 
     def replace(self, **flat_changes: Any) -> TrainConfig:
