@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from dp_core.user_code import is_reference
 from sweeps.space import SearchSpace
 from sweeps.space.model import candidate_axis_values
 
-__all__ = ["DATA_EXCLUDES", "check_own_models", "code_modules", "code_runtime_env"]
+__all__ = ["DATA_EXCLUDES", "check_own_models", "code_modules", "code_runtime_env", "modules_of"]
 
 #: Never packed with a package of the user's code: data, checkpoints, caches (Ray also honours a
 #: folder's .gitignore and .rayignore).
@@ -42,8 +42,13 @@ _RAY_PACKAGE_LIMIT = int(os.environ.get("RAY_max_grpc_message_size", 512 * 1024 
 
 def code_modules(space: SearchSpace) -> list[Path]:
     """The top-level modules and packages of the space's code folders, in folder then name order."""
+    return modules_of(space.code)
+
+
+def modules_of(folders: Sequence[str]) -> list[Path]:
+    """The top-level modules (``*.py``) and packages (folders with ``__init__.py``) of ``folders``."""
     modules = []
-    for folder in space.code:
+    for folder in folders:
         for entry in sorted(Path(folder).iterdir()):
             if entry.name.startswith(".") or entry.name == "__pycache__":
                 continue
