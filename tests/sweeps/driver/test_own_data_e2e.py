@@ -131,3 +131,17 @@ def test_python_loader_sweep_prints_the_label_caveat(tmp_path: Path, ray_cluster
     assert "statistic of the data" in parent.data.tags["dpsweep.data_caveat"]
     assert logged.dataset.source_type == "code" and "e2e_own_loader:load" in logged.dataset.source
     assert not np.isnan(float(parent.data.params["delta"]))
+
+
+def test_federated_sweep_partitions_own_data(tmp_path: Path, ray_cluster: RayCluster) -> None:
+    write_npz(tmp_path / "d.npz")
+    space = _space({"format": "npz", "path": "d.npz", "classes": 10})
+    space["kind"] = "federated"
+    space["fixed"].update({"partition": "iid", "clients": 2, "rounds": 2, "local_epochs": 1})
+    del space["fixed"]["epochs"]
+    space["axes"] = {"noise_multiplier": [1.0], "lr": [1.0]}
+    done = _launch(tmp_path, space, ray_cluster)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    parent, children = _parent(tmp_path)
+    assert [c.data.tags.get("dpsweep.outcome") for c in children] == ["completed"]
+    assert len(parent.inputs.dataset_inputs) == 1
