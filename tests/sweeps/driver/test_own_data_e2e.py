@@ -9,6 +9,7 @@ again with ``python -m dp_core.train --config`` on the same data.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,11 +38,13 @@ def _space(dataset: dict, *, model: str = "tabular_mlp", confirm: object = "off"
     }
 
 
-def _launch(folder: Path, space: dict, cluster: RayCluster, *extra: str) -> subprocess.CompletedProcess:
-    (folder / "own.yaml").write_text(yaml.safe_dump(space))
+def _launch(folder: Path, space: dict | Path, cluster: RayCluster, *extra: str) -> subprocess.CompletedProcess:
+    if isinstance(space, dict):
+        (folder / "own.yaml").write_text(yaml.safe_dump(space))
+    file = space if isinstance(space, Path) else folder / "own.yaml"
     return subprocess.run(
         [
-            sys.executable, "-m", "sweeps.launch", "--space", str(folder / "own.yaml"),
+            sys.executable, "-m", "sweeps.launch", "--space", str(file),
             "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", "--results-dir", str(folder / "results"),
             "--address", cluster.address, *extra,
         ],
@@ -145,3 +148,17 @@ def test_federated_sweep_partitions_own_data(tmp_path: Path, ray_cluster: RayClu
     parent, children = _parent(tmp_path)
     assert [c.data.tags.get("dpsweep.outcome") for c in children] == ["completed"]
     assert len(parent.inputs.dataset_inputs) == 1
+
+
+def test_the_tabular_csv_example_makes_its_data_and_sweeps_it(tmp_path: Path, ray_cluster: RayCluster) -> None:
+    example = tmp_path / "tabular_csv"
+    shutil.copytree(ROOT / "examples" / "tabular_csv", example, ignore=shutil.ignore_patterns("*.csv"))
+    made = subprocess.run([sys.executable, str(example / "make_data.py")], env=ENV, capture_output=True, text=True)
+    assert made.returncode == 0 and (example / "breast_cancer.csv").exists(), made.stderr
+    done = _launch(example, example / "breast_cancer.yaml", ray_cluster)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "455 train" in done.stdout and "of shape (30,), 2 classes" in done.stdout
+    assert "note: the classes were read" not in done.stdout  # declared in the space
+    sweep = next(p for p in (example / "results").iterdir() if p.is_dir())
+    best = json.loads((sweep / "frontier" / "best_per_epsilon.json").read_text())
+    assert any(b.get("test_accuracy_mean") is not None for b in best)
