@@ -146,9 +146,7 @@ def _mlp(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 128), nn.ReLU(), nn.Linear(128, num_classes))
 
 
-def _tabular_mlp(
-    *, input_shape: Shape, num_classes: int, gn_groups: int, width: int = 64, depth: int = 2
-) -> nn.Module:
+def _tabular_mlp(*, input_shape: Shape, num_classes: int, gn_groups: int, width: int = 64, depth: int = 2) -> nn.Module:
     """``depth`` hidden layers of ``width`` units (ReLU) for a table's D features (or any input, flattened)."""
     for key, value in (("width", width), ("depth", depth)):
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
