@@ -18,6 +18,7 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from sweeps.privacy.ledger import CONFIRMATION_ROLES
 from sweeps.results.frontier import Point
@@ -58,7 +59,9 @@ def _is_confirmation(run: Any) -> bool:
 
 
 def _params(values: Mapping[str, Any]) -> list[Param]:
-    return [Param(str(k), "None" if v is None else str(v)) for k, v in sorted(values.items())]
+    # An own dataset's mapping (per-feature bounds of a wide table) may exceed what MLflow takes for
+    # one param value; its head names the files, and its digest is on the parent run's inputs.
+    return [Param(str(k), ("None" if v is None else str(v))[:MAX_PARAM_VAL_LENGTH]) for k, v in sorted(values.items())]
 
 
 class SweepTracker(JournaledWrites):

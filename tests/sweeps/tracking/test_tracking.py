@@ -65,3 +65,16 @@ def test_a_running_trial_shows_then_ends_and_a_resumed_one_logs_no_epoch_twice(t
     steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
     assert steps == [1, 2, 3, 4, 5]
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_an_own_dataset_is_an_input_of_the_parent_run_and_a_wide_one_still_logs(tmp_path: Path) -> None:
+    tracker = _tracker(tmp_path)
+    tracker.log_dataset(name="t.csv", source="/data/t.csv", loader=None, digest="0123abcd", input_shape=(300,))
+    wide = {"format": "csv", "path": "/data/t.csv", "bounds": {"low": 0.0, "high": [1234.5678] * 1000}}
+    tracker.log_trial(key="k1", name="trial_0000", params={**PARAMS, "dataset": wide}, outcome="completed")
+    client = MlflowClient(tracking_uri=tracker.tracking_uri)
+    (logged,) = client.get_run(tracker.parent_run_id).inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest) == ("t.csv", "0123abcd")
+    assert '"shape": [-1, 300]' in logged.dataset.schema and logged.tags[0].value == "training"
+    dataset_param = client.get_run(tracker.run_id_of("k1")).data.params["dataset"]
+    assert dataset_param.startswith("{'format': 'csv', 'path': '/data/t.csv'") and len(dataset_param) == 6000
