@@ -26,5 +26,6 @@ __all__ = [
     "splits",  # DatasetSplits
     "synthetic",  # generated stand-ins for CIFAR-10 and MNIST
     "train",  # train(config): the loop every sweep trial runs
+    "user_code",  # a config's own "module:function" (a model's builder), imported from its code folders
     "vectorized",  # train several configurations of one small model at once
 ]

@@ -5,7 +5,8 @@ planned, before Ray or MLflow), ``session`` (the MLflow parent run and Ray), ``r
 the pruning board) with ``search``, ``optuna_actors`` and ``batch_tpe`` (Optuna),
 ``tracking_callback``, ``sweep_stats`` and ``progress``, then ``confirm_stage`` and ``finish``.
 Beside them: ``resources`` (whether trials fit the cluster), ``prepare_data`` (datasets fetched
-once) and ``submit`` (a sweep as a Ray Job). It re-exports no names: ``python -m sweeps.submit``
+once), ``user_code`` (a space's own modules: checked here, shipped to Ray's workers) and ``submit``
+(a sweep as a Ray Job). It re-exports no names: ``python -m sweeps.submit``
 imports this package and must start without torch, Ray, Optuna or MLflow.
 """
 
@@ -24,4 +25,5 @@ __all__ = [
     "submit",
     "sweep_stats",
     "tracking_callback",
+    "user_code",
 ]
