@@ -165,3 +165,13 @@ def test_train_cli_trains_an_own_model_from_a_config_file_elsewhere(tmp_path: Pa
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((run / "m.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["epsilon"] <= 4.0
+
+
+def test_the_train_cli_takes_model_kwargs_as_yaml_and_fix_model_as_a_switch() -> None:
+    from dp_core.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        ["--model", "tabular_mlp", "--model-kwargs", "{width: 12, depth: 1}", "--fix-model"]
+    )
+    config = config_from_args(args)
+    assert config.model.model_kwargs == {"width": 12, "depth": 1} and config.model.fix_model

@@ -137,3 +137,14 @@ def test_a_zoo_space_has_no_code(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace('"x:build"', "mlp"))
     space = load_space(path)
     assert space.code == () and "code" not in space.grid_points()[0]
+
+
+def test_an_optuna_space_samples_a_model_kwarg_and_checks_its_extremes(tmp_path: Path) -> None:
+    module = _module(tmp_path)
+    path = _space(tmp_path, module, axes_extra="model_kwargs.depth: {low: 1, high: 3}", top_extra="trials: 4")
+    path.write_text(path.read_text().replace("search: grid", "search: optuna"))
+    space = load_space(path)
+    axis = space.axes["model_kwargs.depth"]
+    assert isinstance(axis, Range) and axis.integer  # Optuna suggests integers for it
+    config = TrainConfig.from_dict(space.trial_config({"noise_multiplier": 1.0, "model_kwargs.depth": 3}))
+    assert config.model.model_kwargs == {"depth": 3}
