@@ -22,6 +22,7 @@ import torch
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.dataset_facts import DATASETS
 from dp_core.dataset_spec import DatasetSpec
+from dp_core.federated import split_flat
 from dp_core.models import build_configured_model
 from dp_core.own_data import own_dataset
 from dp_core.user_code import is_reference
@@ -158,10 +159,13 @@ def check_own_models(space: SearchSpace) -> None:
 
 
 def _candidate_configs(space: SearchSpace) -> Iterator[TrainConfig]:
-    if space.kind != "train":
-        return
+    """The training configuration of each trial the space's checks build (a federated trial's clients')."""
     for axis_values in candidate_axis_values(space):
-        yield TrainConfig.from_dict(space.trial_config(axis_values), where=str(space.source))
+        values = space.trial_config(axis_values)
+        if space.kind == "federated":
+            yield split_flat(values, where=str(space.source))[0]
+        else:
+            yield TrainConfig.from_dict(values, where=str(space.source))
 
 
 def _dataset_shape(config: TrainConfig) -> tuple[tuple[int, ...], int] | None:

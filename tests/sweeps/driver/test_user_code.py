@@ -144,3 +144,11 @@ def test_the_runtime_env_makes_the_module_importable_in_a_ray_worker(tmp_path: P
     # Ray's unpacked copy on the node, not the folder the space file is in.
     assert "runtime_resources" in shipped and Path(shipped).parent != tmp_path, shipped
     assert "ModuleNotFoundError" in worker_imports(None)  # without it, the worker cannot import the module
+
+
+def test_a_federated_space_checks_its_clients_own_model_too(tmp_path: Path) -> None:
+    path, _ = _space(tmp_path, "three_outputs")
+    text = path.read_text().replace("search: grid", "search: grid\nkind: federated\nconfirm: off")
+    path.write_text(text.replace("epochs: 1,", "clients: 2, rounds: 1, local_epochs: 1,"))
+    with pytest.raises(ConfigError, match=r"\(2, 10\) for a batch of 2, but got \(2, 3\)"):
+        check_own_models(load_space(path))
