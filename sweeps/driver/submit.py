@@ -4,7 +4,9 @@ The job's entrypoint is ``python -m sweeps.launch`` on the cluster's head node, 
 runtime environment is this project, uploaded as the job's working directory, so the cluster
 runs exactly the code that submitted it. The nodes bring the dependencies: the image built from
 ``infra/docker/Dockerfile``, or the cluster launcher's setup commands, install them from
-``pyproject.toml``. This module streams the job's logs, prints its id and exits with the job's
+``pyproject.toml``. A space's own code (``model: "module:function"`` beside it) travels in the
+job's copy and on to the workers as Ray's ``py_modules``; its own data never does (the head reads
+it by path). This module streams the job's logs, prints its id and exits with the job's
 outcome (0 succeeded, 1 failed or stopped, 2 bad input, here or found by the launcher on the head
 before anything ran, 130 stopped following with Ctrl-C).
 
