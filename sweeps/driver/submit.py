@@ -229,8 +229,9 @@ def _stage_own(space_file: Path, folder: Path) -> None:
 
     loaded = load_space(space_file)
     raw = yaml.safe_load(space_file.read_text())
+    dataset = dict(loaded.fixed["dataset"]) if isinstance(loaded.fixed.get("dataset"), dict) else None
+    staged: list[str] = []
     if loaded.code:
-        staged = []
         for index, code_folder in enumerate(loaded.code):
             target = folder / f"{space_file.stem}_code{index}"
             target.mkdir()
@@ -241,8 +242,10 @@ def _stage_own(space_file: Path, folder: Path) -> None:
                     shutil.copy2(module, target / module.name)
             staged.append(target.name)
         raw["code"] = staged
-    if isinstance(loaded.fixed.get("dataset"), dict):
-        raw["fixed"]["dataset"] = dict(loaded.fixed["dataset"])
+    if dataset is not None:
+        if dataset.get("loader_dir") in loaded.code:  # a python loader's module: its staged copy, beside the file
+            dataset["loader_dir"] = staged[loaded.code.index(dataset["loader_dir"])]
+        raw["fixed"]["dataset"] = dataset
     (folder / space_file.name).write_text(yaml.safe_dump(raw, sort_keys=False))
 
 

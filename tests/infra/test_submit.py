@@ -122,6 +122,24 @@ def test_a_space_with_its_own_model_and_data_travels_with_its_code_and_without_i
         assert "*.npz" in runtime_env["excludes"]
 
 
+def test_a_python_loader_travels_as_code_and_is_imported_from_the_copy(tmp_path: Path) -> None:
+    from sweeps.space import load_space
+    from tests._own_data import write_loader
+
+    loader = write_loader(tmp_path, module="submit_loader")
+    (tmp_path / "loaded.yaml").write_text(
+        f"fixed:\n  dataset: {{format: python, loader: '{loader}', classes: 10}}\n  model: mlp\n"
+        "  batch_size: 32\n  epochs: 1\n  delta: 1.0e-3\naxes: {noise_multiplier: [1.0]}\nsearch: grid\n"
+    )
+    with submit.job_runtime_env(submit._space_file(str(tmp_path / "loaded.yaml"))) as (runtime_env, space_in_job):
+        stage = Path(runtime_env["working_dir"])
+        code = stage / ".dpsweep_job_spaces" / "loaded_code0"
+        assert (code / "submit_loader.py").is_file()
+        staged = load_space(stage / space_in_job)
+        assert staged.code == (str(code.resolve()),)
+        assert staged.fixed["dataset"]["loader_dir"] == str(code.resolve())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
