@@ -18,7 +18,9 @@ from dp_core._vectorized_clipping import clipping_for, stack_models
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits
 from dp_core.dataset_facts import DATASETS, canonical_train_size
-from dp_core.models import build_model
+from dp_core.dataset_spec import DatasetSpec
+from dp_core.models import build_configured_model
+from dp_core.own_data import own_dataset
 from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
 __all__ = ["can_vectorize", "checked_plans", "group_signature"]
@@ -30,6 +32,9 @@ _SHARED: tuple[tuple[str, Callable[[TrainConfig], Any]], ...] = (
     ("validation_fraction", lambda c: c.data.validation_fraction),
     ("model", lambda c: c.model.model),
     ("gn_groups", lambda c: c.model.gn_groups),
+    ("model_kwargs", lambda c: repr(sorted(c.model.model_kwargs.items()))),
+    ("fix_model", lambda c: c.model.fix_model),
+    ("code", lambda c: c.code),
     ("epochs", lambda c: c.epochs),
     ("delta", lambda c: c.privacy.delta),
     ("accountant", lambda c: c.privacy.accountant),
@@ -130,20 +135,21 @@ def _structural_reason(configs: Sequence[TrainConfig], data: DatasetSplits | Non
             )
     # Without data, the model is built from the dataset's facts (a sweep groups trials while
     # planning, before any data is loaded): its shape decides which layers the zoo builds.
+    # An own dataset has no facts before it is read: this process's copy of it says them.
+    if data is None and isinstance(first.data.dataset, DatasetSpec):
+        data = own_dataset(first.data.dataset).splits
     facts = DATASETS.get(first.data.dataset) if data is None else None
     input_shape = data.input_shape if data is not None else facts.input_shape
     num_classes = data.num_classes if data is not None else facts.num_classes
     return _model_problem(first, input_shape=input_shape, num_classes=num_classes)
 
 
-def _model_problem(config: TrainConfig, *, input_shape: tuple[int, int, int], num_classes: int) -> str | None:
+def _model_problem(config: TrainConfig, *, input_shape: tuple[int, ...], num_classes: int) -> str | None:
     """Build the model and take a vectorised clipping step on two dummy examples."""
     name = config.model.model
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
         try:
-            model = build_model(
-                name, input_shape=input_shape, num_classes=num_classes, gn_groups=config.model.gn_groups
-            )
+            model = build_configured_model(config, input_shape=input_shape, num_classes=num_classes)
         except ConfigError as error:
             return f"Expected a model that builds for this dataset, but building model={name!r} failed: {error}"
         random = [f"{n} ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, _RANDOM_MODULES)]

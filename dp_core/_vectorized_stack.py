@@ -26,7 +26,7 @@ from dp_core._vectorized_clipping import (
 from dp_core.config import TrainConfig
 from dp_core.data import DatasetSplits
 from dp_core.dpsgd import poisson_batches
-from dp_core.models import build_model
+from dp_core.models import build_configured_model
 from dp_core.noise import gaussian_noise
 from dp_core.privacy_plan import PrivacyPlan
 from dp_core.train import resolve_device
@@ -81,12 +81,9 @@ class ConfigStack:
         first, data = self._first, self._data
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._configs[k].seed)
-            return build_model(
-                first.model.model,
-                input_shape=data.input_shape,
-                num_classes=data.num_classes,
-                gn_groups=first.model.gn_groups,
-            ).to(self._device)
+            return build_configured_model(first, input_shape=data.input_shape, num_classes=data.num_classes).to(
+                self._device
+            )
 
     def model(self, k: int) -> nn.Module:
         """Configuration k's model: as trained so far, or as initialised if it never joined."""

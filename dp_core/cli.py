@@ -34,8 +34,10 @@ _HELP = {
     "dataset": "dataset name (digits is bundled; mnist, fashion_mnist, cifar10 read torchvision's files)",
     "data_root": "folder with torchvision's dataset layout (default: $DPSWEEP_DATA or ~/.cache/dpsweep/data)",
     "download": "let torchvision download the dataset if missing",
-    "model": "architecture from the model zoo",
+    "model": "architecture from the model zoo, or your own builder as module:function",
     "gn_groups": "GroupNorm groups for resnet18_gn / wrn16_4",
+    "model_kwargs": "the model builder's keyword arguments, as YAML, e.g. '{width: 128}'",
+    "fix_model": "let Opacus' ModuleValidator.fix replace what it cannot train in an own model (BatchNorm)",
     "optimizer": "sgd, adam or rmsprop",
     "lr": "learning rate",
     "lr_schedule": "constant or cos (cosine annealing over all steps)",
@@ -69,8 +71,13 @@ _ALIASES = {
 }
 
 
+def _mapping(text: str) -> Any:
+    """A flag's YAML mapping (``--model-kwargs '{width: 128}'``); anything else is ModelConfig's to refuse."""
+    return yaml.safe_load(text)
+
+
 def _flag_type(annotation: Any) -> Any:
-    hints = {"int": int, "float": float, "str": str, "bool": bool}
+    hints = {"int": int, "float": float, "str": str, "bool": bool, "dict[str, Any]": _mapping}
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     for name, kind in hints.items():
         if text.split("|")[0].strip() == name:

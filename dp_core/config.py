@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dp_core.dataset_facts import DATASETS
+from dp_core.dataset_spec import DatasetSpec, dataset_name
 from dp_core.errors import (
     ConfigError,
     require,
@@ -23,6 +24,7 @@ from dp_core.errors import (
     require_in_range,
     require_positive,
 )
+from dp_core.user_code import check_reference, is_reference
 
 __all__ = [
     "ConfigError",
@@ -37,6 +39,7 @@ __all__ = [
     "CLIPPING_MODES",
     "DEVICES",
     "known_keys",
+    "model_kwarg_name",
     "unknown_key_error",
 ]
 
@@ -57,9 +60,13 @@ def _require_bool(value: Any, *, key: str) -> None:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Which dataset to train on and where its files live (torchvision layout)."""
+    """Which dataset to train on and where its files live (torchvision layout).
 
-    dataset: str = "digits"
+    ``dataset`` is a zoo name, or an own dataset: a mapping (``{format: npz, path: ...}``, see
+    :class:`~dp_core.dataset_spec.DatasetSpec`), turned into its spec here.
+    """
+
+    dataset: str | DatasetSpec = "digits"
     data_root: str | None = None
     download: bool = False
     # The share of the training split held out, stratified and fixed, as a validation split: never
@@ -68,7 +75,10 @@ class DataConfig:
     validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        DATASETS.check(self.dataset)  # dp_core.dataset_facts: built-ins and any registered at run time
+        if isinstance(self.dataset, Mapping):
+            object.__setattr__(self, "dataset", DatasetSpec.from_mapping(self.dataset))
+        if not isinstance(self.dataset, DatasetSpec):
+            DATASETS.check(self.dataset)  # dp_core.dataset_facts: built-ins and any registered at run time
         require_in_range(self.validation_fraction, key="validation_fraction", low=0.0, high=0.5, high_open=True)
         require(
             self.data_root is None or isinstance(self.data_root, str),
@@ -81,16 +91,39 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Which architecture of the zoo to build."""
+    """Which architecture to build: a zoo name, or the user's own ``"module:function"`` (dp_core.user_code)."""
 
     model: str = "mlp"
     gn_groups: int = 8
+    # The builder's own keyword arguments (a tabular MLP's width, an own model's depth), passed as
+    # builder(input_shape=, num_classes=, **model_kwargs).
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Opt-in for an own model that Opacus cannot train as built (BatchNorm): let Opacus'
+    # ModuleValidator.fix replace those modules rather than refuse the model.
+    fix_model: bool = False
 
     def __post_init__(self) -> None:
-        from dp_core.models import MODELS  # imported here: models imports torch; keep config importable cheaply
+        from dp_core.models import MODELS, check_builder  # imported here: models imports torch
 
-        MODELS.check(self.model)
+        if is_reference(self.model):
+            check_reference(self.model, key="model")  # imported where the code folders are known (TrainConfig)
+        else:
+            try:
+                MODELS.check(self.model)
+            except ConfigError as error:
+                raise ConfigError(f"{error} Or name a builder of your own as 'module:function'.") from None
         _require_int(self.gn_groups, key="gn_groups", low=1)
+        kwargs = self.model_kwargs
+        require(
+            isinstance(kwargs, Mapping) and all(isinstance(k, str) and k.isidentifier() for k in kwargs),
+            key="model_kwargs",
+            value=kwargs,
+            allowed="to be a mapping of the builder's keyword arguments, such as {width: 128, depth: 2}",
+        )
+        object.__setattr__(self, "model_kwargs", dict(kwargs))
+        _require_bool(self.fix_model, key="fix_model")
+        if not is_reference(self.model):
+            check_builder(self.model, model_kwargs=self.model_kwargs)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -202,12 +235,22 @@ TOP_LEVEL_KEYS = (
     "seed",
     "device",
     "test_batch_size",
+    "code",
 )
 
 
 def _section_keys() -> dict[str, str]:
     """Map every flat key to the section that owns it."""
     return {f.name: section for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def model_kwarg_name(key: object) -> str | None:
+    """``"width"`` for the flat key ``"model_kwargs.width"`` (one keyword argument of the model's
+    builder, as a sweep's axis sets it), else None."""
+    if isinstance(key, str) and key.startswith("model_kwargs."):
+        name = key.removeprefix("model_kwargs.")
+        return name if name.isidentifier() else None
+    return None
 
 
 def known_keys() -> tuple[str, ...]:
@@ -238,8 +281,22 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     test_batch_size: int = 1024
+    # Folders that an own "module:function" (the model's) is imported from; a sweep sets the
+    # space file's folder, so that dp_core.train --config imports the module the sweep trained.
+    code: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        require(
+            isinstance(self.code, (list, tuple)) and all(isinstance(folder, str) for folder in self.code),
+            key="code",
+            value=self.code,
+            allowed="to be a list of folders to import the configuration's own modules from",
+        )
+        object.__setattr__(self, "code", tuple(self.code))
+        if is_reference(self.model.model):
+            from dp_core.models import check_builder
+
+            check_builder(self.model.model, model_kwargs=self.model.model_kwargs, code=self.code)
         _require_int(self.epochs, key="epochs", low=1)
         if (self.batch_size is None) == (self.sample_rate is None):
             raise ConfigError(
@@ -268,13 +325,19 @@ class TrainConfig:
         owners = _section_keys()
         per_section: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         top: dict[str, Any] = {}
+        model_kwargs: dict[str, Any] = {}  # from flat "model_kwargs.NAME" keys
         for key, value in values.items():
             if key in owners:
                 per_section[owners[key]][key] = value
             elif key in TOP_LEVEL_KEYS:
                 top[key] = value
+            elif (name := model_kwarg_name(key)) is not None:
+                model_kwargs[name] = value
             else:
                 raise unknown_key_error(str(key), known_keys(), where=where)
+        given = per_section["model"].get("model_kwargs", {})
+        if model_kwargs and isinstance(given, Mapping):  # a flat key sets one argument of the mapping
+            per_section["model"]["model_kwargs"] = {**given, **model_kwargs}
         if "batch_size" not in top and "sample_rate" in top:
             top["batch_size"] = None
         if (
@@ -296,7 +359,10 @@ class TrainConfig:
         flat: dict[str, Any] = {}
         for name in _SECTIONS:
             flat.update(dataclasses.asdict(getattr(self, name)))
+        if isinstance(self.data.dataset, DatasetSpec):
+            flat["dataset"] = self.data.dataset.to_mapping()
         flat.update({key: getattr(self, key) for key in TOP_LEVEL_KEYS})
+        flat["code"] = list(self.code)  # as JSON and YAML write it, and as a space's trials carry it
         return flat
 
     def replace(self, **flat_changes: Any) -> TrainConfig:
@@ -341,6 +407,6 @@ class TrainConfig:
                 value=self.privacy.delta,
                 allowed=(
                     f"to be < 1/N = {1.0 / train_size:.3g} (N={train_size} training examples of "
-                    f"{self.data.dataset}); a larger δ permits leaking a whole example"
+                    f"{dataset_name(self.data.dataset)}); a larger δ permits leaking a whole example"
                 ),
             )

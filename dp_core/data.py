@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dp_core.dataset_facts import DATASETS, DatasetFacts, Normalisation, canonical_train_size, validation_size
+from dp_core.dataset_spec import DatasetSpec
 from dp_core.errors import ConfigError
 from dp_core.splits import DatasetSplits
 from dp_core.synthetic import load_synthetic
@@ -36,7 +37,11 @@ def load_data(config: DataConfig) -> DatasetSplits:
 
 
 def load_dataset(
-    name: str, *, root: str | os.PathLike[str] | None = None, download: bool = False, validation_fraction: float = 0.0
+    name: str | DatasetSpec,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    validation_fraction: float = 0.0,
 ) -> DatasetSplits:
     """Load dataset ``name`` whole into memory, normalised.
 
@@ -45,7 +50,14 @@ def load_dataset(
     (the default, so that nothing reaches the network unasked) missing files raise :class:`ConfigError`.
     With ``validation_fraction`` > 0 that share of the training split becomes ``validation``: stratified by
     label, the same examples on every call and machine, and taken out of ``train``.
+
+    ``name`` may also be an own dataset's :class:`~dp_core.dataset_spec.DatasetSpec`
+    (:func:`dp_core.own_data.own_dataset`: the copy provided to this process, else read from its files);
+    one with its own validation split (an npz's ``x_val``, ``y_val``) uses it for any ``validation_fraction`` > 0
+    instead of holding one out, and none without.
     """
+    if isinstance(name, DatasetSpec):
+        return _own_splits(name, validation_fraction)
     facts = DATASETS.get(name)
     splits = (
         facts.load()
@@ -59,16 +71,27 @@ def load_dataset(
     return _hold_out_validation(splits, validation_fraction) if validation_fraction > 0 else splits
 
 
+def _own_splits(spec: DatasetSpec, validation_fraction: float) -> DatasetSplits:
+    from dp_core.own_data import own_dataset
+
+    splits = own_dataset(spec).splits
+    if splits.validation is not None:
+        return splits if validation_fraction > 0 else dataclasses.replace(splits, validation=None)
+    return _hold_out_validation(splits, validation_fraction) if validation_fraction > 0 else splits
+
+
 def _hold_out_validation(splits: DatasetSplits, fraction: float) -> DatasetSplits:
     from sklearn.model_selection import train_test_split
 
     images, labels = splits.train.tensors
     # A fixed random_state: the split is part of the dataset's definition, not of a run's randomness
     # (it is no secret which examples were held out; they are never trained on).
+    counts = torch.bincount(labels)
     train_index, val_index = train_test_split(
         np.arange(len(labels)),
         test_size=validation_size(len(labels), fraction),
-        stratify=labels.numpy(),
+        # Stratified unless a class has a single example (an own dataset may), which cannot be split.
+        stratify=labels.numpy() if counts[counts > 0].min() >= 2 else None,
         random_state=0,
     )
     train_index, val_index = torch.from_numpy(np.sort(train_index)), torch.from_numpy(np.sort(val_index))

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from dp_core.dataset_spec import DatasetSpec
 from dp_core.errors import ConfigError, require_in_range
 from dp_core.registry import Registry
 
@@ -40,7 +41,7 @@ Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
 class DatasetFacts:
     """One dataset's facts; ``normalisation`` is the fixed per-channel (mean, std) of ``x / max_value``."""
 
-    input_shape: tuple[int, int, int]  # (C, H, W)
+    input_shape: tuple[int, ...]  # (C, H, W), or (D,) for tabular data
     num_classes: int
     train_size: int  # the published training split, before any validation share is held out
     test_size: int
@@ -154,12 +155,23 @@ def validation_size(train_size: int, fraction: float) -> int:
     return math.ceil(fraction * train_size) if fraction > 0 else 0
 
 
-def canonical_train_size(name: str, *, validation_fraction: float = 0.0) -> int:
+def canonical_train_size(name: str | DatasetSpec, *, validation_fraction: float = 0.0) -> int:
     """Number of examples trained on for dataset ``name`` (its training split less validation), without loading it.
+
+    An own dataset (a :class:`~dp_core.dataset_spec.DatasetSpec`) has no facts before it is read: its size is
+    that of the copy this process holds (:func:`dp_core.own_data.own_dataset`, which reads it on first use).
 
     Raises:
         ConfigError: ``name`` is not a registered dataset, or ``validation_fraction`` is not in [0, 0.5).
     """
-    train_size = DATASETS.get(name).train_size
     require_in_range(validation_fraction, key="validation_fraction", low=0.0, high=0.5, high_open=True)
+    if isinstance(name, DatasetSpec):
+        from dp_core.own_data import own_dataset  # imported here: this module stays free of torch until then
+
+        splits = own_dataset(name).splits
+        if splits.validation is not None:  # its own validation split, used instead of holding one out
+            return len(splits.train)
+        train_size = len(splits.train)
+    else:
+        train_size = DATASETS.get(name).train_size
     return train_size - validation_size(train_size, validation_fraction)

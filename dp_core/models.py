@@ -1,10 +1,13 @@
-"""The model zoo: DP-compatible image classifiers by name."""
+"""The model zoo: DP-compatible classifiers by name, for images (C, H, W) and tabular data (D,)."""
 
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -13,32 +16,147 @@ from opacus.validators import ModuleValidator
 
 from dp_core.errors import ConfigError, require
 from dp_core.registry import Registry
+from dp_core.user_code import import_from_code, is_reference, on_import_path
 
-__all__ = ["MODELS", "build_model", "make_dp_compatible", "register_model"]
+__all__ = ["MODELS", "build_configured_model", "build_model", "check_builder", "make_dp_compatible", "register_model"]
 
-Shape = tuple[int, int, int]
+Shape = tuple[int, ...]  # (C, H, W) for images, (D,) for feature vectors
 
-#: The model zoo by name: ``builder(input_shape=, num_classes=, gn_groups=) -> nn.Module``. A model
+#: The model zoo by name: ``builder(input_shape=, num_classes=, gn_groups=, **model_kwargs) -> nn.Module``. A model
 #: registered at run time is selectable as ``model`` in a config (``ModelConfig`` validates against
 #: this registry) and built like a built-in.
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 register_model = MODELS.register  # the README's name for it: ``register_model(name, builder)``
 
 
-def build_model(name: str, *, input_shape: Shape, num_classes: int, gn_groups: int = 8) -> nn.Module:
-    """Build the registered model ``name`` for ``input_shape`` = (C, H, W) and make it DP-compatible."""
-    builder = MODELS.get(name)
+def build_model(
+    name: str,
+    *,
+    input_shape: Shape,
+    num_classes: int,
+    gn_groups: int = 8,
+    model_kwargs: Mapping[str, Any] | None = None,
+    fix_model: bool = False,
+    code: Sequence[str] = (),
+) -> nn.Module:
+    """Build model ``name`` for inputs of ``input_shape`` = (C, H, W) or (D,) and make it DP-compatible.
+
+    Args:
+        name: a zoo (or registered) model, called ``builder(input_shape=, num_classes=, gn_groups=,
+            **model_kwargs)``; or the user's own ``"module:function"``, called
+            ``function(input_shape=, num_classes=, **model_kwargs)`` (:mod:`dp_core.user_code`).
+        model_kwargs: the builder's own keyword arguments (``width``, ``depth``, ...).
+        fix_model: an own model that Opacus cannot train is refused, naming its modules; with
+            ``fix_model`` Opacus' ``ModuleValidator.fix`` replaces them (BatchNorm -> GroupNorm) instead.
+        code: folders the own model's module is imported from.
+
+    Raises:
+        ConfigError: a bad shape or count; a builder that cannot be imported or called so; an own
+            model that Opacus cannot train privately, or whose output is not ``(batch, num_classes)``.
+    """
     shape_ok = (
         isinstance(input_shape, (tuple, list))
-        and len(input_shape) == 3
+        and len(input_shape) in (1, 3)
         and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in input_shape)
     )
-    require(shape_ok, key="input_shape", value=input_shape, allowed="to be (C, H, W) with positive ints")
+    require(shape_ok, key="input_shape", value=input_shape, allowed="to be (C, H, W) or (D,) with positive ints")
     for key, value in (("num_classes", num_classes), ("gn_groups", gn_groups)):
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         require(ok, key=key, value=value, allowed="to be an int >= 1")
-    model = builder(input_shape=tuple(input_shape), num_classes=num_classes, gn_groups=gn_groups)
-    return make_dp_compatible(model)
+    shape, kwargs = tuple(input_shape), dict(model_kwargs or {})
+    if not is_reference(name):
+        builder = check_builder(name, model_kwargs=kwargs)
+        return make_dp_compatible(builder(input_shape=shape, num_classes=num_classes, gn_groups=gn_groups, **kwargs))
+    with on_import_path(code):  # the builder may import its own modules as it runs
+        builder = check_builder(name, model_kwargs=kwargs, code=code)
+        model = builder(input_shape=shape, num_classes=num_classes, **kwargs)
+    if not isinstance(model, nn.Module):
+        got = type(model).__name__
+        raise ConfigError(f"Expected model={name!r} to return a torch.nn.Module, but it returned a {got}.")
+    model = _own_model_for_opacus(model, name=name, fix_model=fix_model)
+    _check_output(model, name=name, input_shape=shape, num_classes=num_classes)
+    return model
+
+
+def build_configured_model(config: Any, *, input_shape: Shape, num_classes: int) -> nn.Module:
+    """:func:`build_model` with a ``dp_core.config.TrainConfig``'s model settings (its model, gn_groups,
+    model_kwargs, fix_model) and code folders. (Not annotated as one: dp_core.config imports this module.)"""
+    settings = config.model
+    return build_model(
+        settings.model,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        gn_groups=settings.gn_groups,
+        model_kwargs=settings.model_kwargs,
+        fix_model=settings.fix_model,
+        code=config.code,
+    )
+
+
+def check_builder(name: str, *, model_kwargs: Mapping[str, Any], code: Sequence[str] = ()) -> Callable[..., nn.Module]:
+    """The builder of model ``name``, checked to accept the call :func:`build_model` makes (no model is built).
+
+    Raises:
+        ConfigError: an unknown zoo name, an own builder that does not import, or a signature that
+            refuses ``input_shape``, ``num_classes`` (and ``gn_groups`` for the zoo) and ``model_kwargs``.
+    """
+    own = is_reference(name)
+    builder = import_from_code(name, key="model", code=code) if own else MODELS.get(name)
+    call = "input_shape=..., num_classes=..." + ("" if own else ", gn_groups=...")
+    try:
+        signature = inspect.signature(builder)
+    except (TypeError, ValueError):  # a builtin or C callable without one: the call itself will tell
+        return builder
+    try:
+        signature.bind(input_shape=(1, 1, 1), num_classes=2, **({} if own else {"gn_groups": 8}), **model_kwargs)
+    except TypeError as error:
+        kwargs = "".join(f", {k}={v!r}" for k, v in model_kwargs.items())
+        raise ConfigError(
+            f"Expected model={name!r} to accept the call {name.rpartition(':')[2]}({call}{kwargs}) (the keyword "
+            f"arguments after num_classes are model_kwargs), but its signature {signature} refuses it: {error}."
+        ) from None
+    return builder
+
+
+def _own_model_for_opacus(model: nn.Module, *, name: str, fix_model: bool) -> nn.Module:
+    """An own model as Opacus will train it: refused naming what Opacus cannot keep private, or fixed on opt-in."""
+    model.train()  # Opacus' validator rejects eval mode; that is a run-time switch, not an architecture flaw
+    if not ModuleValidator.validate(model, strict=False) and not _problems(model):
+        _remove_inplace_ops(model)
+        return model
+    if fix_model:
+        return make_dp_compatible(model)
+    raise ConfigError(
+        f"Expected model={name!r} to build a model that Opacus can train privately, but it has modules Opacus "
+        "cannot keep private:\n  - "
+        + "\n  - ".join(_problems(model) or ["(see opacus.validators.ModuleValidator.validate)"])
+        + "\nUse nn.GroupNorm instead of BatchNorm (per-example normalisation: no statistic shared across a batch), "
+        "or set fix_model: true to let Opacus' ModuleValidator.fix replace these modules (BatchNorm becomes "
+        "GroupNorm) in the model that is trained."
+    )
+
+
+def _check_output(model: nn.Module, *, name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """One forward pass on two zero inputs, in eval mode (no dropout draws, no RNG consumed)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(torch.zeros(2, *input_shape))
+    except Exception as error:  # the user's forward pass: quote whatever it raised
+        raise ConfigError(
+            f"Expected model={name!r} to take a batch of inputs of shape (batch, {', '.join(map(str, input_shape))}), "
+            f"but its forward pass on shape (2, {', '.join(map(str, input_shape))}) raised {type(error).__name__}: "
+            f"{error}."
+        ) from error
+    finally:
+        model.train(was_training)
+    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+    if shape != (2, num_classes):
+        raise ConfigError(
+            f"Expected model={name!r} to return logits of shape (batch, num_classes) = (2, {num_classes}) for a batch "
+            f"of 2, but got {shape}: build the last layer with num_classes outputs (the builder receives it)."
+        )
 
 
 def make_dp_compatible(model: nn.Module) -> nn.Module:
@@ -126,7 +244,7 @@ def _remove_inplace_ops(model: nn.Module) -> None:
 
 
 def _require_hw(model: str, shape: Shape, minimum: int) -> None:
-    ok = shape[1] >= minimum and shape[2] >= minimum
+    ok = len(shape) == 3 and shape[1] >= minimum and shape[2] >= minimum
     require(ok, key="input_shape", value=shape, allowed=f"to be (C, H, W) with H, W >= {minimum} for model {model!r}")
 
 
@@ -142,8 +260,20 @@ def _group_norm(model: str, groups: int) -> Callable[[int], nn.GroupNorm]:
 
 
 def _mlp(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
-    c, h, w = input_shape
-    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 128), nn.ReLU(), nn.Linear(128, num_classes))
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+
+def _tabular_mlp(*, input_shape: Shape, num_classes: int, gn_groups: int, width: int = 64, depth: int = 2) -> nn.Module:
+    """``depth`` hidden layers of ``width`` units (ReLU) for a table's D features (or any input, flattened)."""
+    for key, value in (("width", width), ("depth", depth)):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        require(ok, key=key, value=value, allowed="to be an integer >= 1 for model 'tabular_mlp'")
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = math.prod(input_shape)
+    for _ in range(depth):
+        layers += [nn.Linear(fan_in, width), nn.ReLU()]
+        fan_in = width
+    return nn.Sequential(*layers, nn.Linear(fan_in, num_classes))
 
 
 def _digits_cnn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
@@ -222,6 +352,7 @@ for _name, _builder in (
     ("cifar_cnn", _cifar_cnn),
     ("resnet18_gn", _resnet18_gn),
     ("wrn16_4", _wrn16_4),
+    ("tabular_mlp", _tabular_mlp),
 ):
     MODELS.register(_name, _builder)
 del _name, _builder

@@ -15,7 +15,7 @@ __all__ = ["DatasetSplits"]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DatasetSplits:
-    """A dataset's splits, each ``TensorDataset(images float32 NCHW, labels int64)``.
+    """A dataset's splits, each ``TensorDataset(inputs float32 N x C x H x W or N x D, labels int64)``.
 
     ``validation`` is held out of the published training split (``None`` without one): models are
     trained on ``train`` only, chosen on ``validation``, and reported on ``test``.
@@ -25,5 +25,5 @@ class DatasetSplits:
     train: TensorDataset
     test: TensorDataset
     num_classes: int
-    input_shape: tuple[int, int, int]  # (C, H, W)
+    input_shape: tuple[int, ...]  # (C, H, W) for images, (D,) for tabular data
     validation: TensorDataset | None = None

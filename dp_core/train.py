@@ -26,7 +26,7 @@ from torch import nn
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
-from dp_core.models import build_model
+from dp_core.models import build_configured_model
 from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
 __all__ = [
@@ -267,12 +267,7 @@ def train(
         "val": tuple(t.to(device) for t in data.validation.tensors) if data.validation is not None else None,
         "test": tuple(t.to(device) for t in data.test.tensors) if evaluate_test else None,
     }
-    model = build_model(
-        config.model.model,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        gn_groups=config.model.gn_groups,
-    ).to(device)
+    model = build_configured_model(config, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
     optimizer = build_optimizer(config, model)
     step = PlainStep(model, optimizer)
     if plan.private:

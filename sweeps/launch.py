@@ -181,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
 
     opened = open_sweep(request, prepared)
     trials = start_trials(request, prepared, opened)
-    runner.connect_ray(request.address, num_cpus=request.num_cpus)
+    runner.connect_ray(request.address, num_cpus=request.num_cpus, runtime_env=prepared.runtime_env)
     slots = trial_slots(prepared.space)
     callback, results = runner.run_trials(
         prepared.space,

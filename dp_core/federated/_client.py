@@ -20,7 +20,7 @@ from torch import nn
 
 from dp_core.config import TrainConfig
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
-from dp_core.models import build_model
+from dp_core.models import build_configured_model
 from dp_core.train import TrainingDiverged, build_optimizer, resolve_device
 
 __all__ = ["ClientSetup", "ClientUpdate", "LocalClient", "client_seed"]
@@ -52,7 +52,7 @@ class ClientSetup:
     config: TrainConfig
     images: torch.Tensor
     labels: torch.Tensor
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # (C, H, W) or (D,)
     num_classes: int
     private: bool
     noise_multiplier: float
@@ -115,12 +115,9 @@ class LocalClient:
             # The initial weights are overwritten by the global model every round; seeding only
             # keeps construction from touching the process' global generator.
             torch.manual_seed(setup.seed)
-            model = build_model(
-                config.model.model,
-                input_shape=setup.input_shape,
-                num_classes=setup.num_classes,
-                gn_groups=config.model.gn_groups,
-            ).to(self.device)
+            model = build_configured_model(config, input_shape=setup.input_shape, num_classes=setup.num_classes).to(
+                self.device
+            )
         optimizer = build_optimizer(config, model)
         # dp_core's DP-SGD step, whichever per-sample-gradient engine computes it (as in dp_core.train).
         self.step = PlainStep(model, optimizer)

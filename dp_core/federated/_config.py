@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from dp_core.config import TrainConfig, known_keys, unknown_key_error
+from dp_core.config import TrainConfig, known_keys, model_kwarg_name, unknown_key_error
 from dp_core.errors import ConfigError, require, require_choice, require_positive
 
 __all__ = ["KIND", "PARTITIONS", "FEDERATED_KEYS", "FederatedConfig", "split_flat", "to_flat", "is_federated"]
@@ -86,7 +86,7 @@ def split_flat(values: Mapping[str, Any], *, where: str = "") -> tuple[TrainConf
             require(value == KIND, key="kind", value=value, allowed=f"to be {KIND!r} for a federated run{place}")
         elif key in FEDERATED_KEYS:
             federated_values[key] = value
-        elif key in known:
+        elif key in known or model_kwarg_name(key) is not None:
             train_values[key] = value
         else:
             raise unknown_key_error(str(key), known, where=where)

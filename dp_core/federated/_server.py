@@ -24,7 +24,7 @@ from dp_core.federated._config import FederatedConfig
 from dp_core.federated._executor import ClientExecutor, InProcessExecutor
 from dp_core.federated._partition import partition
 from dp_core.federated._plan import FederatedPlan, plan_federated
-from dp_core.models import build_model
+from dp_core.models import build_configured_model
 from dp_core.train import ProgressReport, asks_to_stop, evaluate_splits, resolve_device
 
 __all__ = ["RoundReport", "FederatedResult", "fed_avg", "partition_data", "train_federated"]
@@ -133,12 +133,7 @@ def train_federated(
     }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # the global model's initialisation
-        model = build_model(
-            config.model.model,
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            gn_groups=config.model.gn_groups,
-        )
+        model = build_configured_model(config, input_shape=data.input_shape, num_classes=data.num_classes)
     model = model.to(device)
     setups = [
         ClientSetup(

@@ -6,7 +6,8 @@ the pruning board) with ``search``, ``optuna_actors`` and ``batch_tpe`` (Optuna)
 ``tracking_callback``, ``sweep_stats`` and ``progress``, then ``confirm_stage``, ``finish`` and
 ``register_models`` (each ε bound's model into MLflow's Model Registry).
 Beside them: ``resources`` (whether trials fit the cluster), ``prepare_data`` (datasets fetched
-once) and ``submit`` (a sweep as a Ray Job). It re-exports no names: ``python -m sweeps.submit``
+once), ``user_code`` (a space's own modules: checked here, shipped to Ray's workers) and ``submit``
+(a sweep as a Ray Job). It re-exports no names: ``python -m sweeps.submit``
 imports this package and must start without torch, Ray, Optuna or MLflow.
 """
 
@@ -26,4 +27,5 @@ __all__ = [
     "submit",
     "sweep_stats",
     "tracking_callback",
+    "user_code",
 ]

@@ -34,6 +34,7 @@ from sweeps.results.confirm import (
 from sweeps.results.frontier import ConfirmedConfig
 from sweeps.results.released_model import save_weights, weights_path
 from sweeps.workers.confirmation import train_jobs
+from sweeps.workers.own_data import shipped
 
 __all__ = ["calibrated_configs", "refit_configs", "run_confirmations", "run_refits"]
 
@@ -223,6 +224,7 @@ def _run_jobs(
             stage=stage,
             tracker=tracker,
             units=_units(pending, slots),
+            own_data=shipped(),  # the sweep's own datasets, put into the object store once for every unit
             remote=ray.remote(num_cpus=cpus_per_unit, num_gpus=gpus_per_unit, max_retries=2)(train_jobs),
         )
     finally:
@@ -250,10 +252,11 @@ def _collect(
     stage: str,
     tracker: Any,
     units: list[list[ConfirmationJob]],
+    own_data: Any,
     remote: Any,
 ) -> None:
     """Run ``units`` on Ray, log and keep each run as its unit comes back, and show them on ``display``."""
-    waiting = {remote.remote(unit): unit for unit in units}
+    waiting = {remote.remote(unit, own_data): unit for unit in units}
     while waiting:
         ready, _ = ray.wait(list(waiting), num_returns=1, timeout=_TICK_SECONDS)
         if not ready:

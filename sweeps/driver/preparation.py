@@ -15,6 +15,7 @@ from typing import Any
 from dp_core.config import ConfigError
 from sweeps.driver import prepare_data
 from sweeps.driver.resources import with_resources
+from sweeps.driver.user_code import check_own_models, code_runtime_env
 from sweeps.planning import EpsilonBudget, PlannedTrial, plan_grid
 from sweeps.privacy import sweep_secret
 from sweeps.space import SearchSpace, load_space
@@ -103,6 +104,8 @@ class PreparedSweep:
     runnable: list[PlannedTrial] | None
     over_budget: list[PlannedTrial]
     planning_seconds: float
+    runtime_env: dict[str, Any] | None = None  # Ray's, carrying the space's own code (sweeps.driver.user_code)
+    own_data: tuple[Any, ...] = ()  # the own datasets read (dp_core.own_data.OwnDataset), kept in this process
 
     @property
     def folder(self) -> Path:
@@ -132,10 +135,15 @@ def prepare_sweep(request: SweepRequest) -> PreparedSweep:
     # Trials never download: the launcher fetches and verifies the data once, before any starts.
     download = prepare_data.downloads_wanted(space)
     space = prepare_data.without_downloads(space)
+    own_data = prepare_data.read_own(space)  # once, here: planning needs its N; a bad file stops the sweep now
+    check_own_models(space)  # an own model Opacus refuses, or with the wrong outputs, stops here
+    runtime_env = code_runtime_env(space)
     if space.kind == "federated":  # its planning reads the training labels
         prepare_data.prepare_here(prepare_data.datasets_of(space), root=space.fixed.get("data_root"), download=download)
     results_dir = request.results_dir.resolve()
     name = _sweep_name(space.name, results_dir, request.resume)
+    if request.resume:
+        prepare_data.check_digests(results_dir / name, own_data)
     # The root of every random choice: the one an earlier launch kept, or a new secret (kept once
     # the sweep has started). A space that sets seed: keeps its own, public one.
     kept_root = sweep_secret.read(results_dir / name) if request.resume else None
@@ -180,6 +188,8 @@ def prepare_sweep(request: SweepRequest) -> PreparedSweep:
         runnable=runnable,
         over_budget=over_budget,
         planning_seconds=planning_seconds,
+        runtime_env=runtime_env,
+        own_data=own_data,
     )
 
 

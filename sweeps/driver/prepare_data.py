@@ -17,28 +17,113 @@ files if asked (with its progress display) and checks them (CIFAR-10 by its MD5 
 splits are read whole, so a dataset that prepares here loads in the trials. A missing dataset
 without ``download``, or a download that fails (no network), is one :class:`ConfigError`.
 Generated datasets (``digits``, the ``synthetic_*`` stand-ins) have nothing to prepare.
+
+An own dataset (``dataset:`` a mapping, :mod:`dp_core.own_data`) is read here once, before
+planning (:func:`read_own`: the accountant needs its N, and a bad file stops the sweep before
+anything is created); its trials get the driver's copy through Ray's object store. Its digest is
+kept in the sweep's folder (:func:`keep_digests`) and checked on ``--resume`` (:func:`check_digests`):
+a sweep resumed on changed data would mix results of two datasets.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from dp_core.config import ConfigError
 from dp_core.dataset_facts import FILE_DATASETS  # the datasets read from files under a data folder
+from dp_core.dataset_spec import DatasetSpec
 
-__all__ = ["FILE_DATASETS", "datasets_of", "downloads_wanted", "prepare_here", "prepare_on_nodes", "without_downloads"]
+__all__ = [
+    "DIGESTS_FILE",
+    "FILE_DATASETS",
+    "check_digests",
+    "datasets_of",
+    "downloads_wanted",
+    "keep_digests",
+    "own_specs",
+    "prepare_here",
+    "prepare_on_nodes",
+    "read_own",
+    "without_downloads",
+]
+
+#: In a sweep's folder: the digest of each own dataset it trains on, checked on --resume.
+DIGESTS_FILE = "own_datasets.json"
 
 
 def datasets_of(space: Any) -> list[str]:
     """Every dataset a space's trials train on: ``fixed.dataset`` or the values of a ``dataset`` axis."""
     axis = space.axes.get("dataset")
     names = list(axis) if isinstance(axis, (list, tuple)) else [space.fixed.get("dataset", "digits")]
-    return list(dict.fromkeys(str(name) for name in names))
+    return list(dict.fromkeys(str(name) for name in names if isinstance(name, str)))
+
+
+def own_specs(space: Any) -> list[DatasetSpec]:
+    """The own dataset a space trains on (``fixed.dataset`` a mapping), as a one-item list; else none."""
+    raw = space.fixed.get("dataset")
+    return [DatasetSpec.from_mapping(raw)] if isinstance(raw, dict) else []
+
+
+def read_own(space: Any, *, log: Callable[[str], None] = print) -> tuple[Any, ...]:
+    """Read the space's own dataset once, here, and keep it for this process (``dp_core.own_data``), so that
+    planning finds its N and the trials get this copy. Prints its size and any caveat of its reading.
+
+    Raises:
+        ConfigError: the data cannot be read or trained on (the message names the space file).
+    """
+    from dp_core.own_data import provide, read_dataset
+
+    datasets = []
+    for spec in own_specs(space):
+        started = time.monotonic()
+        try:
+            dataset = read_dataset(spec)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (dataset of {space.source})") from None
+        provide(dataset)
+        splits = dataset.splits
+        log(
+            f"data: {spec.display_name} read from {spec.source}: {len(splits.train)} train"
+            f"{f', {len(splits.validation)} validation' if splits.validation is not None else ''}, "
+            f"{len(splits.test)} test examples of shape {splits.input_shape}, {splits.num_classes} classes "
+            f"(digest {dataset.digest}; {time.monotonic() - started:.1f} s)"
+        )
+        for caveat in dataset.caveats:
+            log(f"note: {caveat}")
+        datasets.append(dataset)
+    return tuple(datasets)
+
+
+def keep_digests(folder: Path, datasets: Sequence[Any]) -> None:
+    """Write each own dataset's digest into the sweep's ``folder`` (once: a resumed sweep keeps the first)."""
+    file = folder / DIGESTS_FILE
+    if datasets and not file.exists():
+        file.write_text(json.dumps({d.spec.source: d.digest for d in datasets}, indent=1))
+
+
+def check_digests(folder: Path, datasets: Sequence[Any]) -> None:
+    """Raise ConfigError if an own dataset differs from the one the sweep in ``folder`` started on."""
+    file = folder / DIGESTS_FILE
+    kept = json.loads(file.read_text()) if file.exists() else {}
+    for dataset in datasets:
+        before = kept.get(dataset.spec.source)
+        if before is not None and before != dataset.digest:
+            raise ConfigError(
+                f"Expected dataset {dataset.spec.source} to be the data sweep {folder.name} started on (digest "
+                f"{before}), but got digest {dataset.digest}: the data changed since. A resumed sweep on other data "
+                "would mix the results of two datasets; restore the data, or start a new sweep (without --resume)."
+            )
+        if before is None and kept:
+            raise ConfigError(
+                f"Expected the own dataset of sweep {folder.name} ({', '.join(kept)}), but got {dataset.spec.source}."
+            )
 
 
 def downloads_wanted(space: Any) -> bool:

@@ -28,6 +28,8 @@ import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from dp_core.errors import ConfigError
+from dp_core.own_data import provided
 from sweeps.driver.progress import SweepProgress
 from sweeps.driver.search import BudgetedOptunaSearch
 from sweeps.driver.sweep_stats import SweepStats  # the callback's; a sweep's saved Tune state looks for it here
@@ -98,18 +100,29 @@ def start_pruning_board(name: str, rule: type, *, grace_period: int, max_epochs:
     return board.options(name=name, get_if_exists=True).remote(grace_period=grace_period, max_epochs=max_epochs)
 
 
-def connect_ray(address: str | None, *, num_cpus: int | None = None) -> None:
-    """Local Ray with this machine's resources (or ``num_cpus`` CPUs), or an existing cluster at ``address``."""
+def connect_ray(address: str | None, *, num_cpus: int | None = None, runtime_env: dict[str, Any] | None = None) -> None:
+    """Local Ray with this machine's resources (or ``num_cpus`` CPUs), or an existing cluster at ``address``.
+
+    ``runtime_env`` (sweeps.driver.user_code) carries the space's own code to every worker of the sweep.
+    """
     if ray.is_initialized():
         return
-    ray.init(
-        address=address,
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        logging_level="WARNING",
-        log_to_driver=False,
-        configure_logging=True,
-    )
+    try:
+        ray.init(
+            address=address,
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level="WARNING",
+            log_to_driver=False,
+            configure_logging=True,
+            runtime_env=runtime_env,
+        )
+    except ValueError as error:
+        if runtime_env is None or "exceeds the maximum size" not in str(error):
+            raise
+        raise ConfigError(
+            f"Expected the space's code to fit in one of Ray's packages, but Ray refused it: {error}"
+        ) from None
 
 
 class _InterruptCatcher:
@@ -190,7 +203,11 @@ def run_trials(
         progress=progress,
     )
     # Federated trials reserve one bundle per client actor; other trials, {"cpu": ..., "gpu": ...}.
-    trainable = tune.with_resources(run_trial, trial_resources(space))
+    # A sweep's own datasets, read by the driver, reach each node once through Ray's object store.
+    own_data = provided()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, own_data=own_data) if own_data else run_trial, trial_resources(space)
+    )
     experiment = storage_path / name
     board, board_name = None, None
     default_epochs = int(space.fixed.get("epochs", 15))  # a federated trial counts rounds: none prunes it

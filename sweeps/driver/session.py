@@ -54,7 +54,7 @@ def open_sweep(request: SweepRequest, prepared: PreparedSweep) -> OpenSweep:
     tracking_uri = request.tracking_uri or default_tracking_uri()
     cluster_first = not tracking_uri.startswith(("http://", "https://"))
     if cluster_first:
-        runner.connect_ray(request.address, num_cpus=request.num_cpus)
+        runner.connect_ray(request.address, num_cpus=request.num_cpus, runtime_env=prepared.runtime_env)
         _ready_cluster(space, request, download=prepared.download)
     journal = prepared.results_dir / f"{name}-mlflow-journal.jsonl"
     tracker = SweepTracker(tracking_uri=tracking_uri, experiment=request.experiment, journal=journal)
@@ -83,7 +83,7 @@ def open_sweep(request: SweepRequest, prepared: PreparedSweep) -> OpenSweep:
         raise ConfigError(str(error)) from None
     if not cluster_first:
         try:
-            runner.connect_ray(request.address, num_cpus=request.num_cpus)
+            runner.connect_ray(request.address, num_cpus=request.num_cpus, runtime_env=prepared.runtime_env)
             _ready_cluster(space, request, download=prepared.download)
         except ConfigError as error:
             tracker.log_sweep_tags({"dpsweep.state": "failed", "dpsweep.failure": str(error)[:4000]})
@@ -92,6 +92,7 @@ def open_sweep(request: SweepRequest, prepared: PreparedSweep) -> OpenSweep:
     if not space.public_seed:
         sweep_secret.keep(prepared.folder, space.seed)
     prepared.folder.mkdir(parents=True, exist_ok=True)
+    _record_own_data(tracker, prepared)
     ledger = PrivacyLedger(prepared.folder / LEDGER_FILE)
     print(
         f"sweep {name}: space {space.name} ({space.search}), ε budget {space.epsilon_budget} "
@@ -182,6 +183,23 @@ def _skip_recorder(trials: SweepTrials, tracker: SweepTracker) -> Callable[[Any,
         )
 
     return on_skip
+
+
+def _record_own_data(tracker: SweepTracker, prepared: PreparedSweep) -> None:
+    """Each own dataset: its provenance on the parent run (no values), its caveats as a tag, its digest in
+    the sweep's folder for --resume to check."""
+    for dataset in prepared.own_data:
+        spec, splits = dataset.spec, dataset.splits
+        tracker.log_dataset(
+            name=spec.display_name,
+            source=spec.path if spec.path is not None else str(spec.loader_dir),
+            loader=spec.loader,
+            digest=dataset.digest,
+            input_shape=splits.input_shape,
+        )
+        if dataset.caveats:
+            tracker.log_sweep_tags({"dpsweep.data_caveat": " | ".join(dataset.caveats)[:4000]})
+    prepare_data.keep_digests(prepared.folder, prepared.own_data)
 
 
 def _versions() -> dict[str, str]:

@@ -4,7 +4,9 @@ The job's entrypoint is ``python -m sweeps.launch`` on the cluster's head node, 
 runtime environment is this project, uploaded as the job's working directory, so the cluster
 runs exactly the code that submitted it. The nodes bring the dependencies: the image built from
 ``infra/docker/Dockerfile``, or the cluster launcher's setup commands, install them from
-``pyproject.toml``. This module streams the job's logs, prints its id and exits with the job's
+``pyproject.toml``. A space's own code (``model: "module:function"`` beside it) travels in the
+job's copy and on to the workers as Ray's ``py_modules``; its own data never does (the head reads
+it by path). This module streams the job's logs, prints its id and exits with the job's
 outcome (0 succeeded, 1 failed or stopped, 2 bad input, here or found by the launcher on the head
 before anything ran, 130 stopped following with Ctrl-C).
 
@@ -60,6 +62,13 @@ EXCLUDES = (
     "*.pt",
     "build",
     "dist",
+    # Data never travels with the code: an own dataset reaches the trials from the driver (Ray's
+    # object store), read where the space names it: the cluster's shared volume.
+    "*.npz",
+    "*.npy",
+    "*.parquet",
+    "*.csv",
+    "*.pkl",
 )
 # Where a space file from outside the project travels inside the job's working directory.
 _JOB_SPACES = ".dpsweep_job_spaces"
@@ -176,22 +185,68 @@ def job_runtime_env(space_file: Path | None) -> Iterator[tuple[dict[str, Any], s
 
     The working directory is the project root. A space file from outside the project is not in
     it, so then the project is copied, with the file, into a temporary folder that is uploaded
-    instead (Ray uploads the folder during ``submit_job``; the copy is removed afterwards).
+    instead (Ray uploads the folder during ``submit_job``; the copy is removed afterwards). A
+    space that brings its own code or data travels so too, wherever it is, rewritten to find them
+    from the copy: its code folders' modules copied beside it (the launcher on the head ships them
+    on to the workers, sweeps.driver.user_code), its dataset's files named by absolute path (the
+    data itself is never uploaded: the head reads it where the cluster's nodes see it).
     """
     env: dict[str, Any] = {"excludes": list(EXCLUDES), "env_vars": {"PYTHONUNBUFFERED": "1"}}
     if space_file is None:
         yield {**env, "working_dir": str(PROJECT_ROOT)}, None
         return
     space_file = space_file.resolve()
-    if space_file.is_relative_to(PROJECT_ROOT):
+    brings_own = _brings_own(space_file)
+    if space_file.is_relative_to(PROJECT_ROOT) and not brings_own:
         yield {**env, "working_dir": str(PROJECT_ROOT)}, space_file.relative_to(PROJECT_ROOT).as_posix()
         return
     with tempfile.TemporaryDirectory(prefix="dpsweep-job-") as folder:
         stage = Path(folder) / "dpsweep"
         shutil.copytree(PROJECT_ROOT, stage, ignore=shutil.ignore_patterns(*EXCLUDES), symlinks=True)
         (stage / _JOB_SPACES).mkdir(exist_ok=True)
-        shutil.copy2(space_file, stage / _JOB_SPACES / space_file.name)
+        if brings_own:
+            _stage_own(space_file, stage / _JOB_SPACES)
+        else:
+            shutil.copy2(space_file, stage / _JOB_SPACES / space_file.name)
         yield {**env, "working_dir": str(stage)}, f"{_JOB_SPACES}/{space_file.name}"
+
+
+def _brings_own(space_file: Path) -> bool:
+    """Whether the space names code of its own (code folders) or an own dataset (a mapping)."""
+    from sweeps.space import load_space
+
+    loaded = load_space(space_file)
+    return bool(loaded.code) or isinstance(loaded.fixed.get("dataset"), dict)
+
+
+def _stage_own(space_file: Path, folder: Path) -> None:
+    """Write ``space_file`` into ``folder`` with its code copied to ``<stem>_code<k>`` beside it and its
+    dataset's paths absolute (as the space was read here)."""
+    import yaml
+
+    from sweeps.driver.user_code import DATA_EXCLUDES, modules_of
+    from sweeps.space import load_space
+
+    loaded = load_space(space_file)
+    raw = yaml.safe_load(space_file.read_text())
+    dataset = dict(loaded.fixed["dataset"]) if isinstance(loaded.fixed.get("dataset"), dict) else None
+    staged: list[str] = []
+    if loaded.code:
+        for index, code_folder in enumerate(loaded.code):
+            target = folder / f"{space_file.stem}_code{index}"
+            target.mkdir()
+            for module in modules_of([code_folder]):
+                if module.is_dir():
+                    shutil.copytree(module, target / module.name, ignore=shutil.ignore_patterns(*DATA_EXCLUDES))
+                else:
+                    shutil.copy2(module, target / module.name)
+            staged.append(target.name)
+        raw["code"] = staged
+    if dataset is not None:
+        if dataset.get("loader_dir") in loaded.code:  # a python loader's module: its staged copy, beside the file
+            dataset["loader_dir"] = staged[loaded.code.index(dataset["loader_dir"])]
+        raw["fixed"]["dataset"] = dataset
+    (folder / space_file.name).write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def submit(

@@ -45,8 +45,9 @@ __all__ = [
 AUTO_PACK_SIZE = 16
 #: Models whose vectorised step measured faster than one trial after another
 #: (``bench/vectorized_bench.py``, figures in ``docs/benchmarks.md``); digits_cnn was slower
-#: vectorised, so it runs one trial per unit.
-AUTO_MODELS = frozenset({"mlp"})
+#: vectorised, so it runs one trial per unit. tabular_mlp is the mlp's kind of model (Linear and
+#: ReLU layers) for tables (``bench/own_data_bench.py``).
+AUTO_MODELS = frozenset({"mlp", "tabular_mlp"})
 #: A pack of width W (configurations trained at once) holds up to PACK_DEPTH x W members. Ray
 #: Tune's gap between the end of one trial and the start of the next is of the order of the
 #: training time of a pack of pruned digits MLPs: a deeper pack pays that gap once for several

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dp_core.config import model_kwarg_name
 from sweeps.results.confirm import BASELINE
 from sweeps.results.frontier import (
     ConfirmedConfig,
@@ -99,7 +100,7 @@ class FrontierReport:
                     "trial": c.trial,
                     "epoch": c.epoch,
                     "run_ids": list(c.run_ids),
-                    "params": {k: c.params.get(k) for k in self._param_keys(c.params)},
+                    "params": {k: _value(c.params, k) for k in self._param_keys(c.params)},
                     # What to retrain (python -m dp_core.train takes these keys): σ calibrated, no seed.
                     "train_config": dict(c.params),
                 }
@@ -117,7 +118,7 @@ class FrontierReport:
                 "run_id": p.run_id,
                 "trial": p.trial,
                 "epoch": p.epoch,
-                "params": {k: p.params.get(k) for k in self._param_keys(p.params)},
+                "params": {k: _value(p.params, k) for k in self._param_keys(p.params)},
             }
             if p is not None
             else {"epsilon_at_most": bound, "confirmed": False, "val_accuracy": None}
@@ -125,8 +126,15 @@ class FrontierReport:
         ]
 
     def _param_keys(self, params: Mapping[str, Any]) -> list[str]:
-        # Search points name their axes "axis.<key>" (MLflow params); confirmations log flat keys.
-        return [k if k in params else f"axis.{k}" for k in self.axis_keys if k in params or f"axis.{k}" in params]
+        # Search points name their axes "axis.<key>" (MLflow params); confirmations log flat keys,
+        # where a model_kwargs.NAME axis is NAME of the model_kwargs mapping.
+        keys = []
+        for key in self.axis_keys:
+            if key not in params and f"axis.{key}" in params:
+                keys.append(f"axis.{key}")
+            elif key in params or _value(params, key) is not None:
+                keys.append(key)
+        return keys
 
     def best(self) -> Point | None:
         """The search point of highest validation accuracy at finite ε."""
@@ -192,7 +200,16 @@ def _setting(key: str, params: Mapping[str, Any]) -> str:
     # left in it (None), so its σ is shown instead.
     if key == "target_epsilon" and params.get(key) is None and params.get("noise_multiplier") is not None:
         return f"noise_multiplier={_short(params['noise_multiplier'])}"
-    return f"{key}={_short(params.get(key))}"
+    return f"{key}={_short(_value(params, key))}"
+
+
+def _value(params: Mapping[str, Any], key: str) -> Any:
+    """``params[key]``, or for ``model_kwargs.NAME`` the NAME of a flat configuration's model_kwargs."""
+    name = model_kwarg_name(key)
+    kwargs = params.get("model_kwargs")
+    if key not in params and name is not None and isinstance(kwargs, Mapping):
+        return kwargs.get(name)
+    return params.get(key)
 
 
 def _figure(value: float) -> str:

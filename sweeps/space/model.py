@@ -34,6 +34,7 @@ __all__ = [
     "PrivateSelection",
     "Range",
     "SearchSpace",
+    "candidate_axis_values",
     "check_search_settings",
     "check_trial_configs",
     "describe_axis",
@@ -140,6 +141,9 @@ class SearchSpace:
     public_seed: bool = False  # the file fixes the trials' randomness (seed:, fixed.seed or a seed axis)
     sweep_epsilon_budget: float | None = None  # optuna: the RDP filter's ε for the whole sweep
     confirm: Confirmation | None = None  # None: no confirmation stage (confirm: off, kind: federated)
+    # Absolute folders the space's own modules (model: "module:function") are imported from; they
+    # travel to Ray's workers (sweeps.driver.user_code) and into every trial's configuration.
+    code: tuple[str, ...] = ()
 
     def with_secret_seed(self, root: int) -> SearchSpace:
         """This space with the sweep's secret root seed (a space that sets ``seed:`` keeps its own)."""
@@ -203,6 +207,8 @@ class SearchSpace:
         if self.kind == "federated":
             merged["kind"] = KIND
         merged.setdefault("validation_fraction", DEFAULT_VALIDATION_FRACTION)
+        if self.code:
+            merged["code"] = list(self.code)
         if self.epsilon_budget is not None and "epsilon_budget" not in merged:
             merged["epsilon_budget"] = self.epsilon_budget
         if number is not None and "seed" not in merged:
@@ -307,18 +313,23 @@ def check_search_settings(space: SearchSpace, path: Path, *, override: bool = Fa
         )
 
 
-def check_trial_configs(space: SearchSpace, path: Path) -> None:
-    """Build a TrainConfig for every trial the space can run (grid), or for each axis' extremes (optuna)."""
+def candidate_axis_values(space: SearchSpace) -> list[dict[str, Any]]:
+    """The axis values of every trial a grid space runs, or of each Optuna axis' extremes (one axis
+    moved at a time from the first values): what a check of the space's trials builds."""
     if space.search == "grid":
         names = list(space.axes)
-        candidates = [{key: point[key] for key in names} for point in space.grid_points()]
-    else:
-        base = {key: axis.low if isinstance(axis, Range) else axis[0] for key, axis in space.axes.items()}
-        candidates = [base]
-        for key, axis in space.axes.items():
-            values = (axis.low, axis.high) if isinstance(axis, Range) else axis
-            candidates += [{**base, key: value} for value in values if value != base[key]]
-    for axis_values in candidates:
+        return [{key: point[key] for key in names} for point in space.grid_points()]
+    base = {key: axis.low if isinstance(axis, Range) else axis[0] for key, axis in space.axes.items()}
+    candidates = [base]
+    for key, axis in space.axes.items():
+        values = (axis.low, axis.high) if isinstance(axis, Range) else axis
+        candidates += [{**base, key: value} for value in values if value != base[key]]
+    return candidates
+
+
+def check_trial_configs(space: SearchSpace, path: Path) -> None:
+    """Build a TrainConfig for every trial the space can run (grid), or for each axis' extremes (optuna)."""
+    for axis_values in candidate_axis_values(space):
         try:
             values = space.trial_config(axis_values)
             if space.kind == "federated":

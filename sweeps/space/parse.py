@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from dp_core import config as dp_config
+from dp_core.dataset_spec import DatasetSpec
 from dp_core.errors import ConfigError, require_choice, require_positive
 from dp_core.federated import FEDERATED_KEYS, FederatedConfig
+from dp_core.user_code import is_reference
 from sweeps.space.checks import in_file, is_int, is_number, require_in
 from sweeps.space.model import (
     DEFAULT_VALIDATION_FRACTION,
@@ -37,6 +39,7 @@ __all__ = ["parse_space"]
 _TOP_LEVEL_KEYS = (
     "name", "description", "fixed", "axes", "epsilon_budget", "search", "trials", "objective",
     "pruner", "resources", "seed", "kind", "private_selection", "vectorize", "sweep_epsilon_budget", "confirm",
+    "code",
 )  # fmt: skip
 _CONFIRM_KEYS = ("top", "seeds", "baseline", "refit")
 _REQUIRED_KEYS = ("fixed", "axes", "search")
@@ -120,10 +123,18 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
     with in_file(path):
         require_choice(kind, key="kind", choices=KINDS)
     known = dp_config.known_keys() if kind == "train" else tuple(sorted({*dp_config.known_keys(), *FEDERATED_KEYS}))
+    known = tuple(key for key in known if key != "code")  # the space's own top-level key, relative to its file
     fixed = _parse_fixed(data["fixed"], path, known)
     axes = _parse_axes(data["axes"], path, known)
+    code = _parse_code(data.get("code"), path, fixed=fixed, axes=axes)
 
     for key in axes:
+        kwarg = dp_config.model_kwarg_name(key)
+        if kwarg is not None and isinstance(fixed.get("model_kwargs"), Mapping) and kwarg in fixed["model_kwargs"]:
+            raise ConfigError(
+                f"Key {kwarg!r} is in both fixed.model_kwargs and axes of {path}, with fixed model_kwargs.{kwarg}="
+                f"{fixed['model_kwargs'][kwarg]!r} and axes {key}={describe_axis(axes[key])}. Give it in one place."
+            )
         if key in fixed:
             raise ConfigError(
                 f"Key {key!r} is in both fixed and axes of {path}, with fixed {key}={fixed[key]!r} and "
@@ -206,7 +217,7 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
         confirm=confirm, name=name, description=description, source=path, fixed=fixed, axes=axes, epsilon_budget=budget,
         search=search, trials=trials, objective=objective, pruner=pruner,
         cpus_per_trial=cpus, gpus_per_trial=gpus, seed=seed, kind=kind, private_selection=private_selection,
-        vectorize=vectorize, public_seed=public_seed, sweep_epsilon_budget=sweep_budget,
+        vectorize=vectorize, public_seed=public_seed, sweep_epsilon_budget=sweep_budget, code=code,
     )  # fmt: skip
     check_search_settings(space, path)
     check_trial_configs(space, path)
@@ -220,8 +231,42 @@ def _describe(present: Mapping[str, Any], fixed: Mapping[str, Any], key: str) ->
 
 def _check_train_keys(section: Any, path: Path, known: tuple[str, ...], *, where: str) -> None:
     for key in section:
-        if not isinstance(key, str) or key not in known:
+        if key == "code":
+            raise ConfigError(
+                f"Expected code at the top level of {path} (folders relative to the space file), but got it in "
+                f"{where} ({where}.code={section[key]!r})."
+            )
+        if not isinstance(key, str) or (key not in known and dp_config.model_kwarg_name(key) is None):
             raise _unknown_train_key(str(key), known, where=f"{where} of {path}")
+
+
+def _names_a_module(fixed: Mapping[str, Any], axes: Mapping[str, Axis]) -> bool:
+    """Whether the space names code of the user's: an own model ``module:function``, or a dataset
+    with a ``loader``."""
+    model_axis = axes.get("model", ())
+    models = [fixed.get("model"), *(model_axis if isinstance(model_axis, tuple) else ())]
+    dataset = fixed.get("dataset")
+    return any(is_reference(model) for model in models) or (isinstance(dataset, Mapping) and "loader" in dataset)
+
+
+def _parse_code(raw: Any, path: Path, *, fixed: Mapping[str, Any], axes: Mapping[str, Axis]) -> tuple[str, ...]:
+    """The folders the space's own modules are imported from, absolute: ``code:`` (relative to the
+    space file), or the space file's folder when the space names a module and no ``code:``."""
+    if raw is None:
+        return (str(path.resolve().parent),) if _names_a_module(fixed, axes) else ()
+    require_in(path)(
+        isinstance(raw, list) and all(isinstance(folder, str) and folder for folder in raw),
+        key="code",
+        value=raw,
+        allowed="to be a list of folders (relative to the space file) that the space's own modules are imported from",
+    )
+    folders = []
+    for folder in raw:
+        where = (path.resolve().parent / folder).resolve()
+        if not where.is_dir():
+            raise ConfigError(f"Expected code: to list folders, but got {folder!r} in {path}, and {where} is not one.")
+        folders.append(str(where))
+    return tuple(folders)
 
 
 def _unknown_train_key(key: str, known: tuple[str, ...], *, where: str) -> ConfigError:
@@ -247,7 +292,13 @@ def _parse_fixed(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Any]
         allowed="to be a mapping of training keys to values (it may be empty: fixed: {})",
     )
     _check_train_keys(raw, path, known, where="fixed")
-    return {key: _coerce(value) for key, value in raw.items()}
+    fixed = {key: _coerce(value) for key, value in raw.items()}
+    if isinstance(fixed.get("dataset"), dict):
+        # An own dataset: its paths are relative to the space file, made absolute here, so that every
+        # trial's configuration (and best_per_epsilon.json) names the same files wherever it runs.
+        with in_file(path):
+            fixed["dataset"] = DatasetSpec.from_mapping(fixed["dataset"], base=path.parent).to_mapping()
+    return fixed
 
 
 def _parse_axes(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Axis]:
@@ -258,8 +309,23 @@ def _parse_axes(raw: Any, path: Path, known: tuple[str, ...]) -> dict[str, Axis]
         allowed="to be a non-empty mapping of training keys to a list of values or a range {low, high, log, num}",
     )
     _check_train_keys(raw, path, known, where="axes")
+    if isinstance(raw.get("dataset"), list) and any(isinstance(v, dict) for v in raw["dataset"]):
+        raise ConfigError(
+            f"Expected the dataset axis of {path} to list zoo names, but got an own dataset (a mapping) in it: "
+            "an own dataset goes under fixed (one sweep per own dataset)."
+        )
     integer_keys = _integer_keys()
-    return {key: _parse_axis(value, path, key=key, integer=key in integer_keys) for key, value in raw.items()}
+    return {
+        key: _parse_axis(value, path, key=key, integer=_is_integer_axis(key, value, integer_keys))
+        for key, value in raw.items()
+    }
+
+
+def _is_integer_axis(key: str, raw: Any, integer_keys: frozenset[str]) -> bool:
+    """A key typed int, or a builder's keyword argument whose range has integer ends (a width, a depth)."""
+    if dp_config.model_kwarg_name(key) is not None:
+        return isinstance(raw, dict) and is_int(raw.get("low")) and is_int(raw.get("high"))
+    return key in integer_keys
 
 
 def _check_section_keys(

@@ -35,6 +35,7 @@ __all__ = [
     "TrackingUnavailable",
     "default_tracking_uri",
     "trial_key",
+    "datasets",
     "errors",
     "journal",
     "model_registry",

@@ -33,6 +33,7 @@ JOURNALED = (
     "end_sweep",
     "tag_runs",
     "register_model",
+    "log_dataset",
 )
 
 

@@ -13,13 +13,14 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from sweeps.privacy.ledger import CONFIRMATION_ROLES
 from sweeps.results.frontier import Point
@@ -60,7 +61,9 @@ def _is_confirmation(run: Any) -> bool:
 
 
 def _params(values: Mapping[str, Any]) -> list[Param]:
-    return [Param(str(k), "None" if v is None else str(v)) for k, v in sorted(values.items())]
+    # An own dataset's mapping (per-feature bounds of a wide table) may exceed what MLflow takes for
+    # one param value; its head names the files, and its digest is on the parent run's inputs.
+    return [Param(str(k), ("None" if v is None else str(v))[:MAX_PARAM_VAL_LENGTH]) for k, v in sorted(values.items())]
 
 
 class SweepTracker(JournaledWrites):
@@ -199,6 +202,21 @@ class SweepTracker(JournaledWrites):
             items = [RunTag(k, v) for k, v in tags.items()]
             for start in range(0, len(items), 100):
                 self.client.log_batch(run_id, tags=items[start : start + 100])
+
+    def log_dataset(
+        self, *, name: str, source: str, loader: str | None, digest: str, input_shape: Sequence[int]
+    ) -> None:
+        """Record a dataset the sweep trains on as an input of the parent run (``mlflow.log_input``): its name,
+        source, digest and schema (:mod:`sweeps.tracking.datasets`), never a value of it."""
+        self._write(
+            "log_dataset", name=name, source=source, loader=loader, digest=digest, input_shape=list(input_shape)
+        )
+
+    def _log_dataset(self, *, name: str, source: str, loader: str | None, digest: str, input_shape: list[int]) -> None:
+        from sweeps.tracking.datasets import dataset_input
+
+        entry = dataset_input(name=name, source=source, loader=loader, digest=digest, input_shape=input_shape)
+        self.client.log_inputs(self.parent_run_id, datasets=[entry])
 
     def log_artifact(self, path: str) -> None:
         """Attach a local file to the parent run (journaled by path: keep the file)."""

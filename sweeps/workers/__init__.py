@@ -3,7 +3,8 @@
 ``trainable``: the function Ray Tune runs for every unit and the runners' registry (cheap to
 import: Ray imports it in every fresh trial actor). ``trial``, ``pack``, ``federated``: the runners
 of a lone trial, a pack and a federated trial; ``federated_actors``: a federated trial's clients;
-``confirmation``: the confirmation stage's jobs; ``threads``: torch's threads in a worker.
+``confirmation``: the confirmation stage's jobs; ``threads``: torch's threads in a worker;
+``own_data``: a sweep's own datasets, from the driver through Ray's object store.
 """
 
 from sweeps.workers.trainable import RUNNERS, run_trial
@@ -14,6 +15,7 @@ __all__ = [
     "confirmation",
     "federated",
     "federated_actors",
+    "own_data",
     "pack",
     "threads",
     "trainable",

@@ -17,19 +17,23 @@ from dp_core.data import load_data
 from dp_core.train import EpochReport, StopTraining, TrainingDiverged, train
 from dp_core.vectorized import can_vectorize, train_vectorized
 from sweeps.protocol import ConfirmationJob, ConfirmationResult, TrainedModel, wall_clock_ms
+from sweeps.workers.own_data import receive
 from sweeps.workers.threads import use_reserved_cpus
 
 __all__ = ["train_jobs"]
 
 
-def train_jobs(jobs: Sequence[ConfirmationJob]) -> list[ConfirmationResult]:
+def train_jobs(jobs: Sequence[ConfirmationJob], own_data: Sequence[Any] | None = None) -> list[ConfirmationResult]:
     """Train each job up to its epoch and measure validation (NaN without a validation split) and test
     accuracy there (a worker's part).
 
     Jobs whose configurations can train together (dp_core.vectorized) do, each stopping at its
     own epoch; the others train one by one. Each result carries when its job trained (wall clock):
     from its training's start (the unit's, for jobs that train together) to its epoch's evaluation.
+    ``own_data``: the sweep's own datasets, from Ray's object
+    store (:mod:`sweeps.workers.own_data`).
     """
+    receive(own_data)
     use_reserved_cpus()
     configs = [TrainConfig.from_dict(job.train) for job in jobs]
     data = load_data(configs[0].data)

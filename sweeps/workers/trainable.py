@@ -10,6 +10,7 @@ the heavy imports run on the trial's first call, where they count as its set-up.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from dp_core.registry import Registry
@@ -25,9 +26,17 @@ RUNNERS.register("pack", "sweeps.workers.pack:run_pack")
 RUNNERS.register("federated", "sweeps.workers.federated:run_federated_trial")
 
 
-def run_trial(tune_config: dict[str, Any]) -> None:
-    """Ray Tune function trainable of every unit: decodes its spec and runs its kind's runner."""
+def run_trial(tune_config: dict[str, Any], own_data: Sequence[Any] = ()) -> None:
+    """Ray Tune function trainable of every unit: decodes its spec and runs its kind's runner.
+
+    ``own_data``: the sweep's own datasets, from Ray's object store (``tune.with_parameters``), kept for
+    ``dp_core``'s loaders in this worker (:mod:`sweeps.workers.own_data`).
+    """
     from sweeps.protocol import unit_of
 
+    if own_data:
+        from sweeps.workers.own_data import receive
+
+        receive(own_data)
     unit = unit_of(tune_config)
     RUNNERS.get(unit.kind)(unit, tune_config)

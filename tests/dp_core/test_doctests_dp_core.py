@@ -7,7 +7,14 @@ import importlib
 
 import pytest
 
-MODULES = ["dp_core.registry", "dp_core.train", "dp_core.dpsgd", "dp_core.noise"]
+MODULES = [
+    "dp_core.registry",
+    "dp_core.train",
+    "dp_core.dpsgd",
+    "dp_core.noise",
+    "dp_core.dataset_spec",
+    "dp_core.own_data",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -20,7 +20,7 @@ from dp_core.train import train
 # Small inputs keep the naive loop fast; every model keeps its layer types (GroupNorm, strided convs, ...).
 ZOO = {
     "mlp": (1, 8, 8), "digits_cnn": (1, 8, 8), "mnist_cnn": (1, 28, 28),
-    "cifar_cnn": (3, 16, 16), "resnet18_gn": (3, 16, 16), "wrn16_4": (3, 8, 8),
+    "cifar_cnn": (3, 16, 16), "resnet18_gn": (3, 16, 16), "wrn16_4": (3, 8, 8), "tabular_mlp": (30,),
 }  # fmt: skip
 
 

@@ -27,6 +27,7 @@ FITTING_SHAPE = {
     "cifar_cnn": (3, 32, 32),
     "resnet18_gn": (3, 32, 32),
     "wrn16_4": (3, 32, 32),
+    "tabular_mlp": (30,),
 }
 LARGE = {"resnet18_gn", "wrn16_4"}  # keep their batches at 2 so the file stays fast on 2 CPU cores
 
@@ -49,9 +50,9 @@ def test_builds_forwards_and_validates(name: str) -> None:
 @pytest.mark.parametrize(
     "name, shape",
     [("mlp", (3, 5, 7)), ("digits_cnn", (3, 12, 9)), ("mnist_cnn", (3, 32, 36)), ("cifar_cnn", (1, 16, 20)),
-     ("resnet18_gn", (1, 28, 28)), ("wrn16_4", (1, 8, 8))],
+     ("resnet18_gn", (1, 28, 28)), ("wrn16_4", (1, 8, 8)), ("mlp", (13,)), ("tabular_mlp", (1, 8, 8))],
 )  # fmt: skip
-def test_other_fitting_shapes(name: str, shape: tuple[int, int, int]) -> None:
+def test_other_fitting_shapes(name: str, shape: tuple[int, ...]) -> None:
     model = build_model(name, input_shape=shape, num_classes=3, gn_groups=4)
     assert model(torch.randn(2, *shape)).shape == (2, 3)
 

@@ -382,3 +382,80 @@ def test_launch_with_address_attaches_to_the_running_cluster(cluster: LocalClust
     client, parents, children = _trial_runs(tracking_uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert [c.data.tags["dpsweep.outcome"] for c in children] == ["completed", "completed"]
+
+
+# An own model that is not installed anywhere: a module beside the space file, which notes each
+# process that imports it and from where.
+OWN_MODEL = """
+import math
+import os
+import torch.nn as nn
+
+with open({log!r}, "a") as log:
+    log.write(f"{{os.getpid()}} {{__file__}}\\n")
+
+
+def build(*, input_shape, num_classes, width=8):
+    return nn.Sequential(nn.Linear(math.prod(input_shape), width), nn.ReLU(), nn.Linear(width, num_classes))
+"""
+
+OWN_SPACE = """
+fixed:
+  dataset: {{format: npz, path: digits.npz, classes: 10}}
+  model: "cluster_own_net:build"
+  batch_size: 32
+  epochs: 30
+  delta: 1.0e-3
+  accountant: rdp
+axes:
+  noise_multiplier: [1.5]
+  model_kwargs.width: [8, 16]
+epsilon_budget: 50.0
+search: grid
+pruner: none
+resources: {{cpus: 1, gpus: 0}}
+confirm: off
+"""
+
+
+def test_a_submitted_sweep_of_own_npz_data_and_an_own_model_runs_on_both_nodes(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests._own_data import write_npz
+
+    folder = tmp_path / "mine"  # outside the project, and on no node's import path
+    folder.mkdir()
+    write_npz(folder / "digits.npz")
+    log = tmp_path / "imported_from.txt"
+    (folder / "cluster_own_net.py").write_text(OWN_MODEL.format(log=str(log)))
+    space = folder / "cluster_own.yaml"
+    space.write_text(OWN_SPACE.format())
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.driver.submit", "--space", str(space), "--address", cluster.dashboard_url]
+        + ["--tracking-uri", cluster.mlflow.tracking_uri, "--results-dir", str(tmp_path / "results")]
+        + ["--experiment", "cluster-own", "--wait-for-resources", "0"],
+        cwd=tmp_path,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "trials 2/2: 2 done" in done.stdout, output
+
+    _as_admin(cluster, monkeypatch)
+    _, parents, children = _trial_runs(cluster.mlflow.tracking_uri, "cluster-own")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.data.params["axis.model_kwargs.width"] for c in children) == ["16", "8"]
+    assert all(c.data.tags["dpsweep.outcome"] == "completed" for c in children)
+
+    # The trials ran on both nodes, and the worker node imported the module from its own copy of
+    # what Ray shipped (under its temp folder), not from the folder beside the space file.
+    state = cluster.state(NODES_AND_TRIAL_ACTORS % {"url": cluster.dashboard_url})
+    node_of_pid = {a["pid"]: a["node_id"] for a in state["actors"]}
+    pids = _trial_pids(tmp_path / "results")
+    assert {node_of_pid[next(iter(p))] for p in pids.values()} == {n["node_id"] for n in state["nodes"]}
+    imports = [line.split(" ", 1)[1] for line in log.read_text().splitlines()]
+    worker_copies = [path for path in imports if path.startswith(str(cluster.base / "worker"))]
+    assert worker_copies and all("py_modules_files" in path for path in worker_copies), imports

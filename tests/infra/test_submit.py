@@ -97,6 +97,49 @@ def test_a_space_file_from_elsewhere_travels_in_a_copy_of_the_project(tmp_path: 
     assert not stage.exists()  # removed once Ray has uploaded it
 
 
+def test_a_space_with_its_own_model_and_data_travels_with_its_code_and_without_its_data(tmp_path: Path) -> None:
+    from sweeps.space import load_space
+    from tests._own_data import write_npz
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    write_npz(folder / "d.npz")
+    (folder / "submit_net.py").write_text(
+        "import math\nimport torch.nn as nn\n\n\ndef build(*, input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Linear(math.prod(input_shape), num_classes))\n"
+    )
+    (folder / "own.yaml").write_text(
+        "fixed:\n  dataset: {format: npz, path: d.npz, classes: 10}\n  model: 'submit_net:build'\n"
+        "  batch_size: 32\n  epochs: 1\n  delta: 1.0e-3\naxes: {noise_multiplier: [1.0]}\nsearch: grid\n"
+    )
+    with submit.job_runtime_env(submit._space_file(str(folder / "own.yaml"))) as (runtime_env, space_in_job):
+        stage = Path(runtime_env["working_dir"])
+        staged = load_space(stage / space_in_job)  # the head reads it from the copy: it finds code and data
+        assert staged.code == (str((stage / ".dpsweep_job_spaces" / "own_code0").resolve()),)
+        assert (stage / ".dpsweep_job_spaces" / "own_code0" / "submit_net.py").is_file()
+        assert staged.fixed["dataset"]["path"] == str(folder / "d.npz")
+        assert not list(stage.rglob("*.npz"))  # the data is read where it is, never uploaded
+        assert "*.npz" in runtime_env["excludes"]
+
+
+def test_a_python_loader_travels_as_code_and_is_imported_from_the_copy(tmp_path: Path) -> None:
+    from sweeps.space import load_space
+    from tests._own_data import write_loader
+
+    loader = write_loader(tmp_path, module="submit_loader")
+    (tmp_path / "loaded.yaml").write_text(
+        f"fixed:\n  dataset: {{format: python, loader: '{loader}', classes: 10}}\n  model: mlp\n"
+        "  batch_size: 32\n  epochs: 1\n  delta: 1.0e-3\naxes: {noise_multiplier: [1.0]}\nsearch: grid\n"
+    )
+    with submit.job_runtime_env(submit._space_file(str(tmp_path / "loaded.yaml"))) as (runtime_env, space_in_job):
+        stage = Path(runtime_env["working_dir"])
+        code = stage / ".dpsweep_job_spaces" / "loaded_code0"
+        assert (code / "submit_loader.py").is_file()
+        staged = load_space(stage / space_in_job)
+        assert staged.code == (str(code.resolve()),)
+        assert staged.fixed["dataset"]["loader_dir"] == str(code.resolve())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -296,3 +296,48 @@ def test_the_confirmed_table_names_the_choice_the_defaults_and_a_calibrated_sigm
     # Strict JSON (no NaN), and the bound's record is the refit choice.
     (best,) = [b for b in json.loads(json.dumps(report._best_records(), allow_nan=False)) if b["epsilon_at_most"] == 3]
     assert best["trained_on"] == "train+validation" and best["trial"] == "trial_0001"
+
+
+def test_a_model_kwargs_axis_is_shown_and_recorded_from_the_confirmed_configuration() -> None:
+    from sweeps.results.frontier_report import FrontierReport
+
+    confirmed = ConfirmedConfig(
+        trial="trial_0001",
+        epoch=4,
+        epsilon=2.9,
+        bound=3.0,
+        search_val_accuracy=0.9,
+        val_mean=0.88,
+        val_std=0.01,
+        test_mean=0.87,
+        test_std=0.01,
+        seeds=2,
+        params={"noise_multiplier": 1.5, "model": "mynet:build", "model_kwargs": {"width": 32, "depth": 2}},
+        best_for=(3.0,),
+        trained_on="train",
+    )
+    point = Point(
+        epsilon=2.9,
+        accuracy=0.9,
+        run_id="r",
+        trial="trial_0001",
+        epoch=4,
+        params={"axis.noise_multiplier": "1.5", "axis.model_kwargs.width": "32"},
+    )
+    report = FrontierReport(
+        [point],
+        budget=3.0,
+        delta=1e-5,
+        accountant="rdp",
+        axis_keys=["noise_multiplier", "model_kwargs.width"],
+        confirmed=[confirmed],
+    )
+    (row,) = [line for line in report.summary().splitlines() if "trial_0001, epoch 4" in line]
+    assert "noise_multiplier=1.5, model_kwargs.width=32" in row
+    (best,) = [b for b in report._best_records() if b["epsilon_at_most"] == 3.0]
+    assert best["params"] == {"noise_multiplier": 1.5, "model_kwargs.width": 32}
+    unconfirmed = FrontierReport(
+        [point], budget=3.0, delta=1e-5, accountant="rdp", axis_keys=["noise_multiplier", "model_kwargs.width"]
+    )
+    (record,) = [b for b in unconfirmed._best_records() if b["epsilon_at_most"] == 3.0]
+    assert record["params"] == {"axis.noise_multiplier": "1.5", "axis.model_kwargs.width": "32"}

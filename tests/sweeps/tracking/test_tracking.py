@@ -106,3 +106,16 @@ def test_a_runs_start_and_end_are_the_measured_ones_and_a_resume_keeps_them(tmp_
     kept = client.get_run(run.info.run_id)
     assert kept.info.status == "FINISHED"
     assert (kept.info.start_time, kept.info.end_time) == (day_ago, day_ago + 4_321)
+
+
+def test_an_own_dataset_is_an_input_of_the_parent_run_and_a_wide_one_still_logs(tmp_path: Path) -> None:
+    tracker = _tracker(tmp_path)
+    tracker.log_dataset(name="t.csv", source="/data/t.csv", loader=None, digest="0123abcd", input_shape=(300,))
+    wide = {"format": "csv", "path": "/data/t.csv", "bounds": {"low": 0.0, "high": [1234.5678] * 1000}}
+    tracker.log_trial(key="k1", name="trial_0000", params={**PARAMS, "dataset": wide}, outcome="completed")
+    client = MlflowClient(tracking_uri=tracker.tracking_uri)
+    (logged,) = client.get_run(tracker.parent_run_id).inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest) == ("t.csv", "0123abcd")
+    assert '"shape": [-1, 300]' in logged.dataset.schema and logged.tags[0].value == "training"
+    dataset_param = client.get_run(tracker.run_id_of("k1")).data.params["dataset"]
+    assert dataset_param.startswith("{'format': 'csv', 'path': '/data/t.csv'") and len(dataset_param) == 6000

@@ -1,0 +1,193 @@
+"""A sweep of the zoo's tabular MLP on an own CSV file: does it pack as digits does, and does its frontier hold?
+
+``python bench/own_data_bench.py [--seconds 150] [--seeds 5]``:
+
+1. Writes the breast cancer table of ``examples/tabular_csv`` (scikit-learn's, bundled) as a CSV
+   in a temporary folder, beside a space like ``bench/spaces/digits_bench.yaml`` (Optuna over
+   target ε, C and lr; 20 epochs, batch 64) but of ``model: tabular_mlp`` on that file, with the
+   example's declared classes and bounds.
+2. Runs ``python -m sweeps.launch`` on it under ``--time-budget`` (local Ray, 2 CPUs), then its
+   confirmation stage. Throughput as ``python -m sweeps.bench`` measures dpsweep's side:
+   trial-epochs per second, ``train_share`` as the sweep records it, and how many trials each
+   unit of work (Ray Tune trial) trained: above 1, trials were packed.
+3. Trains every configuration ``best_per_epsilon.json`` reports ``--seeds`` times again with
+   ``python -m dp_core.train --config`` (no seed given: a fresh one drawn each time) and prints,
+   per reported bound, reported test accuracy minus the retrained mean.
+
+Written to ``bench/results/own-data-tabular-*.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples" / "tabular_csv"))
+
+from make_data import write_csv  # noqa: E402  # the example's own script
+
+EXAMPLE = ROOT / "examples" / "tabular_csv" / "breast_cancer.yaml"
+
+
+def bench_space(csv: Path) -> dict[str, Any]:
+    """The example's dataset and model under digits_bench's search: Optuna over target ε, C and lr."""
+    example = yaml.safe_load(EXAMPLE.read_text())
+    dataset = {**example["fixed"]["dataset"], "path": str(csv)}
+    return {
+        "name": "tabular_bench",
+        "description": "Benchmark space: tabular MLP on an own CSV file, Optuna over target eps, C, lr",
+        "fixed": {
+            "dataset": dataset,
+            "model": "tabular_mlp",
+            "optimizer": "sgd",
+            "batch_size": 64,
+            "epochs": 20,
+            "delta": 1.0e-4,
+            "accountant": "prv",
+        },  # fmt: skip
+        "axes": {
+            "target_epsilon": {"low": 0.5, "high": 8.0, "log": True},
+            "max_grad_norm": {"low": 0.25, "high": 4.0, "log": True},
+            "lr": {"low": 0.3, "high": 4.0, "log": True},
+        },
+        "epsilon_budget": 8.0,
+        "search": "optuna",
+        "trials": 1000,
+        "objective": "single",
+        "pruner": "asha",
+        "resources": {"cpus": 1, "gpus": 0},
+        "seed": 0,
+        "confirm": {"top": 2, "seeds": 3},
+    }
+
+
+def run_sweep(folder: Path, seconds: float) -> dict[str, Any]:
+    csv = write_csv(folder / "breast_cancer.csv")
+    space = folder / "tabular_bench.yaml"
+    space.write_text(yaml.safe_dump(bench_space(csv)))
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "sweeps.launch", "--space", str(space), "--time-budget", str(seconds),
+            "--trials", "100000", "--num-cpus", "2", "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
+            "--results-dir", str(folder / "results"),
+        ],
+        cwd=folder, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"the sweep failed:\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db")
+    experiment = client.get_experiment_by_name("dpsweep")
+    runs = client.search_runs([experiment.experiment_id], max_results=50000)
+    (parent,) = [r for r in runs if r.data.tags.get("dpsweep.role") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("dpsweep.role") == "trial"]
+    trained = [r for r in trials if r.data.tags.get("dpsweep.outcome") != "skipped_over_budget"]
+    epochs = sum(len(client.get_metric_history(r.info.run_id, "val_accuracy")) for r in trained)
+    (sweep,) = [p for p in (folder / "results").iterdir() if p.is_dir()]
+    units = [p for p in sweep.iterdir() if p.is_dir() and (p / "params.json").exists()]  # Ray Tune's trials
+    metrics = parent.data.metrics
+    best = json.loads((sweep / "frontier" / "best_per_epsilon.json").read_text())
+    return {
+        "wall_seconds": wall,
+        "trials_trained": len(trained),
+        "tune_units": len(units),
+        "trials_per_unit": len(trained) / max(len(units), 1),
+        "trial_epochs": epochs,
+        "trial_epochs_per_second": epochs / wall,
+        "train_share": metrics["train_share"],
+        "launcher_time_split": {k: v for k, v in metrics.items() if k.endswith(("_share", "_seconds"))},
+        "reported": [b for b in best if b.get("test_accuracy_mean") is not None],
+    }
+
+
+def retrain(reported: list[dict[str, Any]], seeds: int, folder: Path) -> list[dict[str, Any]]:
+    """Each reported configuration trained ``seeds`` times by ``python -m dp_core.train --config``, fresh seeds."""
+    rows = []
+    for chosen in reported:
+        config = folder / f"best-{chosen['epsilon_at_most']:g}.yaml"
+        config.write_text(yaml.safe_dump(chosen["train_config"]))
+        accuracies = []
+        for run in range(seeds):
+            out = folder / f"retrain-{chosen['epsilon_at_most']:g}-{run}.json"
+            done = subprocess.run(
+                [sys.executable, "-m", "dp_core.train", "--config", str(config), "--metrics-json", str(out)],
+                cwd=folder, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(f"retraining failed:\n{done.stderr[-3000:]}")
+            accuracies.append(json.loads(out.read_text())["test_accuracy"])
+        mean = statistics.fmean(accuracies)
+        rows.append(
+            {
+                "epsilon_at_most": chosen["epsilon_at_most"],
+                "epsilon": chosen["epsilon"],
+                "reported": chosen["test_accuracy_mean"],
+                "reported_std": chosen["test_accuracy_std"],
+                "retrained_mean": mean,
+                "retrained_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+                "retrained_runs": accuracies,
+                "gap_points": 100 * (chosen["test_accuracy_mean"] - mean),
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=150.0, help="the sweep's --time-budget (default 150)")
+    parser.add_argument("--seeds", type=int, default=5, help="fresh seeds per retrained configuration (default 5)")
+    parser.add_argument("--tag", default="", help="suffix of the results file name")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep = run_sweep(Path(tmp), args.seconds)
+        sweep["retrained"] = retrain(sweep.pop("reported"), args.seeds, Path(tmp))
+    result = {
+        "benchmark": "own CSV data: tabular_mlp on breast cancer, Optuna under --time-budget, then retrained",
+        "date": time.strftime("%Y-%m-%d"),
+        "search_seconds": args.seconds,
+        "seeds": args.seeds,
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },  # fmt: skip
+        "accountant": "PRV",
+        "delta": 1.0e-4,
+        **sweep,
+    }
+    tag = f"-{args.tag}" if args.tag else ""
+    out = ROOT / "bench" / "results" / f"own-data-tabular-cpu{os.cpu_count()}-{result['date']}{tag}.json"
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(
+        f"{sweep['trials_trained']} trials in {sweep['tune_units']} units of work ({sweep['trials_per_unit']:.1f} per "
+        f"unit), {sweep['trial_epochs_per_second']:.1f} trial-epochs/s, train_share {100 * sweep['train_share']:.1f} % "
+        f"(wall {sweep['wall_seconds']:.0f} s with confirmation)"
+    )
+    print(f"{'ε ≤':>4}  {'reported':>8}  {'retrained':>17}  {'gap (points)':>12}")
+    for row in sweep["retrained"]:
+        std = row["retrained_std"] if row["retrained_std"] is not None else float("nan")
+        print(
+            f"{row['epsilon_at_most']:>4g}  {row['reported']:>8.4f}  {row['retrained_mean']:.4f} ± {std:.4f}  "
+            f"{row['gap_points']:>+12.2f}"
+        )
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
