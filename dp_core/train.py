@@ -42,6 +42,7 @@ __all__ = [
     "evaluate_splits",
     "main",
     "resolve_device",
+    "save_best_model",
     "train",
 ]
 
@@ -187,6 +188,24 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
     return loss_sum.item() / len(images), correct.item() / len(images)
 
 
+def save_best_model(
+    path: Path, model: nn.Module, report: EpochReport, *, input_shape: tuple[int, ...], num_classes: int
+) -> None:
+    """Save ``model``'s weights (on the CPU) at ``path`` with the epoch and validation accuracy they
+    scored and the data's shape: ``{"state_dict", "epoch", "val_accuracy", "input_shape", "num_classes"}``."""
+    weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+    _save_checkpoint(
+        path,
+        {
+            "state_dict": weights,
+            "epoch": report.epoch,
+            "val_accuracy": report.val_accuracy,
+            "input_shape": tuple(input_shape),
+            "num_classes": num_classes,
+        },
+    )
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     # Write then rename: a run killed mid-save leaves the previous checkpoint intact.
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -203,6 +222,7 @@ def train(
     data: DatasetSplits | None = None,
     plan: PrivacyPlan | None = None,
     evaluate_test: bool = True,
+    best_model_path: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train ``config`` with DP-SGD and return every epoch's report.
 
@@ -225,6 +245,10 @@ def train(
             that does not belong to this configuration is refused.
         evaluate_test: whether to evaluate on the test split too (a sweep's search does not: its
             decisions must not read test data). The validation split, if any, is always evaluated.
+        best_model_path: with it (and a validation split), the model of the epoch of highest
+            validation accuracy so far (the earliest of equals, restored epochs included) is saved
+            there after that epoch, before ``on_epoch`` sees it (:func:`save_best_model`), and so is
+            the checkpoint, so that the two agree; its weights are the run's, not retrained.
 
     Returns:
         A ``TrainResult``: the configuration with σ resolved, the privacy plan, one report per epoch
@@ -365,9 +389,21 @@ def train(
             eval_seconds=eval_seconds,
             stopped_by_budget=stopped_early,
         )
+        improved = report.val_accuracy is not None and all(
+            r.val_accuracy is None or report.val_accuracy > r.val_accuracy for r in reports
+        )
         reports.append(report)
+        if best_model_path is not None and improved:
+            save_best_model(
+                Path(best_model_path),
+                getattr(model, "_module", model),
+                report,
+                input_shape=data.input_shape,
+                num_classes=data.num_classes,
+            )
         last_epoch = epoch >= config.epochs or steps >= plan.max_steps
-        if checkpoint is not None and (last_epoch or time.monotonic() - last_saved >= checkpoint_every_seconds):
+        saves = last_epoch or time.monotonic() - last_saved >= checkpoint_every_seconds
+        if checkpoint is not None and (saves or (best_model_path is not None and improved)):
             last_saved = time.monotonic()
             _save_checkpoint(
                 checkpoint,

@@ -17,9 +17,9 @@ from torch.utils.data import TensorDataset
 
 from dp_core import accounting
 from dp_core.config import TrainConfig
-from dp_core.data import DatasetSplits, load_dataset
+from dp_core.data import DatasetSplits, load_data, load_dataset
 from dp_core.models import build_model
-from dp_core.train import EpochReport, StopTraining, TrainingDiverged, TrainResult, train
+from dp_core.train import EpochReport, StopTraining, TrainingDiverged, TrainResult, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = load_dataset("digits")
@@ -93,6 +93,55 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path) -> None:
     assert [r.steps for r in resumed.reports] == [r.steps for r in uninterrupted.reports]
     for a, b in zip(resumed.model.parameters(), uninterrupted.model.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_best_model_is_the_earliest_epoch_of_highest_validation_accuracy_and_scores_it(tmp_path) -> None:
+    config = TrainConfig.from_dict({**FAST, "epochs": 4, "noise_multiplier": 1.2, "validation_fraction": 0.2})
+    data = load_data(config.data)
+    best_path, checkpoint = tmp_path / "best.pt", tmp_path / "state.pt"
+    seen: list[tuple[int, int, int]] = []  # (epoch, the best file's epoch, the checkpoint's epochs) in on_epoch
+
+    def look(report: EpochReport) -> None:
+        state = torch.load(checkpoint, weights_only=False) if checkpoint.exists() else {"reports": []}
+        seen.append((report.epoch, torch.load(best_path, weights_only=True)["epoch"], len(state["reports"])))
+
+    result = train(
+        config,
+        data=data,
+        best_model_path=best_path,
+        checkpoint_path=checkpoint,
+        checkpoint_every_seconds=3600.0,  # so a checkpoint is saved only for the best model (and at the end)
+        on_epoch=look,
+    )
+    accuracies = [r.val_accuracy for r in result.reports]
+    best_epoch = accuracies.index(max(accuracies)) + 1  # the earliest of equals, as the frontier's best
+    kept = torch.load(best_path, weights_only=True)
+    assert (kept["epoch"], kept["val_accuracy"]) == (best_epoch, max(accuracies))
+    best_so_far = 0
+    for epoch, file_epoch, checkpointed in seen:  # saved before on_epoch sees an improving epoch, with the checkpoint
+        improved = accuracies[epoch - 1] > max(accuracies[: epoch - 1], default=-1.0)
+        best_so_far = epoch if improved else best_so_far
+        assert file_epoch == best_so_far
+        if improved:
+            assert checkpointed == epoch
+    model = build_model("mlp", input_shape=tuple(kept["input_shape"]), num_classes=kept["num_classes"])
+    model.load_state_dict(kept["state_dict"])
+    _, accuracy = evaluate(model, *data.validation.tensors, batch_size=config.test_batch_size)
+    assert accuracy == kept["val_accuracy"]
+
+    # Interrupted after epoch 1 and resumed: the best file is the uninterrupted run's.
+    resumed_best, resumed_state = tmp_path / "resumed_best.pt", tmp_path / "resumed_state.pt"
+
+    def stop_after_first(report: EpochReport) -> None:
+        if report.epoch == 1:
+            raise StopTraining
+
+    train(config, data=data, best_model_path=resumed_best, checkpoint_path=resumed_state, on_epoch=stop_after_first)
+    train(config, data=data, best_model_path=resumed_best, checkpoint_path=resumed_state)
+    again = torch.load(resumed_best, weights_only=True)
+    assert (again["epoch"], again["val_accuracy"]) == (kept["epoch"], kept["val_accuracy"])
+    for name, tensor in kept["state_dict"].items():
+        torch.testing.assert_close(again["state_dict"][name], tensor)
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path) -> None:
