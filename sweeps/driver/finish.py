@@ -12,7 +12,8 @@ from typing import Any
 from dp_core.config import TrainConfig
 from sweeps.driver.confirm_stage import calibrated_configs, refit_configs, run_confirmations, run_refits
 from sweeps.driver.preparation import PreparedSweep, SweepRequest, sweep_filter
-from sweeps.driver.register_models import register_models
+from sweeps.driver.register_models import register_models, register_selected_model
+from sweeps.driver.runner import copy_from_checkpoint
 from sweeps.driver.session import OpenSweep, SweepTrials
 from sweeps.privacy.ledger import CONFIRMATION_ROLES
 from sweeps.privacy.selection import sweep_privacy
@@ -20,7 +21,9 @@ from sweeps.privacy.statement import shared_seed_note
 from sweeps.results.confirm import BASELINE, baseline_candidates, baseline_config, candidates, choose, refit
 from sweeps.results.frontier import default_buckets
 from sweeps.results.frontier_report import FrontierReport
+from sweeps.results.released_model import selected_release
 from sweeps.tracking.tags import frontier_tags, sweep_note
+from sweeps.workers.trial import BEST_MODEL_FILE
 
 __all__ = ["finish_sweep"]
 
@@ -109,6 +112,17 @@ def finish_sweep(
         space_name=prepared.space.name,
         sweep_name=prepared.name,
     )
+    best = report.best()
+    if privacy is not None and privacy.sweep_epsilon is not None and best is not None:
+        register_selected_model(
+            best,
+            privacy,
+            trial=next(t for t in prepared.runnable or [] if t.name == best.trial),
+            fetch=lambda to: copy_from_checkpoint(results, trial=best.trial, filename=BEST_MODEL_FILE, to=to),
+            tracker=tracker,
+            sweep_dir=prepared.folder,
+            space_name=prepared.space.name,
+        )
     if searcher is not None:
         # Again, now that the asker actor is surely gone: a suggestion it was asking when it was
         # stopped reached the study after run_trials had closed the searcher.
@@ -348,34 +362,13 @@ def _log_unlogged(tracker: Any, ledger: Any, *, outcome: str) -> int:
 
 
 def _write_release(folder: Path, best: Any, privacy: Any) -> Path:
-    """``selected_model.json``: what a private-selection sweep releases, and nothing else.
-
-    The selected configuration, its score and the sweep ε that covers them. Not K, not the
-    seed, not the other trials: knowing K voids the sweep ε (sweeps.privacy.selection), and the rest is
-    covered only by naive composition. Everything else stays with the team, in MLflow.
-    """
+    """``selected_model.json``: what a private-selection sweep releases, and nothing else
+    (:func:`sweeps.results.released_model.selected_release`). Everything else stays with the team, in MLflow."""
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "selected_model.json"
-    hyperparameters = {k.removeprefix("axis."): v for k, v in best.params.items() if k.startswith("axis.")}
-    path.write_text(
-        json.dumps(
-            {
-                "hyperparameters": hyperparameters,
-                "epoch": best.epoch,
-                "val_accuracy": best.accuracy,
-                "sweep_epsilon": privacy.sweep_epsilon,
-                "delta": privacy.delta,
-                "accountant": privacy.accountant,
-                "guarantee": (
-                    f"best of K ~ {privacy.distribution} (mean {privacy.mean:g}) random trials, Papernot & Steinke 2022"
-                ),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    path.write_text(json.dumps(selected_release(best, privacy), indent=2) + "\n")
     return path
 
 

@@ -17,6 +17,7 @@ import os
 # console for short epochs. The snapshots themselves stay on.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
+import shutil
 import signal
 import threading
 import time
@@ -43,8 +44,9 @@ from sweeps.space import PRUNERS, SearchSpace
 from sweeps.tracking import SweepTracker
 from sweeps.workers.federated_actors import trial_resources
 from sweeps.workers.trainable import run_trial
+from sweeps.workers.trial import KEEP_BEST_MODEL_FIELD
 
-__all__ = ["SweepStats", "run_trials", "connect_ray"]
+__all__ = ["SweepStats", "run_trials", "connect_ray", "copy_from_checkpoint"]
 
 
 class PlanAheadPump(tune.Callback):
@@ -251,6 +253,25 @@ def run_trials(
             ray.kill(board)
 
 
+def copy_from_checkpoint(results: Any, *, trial: str, filename: str, to: Path) -> bool:
+    """Copy ``filename`` from the latest checkpoint of the lone trial named ``trial`` in ``results``
+    (Ray's ResultGrid) to ``to``; whether it was there. The checkpoint is read from the sweep's Ray
+    storage (on a cluster, the storage shared by its nodes), not from the worker that wrote it."""
+    for result in results:
+        if result.config is None or unit_of(result.config).name != trial or result.checkpoint is None:
+            continue
+        with result.checkpoint.as_directory() as folder:
+            source = Path(folder) / filename
+            if not source.exists():
+                return False
+            to.parent.mkdir(parents=True, exist_ok=True)
+            partial = to.with_name(to.name + ".partial")
+            shutil.copyfile(source, partial)
+            partial.replace(to)  # whole or not at all
+            return True
+    return False
+
+
 def _new_tuner(
     space: SearchSpace,
     trainable: Any,
@@ -267,13 +288,19 @@ def _new_tuner(
 ) -> tune.Tuner:
     scheduler = BandedASHA(board_name) if board_name is not None else None
     param_space: dict[str, Any] = {}
+    # A private selection releases one trial's model at its best epoch: each trial runs alone and
+    # keeps that model in its checkpoints (a pack keeps none), for the driver to register.
+    selecting = space.private_selection is not None
+    vectorize = 1 if selecting else space.vectorize
     if grid is not None:
-        packs = pack_trials(grid, vectorize=space.vectorize, slots=slots)
+        packs = pack_trials(grid, vectorize=vectorize, slots=slots)
         param_space = {
             TRIAL_FIELD: tune.grid_search(
-                [encode_unit(pack_spec(pack, width=pack_limit(pack[0], vectorize=space.vectorize))) for pack in packs]
+                [encode_unit(pack_spec(pack, width=pack_limit(pack[0], vectorize=vectorize))) for pack in packs]
             )
         }
+    if selecting:
+        param_space[KEEP_BEST_MODEL_FIELD] = True
     if board_name is not None:
         param_space["board"] = board_name
     return tune.Tuner(

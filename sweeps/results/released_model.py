@@ -11,11 +11,17 @@ sweep folder (``models/<run name>.pt``) before the run counts as done, so that a
 before registration registers it on ``--resume`` without training again. The registry names
 come from here: one registered model per space (:func:`registered_name`) and one alias per ε
 bound (:func:`bound_alias`).
+
+A private-selection sweep has no refit: what it releases is one search trial's model at the epoch
+the release names (:func:`selected_release`, ``release/selected_model.json``), the weights that
+trial kept of its best epoch (``dp_core.train``'s ``best_model_path``), registered under the alias
+:data:`SELECTED_ALIAS` with tags that say no more than the release file (:func:`selected_model_tags`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,22 +34,28 @@ from dp_core.config import TrainConfig
 from dp_core.models import build_model
 from sweeps.protocol import TrainedModel
 from sweeps.results.confirm import MODEL_SEED_INDEX
-from sweeps.results.frontier import ConfirmedConfig
+from sweeps.results.frontier import ConfirmedConfig, Point
 
 __all__ = [
     "MODEL_SEED_INDEX",
     "MODELS_FOLDER",
+    "SELECTED_ALIAS",
     "KeptModel",
     "bound_alias",
+    "keep_selected_weights",
     "load_weights",
     "model_tags",
     "registered_name",
     "save_weights",
+    "selected_model_tags",
+    "selected_release",
     "weights_path",
 ]
 
 #: The sweep folder's sub-folder where refit models wait for registration.
 MODELS_FOLDER = "models"
+#: The alias of the model a private-selection sweep releases.
+SELECTED_ALIAS = "selected"
 
 
 def registered_name(space_name: str) -> str:
@@ -141,3 +153,66 @@ def model_tags(
         "dpsweep.sweep": sweep,
         "dpsweep.privacy_statement": own + ("\n" + privacy_statement if privacy_statement else ""),
     }
+
+
+def selected_release(best: Point, privacy: Any) -> dict[str, Any]:
+    """What a private-selection sweep releases (``release/selected_model.json``), and nothing else.
+
+    The selected configuration (``best``: the search point of highest validation accuracy), its
+    epoch and score, and the sweep ε that covers them (``privacy``: a SelectionPrivacy). Not K, not
+    the seed, not the other trials, not the naive composition (it grows with K): knowing K voids the
+    sweep ε (sweeps.privacy.selection), and the rest is covered only by naive composition.
+    """
+    return {
+        "hyperparameters": {k.removeprefix("axis."): v for k, v in best.params.items() if k.startswith("axis.")},
+        "epoch": best.epoch,
+        "val_accuracy": best.accuracy,
+        "trained_on": "train",
+        "sweep_epsilon": privacy.sweep_epsilon,
+        "delta": privacy.delta,
+        "accountant": privacy.accountant,
+        "guarantee": (
+            f"best of K ~ {privacy.distribution} (mean {privacy.mean:g}) random trials, Papernot & Steinke 2022"
+        ),
+    }
+
+
+def selected_model_tags(release: Mapping[str, Any]) -> dict[str, str]:
+    """The tags of a private selection's registered model: the release's fields (:func:`selected_release`),
+    each under ``dpsweep.``, and a privacy statement made of them alone."""
+    accountant = str(release["accountant"]).lower()
+    statement = (
+        f"sweep ε = {release['sweep_epsilon']:.3f} (δ = {release['delta']:g}, {accountant.upper()} accountant) covers "
+        f"releasing this model and its hyperparameters, selected as the {release['guarantee']}; it covers "
+        "nothing else of the sweep."
+    )
+    return {
+        "dpsweep.sweep_epsilon": f"{release['sweep_epsilon']:.6g}",
+        "dpsweep.delta": f"{release['delta']:g}",
+        "dpsweep.accountant": accountant,
+        "dpsweep.guarantee": str(release["guarantee"]),
+        "dpsweep.val_accuracy": f"{release['val_accuracy']:.6g}",
+        "dpsweep.epoch": str(release["epoch"]),
+        "dpsweep.hyperparameters": json.dumps(release["hyperparameters"], sort_keys=True),
+        "trained_on": str(release["trained_on"]),
+        "dpsweep.privacy_statement": statement,
+    }
+
+
+def keep_selected_weights(
+    best_model: Path, path: Path, *, best: Point, train: Mapping[str, Any], run_key: str
+) -> str | None:
+    """Keep the selected trial's model at ``path`` (:func:`save_weights`) from the file its worker kept of
+    its best epoch (``best_model``, dp_core.train's ``best_model_path``); None, or why it is not the
+    released model (then nothing is kept): its epoch and validation accuracy must be ``best``'s."""
+    kept = torch.load(best_model, map_location="cpu", weights_only=True)
+    if kept["epoch"] != best.epoch or not math.isclose(kept["val_accuracy"], best.accuracy, rel_tol=1e-12):
+        return (
+            f"Expected the kept model of {best.trial} at epoch {best.epoch} (val accuracy {best.accuracy:.6g}), "
+            f"but got epoch {kept['epoch']} (val accuracy {kept['val_accuracy']:.6g})"
+        )
+    model = TrainedModel(
+        state_dict=kept["state_dict"], input_shape=tuple(kept["input_shape"]), num_classes=kept["num_classes"]
+    )
+    save_weights(path, model, train=train, run_key=run_key)
+    return None

@@ -86,17 +86,18 @@ def register_model(
     name: str,
     alias: str,
     tags: Mapping[str, str],
+    run_tag: str = RUN_ID_TAG,
 ) -> str:
     """Log ``model`` on run ``run_id`` and register it as a version of ``name`` with ``alias`` and
-    ``tags``; returns the version. A version of ``name`` for that run already there is the one
-    aliased (and tagged) again, not a new one.
+    ``tags``; returns the version. A version of ``name`` for that run already there (its tag
+    ``run_tag`` holds the run id) is the one aliased (and tagged) again, not a new one.
 
     The input example is zeros of the input's shape, never a real example: the registry is read
     by people the training data's subjects did not consent to show their data to, and a DP
     guarantee says nothing about data copied out beside the model.
     """
-    tags = {**tags, RUN_ID_TAG: run_id}
-    found = client.search_model_versions(f"name = '{name}' and tags.`{RUN_ID_TAG}` = '{run_id}'")
+    tags = {**tags, run_tag: run_id}
+    found = client.search_model_versions(f"name = '{name}' and tags.`{run_tag}` = '{run_id}'")
     if found:
         version = str(found[0].version)
     else:
@@ -108,7 +109,11 @@ def register_model(
             except MlflowException as error:
                 if str(error.error_code) != "RESOURCE_DOES_NOT_EXIST":
                     raise
-                client.create_registered_model(name, description="dpsweep: one version per ε bound of each sweep")
+                client.create_registered_model(
+                    name,
+                    description="dpsweep: one version per ε bound of each sweep (@eps-<bound>), or the model a "
+                    "private-selection sweep releases (@selected)",
+                )
             version = str(
                 client.create_model_version(
                     name, source=model_uri, run_id=run_id, tags=dict(tags), model_id=model_id

@@ -225,21 +225,27 @@ class SweepTracker(JournaledWrites):
     def _log_artifact(self, *, path: str) -> None:
         self.client.log_artifact(self.parent_run_id, path)
 
-    def register_model(self, *, weights: str, name: str, alias: str, tags: Mapping[str, Any]) -> None:
+    def register_model(
+        self, *, weights: str, name: str, alias: str, tags: Mapping[str, Any], run_tag: str | None = None
+    ) -> None:
         """Log the model kept at ``weights`` (sweeps.results.released_model) on the child run of the
-        refit run that trained it and register it as ``name`` with ``alias`` and ``tags``
-        (:func:`sweeps.tracking.model_registry.register_model`: one version per run, however often
-        this is called). Journaled by path: keep the file. A server without a Model Registry is said
-        in one line, once, and the sweep goes on."""
+        run that trained it (a refit run, or a private selection's selected trial) and register it as
+        ``name`` with ``alias`` and ``tags`` (:func:`sweeps.tracking.model_registry.register_model`:
+        one version per run, found again by the tag ``run_tag``, however often this is called).
+        Journaled by path: keep the file. A server without a Model Registry is said in one line,
+        once, and the sweep goes on."""
         self._write(
             "register_model",
             weights=str(weights),
             name=name,
             alias=alias,
             tags={k: str(v) for k, v in tags.items()},
+            **({"run_tag": run_tag} if run_tag is not None else {}),
         )
 
-    def _register_model(self, *, weights: str, name: str, alias: str, tags: Mapping[str, str]) -> None:
+    def _register_model(
+        self, *, weights: str, name: str, alias: str, tags: Mapping[str, str], run_tag: str | None = None
+    ) -> None:
         # Imported here: torch and MLflow's model flavours are for the end of a sweep, not every import.
         from sweeps.results.released_model import load_weights
         from sweeps.tracking.model_registry import has_no_registry, register_model
@@ -248,7 +254,7 @@ class SweepTracker(JournaledWrites):
             return
         kept = load_weights(Path(weights))
         run_id = self._find_trial(kept.run_key)
-        assert run_id is not None, f"no refit run with trial key {kept.run_key} to log its model on"
+        assert run_id is not None, f"no run with trial key {kept.run_key} to log its model on"
         try:
             register_model(
                 self.client,
@@ -259,6 +265,7 @@ class SweepTracker(JournaledWrites):
                 name=name,
                 alias=alias,
                 tags=tags,
+                **({"run_tag": run_tag} if run_tag is not None else {}),
             )
         except Exception as error:  # noqa: BLE001 - re-raised unless it means "no registry here"
             if not has_no_registry(error):

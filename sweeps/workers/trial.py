@@ -25,9 +25,23 @@ from dp_core.train import EpochReport, ProgressReport, TrainingDiverged, train
 from sweeps.protocol import EpochRow, TrialSpec, wall_clock_ms
 from sweeps.workers.threads import use_reserved_cpus
 
-__all__ = ["run_central_trial", "epoch_row", "progress_row", "worker_dataset", "CHECKPOINT_FILE"]
+__all__ = [
+    "BEST_MODEL_FILE",
+    "CHECKPOINT_FILE",
+    "KEEP_BEST_MODEL_FIELD",
+    "epoch_row",
+    "progress_row",
+    "run_central_trial",
+    "worker_dataset",
+]
 
 CHECKPOINT_FILE = "dp_state.pt"
+#: The model of the trial's epoch of highest validation accuracy so far (dp_core.train's
+#: ``best_model_path``), in its checkpoint, for trials whose Ray config sets KEEP_BEST_MODEL_FIELD.
+BEST_MODEL_FILE = "best_model.pt"
+#: The key of a Ray trial's config that asks it to keep BEST_MODEL_FILE: set by a private-selection
+#: sweep, whose release is a search trial's model at its best epoch (sweeps.driver.register_models).
+KEEP_BEST_MODEL_FIELD = "keep_best_model"
 # The row reported with a checkpoint, saved beside it: a trial restored from the checkpoint of its
 # last epoch (the launcher interrupted between that report and the trial's end) trains nothing
 # more, and reports this row again so that the driver's new process sees how the trial ended.
@@ -95,6 +109,9 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
     """Runs one dp_core trial (:data:`sweeps.workers.trainable.RUNNERS`), reporting every epoch.
 
     A diverged run (NaN loss) is reported, not raised: retrying it would only diverge again.
+    With ``tune_config[KEEP_BEST_MODEL_FIELD]``, the model of its best epoch so far is saved with
+    a checkpoint at every epoch that improves it, so that the latest checkpoint in the sweep's Ray
+    storage holds the model of the trial's best epoch, however the trial ended.
     """
     started = time.perf_counter()
     started_ms = wall_clock_ms()  # the trial's MLflow run starts here, set-up included
@@ -105,11 +122,14 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="dpsweep-trial-"))
     state_file = workdir / CHECKPOINT_FILE
+    best_model = workdir / BEST_MODEL_FILE if tune_config.get(KEEP_BEST_MODEL_FIELD) else None
     restored = tune.get_checkpoint()
     restored_row = None
     if restored is not None:
         with restored.as_directory() as folder:
             shutil.copy(Path(folder) / CHECKPOINT_FILE, state_file)
+            if best_model is not None and (Path(folder) / BEST_MODEL_FILE).exists():
+                shutil.copy(Path(folder) / BEST_MODEL_FILE, best_model)
             if (Path(folder) / LAST_ROW_FILE).exists():
                 restored_row = EpochRow.from_result(json.loads((Path(folder) / LAST_ROW_FILE).read_text()))
     reported_state = state_file.stat().st_mtime_ns if state_file.exists() else None
@@ -151,6 +171,7 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
             checkpoint_every_seconds=CHECKPOINT_EVERY_SECONDS,
             plan=plan,
             evaluate_test=False,
+            best_model_path=best_model,
         )
     except TrainingDiverged as error:
         tune.report(EpochRow.of_divergence(str(error), epochs_planned=config.epochs, started_ms=started_ms).to_result())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -350,9 +351,12 @@ def _check_confirmation(
     """A space with confirm: each confirmation run once, finished, in the ledger, and in frontier.csv
     and best_per_epsilon.json; for a grid, the same confirmed results however the sweep was broken."""
     if "confirm: {" not in space.read_text():
-        # Nothing to register: no refit (a private selection's release is a search trial; no trial is registered).
         ran = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])}
-        assert not [v.name for v in client.search_model_versions() if v.run_id in ran]
+        registered = [v for v in client.search_model_versions() if v.run_id in ran]
+        if "private_selection:" in space.read_text():
+            _check_selected_model(space, client, kind, sweep, registered)
+        else:  # no refit: nothing to register
+            assert registered == [], [(v.name, v.version) for v in registered]
         return
     runs = [
         r
@@ -395,3 +399,61 @@ def _check_models(client: MlflowClient, kind: Kind, best: list[dict], runs: list
         alias = "eps-" + f"{bound['epsilon_at_most']:g}".replace(".", "_")
         run = f"refit_{bound['trial']}_epoch{bound['epoch']}_eps{bound['epsilon_at_most']:g}_seed1"
         assert client.get_model_version_by_alias(name, alias).run_id == refits[run]
+
+
+def _check_selected_model(space: Path, client: MlflowClient, kind: Kind, sweep: Path, registered: list) -> None:
+    """A private selection registers exactly what it releases (release/selected_model.json): one version
+    (however the sweep was broken and resumed), under @selected, on the child run of the search point
+    of highest validation accuracy (the earliest of equals), tagged with the release's fields and
+    nothing else, whose model scores the released validation accuracy on the validation split."""
+    import mlflow
+    import mlflow.pytorch
+
+    from dp_core.config import TrainConfig
+    from dp_core.data import load_data
+    from dp_core.train import evaluate
+
+    release = json.loads((sweep / "release" / "selected_model.json").read_text())
+    name = f"dpsweep-{kind.name}"
+    assert [v.name for v in registered] == [name], [(v.name, v.version) for v in registered]  # no other trial's
+    (version,) = registered
+    assert client.get_model_version_by_alias(name, "selected").version == version.version
+    run = client.get_run(version.run_id)
+    accuracy = _history(client, run.info.run_id, "val_accuracy")
+    assert accuracy[release["epoch"]] == release["val_accuracy"]
+    assert min(e for e, a in accuracy.items() if a == release["val_accuracy"]) == release["epoch"]
+    trials = [r for r in client.search_runs([run.info.experiment_id]) if r.data.tags.get("dpsweep.role") == "trial"]
+    assert max(max(_history(client, r.info.run_id, "val_accuracy").values()) for r in trials) == release["val_accuracy"]
+
+    tags = version.tags
+    assert set(tags) == {
+        "dpsweep.sweep_epsilon", "dpsweep.delta", "dpsweep.accountant", "dpsweep.guarantee", "dpsweep.val_accuracy",
+        "dpsweep.epoch", "dpsweep.hyperparameters", "trained_on", "dpsweep.privacy_statement", "dpsweep.trial_run_id",
+    }  # fmt: skip
+    assert float(tags["dpsweep.sweep_epsilon"]) == pytest.approx(release["sweep_epsilon"], rel=1e-5)
+    assert float(tags["dpsweep.delta"]) == release["delta"] and tags["dpsweep.accountant"] == release["accountant"]
+    assert tags["dpsweep.guarantee"] == release["guarantee"] and tags["trained_on"] == release["trained_on"] == "train"
+    assert float(tags["dpsweep.val_accuracy"]) == pytest.approx(release["val_accuracy"], rel=1e-5)
+    assert int(tags["dpsweep.epoch"]) == release["epoch"]
+    assert json.loads(tags["dpsweep.hyperparameters"]) == release["hyperparameters"]
+    assert tags["dpsweep.trial_run_id"] == run.info.run_id
+    # No secret: not K, the seeds, the trials' names, the naive composition (it grows with K).
+    planned = _planned_grid(space)
+    told = " ".join(v for k, v in tags.items() if k != "dpsweep.trial_run_id")
+    for trial in planned:
+        assert trial.name not in told and str(trial.train_config["seed"]) not in told
+    assert "naive" not in told and "composition" not in told and "trials run" not in told
+
+    config = TrainConfig.from_dict(next(t.train_config for t in planned if t.name == run.info.run_name))
+    previous, environment = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        model = mlflow.pytorch.load_model(f"models:/{name}@selected")
+    finally:  # set_tracking_uri sets the variable too, which the next cell's launcher would inherit
+        mlflow.set_tracking_uri(previous)
+        if environment is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
+    _, val_accuracy = evaluate(model, *load_data(config.data).validation.tensors, batch_size=config.test_batch_size)
+    assert val_accuracy == pytest.approx(release["val_accuracy"], abs=1e-12)

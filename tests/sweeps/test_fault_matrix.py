@@ -11,14 +11,15 @@ Every fault is injected at a state the test polls for, never after a sleep: some
 while another is still training (for packs: a pack between its rounds of members); the kinds of lone
 trials hold their last trial there (sweeps.workers.trial's test hook) until the fault is injected,
 so that the state lasts however slow the machine. Then comes one ``--resume`` (launcher faults;
-after a SIGKILL, a sweep with a confirmation stage is first resumed and killed again while it
-registers its first model, then resumed), nothing (the worker fault: Ray retries the trial), or the
-exit-3 path and ``python -m sweeps.sync`` (MLflow lost). Every cell then checks the same things: the
-sweep finished; exactly one child run per trial, none left RUNNING, the parent run closed; every
-trial's ε at every epoch equals what dp_core.accounting gives for its (σ, q, steps); Optuna's study
-holds one finished state per trial and agrees with the child runs; the frontier is made of every
-trial's points; the privacy summary counts every trial that trained; with a confirmation stage, one
-registered model version per reported ε bound.
+after a SIGKILL, a sweep with a confirmation stage or a private selection is first resumed and
+killed again while it registers its first model, then resumed), nothing (the worker fault: Ray
+retries the trial), or the exit-3 path and ``python -m sweeps.sync`` (MLflow lost). Every cell then
+checks the same things: the sweep finished; exactly one child run per trial, none left RUNNING, the
+parent run closed; every trial's ε at every epoch equals what dp_core.accounting gives for its (σ,
+q, steps); Optuna's study holds one finished state per trial and agrees with the child runs; the
+frontier is made of every trial's points; the privacy summary counts every trial that trained; with
+a confirmation stage, one registered model version per reported ε bound; with a private selection,
+exactly the released model.
 
 All sweeps share the session's Ray cluster (``ray start``, reached with ``--address``;
 tests/sweeps/conftest.py), which also shows that a launcher killed while connected to a cluster takes
@@ -324,7 +325,8 @@ def test_sweep_finishes_whole_after_fault(
             # Ray ends a dead driver's trials on a cluster it merely connected to, as it does its own:
             # else they would train on, unrecorded, beside the resumed ones.
             ray_cluster.wait_idle(timeout=60)
-            if fault == "sigkill_launcher" and "confirm: {" in space.read_text():
+            registers = "confirm: {" in space.read_text() or "private_selection:" in space.read_text()
+            if fault == "sigkill_launcher" and registers:
                 _kill_during_registration(arguments, tmp_path, ray_cluster)
             output = _resume(arguments, tmp_path)
         elif fault == "sigkill_worker":
