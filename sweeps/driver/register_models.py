@@ -90,6 +90,7 @@ def register_selected_model(
     path = weights_path(sweep_dir, trial.name)
     if not path.exists():  # a resumed sweep kept it already
         fetched = path.with_name(path.name + ".kept")
+        fetched.parent.mkdir(parents=True, exist_ok=True)
         why = f"its trial {trial.name} kept no model of its best epoch in the sweep's Ray storage"
         if fetch(fetched):
             why = keep_selected_weights(fetched, path, best=best, train=trial.train_config, run_key=trial.key)
