@@ -117,7 +117,7 @@ def finish_sweep(
         register_selected_model(
             best,
             privacy,
-            trial=next(t for t in prepared.runnable or [] if t.name == best.trial),
+            trial=next((t for t in prepared.runnable or [] if t.name == best.trial), None),
             fetch=lambda to: copy_from_checkpoint(results, trial=best.trial, filename=BEST_MODEL_FILE, to=to),
             tracker=tracker,
             sweep_dir=prepared.folder,

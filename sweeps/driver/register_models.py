@@ -80,13 +80,17 @@ def register_selected_model(
     """Register what a private-selection sweep releases as ``dpsweep-<space>@selected``: the model of
     the selected trial (``trial``, the PlannedTrial named ``best.trial``) at the selected epoch, as its
     worker kept it (not retrained: a retraining would be another run on the data, outside the sweep ε);
-    the alias, or None.
+    the alias, or None (said in one line: nothing to register).
 
-    ``best`` is the search point the release names, ``privacy`` the sweep's SelectionPrivacy.
+    ``best`` is the search point the release names, ``privacy`` the sweep's SelectionPrivacy,
+    ``trial`` None if the sweep drew no trial of that name.
     ``fetch(path)`` copies the trial's kept model (sweeps.workers.trial's BEST_MODEL_FILE, from its
     checkpoint in the sweep's Ray storage) to ``path``; whether it could. Nothing of the other trials
     is read or registered, and the tags say no more than ``release/selected_model.json``.
     """
+    if trial is None:
+        print(f"  the selected model is not registered: {best.trial} is no trial this sweep drew", file=sys.stderr)
+        return None
     path = weights_path(sweep_dir, trial.name)
     if not path.exists():  # a resumed sweep kept it already
         fetched = path.with_name(path.name + ".kept")

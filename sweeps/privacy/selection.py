@@ -50,7 +50,7 @@ an adaptive search (Optuna proposes from earlier results, so runs are not i.i.d.
 are the sweep's to draw), and federated trials (their mechanism is not one sampled Gaussian).
 The launcher also refuses ``--time-budget`` with it: trials not started by the deadline would
 truncate K's distribution. The ε covers releasing *one* model and its hyperparameters, the best
-by a fixed score (each run's best test accuracy over its epochs, all of its checkpoints being
+by a fixed score (each run's best validation accuracy over its epochs, all of its checkpoints being
 covered by its own RDP), and nothing else: not K (knowing K turns the random count back into a
 fixed one), not the other trials' results, not the frontier. K, the picks and each run's seed
 derive from the sweep's secret root seed (:mod:`sweeps.privacy.sweep_secret`), so nobody with the space

@@ -125,7 +125,8 @@ resources: {{cpus: 2, gpus: 0}}
 confirm: off
 """,
     ),
-    # The seeded draw's last trial is held: K is 3-5, run one after another.
+    # The seeded draw's last trial is held: K is 3-5, run one after another. No `vectorize: "off"`: a
+    # private selection runs lone trials whatever vectorize says (each keeps its best epoch's model).
     Kind(
         "private_selection",
         epochs=4,
@@ -137,7 +138,6 @@ axes:
 epsilon_budget: 50.0
 search: grid
 pruner: none
-vectorize: "off"
 private_selection: {selection}
 resources: {{cpus: 2, gpus: 0}}
 """,
