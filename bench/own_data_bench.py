@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the CSV file swept: the example's (569 rows) or digits' (1797 rows)")  # fmt: skip
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         sweep = run_sweep(Path(tmp), args.seconds, args.table)
         sweep["retrained"] = retrain(sweep.pop("reported"), args.seeds, Path(tmp))
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
         },  # fmt: skip
+        "load_average": {"before": load_before, "after": os.getloadavg()},  # other jobs on the machine
         "accountant": "PRV",
         "delta": 1.0e-4,
         **sweep,
