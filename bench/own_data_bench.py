@@ -2,10 +2,10 @@
 
 ``python bench/own_data_bench.py [--seconds 150] [--seeds 5]``:
 
-1. Writes the breast cancer table of ``examples/tabular_csv`` (scikit-learn's, bundled) as a CSV
-   in a temporary folder, beside a space like ``bench/spaces/digits_bench.yaml`` (Optuna over
-   target ε, C and lr; 20 epochs, batch 64) but of ``model: tabular_mlp`` on that file, with the
-   example's declared classes and bounds.
+1. Writes the breast cancer table of ``examples/tabular_csv`` (scikit-learn's, bundled; or with
+   ``--table digits`` digits' 1797 rows of pixel counts) as a CSV in a temporary folder, beside a
+   space like ``bench/spaces/digits_bench.yaml`` (Optuna over target ε, C and lr; 20 epochs,
+   batch 64) but of ``model: tabular_mlp`` on that file, with declared classes and bounds.
 2. Runs ``python -m sweeps.launch`` on it under ``--time-budget`` (local Ray, 2 CPUs), then its
    confirmation stage. Throughput as ``python -m sweeps.bench`` measures dpsweep's side:
    trial-epochs per second, ``train_share`` as the sweep records it, and how many trials each
@@ -14,7 +14,7 @@
    ``python -m dp_core.train --config`` (no seed given: a fresh one drawn each time) and prints,
    per reported bound, reported test accuracy minus the retrained mean.
 
-Written to ``bench/results/own-data-tabular-*.json``.
+Written to ``bench/results/own-data-<table>-*.json``.
 """
 
 from __future__ import annotations
@@ -41,10 +41,24 @@ from make_data import write_csv  # noqa: E402  # the example's own script
 EXAMPLE = ROOT / "examples" / "tabular_csv" / "breast_cancer.yaml"
 
 
-def bench_space(csv: Path) -> dict[str, Any]:
-    """The example's dataset and model under digits_bench's search: Optuna over target ε, C and lr."""
-    example = yaml.safe_load(EXAMPLE.read_text())
-    dataset = {**example["fixed"]["dataset"], "path": str(csv)}
+def write_digits_csv(path: Path) -> Path:
+    """scikit-learn's digits (1797 rows) as a CSV of 64 pixel counts (0..16) and a ``digit`` column."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits(as_frame=True)
+    table = bunch.data.copy()
+    table["digit"] = bunch.target
+    table.to_csv(path, index=False)
+    return path
+
+
+def bench_space(csv: Path, table: str) -> dict[str, Any]:
+    """The table's dataset and the tabular MLP under digits_bench's search: Optuna over target ε, C and lr."""
+    if table == "breast_cancer":
+        dataset = {**yaml.safe_load(EXAMPLE.read_text())["fixed"]["dataset"], "path": str(csv)}
+    else:  # pixel counts 0..16: their bounds are known without looking at the data
+        dataset = {"format": "csv", "path": str(csv), "label": "digit", "test_fraction": 0.2, "classes": 10,
+                   "bounds": {"low": 0, "high": 16}}  # fmt: skip
     return {
         "name": "tabular_bench",
         "description": "Benchmark space: tabular MLP on an own CSV file, Optuna over target eps, C, lr",
@@ -73,10 +87,10 @@ def bench_space(csv: Path) -> dict[str, Any]:
     }
 
 
-def run_sweep(folder: Path, seconds: float) -> dict[str, Any]:
-    csv = write_csv(folder / "breast_cancer.csv")
+def run_sweep(folder: Path, seconds: float, table: str) -> dict[str, Any]:
+    csv = (write_csv if table == "breast_cancer" else write_digits_csv)(folder / f"{table}.csv")
     space = folder / "tabular_bench.yaml"
-    space.write_text(yaml.safe_dump(bench_space(csv)))
+    space.write_text(yaml.safe_dump(bench_space(csv, table)))
     started = time.monotonic()
     done = subprocess.run(
         [
@@ -151,13 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=150.0, help="the sweep's --time-budget (default 150)")
     parser.add_argument("--seeds", type=int, default=5, help="fresh seeds per retrained configuration (default 5)")
+    parser.add_argument("--table", choices=("breast_cancer", "digits"), default="breast_cancer",
+                        help="the CSV file swept: the example's (569 rows) or digits' (1797 rows)")  # fmt: skip
     parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        sweep = run_sweep(Path(tmp), args.seconds)
+        sweep = run_sweep(Path(tmp), args.seconds, args.table)
         sweep["retrained"] = retrain(sweep.pop("reported"), args.seeds, Path(tmp))
     result = {
-        "benchmark": "own CSV data: tabular_mlp on breast cancer, Optuna under --time-budget, then retrained",
+        "benchmark": f"own CSV data: tabular_mlp on {args.table}, Optuna under --time-budget, then retrained",
+        "table": args.table,
         "date": time.strftime("%Y-%m-%d"),
         "search_seconds": args.seconds,
         "seeds": args.seeds,
@@ -166,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
         },  # fmt: skip
+        "load_average": {"before": load_before, "after": os.getloadavg()},  # other jobs on the machine
         "accountant": "PRV",
         "delta": 1.0e-4,
         **sweep,
     }
     tag = f"-{args.tag}" if args.tag else ""
-    out = ROOT / "bench" / "results" / f"own-data-tabular-cpu{os.cpu_count()}-{result['date']}{tag}.json"
+    name = f"own-data-{args.table}-cpu{os.cpu_count()}-{result['date']}{tag}.json"
+    out = ROOT / "bench" / "results" / name
     out.write_text(json.dumps(result, indent=2, default=str))
     print(
         f"{sweep['trials_trained']} trials in {sweep['tune_units']} units of work ({sweep['trials_per_unit']:.1f} per "

@@ -99,6 +99,8 @@ def read_dataset(spec: DatasetSpec) -> OwnDataset:
         arrays, caveats = _read_image_folder(spec)
     else:
         arrays, caveats = _call_loader(spec), []
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        raise ConfigError(f"Expected both x_val and y_val in {where}, or neither, but got only one of them.")
     labels, num_classes, label_caveats = _classes(spec, arrays, where=where)
     features = _features(spec, arrays, where=where)
     shape = tuple(int(d) for d in features["x_train"].shape[1:])

@@ -71,7 +71,11 @@ def own_specs(space: Any) -> list[DatasetSpec]:
     return [DatasetSpec.from_mapping(raw)] if isinstance(raw, dict) else []
 
 
-def read_own(space: Any, *, log: Callable[[str], None] = print) -> tuple[Any, ...]:
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def read_own(space: Any, *, log: Callable[[str], None] = _print) -> tuple[Any, ...]:
     """Read the space's own dataset once, here, and keep it for this process (``dp_core.own_data``), so that
     planning finds its N and the trials get this copy. Prints its size and any caveat of its reading.
 

@@ -164,6 +164,8 @@ def test_bad_files_are_refused_naming_the_fault(tmp_path: Path) -> None:
     for expected, spec in cases.items():
         with pytest.raises(ConfigError, match=expected):
             read_dataset(spec)
+    with pytest.raises(ConfigError, match="both x_val and y_val"):
+        read_dataset(_bad_npz(tmp_path, x_val=x[:10]))
     nan = x.copy()
     nan[7, 2] = np.nan
     with pytest.raises(ConfigError, match="1 values are NaN or infinite .the first in example 7"):

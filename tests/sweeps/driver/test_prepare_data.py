@@ -10,10 +10,13 @@ import pytest
 
 from dp_core.config import ConfigError, TrainConfig
 from sweeps.driver.prepare_data import (
+    check_digests,
     datasets_of,
     downloads_wanted,
+    keep_digests,
     prepare_here,
     prepare_on_nodes,
+    read_own,
     without_downloads,
 )
 from sweeps.space import load_space
@@ -89,3 +92,29 @@ def test_prepares_once_on_every_node_by_a_pinned_task(local_ray, tmp_path: Path)
 def test_a_node_without_the_data_names_itself(local_ray, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"On node .*not found"):
         prepare_on_nodes(["mnist"], root=str(tmp_path / "empty"), download=False, log=lambda _line: None)
+
+
+def test_an_own_dataset_is_read_once_here_and_its_digest_guards_a_resume(tmp_path: Path) -> None:
+    from dp_core.own_data import provided
+    from tests._own_data import digits_arrays, write_npz
+
+    arrays = digits_arrays()
+    write_npz(tmp_path / "d.npz", **arrays)
+    (tmp_path / "own.yaml").write_text(
+        "fixed: {dataset: {format: npz, path: d.npz, classes: 10}, model: tabular_mlp, delta: 1.0e-3}\n"
+        "axes: {lr: [1.0]}\nsearch: grid\n"
+    )
+    space = load_space(str(tmp_path / "own.yaml"))
+    assert datasets_of(space) == []  # nothing to fetch: the own dataset is read, not prepared
+    lines: list[str] = []
+    (dataset,) = read_own(space, log=lines.append)
+    assert dataset in provided() and "300 train, 100 test examples of shape (64,), 10 classes" in lines[0]
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    keep_digests(sweep, [dataset])
+    check_digests(sweep, [dataset])  # the same data: the resume goes on
+    arrays["y_train"][0] = (arrays["y_train"][0] + 1) % 10
+    write_npz(tmp_path / "d.npz", **arrays)
+    (changed,) = read_own(space, log=lines.append)
+    with pytest.raises(ConfigError, match=f"digest {dataset.digest}\\), but got digest {changed.digest}"):
+        check_digests(sweep, [changed])
