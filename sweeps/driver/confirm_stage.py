@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -36,7 +37,7 @@ from sweeps.results.released_model import save_weights, weights_path
 from sweeps.workers.confirmation import train_jobs
 from sweeps.workers.own_data import shipped
 
-__all__ = ["calibrated_configs", "refit_configs", "run_confirmations", "run_refits"]
+__all__ = ["StageSetup", "calibrated_configs", "refit_configs", "run_confirmations", "run_refits"]
 
 
 def _train_size(config: TrainConfig) -> int:
@@ -123,38 +124,35 @@ def refit_configs(chosen: Sequence[ConfirmedConfig]) -> dict[tuple[str, int, flo
     return configs
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StageSetup:
+    """What both stages run with: the sweep's root seed (each run's seed derives from it), its
+    privacy ledger and tracker, its folder (runs done, kept models), the Ray resources of one
+    unit of runs and how many units train at once, and the display the stages report through
+    (None: one of their own)."""
+
+    root_seed: int
+    ledger: Any
+    tracker: Any
+    sweep_dir: Path
+    cpus_per_unit: float
+    gpus_per_unit: float
+    slots: int
+    progress: SweepProgress | None = None
+
+
 def run_confirmations(
     chosen: Sequence[Candidate],
     configs: Mapping[tuple[str, int, float], Mapping[str, Any]],
     *,
     seeds: int,
-    root_seed: int,
-    ledger: Any,
-    tracker: Any,
-    sweep_dir: Path,
-    cpus_per_unit: float,
-    gpus_per_unit: float,
-    slots: int,
-    progress: SweepProgress | None = None,
+    setup: StageSetup,
 ) -> list[ConfirmationRun]:
     """Retrain every candidate ``seeds`` times (those not done before), log each run, return all.
 
-    ``configs`` are the candidates' configurations from :func:`calibrated_configs`; ``progress`` is
-    the search's display, which the stage reports through (default: one of its own)."""
-    jobs = confirmation_jobs(chosen, configs, seeds=seeds, root_seed=root_seed)
-    return _run_jobs(
-        jobs,
-        stage="confirmation",
-        doing=f"{len(chosen)} configuration(s)",
-        seeds=seeds,
-        progress=progress,
-        ledger=ledger,
-        tracker=tracker,
-        sweep_dir=sweep_dir,
-        cpus_per_unit=cpus_per_unit,
-        gpus_per_unit=gpus_per_unit,
-        slots=slots,
-    )
+    ``configs`` are the candidates' configurations from :func:`calibrated_configs`."""
+    jobs = confirmation_jobs(chosen, configs, seeds=seeds, root_seed=setup.root_seed)
+    return _run_jobs(jobs, stage="confirmation", doing=f"{len(chosen)} configuration(s)", seeds=seeds, setup=setup)
 
 
 def run_refits(
@@ -162,47 +160,19 @@ def run_refits(
     configs: Mapping[tuple[str, int, float], Mapping[str, Any]],
     *,
     seeds: int,
-    root_seed: int,
-    ledger: Any,
-    tracker: Any,
-    sweep_dir: Path,
-    cpus_per_unit: float,
-    gpus_per_unit: float,
-    slots: int,
-    progress: SweepProgress | None = None,
+    setup: StageSetup,
 ) -> list[ConfirmationRun]:
     """Refit every chosen configuration ``seeds`` times on train + validation (those not done
     before), log each run, return all. ``configs`` from :func:`refit_configs`."""
-    jobs = refit_jobs([c for c in chosen if c.key in configs], configs, seeds=seeds, root_seed=root_seed)
-    return _run_jobs(
-        jobs,
-        stage="refit",
-        doing=f"{len(chosen)} chosen configuration(s) on train + validation",
-        seeds=seeds,
-        progress=progress,
-        ledger=ledger,
-        tracker=tracker,
-        sweep_dir=sweep_dir,
-        cpus_per_unit=cpus_per_unit,
-        gpus_per_unit=gpus_per_unit,
-        slots=slots,
-    )
+    jobs = refit_jobs([c for c in chosen if c.key in configs], configs, seeds=seeds, root_seed=setup.root_seed)
+    doing = f"{len(chosen)} chosen configuration(s) on train + validation"
+    return _run_jobs(jobs, stage="refit", doing=doing, seeds=seeds, setup=setup)
 
 
 def _run_jobs(
-    jobs: Sequence[ConfirmationJob],
-    *,
-    stage: str,
-    doing: str,
-    seeds: int,
-    ledger: Any,
-    tracker: Any,
-    sweep_dir: Path,
-    cpus_per_unit: float,
-    gpus_per_unit: float,
-    slots: int,
-    progress: SweepProgress | None,
+    jobs: Sequence[ConfirmationJob], *, stage: str, doing: str, seeds: int, setup: StageSetup
 ) -> list[ConfirmationRun]:
+    ledger, tracker, sweep_dir, progress = setup.ledger, setup.tracker, setup.sweep_dir, setup.progress
     done_file = sweep_dir / CONFIRMATIONS_FILE
     done = read_done(done_file)
     pending = [job for job in jobs if job.name not in done]
@@ -223,9 +193,9 @@ def _run_jobs(
             display,
             stage=stage,
             tracker=tracker,
-            units=_units(pending, slots),
+            units=_units(pending, setup.slots),
             own_data=shipped(),  # the sweep's own datasets, put into the object store once for every unit
-            remote=ray.remote(num_cpus=cpus_per_unit, num_gpus=gpus_per_unit, max_retries=2)(train_jobs),
+            remote=ray.remote(num_cpus=setup.cpus_per_unit, num_gpus=setup.gpus_per_unit, max_retries=2)(train_jobs),
         )
     finally:
         display.close()

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from dp_core.config import TrainConfig
-from sweeps.driver.confirm_stage import calibrated_configs, refit_configs, run_confirmations, run_refits
+from sweeps.driver.confirm_stage import (
+    StageSetup,
+    calibrated_configs,
+    refit_configs,
+    run_confirmations,
+    run_refits,
+)
 from sweeps.driver.preparation import PreparedSweep, SweepRequest, sweep_filter
 from sweeps.driver.register_models import register_models, register_selected_model
 from sweeps.driver.runner import copy_from_checkpoint
@@ -309,7 +315,7 @@ def _confirm(
     chosen = [c for c in chosen if c.key in configs]
     if not chosen:
         return []
-    on_ray = dict(
+    setup = StageSetup(
         root_seed=space.seed,
         ledger=ledger,
         tracker=tracker,
@@ -319,13 +325,13 @@ def _confirm(
         gpus_per_unit=space.gpus_per_trial,
         progress=progress,  # the search's display: the stages report through it
     )
-    runs = run_confirmations(chosen, configs, seeds=space.confirm.seeds, **on_ray)
+    runs = run_confirmations(chosen, configs, seeds=space.confirm.seeds, setup=setup)
     confirmed = choose(chosen, runs, buckets, configs)
     if not space.confirm.refit:
         return confirmed
     winners = [c for c in confirmed if c.best_for]
     refits = refit_configs(winners)
-    return refit(confirmed, run_refits(winners, refits, seeds=space.confirm.seeds, **on_ray), refits)
+    return refit(confirmed, run_refits(winners, refits, seeds=space.confirm.seeds, setup=setup), refits)
 
 
 def _confirmed_metrics(report: Any) -> dict[str, float]:
