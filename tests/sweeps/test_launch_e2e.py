@@ -290,7 +290,9 @@ def _assert_each_bound_has_its_model(tmp_path: Path, client: MlflowClient, best:
             with torch.no_grad():
                 accuracy = (model(images).argmax(dim=1) == labels).float().mean().item()
             assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-6)
-            assert abs(accuracy - bound["test_accuracy_mean"]) <= 2 * bound["test_accuracy_std"]
+            # 1e-6: the accuracy is a float32 mean, the reported one float64; both refit runs can
+            # score alike (a tiny test split), and then the std is 0.
+            assert abs(accuracy - bound["test_accuracy_mean"]) <= 2 * bound["test_accuracy_std"] + 1e-6
     finally:
         mlflow.set_tracking_uri(None)
 
