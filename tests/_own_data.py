@@ -6,11 +6,20 @@ seconds, and shared by the dp_core tests and the launcher's end-to-end tests.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["digits_arrays", "write_csv", "write_image_folder", "write_loader", "write_npz"]
+__all__ = [
+    "assert_refused_before_anything",
+    "digits_arrays",
+    "write_csv",
+    "write_image_folder",
+    "write_loader",
+    "write_npz",
+]
 
 
 def digits_arrays(train: int = 300, test: int = 100) -> dict[str, np.ndarray]:
@@ -73,3 +82,25 @@ def write_loader(folder: Path, *, module: str = "my_data", body: str | None = No
         )
     )
     return f"{module}:load"
+
+
+def assert_refused_before_anything(space: dict[str, Any], tmp_path: Path, err_of: Any, expected: str) -> None:
+    """``python -m sweeps.launch`` (its ``main``, in this process) on ``space`` exits 2 with one
+    ``error:`` line matching ``expected`` that names the space file, and creates nothing: no MLflow
+    store, no results folder, no Ray. ``err_of()`` returns the stderr written so far (capsys)."""
+    import ray
+    import yaml
+
+    from sweeps.launch import main
+
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(space))
+    store, results = tmp_path / "mlflow.db", tmp_path / "results"
+    code = main(
+        ["--space", str(tmp_path / "own.yaml"), "--tracking-uri", f"sqlite:///{store}", "--results-dir", str(results)]
+    )
+    err = err_of()
+    assert code == 2, err
+    assert err.startswith("error: ") and re.search(expected, err), err
+    assert str(tmp_path / "own.yaml") in err  # the message names the space file
+    assert not store.exists() and not results.exists()
+    assert not ray.is_initialized()

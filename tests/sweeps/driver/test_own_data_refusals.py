@@ -6,16 +6,13 @@ proves that no MLflow store, no results folder and no Ray were created.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from sweeps.launch import main
-from tests._own_data import digits_arrays, write_csv, write_loader, write_npz
+from tests._own_data import assert_refused_before_anything, digits_arrays, write_csv, write_loader, write_npz
 
 SPACE = {
     "name": "own",
@@ -88,20 +85,9 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_own_data_exits_2_with_nothing_created(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import ray
 
     make, expected = CASES[case]
     space = {**SPACE, "fixed": {**SPACE["fixed"], "dataset": make(tmp_path)}}
     if case == "delta >= 1/N":
         space["fixed"]["delta"] = 0.01  # 300 examples, 30 held out for validation: 1/N = 1/270
-    (tmp_path / "own.yaml").write_text(yaml.safe_dump(space))
-    store, results = tmp_path / "mlflow.db", tmp_path / "results"
-    code = main(
-        ["--space", str(tmp_path / "own.yaml"), "--tracking-uri", f"sqlite:///{store}", "--results-dir", str(results)]
-    )
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("error: ") and re.search(expected, err), err
-    assert str(tmp_path / "own.yaml") in err  # the message names the space file
-    assert not store.exists() and not results.exists()
-    assert not ray.is_initialized()
+    assert_refused_before_anything(space, tmp_path, lambda: capsys.readouterr().err, expected)

@@ -6,14 +6,11 @@ proves that no MLflow store, no results folder and no Ray were created.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from sweeps.launch import main
-from tests._own_data import write_npz
+from tests._own_data import assert_refused_before_anything, write_npz
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing", "ignore:Secure RNG turned off")
 
@@ -49,7 +46,6 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_own_model_exits_2_with_nothing_created(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import ray
 
     model, axes, source, expected = CASES[case]
     module = f"refused_model_{tmp_path.name}"  # its own name per test: a module imported once stays imported
@@ -68,14 +64,4 @@ def test_bad_own_model_exits_2_with_nothing_created(case: str, tmp_path: Path, c
         "search": "grid",
         "confirm": "off",
     }
-    (tmp_path / "own.yaml").write_text(yaml.safe_dump(space))
-    store, results = tmp_path / "mlflow.db", tmp_path / "results"
-    code = main(
-        ["--space", str(tmp_path / "own.yaml"), "--tracking-uri", f"sqlite:///{store}", "--results-dir", str(results)]
-    )
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("error: ") and re.search(expected, err), err
-    assert str(tmp_path / "own.yaml") in err  # the message names the space file
-    assert not store.exists() and not results.exists()
-    assert not ray.is_initialized()
+    assert_refused_before_anything(space, tmp_path, lambda: capsys.readouterr().err, expected)
