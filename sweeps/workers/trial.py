@@ -150,15 +150,16 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
             ended_ms=wall_clock_ms(),
             **{"setup_seconds" if last_return == started else "report_seconds": max(overhead, 0.0)},
         )
+        result = row.to_result()
         state = state_file.stat().st_mtime_ns if state_file.exists() else None
         checkpoint = None
         if state is not None and state != reported_state:  # a new checkpoint was saved this epoch
-            (workdir / LAST_ROW_FILE).write_text(json.dumps(row.to_result()))
+            (workdir / LAST_ROW_FILE).write_text(json.dumps(result))
             checkpoint = tune.Checkpoint.from_directory(str(workdir))
             reported_state = state
         if hold_template:
             _hold_if_asked(hold_template, trial=unit.name, epoch=report.epoch)
-        tune.report(row.to_result(), checkpoint=checkpoint)
+        tune.report(result, checkpoint=checkpoint)
         epochs_reported += 1
         last_return = time.perf_counter()
 
