@@ -67,11 +67,11 @@ def can_vectorize(
     They must share dataset, model, epochs, sampling rate (batch_size / N), δ, accountant, device
     and batch sizes; each must be private, with SGD, flat clipping and no parameter averaging
     (``ema_decay``); the model must have no randomness in its forward pass (dropout) and run under
-    ``torch.func.vmap``; and none may stop
-    early at its ``epsilon_budget`` (a group trains in lockstep). N and the input shape come from
-    ``data`` when given, else from the dataset's name. A config invalid for the dataset (δ ≥ 1/N)
-    with an ``epsilon_budget`` raises ConfigError, as planning it would. ``plans`` (one per config,
-    as ``train_vectorized`` takes them) saves planning them again.
+    ``torch.func.vmap``; and none may stop early at its ``epsilon_budget`` (a group trains in
+    lockstep). N and the input shape come from ``data`` when given, else from the dataset's name. A
+    config invalid for the dataset (δ ≥ 1/N) with an ``epsilon_budget`` raises ConfigError, as
+    planning it would. ``plans`` (one per config, as ``train_vectorized`` takes them) saves planning
+    them again.
     """
     reason = _structural_reason(configs, data)
     if reason is not None:
