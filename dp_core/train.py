@@ -211,6 +211,15 @@ def save_best_model(
     )
 
 
+def _same_config(saved: dict[str, Any], config: TrainConfig) -> bool:
+    """Whether a checkpoint's flat config is ``config``'s, keys added since it was written taking their
+    defaults (a checkpoint from before ``ema_decay`` existed trained without averaging)."""
+    try:
+        return TrainConfig.from_dict(saved).to_dict() == config.to_dict()
+    except ConfigError:
+        return False
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     # Write then rename: a run killed mid-save leaves the previous checkpoint intact.
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -329,7 +338,7 @@ def train(
         # Loaded on the CPU: generators take their state only as a CPU ByteTensor, and the model's
         # and optimizer's load_state_dict copy onto the parameters' device themselves.
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if state["config"] != config.to_dict():
+        if not _same_config(state["config"], config):
             raise ConfigError(
                 f"Expected checkpoint {checkpoint} to belong to this configuration, but it was written "
                 "by a different one; delete it or choose another checkpoint path."

@@ -145,3 +145,19 @@ def test_best_model_file_holds_the_average_and_scores_its_accuracy(tmp_path: Pat
     if kept["epoch"] == result.final.epoch:
         for name, tensor in result.model.state_dict().items():
             assert torch.equal(kept["state_dict"][name], tensor)
+
+
+def test_a_checkpoint_from_before_ema_decay_resumes_as_a_run_without_it(tmp_path: Path) -> None:
+    config = TrainConfig.from_dict(FAST)
+    uninterrupted = train(config, data=DIGITS)
+    checkpoint = tmp_path / "state.pt"
+    train(config, data=DIGITS, checkpoint_path=checkpoint, on_epoch=_stop_after_first)
+    state = torch.load(checkpoint, weights_only=False)
+    state["config"] = {k: v for k, v in state["config"].items() if k != "ema_decay"}  # as written before it
+    del state["average"]
+    torch.save(state, checkpoint)
+    resumed = train(config, data=DIGITS, checkpoint_path=checkpoint)
+    for a, b in zip(resumed.model.parameters(), uninterrupted.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="belong to this configuration"):  # but not for a run that averages
+        train(TrainConfig.from_dict({**FAST, "ema_decay": 0.9}), data=DIGITS, checkpoint_path=checkpoint)
