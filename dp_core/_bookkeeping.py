@@ -22,6 +22,8 @@ ghost norms from im2col patches or from per-phase channel Grams (no im2col), ins
 im2col + bmm or by one grouped weight-gradient convolution with groups = B. Linear layers use
 the free ghost norm ‖a_i‖·‖b_i‖ for 2-D inputs. Every other layer type with an Opacus grad
 sampler (GroupNorm, LayerNorm, Embedding, ...) instantiates g_i with that sampler.
+A weight-standardised conv (``dp_core._ws_conv.WSConv2d``) instantiates g_i w.r.t. its standardised
+weight and pulls them back through the standardisation to its weight and gain.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import torch.nn.functional as F
 from opacus.grad_sample.grad_sample_module import GradSampleModule
 from opacus.layers.dp_rnn import DPGRU, DPLSTM, DPRNN, RNNLinear
 from torch import nn
+
+from dp_core._ws_conv import WSConv2d, standardize_weight
 
 __all__ = ["BookkeepingClipper", "unsupported_layers"]
 
@@ -183,7 +187,6 @@ def _conv_strategy(module: nn.Conv2d, channels: int, geo: _ConvGeometry, positio
 def _conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor) -> _Rule:
     a = inputs[0].to(grad_output.dtype).contiguous()
     batch, channels, height, width = a.shape
-    out_channels = grad_output.shape[1]
     b = grad_output.contiguous()
     weight, bias = module.weight, module.bias
     conv_args = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation}
@@ -203,15 +206,42 @@ def _conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: to
             # (B, P, T) @ (B, T, O): contracting the long T axis last was the faster order on CPU
             per_example = torch.bmm(_unfold2d(a, module), b.flatten(2).transpose(1, 2))
             rules[weight] = _contract(per_example.transpose(1, 2).flatten(1), weight.shape)
-        else:  # instantiate_grouped: every example is one group of a grouped convolution's weight gradient
-            per_example = torch.nn.grad.conv2d_weight(
-                a.view(1, batch * channels, height, width),
-                (batch * out_channels, *weight.shape[1:]),
-                b.view(1, batch * out_channels, *b.shape[2:]),
-                groups=batch,
-                **conv_args,
-            )
-            rules[weight] = _contract(per_example.view(batch, -1), weight.shape)
+        else:  # instantiate_grouped
+            rules[weight] = _contract(_conv_weight_grads(a, b, module).flatten(1), weight.shape)
+    if bias is not None and bias.requires_grad:
+        rules[bias] = _contract(b.sum((2, 3)), bias.shape)
+    return rules
+
+
+def _conv_weight_grads(a: torch.Tensor, b: torch.Tensor, module: nn.Conv2d) -> torch.Tensor:
+    """(B, *weight.shape): every example is one group of a grouped convolution's weight gradient."""
+    batch, channels, height, width = a.shape
+    out_channels = b.shape[1]
+    per_example = torch.nn.grad.conv2d_weight(
+        a.view(1, batch * channels, height, width),
+        (batch * out_channels, *module.weight.shape[1:]),
+        b.view(1, batch * out_channels, *b.shape[2:]),
+        groups=batch,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+    )
+    return per_example.view(batch, *module.weight.shape)
+
+
+def _ws_conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor) -> _Rule:
+    """A weight-standardised conv: g_i w.r.t. the standardised weight Ŵ = s(W, gain), instantiated, then
+    pulled back through s (the same linear map Jᵀ for every example, a vmapped vector-Jacobian product).
+    No ghost norm: ‖Jᵀ G_i‖ is not a function of the Gram matrices of a_i and b_i alone."""
+    a, b = inputs[0].to(grad_output.dtype).contiguous(), grad_output.contiguous()
+    weight, gain, bias = module.weight, module.gain, module.bias
+    per_example_hat = _conv_weight_grads(a, b, module)
+    _, pull_back = torch.func.vjp(standardize_weight, weight.detach(), gain.detach())
+    weight_grads, gain_grads = torch.func.vmap(pull_back)(per_example_hat)
+    rules: _Rule = {}
+    for param, grads in ((weight, weight_grads), (gain, gain_grads)):
+        if param.requires_grad:
+            rules[param] = _contract(grads.flatten(1), param.shape)
     if bias is not None and bias.requires_grad:
         rules[bias] = _contract(b.sum((2, 3)), bias.shape)
     return rules
@@ -227,6 +257,8 @@ def _instantiated(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_outp
 def _handler(module: nn.Module) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], _Rule] | None:
     if type(module) is nn.Linear:
         return _linear
+    if type(module) is WSConv2d and module.groups == 1 and not isinstance(module.padding, str):
+        return _ws_conv2d if module.padding_mode == "zeros" else None
     if (
         type(module) is nn.Conv2d
         and module.groups == 1

@@ -1,7 +1,7 @@
 """Which DP-SGD configurations ``dp_core.vectorized`` can train together, and if not, why.
 
 A group shares everything that fixes the model's shape, the data and the steps (``_SHARED`` and
-the sampling rate); each configuration must be private, with SGD and flat clipping; the model must
+the sampling rate); each configuration must be private, with SGD, flat clipping and no ema_decay; the model must
 run under ``vmap`` without randomness; and none may stop early at its ε budget (a group trains in
 lockstep). ``group_signature`` is the key a sweep groups its trials by while planning.
 """
@@ -65,12 +65,13 @@ def can_vectorize(
     """``None`` if ``configs`` can be trained together by ``train_vectorized``, else the reason.
 
     They must share dataset, model, epochs, sampling rate (batch_size / N), δ, accountant, device
-    and batch sizes; each must be private, with SGD and flat clipping; the model must have no
-    randomness in its forward pass (dropout) and run under ``torch.func.vmap``; and none may stop
-    early at its ``epsilon_budget`` (a group trains in lockstep). N and the input shape come from
-    ``data`` when given, else from the dataset's name. A config invalid for the dataset (δ ≥ 1/N)
-    with an ``epsilon_budget`` raises ConfigError, as planning it would. ``plans`` (one per config,
-    as ``train_vectorized`` takes them) saves planning them again.
+    and batch sizes; each must be private, with SGD, flat clipping and no parameter averaging
+    (``ema_decay``); the model must have no randomness in its forward pass (dropout) and run under
+    ``torch.func.vmap``; and none may stop early at its ``epsilon_budget`` (a group trains in
+    lockstep). N and the input shape come from ``data`` when given, else from the dataset's name. A
+    config invalid for the dataset (δ ≥ 1/N) with an ``epsilon_budget`` raises ConfigError, as
+    planning it would. ``plans`` (one per config, as ``train_vectorized`` takes them) saves planning
+    them again.
     """
     reason = _structural_reason(configs, data)
     if reason is not None:
@@ -93,7 +94,7 @@ def _train_size(config: TrainConfig) -> int:
 
 def group_signature(config: TrainConfig, *, train_size: int) -> tuple[Any, ...]:
     """Configurations with equal signatures agree on everything a group must share and on every
-    per-configuration condition of ``can_vectorize`` (private, SGD, flat clipping), so one of them
+    per-configuration condition of ``can_vectorize`` (private, SGD, flat clipping, no ema_decay), so one of them
     answers ``can_vectorize`` for all (up to an ε-budget stop, which needs their plans)."""
     return (
         *(value_of(config) for _, value_of in _SHARED),
@@ -101,6 +102,7 @@ def group_signature(config: TrainConfig, *, train_size: int) -> tuple[Any, ...]:
         config.privacy.disable_dp,
         config.optimizer.optimizer,
         config.privacy.clipping,
+        config.optimizer.ema_decay is not None,
     )
 
 
@@ -132,6 +134,11 @@ def _structural_reason(configs: Sequence[TrainConfig], data: DatasetSplits | Non
             return (
                 f"Expected clipping='flat' (one bound C over all parameters), but got "
                 f"clipping={config.privacy.clipping!r} (config {index})."
+            )
+        if config.optimizer.ema_decay is not None:
+            return (
+                f"Expected ema_decay=None (the vectorised step keeps no parameter average), but got "
+                f"ema_decay={config.optimizer.ema_decay!r} (config {index}); train it with dp_core.train.train."
             )
     # Without data, the model is built from the dataset's facts (a sweep groups trials while
     # planning, before any data is loaded): its shape decides which layers the zoo builds.

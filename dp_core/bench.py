@@ -49,6 +49,7 @@ OPACUS_ENGINES = ("hooks", "functorch", "ew", "ghost")
 _DATASET_OF_MODEL = {
     "mlp": "digits", "digits_cnn": "digits", "mnist_cnn": "mnist",
     "cifar_cnn": "cifar10", "resnet18_gn": "cifar10", "wrn16_4": "cifar10",
+    "resnet18_gn_cifar": "cifar10", "wrn": "cifar10",
 }  # fmt: skip
 
 

@@ -128,13 +128,16 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimizerConfig:
-    """The optimizer DP-SGD wraps, and its learning-rate schedule."""
+    """The optimizer DP-SGD wraps, its learning-rate schedule, and the average of its iterates."""
 
     optimizer: str = "sgd"
     lr: float = 2.0
     momentum: float = 0.0
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
+    # An exponential moving average of the weights (dp_core.averaging), evaluated and released
+    # instead of the last iterate; None: off. Post-processing of the noisy iterates: no privacy cost.
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         require_choice(self.optimizer, key="optimizer", choices=OPTIMIZERS)
@@ -142,6 +145,8 @@ class OptimizerConfig:
         require_in_range(self.momentum, key="momentum", low=0.0, high=1.0, high_open=True)
         require_in_range(self.weight_decay, key="weight_decay", low=0.0, high=1.0)
         require_choice(self.lr_schedule, key="lr_schedule", choices=LR_SCHEDULES)
+        if self.ema_decay is not None:
+            require_in_range(self.ema_decay, key="ema_decay", low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

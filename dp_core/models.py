@@ -14,11 +14,20 @@ import torch.nn as nn
 from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 
+from dp_core._ws_conv import WSConv2d
 from dp_core.errors import ConfigError, require
 from dp_core.registry import Registry
 from dp_core.user_code import import_from_code, is_reference, on_import_path
 
-__all__ = ["MODELS", "build_configured_model", "build_model", "check_builder", "make_dp_compatible", "register_model"]
+__all__ = [
+    "MODELS",
+    "WSConv2d",
+    "build_configured_model",
+    "build_model",
+    "check_builder",
+    "make_dp_compatible",
+    "register_model",
+]
 
 Shape = tuple[int, ...]  # (C, H, W) for images, (D,) for feature vectors
 
@@ -306,26 +315,45 @@ def _cifar_cnn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Mo
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128, num_classes))
 
 
-def _resnet18_gn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
-    _require_hw("resnet18_gn", input_shape, 16)  # 32x downsampling; smaller inputs leave nothing to pool
-    norm = _group_norm("resnet18_gn", gn_groups)
+def _torchvision_resnet18(model: str, *, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
+    norm = _group_norm(model, gn_groups)
     import torchvision.models  # here, not at import: a slow import that most runs do not need
 
-    model = torchvision.models.resnet18(weights=None, num_classes=num_classes, norm_layer=norm)
+    return torchvision.models.resnet18(weights=None, num_classes=num_classes, norm_layer=norm)
+
+
+def _resnet18_gn(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
+    """torchvision's ResNet-18 (ImageNet stem: 7x7 stride-2 conv and max-pool), GroupNorm for BatchNorm."""
+    _require_hw("resnet18_gn", input_shape, 16)  # 32x downsampling; smaller inputs leave nothing to pool
+    model = _torchvision_resnet18("resnet18_gn", input_shape=input_shape, num_classes=num_classes, gn_groups=gn_groups)
     if input_shape[0] != 3:
         model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+def _resnet18_gn_cifar(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Module:
+    """ResNet-18 with GroupNorm and the CIFAR stem (He et al. 2016, Sec. 4.2): one 3x3 stride-1 conv and
+    no max-pool, so that 32x32 images reach the last stage as 4x4 maps rather than 1x1."""
+    _require_hw("resnet18_gn_cifar", input_shape, 8)  # 8x downsampling
+    model = _torchvision_resnet18(
+        "resnet18_gn_cifar", input_shape=input_shape, num_classes=num_classes, gn_groups=gn_groups
+    )
+    model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
     return model
 
 
 class _WideBlock(nn.Module):
     """Pre-activation basic block of a Wide-ResNet; the residual add is out of place (see above)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, norm: Callable[[int], nn.Module]) -> None:
+    def __init__(
+        self, cin: int, cout: int, stride: int, norm: Callable[[int], nn.Module], conv: type[nn.Conv2d] = nn.Conv2d
+    ) -> None:
         super().__init__()
-        self.norm1, self.conv1 = norm(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.norm2, self.conv2 = norm(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.norm1, self.conv1 = norm(cin), conv(cin, cout, 3, stride, 1, bias=False)
+        self.norm2, self.conv2 = norm(cout), conv(cout, cout, 3, 1, 1, bias=False)
         self.relu = nn.ReLU()
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+        self.shortcut = conv(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.relu(self.norm1(x))
@@ -345,13 +373,36 @@ def _wrn16_4(*, input_shape: Shape, num_classes: int, gn_groups: int) -> nn.Modu
     return nn.Sequential(*layers)
 
 
+def _wrn(*, input_shape: Shape, num_classes: int, gn_groups: int, depth: int = 16, width: int = 4) -> nn.Module:
+    """WRN-``depth``-``width`` (Zagoruyko & Komodakis 2016) as De et al. 2022 train it with DP-SGD:
+    pre-activation blocks, GroupNorm and scaled weight standardisation (:class:`WSConv2d`) in every
+    convolution. Stages of 16·width, 32·width and 64·width channels, (depth − 4) / 6 blocks each;
+    WRN-16-4 by default. De et al. use 16 GroupNorm groups (``gn_groups: 16``)."""
+    ok = isinstance(depth, int) and not isinstance(depth, bool) and depth >= 10 and (depth - 4) % 6 == 0
+    require(ok, key="depth", value=depth, allowed="to be an integer 6n + 4 >= 10 (10, 16, 22, 28, ...) for model 'wrn'")
+    ok = isinstance(width, int) and not isinstance(width, bool) and width >= 1
+    require(ok, key="width", value=width, allowed="to be an integer >= 1 for model 'wrn'")
+    _require_hw("wrn", input_shape, 8)
+    norm = _group_norm("wrn", gn_groups)
+    layers: list[nn.Module] = [WSConv2d(input_shape[0], 16, 3, padding=1, bias=False)]
+    cin = 16
+    for channels, stride in ((16 * width, 1), (32 * width, 2), (64 * width, 2)):
+        for block in range((depth - 4) // 6):
+            layers.append(_WideBlock(cin, channels, stride if block == 0 else 1, norm, conv=WSConv2d))
+            cin = channels
+    layers += [norm(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    return nn.Sequential(*layers)
+
+
 for _name, _builder in (
     ("mlp", _mlp),
     ("digits_cnn", _digits_cnn),
     ("mnist_cnn", _mnist_cnn),
     ("cifar_cnn", _cifar_cnn),
     ("resnet18_gn", _resnet18_gn),
+    ("resnet18_gn_cifar", _resnet18_gn_cifar),
     ("wrn16_4", _wrn16_4),
+    ("wrn", _wrn),
     ("tabular_mlp", _tabular_mlp),
 ):
     MODELS.register(_name, _builder)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dp_core.averaging import ParameterAverage
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
@@ -54,7 +55,9 @@ class ProgressReport:
 
     Validation and test loss and accuracy are measured on data never trained on; either is None
     where it was not measured (no validation split; test not asked for, as in a sweep's search,
-    where no decision may read it).
+    where no decision may read it). With parameter averaging (``ema_decay``) they are the averaged
+    model's, the one a run selects on and releases, and ``*_accuracy_raw`` the last iterate's;
+    without it the ``_raw`` fields are None.
     """
 
     # No training loss: the mean of unclipped per-example losses is an un-noised statistic of the
@@ -63,6 +66,8 @@ class ProgressReport:
     val_accuracy: float | None = None
     test_loss: float | None = None
     test_accuracy: float | None = None
+    val_accuracy_raw: float | None = None
+    test_accuracy_raw: float | None = None
     epsilon: float
     delta: float
     accountant: str
@@ -206,6 +211,15 @@ def save_best_model(
     )
 
 
+def _same_config(saved: dict[str, Any], config: TrainConfig) -> bool:
+    """Whether a checkpoint's flat config is ``config``'s, keys added since it was written taking their
+    defaults (a checkpoint from before ``ema_decay`` existed trained without averaging)."""
+    try:
+        return TrainConfig.from_dict(saved).to_dict() == config.to_dict()
+    except ConfigError:
+        return False
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     # Write then rename: a run killed mid-save leaves the previous checkpoint intact.
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -248,12 +262,13 @@ def train(
         best_model_path: with it (and a validation split), the model of the epoch of highest
             validation accuracy so far (the earliest of equals, restored epochs included) is saved
             there after that epoch, before ``on_epoch`` sees it (:func:`save_best_model`), and so is
-            the checkpoint, so that the two agree; its weights are the run's, not retrained.
+            the checkpoint, so that the two agree; its weights are the run's, not retrained (with
+            ``ema_decay``, the averaged weights, whose validation accuracy is the one compared).
 
     Returns:
         A ``TrainResult``: the configuration with σ resolved, the privacy plan, one report per epoch
         trained (each ε an upper bound from its accountant at δ), whether it stopped early, and the
-        trained model.
+        trained model (with ``ema_decay``, the average of its weights: :mod:`dp_core.averaging`).
 
     Raises:
         ConfigError: the configuration does not fit the data (δ >= 1/N, batch larger than N), no σ
@@ -292,6 +307,9 @@ def train(
         "test": tuple(t.to(device) for t in data.test.tensors) if evaluate_test else None,
     }
     model = build_configured_model(config, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
+    # Copied before an engine wraps the model, so that the average carries none of its hooks.
+    ema_decay = config.optimizer.ema_decay
+    average = ParameterAverage(model, decay=ema_decay) if ema_decay is not None else None
     optimizer = build_optimizer(config, model)
     step = PlainStep(model, optimizer)
     if plan.private:
@@ -320,7 +338,7 @@ def train(
         # Loaded on the CPU: generators take their state only as a CPU ByteTensor, and the model's
         # and optimizer's load_state_dict copy onto the parameters' device themselves.
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if state["config"] != config.to_dict():
+        if not _same_config(state["config"], config):
             raise ConfigError(
                 f"Expected checkpoint {checkpoint} to belong to this configuration, but it was written "
                 "by a different one; delete it or choose another checkpoint path."
@@ -336,6 +354,8 @@ def train(
         # resumed run would add the same noise but drop other units. Older checkpoints lack it.
         if state.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         steps = state["steps"]
         # Checkpoints written before train_loss was withdrawn from the reports still hold it.
         reports = [EpochReport(**{k: v for k, v in r.items() if k != "train_loss"}) for r in state["reports"]]
@@ -368,6 +388,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             if ends_step:
                 steps += 1
+                if average is not None:  # once per logical batch, not per virtual-batch chunk
+                    average.update(getattr(model, "_module", model))
                 if scheduler is not None:
                     scheduler.step()
         train_seconds = time.perf_counter() - started
@@ -377,7 +399,12 @@ def train(
                 f"max_grad_norm={privacy.max_grad_norm}); lower the learning rate."
             )
         started = time.perf_counter()
-        measured = evaluate_splits(model, eval_splits, batch_size=config.test_batch_size)
+        if average is None:
+            measured = evaluate_splits(model, eval_splits, batch_size=config.test_batch_size)
+        else:
+            raw = evaluate_splits(model, eval_splits, batch_size=config.test_batch_size)
+            measured = evaluate_splits(average.module, eval_splits, batch_size=config.test_batch_size)
+            measured.update({f"{key}_raw": value for key, value in raw.items() if key.endswith("_accuracy")})
         eval_seconds = time.perf_counter() - started
         stopped_early = steps >= plan.max_steps and plan.max_steps < plan.planned_steps
         report = epoch_report(
@@ -393,10 +420,11 @@ def train(
             r.val_accuracy is None or report.val_accuracy > r.val_accuracy for r in reports
         )
         reports.append(report)
+        released = average.module if average is not None else getattr(model, "_module", model)
         if best_model_path is not None and improved:
             save_best_model(
                 Path(best_model_path),
-                getattr(model, "_module", model),
+                released,
                 report,
                 input_shape=data.input_shape,
                 num_classes=data.num_classes,
@@ -410,6 +438,7 @@ def train(
                 {
                     "config": config.to_dict(),
                     "model": model.state_dict(),
+                    "average": average.state_dict() if average is not None else None,
                     "optimizer": base_optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "sampling_rng": sampling_generator.get_state(),
@@ -431,7 +460,7 @@ def train(
         plan=plan,
         reports=tuple(reports),
         stopped_early=stopped_early,
-        model=getattr(model, "_module", model),
+        model=average.module if average is not None else getattr(model, "_module", model),
     )
 
 
@@ -475,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         **({"val_accuracy": final.val_accuracy, "val_loss": final.val_loss} if final.val_accuracy is not None else {}),
         "test_accuracy": final.test_accuracy,
         "test_loss": final.test_loss,
+        **({"test_accuracy_raw": final.test_accuracy_raw} if final.test_accuracy_raw is not None else {}),
         "epochs_trained": final.epoch,
         "steps": final.steps,
         "epsilon": _finite_or_none(final.epsilon),

@@ -189,6 +189,8 @@ class EpochRow:
     epsilon: float
     steps: int = 0
     val_loss: float | None = None
+    #: With parameter averaging (ema_decay), the last iterate's validation accuracy; val_accuracy is the average's.
+    val_accuracy_raw: float | None = None
     delta: float | None = None
     accountant: str | None = None
     epoch_seconds: float = 0.0
@@ -329,6 +331,8 @@ class ConfirmationResult:
     epsilon: float
     val_accuracy: float
     test_accuracy: float
+    #: With parameter averaging (ema_decay), the last iterate's test accuracy (test_accuracy is the average's).
+    test_accuracy_raw: float = math.nan
     started_ms: int = 0
     ended_ms: int = 0
     model: TrainedModel | None = None

@@ -252,7 +252,12 @@ def _collect(
                 test_accuracy=row.test_accuracy,
                 stage=stage,
             )
-            measured = {"epsilon": row.epsilon, "val_accuracy": row.val_accuracy, "test_accuracy": row.test_accuracy}
+            measured = {
+                "epsilon": row.epsilon,
+                "val_accuracy": row.val_accuracy,
+                "test_accuracy": row.test_accuracy,
+                "test_accuracy_raw": row.test_accuracy_raw,  # NaN, so not logged, without parameter averaging
+            }
             tracker.log_trial(
                 key=trial_key(job.train, name=job.name),
                 name=job.name,

@@ -240,6 +240,8 @@ class TrackingCallback(tune.Callback):
         metrics = {"val_accuracy": row.val_accuracy, "epoch_seconds": row.epoch_seconds}
         if row.val_loss is not None:
             metrics["val_loss"] = row.val_loss
+        if row.val_accuracy_raw is not None:  # parameter averaging: the last iterate's, beside the average's
+            metrics["val_accuracy_raw"] = row.val_accuracy_raw
         # MLflow stores no infinity: a trial without noise logs no ε (its run's params say so).
         metrics.update({f"epsilon_client_{i}": e for i, e in enumerate(row.client_epsilons) if math.isfinite(e)})
         if math.isfinite(row.epsilon):

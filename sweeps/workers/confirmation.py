@@ -55,6 +55,7 @@ def train_jobs(jobs: Sequence[ConfirmationJob], own_data: Sequence[Any] | None =
             epsilon=report.epsilon,
             val_accuracy=val,
             test_accuracy=report.test_accuracy,
+            test_accuracy_raw=math.nan if report.test_accuracy_raw is None else report.test_accuracy_raw,
             started_ms=started_ms[k],
             ended_ms=ended_ms[k],
             model=kept,

@@ -80,6 +80,7 @@ def progress_row(
         steps=steps,
         val_accuracy=report.val_accuracy,
         val_loss=report.val_loss,
+        val_accuracy_raw=report.val_accuracy_raw,
         epsilon=report.epsilon,
         delta=report.delta,
         accountant=report.accountant,

@@ -86,6 +86,36 @@ def test_every_engine_takes_the_noiseless_clipped_step_of_the_definition(name: s
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
 
 
+def _tiny_wrn() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("wrn", input_shape=(3, 8, 8), num_classes=10, model_kwargs={"depth": 10, "width": 1})
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_every_engine_sees_through_weight_standardisation_or_refuses_it(engine: str) -> None:
+    """g_i w.r.t. the raw weight and gain of every WSConv2d, not w.r.t. the standardised weight that
+    the layer convolves with: engines that cannot tell must refuse the model, never compute the latter."""
+    x, y = _batch((3, 8, 8), 5)
+    per_example = _naive(_tiny_wrn(), x, y)
+    bound = _norms(per_example).median().item()
+    model = _tiny_wrn()
+    settings = {"noise_multiplier": 0.0, "max_grad_norm": bound, "expected_batch_size": 5}
+    if engine == "ew":
+        with pytest.raises(ConfigError, match=r"WSConv2d\): ExpandedWeights has no rule"):
+            make_private_step(model, torch.optim.SGD(model.parameters(), lr=0.0), grad_sample_mode=engine, **settings)
+        return
+    step = make_private_step(model, torch.optim.SGD(model.parameters(), lr=0.0), grad_sample_mode=engine, **settings)
+    step.backward(x, y)
+    torch.testing.assert_close(step.per_sample_norms(), _norms(per_example), rtol=1e-4, atol=1e-6)
+    step.optimizer.step()
+    for p, expected in zip(model.parameters(), _clipped_mean(per_example, [bound], flat=True), strict=True):
+        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_trains_the_weight_standardised_wrn_with_bk() -> None:
+    assert choose_engine(_tiny_wrn()).name == "bk"
+
+
 @pytest.mark.parametrize("name", list(ZOO))
 def test_bk_per_layer_clipping_is_the_definition(name: str) -> None:
     x, y = _batch(ZOO[name], 4)

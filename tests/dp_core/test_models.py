@@ -26,10 +26,15 @@ FITTING_SHAPE = {
     "mnist_cnn": (1, 28, 28),
     "cifar_cnn": (3, 32, 32),
     "resnet18_gn": (3, 32, 32),
+    "resnet18_gn_cifar": (3, 8, 8),
     "wrn16_4": (3, 32, 32),
+    "wrn": (3, 8, 8),
     "tabular_mlp": (30,),
 }
-LARGE = {"resnet18_gn", "wrn16_4"}  # keep their batches at 2 so the file stays fast on 2 CPU cores
+# Keep their batches at 2 so the file stays fast on 2 CPU cores.
+LARGE = {"resnet18_gn", "resnet18_gn_cifar", "wrn16_4", "wrn"}
+# The smallest of a family where the default is large and the layer types stay the same (WRN-10-1 for WRN-16-4).
+SMALL_KWARGS = {"wrn": {"depth": 10, "width": 1}}
 
 
 def test_every_builtin_model_has_a_test_shape() -> None:
@@ -50,7 +55,8 @@ def test_builds_forwards_and_validates(name: str) -> None:
 @pytest.mark.parametrize(
     "name, shape",
     [("mlp", (3, 5, 7)), ("digits_cnn", (3, 12, 9)), ("mnist_cnn", (3, 32, 36)), ("cifar_cnn", (1, 16, 20)),
-     ("resnet18_gn", (1, 28, 28)), ("wrn16_4", (1, 8, 8)), ("mlp", (13,)), ("tabular_mlp", (1, 8, 8))],
+     ("resnet18_gn", (1, 28, 28)), ("wrn16_4", (1, 8, 8)), ("mlp", (13,)), ("tabular_mlp", (1, 8, 8)),
+     ("resnet18_gn_cifar", (1, 8, 8)), ("wrn", (1, 8, 8))],
 )  # fmt: skip
 def test_other_fitting_shapes(name: str, shape: tuple[int, ...]) -> None:
     model = build_model(name, input_shape=shape, num_classes=3, gn_groups=4)
@@ -70,7 +76,7 @@ def test_per_sample_gradients_match_naive_loop(name: str) -> None:
     torch.manual_seed(0)
     shape = FITTING_SHAPE[name]
     batch = 2 if name in LARGE else 3
-    model = build_model(name, input_shape=shape, num_classes=NUM_CLASSES)
+    model = build_model(name, input_shape=shape, num_classes=NUM_CLASSES, model_kwargs=SMALL_KWARGS.get(name))
     _disable_dropout(model)
     reference = copy.deepcopy(model)  # before GradSampleModule adds its hooks
     x, y = torch.randn(batch, *shape), torch.randint(0, NUM_CLASSES, (batch,))
@@ -181,7 +187,7 @@ def test_too_small_input_names_model_and_shape() -> None:
         build_model("mnist_cnn", input_shape=(1, 8, 8), num_classes=10)
 
 
-@pytest.mark.parametrize("name", ["resnet18_gn", "wrn16_4"])
+@pytest.mark.parametrize("name", ["resnet18_gn", "resnet18_gn_cifar", "wrn16_4", "wrn"])
 def test_gn_groups_must_divide_channels(name: str) -> None:
     with pytest.raises(ConfigError, match=rf"gn_groups.*{name}.*gn_groups=7"):
         build_model(name, input_shape=(3, 32, 32), num_classes=10, gn_groups=7)
@@ -195,3 +201,47 @@ def test_bad_arguments_raise_config_error(kwargs: dict) -> None:
     args = {"input_shape": (1, 8, 8), "num_classes": 10, **kwargs}
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
         build_model("mlp", **args)
+
+
+def test_ws_conv_convolves_with_the_standardised_weight_times_its_gain() -> None:
+    torch.manual_seed(0)
+    conv = models.WSConv2d(3, 4, 3, padding=1, bias=False)
+    weight = conv.standardized_weight().detach()
+    fan_in = 3 * 3 * 3
+    torch.testing.assert_close(weight.mean(dim=(1, 2, 3)), torch.zeros(4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(weight.var(dim=(1, 2, 3), unbiased=False) * fan_in, torch.ones(4))
+    with torch.no_grad():
+        conv.gain.mul_(torch.arange(1.0, 5.0).view(4, 1, 1, 1))
+        conv.weight.mul_(7.0).add_(3.0)  # invariant to the weight's scale and offset per output channel
+    x = torch.randn(2, 3, 5, 5)
+    expected = nn.functional.conv2d(x, weight * torch.arange(1.0, 5.0).view(4, 1, 1, 1), padding=1)
+    torch.testing.assert_close(conv(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_wrn_takes_depth_and_width_and_standardises_every_convolution() -> None:
+    model = build_model("wrn", input_shape=(3, 8, 8), num_classes=3, gn_groups=16)  # WRN-16-4 (De et al. 2022)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(type(m) is models.WSConv2d for m in convs)
+    assert all(m.num_groups == 16 for m in model.modules() if isinstance(m, nn.GroupNorm))
+    blocks = [m for m in model.modules() if type(m).__name__ == "_WideBlock"]
+    assert [b.conv2.out_channels for b in blocks] == [64, 64, 128, 128, 256, 256]  # (16 - 4) / 6 = 2 per stage
+    tiny = build_model("wrn", input_shape=(3, 8, 8), num_classes=3, model_kwargs={"depth": 10, "width": 1})
+    assert [b.conv2.out_channels for b in tiny.modules() if type(b).__name__ == "_WideBlock"] == [16, 32, 64]
+    assert tiny(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+    for bad in ({"depth": 12}, {"depth": 4}, {"width": 0}, {"width": 1.5}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            build_model("wrn", input_shape=(3, 8, 8), num_classes=3, model_kwargs=bad)
+
+
+def test_the_cifar_resnet_keeps_4x4_maps_at_its_last_stage_on_32x32_images() -> None:
+    model = build_model("resnet18_gn_cifar", input_shape=(3, 32, 32), num_classes=10)
+    assert (model.conv1.kernel_size, model.conv1.stride) == ((3, 3), (1, 1))
+    assert isinstance(model.maxpool, nn.Identity)
+    seen = []
+    model.layer4.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    model(torch.zeros(1, 3, 32, 32))
+    assert seen == [torch.Size([1, 512, 4, 4])]
+    imagenet_stem = build_model("resnet18_gn", input_shape=(3, 32, 32), num_classes=10)  # unchanged: 1x1 maps
+    imagenet_stem.layer4.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    imagenet_stem(torch.zeros(1, 3, 32, 32))
+    assert seen[-1] == torch.Size([1, 512, 1, 1])

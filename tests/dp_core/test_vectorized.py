@@ -346,6 +346,7 @@ def test_a_sweeps_trials_can_be_vectorised() -> None:
         ({"clipping": "per_layer"}, "clipping='flat'"),
         ({"disable_dp": True, "noise_multiplier": None}, "disable_dp=True"),
         ({"epsilon_budget": 5.0}, "stop at its epsilon_budget after"),  # ε = 6.1 after all 15 steps
+        ({"ema_decay": 0.9}, "ema_decay=None"),  # the vectorised step keeps no parameter average
     ],
 )
 def test_configurations_that_cannot_train_together_are_refused_with_the_reason(change: dict, reason: str) -> None:

@@ -211,6 +211,42 @@ def test_a_lone_trial_is_one_child_run_that_shows_at_start_and_logs_each_epoch_a
     ]
 
 
+def test_a_trial_with_parameter_averaging_logs_the_last_iterates_accuracy_beside_the_averages(tmp_path: Path) -> None:
+    tracker = _tracker(tmp_path)
+    callback, _ = _callback(tracker, total=2)
+    averaged, plain = _planned("trial_0000", noise=1.0, ema_decay=0.99), _planned("trial_0001", noise=1.0)
+    for planned, raw in ((averaged, 0.5), (plain, None)):
+        trial = _ray_trial([planned], tmp_path / planned.name)
+        report = dataclasses.replace(_first_report(planned), val_accuracy_raw=raw)
+        row = epoch_row(report, epochs_planned=EPOCHS)
+        assert (row.val_accuracy, row.val_accuracy_raw) == (0.6, raw)
+        callback.on_trial_start(iteration=0, trials=[trial], trial=trial)
+        callback.on_trial_result(iteration=1, trials=[trial], trial=trial, result=_lone_result(trial, row, 1))
+        callback.on_trial_complete(iteration=2, trials=[trial], trial=trial)
+    callback.close()
+    runs = _children(tracker)
+    assert _history(tracker, runs["trial_0000"], "val_accuracy") == [(1, 0.6)]
+    assert _history(tracker, runs["trial_0000"], "val_accuracy_raw") == [(1, 0.5)]
+    assert "val_accuracy_raw" not in runs["trial_0001"].data.metrics
+
+
+def _first_report(trial: PlannedTrial) -> EpochReport:
+    """Epoch 1's report of ``trial`` at accuracy 0.6, as a worker's train() hands it to on_epoch."""
+    plan = trial.plan
+    return EpochReport(
+        epoch=1,
+        steps=plan.steps_per_epoch,
+        val_loss=1.4,
+        val_accuracy=0.6,
+        epsilon=plan.epsilon_at(plan.steps_per_epoch),
+        delta=plan.delta,
+        accountant=plan.accountant,
+        noise_multiplier=plan.noise_multiplier,
+        train_seconds=0.25,
+        eval_seconds=0.05,
+    )
+
+
 def test_each_way_a_lone_trial_ends_is_its_outcome(tmp_path: Path) -> None:
     tracker = _tracker(tmp_path)
     callback, out = _callback(tracker, total=4)

@@ -65,6 +65,14 @@ def test_trials_with_another_optimizer_are_another_group() -> None:
     assert group_key(sgd[0]) == group_key(sgd[1]) != group_key(adam[0])
 
 
+def test_trials_with_parameter_averaging_run_alone() -> None:
+    plain, averaged = _planned(2), _planned(2, ema_decay=0.999)  # ema_decay as a space's axis sets it
+    packs = pack_trials([plain[0], averaged[0], plain[1], averaged[1]], vectorize=8, slots=1)
+    assert sorted(len(p) for p in packs) == [1, 1, 2]  # the plain pair together; each averaged trial alone
+    assert all(t.train_config["ema_decay"] == 0.999 for p in packs if len(p) == 1 for t in p)
+    assert pack_limit(averaged[0], vectorize=8) == 1 and group_key(plain[0]) != group_key(averaged[0])
+
+
 def test_a_pack_spec_carries_every_member_and_a_pack_of_one_is_the_trial() -> None:
     trials = _planned(3)
     spec = pack_spec(trials, width=8)

@@ -198,6 +198,28 @@ def test_train_jobs_stop_at_their_epoch_and_match_the_trainer() -> None:
         assert row.epsilon == pytest.approx(alone.epsilon)
 
 
+def test_confirmation_and_refit_carry_parameter_averaging_and_report_the_averaged_model() -> None:
+    params = {
+        "dataset": "digits", "model": "mlp", "noise_multiplier": 1.0, "epochs": 2, "batch_size": 256,
+        "validation_fraction": 0.1, "accountant": "rdp", "device": "cpu", "ema_decay": 0.9, "lr": 1.0,
+    }  # fmt: skip
+    candidate = Candidate(trial="t", epoch=2, epsilon=2.0, val_accuracy=0.9, bound=3.0)
+    jobs = confirmation_jobs([candidate], {candidate.key: params}, seeds=2, root_seed=7)
+    assert all(job.train["ema_decay"] == 0.9 for job in jobs)
+    winner = _confirmed("t", best_for=(3.0,), params=params)
+    assert refit_config(winner)["ema_decay"] == 0.9
+    rows = train_jobs(jobs)  # two jobs of one model, data and steps: trained alone, as packs cannot average
+    for job, row in zip(jobs, rows, strict=True):
+        config = TrainConfig.from_dict(job.train)
+        alone = train(config, data=load_data(config.data)).reports[job.epoch - 1]
+        assert (row.val_accuracy, row.test_accuracy, row.test_accuracy_raw) == (
+            alone.val_accuracy,
+            alone.test_accuracy,
+            alone.test_accuracy_raw,
+        )
+        assert alone.test_accuracy_raw is not None
+
+
 def _confirmed(trial: str, *, best_for: tuple[float, ...], params: dict) -> ConfirmedConfig:
     return ConfirmedConfig(
         trial=trial,

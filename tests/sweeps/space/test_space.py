@@ -139,6 +139,19 @@ def test_grid_points_count_and_order(tmp_path: Path) -> None:
     assert space.grid_axis_values()[1] == {"max_grad_norm": 0.5, "noise_multiplier": 1.0}
 
 
+def test_parameter_averaging_on_and_off_is_an_axis(tmp_path: Path) -> None:
+    space = load_space(
+        str(write_good(tmp_path, replace=("  max_grad_norm: [0.5, 1.0]\n", "  ema_decay: [null, 0.999]\n")))
+    )
+    points = space.grid_points()
+    assert [p["ema_decay"] for p in points] == [None] * 3 + [0.999] * 3
+    assert [TrainConfig.from_dict(p).optimizer.ema_decay for p in points] == [None] * 3 + [0.999] * 3
+    message = load_error(
+        write_good(tmp_path, replace=("  max_grad_norm: [0.5, 1.0]\n", "  ema_decay: [0.9, 1.0]\n"), name="bad")
+    )
+    assert "ema_decay" in message
+
+
 def test_trials_caps_a_grid_to_its_first_points(tmp_path: Path) -> None:
     space = load_space(str(write_good(tmp_path, append="trials: 4\n")))
     assert space.grid_size == 6
