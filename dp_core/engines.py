@@ -20,8 +20,13 @@ Engines (names as ``grad_sample_mode``):
 - ``bk``: our book-keeping engine (``dp_core._bookkeeping``): per-layer choice between ghost norms
   and instantiated gradients, one output-only backward and no second pass.
 
-``auto`` (the default) takes the first engine of ``AUTO_ORDER`` that supports the model and the
-clipping mode; the order comes from ``python -m dp_core.bench`` (see docs/benchmarks.md).
+With augmentation multiplicity (``augmult`` K > 1, ``dp_core.augment``) each example enters as K
+views and its gradient is the mean of theirs, clipped once (``AveragedViewsStep``): engines that
+fill ``p.grad_sample`` (hooks, functorch, ew) average the K rows of an example before the
+optimizer clips; ghost and bk clip every row inside their backward, so they refuse augmult.
+
+``auto`` (the default) takes the first engine of ``AUTO_ORDER`` that supports the model, the
+clipping mode and augmult; the order comes from ``python -m dp_core.bench`` (see docs/benchmarks.md).
 
 A new engine is an ``Engine`` registered as ``ENGINES.register(name, engine)``: ``grad_sample_mode``
 then accepts its name in any config. ``make_dp_optimizer`` and ``GradSampleStep`` serve engines
@@ -33,6 +38,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 from opacus.grad_sample.grad_sample_module import GradSampleModule
@@ -50,6 +56,7 @@ from dp_core.registry import Registry
 
 __all__ = [
     "AUTO_ORDER",
+    "AveragedViewsStep",
     "ENGINES",
     "Engine",
     "PrivateStep",
@@ -124,6 +131,9 @@ class Engine(abc.ABC):
     # False for engines that clip inside their own backward (ghost, bk): a plain
     # ``loss.backward(); optimizer.step()`` loop cannot drive them (their optimizer refuses to step).
     clips_in_optimizer_step: bool = True
+    # True for engines whose step is a ``GradSampleStep`` (per-row ``p.grad_sample``, clipped by the
+    # optimizer): ``AveragedViewsStep`` can average an example's K views there before clipping.
+    supports_augmult: bool = False
 
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         """Reasons this engine cannot train ``model`` with ``clipping``; empty when it can."""
@@ -210,7 +220,48 @@ class GradSampleStep(PrivateStep):
         return list(self.optimizer.grad_samples)
 
 
+class AveragedViewsStep(PrivateStep):
+    """A ``GradSampleStep`` whose examples each enter as K views, their gradients averaged before clipping.
+
+    ``backward(images, labels)`` turns the B examples into B·K rows with ``views`` (example-major:
+    rows i·K … i·K+K-1 are example i's), runs the engine's backward on them, and replaces every
+    ``p.grad_sample`` (B·K, *shape) by its mean over each example's K rows: g_i = (1/K) Σ_k ∇ℓ(x_i^(k)),
+    the gradient of the example's loss averaged over its views. The optimizer then clips each g_i
+    once, so each example still adds one gradient of norm ≤ C to the sum (De et al. 2022, §3.1).
+    Opacus' ``loss_reduction="mean"`` rescales each row's gradient by the rows it saw (B·K), so
+    ``p.grad_sample`` holds the per-row ∇ℓ whatever K is.
+    """
+
+    def __init__(self, inner: GradSampleStep, *, augmult: int, views: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__(engine=inner.engine, model=inner.model, optimizer=inner.optimizer)
+        self.inner = inner
+        self.augmult = augmult
+        self.views = views
+
+    def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if len(images) == 0:
+            return self.inner.backward(images, labels)
+        batch = len(images)
+        rows = self.views(images)
+        if len(rows) != batch * self.augmult:
+            raise ValueError(
+                f"Expected {batch} x {self.augmult} views of a batch of {batch}, but got {len(rows)} rows."
+            )
+        loss = self.inner.backward(rows, labels.repeat_interleave(self.augmult))
+        for p in self.optimizer.params:
+            p.grad_sample = p.grad_sample.view(batch, self.augmult, *p.shape).mean(dim=1)
+        return loss
+
+    def per_sample_norms(self) -> torch.Tensor:
+        return self.inner.per_sample_norms()
+
+    def per_sample_gradients(self) -> list[torch.Tensor]:
+        return self.inner.per_sample_gradients()
+
+
 class _Hooks(Engine):
+    supports_augmult = True
+
     def __init__(self, name: str) -> None:
         self.name = name  # "hooks" or "functorch": same module, functorch forced for every layer
 
@@ -240,6 +291,7 @@ _EW_LAYERS = (
 
 class _ExpandedWeights(Engine):
     name = "ew"
+    supports_augmult = True
 
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         reasons = super().unsupported(model, clipping=clipping)
@@ -398,26 +450,37 @@ def choose_engine(
     grad_sample_mode: str = "auto",
     clipping: str = "flat",
     plain_backward: bool = False,
+    augmult: int = 1,
 ) -> Engine:
     """The engine ``grad_sample_mode`` names, or for ``auto`` the first of ``AUTO_ORDER`` that fits.
 
     ``plain_backward`` restricts ``auto`` to engines a plain ``loss.backward(); optimizer.step()``
-    loop can drive. Raises ConfigError when a named engine cannot train ``model`` with
-    ``clipping``, saying why.
+    loop can drive; ``augmult`` > 1 to engines that average an example's views before clipping
+    (``Engine.supports_augmult``). Raises ConfigError when a named engine cannot train ``model``
+    with ``clipping`` and ``augmult``, saying why.
     """
     if grad_sample_mode == "auto":
         for name in AUTO_ORDER:
             engine = ENGINES.get(name)
-            if (engine.clips_in_optimizer_step or not plain_backward) and not engine.unsupported(
-                model, clipping=clipping
+            if (
+                (engine.clips_in_optimizer_step or not plain_backward)
+                and (augmult == 1 or engine.supports_augmult)
+                and not engine.unsupported(model, clipping=clipping)
             ):
                 return engine
         grad_sample_mode = AUTO_ORDER[-1]  # let the last resort explain why it cannot either
     engine = ENGINES.get(grad_sample_mode)
-    reasons = engine.unsupported(model, clipping=clipping)
+    reasons = list(engine.unsupported(model, clipping=clipping))
+    if augmult > 1 and not engine.supports_augmult:
+        reasons.append(
+            f"{engine.name} clips every row of its batch inside its backward, so it cannot average an "
+            f"example's gradient over its augmult={augmult} views before clipping"
+        )
     if reasons:
         raise ConfigError(
-            f"Expected grad_sample_mode to support this model and clipping={clipping!r}, but got "
+            f"Expected grad_sample_mode to support this model and clipping={clipping!r}"
+            + (f" with augmult={augmult}" if augmult > 1 else "")
+            + ", but got "
             f"grad_sample_mode={grad_sample_mode!r}:\n  - "
             + "\n  - ".join(reasons)
             + "\nUse grad_sample_mode='auto' to pick an engine that can."
