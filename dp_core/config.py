@@ -346,7 +346,7 @@ class TrainConfig:
                     f"Expected a grad_sample_mode that averages an example's gradient over its augmult views "
                     f"before clipping ({', '.join(n for n, e in ENGINES.items() if e.supports_augmult)}, or auto), "
                     f"but got grad_sample_mode={mode!r} with augmult={self.data.augmult}: {mode} clips every "
-                    "row of its batch, and would clip each view as an example of its own."
+                    "row of its batch inside Opacus' backward, and would clip each view as an example of its own."
                 )
 
     # ---- building -----------------------------------------------------------------------------

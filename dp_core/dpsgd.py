@@ -22,7 +22,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-from dp_core.engines import AveragedViewsStep, Engine, GradSampleStep, PrivateStep, StepMechanism, choose_engine
+from dp_core.engines import Engine, PrivateStep, StepMechanism, choose_engine
 from dp_core.errors import ConfigError
 
 __all__ = [
@@ -81,7 +81,7 @@ def make_private_step(
         noise_generator: the run's noise generator (seed it for a reproducible run).
         augmult: K, the views of each example (augmentation multiplicity; 1 is off): g_i is the
             gradient of the example's loss averaged over its K views, clipped once
-            (``dp_core.engines.AveragedViewsStep``); only engines with ``supports_augmult``.
+            (``PrivateStep.with_views``); only engines with ``supports_augmult``.
         views: with ``augmult`` > 1, maps (B, ...) images to their (B·K, ...) views, example-major
             (``dp_core.augment.augmented_views`` with the run's generator).
 
@@ -121,14 +121,7 @@ def make_private_step(
         clipping=clipping,
         noise_generator=noise_generator,
     )
-    if views is None:
-        return step
-    if not isinstance(step, GradSampleStep):  # an engine registered with supports_augmult but another step
-        raise TypeError(
-            f"Expected engine {engine.name!r} (supports_augmult=True) to prepare a GradSampleStep, whose "
-            f"p.grad_sample AveragedViewsStep averages, but got {type(step).__name__}."
-        )
-    return AveragedViewsStep(step, augmult=augmult, views=views)
+    return step if views is None else step.with_views(augmult=augmult, views=views)
 
 
 class StepSettings(TypedDict):

@@ -21,9 +21,10 @@ Engines (names as ``grad_sample_mode``):
   and instantiated gradients, one output-only backward and no second pass.
 
 With augmentation multiplicity (``augmult`` K > 1, ``dp_core.augment``) each example enters as K
-views and its gradient is the mean of theirs, clipped once (``AveragedViewsStep``): engines that
-fill ``p.grad_sample`` (hooks, functorch, ew) average the K rows of an example before the
-optimizer clips; ghost and bk clip every row inside their backward, so they refuse augmult.
+views and its gradient is the mean of theirs, clipped once (``PrivateStep.with_views``): engines
+that fill ``p.grad_sample`` (hooks, functorch, ew) average the K rows of an example before the
+optimizer clips (``AveragedViewsStep``); bk treats the K views as more positions of one example;
+ghost clips every row inside Opacus' backward, so it refuses augmult.
 
 ``auto`` (the default) takes the first engine of ``AUTO_ORDER`` that supports the model, the
 clipping mode and augmult; the order comes from ``python -m dp_core.bench`` (see docs/benchmarks.md).
@@ -122,6 +123,14 @@ class PrivateStep(abc.ABC):
         """g_i of the last ``backward``, one (B, *shape) tensor per parameter, for engines that keep them."""
         return None
 
+    def with_views(self, *, augmult: int, views: Callable[[torch.Tensor], torch.Tensor]) -> PrivateStep:
+        """This step with every example entering as ``augmult`` views (``views``: (B, ...) -> (B·K, ...),
+        example-major), its gradient the mean of theirs, clipped once; for engines with ``supports_augmult``."""
+        raise ConfigError(
+            f"Expected an engine that averages an example's gradient over its views before clipping, but got "
+            f"grad_sample_mode={self.engine!r} with augmult={augmult}."
+        )
+
 
 class Engine(abc.ABC):
     """How to wrap a model and optimizer for one way of computing per-sample clipped gradients."""
@@ -131,8 +140,8 @@ class Engine(abc.ABC):
     # False for engines that clip inside their own backward (ghost, bk): a plain
     # ``loss.backward(); optimizer.step()`` loop cannot drive them (their optimizer refuses to step).
     clips_in_optimizer_step: bool = True
-    # True for engines whose step is a ``GradSampleStep`` (per-row ``p.grad_sample``, clipped by the
-    # optimizer): ``AveragedViewsStep`` can average an example's K views there before clipping.
+    # True for engines whose step implements ``PrivateStep.with_views``: an example's K views averaged
+    # before its one clipping (augmult). ghost clips every row inside Opacus' backward and cannot.
     supports_augmult: bool = False
 
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
@@ -218,6 +227,9 @@ class GradSampleStep(PrivateStep):
 
     def per_sample_gradients(self) -> list[torch.Tensor]:
         return list(self.optimizer.grad_samples)
+
+    def with_views(self, *, augmult: int, views: Callable[[torch.Tensor], torch.Tensor]) -> PrivateStep:
+        return AveragedViewsStep(self, augmult=augmult, views=views)
 
 
 class AveragedViewsStep(PrivateStep):
@@ -396,16 +408,36 @@ class _Ghost(Engine):
 
 
 class _BookkeepingStep(PrivateStep):
-    def __init__(self, *, model: nn.Module, optimizer: _ClippedSumOptimizer, clipper: _bookkeeping.BookkeepingClipper):
+    """bk's step; with ``views`` (augmult K > 1) each example enters as K rows, which the clipper
+    treats as K times the positions of one example (``BookkeepingClipper.backward(views=K)``)."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: _ClippedSumOptimizer,
+        clipper: _bookkeeping.BookkeepingClipper,
+        augmult: int = 1,
+        views: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__(engine="bk", model=model, optimizer=optimizer)
         self.clipper = clipper
+        self.augmult = augmult
+        self.views = views
+
+    def with_views(self, *, augmult: int, views: Callable[[torch.Tensor], torch.Tensor]) -> PrivateStep:
+        return _BookkeepingStep(
+            model=self.model, optimizer=self.optimizer, clipper=self.clipper, augmult=augmult, views=views
+        )
 
     def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if len(images) == 0:
             _zero_grads(self.optimizer)
             self.clipper.last_norms = torch.zeros((0,), device=images.device)
             return torch.zeros((), device=images.device)
-        loss = self.clipper.backward(images, labels)
+        if self.views is not None:
+            images, labels = self.views(images), labels.repeat_interleave(self.augmult)
+        loss = self.clipper.backward(images, labels, views=self.augmult)
         self.optimizer.mark_clipped_sum_ready()
         return loss
 
@@ -417,6 +449,7 @@ class _BookkeepingStep(PrivateStep):
 class _Bookkeeping(Engine):
     name = "bk"
     clips_in_optimizer_step = False
+    supports_augmult = True
 
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         return _bookkeeping.unsupported_layers(model)
@@ -473,7 +506,7 @@ def choose_engine(
     reasons = list(engine.unsupported(model, clipping=clipping))
     if augmult > 1 and not engine.supports_augmult:
         reasons.append(
-            f"{engine.name} clips every row of its batch inside its backward, so it cannot average an "
+            f"{engine.name} clips every row of its batch inside Opacus' backward, so it cannot average an "
             f"example's gradient over its augmult={augmult} views before clipping"
         )
     if reasons:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from dp_core import _bookkeeping, engines
 from dp_core.augment import Augmentation, augmentation_for, augmented_views, default_padding
 from dp_core.config import TrainConfig
 from dp_core.dataset_facts import DATASETS
@@ -115,18 +116,34 @@ def test_flip_is_the_datasets_to_allow_and_padding_scales_with_the_image() -> No
 # ---- the gradient: averaged over the views, clipped once ----------------------------------------
 
 
-# Every engine on a linear and a convolutional model; a 3-channel CNN with strided convs on one (the naive
-# loop over larger models costs tens of seconds, and the engines' own tests cover their layers).
-CASES = [(engine, name) for engine in AUGMULT_ENGINES for name in ("mlp", "digits_cnn")] + [("hooks", "cifar_cnn")]
+def _group_norm_model(name: str) -> nn.Module:
+    """A conv, a GroupNorm (an instantiated layer for bk) and a linear layer: the zoo's deep models' layer types."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)
+    )
+
+
+SHAPES = {**ZOO, "group_norm": (3, 6, 6)}
+# Every engine on a linear, a convolutional and a GroupNorm model; CIFAR's 3-channel CNN with strided convs on
+# two (the naive loop over the zoo's deep models costs tens of seconds; the engines' own tests cover their layers).
+CASES = [(engine, name) for engine in AUGMULT_ENGINES for name in ("mlp", "digits_cnn", "group_norm")] + [
+    ("hooks", "cifar_cnn"),
+    ("bk", "cifar_cnn"),
+]
+
+
+def _any_model(name: str) -> nn.Module:
+    return _group_norm_model(name) if name == "group_norm" else _model(name)
 
 
 @pytest.mark.parametrize(("engine", "name"), CASES)
 def test_every_augmult_engine_clips_the_view_averaged_gradient_of_the_definition(name: str, engine: str) -> None:
-    x, y = _batch(ZOO[name], 5)
+    x, y = _batch(SHAPES[name], 5)
     rows = _views(seed=7)(x)
-    per_example = _naive_averaged(_model(name), rows, y)
+    per_example = _naive_averaged(_any_model(name), rows, y)
     bound = _norms(per_example).median().item()  # some examples clipped, some not
-    model = _model(name)
+    model = _any_model(name)
     step = make_private_step(
         model,
         torch.optim.SGD(model.parameters(), lr=0.0),
@@ -169,12 +186,52 @@ def test_per_layer_clipping_clips_each_view_averaged_tensor(engine: str) -> None
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("strategy", ["ghost_wide", "instantiate_unfold", "instantiate_grouped"])
+@pytest.mark.parametrize("ghost_cheaper", [True, False])
+def test_bk_conv_rules_sum_each_examples_views(strategy: str, ghost_cheaper: bool, monkeypatch) -> None:
+    """bk's conv rule with K rows per example: g_i = Σ_k g_ik, its norm and Σ_i c_i g_i, by every way it takes."""
+    monkeypatch.setattr(_bookkeeping, "_conv_strategy", lambda *args: strategy)
+    monkeypatch.setattr(_bookkeeping, "_ghost_is_cheaper", lambda *args: ghost_cheaper)  # ghost: im2col or not
+    torch.manual_seed(0)
+    layer = nn.Conv2d(3, 4, 3, stride=2, padding=1).double()
+    a = torch.randn(4 * K, 3, 7, 6, dtype=torch.float64)
+    b = torch.randn_like(layer(a))
+    params = list(layer.parameters())
+    per_row = [torch.autograd.grad(layer(a[r : r + 1]), params, b[r : r + 1]) for r in range(len(a))]
+    per_example = [[sum(per_row[i * K + k][j] for k in range(K)) for j in range(len(params))] for i in range(4)]
+    rules = _bookkeeping._conv2d(layer, (a,), b, K)
+    factors = torch.rand(4, dtype=torch.float64)
+    for j, p in enumerate(params):
+        norms_sq, clipped_sum = rules[p]
+        torch.testing.assert_close(norms_sq, torch.stack([g[j].square().sum() for g in per_example]))
+        torch.testing.assert_close(clipped_sum(factors).view_as(p), sum(c * g[j] for c, g in zip(factors, per_example)))
+
+
+@pytest.mark.parametrize("ghost_cheaper", [True, False])
+def test_bk_linear_rule_takes_each_examples_views_as_positions(ghost_cheaper: bool, monkeypatch) -> None:
+    monkeypatch.setattr(_bookkeeping, "_ghost_is_cheaper", lambda *args: ghost_cheaper)
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 3).double()
+    a = torch.randn(4 * K, 2, 5, dtype=torch.float64)  # two positions per row
+    b = torch.randn(4 * K, 2, 3, dtype=torch.float64)
+    params = list(layer.parameters())
+    per_row = [torch.autograd.grad(layer(a[r : r + 1]), params, b[r : r + 1]) for r in range(len(a))]
+    per_example = [[sum(per_row[i * K + k][j] for k in range(K)) for j in range(len(params))] for i in range(4)]
+    rules = _bookkeeping._linear(layer, (a,), b, K)
+    factors = torch.rand(4, dtype=torch.float64)
+    for j, p in enumerate(params):
+        norms_sq, clipped_sum = rules[p]
+        torch.testing.assert_close(norms_sq, torch.stack([g[j].square().sum() for g in per_example]))
+        torch.testing.assert_close(clipped_sum(factors).view_as(p), sum(c * g[j] for c, g in zip(factors, per_example)))
+
+
 def _shifted_views(images: torch.Tensor) -> torch.Tensor:
     """K views that depend on each image only (not on a stream), so any split into chunks draws the same."""
     return torch.stack([images.roll(k, dims=-1) for k in range(K)], dim=1).flatten(0, 1)
 
 
-def test_virtual_batches_with_augmult_equal_one_physical_batch() -> None:
+@pytest.mark.parametrize("engine", ["hooks", "bk"])
+def test_virtual_batches_with_augmult_equal_one_physical_batch(engine: str) -> None:
     x, y = _batch((1, 8, 8), 40)
     results = []
     for max_physical in (None, 7):
@@ -185,7 +242,7 @@ def test_virtual_batches_with_augmult_equal_one_physical_batch() -> None:
             noise_multiplier=0.7,
             max_grad_norm=0.5,
             expected_batch_size=12,
-            grad_sample_mode="hooks",
+            grad_sample_mode=engine,
             noise_generator=torch.Generator().manual_seed(5),
             augmult=K,
             views=_shifted_views,
@@ -206,16 +263,18 @@ def test_virtual_batches_with_augmult_equal_one_physical_batch() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("engine", sorted(set(ENGINES) - set(AUGMULT_ENGINES)))
-def test_engines_that_clip_in_backward_refuse_augmult_by_name_and_auto_skips_them(engine: str) -> None:
+def test_ghost_refuses_augmult_by_name_and_auto_skips_it(monkeypatch) -> None:
+    assert set(AUGMULT_ENGINES) == {"hooks", "functorch", "ew", "bk"}
     model = _model("digits_cnn")
-    with pytest.raises(ConfigError, match=rf"grad_sample_mode='{engine}'(.|\n)*augmult=2"):
-        choose_engine(model, grad_sample_mode=engine, augmult=2)
-    with pytest.raises(ConfigError, match=rf"grad_sample_mode='{engine}' with augmult=2"):
-        TrainConfig.from_dict({"noise_multiplier": 1.0, "grad_sample_mode": engine, "augmult": 2})
-    assert choose_engine(model).name == "bk"
-    assert choose_engine(model, augmult=2).supports_augmult
-    assert set(AUGMULT_ENGINES) == {"hooks", "functorch", "ew"}
+    with pytest.raises(ConfigError, match=r"grad_sample_mode='ghost'(.|\n)*augmult=2"):
+        choose_engine(model, grad_sample_mode="ghost", augmult=2)
+    with pytest.raises(ConfigError, match="grad_sample_mode='ghost' with augmult=2"):
+        TrainConfig.from_dict({"noise_multiplier": 1.0, "grad_sample_mode": "ghost", "augmult": 2})
+    assert TrainConfig.from_dict({"disable_dp": True, "grad_sample_mode": "ghost", "augmult": 2}).data.augmult == 2
+    assert choose_engine(model, augmult=2).name == "bk"
+    monkeypatch.setattr(engines, "AUTO_ORDER", ("ghost", "hooks"))
+    assert choose_engine(model).name == "ghost"
+    assert choose_engine(model, augmult=2).name == "hooks"
 
 
 # ---- privacy: the same ε ------------------------------------------------------------------------
