@@ -14,6 +14,9 @@ dataset allows one), as tensors on the images' device, from a generator of the r
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +25,10 @@ from dp_core.dataset_facts import DATASETS
 from dp_core.dataset_spec import DatasetSpec, dataset_name
 from dp_core.errors import ConfigError, require
 
-__all__ = ["Augmentation", "augmentation_for", "augmented_views", "default_padding"]
+if TYPE_CHECKING:
+    from dp_core.config import DataConfig
+
+__all__ = ["Augmentation", "augmentation_for", "augmentation_views", "augmented_views", "default_padding"]
 
 
 def default_padding(height: int, width: int) -> int:
@@ -108,3 +114,18 @@ def augmented_views(images: torch.Tensor, augmentation: Augmentation, *, generat
         flipped = torch.rand(count, generator=generator, device=device) < 0.5
         views = torch.where(flipped[:, None, None, None], views.flip(-1), views)
     return views
+
+
+def augmentation_views(
+    config: DataConfig, *, input_shape: tuple[int, ...], generator: torch.Generator
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A run's ``images -> views`` (``augmented_views`` drawing from ``generator``), or None for augmult 1.
+
+    Raises ConfigError as :func:`augmentation_for` does.
+    """
+    augmentation = augmentation_for(
+        config.dataset, augmult=config.augmult, padding=config.augment_padding, input_shape=input_shape
+    )
+    if augmentation is None:
+        return None
+    return functools.partial(augmented_views, augmentation=augmentation, generator=generator)

@@ -11,7 +11,6 @@ Run ``python -m dp_core.train --help`` for the command line.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dp_core.augment import augmentation_for, augmented_views
+from dp_core.augment import augmentation_views
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
@@ -296,20 +295,8 @@ def train(
     }
     model = build_configured_model(config, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
     optimizer = build_optimizer(config, model)
-    step = PlainStep(model, optimizer)
-    augmentation = augmentation_for(
-        config.data.dataset,
-        augmult=config.data.augmult,
-        padding=config.data.augment_padding,
-        input_shape=data.input_shape,
-    )
-    views = (
-        functools.partial(augmented_views, augmentation=augmentation, generator=augment_generator)
-        if augmentation is not None
-        else None
-    )
-    if views is not None and not plan.private:
-        step = PlainStep(model, optimizer, augmult=config.data.augmult, views=views)
+    views = augmentation_views(config.data, input_shape=data.input_shape, generator=augment_generator)  # augmult
+    step = PlainStep(model, optimizer, augmult=config.data.augmult, views=views)
     if plan.private:
         step = make_private_step(
             model,
