@@ -102,14 +102,11 @@ def augmented_views(images: torch.Tensor, augmentation: Augmentation, *, generat
         padded = F.pad(views, (padding, padding, padding, padding), mode="reflect")
         top = torch.randint(0, 2 * padding + 1, (count,), generator=generator, device=device)
         left = torch.randint(0, 2 * padding + 1, (count,), generator=generator, device=device)
-        rows = top[:, None] + torch.arange(height, device=device)  # (count, H)
-        cols = left[:, None] + torch.arange(width, device=device)  # (count, W)
-        views = padded[
-            torch.arange(count, device=device)[:, None, None, None],
-            torch.arange(channels, device=device)[None, :, None, None],
-            rows[:, None, :, None],
-            cols[:, None, None, :],
-        ]
+        # Two gathers (rows, then columns) with expanded, uncopied indices: no (count, C, H, W) index tensors.
+        rows = (top[:, None] + torch.arange(height, device=device))[:, None, :, None]
+        cols = (left[:, None] + torch.arange(width, device=device))[:, None, None, :]
+        padded = padded.gather(2, rows.expand(count, channels, height, padded.shape[3]))
+        views = padded.gather(3, cols.expand(count, channels, height, width))
     if augmentation.horizontal_flip and count > 0:
         flipped = torch.rand(count, generator=generator, device=device) < 0.5
         views = torch.where(flipped[:, None, None, None], views.flip(-1), views)
