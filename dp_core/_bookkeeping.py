@@ -220,8 +220,10 @@ def _conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: to
             rules[weight] = norms, _weighted_conv_grad(a, b, weight.shape, conv_args, views)
         elif strategy == "instantiate_unfold":
             # (B, P, T) @ (B, T, O): contracting the long T axis last was the faster order on CPU
-            per_row = torch.bmm(_unfold2d(a, module), b.flatten(2).transpose(1, 2))
-            rules[weight] = _contract(_summed_views(per_row.transpose(1, 2), views), weight.shape)
+            # An example's views as its positions: the contraction sums them, never holding K per-view gradients.
+            patches, b_flat = _positions_of_views(_unfold2d(a, module), views), _positions_of_views(b.flatten(2), views)
+            per_example = torch.bmm(patches, b_flat.transpose(1, 2))
+            rules[weight] = _contract(per_example.transpose(1, 2).flatten(1), weight.shape)
         else:  # instantiate_grouped: every example is one group of a grouped convolution's weight gradient
             per_example = torch.nn.grad.conv2d_weight(
                 a.view(1, batch * channels, height, width),
