@@ -15,6 +15,11 @@ function of the layer's input a_i and of its output gradient b_i = ∂ℓ_i/∂y
    Σ_i c_i g_i: a contraction of the instantiated g_i, or for ghost layers the layer's weight
    gradient with b_i rescaled by c_i. There is no second backward pass.
 
+With augmentation multiplicity (``views`` K > 1) the batch holds K rows per example, example-major,
+and the loss is Σ_i (1/K) Σ_k ℓ_ik: example i's gradient is the sum of its rows' gradients, so its
+K views act as K times the positions T of a ghost norm (a linear layer's rows are regrouped as
+(B, K·T, d)), and an instantiated g_i is the sum of its K rows' gradients.
+
 Instantiating g_i costs about one weight gradient, which BK then no longer needs, so a layer
 costs little more than in non-private training; a ghost layer pays its Gram matrices on top.
 Conv2d (groups=1) picks one of four ways by a cost rule measured on CPU (``_conv_strategy``):
@@ -60,13 +65,22 @@ def _contract(per_example: torch.Tensor, shape: torch.Size) -> tuple[torch.Tenso
     return per_example.square().sum(1), lambda c: (c.to(per_example.dtype) @ per_example).view(shape)
 
 
+def _summed_views(per_row: torch.Tensor, views: int) -> torch.Tensor:
+    """Per-row gradients (B·K, ...) -> per-example (B, n): each example's K consecutive rows summed."""
+    flat = per_row.flatten(1)
+    return flat if views == 1 else flat.view(-1, views, flat.shape[1]).sum(1)
+
+
 def _weighted_linear_grad(a: torch.Tensor, b: torch.Tensor) -> _Sum:
     """Σ_i c_i b_iᵀ a_i for a (B, T, d_in), b (B, T, d_out): the weight gradient with b rescaled."""
     return lambda c: (b * c[:, None, None]).flatten(0, 1).T @ a.flatten(0, 1)
 
 
-def _weighted_conv_grad(a: torch.Tensor, b: torch.Tensor, shape: torch.Size, conv_args: dict) -> _Sum:
-    return lambda c: torch.nn.grad.conv2d_weight(a, shape, b * c.view(-1, 1, 1, 1), **conv_args)
+def _weighted_conv_grad(a: torch.Tensor, b: torch.Tensor, shape: torch.Size, conv_args: dict, views: int = 1) -> _Sum:
+    """Σ_i c_i g_i as one weight gradient with each row's b rescaled by its example's c_i."""
+    return lambda c: torch.nn.grad.conv2d_weight(
+        a, shape, b * c.repeat_interleave(views).view(-1, 1, 1, 1), **conv_args
+    )
 
 
 def _ghost_is_cheaper(positions: int, weights: int) -> bool:
@@ -74,10 +88,10 @@ def _ghost_is_cheaper(positions: int, weights: int) -> bool:
     return 2 * positions * positions < weights
 
 
-def _linear(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor) -> _Rule:
-    batch = grad_output.shape[0]
-    a = inputs[0].reshape(batch, -1, inputs[0].shape[-1]).to(grad_output.dtype)  # (B, T, d_in)
-    b = grad_output.reshape(batch, -1, grad_output.shape[-1])  # (B, T, d_out)
+def _linear(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor, views: int = 1) -> _Rule:
+    batch = grad_output.shape[0] // views  # an example's K views are K·T positions of one example
+    a = inputs[0].reshape(batch, -1, inputs[0].shape[-1]).to(grad_output.dtype)  # (B, K·T, d_in)
+    b = grad_output.reshape(batch, -1, grad_output.shape[-1])  # (B, K·T, d_out)
     weight, bias = module.weight, module.bias
     rules: _Rule = {}
     if weight.requires_grad:
@@ -184,37 +198,44 @@ def _conv_strategy(module: nn.Conv2d, channels: int, geo: _ConvGeometry, positio
     return "instantiate_grouped"
 
 
-def _conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor) -> _Rule:
+def _conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor, views: int = 1) -> _Rule:
     a = inputs[0].to(grad_output.dtype).contiguous()
-    batch, channels, height, width = a.shape
+    batch, channels, height, width = a.shape  # batch: rows, K per example
     b = grad_output.contiguous()
     weight, bias = module.weight, module.bias
     conv_args = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation}
     rules: _Rule = {}
     if weight.requires_grad:
         geo = _geometry(module, height, width)
-        strategy = _conv_strategy(module, channels, geo, b.shape[2] * b.shape[3])
+        positions = b.shape[2] * b.shape[3]
+        strategy = _conv_strategy(module, channels, geo, positions)
+        if views > 1 and strategy.startswith("ghost"):
+            # An example's Gram spans its K views' positions: only the im2col form regroups them.
+            ghost = _ghost_is_cheaper(views * positions, weight.numel())
+            strategy = "ghost_unfold" if ghost else "instantiate_unfold"
         if strategy == "ghost_wide":
             rules[weight] = _ghost_norm_wide(a, b, module, geo), _weighted_conv_grad(a, b, weight.shape, conv_args)
         elif strategy == "ghost_unfold":
-            patches, b_flat = _unfold2d(a, module), b.flatten(2)
+            patches, b_flat = _positions_of_views(_unfold2d(a, module), views), _positions_of_views(b.flatten(2), views)
             norms = (torch.bmm(patches.transpose(1, 2), patches) * torch.bmm(b_flat.transpose(1, 2), b_flat)).sum(
                 (1, 2)
             )
-            rules[weight] = norms, _weighted_conv_grad(a, b, weight.shape, conv_args)
+            rules[weight] = norms, _weighted_conv_grad(a, b, weight.shape, conv_args, views)
         elif strategy == "instantiate_unfold":
             # (B, P, T) @ (B, T, O): contracting the long T axis last was the faster order on CPU
-            per_example = torch.bmm(_unfold2d(a, module), b.flatten(2).transpose(1, 2))
+            # An example's views as its positions: the contraction sums them, never holding K per-view gradients.
+            patches, b_flat = _positions_of_views(_unfold2d(a, module), views), _positions_of_views(b.flatten(2), views)
+            per_example = torch.bmm(patches, b_flat.transpose(1, 2))
             rules[weight] = _contract(per_example.transpose(1, 2).flatten(1), weight.shape)
         else:  # instantiate_grouped
-            rules[weight] = _contract(_conv_weight_grads(a, b, module).flatten(1), weight.shape)
+            rules[weight] = _contract(_summed_views(_conv_weight_grads(a, b, module), views), weight.shape)
     if bias is not None and bias.requires_grad:
-        rules[bias] = _contract(b.sum((2, 3)), bias.shape)
+        rules[bias] = _contract(_summed_views(b.sum((2, 3)), views), bias.shape)
     return rules
 
 
 def _conv_weight_grads(a: torch.Tensor, b: torch.Tensor, module: nn.Conv2d) -> torch.Tensor:
-    """(B, *weight.shape): every example is one group of a grouped convolution's weight gradient."""
+    """(rows, *weight.shape): every row is one group of a grouped convolution's weight gradient."""
     batch, channels, height, width = a.shape
     out_channels = b.shape[1]
     per_example = torch.nn.grad.conv2d_weight(
@@ -229,13 +250,14 @@ def _conv_weight_grads(a: torch.Tensor, b: torch.Tensor, module: nn.Conv2d) -> t
     return per_example.view(batch, *module.weight.shape)
 
 
-def _ws_conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor) -> _Rule:
+def _ws_conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor, views: int = 1) -> _Rule:
     """A weight-standardised conv: g_i w.r.t. the standardised weight Ŵ = s(W, gain), instantiated, then
     pulled back through s (the same linear map Jᵀ for every example, a vmapped vector-Jacobian product).
-    No ghost norm: ‖Jᵀ G_i‖ is not a function of the Gram matrices of a_i and b_i alone."""
+    No ghost norm: ‖Jᵀ G_i‖ is not a function of the Gram matrices of a_i and b_i alone. With views, an
+    example's K rows are summed before the pull-back (Jᵀ is linear)."""
     a, b = inputs[0].to(grad_output.dtype).contiguous(), grad_output.contiguous()
     weight, gain, bias = module.weight, module.gain, module.bias
-    per_example_hat = _conv_weight_grads(a, b, module)
+    per_example_hat = _summed_views(_conv_weight_grads(a, b, module), views).view(-1, *weight.shape)
     _, pull_back = torch.func.vjp(standardize_weight, weight.detach(), gain.detach())
     weight_grads, gain_grads = torch.func.vmap(pull_back)(per_example_hat)
     rules: _Rule = {}
@@ -243,18 +265,31 @@ def _ws_conv2d(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output:
         if param.requires_grad:
             rules[param] = _contract(grads.flatten(1), param.shape)
     if bias is not None and bias.requires_grad:
-        rules[bias] = _contract(b.sum((2, 3)), bias.shape)
+        rules[bias] = _contract(_summed_views(b.sum((2, 3)), views), bias.shape)
     return rules
 
 
-def _instantiated(module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor) -> _Rule:
+def _positions_of_views(x: torch.Tensor, views: int) -> torch.Tensor:
+    """(B·K, n, T) -> (B, n, K·T): an example's K views side by side as positions of one example."""
+    if views == 1:
+        return x
+    rows, n, positions = x.shape
+    return x.view(rows // views, views, n, positions).transpose(1, 2).reshape(rows // views, n, views * positions)
+
+
+def _instantiated(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], grad_output: torch.Tensor, views: int = 1
+) -> _Rule:
     """Any layer with an Opacus grad sampler (GroupNorm, LayerNorm, Embedding, ...): instantiated g_i."""
     sampler = GradSampleModule.GRAD_SAMPLERS[type(module)]
-    per_example = sampler(module, list(inputs), grad_output)
-    return {p: _contract(g.flatten(1), p.shape) for p, g in per_example.items() if p.requires_grad}
+    per_row = sampler(module, list(inputs), grad_output)
+    return {p: _contract(_summed_views(g, views), p.shape) for p, g in per_row.items() if p.requires_grad}
 
 
-def _handler(module: nn.Module) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], _Rule] | None:
+_Handler = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor, int], _Rule]
+
+
+def _handler(module: nn.Module) -> _Handler | None:
     if type(module) is nn.Linear:
         return _linear
     if type(module) is WSConv2d and module.groups == 1 and not isinstance(module.padding, str):
@@ -337,8 +372,14 @@ class BookkeepingClipper:
             for handle in handles:
                 handle.remove()
 
-    def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Set ``p.grad = Σ_i clip(g_i)`` over the batch (a sum, not a mean); return the mean loss."""
+    def backward(self, images: torch.Tensor, labels: torch.Tensor, *, views: int = 1) -> torch.Tensor:
+        """Set ``p.grad = Σ_i clip(g_i)`` over the batch (a sum, not a mean); return the mean loss.
+
+        With ``views`` K > 1 the batch holds K rows per example, example-major (rows i·K … i·K+K-1
+        are example i's views), and g_i is the gradient of the mean loss over them.
+        """
+        if len(images) % views:
+            raise ValueError(f"Expected a multiple of views={views} rows, but got {len(images)}.")
         with self._recording() as records:
             logits = self.model(images)
         losses = F.cross_entropy(logits, labels, reduction="none")
@@ -352,16 +393,18 @@ class BookkeepingClipper:
                     "needs out-of-place operations (dp_core.models.make_dp_compatible removes them)."
                 )
         # Gradients w.r.t. the layer outputs only: autograd skips every parameter gradient.
-        grad_outputs = list(torch.autograd.grad(losses.sum(), [records[m][1] for m in layers], allow_unused=True))
+        # Σ_i (1/K) Σ_k ℓ_ik: example i's loss is the mean over its views.
+        total_loss = losses.sum() if views == 1 else losses.sum() / views
+        grad_outputs = list(torch.autograd.grad(total_loss, [records[m][1] for m in layers], allow_unused=True))
         rules: _Rule = {}
         for index, module in enumerate(layers):
             inputs = records.pop(module)[0]
             grad_output, grad_outputs[index] = grad_outputs[index], None  # free each as soon as it is used
             if grad_output is not None:  # None: the layer does not reach the loss, its gradients are zero
-                rules.update(_handler(module)(module, inputs, grad_output))  # type: ignore[misc]
+                rules.update(_handler(module)(module, inputs, grad_output, views))  # type: ignore[misc]
             del inputs, grad_output
 
-        zeros = losses.new_zeros(len(losses))
+        zeros = losses.new_zeros(len(losses) // views)
         norms_sq = {p: rules[p][0] if p in rules else zeros for p in self.params}
         total = torch.stack(list(norms_sq.values())).sum(0).sqrt() if norms_sq else zeros
         self.last_norms = total.detach()

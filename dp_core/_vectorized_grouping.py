@@ -30,6 +30,7 @@ _SHARED: tuple[tuple[str, Callable[[TrainConfig], Any]], ...] = (
     ("dataset", lambda c: c.data.dataset),
     ("data_root", lambda c: c.data.data_root),
     ("validation_fraction", lambda c: c.data.validation_fraction),
+    ("augmult", lambda c: c.data.augmult),
     ("model", lambda c: c.model.model),
     ("gn_groups", lambda c: c.model.gn_groups),
     ("model_kwargs", lambda c: repr(sorted(c.model.model_kwargs.items()))),
@@ -129,6 +130,11 @@ def _structural_reason(configs: Sequence[TrainConfig], data: DatasetSplits | Non
             return (
                 f"Expected optimizer='sgd' (the vectorised update is SGD with momentum and weight decay), "
                 f"but got optimizer={config.optimizer.optimizer!r} (config {index})."
+            )
+        if config.data.augmult != 1:
+            return (
+                f"Expected augmult=1 (the vectorised step has no augmentation views), but got "
+                f"augmult={config.data.augmult} (config {index}); train it with dp_core.train.train."
             )
         if config.privacy.clipping != "flat":
             return (

@@ -34,6 +34,8 @@ _HELP = {
     "dataset": "dataset name (digits is bundled; mnist, fashion_mnist, cifar10 read torchvision's files)",
     "data_root": "folder with torchvision's dataset layout (default: $DPSWEEP_DATA or ~/.cache/dpsweep/data)",
     "download": "let torchvision download the dataset if missing",
+    "augmult": "augmentation multiplicity K: each example's gradient is the mean over K random views, clipped once",
+    "augment_padding": "reflect padding before augmult's random crop (default: one pixel per 8 of the image's side)",
     "model": "architecture from the model zoo, or your own builder as module:function",
     "gn_groups": "GroupNorm groups for resnet18_gn, resnet18_gn_cifar, wrn16_4 and wrn",
     "model_kwargs": "the model builder's keyword arguments, as YAML, e.g. '{width: 128}'",

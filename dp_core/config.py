@@ -73,6 +73,11 @@ class DataConfig:
     # trained on, so the sampling rate and the accountant count only the rest. 0: none (the plain
     # trainer's default; sweeps select on validation and set their own).
     validation_fraction: float = 0.0
+    # Augmentation multiplicity (dp_core.augment): each example's gradient is the mean over this many
+    # random views of it, clipped once; 1 is off. It costs compute, not ε (one clipped gradient per example).
+    augmult: int = 1
+    # Reflect padding before the views' random crop; None: one pixel per 8 of the image's side (4 at 32x32).
+    augment_padding: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.dataset, Mapping):
@@ -87,6 +92,21 @@ class DataConfig:
             allowed="to be a folder path",
         )
         _require_bool(self.download, key="download")
+        _require_int(self.augmult, key="augmult", low=1)
+        if self.augment_padding is not None:
+            _require_int(self.augment_padding, key="augment_padding", low=0)
+        tabular = (
+            self.dataset.format in ("csv", "parquet")
+            if isinstance(self.dataset, DatasetSpec)
+            else len(DATASETS.get(self.dataset).input_shape) != 3
+        )
+        require(
+            self.augmult == 1 or not tabular,
+            key="augmult",
+            value=self.augmult,
+            allowed=f"to be 1 on tabular data (its views are crops and flips of images; dataset "
+            f"{dataset_name(self.dataset)!r} is not images)",
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -317,6 +337,22 @@ class TrainConfig:
         _require_int(self.seed, key="seed", low=0)
         require_choice(self.device, key="device", choices=DEVICES)
         _require_int(self.test_batch_size, key="test_batch_size", low=1)
+        self._check_augmult_engine()
+
+    def _check_augmult_engine(self) -> None:
+        """augmult averages per-view gradients before clipping: a named engine must be able to (auto picks one)."""
+        from dp_core.engines import ENGINES  # imported here: engines imports torch and Opacus
+
+        mode = self.privacy.grad_sample_mode
+        if self.data.augmult > 1 and self.privacy.is_private and mode != "auto":
+            engine = ENGINES.get(mode)
+            if not engine.supports_augmult:
+                raise ConfigError(
+                    f"Expected a grad_sample_mode that averages an example's gradient over its augmult views "
+                    f"before clipping ({', '.join(n for n, e in ENGINES.items() if e.supports_augmult)}, or auto), "
+                    f"but got grad_sample_mode={mode!r} with augmult={self.data.augmult}: {mode} clips every "
+                    "row of its batch inside Opacus' backward, and would clip each view as an example of its own."
+                )
 
     # ---- building -----------------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 Every dataset here is small enough to hold in memory, so each split is converted once, in a single vectorised
 operation, into a ``TensorDataset`` of float32 images (N x C x H x W) and int64 labels. That keeps per-step cost at
 indexing a tensor, which matters under DP-SGD where Poisson sampling draws a fresh batch of indices every step.
-No augmentation is applied: under DP it is off by default (it changes the per-example gradient the accountant sees).
+No augmentation is applied here. Augmentation multiplicity (``augmult``, off by default) draws random views of
+each batch during training (``dp_core.augment``); it costs no ε: each example still adds one gradient, the mean
+over its views, clipped to C, so the sensitivity and the accounting are those of training without it.
 """
 
 from __future__ import annotations

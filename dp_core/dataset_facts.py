@@ -51,6 +51,10 @@ class DatasetFacts:
     torchvision_class: str | None = None  # for source="files": the torchvision.datasets class that reads them
     folder: str | None = None  # for source="files": where torchvision's files sit under the data folder
     load: Callable[[], Any] | None = None  # for source="loader": returns the dataset's DatasetSplits
+    # Whether a left-right mirror of an example is an example of the same class, so that augmentation
+    # multiplicity (dp_core.augment) may flip its views: true of photographs of objects (CIFAR-10), false of
+    # digits and characters (a mirrored 2 or 7 is no digit). Off unless a dataset declares it.
+    horizontal_flip: bool = False
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -123,6 +127,7 @@ DATASETS.register(
         normalisation=((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
         torchvision_class="CIFAR10",
         folder="cifar-10-batches-py",
+        horizontal_flip=True,
     ),
 )
 # The synthetic stand-ins (dp_core.synthetic): the real datasets' shapes; the small ones for quick CPU
@@ -141,6 +146,7 @@ for _name, _shape, _train, _test in (
             train_size=_train,
             test_size=_test,
             source="generated",
+            horizontal_flip=_name.startswith("synthetic_cifar10"),  # stand-ins augmented as the real ones are
         ),
     )
 del _name, _shape, _train, _test

@@ -29,7 +29,7 @@ FORMATS = ("npz", "csv", "parquet", "image_folder", "python")
 #: Keys a ``dataset:`` mapping may have.
 SPEC_KEYS = (
     "format", "path", "test_path", "test_fraction", "split_seed", "label", "classes", "image_size", "loader",
-    "loader_dir", "normalisation", "bounds", "name",
+    "loader_dir", "normalisation", "bounds", "name", "horizontal_flip",
 )  # fmt: skip
 _PATH_KEYS = ("path", "test_path", "loader_dir")
 _LOADER = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
@@ -55,6 +55,8 @@ class DatasetSpec:
         normalisation: ``(mean, std)``, one value per channel or feature (public constants): x -> (x - mean) / std.
         bounds: ``(low, high)``, one value or one per feature: inputs are clipped to them and mapped onto [0, 1].
         name: the name shown and logged (default: the file's or the loader's).
+        horizontal_flip: whether a left-right mirror of an image is an image of the same class, so that
+            augmentation multiplicity (``augmult``) may flip its views; off unless declared.
     """
 
     format: str
@@ -70,9 +72,16 @@ class DatasetSpec:
     normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     name: str | None = None
+    horizontal_flip: bool = False
 
     def __post_init__(self) -> None:
         require_choice(self.format, key="dataset.format", choices=FORMATS)
+        require(
+            isinstance(self.horizontal_flip, bool),
+            key="dataset.horizontal_flip",
+            value=self.horizontal_flip,
+            allowed="to be true or false",
+        )
         tabular = self.format in ("csv", "parquet")
         needs_path = self.format != "python"
         require(
@@ -181,7 +190,11 @@ class DatasetSpec:
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value is None or (field.name == "split_seed" and value == 0):
+            if (
+                value is None
+                or (field.name == "split_seed" and value == 0)
+                or (field.name == "horizontal_flip" and not value)
+            ):
                 continue
             if field.name == "classes" and isinstance(value, tuple):
                 value = list(value)

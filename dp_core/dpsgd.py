@@ -14,7 +14,7 @@ one the accountant is given.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NotRequired, TypedDict, Unpack
 
 import torch
@@ -53,6 +53,8 @@ def make_private_step(
     clipping: str = "flat",
     grad_sample_mode: str = "auto",
     noise_generator: torch.Generator | None = None,
+    augmult: int = 1,
+    views: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> PrivateStep:
     """Wrap ``model`` and ``optimizer`` for DP-SGD with a per-sample gradient engine.
 
@@ -77,6 +79,11 @@ def make_private_step(
         grad_sample_mode: a registered engine (``dp_core.engines.ENGINES``), or ``"auto"``: the first
             of ``dp_core.engines.AUTO_ORDER`` that supports the model and clipping.
         noise_generator: the run's noise generator (seed it for a reproducible run).
+        augmult: K, the views of each example (augmentation multiplicity; 1 is off): g_i is the
+            gradient of the example's loss averaged over its K views, clipped once
+            (``PrivateStep.with_views``); only engines with ``supports_augmult``.
+        views: with ``augmult`` > 1, maps (B, ...) images to their (B·K, ...) views, example-major
+            (``dp_core.augment.augmented_views`` with the run's generator).
 
     Returns:
         A ``PrivateStep``: ``.backward(images, labels)``, ``.optimizer`` (the DP optimizer),
@@ -84,7 +91,7 @@ def make_private_step(
 
     Raises:
         ConfigError: ``grad_sample_mode`` is not registered, or the engine cannot train this model
-            with this clipping (the message says why).
+            with this clipping or augmult (the message says why).
 
     Example:
         >>> import torch
@@ -101,8 +108,10 @@ def make_private_step(
         >>> step.optimizer.step()
         >>> step.optimizer.zero_grad(set_to_none=True)
     """
-    engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=clipping)
-    return _prepare(
+    if (augmult > 1) != (views is not None):
+        raise ValueError(f"Expected views exactly when augmult > 1, but got augmult={augmult}, views={views!r}.")
+    engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=clipping, augmult=augmult)
+    step = _prepare(
         engine,
         model,
         optimizer,
@@ -112,6 +121,7 @@ def make_private_step(
         clipping=clipping,
         noise_generator=noise_generator,
     )
+    return step if views is None else step.with_views(augmult=augmult, views=views)
 
 
 class StepSettings(TypedDict):
@@ -164,14 +174,29 @@ def _prepare(
 
 
 class PlainStep:
-    """The non-private reference step, with ``PrivateStep``'s interface: mean cross-entropy, one backward."""
+    """The non-private reference step, with ``PrivateStep``'s interface: mean cross-entropy, one backward.
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    With ``views`` (augmult K > 1) each example enters as its K views: the mean loss over the B·K
+    rows is the mean over examples of each one's loss averaged over its views, as under DP.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        augmult: int = 1,
+        views: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.engine = "none"
         self.model = model
         self.optimizer = optimizer
+        self.augmult = augmult
+        self.views = views
 
     def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.views is not None:
+            images, labels = self.views(images), labels.repeat_interleave(self.augmult)
         loss = nn.functional.cross_entropy(self.model(images), labels)
         loss.backward()
         return loss.detach()

@@ -20,8 +20,14 @@ Engines (names as ``grad_sample_mode``):
 - ``bk``: our book-keeping engine (``dp_core._bookkeeping``): per-layer choice between ghost norms
   and instantiated gradients, one output-only backward and no second pass.
 
-``auto`` (the default) takes the first engine of ``AUTO_ORDER`` that supports the model and the
-clipping mode; the order comes from ``python -m dp_core.bench`` (see docs/benchmarks.md).
+With augmentation multiplicity (``augmult`` K > 1, ``dp_core.augment``) each example enters as K
+views and its gradient is the mean of theirs, clipped once (``PrivateStep.with_views``): engines
+that fill ``p.grad_sample`` (hooks, functorch, ew) average the K rows of an example before the
+optimizer clips (``AveragedViewsStep``); bk treats the K views as more positions of one example;
+ghost clips every row inside Opacus' backward, so it refuses augmult.
+
+``auto`` (the default) takes the first engine of ``AUTO_ORDER`` that supports the model, the
+clipping mode and augmult; the order comes from ``python -m dp_core.bench`` (see docs/benchmarks.md).
 
 A new engine is an ``Engine`` registered as ``ENGINES.register(name, engine)``: ``grad_sample_mode``
 then accepts its name in any config. ``make_dp_optimizer`` and ``GradSampleStep`` serve engines
@@ -33,6 +39,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 from opacus.grad_sample.grad_sample_module import GradSampleModule
@@ -50,6 +57,7 @@ from dp_core.registry import Registry
 
 __all__ = [
     "AUTO_ORDER",
+    "AveragedViewsStep",
     "ENGINES",
     "Engine",
     "PrivateStep",
@@ -115,6 +123,14 @@ class PrivateStep(abc.ABC):
         """g_i of the last ``backward``, one (B, *shape) tensor per parameter, for engines that keep them."""
         return None
 
+    def with_views(self, *, augmult: int, views: Callable[[torch.Tensor], torch.Tensor]) -> PrivateStep:
+        """This step with every example entering as ``augmult`` views (``views``: (B, ...) -> (B·K, ...),
+        example-major), its gradient the mean of theirs, clipped once; for engines with ``supports_augmult``."""
+        raise ConfigError(
+            f"Expected an engine that averages an example's gradient over its views before clipping, but got "
+            f"grad_sample_mode={self.engine!r} with augmult={augmult}."
+        )
+
 
 class Engine(abc.ABC):
     """How to wrap a model and optimizer for one way of computing per-sample clipped gradients."""
@@ -124,6 +140,9 @@ class Engine(abc.ABC):
     # False for engines that clip inside their own backward (ghost, bk): a plain
     # ``loss.backward(); optimizer.step()`` loop cannot drive them (their optimizer refuses to step).
     clips_in_optimizer_step: bool = True
+    # True for engines whose step implements ``PrivateStep.with_views``: an example's K views averaged
+    # before its one clipping (augmult). ghost clips every row inside Opacus' backward and cannot.
+    supports_augmult: bool = False
 
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         """Reasons this engine cannot train ``model`` with ``clipping``; empty when it can."""
@@ -209,8 +228,52 @@ class GradSampleStep(PrivateStep):
     def per_sample_gradients(self) -> list[torch.Tensor]:
         return list(self.optimizer.grad_samples)
 
+    def with_views(self, *, augmult: int, views: Callable[[torch.Tensor], torch.Tensor]) -> PrivateStep:
+        return AveragedViewsStep(self, augmult=augmult, views=views)
+
+
+class AveragedViewsStep(PrivateStep):
+    """A ``GradSampleStep`` whose examples each enter as K views, their gradients averaged before clipping.
+
+    ``backward(images, labels)`` turns the B examples into B·K rows with ``views`` (example-major:
+    rows i·K … i·K+K-1 are example i's), runs the engine's backward on them, and replaces every
+    ``p.grad_sample`` (B·K, *shape) by its mean over each example's K rows: g_i = (1/K) Σ_k ∇ℓ(x_i^(k)),
+    the gradient of the example's loss averaged over its views. The optimizer then clips each g_i
+    once, so each example still adds one gradient of norm ≤ C to the sum (De et al. 2022, §3.1).
+    Opacus' ``loss_reduction="mean"`` rescales each row's gradient by the rows it saw (B·K), so
+    ``p.grad_sample`` holds the per-row ∇ℓ whatever K is.
+    """
+
+    def __init__(self, inner: GradSampleStep, *, augmult: int, views: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__(engine=inner.engine, model=inner.model, optimizer=inner.optimizer)
+        self.inner = inner
+        self.augmult = augmult
+        self.views = views
+
+    def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if len(images) == 0:
+            return self.inner.backward(images, labels)
+        batch = len(images)
+        rows = self.views(images)
+        if len(rows) != batch * self.augmult:
+            raise ValueError(
+                f"Expected {batch} x {self.augmult} views of a batch of {batch}, but got {len(rows)} rows."
+            )
+        loss = self.inner.backward(rows, labels.repeat_interleave(self.augmult))
+        for p in self.optimizer.params:
+            p.grad_sample = p.grad_sample.view(batch, self.augmult, *p.shape).mean(dim=1)
+        return loss
+
+    def per_sample_norms(self) -> torch.Tensor:
+        return self.inner.per_sample_norms()
+
+    def per_sample_gradients(self) -> list[torch.Tensor]:
+        return self.inner.per_sample_gradients()
+
 
 class _Hooks(Engine):
+    supports_augmult = True
+
     def __init__(self, name: str) -> None:
         self.name = name  # "hooks" or "functorch": same module, functorch forced for every layer
 
@@ -240,6 +303,7 @@ _EW_LAYERS = (
 
 class _ExpandedWeights(Engine):
     name = "ew"
+    supports_augmult = True
 
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         reasons = super().unsupported(model, clipping=clipping)
@@ -344,16 +408,36 @@ class _Ghost(Engine):
 
 
 class _BookkeepingStep(PrivateStep):
-    def __init__(self, *, model: nn.Module, optimizer: _ClippedSumOptimizer, clipper: _bookkeeping.BookkeepingClipper):
+    """bk's step; with ``views`` (augmult K > 1) each example enters as K rows, which the clipper
+    treats as K times the positions of one example (``BookkeepingClipper.backward(views=K)``)."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: _ClippedSumOptimizer,
+        clipper: _bookkeeping.BookkeepingClipper,
+        augmult: int = 1,
+        views: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__(engine="bk", model=model, optimizer=optimizer)
         self.clipper = clipper
+        self.augmult = augmult
+        self.views = views
+
+    def with_views(self, *, augmult: int, views: Callable[[torch.Tensor], torch.Tensor]) -> PrivateStep:
+        return _BookkeepingStep(
+            model=self.model, optimizer=self.optimizer, clipper=self.clipper, augmult=augmult, views=views
+        )
 
     def backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if len(images) == 0:
             _zero_grads(self.optimizer)
             self.clipper.last_norms = torch.zeros((0,), device=images.device)
             return torch.zeros((), device=images.device)
-        loss = self.clipper.backward(images, labels)
+        if self.views is not None:
+            images, labels = self.views(images), labels.repeat_interleave(self.augmult)
+        loss = self.clipper.backward(images, labels, views=self.augmult)
         self.optimizer.mark_clipped_sum_ready()
         return loss
 
@@ -365,6 +449,7 @@ class _BookkeepingStep(PrivateStep):
 class _Bookkeeping(Engine):
     name = "bk"
     clips_in_optimizer_step = False
+    supports_augmult = True
 
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         return _bookkeeping.unsupported_layers(model)
@@ -398,26 +483,37 @@ def choose_engine(
     grad_sample_mode: str = "auto",
     clipping: str = "flat",
     plain_backward: bool = False,
+    augmult: int = 1,
 ) -> Engine:
     """The engine ``grad_sample_mode`` names, or for ``auto`` the first of ``AUTO_ORDER`` that fits.
 
     ``plain_backward`` restricts ``auto`` to engines a plain ``loss.backward(); optimizer.step()``
-    loop can drive. Raises ConfigError when a named engine cannot train ``model`` with
-    ``clipping``, saying why.
+    loop can drive; ``augmult`` > 1 to engines that average an example's views before clipping
+    (``Engine.supports_augmult``). Raises ConfigError when a named engine cannot train ``model``
+    with ``clipping`` and ``augmult``, saying why.
     """
     if grad_sample_mode == "auto":
         for name in AUTO_ORDER:
             engine = ENGINES.get(name)
-            if (engine.clips_in_optimizer_step or not plain_backward) and not engine.unsupported(
-                model, clipping=clipping
+            if (
+                (engine.clips_in_optimizer_step or not plain_backward)
+                and (augmult == 1 or engine.supports_augmult)
+                and not engine.unsupported(model, clipping=clipping)
             ):
                 return engine
         grad_sample_mode = AUTO_ORDER[-1]  # let the last resort explain why it cannot either
     engine = ENGINES.get(grad_sample_mode)
-    reasons = engine.unsupported(model, clipping=clipping)
+    reasons = list(engine.unsupported(model, clipping=clipping))
+    if augmult > 1 and not engine.supports_augmult:
+        reasons.append(
+            f"{engine.name} clips every row of its batch inside Opacus' backward, so it cannot average an "
+            f"example's gradient over its augmult={augmult} views before clipping"
+        )
     if reasons:
         raise ConfigError(
-            f"Expected grad_sample_mode to support this model and clipping={clipping!r}, but got "
+            f"Expected grad_sample_mode to support this model and clipping={clipping!r}"
+            + (f" with augmult={augmult}" if augmult > 1 else "")
+            + ", but got "
             f"grad_sample_mode={grad_sample_mode!r}:\n  - "
             + "\n  - ".join(reasons)
             + "\nUse grad_sample_mode='auto' to pick an engine that can."

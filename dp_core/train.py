@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dp_core.augment import augmentation_views
 from dp_core.averaging import ParameterAverage
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_data
@@ -300,6 +301,7 @@ def train(
     torch.manual_seed(config.seed)  # model init and dropout
     sampling_generator = torch.Generator().manual_seed(config.seed + 1)
     noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
+    augment_generator = torch.Generator(device=device).manual_seed(config.seed + 3)  # augmult's views
 
     train_images, train_labels = (t.to(device) for t in data.train.tensors)
     eval_splits = {
@@ -311,7 +313,8 @@ def train(
     ema_decay = config.optimizer.ema_decay
     average = ParameterAverage(model, decay=ema_decay) if ema_decay is not None else None
     optimizer = build_optimizer(config, model)
-    step = PlainStep(model, optimizer)
+    views = augmentation_views(config.data, input_shape=data.input_shape, generator=augment_generator)  # augmult
+    step = PlainStep(model, optimizer, augmult=config.data.augmult, views=views)
     if plan.private:
         step = make_private_step(
             model,
@@ -322,6 +325,8 @@ def train(
             clipping=privacy.clipping,
             grad_sample_mode=privacy.grad_sample_mode,
             noise_generator=noise_generator,
+            augmult=config.data.augmult,
+            views=views,
         )
         model, optimizer = step.model, step.optimizer
     base_optimizer = getattr(optimizer, "original_optimizer", optimizer)
@@ -349,6 +354,8 @@ def train(
             scheduler.load_state_dict(state["scheduler"])
         sampling_generator.set_state(state["sampling_rng"])
         noise_generator.set_state(state["noise_rng"].to(noise_generator.get_state().device))
+        if state.get("augment_rng") is not None:  # checkpoints from before augmult lack it (and had none)
+            augment_generator.set_state(state["augment_rng"].to(augment_generator.get_state().device))
         torch.set_rng_state(state["torch_rng"])
         # Dropout on a GPU draws from the CUDA generators, not the CPU one: without their state a
         # resumed run would add the same noise but drop other units. Older checkpoints lack it.
@@ -443,6 +450,7 @@ def train(
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "sampling_rng": sampling_generator.get_state(),
                     "noise_rng": noise_generator.get_state(),
+                    "augment_rng": augment_generator.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     # Only a run on a GPU draws from the CUDA generators; asking others would start CUDA.
                     "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,

@@ -102,6 +102,11 @@ def split_flat(values: Mapping[str, Any], *, where: str = "") -> tuple[TrainConf
             f"per round), but got epochs={train_values['epochs']!r}{place}."
         )
     train_values["epochs"] = epochs
+    if train_values.get("augmult", 1) != 1:  # the clients' local step draws no augmentation views
+        raise ConfigError(
+            f"Expected augmult=1 in a federated run (its clients train without augmentation views), but got "
+            f"augmult={train_values['augmult']!r}{place}."
+        )
     return TrainConfig.from_dict(train_values, where=where), federated
 
 
