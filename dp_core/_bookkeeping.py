@@ -22,6 +22,12 @@ ghost norms from im2col patches or from per-phase channel Grams (no im2col), ins
 im2col + bmm or by one grouped weight-gradient convolution with groups = B. Linear layers use
 the free ghost norm ‖a_i‖·‖b_i‖ for 2-D inputs. Every other layer type with an Opacus grad
 sampler (GroupNorm, LayerNorm, Embedding, ...) instantiates g_i with that sampler.
+
+Under mixed precision (``dp_core.precision``) the forward and the output-only backward may run in
+bf16; steps 3 and 4 do not. Each layer's a and b are upcast to float32 (bf16 values are exact in
+float32) and the norms, factors and Σ_i c_i g_i are computed from them in float32 with autocast and
+TF32 off: a norm rounded down would let an example above C through, and a sum rounded to bf16
+after adding every example could move by more than C.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ import torch.nn.functional as F
 from opacus.grad_sample.grad_sample_module import GradSampleModule
 from opacus.layers.dp_rnn import DPGRU, DPLSTM, DPRNN, RNNLinear
 from torch import nn
+
+from dp_core.precision import float32_bookkeeping, upcast
 
 __all__ = ["BookkeepingClipper", "unsupported_layers"]
 
@@ -309,7 +317,13 @@ class BookkeepingClipper:
         """Set ``p.grad = Σ_i clip(g_i)`` over the batch (a sum, not a mean); return the mean loss."""
         with self._recording() as records:
             logits = self.model(images)
-        losses = F.cross_entropy(logits, labels, reduction="none")
+            losses = F.cross_entropy(logits, labels, reduction="none")
+        with float32_bookkeeping():
+            return self._clip_and_sum(records, losses)
+
+    def _clip_and_sum(
+        self, records: dict[nn.Module, tuple[tuple[torch.Tensor, ...], torch.Tensor, int]], losses: torch.Tensor
+    ) -> torch.Tensor:
         layers = [m for m, (_, out, _) in records.items() if out.requires_grad]
         for module in layers:
             _, output, version = records[module]
@@ -326,10 +340,11 @@ class BookkeepingClipper:
             inputs = records.pop(module)[0]
             grad_output, grad_outputs[index] = grad_outputs[index], None  # free each as soon as it is used
             if grad_output is not None:  # None: the layer does not reach the loss, its gradients are zero
+                inputs, grad_output = tuple(upcast(t) for t in inputs), upcast(grad_output)
                 rules.update(_handler(module)(module, inputs, grad_output))  # type: ignore[misc]
             del inputs, grad_output
 
-        zeros = losses.new_zeros(len(losses))
+        zeros = torch.zeros(len(losses), device=losses.device)  # float32, whatever the loss's dtype
         norms_sq = {p: rules[p][0] if p in rules else zeros for p in self.params}
         total = torch.stack(list(norms_sq.values())).sum(0).sqrt() if norms_sq else zeros
         self.last_norms = total.detach()
@@ -341,4 +356,4 @@ class BookkeepingClipper:
         for p in self.params:  # a fresh tensor per parameter: the optimizer takes ownership of it
             rule = rules.pop(p, None)
             p.grad = rule[1](factors[p]).view_as(p).to(p.dtype) if rule is not None else torch.zeros_like(p)
-        return losses.detach().mean()
+        return upcast(losses.detach()).mean()

@@ -53,6 +53,7 @@ def make_private_step(
     clipping: str = "flat",
     grad_sample_mode: str = "auto",
     noise_generator: torch.Generator | None = None,
+    precision: str = "fp32",
 ) -> PrivateStep:
     """Wrap ``model`` and ``optimizer`` for DP-SGD with a per-sample gradient engine.
 
@@ -77,6 +78,9 @@ def make_private_step(
         grad_sample_mode: a registered engine (``dp_core.engines.ENGINES``), or ``"auto"``: the first
             of ``dp_core.engines.AUTO_ORDER`` that supports the model and clipping.
         noise_generator: the run's noise generator (seed it for a reproducible run).
+        precision: the resolved precision (``fp32``, ``bf16``, ``tf32``; ``dp_core.precision``) the
+            caller runs ``backward`` in (``Precision.training()``): ``auto`` then skips engines that
+            cannot keep DP exact in it, and a named one that cannot is refused.
 
     Returns:
         A ``PrivateStep``: ``.backward(images, labels)``, ``.optimizer`` (the DP optimizer),
@@ -101,7 +105,7 @@ def make_private_step(
         >>> step.optimizer.step()
         >>> step.optimizer.zero_grad(set_to_none=True)
     """
-    engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=clipping)
+    engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=clipping, precision=precision)
     return _prepare(
         engine,
         model,

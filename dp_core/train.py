@@ -27,6 +27,7 @@ from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
 from dp_core.models import build_configured_model
+from dp_core.precision import resolve_precision
 from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
 __all__ = [
@@ -257,8 +258,8 @@ def train(
 
     Raises:
         ConfigError: the configuration does not fit the data (δ >= 1/N, batch larger than N), no σ
-            reaches the target ε, ``plan`` or the checkpoint belongs to another configuration, or the
-            device is not available.
+            reaches the target ε, ``plan`` or the checkpoint belongs to another configuration, the
+            device is not available, or the precision is not available on it (tf32 on a CPU).
         TrainingDiverged: the training loss became NaN or infinite.
 
     Example:
@@ -281,6 +282,7 @@ def train(
     else:
         check_plan(plan, config, train_size=train_size)
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)  # the steps' forward and backward only
 
     torch.manual_seed(config.seed)  # model init and dropout
     sampling_generator = torch.Generator().manual_seed(config.seed + 1)
@@ -304,6 +306,7 @@ def train(
             clipping=privacy.clipping,
             grad_sample_mode=privacy.grad_sample_mode,
             noise_generator=noise_generator,
+            precision=precision.name,
         )
         model, optimizer = step.model, step.optimizer
     base_optimizer = getattr(optimizer, "original_optimizer", optimizer)
@@ -362,7 +365,8 @@ def train(
             images, labels = train_images[indices], train_labels[indices]
             if len(indices) == 0 and not plan.private:
                 continue  # under DP an empty Poisson batch is still a step: it releases pure noise
-            loss = step.backward(images, labels)  # the engine's protocol (hooks, ghost, bk), empty batches included
+            with precision.training():  # the engine keeps norms, clipped sums and noise float32 inside it
+                loss = step.backward(images, labels)  # the engine's protocol, empty batches included
             loss_sum += loss * len(indices)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
