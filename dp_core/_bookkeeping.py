@@ -318,12 +318,6 @@ class BookkeepingClipper:
         with self._recording() as records:
             logits = self.model(images)
             losses = F.cross_entropy(logits, labels, reduction="none")
-        with float32_bookkeeping():
-            return self._clip_and_sum(records, losses)
-
-    def _clip_and_sum(
-        self, records: dict[nn.Module, tuple[tuple[torch.Tensor, ...], torch.Tensor, int]], losses: torch.Tensor
-    ) -> torch.Tensor:
         layers = [m for m, (_, out, _) in records.items() if out.requires_grad]
         for module in layers:
             _, output, version = records[module]
@@ -334,7 +328,19 @@ class BookkeepingClipper:
                     "needs out-of-place operations (dp_core.models.make_dp_compatible removes them)."
                 )
         # Gradients w.r.t. the layer outputs only: autograd skips every parameter gradient.
+        # In the run's precision (bf16, TF32): each b_i is a function of example i alone.
         grad_outputs = list(torch.autograd.grad(losses.sum(), [records[m][1] for m in layers], allow_unused=True))
+        with float32_bookkeeping():  # norms, factors and the clipped sum: see the module docstring
+            return self._clip_and_sum(records, layers, grad_outputs, losses)
+
+    def _clip_and_sum(
+        self,
+        records: dict[nn.Module, tuple[tuple[torch.Tensor, ...], torch.Tensor, int]],
+        layers: list[nn.Module],
+        grad_outputs: list[torch.Tensor | None],
+        losses: torch.Tensor,
+    ) -> torch.Tensor:
+        """Set ``p.grad = Σ_i clip(g_i)`` from each layer's recorded input and output gradient."""
         rules: _Rule = {}
         for index, module in enumerate(layers):
             inputs = records.pop(module)[0]
