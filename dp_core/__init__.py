@@ -20,6 +20,7 @@ __all__ = [
     "federated",  # FedAvg over DP-SGD clients
     "models",  # the model zoo; the MODELS registry
     "noise",  # the Gaussian noise of DP-SGD
+    "precision",  # fp32 / bf16 / tf32 training steps whose DP bookkeeping stays float32
     "own_data",  # an own dataset read, checked and kept once per process
     "privacy_plan",  # a run's privacy, planned before it trains
     "registry",  # the Registry class every plug-in point shares

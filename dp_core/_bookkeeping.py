@@ -29,6 +29,12 @@ the free ghost norm ‖a_i‖·‖b_i‖ for 2-D inputs. Every other layer type 
 sampler (GroupNorm, LayerNorm, Embedding, ...) instantiates g_i with that sampler.
 A weight-standardised conv (``dp_core._ws_conv.WSConv2d``) instantiates g_i w.r.t. its standardised
 weight and pulls them back through the standardisation to its weight and gain.
+
+Under mixed precision (``dp_core.precision``) the forward and the output-only backward may run in
+bf16; steps 3 and 4 do not. Each layer's a and b are upcast to float32 (bf16 values are exact in
+float32) and the norms, factors and Σ_i c_i g_i are computed from them in float32 with autocast and
+TF32 off: a norm rounded down would let an example above C through, and a sum rounded to bf16
+after adding every example could move by more than C.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from opacus.layers.dp_rnn import DPGRU, DPLSTM, DPRNN, RNNLinear
 from torch import nn
 
 from dp_core._ws_conv import WSConv2d, standardize_weight
+from dp_core.precision import float32_bookkeeping, upcast
 
 __all__ = ["BookkeepingClipper", "unsupported_layers"]
 
@@ -382,7 +389,7 @@ class BookkeepingClipper:
             raise ValueError(f"Expected a multiple of views={views} rows, but got {len(images)}.")
         with self._recording() as records:
             logits = self.model(images)
-        losses = F.cross_entropy(logits, labels, reduction="none")
+            losses = F.cross_entropy(logits, labels, reduction="none")
         layers = [m for m, (_, out, _) in records.items() if out.requires_grad]
         for module in layers:
             _, output, version = records[module]
@@ -393,18 +400,32 @@ class BookkeepingClipper:
                     "needs out-of-place operations (dp_core.models.make_dp_compatible removes them)."
                 )
         # Gradients w.r.t. the layer outputs only: autograd skips every parameter gradient.
-        # Σ_i (1/K) Σ_k ℓ_ik: example i's loss is the mean over its views.
+        # Σ_i (1/K) Σ_k ℓ_ik: example i's loss is the mean over its views. In the run's precision
+        # (bf16, TF32): each b_i is a function of example i alone.
         total_loss = losses.sum() if views == 1 else losses.sum() / views
         grad_outputs = list(torch.autograd.grad(total_loss, [records[m][1] for m in layers], allow_unused=True))
+        with float32_bookkeeping():  # norms, factors and the clipped sum: see the module docstring
+            return self._clip_and_sum(records, layers, grad_outputs, losses, views)
+
+    def _clip_and_sum(
+        self,
+        records: dict[nn.Module, tuple[tuple[torch.Tensor, ...], torch.Tensor, int]],
+        layers: list[nn.Module],
+        grad_outputs: list[torch.Tensor | None],
+        losses: torch.Tensor,
+        views: int,
+    ) -> torch.Tensor:
+        """Set ``p.grad = Σ_i clip(g_i)`` from each layer's recorded input and output gradient."""
         rules: _Rule = {}
         for index, module in enumerate(layers):
             inputs = records.pop(module)[0]
             grad_output, grad_outputs[index] = grad_outputs[index], None  # free each as soon as it is used
             if grad_output is not None:  # None: the layer does not reach the loss, its gradients are zero
+                inputs, grad_output = tuple(upcast(t) for t in inputs), upcast(grad_output)
                 rules.update(_handler(module)(module, inputs, grad_output, views))  # type: ignore[misc]
             del inputs, grad_output
 
-        zeros = losses.new_zeros(len(losses) // views)
+        zeros = torch.zeros(len(losses) // views, device=losses.device)  # float32, whatever the loss's dtype
         norms_sq = {p: rules[p][0] if p in rules else zeros for p in self.params}
         total = torch.stack(list(norms_sq.values())).sum(0).sqrt() if norms_sq else zeros
         self.last_norms = total.detach()
@@ -416,4 +437,4 @@ class BookkeepingClipper:
         for p in self.params:  # a fresh tensor per parameter: the optimizer takes ownership of it
             rule = rules.pop(p, None)
             p.grad = rule[1](factors[p]).view_as(p).to(p.dtype) if rule is not None else torch.zeros_like(p)
-        return losses.detach().mean()
+        return upcast(losses.detach()).mean()

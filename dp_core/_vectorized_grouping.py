@@ -3,7 +3,8 @@
 A group shares everything that fixes the model's shape, the data and the steps (``_SHARED`` and
 the sampling rate); each configuration must be private, with SGD, flat clipping and no ema_decay; the model must
 run under ``vmap`` without randomness; and none may stop early at its ε budget (a group trains in
-lockstep). ``group_signature`` is the key a sweep groups its trials by while planning.
+lockstep); and each must train in float32 (``precision`` fp32, or auto, which a pack resolves to
+fp32 on any device). ``group_signature`` is the key a sweep groups its trials by while planning.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _SHARED: tuple[tuple[str, Callable[[TrainConfig], Any]], ...] = (
     ("accountant", lambda c: c.privacy.accountant),
     ("max_physical_batch_size", lambda c: c.max_physical_batch_size),
     ("device", lambda c: c.device),
+    ("precision", lambda c: c.precision),
     ("test_batch_size", lambda c: c.test_batch_size),
 )
 
@@ -135,6 +137,13 @@ def _structural_reason(configs: Sequence[TrainConfig], data: DatasetSplits | Non
             return (
                 f"Expected augmult=1 (the vectorised step has no augmentation views), but got "
                 f"augmult={config.data.augmult} (config {index}); train it with dp_core.train.train."
+            )
+        if config.precision not in ("fp32", "auto"):
+            # The stacked step is float32 throughout (auto means fp32 here): lowering it would need the
+            # float32 bookkeeping of dp_core.engines inside vmap, which is not written; such trials run alone.
+            return (
+                f"Expected precision='fp32' or 'auto' (the vectorised step trains in float32), but got "
+                f"precision={config.precision!r} (config {index}); train it with dp_core.train.train."
             )
         if config.privacy.clipping != "flat":
             return (

@@ -12,6 +12,9 @@ The table is printed and written to ``bench/results/<device>-<date>.json`` (``-q
 
 ``--quick`` runs a CPU-sized version (smaller batches of the large models); ``--device cuda`` runs the GPU cases
 (ResNet-18-GN and WRN-16-4 at B=128 and 256 on CIFAR-sized input, besides the small models).
+``--precisions fp32,bf16,tf32`` times every case once per precision (``dp_core.precision``: the forward and
+backward passes lowered, the DP bookkeeping float32), each against the non-private step in the same
+precision; one the device lacks (tf32 on a CPU) is listed under ``skipped_precisions`` with the reason.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ from torch.profiler import ProfilerActivity, profile
 from dp_core.dataset_facts import DATASETS
 from dp_core.dpsgd import PlainStep, make_private_step
 from dp_core.engines import ENGINES, choose_engine
+from dp_core.errors import ConfigError
 from dp_core.models import build_model
+from dp_core.precision import Precision, resolve_precision
 
 __all__ = ["Case", "EngineCheck", "check_engine", "run_benchmark", "main"]
 
@@ -189,9 +194,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _step_fn(step: Any, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
+def _step_fn(step: Any, images: torch.Tensor, labels: torch.Tensor, precision: Precision) -> Callable[[], None]:
     def run() -> None:  # the body of dp_core.train's loop
-        step.backward(images, labels)
+        with precision.training():
+            step.backward(images, labels)
         step.optimizer.step()
         step.optimizer.zero_grad(set_to_none=True)
 
@@ -260,18 +266,28 @@ def time_variants(
 
 
 def benchmark_case(
-    case: Case, engines: Sequence[str], *, device: torch.device, warmup: int, repeats: int
+    case: Case,
+    engines: Sequence[str],
+    *,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    precision: Precision | None = None,
 ) -> dict[str, Any]:
-    """Check, then time, every engine on ``case``; engines that fail or cannot run are not timed."""
+    """Check, then time, every engine on ``case`` in ``precision`` (default fp32); engines that fail or
+    cannot run are not timed. The check against the definition runs in fp32 (it tests the engine's
+    formulas; a bf16 step differs from the definition by bf16 rounding, which tests/dp_core bound)."""
+    precision = precision or Precision(name="fp32", device_type=device.type)
     images, labels = _batch(case, case.batch_size, device, seed=0)
     probe = _build(case, device)
     rows: dict[str, dict[str, Any]] = {}
     runs: dict[str, Callable[[], None]] = {}
     model = _build(case, device)
-    runs["none"] = _step_fn(PlainStep(model, torch.optim.SGD(model.parameters(), lr=0.01)), images, labels)
+    runs["none"] = _step_fn(PlainStep(model, torch.optim.SGD(model.parameters(), lr=0.01)), images, labels, precision)
     rows["none"] = {"status": "ok"}
     for engine in engines:
         reasons = ENGINES.get(engine).unsupported(probe, clipping="flat")
+        reasons += ENGINES.get(engine).unsupported_precision(precision.name)
         if reasons:
             rows[engine] = {"status": "unsupported", "reason": "; ".join(reasons)}
             continue
@@ -291,8 +307,9 @@ def benchmark_case(
                 expected_batch_size=case.batch_size,
                 grad_sample_mode=engine,
                 noise_generator=torch.Generator(device=device).manual_seed(0),
+                precision=precision.name,
             )
-            run = _step_fn(step, images, labels)
+            run = _step_fn(step, images, labels, precision)
             try:
                 run()  # e.g. out of memory at this batch size: report it rather than lose the whole run
             except Exception as error:
@@ -318,9 +335,10 @@ def benchmark_case(
         )
     timed_opacus = [e for e in OPACUS_ENGINES if "ratio" in rows.get(e, {})]
     best_opacus = min(timed_opacus, key=lambda e: rows[e]["ratio"], default=None)
-    auto = choose_engine(probe).name
+    auto = choose_engine(probe, precision=precision.name).name
     return {
         **dataclasses.asdict(case),
+        "precision": precision.name,
         "engines": rows,
         "best_opacus": best_opacus,
         "auto": auto,
@@ -347,7 +365,7 @@ def _device_name(device: torch.device) -> str:
 
 def format_table(results: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'model':<12} {'B':>4} {'engine':<10} {'ms/step':>9} {'x none':>7} {'cpu x':>7} "
+        f"{'model':<12} {'B':>4} {'prec':<5} {'engine':<10} {'ms/step':>9} {'x none':>7} {'cpu x':>7} "
         f"{'peak MB':>9} {'x none':>7}  note"
     ]
     for result in results:
@@ -357,14 +375,15 @@ def format_table(results: list[dict[str, Any]]) -> str:
             )
             if "ratio" in row:
                 lines.append(
-                    f"{result['model']:<12} {result['batch_size']:>4} {name:<10} {row['median_s'] * 1e3:>9.1f} "
+                    f"{result['model']:<12} {result['batch_size']:>4} {result.get('precision', 'fp32'):<5} "
+                    f"{name:<10} {row['median_s'] * 1e3:>9.1f} "
                     f"{row['ratio']:>7.2f} {row['cpu_ratio']:>7.2f} {row['peak_step_bytes'] / 2**20:>9.1f} "
                     f"{row['mem_ratio']:>7.2f}  {note.strip()}"
                 )
             else:
                 lines.append(
-                    f"{result['model']:<12} {result['batch_size']:>4} {name:<10} "
-                    f"{row['status'].upper()}: {row['reason']}"
+                    f"{result['model']:<12} {result['batch_size']:>4} {result.get('precision', 'fp32'):<5} "
+                    f"{name:<10} {row['status'].upper()}: {row['reason']}"
                 )
     return "\n".join(lines)
 
@@ -379,14 +398,26 @@ def run_benchmark(
     out_dir: Path | None,
     quick: bool = False,
     log: Callable[[str], None] = print,
+    precisions: Sequence[str] = ("fp32",),
 ) -> dict[str, Any]:
-    """Benchmark ``engines`` on ``cases``; write ``<out_dir>/<device>-<date>.json`` unless ``out_dir`` is None."""
+    """Benchmark ``engines`` on ``cases`` in each of ``precisions``; write ``<out_dir>/<device>-<date>.json``
+    unless ``out_dir`` is None. A precision the device lacks is skipped, its reason in ``skipped_precisions``."""
     started = time.perf_counter()
     load_before = os.getloadavg()
+    resolved, skipped = [], {}
+    for name in precisions:
+        try:
+            resolved.append(resolve_precision(name, device))
+        except ConfigError as error:
+            skipped[name] = str(error)
+            log(f"skipping precision {name}: {error}")
     results = []
     for case in cases:
-        log(f"{case.model} B={case.batch_size} ...")
-        results.append(benchmark_case(case, engines, device=device, warmup=warmup, repeats=repeats))
+        for precision in resolved:
+            log(f"{case.model} B={case.batch_size} {precision.name} ...")
+            results.append(
+                benchmark_case(case, engines, device=device, warmup=warmup, repeats=repeats, precision=precision)
+            )
     report = {
         "device": device.type,
         "device_name": _device_name(device),
@@ -403,6 +434,8 @@ def run_benchmark(
         "timing": "median per-step wall time (median_s) and process CPU time (cpu_median_s) over interleaved "
         "rounds; ratio and cpu_ratio divide by the same median of 'none' (non-private) from this run",
         "memory": "peak bytes allocated during a step above the resting state (parameters, optimizer state, batch)",
+        "precisions": [p.name for p in resolved],
+        "skipped_precisions": skipped,
         "results": results,
     }
     if out_dir is not None:
@@ -426,6 +459,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="timed rounds (default 25, quick 5)")
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results"), help="where the JSON goes")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
+    parser.add_argument(
+        "--precisions",
+        default="fp32",
+        help="comma-separated precisions to time each case in: fp32, bf16, tf32 (default fp32; tf32 needs CUDA)",
+    )
     args = parser.parse_args(argv)
     # Opacus' hooks warn on every backward that reaches a layer whose inputs need no gradient.
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -447,7 +485,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
         parser.error(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
+    precisions = args.precisions.split(",")
+    unknown = sorted(set(precisions) - {"fp32", "bf16", "tf32"})
+    if unknown:
+        parser.error(f"unknown precisions {unknown}; known: fp32, bf16, tf32")
     report = run_benchmark(
+        precisions=precisions,
         cases=cases,
         engines=engines,
         device=device,
@@ -463,7 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(report["results"]))
     if "path" in report:
         print(f"\nwrote {report['path']}")
-    return 0 if all(math.isfinite(r["engines"]["none"]["ratio"]) for r in report["results"]) else 1
+    timed = bool(report["results"])  # every precision skipped (tf32 alone on a CPU) measured nothing
+    return 0 if timed and all(math.isfinite(r["engines"]["none"]["ratio"]) for r in report["results"]) else 1
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ _HELP = {
         "(a given seed makes a reproducible run whose ε holds only against whoever does not know it)"
     ),
     "device": "auto, cpu or cuda",
+    "precision": "fp32, bf16, tf32 or auto (bf16 on a CUDA GPU with native bf16, else fp32); DP bookkeeping stays fp32",
     "test_batch_size": "batch size for evaluation",
 }
 _ALIASES = {

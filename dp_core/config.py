@@ -259,6 +259,7 @@ TOP_LEVEL_KEYS = (
     "max_physical_batch_size",
     "seed",
     "device",
+    "precision",
     "test_batch_size",
     "code",
 )
@@ -305,6 +306,9 @@ class TrainConfig:
     max_physical_batch_size: int | None = None
     seed: int = 0
     device: str = "auto"
+    # fp32, bf16, tf32, or auto (bf16 on a CUDA GPU with native bf16, else fp32): the forward and
+    # backward passes only; DP's norms, sums and noise stay float32 (dp_core.precision).
+    precision: str = "auto"
     test_batch_size: int = 1024
     # Folders that an own "module:function" (the model's) is imported from; a sweep sets the
     # space file's folder, so that dp_core.train --config imports the module the sweep trained.
@@ -336,6 +340,9 @@ class TrainConfig:
             _require_int(self.max_physical_batch_size, key="max_physical_batch_size", low=1)
         _require_int(self.seed, key="seed", low=0)
         require_choice(self.device, key="device", choices=DEVICES)
+        from dp_core.precision import PRECISIONS  # imported here: precision imports torch
+
+        require_choice(self.precision, key="precision", choices=PRECISIONS)
         _require_int(self.test_batch_size, key="test_batch_size", low=1)
         self._check_augmult_engine()
 

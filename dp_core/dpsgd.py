@@ -55,6 +55,7 @@ def make_private_step(
     noise_generator: torch.Generator | None = None,
     augmult: int = 1,
     views: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    precision: str = "fp32",
 ) -> PrivateStep:
     """Wrap ``model`` and ``optimizer`` for DP-SGD with a per-sample gradient engine.
 
@@ -84,6 +85,9 @@ def make_private_step(
             (``PrivateStep.with_views``); only engines with ``supports_augmult``.
         views: with ``augmult`` > 1, maps (B, ...) images to their (B·K, ...) views, example-major
             (``dp_core.augment.augmented_views`` with the run's generator).
+        precision: the resolved precision (``fp32``, ``bf16``, ``tf32``; ``dp_core.precision``) the
+            caller runs ``backward`` in (``Precision.training()``): ``auto`` then skips engines that
+            cannot keep DP exact in it, and a named one that cannot is refused.
 
     Returns:
         A ``PrivateStep``: ``.backward(images, labels)``, ``.optimizer`` (the DP optimizer),
@@ -110,7 +114,9 @@ def make_private_step(
     """
     if (augmult > 1) != (views is not None):
         raise ValueError(f"Expected views exactly when augmult > 1, but got augmult={augmult}, views={views!r}.")
-    engine = choose_engine(model, grad_sample_mode=grad_sample_mode, clipping=clipping, augmult=augmult)
+    engine = choose_engine(
+        model, grad_sample_mode=grad_sample_mode, clipping=clipping, augmult=augmult, precision=precision
+    )
     step = _prepare(
         engine,
         model,

@@ -26,8 +26,14 @@ that fill ``p.grad_sample`` (hooks, functorch, ew) average the K rows of an exam
 optimizer clips (``AveragedViewsStep``); bk treats the K views as more positions of one example;
 ghost clips every row inside Opacus' backward, so it refuses augmult.
 
+Under mixed precision (``dp_core.precision``) the forward and backward passes may run in bf16, but
+every engine measures per-example norms, forms clipping factors and sums the clipped gradients in
+float32, on exactly the per-example values it sums; ghost, whose clipped sum comes from a second
+backward through the bf16 graph, refuses bf16.
+
 ``auto`` (the default) takes the first engine of ``AUTO_ORDER`` that supports the model, the
-clipping mode and augmult; the order comes from ``python -m dp_core.bench`` (see docs/benchmarks.md).
+clipping mode, augmult and the precision; the order comes from ``python -m dp_core.bench`` (see
+docs/benchmarks.md).
 
 A new engine is an ``Engine`` registered as ``ENGINES.register(name, engine)``: ``grad_sample_mode``
 then accepts its name in any config. ``make_dp_optimizer`` and ``GradSampleStep`` serve engines
@@ -53,6 +59,7 @@ from torch import nn
 from dp_core import _bookkeeping
 from dp_core.errors import ConfigError
 from dp_core.noise import gaussian_noise
+from dp_core.precision import float32_bookkeeping, upcast
 from dp_core.registry import Registry
 
 __all__ = [
@@ -153,6 +160,10 @@ class Engine(abc.ABC):
         )
         return reasons + [str(e) for e in GradSampleModule.validate(model, strict=False)]
 
+    def unsupported_precision(self, precision: str) -> list[str]:
+        """Reasons this engine cannot keep DP exact under ``precision`` (``dp_core.precision``); empty when it can."""
+        return []
+
     @abc.abstractmethod
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, mechanism: StepMechanism) -> PrivateStep:
         """Wrap for DP-SGD: each step clips and noises as ``mechanism`` says."""
@@ -183,12 +194,37 @@ class _AddsGaussianNoise:
             _mark_as_processed(p.summed_grad)
 
 
-class _DPOptimizer(_AddsGaussianNoise, DPOptimizer):
-    """Opacus' flat-clipping DP optimizer, noised by ``gaussian_noise``."""
+def _upcast_grad_samples(params: list[nn.Parameter]) -> None:
+    """Per-example gradients in float32: under autocast Opacus' hooks leave them in bf16."""
+    for p in params:
+        sample = getattr(p, "grad_sample", None)
+        if isinstance(sample, torch.Tensor):
+            p.grad_sample = upcast(sample)
+        elif isinstance(sample, list):
+            p.grad_sample = [upcast(g) for g in sample]
 
 
-class _DPPerLayerOptimizer(_AddsGaussianNoise, DPPerLayerOptimizer):
-    """Opacus' per-layer-clipping DP optimizer, noised by ``gaussian_noise``."""
+class _ClipsInFloat32:
+    """``clip_and_accumulate`` of Opacus' DP optimizers, in float32 whatever the backward's precision.
+
+    Opacus computes the norms, factors and the sum Σ_i c_i g_i in the dtype of ``p.grad_sample``:
+    bf16 under autocast, which rounds a norm down by up to 0.4 % (an example above C gets through)
+    and rounds the sum after adding every example. Here each g_i (possibly computed from bf16
+    activations) is upcast first, and the norms and the sum are taken in float32 on those values.
+    """
+
+    def clip_and_accumulate(self) -> None:
+        _upcast_grad_samples(self.params)
+        with float32_bookkeeping():
+            super().clip_and_accumulate()
+
+
+class _DPOptimizer(_AddsGaussianNoise, _ClipsInFloat32, DPOptimizer):
+    """Opacus' flat-clipping DP optimizer, clipping in float32 and noised by ``gaussian_noise``."""
+
+
+class _DPPerLayerOptimizer(_AddsGaussianNoise, _ClipsInFloat32, DPPerLayerOptimizer):
+    """Opacus' per-layer-clipping DP optimizer, clipping in float32 and noised by ``gaussian_noise``."""
 
 
 def make_dp_optimizer(optimizer: torch.optim.Optimizer, mechanism: StepMechanism) -> DPOptimizer:
@@ -219,11 +255,13 @@ class GradSampleStep(PrivateStep):
             return torch.zeros((), device=images.device)
         loss = nn.functional.cross_entropy(self.model(images), labels)
         loss.backward()
-        return loss.detach()
+        _upcast_grad_samples(self.optimizer.params)
+        return upcast(loss.detach())
 
     def per_sample_norms(self) -> torch.Tensor:
         samples = self.optimizer.grad_samples
-        return torch.stack([g.flatten(1).norm(dim=1) for g in samples], dim=1).norm(dim=1)
+        with float32_bookkeeping():
+            return torch.stack([upcast(g).flatten(1).norm(dim=1) for g in samples], dim=1).norm(dim=1)
 
     def per_sample_gradients(self) -> list[torch.Tensor]:
         return list(self.optimizer.grad_samples)
@@ -368,8 +406,18 @@ class _GhostStep(PrivateStep):
             _zero_grads(self.optimizer)
             self._norms = torch.zeros((0,), device=images.device)
             return torch.zeros((), device=images.device)
+        device_type = images.device.type
+        if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type).itemsize < 4:
+            raise RuntimeError(
+                "Expected grad_sample_mode='ghost' to run in float32, but got a backward under "
+                f"torch.autocast({device_type!r}, dtype={torch.get_autocast_dtype(device_type)}): "
+                "ghost's clipped sum would be rounded after summing the examples. Use grad_sample_mode='bk'."
+            )
         loss = self.criterion(self.model(images), labels)
-        loss.backward()  # Opacus: backward for norms, then backward of Σ_i c_i ℓ_i into p.grad
+        # Opacus: backward for norms, then backward of Σ_i c_i ℓ_i into p.grad. Both passes *are* the
+        # bookkeeping here (norms and sums), so TF32 is off for them; the forward may use it.
+        with float32_bookkeeping():
+            loss.backward()
         self._norms = self.model.per_sample_gradient_norms.detach()
         self.optimizer.mark_clipped_sum_ready()
         return loss.detach()
@@ -389,6 +437,15 @@ class _Ghost(Engine):
     name = "ghost"
     supports_per_layer = False
     clips_in_optimizer_step = False
+
+    def unsupported_precision(self, precision: str) -> list[str]:
+        if precision != "bf16":
+            return []
+        return [
+            "ghost computes the clipped sum by a second backward through the bf16 graph, whose weight "
+            "gradients are rounded to bf16 after summing the examples (one example could then move the "
+            "sum by more than C); bk computes the same ghost norms with float32 bookkeeping"
+        ]
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, mechanism: StepMechanism) -> PrivateStep:
         private_model = wrap_model(
@@ -484,37 +541,39 @@ def choose_engine(
     clipping: str = "flat",
     plain_backward: bool = False,
     augmult: int = 1,
+    precision: str = "fp32",
 ) -> Engine:
     """The engine ``grad_sample_mode`` names, or for ``auto`` the first of ``AUTO_ORDER`` that fits.
 
     ``plain_backward`` restricts ``auto`` to engines a plain ``loss.backward(); optimizer.step()``
     loop can drive; ``augmult`` > 1 to engines that average an example's views before clipping
     (``Engine.supports_augmult``). Raises ConfigError when a named engine cannot train ``model``
-    with ``clipping`` and ``augmult``, saying why.
+    with ``clipping`` and ``augmult`` in ``precision`` (a resolved one of ``dp_core.precision``),
+    saying why.
     """
+
+    def reasons_against(engine: Engine) -> list[str]:
+        reasons = engine.unsupported(model, clipping=clipping) + engine.unsupported_precision(precision)
+        if augmult > 1 and not engine.supports_augmult:
+            reasons.append(
+                f"{engine.name} clips every row of its batch inside Opacus' backward, so it cannot average an "
+                f"example's gradient over its augmult={augmult} views before clipping"
+            )
+        return reasons
+
     if grad_sample_mode == "auto":
         for name in AUTO_ORDER:
             engine = ENGINES.get(name)
-            if (
-                (engine.clips_in_optimizer_step or not plain_backward)
-                and (augmult == 1 or engine.supports_augmult)
-                and not engine.unsupported(model, clipping=clipping)
-            ):
+            if (engine.clips_in_optimizer_step or not plain_backward) and not reasons_against(engine):
                 return engine
         grad_sample_mode = AUTO_ORDER[-1]  # let the last resort explain why it cannot either
     engine = ENGINES.get(grad_sample_mode)
-    reasons = list(engine.unsupported(model, clipping=clipping))
-    if augmult > 1 and not engine.supports_augmult:
-        reasons.append(
-            f"{engine.name} clips every row of its batch inside Opacus' backward, so it cannot average an "
-            f"example's gradient over its augmult={augmult} views before clipping"
-        )
+    reasons = reasons_against(engine)
     if reasons:
         raise ConfigError(
-            f"Expected grad_sample_mode to support this model and clipping={clipping!r}"
+            f"Expected grad_sample_mode to support this model, clipping={clipping!r} and precision={precision!r}"
             + (f" with augmult={augmult}" if augmult > 1 else "")
-            + ", but got "
-            f"grad_sample_mode={grad_sample_mode!r}:\n  - "
+            + f", but got grad_sample_mode={grad_sample_mode!r}:\n  - "
             + "\n  - ".join(reasons)
             + "\nUse grad_sample_mode='auto' to pick an engine that can."
         )

@@ -29,6 +29,7 @@ from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
 from dp_core.models import build_configured_model
+from dp_core.precision import resolve_precision
 from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
 __all__ = [
@@ -273,8 +274,8 @@ def train(
 
     Raises:
         ConfigError: the configuration does not fit the data (δ >= 1/N, batch larger than N), no σ
-            reaches the target ε, ``plan`` or the checkpoint belongs to another configuration, or the
-            device is not available.
+            reaches the target ε, ``plan`` or the checkpoint belongs to another configuration, the
+            device is not available, or the precision is not available on it (tf32 on a CPU).
         TrainingDiverged: the training loss became NaN or infinite.
 
     Example:
@@ -297,6 +298,7 @@ def train(
     else:
         check_plan(plan, config, train_size=train_size)
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)  # the steps' forward and backward only
 
     torch.manual_seed(config.seed)  # model init and dropout
     sampling_generator = torch.Generator().manual_seed(config.seed + 1)
@@ -327,6 +329,7 @@ def train(
             noise_generator=noise_generator,
             augmult=config.data.augmult,
             views=views,
+            precision=precision.name,
         )
         model, optimizer = step.model, step.optimizer
     base_optimizer = getattr(optimizer, "original_optimizer", optimizer)
@@ -389,7 +392,8 @@ def train(
             images, labels = train_images[indices], train_labels[indices]
             if len(indices) == 0 and not plan.private:
                 continue  # under DP an empty Poisson batch is still a step: it releases pure noise
-            loss = step.backward(images, labels)  # the engine's protocol (hooks, ghost, bk), empty batches included
+            with precision.training():  # the engine keeps norms, clipped sums and noise float32 inside it
+                loss = step.backward(images, labels)  # the engine's protocol, empty batches included
             loss_sum += loss * len(indices)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -107,3 +107,27 @@ def test_quick_run_writes_the_json_report(tmp_path, capsys: pytest.CaptureFixtur
     assert result["engines"]["none"]["ratio"] == 1.0
     assert result["auto_over_best_opacus"] > 0
     assert "mlp" in capsys.readouterr().out
+
+
+def test_precisions_time_each_case_per_precision_and_skip_tf32_on_a_cpu(tmp_path) -> None:
+    code = bench.main(
+        ["--models", "mlp", "--batch-size", "8", "--engines", "ghost,bk", "--precisions", "fp32,bf16,tf32"]
+        + ["--warmup", "0", "--repeats", "1", "--out-dir", str(tmp_path)]
+    )
+    assert code == 0
+    [path] = tmp_path.glob("cpu-*.json")
+    report = json.loads(path.read_text())
+    assert report["precisions"] == ["fp32", "bf16"] and "CUDA" in report["skipped_precisions"]["tf32"]
+    by_precision = {r["precision"]: r["engines"] for r in report["results"]}
+    assert set(by_precision) == {"fp32", "bf16"}
+    for rows in by_precision.values():
+        assert rows["none"]["ratio"] == 1.0 and rows["bk"]["status"] == "ok" and rows["bk"]["peak_step_bytes"] > 0
+    assert by_precision["fp32"]["ghost"]["status"] == "ok"
+    assert (
+        by_precision["bf16"]["ghost"]["status"] == "unsupported" and "bf16" in by_precision["bf16"]["ghost"]["reason"]
+    )
+    assert "bf16" in bench.format_table(report["results"])
+    # tf32 alone on a CPU measures nothing: a failed run, not an empty success.
+    assert bench.main(["--precisions", "tf32", "--models", "mlp", "--no-save"]) == 1
+    with pytest.raises(SystemExit):
+        bench.main(["--precisions", "fp16", "--no-save"])
