@@ -236,6 +236,7 @@ TOP_LEVEL_KEYS = (
     "device",
     "test_batch_size",
     "code",
+    "channels_last",
 )
 
 
@@ -284,6 +285,9 @@ class TrainConfig:
     # Folders that an own "module:function" (the model's) is imported from; a sweep sets the
     # space file's folder, so that dp_core.train --config imports the module the sweep trained.
     code: tuple[str, ...] = ()
+    # Convolutions in NHWC (torch.channels_last) for image data: faster on GPUs' tensor cores; only
+    # engines whose per-sample gradients stay exact in that layout accept it (dp_core.train).
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         require(
@@ -312,6 +316,7 @@ class TrainConfig:
         _require_int(self.seed, key="seed", low=0)
         require_choice(self.device, key="device", choices=DEVICES)
         _require_int(self.test_batch_size, key="test_batch_size", low=1)
+        _require_bool(self.channels_last, key="channels_last")
 
     # ---- building -----------------------------------------------------------------------------
 

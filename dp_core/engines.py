@@ -124,6 +124,10 @@ class Engine(abc.ABC):
     # False for engines that clip inside their own backward (ghost, bk): a plain
     # ``loss.backward(); optimizer.step()`` loop cannot drive them (their optimizer refuses to step).
     clips_in_optimizer_step: bool = True
+    # Whether per-sample gradients stay exact for a model and batch in torch.channels_last
+    # (tests/dp_core/test_channels_last.py): Opacus' hooks and ghost unfold convolution inputs as if
+    # contiguous and get them wrong, ExpandedWeights fails on some convolutions.
+    supports_channels_last: bool = False
 
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         """Reasons this engine cannot train ``model`` with ``clipping``; empty when it can."""
@@ -213,6 +217,7 @@ class GradSampleStep(PrivateStep):
 class _Hooks(Engine):
     def __init__(self, name: str) -> None:
         self.name = name  # "hooks" or "functorch": same module, functorch forced for every layer
+        self.supports_channels_last = name == "functorch"
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, mechanism: StepMechanism) -> PrivateStep:
         private_model = wrap_model(model, grad_sample_mode=self.name, batch_first=True, loss_reduction="mean")
@@ -365,6 +370,7 @@ class _BookkeepingStep(PrivateStep):
 class _Bookkeeping(Engine):
     name = "bk"
     clips_in_optimizer_step = False
+    supports_channels_last = True
 
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         return _bookkeeping.unsupported_layers(model)

@@ -26,6 +26,7 @@ from torch import nn
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
+from dp_core.engines import ENGINES
 from dp_core.models import build_configured_model
 from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
@@ -206,6 +207,29 @@ def save_best_model(
     )
 
 
+def _memory_format(config: TrainConfig, input_shape: tuple[int, ...]) -> torch.memory_format:
+    """``channels_last`` for a run that asks for it on images (C, H, W), else the default layout."""
+    if not config.channels_last:
+        return torch.preserve_format
+    if len(input_shape) != 3:
+        raise ConfigError(
+            f"Expected channels_last only for image data (C, H, W), but got channels_last=True for inputs of "
+            f"shape {tuple(input_shape)}; set channels_last: false."
+        )
+    return torch.channels_last
+
+
+def _require_channels_last_engine(config: TrainConfig, engine: str) -> None:
+    """Refuse channels_last with an engine whose per-sample gradients are wrong in that layout."""
+    if config.channels_last and not ENGINES.get(engine).supports_channels_last:
+        allowed = [name for name in ENGINES if ENGINES.get(name).supports_channels_last]
+        raise ConfigError(
+            f"Expected an engine whose per-sample gradients stay exact in channels_last ({', '.join(allowed)}), "
+            f"but got grad_sample_mode={engine!r} with channels_last=True; set grad_sample_mode to one of "
+            "those, or channels_last: false."
+        )
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     # Write then rename: a run killed mid-save leaves the previous checkpoint intact.
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -283,15 +307,19 @@ def train(
     device = resolve_device(config.device)
 
     torch.manual_seed(config.seed)  # model init and dropout
-    sampling_generator = torch.Generator().manual_seed(config.seed + 1)
+    # Poisson masks are drawn on the device the data lives on (dp_core.dpsgd.poisson_batches).
+    sampling_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
     noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
 
+    layout = _memory_format(config, data.input_shape)
     train_images, train_labels = (t.to(device) for t in data.train.tensors)
+    train_images = train_images.contiguous(memory_format=layout)  # batches indexed from it keep the layout
     eval_splits = {
         "val": tuple(t.to(device) for t in data.validation.tensors) if data.validation is not None else None,
         "test": tuple(t.to(device) for t in data.test.tensors) if evaluate_test else None,
     }
-    model = build_configured_model(config, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
+    model = build_configured_model(config, input_shape=data.input_shape, num_classes=data.num_classes)
+    model = model.to(device, memory_format=layout)
     optimizer = build_optimizer(config, model)
     step = PlainStep(model, optimizer)
     if plan.private:
@@ -306,6 +334,7 @@ def train(
             noise_generator=noise_generator,
         )
         model, optimizer = step.model, step.optimizer
+        _require_channels_last_engine(config, step.engine)
     base_optimizer = getattr(optimizer, "original_optimizer", optimizer)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(base_optimizer, T_max=plan.max_steps)
@@ -329,7 +358,7 @@ def train(
         base_optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
-        sampling_generator.set_state(state["sampling_rng"])
+        sampling_generator.set_state(state["sampling_rng"].to(sampling_generator.get_state().device))
         noise_generator.set_state(state["noise_rng"].to(noise_generator.get_state().device))
         torch.set_rng_state(state["torch_rng"])
         # Dropout on a GPU draws from the CUDA generators, not the CPU one: without their state a
@@ -358,8 +387,7 @@ def train(
             max_physical_batch_size=config.max_physical_batch_size,
             optimizer=optimizer if plan.private else None,
         ):
-            indices = indices.to(device)
-            images, labels = train_images[indices], train_labels[indices]
+            images, labels = train_images[indices], train_labels[indices]  # indices are on the device already
             if len(indices) == 0 and not plan.private:
                 continue  # under DP an empty Poisson batch is still a step: it releases pure noise
             loss = step.backward(images, labels)  # the engine's protocol (hooks, ghost, bk), empty batches included

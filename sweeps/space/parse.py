@@ -17,7 +17,7 @@ from dp_core.dataset_spec import DatasetSpec
 from dp_core.errors import ConfigError, require_choice, require_positive
 from dp_core.federated import FEDERATED_KEYS, FederatedConfig
 from dp_core.user_code import is_reference
-from sweeps.space.checks import in_file, is_int, is_number, require_in
+from sweeps.space.checks import in_file, is_int, is_number, require_in, require_one_device
 from sweeps.space.model import (
     DEFAULT_VALIDATION_FRACTION,
     KINDS,
@@ -170,6 +170,8 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
             )
 
     cpus, gpus = _parse_resources(data.get("resources"), path)
+    if kind != "federated":  # a federated trial splits its GPUs over its clients, one device each
+        require_one_device(gpus, where=f"resources.gpus={gpus:g} in {path}")
 
     seed = data.get("seed")
     require_here(
