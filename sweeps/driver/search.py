@@ -411,7 +411,7 @@ class BudgetedOptunaSearch(Searcher):
         self._mark_finished(number)
         outcome = outcome_of(row, error=error)
         states = optuna.trial.TrialState
-        if outcome == "failed":
+        if outcome in ("failed", "failed_oom"):
             self.study.tell(number, state=states.FAIL)
         elif outcome == "pruned":
             self.study.tell(number, state=states.PRUNED)
