@@ -30,6 +30,7 @@ from sweeps.workers.threads import use_reserved_cpus
 
 __all__ = [
     "BEST_MODEL_FILE",
+    "CHECKPOINT_EVERY_FIELD",
     "CHECKPOINT_FILE",
     "KEEP_BEST_MODEL_FIELD",
     "epoch_row",
@@ -51,8 +52,13 @@ KEEP_BEST_MODEL_FIELD = "keep_best_model"
 # more, and reports this row again so that the driver's new process sees how the trial ended.
 LAST_ROW_FILE = "last_row.json"
 # A dead worker redoes at most this much training; saving and persisting a checkpoint after
-# every millisecond-long epoch would cost more than the epochs.
-CHECKPOINT_EVERY_SECONDS = 5.0
+# every epoch (seconds long on a GPU) would cost more than the epochs. The space's
+# checkpoint_every_minutes (sweeps.space.DEFAULT_CHECKPOINT_EVERY_MINUTES when it says nothing)
+# reaches the trial in its Ray config under CHECKPOINT_EVERY_FIELD, in seconds; this is for a
+# config without it (a sweep started before the setting existed, resumed).
+CHECKPOINT_EVERY_SECONDS = 600.0
+#: The key of a Ray trial's config that holds how often (seconds of training) it saves its checkpoint.
+CHECKPOINT_EVERY_FIELD = "checkpoint_every_seconds"
 # A test hook (tests/sweeps): a path template with {trial} and {epoch}. A lone trial (not a pack or
 # a federated one) whose formatted path exists before it reports an epoch writes "<path>.held" and
 # waits there until the path is removed, so that a test can inject a fault at a state that lasts
@@ -196,7 +202,7 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
             on_epoch=on_epoch,
             checkpoint_path=state_file,
             data=data,
-            checkpoint_every_seconds=CHECKPOINT_EVERY_SECONDS,
+            checkpoint_every_seconds=float(tune_config.get(CHECKPOINT_EVERY_FIELD, CHECKPOINT_EVERY_SECONDS)),
             plan=plan,
             evaluate_test=False,
             best_model_path=best_model,

@@ -501,6 +501,16 @@ def test_the_launcher_refuses_two_gpus_per_trial_with_exit_2_before_ray(
     assert not results.exists() and not (tmp_path / "mlruns").exists()
 
 
+def test_checkpoint_every_minutes_defaults_to_ten_and_must_be_positive(tmp_path: Path) -> None:
+    assert load_space(str(write_good(tmp_path))).checkpoint_every_minutes == 10.0
+    every_two = load_space(str(write_good(tmp_path, append="checkpoint_every_minutes: 2.5\n", name="c")))
+    assert every_two.checkpoint_every_minutes == 2.5
+    assert pickle.loads(pickle.dumps(every_two)).checkpoint_every_minutes == 2.5  # as Ray ships it
+    for bad in ("0", "-1", "often"):
+        message = load_error(write_good(tmp_path, append=f"checkpoint_every_minutes: {bad}\n", name="b"))
+        assert "but got checkpoint_every_minutes=" in message and bad in message and "> 0" in message
+
+
 def test_zero_cpus_and_unknown_resource(tmp_path: Path) -> None:
     message = load_error(write_good(tmp_path, append="resources: {cpus: 0}\n"))
     assert "resources.cpus=0" in message and "> 0" in message
