@@ -12,6 +12,10 @@ The table is printed and written to ``bench/results/<device>-<date>.json`` (``-q
 
 ``--quick`` runs a CPU-sized version (smaller batches of the large models); ``--device cuda`` runs the GPU cases
 (ResNet-18-GN and WRN-16-4 at B=128 and 256 on CIFAR-sized input, besides the small models).
+``--channels-last`` adds every case again with model and batch in ``torch.channels_last`` (each engine
+checked in that layout too: one that gets it wrong is reported failed, not timed). ``--sampling`` adds, per
+case, training steps per second with Poisson sampling on the device against on the host (the mask drawn on
+the CPU, its indices copied to the device, as the trainer did before).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from dp_core.dataset_facts import DATASETS
-from dp_core.dpsgd import PlainStep, make_private_step
+from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
 from dp_core.engines import ENGINES, choose_engine
 from dp_core.models import build_model
 
@@ -59,6 +63,11 @@ class Case:
     model: str
     input_shape: tuple[int, int, int]
     batch_size: int
+    channels_last: bool = False  # model and batch in torch.channels_last (NHWC)
+
+    @property
+    def layout(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
 def default_cases(device: str, *, quick: bool) -> list[Case]:
@@ -88,14 +97,14 @@ def default_cases(device: str, *, quick: bool) -> list[Case]:
 
 def _build(case: Case, device: torch.device) -> nn.Module:
     torch.manual_seed(0)  # every variant starts from the same weights
-    return build_model(case.model, input_shape=case.input_shape, num_classes=10).to(device)
+    return build_model(case.model, input_shape=case.input_shape, num_classes=10).to(device, memory_format=case.layout)
 
 
 def _batch(case: Case, size: int, device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(size, *case.input_shape, generator=generator)
     labels = torch.randint(0, 10, (size,), generator=generator)
-    return images.to(device), labels.to(device)
+    return images.to(device).contiguous(memory_format=case.layout), labels.to(device)
 
 
 # ---------------------------------------------------------------------------------------------- correctness
@@ -329,6 +338,52 @@ def benchmark_case(
     }
 
 
+def sampling_steps_per_second(case: Case, *, device: torch.device, warmup: int, steps: int) -> dict[str, Any]:
+    """DP training steps per second (the auto engine) on Poisson batches of expected size B from N = 50 B
+    examples held on ``device``, the mask drawn on the host against on the device.
+
+    On the host, as the trainer did before sampling moved: ``rand(N)`` on the CPU, its indices as a
+    Python list, a tensor of them copied to the device. On the device: drawn and indexed there.
+    """
+    num_examples = 50 * case.batch_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(num_examples, *case.input_shape, generator=generator)
+    images = images.to(device).contiguous(memory_format=case.layout)
+    labels = torch.randint(0, 10, (num_examples,), generator=generator).to(device)
+    measured: dict[str, Any] = {"num_examples": num_examples, "steps": steps}
+    for where in ("host", "device"):
+        model = _build(case, device)
+        step = make_private_step(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.01),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=case.batch_size,
+            noise_generator=torch.Generator(device=device).manual_seed(0),
+        )
+        sampling = torch.Generator(device="cpu" if where == "host" else device).manual_seed(1)
+
+        def run(count: int) -> None:
+            for indices, _ in poisson_batches(
+                num_examples=num_examples, sample_rate=case.batch_size / num_examples, steps=count, generator=sampling
+            ):
+                if where == "host":
+                    indices = torch.as_tensor(indices.tolist(), dtype=torch.long).to(device)
+                step.backward(images[indices], labels[indices])
+                step.optimizer.step()
+                step.optimizer.zero_grad(set_to_none=True)
+
+        run(warmup)
+        _sync(device)
+        started = time.perf_counter()
+        run(steps)
+        _sync(device)
+        measured[f"{where}_steps_per_s"] = steps / (time.perf_counter() - started)
+        measured["engine"] = step.engine
+    measured["device_over_host"] = measured["device_steps_per_s"] / measured["host_steps_per_s"]
+    return measured
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -350,10 +405,11 @@ def format_table(results: list[dict[str, Any]]) -> str:
         f"{'peak MB':>9} {'x none':>7}  note"
     ]
     for result in results:
+        layout = " NHWC" if result.get("channels_last") else ""
         for name, row in result["engines"].items():
             note = ("auto" if name == result["auto"] else "") + (
                 " best Opacus" if name == result["best_opacus"] else ""
-            )
+            ) + layout
             if "ratio" in row:
                 lines.append(
                     f"{result['model']:<12} {result['batch_size']:>4} {name:<10} {row['median_s'] * 1e3:>9.1f} "
@@ -363,8 +419,14 @@ def format_table(results: list[dict[str, Any]]) -> str:
             else:
                 lines.append(
                     f"{result['model']:<12} {result['batch_size']:>4} {name:<10} "
-                    f"{row['status'].upper()}: {row['reason']}"
+                    f"{row['status'].upper()}: {row['reason']}{layout}"
                 )
+        if "sampling" in result:
+            sampling = result["sampling"]
+            lines.append(
+                f"{result['model']:<12} {result['batch_size']:>4} sampling   host {sampling['host_steps_per_s']:.1f} "
+                f"steps/s, device {sampling['device_steps_per_s']:.1f} steps/s ({sampling['engine']}){layout}"
+            )
     return "\n".join(lines)
 
 
@@ -377,15 +439,23 @@ def run_benchmark(
     repeats: int,
     out_dir: Path | None,
     quick: bool = False,
+    sampling_steps: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Benchmark ``engines`` on ``cases``; write ``<out_dir>/<device>-<date>.json`` unless ``out_dir`` is None."""
+    """Benchmark ``engines`` on ``cases``; write ``<out_dir>/<device>-<date>.json`` unless ``out_dir`` is None.
+
+    With ``sampling_steps``, each case also times that many steps with sampling on the host and on the
+    device (:func:`sampling_steps_per_second`)."""
     started = time.perf_counter()
     load_before = os.getloadavg()
     results = []
     for case in cases:
         log(f"{case.model} B={case.batch_size} ...")
         results.append(benchmark_case(case, engines, device=device, warmup=warmup, repeats=repeats))
+        if sampling_steps:
+            results[-1]["sampling"] = sampling_steps_per_second(
+                case, device=device, warmup=warmup, steps=sampling_steps
+            )
     report = {
         "device": device.type,
         "device_name": _device_name(device),
@@ -425,6 +495,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="timed rounds (default 25, quick 5)")
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results"), help="where the JSON goes")
     parser.add_argument("--no-save", action="store_true", help="print the table only")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="also run every case in torch.channels_last (NHWC)"
+    )
+    parser.add_argument(
+        "--sampling",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also time STEPS training steps per case with Poisson sampling on the device and on the host",
+    )
     args = parser.parse_args(argv)
     # Opacus' hooks warn on every backward that reaches a layer whose inputs need no gradient.
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -442,6 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = [c for c in cases if c.model in wanted]
     if args.batch_size:
         cases = list({dataclasses.replace(c, batch_size=args.batch_size): None for c in cases})
+    if args.channels_last:
+        cases += [dataclasses.replace(c, channels_last=True) for c in cases if len(c.input_shape) == 3]
     engines = args.engines.split(",") if args.engines else list(ENGINES)
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
@@ -454,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup=args.warmup if args.warmup is not None else (2 if args.quick else 3),
         repeats=args.repeats if args.repeats is not None else (5 if args.quick else 25),
         out_dir=None if args.no_save else args.out_dir,
+        sampling_steps=args.sampling,
     )
     print(
         f"\n{report['device_name']}, torch {report['torch']}, opacus {report['opacus']}; "
