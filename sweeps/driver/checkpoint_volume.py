@@ -10,6 +10,7 @@ saves a trial can make. Packs and federated trials keep no checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -86,10 +87,17 @@ def _size(count: float) -> str:
 
 
 def checkpoint_volume(
-    configs: Iterable[Mapping[str, Any]], *, trials: int, every_minutes: float, shape_of: ShapeOf
+    configs: Iterable[Mapping[str, Any]],
+    *,
+    trials: int,
+    every_minutes: float,
+    shape_of: ShapeOf,
+    time_budget_s: float | None = None,
 ) -> CheckpointVolume | None:
     """The volume for ``trials`` trials whose configurations are among ``configs`` (flat): the largest
-    checkpoint of them is counted for every trial. None if no configuration's data shape is known."""
+    checkpoint of them is counted for every trial. A trial saves at most once an epoch, and within
+    the sweep's ``time_budget_s`` at most once every ``every_minutes`` plus its last save. None if
+    no configuration's data shape is known."""
     sizes: dict[tuple[Any, ...], tuple[int, str]] = {}
     epochs = 1
     for values in configs:
@@ -112,5 +120,11 @@ def checkpoint_volume(
         model=model,
         trials=trials,
         every_minutes=every_minutes,
-        max_saves_per_trial=max(1, epochs),
+        max_saves_per_trial=max(1, min(epochs, _saves_within(time_budget_s, every_minutes))),
     )
+
+
+def _saves_within(time_budget_s: float | None, every_minutes: float) -> int:
+    if time_budget_s is None:
+        return 2**62
+    return 1 + math.floor(time_budget_s / (60.0 * every_minutes))
