@@ -146,7 +146,9 @@ def precision_step(work: Path, *, dry_run: bool) -> dict[str, Any]:
         if dry_run:
             command += ["--device", "cpu", "--warmup", "0", "--repeats", "1"] + (["--sampling", "1"] if first else [])
         else:
-            command += ["--device", "cuda", "--warmup", "2", "--repeats", "10"] + (["--sampling", "20"] if first else [])
+            command += ["--device", "cuda", "--warmup", "2", "--repeats", "10"] + (
+                ["--sampling", "20"] if first else []
+            )
         limit = _LIMITS["precision_256" if first else "precision_1024"][dry_run]
         run = _run(command, limit=limit, log_file=work / f"precision-{batch_size}.log")
         step["runs"].append(run)
@@ -170,7 +172,12 @@ def _summarise_precision(report: dict[str, Any], step: dict[str, Any]) -> None:
             row = result["engines"].get(name, {})
             if "median_s" in row:
                 step["cases"].append(
-                    {**case, "engine": name, "ms_per_step": row["median_s"] * 1e3, "peak_mb": row["peak_step_bytes"] / 2**20}
+                    {
+                        **case,
+                        "engine": name,
+                        "ms_per_step": row["median_s"] * 1e3,
+                        "peak_mb": row["peak_step_bytes"] / 2**20,
+                    }
                 )
             else:
                 step["cases"].append({**case, "engine": name, "status": row.get("status"), "reason": row.get("reason")})

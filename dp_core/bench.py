@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -362,26 +363,37 @@ def sampling_steps_per_second(case: Case, *, device: torch.device, warmup: int, 
             noise_generator=torch.Generator(device=device).manual_seed(0),
         )
         sampling = torch.Generator(device="cpu" if where == "host" else device).manual_seed(1)
-
-        def run(count: int) -> None:
-            for indices, _ in poisson_batches(
-                num_examples=num_examples, sample_rate=case.batch_size / num_examples, steps=count, generator=sampling
-            ):
-                if where == "host":
-                    indices = torch.as_tensor(indices.tolist(), dtype=torch.long).to(device)
-                step.backward(images[indices], labels[indices])
-                step.optimizer.step()
-                step.optimizer.zero_grad(set_to_none=True)
-
-        run(warmup)
+        train = functools.partial(_sampled_steps, step, images, labels, generator=sampling, host=where == "host")
+        train(steps=warmup, sample_rate=case.batch_size / num_examples)
         _sync(device)
         started = time.perf_counter()
-        run(steps)
+        train(steps=steps, sample_rate=case.batch_size / num_examples)
         _sync(device)
         measured[f"{where}_steps_per_s"] = steps / (time.perf_counter() - started)
         measured["engine"] = step.engine
     measured["device_over_host"] = measured["device_steps_per_s"] / measured["host_steps_per_s"]
     return measured
+
+
+def _sampled_steps(
+    step: Any,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    host: bool,
+    steps: int,
+    sample_rate: float,
+) -> None:
+    """``steps`` DP steps on Poisson batches drawn from ``generator``; ``host``: as a list, copied over."""
+    for indices, _ in poisson_batches(
+        num_examples=len(images), sample_rate=sample_rate, steps=steps, generator=generator
+    ):
+        if host:
+            indices = torch.as_tensor(indices.tolist(), dtype=torch.long).to(images.device)
+        step.backward(images[indices], labels[indices])
+        step.optimizer.step()
+        step.optimizer.zero_grad(set_to_none=True)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -407,9 +419,11 @@ def format_table(results: list[dict[str, Any]]) -> str:
     for result in results:
         layout = " NHWC" if result.get("channels_last") else ""
         for name, row in result["engines"].items():
-            note = ("auto" if name == result["auto"] else "") + (
-                " best Opacus" if name == result["best_opacus"] else ""
-            ) + layout
+            note = (
+                ("auto" if name == result["auto"] else "")
+                + (" best Opacus" if name == result["best_opacus"] else "")
+                + layout
+            )
             if "ratio" in row:
                 lines.append(
                     f"{result['model']:<12} {result['batch_size']:>4} {name:<10} {row['median_s'] * 1e3:>9.1f} "

@@ -115,8 +115,10 @@ def out_of_memory_message(
     batch the trial had (its own setting, else its expected logical batch qN) is suggested.
     """
     physical = config.max_physical_batch_size or max(1, math.ceil(plan.sample_rate * train_size))
-    setting = f"max_physical_batch_size={config.max_physical_batch_size}" if config.max_physical_batch_size else (
-        f"no max_physical_batch_size: whole logical batches of about {physical}"
+    setting = (
+        f"max_physical_batch_size={config.max_physical_batch_size}"
+        if config.max_physical_batch_size
+        else (f"no max_physical_batch_size: whole logical batches of about {physical}")
     )
     what = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
     return (

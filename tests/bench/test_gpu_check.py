@@ -48,7 +48,9 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     # 1b. precision and layout: the non-private and the default engine's step, with and without channels_last,
     # in every precision dp_core.bench was asked for; and steps/s with sampling on the device and on the host.
     precision = report["precision"]
-    timed = {(c["precision"], c["channels_last"], c["engine"]) for c in precision["cases"] if c.get("ms_per_step", 0) > 0}
+    timed = {
+        (c["precision"], c["channels_last"], c["engine"]) for c in precision["cases"] if c.get("ms_per_step", 0) > 0
+    }
     precisions = (precision["precisions"] or "fp32").split(",")
     assert timed == {(p, layout, engine) for p in precisions for layout in (False, True) for engine in ("none", "bk")}
     assert all(c["model"] == "cifar_cnn" and c["batch_size"] == 2 and c["peak_mb"] > 0 for c in precision["cases"])

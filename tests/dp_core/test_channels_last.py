@@ -78,7 +78,9 @@ def test_train_with_channels_last_matches_the_default_layout() -> None:
 @pytest.mark.parametrize("engine", LAYOUT_UNSAFE)
 def test_train_refuses_channels_last_with_an_engine_it_breaks(engine: str) -> None:
     config = TrainConfig.from_dict({**CNN, "noise_multiplier": 1.0, "grad_sample_mode": engine, "channels_last": True})
-    with pytest.raises(ConfigError, match=rf"\(functorch, bk\), but got grad_sample_mode='{engine}' with channels_last=True"):
+    with pytest.raises(
+        ConfigError, match=rf"\(functorch, bk\), but got grad_sample_mode='{engine}' with channels_last=True"
+    ):
         train(config, data=DIGITS)
 
 

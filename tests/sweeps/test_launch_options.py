@@ -78,6 +78,8 @@ def test_the_launcher_says_the_checkpoint_volume_before_it_starts(tmp_path, caps
     capsys.readouterr()
     launch._say_checkpoint_volume(prepared)
     (line,) = capsys.readouterr().out.strip().splitlines()
-    one = checkpoint_bytes(TrainConfig.from_dict(prepared.runnable[0].train_config), input_shape=(1, 8, 8), num_classes=10)
+    one = checkpoint_bytes(
+        TrainConfig.from_dict(prepared.runnable[0].train_config), input_shape=(1, 8, 8), num_classes=10
+    )
     assert line.startswith(f"checkpoints: one is about {one / 1000:.3g} kB (mlp")
     assert f"{len(prepared.runnable)} trial(s) save every 10 min" in line and "at most 20 each" in line

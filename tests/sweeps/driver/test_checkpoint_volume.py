@@ -52,7 +52,9 @@ def test_the_volume_counts_the_largest_model_for_every_trial_and_says_so_in_one_
     assert "\n" not in line and "12 trial(s)" in line and "every 10 min" in line and "at most 5 each" in line
     assert "checkpoint_every_minutes" in line
     # Within a sweep's time budget a trial saves at most every 10 minutes, and after its last epoch.
-    budgeted = checkpoint_volume(configs, trials=12, every_minutes=10.0, shape_of=shapes_known_here(), time_budget_s=1500)
+    budgeted = checkpoint_volume(
+        configs, trials=12, every_minutes=10.0, shape_of=shapes_known_here(), time_budget_s=1500
+    )
     assert budgeted is not None and budgeted.max_saves_per_trial == 3
     # A dataset whose shape the driver does not know: nothing to say.
     assert checkpoint_volume(configs, trials=1, every_minutes=1.0, shape_of=lambda config: None) is None

@@ -495,7 +495,9 @@ def test_the_launcher_refuses_two_gpus_per_trial_with_exit_2_before_ray(
 
     space = write_good(tmp_path, append="resources: {cpus: 1, gpus: 2}\n")
     results = tmp_path / "results"
-    assert main(["--space", str(space), "--results-dir", str(results), "--tracking-uri", f"file:{tmp_path}/mlruns"]) == 2
+    assert (
+        main(["--space", str(space), "--results-dir", str(results), "--tracking-uri", f"file:{tmp_path}/mlruns"]) == 2
+    )
     error = capsys.readouterr().err
     assert "at most 1 GPU per trial" in error and str(space) in error
     assert not results.exists() and not (tmp_path / "mlruns").exists()

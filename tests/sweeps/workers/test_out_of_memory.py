@@ -71,7 +71,9 @@ def test_the_message_names_the_trial_and_half_the_physical_batch() -> None:
     assert "trial trial_0007 ran out of GPU memory" in unset and "Tried to allocate 2.00 GiB" in unset
     assert f"max_physical_batch_size: {expected // 2}" in unset
     chunked = config.replace(max_physical_batch_size=64)
-    assert "max_physical_batch_size: 32" in out_of_memory_message("t", chunked, planned.plan, train_size=1294, error=error)
+    assert "max_physical_batch_size: 32" in out_of_memory_message(
+        "t", chunked, planned.plan, train_size=1294, error=error
+    )
 
 
 @pytest.mark.slow
