@@ -61,6 +61,7 @@ _HELP = {
     ),
     "device": "auto, cpu or cuda",
     "test_batch_size": "batch size for evaluation",
+    "channels_last": "convolutions in NHWC (torch.channels_last); engines bk and functorch only",
 }
 _ALIASES = {
     "noise_multiplier": ["--sigma"],

@@ -317,6 +317,10 @@ class TrainConfig:
         require_choice(self.device, key="device", choices=DEVICES)
         _require_int(self.test_batch_size, key="test_batch_size", low=1)
         _require_bool(self.channels_last, key="channels_last")
+        if self.channels_last and self.privacy.is_private and self.privacy.grad_sample_mode != "auto":
+            from dp_core.engines import require_channels_last  # imported here: engines imports torch and Opacus
+
+            require_channels_last(self.privacy.grad_sample_mode)  # auto's choice is checked by dp_core.train
 
     # ---- building -----------------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ __all__ = [
     "StepMechanism",
     "choose_engine",
     "make_dp_optimizer",
+    "require_channels_last",
 ]
 
 
@@ -396,6 +397,17 @@ ENGINES: Registry[Engine] = Registry("grad_sample_mode")
 # ``auto`` takes the first of these that supports the model: bk was the fastest correct engine on
 # every model of the zoo in ``python -m dp_core.bench``; hooks runs whatever Opacus can.
 AUTO_ORDER: tuple[str, ...] = ("bk", "hooks")
+
+
+def require_channels_last(grad_sample_mode: str) -> None:
+    """Refuse ``channels_last`` with an engine whose per-sample gradients are wrong in that layout."""
+    if not ENGINES.get(grad_sample_mode).supports_channels_last:
+        allowed = [name for name in ENGINES if ENGINES.get(name).supports_channels_last]
+        raise ConfigError(
+            f"Expected an engine whose per-sample gradients stay exact in channels_last ({', '.join(allowed)}), "
+            f"but got grad_sample_mode={grad_sample_mode!r} with channels_last=True; set grad_sample_mode to one "
+            "of those, or channels_last: false."
+        )
 
 
 def choose_engine(

@@ -26,7 +26,7 @@ from torch import nn
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
-from dp_core.engines import ENGINES
+from dp_core.engines import require_channels_last
 from dp_core.models import build_configured_model
 from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
 
@@ -219,17 +219,6 @@ def _memory_format(config: TrainConfig, input_shape: tuple[int, ...]) -> torch.m
     return torch.channels_last
 
 
-def _require_channels_last_engine(config: TrainConfig, engine: str) -> None:
-    """Refuse channels_last with an engine whose per-sample gradients are wrong in that layout."""
-    if config.channels_last and not ENGINES.get(engine).supports_channels_last:
-        allowed = [name for name in ENGINES if ENGINES.get(name).supports_channels_last]
-        raise ConfigError(
-            f"Expected an engine whose per-sample gradients stay exact in channels_last ({', '.join(allowed)}), "
-            f"but got grad_sample_mode={engine!r} with channels_last=True; set grad_sample_mode to one of "
-            "those, or channels_last: false."
-        )
-
-
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     # Write then rename: a run killed mid-save leaves the previous checkpoint intact.
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -334,7 +323,8 @@ def train(
             noise_generator=noise_generator,
         )
         model, optimizer = step.model, step.optimizer
-        _require_channels_last_engine(config, step.engine)
+        if config.channels_last:  # auto's choice, checked now that it is made
+            require_channels_last(step.engine)
     base_optimizer = getattr(optimizer, "original_optimizer", optimizer)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(base_optimizer, T_max=plan.max_steps)

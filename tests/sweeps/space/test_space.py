@@ -503,6 +503,14 @@ def test_the_launcher_refuses_two_gpus_per_trial_with_exit_2_before_ray(
     assert not results.exists() and not (tmp_path / "mlruns").exists()
 
 
+def test_channels_last_with_an_engine_it_breaks_is_refused_when_the_space_loads(tmp_path: Path) -> None:
+    path = write_good(
+        tmp_path, replace=("  epochs: 2\n", "  epochs: 2\n  channels_last: true\n  grad_sample_mode: hooks\n")
+    )
+    message = load_error(path)
+    assert "grad_sample_mode='hooks' with channels_last=True" in message
+
+
 def test_checkpoint_every_minutes_defaults_to_ten_and_must_be_positive(tmp_path: Path) -> None:
     assert load_space(str(write_good(tmp_path))).checkpoint_every_minutes == 10.0
     every_two = load_space(str(write_good(tmp_path, append="checkpoint_every_minutes: 2.5\n", name="c")))
