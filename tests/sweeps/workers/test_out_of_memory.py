@@ -20,7 +20,7 @@ from dp_core.config import TrainConfig
 from dp_core.models import MODELS, register_model
 from sweeps.planning import plan_trial
 from sweeps.planning.packing import pack_spec
-from sweeps.protocol import TRIAL_FIELD, EpochRow, encode_unit, outcome_of
+from sweeps.protocol import TRIAL_FIELD, EpochRow, encode_unit, outcome_of, rows_of
 from sweeps.workers.trainable import run_trial
 from sweeps.workers.trial import out_of_memory_message
 
@@ -28,14 +28,15 @@ OUT_OF_MEMORY_MODEL = "test_out_of_memory_in_training"
 
 
 class _OutOfMemoryInTraining(nn.Module):
-    """A linear model whose training forward raises what a CUDA allocation that does not fit raises."""
+    """A linear model whose training forward on a real batch raises what a CUDA allocation that does
+    not fit raises (the vectorised step's check of a model, on 2 examples, passes)."""
 
     def __init__(self, *, input_shape: tuple[int, ...], num_classes: int, gn_groups: int) -> None:
         super().__init__()
         self.linear = nn.Linear(int(torch.tensor(input_shape).prod()), num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if self.training and len(images) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.19 GiB total)")
         return self.linear(images.flatten(1))
 
@@ -94,3 +95,26 @@ def test_an_out_of_memory_trial_is_failed_oom_and_not_retried(local_ray, tmp_pat
     assert outcome_of(row) == "failed_oom" and row.out_of_memory and row.epoch == 0
     assert "trial trial_0003 ran out of GPU memory" in row.diverged and "max_physical_batch_size: " in row.diverged
     assert "Tried to allocate 20.00 GiB" in row.diverged
+
+
+@pytest.mark.slow
+def test_a_pack_out_of_memory_reports_each_member_failed_oom_and_is_not_retried(local_ray, tmp_path: Path) -> None:
+    planned = [
+        plan_trial({**TRAIN, "noise_multiplier": sigma}, name=f"trial_000{i}", axis_values={"noise_multiplier": sigma})
+        for i, sigma in enumerate((1.0, 2.0))
+    ]
+    starts = tmp_path / "starts.txt"
+    config = {TRIAL_FIELD: encode_unit(pack_spec(planned, width=2)), "starts": str(starts)}
+    run_config = tune.RunConfig(
+        storage_path=str(tmp_path / "ray"), name="sweep", verbose=0, failure_config=tune.FailureConfig(max_failures=2)
+    )
+    (result,) = tune.Tuner(_counted, param_space=config, run_config=run_config).fit()
+    assert result.error is None and starts.read_text().splitlines() == ["start"]
+    rows = rows_of(result.metrics, "")
+    assert set(rows) == {p.key for p in planned}
+    for member in planned:
+        (row,) = rows[member.key]
+        assert outcome_of(row) == "failed_oom"
+        assert (
+            f"trial {member.name} ran out of GPU memory" in row.diverged and "max_physical_batch_size: " in row.diverged
+        )
