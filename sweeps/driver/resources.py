@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dp_core.config import ConfigError
-from sweeps.space.checks import require_one_device
 
 __all__ = [
     "trial_slots",
@@ -107,6 +106,9 @@ def with_resources(space: Any, text: str) -> Any:
     """``space`` with its per-trial resources replaced by ``--resources`` ``text`` (keys left out stay)."""
     chosen = parse_resources(text, default=TrialResources(cpus=space.cpus_per_trial, gpus=space.gpus_per_trial))
     if getattr(space, "kind", "train") != "federated":  # federated trials split theirs over their clients
+        # Imported here: the space package imports torch, and this module must not (sweeps.submit).
+        from sweeps.space.checks import require_one_device
+
         require_one_device(chosen.gpus, where=f"--resources {text}")
     return dataclasses.replace(space, cpus_per_trial=chosen.cpus, gpus_per_trial=chosen.gpus)
 
