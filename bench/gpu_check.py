@@ -1,13 +1,19 @@
 """The GPU check: ``python bench/gpu_check.py`` on a machine with one GPU, under 8 minutes.
 
-Three measurements, each a separate process with its own time limit (a step that fails or runs
-out of time is recorded as such and the others still run), and one JSON,
+Four measurements, each a separate process (or two) with its own time limit (a step that fails or
+runs out of time is recorded as such and the others still run), and one JSON,
 ``bench/results/gpu-check-<date>.json``, naming the device (``torch.cuda.get_device_name``):
 
 1. **The DP step against the non-private step**: ``python -m dp_core.bench --device cuda --models
    resnet18_gn,wrn16_4`` (B = 128 and 256; every engine checked against a one-example loop, then
    timed; peak memory of a step). Target: the default engine at most 1.3x the non-private step
    for ResNet-18-GN at B = 128, with peak memory at most 1.5x.
+   **Precision, layout and sampling** (``precision``): the default engine (bk) and the non-private
+   step for ResNet-18-GN, WRN-16-4 and the CIFAR CNN at B = 256 and 1024, in fp32, bf16 and tf32
+   (``--precisions``, where dp_core.bench has it), with and without ``channels_last``
+   (``--channels-last``): step time and peak memory; at B = 256 also training steps/s with Poisson
+   sampling on the device against on the host (``--sampling``). Target: bf16 at least 2x faster
+   than fp32 for WRN-16-4 at B = 256.
 2. **A sweep with fractional GPUs**: ``cifar10_grid`` as shipped (resnet18_gn, the cos schedule,
    virtual batches of 256, Opacus example settings) on ``synthetic_cifar10_full`` (CIFAR-10's
    shapes and sizes, generated: no download), 4 trials sharing the GPU (``--resources
@@ -46,8 +52,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SHIPPED_SPACE = ROOT / "search_spaces" / "cifar10_grid.yaml"
 
-# Per step: (GPU run, dry run) limits in seconds: 470 s at most on the GPU, under 8 minutes.
-_LIMITS = {"engines": (140, 240), "sweep": (190, 300), "packs": (140, 180)}
+# Per step: (GPU run, dry run) limits in seconds: 470 s at most on the GPU, under 8 minutes (the
+# sweep's limit is its time budget plus 80 s, 130 s with the default budget).
+_LIMITS = {
+    "engines": (100, 240),
+    "precision_256": (90, 240),
+    "precision_1024": (80, 240),
+    "sweep": (130, 300),
+    "packs": (70, 180),
+}
+_SWEEP_OVERHEAD_S = 80  # Ray's start, planning and the frontier after the time budget
+#: The step's models and batch sizes on the GPU (the issue's), and in a dry run.
+_PRECISION_MODELS = {False: "resnet18_gn,wrn16_4,cifar_cnn", True: "cifar_cnn"}
+_PRECISION_BATCHES = {False: (256, 1024), True: (2,)}
+_PRECISIONS = {False: "fp32,bf16,tf32", True: "fp32,bf16"}
 
 
 def _run(command: list[str], *, limit: float, log_file: Path) -> dict[str, Any]:
@@ -107,6 +125,64 @@ def engines_step(work: Path, *, dry_run: bool) -> dict[str, Any]:
     ]
     step["full_report"] = report
     return step
+
+
+def _bench_has_precisions() -> bool:
+    """Whether dp_core.bench takes ``--precisions`` (issue 31's mixed-precision work adds it); without
+    it the precision step measures fp32 only."""
+    return '"--precisions"' in (ROOT / "dp_core" / "bench.py").read_text()
+
+
+def precision_step(work: Path, *, dry_run: bool) -> dict[str, Any]:
+    """fp32 / bf16 / tf32 x default layout / channels_last, B = 256 and 1024, and sampling on the device."""
+    precisions = _PRECISIONS[dry_run] if _bench_has_precisions() else None
+    step: dict[str, Any] = {"status": "ok", "runs": [], "cases": [], "sampling": [], "precisions": precisions}
+    for batch_size in _PRECISION_BATCHES[dry_run]:
+        out_dir = work / f"precision-{batch_size}"
+        command = [sys.executable, "-m", "dp_core.bench", "--models", _PRECISION_MODELS[dry_run]]
+        command += ["--batch-size", str(batch_size), "--engines", "bk", "--channels-last", "--out-dir", str(out_dir)]
+        command += ["--precisions", precisions] if precisions else []
+        first = batch_size == _PRECISION_BATCHES[dry_run][0]
+        if dry_run:
+            command += ["--device", "cpu", "--warmup", "0", "--repeats", "1"] + (["--sampling", "1"] if first else [])
+        else:
+            command += ["--device", "cuda", "--warmup", "2", "--repeats", "10"] + (
+                ["--sampling", "20"] if first else []
+            )
+        limit = _LIMITS["precision_256" if first else "precision_1024"][dry_run]
+        run = _run(command, limit=limit, log_file=work / f"precision-{batch_size}.log")
+        step["runs"].append(run)
+        if run["status"] != "ok":
+            step["status"] = run["status"]
+        written = sorted(out_dir.glob("*.json"))
+        if written:
+            _summarise_precision(json.loads(written[-1].read_text()), step)
+    return step
+
+
+def _summarise_precision(report: dict[str, Any], step: dict[str, Any]) -> None:
+    for result in report["results"]:
+        case = {
+            "model": result["model"],
+            "batch_size": result["batch_size"],
+            "precision": result.get("precision", "fp32"),
+            "channels_last": result.get("channels_last", False),
+        }
+        for name in ("none", result["auto"]):
+            row = result["engines"].get(name, {})
+            if "median_s" in row:
+                step["cases"].append(
+                    {
+                        **case,
+                        "engine": name,
+                        "ms_per_step": row["median_s"] * 1e3,
+                        "peak_mb": row["peak_step_bytes"] / 2**20,
+                    }
+                )
+            else:
+                step["cases"].append({**case, "engine": name, "status": row.get("status"), "reason": row.get("reason")})
+        if "sampling" in result:
+            step["sampling"].append({**case, **result["sampling"]})
 
 
 # ---- 2. a sweep with fractional GPUs -----------------------------------------------------------
@@ -226,7 +302,7 @@ def sweep_step(work: Path, *, dry_run: bool, sweep_seconds: float) -> dict[str, 
     sampling = not dry_run and sampler.start()
     try:
         # Ray's start, planning and the frontier after the time budget: 90 s is ample on 16 cores.
-        limit = _LIMITS["sweep"][dry_run] if dry_run else max(_LIMITS["sweep"][0], sweep_seconds + 90)
+        limit = _LIMITS["sweep"][dry_run] if dry_run else sweep_seconds + _SWEEP_OVERHEAD_S
         step = _run(command, limit=limit, log_file=work / "sweep.log")
     finally:
         sampler.stop()
@@ -294,7 +370,6 @@ def packs_step(work: Path, *, dry_run: bool) -> dict[str, Any]:
             "--groups",
             "1",
             "4",
-            "8",
             "--repeats",
             "1",
         ]
@@ -320,7 +395,16 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
         (c for c in report["engines"].get("cases", []) if c["model"] == "resnet18_gn" and c["batch_size"] == 128), None
     )
     gpu = report["sweep"].get("gpu", {})
+    wrn = {
+        c["precision"]: c["ms_per_step"]
+        for c in report.get("precision", {}).get("cases", [])
+        if c["model"] == "wrn16_4" and c["batch_size"] == 256 and not c["channels_last"]
+        and c["engine"] != "none" and "ms_per_step" in c
+    }  # fmt: skip
     return {
+        "wrn16_4_b256_bf16_at_least_2x_faster_than_fp32": wrn["fp32"] / wrn["bf16"] >= 2.0
+        if {"fp32", "bf16"} <= set(wrn)
+        else None,
         "resnet18_gn_b128_time_ratio_at_most_1.3": None
         if resnet is None or resnet["auto_time_ratio"] is None
         else resnet["auto_time_ratio"] <= 1.3,
@@ -347,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out-dir", type=Path, help="where the JSON goes (default: bench/results; dry run: a temporary folder)"
     )
-    parser.add_argument("--sweep-seconds", type=float, default=100.0, help="the sweep's time budget (default 100)")
+    parser.add_argument("--sweep-seconds", type=float, default=50.0, help="the sweep's time budget (default 50)")
     args = parser.parse_args(argv)
     if not args.dry_run:
         import torch
@@ -366,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "work_dir": str(work),
     }
     report["engines"] = engines_step(work, dry_run=args.dry_run)
+    report["precision"] = precision_step(work, dry_run=args.dry_run)
     report["sweep"] = sweep_step(work, dry_run=args.dry_run, sweep_seconds=args.sweep_seconds)
     report["packs"] = packs_step(work, dry_run=args.dry_run)
     report["targets"] = targets(report)
@@ -390,11 +475,23 @@ def main(argv: list[str] | None = None) -> int:
                 else ""
             )
         )
+    for case in report["precision"]["cases"]:
+        if "ms_per_step" in case:
+            layout = " channels_last" if case["channels_last"] else ""
+            print(
+                f"  {case['model']} B={case['batch_size']} {case['precision']}{layout} {case['engine']}: "
+                f"{case['ms_per_step']:.1f} ms/step, {case['peak_mb']:.0f} MB"
+            )
+    for row in report["precision"]["sampling"]:
+        print(
+            f"  sampling {row['model']} B={row['batch_size']}: device {row['device_steps_per_s']:.1f} steps/s, "
+            f"host {row['host_steps_per_s']:.1f} steps/s"
+        )
     for row in report["packs"].get("results", []):
         print(f"  packs of {row['group_size']}: {row['speedup_wall']:.2f}x one after another")
     print(f"  targets: {report['targets']}")
     print(f"wrote {path}")
-    failed = [k for k in ("engines", "sweep", "packs") if report[k]["status"] != "ok"]
+    failed = [k for k in ("engines", "precision", "sweep", "packs") if report[k]["status"] != "ok"]
     if failed:
         print(f"steps that did not finish: {', '.join(failed)} (see their logs in {work})", file=sys.stderr)
     return 1 if failed else 0

@@ -54,7 +54,7 @@ class ConfigStack:
         # Per configuration, what train() seeds: model init, sampling stream, noise stream.
         self._models: list[nn.Module | None] = [None] * len(configs)
         self._models[0] = self._build(0)
-        self._sampling_generators = [torch.Generator().manual_seed(c.seed + 1) for c in configs]
+        self._sampling_generators = [torch.Generator(device=device).manual_seed(c.seed + 1) for c in configs]
         self._noise_generators = [torch.Generator(device=device).manual_seed(c.seed + 2) for c in configs]
         self._clipping = clipping_for(self._models[0])
         self._logits_of = vmap(logits_function(stateless_copy(self._models[0])), in_dims=(0, 0, None))

@@ -15,6 +15,10 @@ The table is printed and written to ``bench/results/<device>-<date>.json`` (``-q
 ``--precisions fp32,bf16,tf32`` times every case once per precision (``dp_core.precision``: the forward and
 backward passes lowered, the DP bookkeeping float32), each against the non-private step in the same
 precision; one the device lacks (tf32 on a CPU) is listed under ``skipped_precisions`` with the reason.
+``--channels-last`` adds every case again with model and batch in ``torch.channels_last`` (each engine
+checked in that layout too: one that gets it wrong is reported failed, not timed). ``--sampling`` adds, per
+case, training steps per second with Poisson sampling on the device against on the host (the mask drawn on
+the CPU, its indices copied to the device, as the trainer did before).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -41,7 +46,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from dp_core.dataset_facts import DATASETS
-from dp_core.dpsgd import PlainStep, make_private_step
+from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
 from dp_core.engines import ENGINES, choose_engine
 from dp_core.errors import ConfigError
 from dp_core.models import build_model
@@ -65,6 +70,11 @@ class Case:
     model: str
     input_shape: tuple[int, int, int]
     batch_size: int
+    channels_last: bool = False  # model and batch in torch.channels_last (NHWC)
+
+    @property
+    def layout(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
 def default_cases(device: str, *, quick: bool) -> list[Case]:
@@ -94,14 +104,14 @@ def default_cases(device: str, *, quick: bool) -> list[Case]:
 
 def _build(case: Case, device: torch.device) -> nn.Module:
     torch.manual_seed(0)  # every variant starts from the same weights
-    return build_model(case.model, input_shape=case.input_shape, num_classes=10).to(device)
+    return build_model(case.model, input_shape=case.input_shape, num_classes=10).to(device, memory_format=case.layout)
 
 
 def _batch(case: Case, size: int, device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(size, *case.input_shape, generator=generator)
     labels = torch.randint(0, 10, (size,), generator=generator)
-    return images.to(device), labels.to(device)
+    return images.to(device).contiguous(memory_format=case.layout), labels.to(device)
 
 
 # ---------------------------------------------------------------------------------------------- correctness
@@ -348,6 +358,63 @@ def benchmark_case(
     }
 
 
+def sampling_steps_per_second(case: Case, *, device: torch.device, warmup: int, steps: int) -> dict[str, Any]:
+    """DP training steps per second (the auto engine) on Poisson batches of expected size B from N = 50 B
+    examples held on ``device``, the mask drawn on the host against on the device.
+
+    On the host, as the trainer did before sampling moved: ``rand(N)`` on the CPU, its indices as a
+    Python list, a tensor of them copied to the device. On the device: drawn and indexed there.
+    """
+    num_examples = 50 * case.batch_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(num_examples, *case.input_shape, generator=generator)
+    images = images.to(device).contiguous(memory_format=case.layout)
+    labels = torch.randint(0, 10, (num_examples,), generator=generator).to(device)
+    measured: dict[str, Any] = {"num_examples": num_examples, "steps": steps}
+    for where in ("host", "device"):
+        model = _build(case, device)
+        step = make_private_step(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.01),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=case.batch_size,
+            noise_generator=torch.Generator(device=device).manual_seed(0),
+        )
+        sampling = torch.Generator(device="cpu" if where == "host" else device).manual_seed(1)
+        train = functools.partial(_sampled_steps, step, images, labels, generator=sampling, host=where == "host")
+        train(steps=warmup, sample_rate=case.batch_size / num_examples)
+        _sync(device)
+        started = time.perf_counter()
+        train(steps=steps, sample_rate=case.batch_size / num_examples)
+        _sync(device)
+        measured[f"{where}_steps_per_s"] = steps / (time.perf_counter() - started)
+        measured["engine"] = step.engine
+    measured["device_over_host"] = measured["device_steps_per_s"] / measured["host_steps_per_s"]
+    return measured
+
+
+def _sampled_steps(
+    step: Any,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    host: bool,
+    steps: int,
+    sample_rate: float,
+) -> None:
+    """``steps`` DP steps on Poisson batches drawn from ``generator``; ``host``: as a list, copied over."""
+    for indices, _ in poisson_batches(
+        num_examples=len(images), sample_rate=sample_rate, steps=steps, generator=generator
+    ):
+        if host:
+            indices = torch.as_tensor(indices.tolist(), dtype=torch.long).to(images.device)
+        step.backward(images[indices], labels[indices])
+        step.optimizer.step()
+        step.optimizer.zero_grad(set_to_none=True)
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -369,9 +436,12 @@ def format_table(results: list[dict[str, Any]]) -> str:
         f"{'peak MB':>9} {'x none':>7}  note"
     ]
     for result in results:
+        layout = " NHWC" if result.get("channels_last") else ""
         for name, row in result["engines"].items():
-            note = ("auto" if name == result["auto"] else "") + (
-                " best Opacus" if name == result["best_opacus"] else ""
+            note = (
+                ("auto" if name == result["auto"] else "")
+                + (" best Opacus" if name == result["best_opacus"] else "")
+                + layout
             )
             if "ratio" in row:
                 lines.append(
@@ -383,8 +453,14 @@ def format_table(results: list[dict[str, Any]]) -> str:
             else:
                 lines.append(
                     f"{result['model']:<12} {result['batch_size']:>4} {result.get('precision', 'fp32'):<5} "
-                    f"{name:<10} {row['status'].upper()}: {row['reason']}"
+                    f"{name:<10} {row['status'].upper()}: {row['reason']}{layout}"
                 )
+        if "sampling" in result:
+            sampling = result["sampling"]
+            lines.append(
+                f"{result['model']:<12} {result['batch_size']:>4} sampling   host {sampling['host_steps_per_s']:.1f} "
+                f"steps/s, device {sampling['device_steps_per_s']:.1f} steps/s ({sampling['engine']}){layout}"
+            )
     return "\n".join(lines)
 
 
@@ -397,11 +473,15 @@ def run_benchmark(
     repeats: int,
     out_dir: Path | None,
     quick: bool = False,
+    sampling_steps: int = 0,
     log: Callable[[str], None] = print,
     precisions: Sequence[str] = ("fp32",),
 ) -> dict[str, Any]:
     """Benchmark ``engines`` on ``cases`` in each of ``precisions``; write ``<out_dir>/<device>-<date>.json``
-    unless ``out_dir`` is None. A precision the device lacks is skipped, its reason in ``skipped_precisions``."""
+    unless ``out_dir`` is None. A precision the device lacks is skipped, its reason in ``skipped_precisions``.
+
+    With ``sampling_steps``, each case also times that many steps with sampling on the host and on the
+    device (:func:`sampling_steps_per_second`)."""
     started = time.perf_counter()
     load_before = os.getloadavg()
     resolved, skipped = [], {}
@@ -417,6 +497,10 @@ def run_benchmark(
             log(f"{case.model} B={case.batch_size} {precision.name} ...")
             results.append(
                 benchmark_case(case, engines, device=device, warmup=warmup, repeats=repeats, precision=precision)
+            )
+        if sampling_steps:
+            results[-1]["sampling"] = sampling_steps_per_second(
+                case, device=device, warmup=warmup, steps=sampling_steps
             )
     report = {
         "device": device.type,
@@ -464,6 +548,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="fp32",
         help="comma-separated precisions to time each case in: fp32, bf16, tf32 (default fp32; tf32 needs CUDA)",
     )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="also run every case in torch.channels_last (NHWC)"
+    )
+    parser.add_argument(
+        "--sampling",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also time STEPS training steps per case with Poisson sampling on the device and on the host",
+    )
     args = parser.parse_args(argv)
     # Opacus' hooks warn on every backward that reaches a layer whose inputs need no gradient.
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -481,6 +575,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = [c for c in cases if c.model in wanted]
     if args.batch_size:
         cases = list({dataclasses.replace(c, batch_size=args.batch_size): None for c in cases})
+    if args.channels_last:
+        cases += [dataclasses.replace(c, channels_last=True) for c in cases if len(c.input_shape) == 3]
     engines = args.engines.split(",") if args.engines else list(ENGINES)
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
@@ -498,6 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup=args.warmup if args.warmup is not None else (2 if args.quick else 3),
         repeats=args.repeats if args.repeats is not None else (5 if args.quick else 25),
         out_dir=None if args.no_save else args.out_dir,
+        sampling_steps=args.sampling,
     )
     print(
         f"\n{report['device_name']}, torch {report['torch']}, opacus {report['opacus']}; "

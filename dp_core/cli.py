@@ -65,6 +65,7 @@ _HELP = {
     "device": "auto, cpu or cuda",
     "precision": "fp32, bf16, tf32 or auto (bf16 on a CUDA GPU with native bf16, else fp32); DP bookkeeping stays fp32",
     "test_batch_size": "batch size for evaluation",
+    "channels_last": "convolutions in NHWC (torch.channels_last); engines bk and functorch only",
 }
 _ALIASES = {
     "noise_multiplier": ["--sigma"],

@@ -262,6 +262,7 @@ TOP_LEVEL_KEYS = (
     "precision",
     "test_batch_size",
     "code",
+    "channels_last",
 )
 
 
@@ -313,6 +314,9 @@ class TrainConfig:
     # Folders that an own "module:function" (the model's) is imported from; a sweep sets the
     # space file's folder, so that dp_core.train --config imports the module the sweep trained.
     code: tuple[str, ...] = ()
+    # Convolutions in NHWC (torch.channels_last) for image data: faster on GPUs' tensor cores; only
+    # engines whose per-sample gradients stay exact in that layout accept it (dp_core.train).
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         require(
@@ -344,6 +348,11 @@ class TrainConfig:
 
         require_choice(self.precision, key="precision", choices=PRECISIONS)
         _require_int(self.test_batch_size, key="test_batch_size", low=1)
+        _require_bool(self.channels_last, key="channels_last")
+        if self.channels_last and self.privacy.is_private and self.privacy.grad_sample_mode != "auto":
+            from dp_core.engines import require_channels_last  # imported here: engines imports torch and Opacus
+
+            require_channels_last(self.privacy.grad_sample_mode)  # auto's choice is checked by dp_core.train
         self._check_augmult_engine()
 
     def _check_augmult_engine(self) -> None:

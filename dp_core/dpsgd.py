@@ -19,7 +19,6 @@ from typing import NotRequired, TypedDict, Unpack
 
 import torch
 from opacus.optimizers import DPOptimizer
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
 from dp_core.engines import Engine, PrivateStep, StepMechanism, choose_engine
@@ -223,12 +222,17 @@ def poisson_batches(
     Gaussian mechanism the accountant assumes). Batches may be empty; they still count as a step
     and still get noise. With ``max_physical_batch_size`` a logical batch is split into chunks
     and ``optimizer`` is told to clip-and-accumulate until the last chunk (virtual batches).
+
+    The mask is drawn on ``generator``'s device, and the indices stay there: a trainer on a GPU
+    passes a CUDA generator and indexes its on-device data with them, with no host copy. The one
+    host synchronisation a step has is ``nonzero``'s (the batch's size, which the step's shapes
+    and the split into chunks need). Batches are not padded to a fixed shape: see
+    docs/trainer.md, "Sampling on the device". On the CPU the draw is Opacus'
+    ``UniformWithReplacementSampler``'s (``rand(N) < q``), so a seed gives the same batches as it did.
     """
-    sampler = UniformWithReplacementSampler(
-        num_samples=num_examples, sample_rate=sample_rate, generator=generator, steps=steps
-    )
-    for indices in sampler:
-        batch = torch.as_tensor(indices, dtype=torch.long)
+    for _ in range(steps):
+        mask = torch.rand(num_examples, generator=generator, device=generator.device) < sample_rate
+        batch = mask.nonzero().flatten()
         if max_physical_batch_size is None or optimizer is None or len(batch) <= max_physical_batch_size:
             if optimizer is not None:
                 optimizer.signal_skip_step(do_skip=False)

@@ -72,6 +72,7 @@ __all__ = [
     "StepMechanism",
     "choose_engine",
     "make_dp_optimizer",
+    "require_channels_last",
 ]
 
 
@@ -150,6 +151,10 @@ class Engine(abc.ABC):
     # True for engines whose step implements ``PrivateStep.with_views``: an example's K views averaged
     # before its one clipping (augmult). ghost clips every row inside Opacus' backward and cannot.
     supports_augmult: bool = False
+    # Whether per-sample gradients stay exact for a model and batch in torch.channels_last
+    # (tests/dp_core/test_channels_last.py): Opacus' hooks and ghost unfold convolution inputs as if
+    # contiguous and get them wrong, ExpandedWeights fails on some convolutions.
+    supports_channels_last: bool = False
 
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         """Reasons this engine cannot train ``model`` with ``clipping``; empty when it can."""
@@ -314,6 +319,7 @@ class _Hooks(Engine):
 
     def __init__(self, name: str) -> None:
         self.name = name  # "hooks" or "functorch": same module, functorch forced for every layer
+        self.supports_channels_last = name == "functorch"
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, mechanism: StepMechanism) -> PrivateStep:
         private_model = wrap_model(model, grad_sample_mode=self.name, batch_first=True, loss_reduction="mean")
@@ -507,6 +513,7 @@ class _Bookkeeping(Engine):
     name = "bk"
     clips_in_optimizer_step = False
     supports_augmult = True
+    supports_channels_last = True
 
     def unsupported(self, model: nn.Module, *, clipping: str) -> list[str]:
         return _bookkeeping.unsupported_layers(model)
@@ -532,6 +539,17 @@ ENGINES: Registry[Engine] = Registry("grad_sample_mode")
 # ``auto`` takes the first of these that supports the model: bk was the fastest correct engine on
 # every model of the zoo in ``python -m dp_core.bench``; hooks runs whatever Opacus can.
 AUTO_ORDER: tuple[str, ...] = ("bk", "hooks")
+
+
+def require_channels_last(grad_sample_mode: str) -> None:
+    """Refuse ``channels_last`` with an engine whose per-sample gradients are wrong in that layout."""
+    if not ENGINES.get(grad_sample_mode).supports_channels_last:
+        allowed = [name for name in ENGINES if ENGINES.get(name).supports_channels_last]
+        raise ConfigError(
+            f"Expected an engine whose per-sample gradients stay exact in channels_last ({', '.join(allowed)}), "
+            f"but got grad_sample_mode={grad_sample_mode!r} with channels_last=True; set grad_sample_mode to one "
+            "of those, or channels_last: false."
+        )
 
 
 def choose_engine(

@@ -28,6 +28,7 @@ from dp_core.averaging import ParameterAverage
 from dp_core.config import ConfigError, TrainConfig
 from dp_core.data import DatasetSplits, load_data
 from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
+from dp_core.engines import require_channels_last
 from dp_core.models import build_configured_model
 from dp_core.precision import resolve_precision
 from dp_core.privacy_plan import PrivacyPlan, check_plan, plan_privacy
@@ -222,6 +223,18 @@ def _same_config(saved: dict[str, Any], config: TrainConfig) -> bool:
         return False
 
 
+def _memory_format(config: TrainConfig, input_shape: tuple[int, ...]) -> torch.memory_format:
+    """``channels_last`` for a run that asks for it on images (C, H, W), else the default layout."""
+    if not config.channels_last:
+        return torch.preserve_format
+    if len(input_shape) != 3:
+        raise ConfigError(
+            f"Expected channels_last only for image data (C, H, W), but got channels_last=True for inputs of "
+            f"shape {tuple(input_shape)}; set channels_last: false."
+        )
+    return torch.channels_last
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     # Write then rename: a run killed mid-save leaves the previous checkpoint intact.
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -301,16 +314,20 @@ def train(
     precision = resolve_precision(config.precision, device)  # the steps' forward and backward only
 
     torch.manual_seed(config.seed)  # model init and dropout
-    sampling_generator = torch.Generator().manual_seed(config.seed + 1)
+    # Poisson masks are drawn on the device the data lives on (dp_core.dpsgd.poisson_batches).
+    sampling_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
     noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
     augment_generator = torch.Generator(device=device).manual_seed(config.seed + 3)  # augmult's views
 
+    layout = _memory_format(config, data.input_shape)
     train_images, train_labels = (t.to(device) for t in data.train.tensors)
+    train_images = train_images.contiguous(memory_format=layout)  # batches indexed from it keep the layout
     eval_splits = {
         "val": tuple(t.to(device) for t in data.validation.tensors) if data.validation is not None else None,
         "test": tuple(t.to(device) for t in data.test.tensors) if evaluate_test else None,
     }
-    model = build_configured_model(config, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
+    model = build_configured_model(config, input_shape=data.input_shape, num_classes=data.num_classes)
+    model = model.to(device, memory_format=layout)
     # Copied before an engine wraps the model, so that the average carries none of its hooks.
     ema_decay = config.optimizer.ema_decay
     average = ParameterAverage(model, decay=ema_decay) if ema_decay is not None else None
@@ -332,6 +349,8 @@ def train(
             precision=precision.name,
         )
         model, optimizer = step.model, step.optimizer
+        if config.channels_last:  # auto's choice, checked now that it is made
+            require_channels_last(step.engine)
     base_optimizer = getattr(optimizer, "original_optimizer", optimizer)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(base_optimizer, T_max=plan.max_steps)
@@ -355,7 +374,7 @@ def train(
         base_optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
-        sampling_generator.set_state(state["sampling_rng"])
+        sampling_generator.set_state(state["sampling_rng"].to(sampling_generator.get_state().device))
         noise_generator.set_state(state["noise_rng"].to(noise_generator.get_state().device))
         if state.get("augment_rng") is not None:  # checkpoints from before augmult lack it (and had none)
             augment_generator.set_state(state["augment_rng"].to(augment_generator.get_state().device))
@@ -388,8 +407,7 @@ def train(
             max_physical_batch_size=config.max_physical_batch_size,
             optimizer=optimizer if plan.private else None,
         ):
-            indices = indices.to(device)
-            images, labels = train_images[indices], train_labels[indices]
+            images, labels = train_images[indices], train_labels[indices]  # indices are on the device already
             if len(indices) == 0 and not plan.private:
                 continue  # under DP an empty Poisson batch is still a step: it releases pure noise
             with precision.training():  # the engine keeps norms, clipped sums and noise float32 inside it

@@ -168,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     os.umask(0o077)
     prepared = prepare_sweep(request)
     _say_what_trials_does(request, prepared)
+    _say_checkpoint_volume(prepared, time_budget_s=request.time_budget)
 
     from sweeps.driver.progress import quiet_libraries
     from sweeps.tracking import default_tracking_uri  # noqa: F401  MLflow's import, before its logging is quieted
@@ -224,6 +225,26 @@ def _say_what_trials_does(request: SweepRequest, prepared: Any) -> None:
         "(--search optuna samples trials instead)",
         file=sys.stderr,
     )
+
+
+def _say_checkpoint_volume(prepared: Any, *, time_budget_s: float | None = None) -> None:
+    """Before anything starts: what the sweep's trials will write in checkpoints, in one line."""
+    from sweeps.driver.checkpoint_volume import checkpoint_volume, shapes_known_here
+    from sweeps.space.model import candidate_axis_values
+
+    space = prepared.space
+    if space.kind == "federated":
+        return  # a federated trial keeps no checkpoint
+    trials = len(prepared.runnable) if prepared.runnable is not None else space.trials
+    volume = checkpoint_volume(
+        (space.trial_config(values) for values in candidate_axis_values(space)),
+        trials=trials,
+        every_minutes=space.checkpoint_every_minutes,
+        shape_of=shapes_known_here(prepared.own_data),
+        time_budget_s=time_budget_s,
+    )
+    if volume is not None:
+        print(volume.describe(), flush=True)
 
 
 if __name__ == "__main__":

@@ -175,8 +175,9 @@ class EpochRow:
     """What a trial reports after an epoch (a round, for federated trials).
 
     ``val_accuracy``/``val_loss`` are on the validation split: a search trial never evaluates the
-    test split. ``epsilon`` is ∞ for a trial without noise. ``diverged`` holds the reason a trial's
-    loss diverged (its only row then, with accuracy 0). The ``*_seconds`` say where the time went;
+    test split. ``epsilon`` is ∞ for a trial without noise. ``diverged`` holds the reason a trial
+    failed in its worker (its only row then, with accuracy 0): its loss diverged, or, with
+    ``out_of_memory``, its step did not fit in the GPU's memory. The ``*_seconds`` say where the time went;
     setup/report are the time between epochs that was neither training nor evaluation.
     ``started_ms``/``ended_ms`` are wall-clock times (Unix epoch, ms) taken in the worker: when the
     trial began (the same in all its rows; 0: not measured) and when this epoch ended; the tracker
@@ -200,6 +201,7 @@ class EpochRow:
     stopped_by_budget: bool = False
     pruned: bool = False
     diverged: str | None = None
+    out_of_memory: bool = False
     client_epsilons: tuple[float, ...] = ()
     started_ms: int = 0
     ended_ms: int = 0
@@ -207,13 +209,17 @@ class EpochRow:
     replayed: bool = False
 
     @classmethod
-    def of_divergence(cls, reason: str, *, epochs_planned: int, started_ms: int = 0) -> EpochRow:
+    def of_divergence(
+        cls, reason: str, *, epochs_planned: int, started_ms: int = 0, out_of_memory: bool = False
+    ) -> EpochRow:
+        """The one row of a trial that failed in its worker: its loss diverged, or it ran out of GPU memory."""
         return cls(
             epoch=0,
             epochs_planned=epochs_planned,
             val_accuracy=0.0,
             epsilon=math.inf,
             diverged=reason,
+            out_of_memory=out_of_memory,
             started_ms=started_ms,
             ended_ms=wall_clock_ms() if started_ms else 0,
         )
@@ -238,8 +244,12 @@ class EpochRow:
 
 
 def outcome_of(last_row: EpochRow | None, *, error: bool = False) -> str:
-    """completed / stopped_by_budget / pruned / failed, from a trial's last row. A trial that
-    stopped short of its epochs without a budget stop was stopped by the scheduler: pruned."""
+    """completed / stopped_by_budget / pruned / failed / failed_oom, from a trial's last row. A trial
+    that stopped short of its epochs without a budget stop was stopped by the scheduler: pruned. One
+    that ran out of GPU memory reported it (failed_oom) rather than raised: retried unchanged, it
+    would run out again."""
+    if last_row is not None and last_row.out_of_memory:
+        return "failed_oom"
     if error or (last_row is not None and last_row.diverged is not None):
         return "failed"
     if last_row is None:

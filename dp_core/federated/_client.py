@@ -109,7 +109,7 @@ class LocalClient:
         self.device = resolve_device(config.device)
         self.images = setup.images.to(self.device)
         self.labels = setup.labels.to(self.device)
-        self.sampling_generator = torch.Generator().manual_seed(_stream(setup.seed, _SAMPLING))
+        self.sampling_generator = torch.Generator(device=self.device).manual_seed(_stream(setup.seed, _SAMPLING))
         self.noise_generator = torch.Generator(device=self.device).manual_seed(_stream(setup.seed, _NOISE))
         with _own_rng(self.device), _threads(num_threads):
             # The initial weights are overwritten by the global model every round; seeding only
@@ -186,7 +186,6 @@ class LocalClient:
         ):
             if len(indices) == 0 and not private:
                 continue  # under DP an empty Poisson batch is still a step: it releases pure noise
-            indices = indices.to(self.device)
             loss = self.step.backward(self.images[indices], self.labels[indices])  # the engine's protocol
             loss_sum += loss * len(indices)
             self.optimizer.step()

@@ -5,7 +5,8 @@ planned, before Ray or MLflow), ``session`` (the MLflow parent run and Ray), ``r
 the pruning board) with ``search``, ``optuna_actors`` and ``batch_tpe`` (Optuna),
 ``tracking_callback``, ``sweep_stats`` and ``progress``, then ``confirm_stage``, ``finish`` and
 ``register_models`` (each ε bound's model into MLflow's Model Registry).
-Beside them: ``resources`` (whether trials fit the cluster), ``prepare_data`` (datasets fetched
+Beside them: ``resources`` (whether trials fit the cluster), ``checkpoint_volume`` (what the
+trials' checkpoints will write, said before the sweep starts), ``prepare_data`` (datasets fetched
 once), ``user_code`` (a space's own modules: checked here, shipped to Ray's workers) and ``submit``
 (a sweep as a Ray Job). It re-exports no names: ``python -m sweeps.submit``
 imports this package and must start without torch, Ray, Optuna or MLflow.
@@ -13,6 +14,7 @@ imports this package and must start without torch, Ray, Optuna or MLflow.
 
 __all__ = [
     "batch_tpe",
+    "checkpoint_volume",
     "confirm_stage",
     "finish",
     "optuna_actors",

@@ -42,6 +42,7 @@ _GROUPS = {
     "pruned": "pruned",
     "skipped_over_budget": "skipped",
     "failed": "failed",
+    "failed_oom": "failed",
     "interrupted": "interrupted",
 }
 _SHOWN = ("done", "pruned", "skipped", "failed")  # always; "interrupted" only once it happens

@@ -105,6 +105,11 @@ def parse_resources(text: str, *, default: TrialResources) -> TrialResources:
 def with_resources(space: Any, text: str) -> Any:
     """``space`` with its per-trial resources replaced by ``--resources`` ``text`` (keys left out stay)."""
     chosen = parse_resources(text, default=TrialResources(cpus=space.cpus_per_trial, gpus=space.gpus_per_trial))
+    if getattr(space, "kind", "train") != "federated":  # federated trials split theirs over their clients
+        # Imported here: the space package imports torch, and this module must not (sweeps.submit).
+        from sweeps.space.checks import require_one_device
+
+        require_one_device(chosen.gpus, where=f"--resources {text}")
     return dataclasses.replace(space, cpus_per_trial=chosen.cpus, gpus_per_trial=chosen.gpus)
 
 

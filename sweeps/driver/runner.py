@@ -44,7 +44,7 @@ from sweeps.space import PRUNERS, SearchSpace
 from sweeps.tracking import SweepTracker
 from sweeps.workers.federated_actors import trial_resources
 from sweeps.workers.trainable import run_trial
-from sweeps.workers.trial import KEEP_BEST_MODEL_FIELD
+from sweeps.workers.trial import CHECKPOINT_EVERY_FIELD, KEEP_BEST_MODEL_FIELD
 
 __all__ = ["SweepStats", "run_trials", "connect_ray", "copy_from_checkpoint"]
 
@@ -301,6 +301,7 @@ def _new_tuner(
         }
     if selecting:
         param_space[KEEP_BEST_MODEL_FIELD] = True
+    param_space[CHECKPOINT_EVERY_FIELD] = 60.0 * space.checkpoint_every_minutes
     if board_name is not None:
         param_space["board"] = board_name
     return tune.Tuner(

@@ -55,6 +55,7 @@ from sweeps.privacy.ledger import LedgerEntry, PrivacyLedger
 from sweeps.privacy.mechanism import TrialMechanism
 from sweeps.protocol import TRIAL_FIELD, EpochRow, LatestRows, encode_unit, outcome_of, rows_of
 from sweeps.space import SearchSpace
+from sweeps.workers.trial import CHECKPOINT_EVERY_FIELD
 
 __all__ = ["BudgetedOptunaSearch", "journal_storage"]
 
@@ -335,6 +336,7 @@ class BudgetedOptunaSearch(Searcher):
         }
         if self.board_name is not None:
             config["board"] = self.board_name
+        config[CHECKPOINT_EVERY_FIELD] = 60.0 * self.space.checkpoint_every_minutes  # as the grid's param_space
         return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -411,7 +413,7 @@ class BudgetedOptunaSearch(Searcher):
         self._mark_finished(number)
         outcome = outcome_of(row, error=error)
         states = optuna.trial.TrialState
-        if outcome == "failed":
+        if outcome in ("failed", "failed_oom"):
             self.study.tell(number, state=states.FAIL)
         elif outcome == "pruned":
             self.study.tell(number, state=states.PRUNED)

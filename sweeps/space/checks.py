@@ -10,7 +10,7 @@ from typing import Any
 
 from dp_core.errors import ConfigError, require
 
-__all__ = ["in_file", "is_int", "is_number", "require_in"]
+__all__ = ["in_file", "is_int", "is_number", "require_in", "require_one_device"]
 
 
 @contextlib.contextmanager
@@ -36,3 +36,18 @@ def require_in(path: Path) -> Any:
             require(condition, key=key, value=value, allowed=allowed)
 
     return check
+
+
+def require_one_device(gpus: float, *, where: str) -> None:
+    """Refuse more than one GPU for a trial that trains on one device (every kind but federated).
+
+    ``dp_core.train`` uses one device: a second GPU would sit idle, paid for. Training one trial on
+    several (Opacus' DPDDP) needs one noise draw per step shared by every rank; a sweep gets more
+    from its GPUs by running trials side by side, which Ray Tune does already.
+    """
+    if gpus > 1:
+        raise ConfigError(
+            f"Expected at most 1 GPU per trial (a trial trains on one device), but got {where}. Ray Tune runs "
+            "more trials side by side instead: gpus: 1 gives each trial a whole GPU, and a fraction such as "
+            "gpus: 0.25 packs four trials on one GPU."
+        )

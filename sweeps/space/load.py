@@ -13,7 +13,8 @@ A search space is a small YAML file (shipped ones live in the ``search_spaces`` 
     trials: 24                      # optuna: required; grid: optional cap on the points run
     objective: single               # single | multi
     pruner: asha                    # asha | none
-    resources: {cpus: 1, gpus: 0}
+    resources: {cpus: 1, gpus: 0}   # per trial: gpus at most 1 (a fraction shares a GPU), see below
+    checkpoint_every_minutes: 10    # how often a trial saves its checkpoint while training (and at its end)
     seed: 0                         # optional: a public root seed (a reproducible research run, see below)
     sweep_epsilon_budget: 40.0      # optional, optuna: an RDP filter on the whole sweep (sweeps.privacy.adaptive)
     kind: train                     # train | federated (FedAvg over DP-SGD clients)
@@ -35,6 +36,10 @@ from that distribution and run K grid points drawn uniformly with replacement, s
 the best model has Papernot–Steinke's guarantee (:mod:`sweeps.privacy.selection`). The theorem needs
 i.i.d. runs of one mechanism, so it is refused with search: optuna (adaptive), pruner: asha
 (runs depend on each other), a trials cap, a seed axis and kind: federated.
+
+A trial trains on one device, so ``resources.gpus`` above 1 is refused (except with ``kind:
+federated``, whose clients split the trial's GPUs): Ray Tune runs trials side by side instead,
+one per GPU with ``gpus: 1``, or several per GPU with a fraction such as ``gpus: 0.25``.
 
 Each trial trains with its own seed (model init, Poisson sampling, noise), drawn from the sweep's
 root seed and the trial's number (:meth:`SearchSpace.trial_seed`), unless the space sets one itself

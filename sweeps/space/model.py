@@ -23,6 +23,7 @@ from dp_core.registry import Registry
 from sweeps.space.checks import in_file, is_int, require_in
 
 __all__ = [
+    "DEFAULT_CHECKPOINT_EVERY_MINUTES",
     "DEFAULT_VALIDATION_FRACTION",
     "KINDS",
     "OBJECTIVES",
@@ -53,6 +54,10 @@ KINDS = ("train", "federated")  # what a trial runs: dp_core.train, or dp_core.f
 SELECTION_DISTRIBUTIONS = ("poisson", "truncated_negative_binomial")  # of the trial count K
 #: The share of the training split a sweep holds out for validation when its space does not say.
 DEFAULT_VALIDATION_FRACTION = 0.1
+#: How often a trial saves its checkpoint while training, when its space does not say: sized for
+#: GPUs, where an epoch takes seconds and saving (and uploading) one per epoch would cost more than
+#: the training a dead worker redoes.
+DEFAULT_CHECKPOINT_EVERY_MINUTES = 10.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -144,6 +149,9 @@ class SearchSpace:
     # Absolute folders the space's own modules (model: "module:function") are imported from; they
     # travel to Ray's workers (sweeps.driver.user_code) and into every trial's configuration.
     code: tuple[str, ...] = ()
+    # How often a trial saves its checkpoint while training (and always after its last epoch): what
+    # it would redo if its worker died, against what it uploads to the sweep's storage.
+    checkpoint_every_minutes: float = DEFAULT_CHECKPOINT_EVERY_MINUTES
 
     def with_secret_seed(self, root: int) -> SearchSpace:
         """This space with the sweep's secret root seed (a space that sets ``seed:`` keeps its own)."""

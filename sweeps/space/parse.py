@@ -17,8 +17,9 @@ from dp_core.dataset_spec import DatasetSpec
 from dp_core.errors import ConfigError, require_choice, require_positive
 from dp_core.federated import FEDERATED_KEYS, FederatedConfig
 from dp_core.user_code import is_reference
-from sweeps.space.checks import in_file, is_int, is_number, require_in
+from sweeps.space.checks import in_file, is_int, is_number, require_in, require_one_device
 from sweeps.space.model import (
+    DEFAULT_CHECKPOINT_EVERY_MINUTES,
     DEFAULT_VALIDATION_FRACTION,
     KINDS,
     OBJECTIVES,
@@ -39,7 +40,7 @@ __all__ = ["parse_space"]
 _TOP_LEVEL_KEYS = (
     "name", "description", "fixed", "axes", "epsilon_budget", "search", "trials", "objective",
     "pruner", "resources", "seed", "kind", "private_selection", "vectorize", "sweep_epsilon_budget", "confirm",
-    "code",
+    "code", "checkpoint_every_minutes",
 )  # fmt: skip
 _CONFIRM_KEYS = ("top", "seeds", "baseline", "refit")
 _REQUIRED_KEYS = ("fixed", "axes", "search")
@@ -170,6 +171,8 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
             )
 
     cpus, gpus = _parse_resources(data.get("resources"), path)
+    if kind != "federated":  # a federated trial splits its GPUs over its clients, one device each
+        require_one_device(gpus, where=f"resources.gpus={gpus:g} in {path}")
 
     seed = data.get("seed")
     require_here(
@@ -185,6 +188,13 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
             require_positive(sweep_budget, key="sweep_epsilon_budget")
         sweep_budget = float(sweep_budget)
     private_selection = _parse_private_selection(data.get("private_selection"), path)
+    checkpoint_every = _coerce(data.get("checkpoint_every_minutes", DEFAULT_CHECKPOINT_EVERY_MINUTES))
+    require_here(
+        is_number(checkpoint_every) and checkpoint_every > 0,
+        key="checkpoint_every_minutes",
+        value=checkpoint_every,
+        allowed="to be a number of minutes > 0 (a trial also saves after its last epoch)",
+    )
     vectorize = data.get("vectorize", "auto")
     if vectorize is False or vectorize == "off":  # YAML reads a bare `off` as False
         vectorize = 1
@@ -218,6 +228,7 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
         search=search, trials=trials, objective=objective, pruner=pruner,
         cpus_per_trial=cpus, gpus_per_trial=gpus, seed=seed, kind=kind, private_selection=private_selection,
         vectorize=vectorize, public_seed=public_seed, sweep_epsilon_budget=sweep_budget, code=code,
+        checkpoint_every_minutes=float(checkpoint_every),
     )  # fmt: skip
     check_search_settings(space, path)
     check_trial_configs(space, path)

@@ -31,7 +31,9 @@ from sweeps.tracking.sqlite import fast_sqlite
 __all__ = ["SweepTracker", "OUTCOMES", "default_tracking_uri", "limit_http_retries"]
 
 # What happened to a trial, as the tag `dpsweep.outcome`.
-OUTCOMES = ("running", "completed", "stopped_by_budget", "pruned", "skipped_over_budget", "failed", "interrupted")
+OUTCOMES = (
+    "running", "completed", "stopped_by_budget", "pruned", "skipped_over_budget", "failed", "failed_oom", "interrupted",
+)  # fmt: skip
 _PARENT = "mlflow.parentRunId"
 
 
@@ -391,7 +393,7 @@ class SweepTracker(JournaledWrites):
         for start in range(room, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
         if outcome is not None:
-            status = RunStatus.FAILED if outcome == "failed" else RunStatus.FINISHED
+            status = RunStatus.FAILED if outcome in ("failed", "failed_oom") else RunStatus.FINISHED
             end = self.__dict__.setdefault("_kept_end", {}).pop(key, None) or ended_ms
             self.client.set_terminated(run_id, status=RunStatus.to_string(status), end_time=end)
             self._opened.discard(key)  # a later write (a retried trial) reopens the run

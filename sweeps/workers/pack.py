@@ -11,7 +11,9 @@ the sweep's pruning board (a Ray actor shared by all trials) about all its membe
 pruned members stop and the others go on unchanged.
 
 A member whose loss diverges is reported as failed and the others start over without it (same
-seeds, so the same results; the driver logs each epoch once). A pack keeps no checkpoint: it is
+seeds, so the same results; the driver logs each epoch once). A pack that runs out of GPU memory
+reports each member still training as failed_oom (sweeps.workers.trial), not raised: Ray Tune would
+retry it unchanged. A pack keeps no checkpoint: it is
 a few seconds of small-model training, so a pack whose worker died is simply run again.
 """
 
@@ -22,6 +24,7 @@ import time
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
 from dp_core.config import TrainConfig
@@ -30,7 +33,7 @@ from dp_core.vectorized import ConfigsDiverged, train_vectorized
 from sweeps.planning.pruning import epsilon_band
 from sweeps.protocol import EpochRow, PackSpec, encode_rows, wall_clock_ms
 from sweeps.workers.threads import use_reserved_cpus
-from sweeps.workers.trial import epoch_row, worker_dataset
+from sweeps.workers.trial import epoch_row, out_of_memory_message, worker_dataset
 
 __all__ = ["run_pack"]
 
@@ -141,6 +144,23 @@ def run_pack(unit: PackSpec, tune_config: dict[str, Any]) -> None:
             )
             if unsent:
                 send()
+            return
+        except torch.OutOfMemoryError as error:  # torch.cuda.OutOfMemoryError is this class
+            for k in active:
+                if k in ended:
+                    continue
+                reason = out_of_memory_message(
+                    members[k].name, configs[k], plans[k], train_size=len(data.train), error=error
+                )
+                unsent.setdefault(members[k].key, []).append(
+                    EpochRow.of_divergence(
+                        reason, epochs_planned=epochs, started_ms=joined_ms.get(k, 0), out_of_memory=True
+                    )
+                )
+            del error  # its traceback holds the failed step's tensors
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            send()
             return
         except ConfigsDiverged as error:
             diverged = {active[i] for i in error.config_indices}

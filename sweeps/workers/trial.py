@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -17,19 +18,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import tune
 
 from dp_core.config import DataConfig, TrainConfig
 from dp_core.data import DatasetSplits, load_data
+from dp_core.privacy_plan import PrivacyPlan
 from dp_core.train import EpochReport, ProgressReport, TrainingDiverged, train
 from sweeps.protocol import EpochRow, TrialSpec, wall_clock_ms
 from sweeps.workers.threads import use_reserved_cpus
 
 __all__ = [
     "BEST_MODEL_FILE",
+    "CHECKPOINT_EVERY_FIELD",
     "CHECKPOINT_FILE",
     "KEEP_BEST_MODEL_FIELD",
     "epoch_row",
+    "out_of_memory_message",
     "progress_row",
     "run_central_trial",
     "worker_dataset",
@@ -47,8 +52,13 @@ KEEP_BEST_MODEL_FIELD = "keep_best_model"
 # more, and reports this row again so that the driver's new process sees how the trial ended.
 LAST_ROW_FILE = "last_row.json"
 # A dead worker redoes at most this much training; saving and persisting a checkpoint after
-# every millisecond-long epoch would cost more than the epochs.
-CHECKPOINT_EVERY_SECONDS = 5.0
+# every epoch (seconds long on a GPU) would cost more than the epochs. The space's
+# checkpoint_every_minutes (sweeps.space.DEFAULT_CHECKPOINT_EVERY_MINUTES when it says nothing)
+# reaches the trial in its Ray config under CHECKPOINT_EVERY_FIELD, in seconds; this is for a
+# config without it (a sweep started before the setting existed, resumed).
+CHECKPOINT_EVERY_SECONDS = 600.0
+#: The key of a Ray trial's config that holds how often (seconds of training) it saves its checkpoint.
+CHECKPOINT_EVERY_FIELD = "checkpoint_every_seconds"
 # A test hook (tests/sweeps): a path template with {trial} and {epoch}. A lone trial (not a pack or
 # a federated one) whose formatted path exists before it reports an epoch writes "<path>.held" and
 # waits there until the path is removed, so that a test can inject a fault at a state that lasts
@@ -96,6 +106,29 @@ def epoch_row(report: EpochReport, *, epochs_planned: int) -> EpochRow:
     return progress_row(report, epoch=report.epoch, steps=report.steps, epochs_planned=epochs_planned)
 
 
+def out_of_memory_message(
+    trial: str, config: TrainConfig, plan: PrivacyPlan, *, train_size: int, error: BaseException
+) -> str:
+    """Why trial ``trial`` failed_oom, and the setting that fixes it: a smaller physical batch.
+
+    Virtual batches (``max_physical_batch_size``) split each logical batch into chunks that are
+    clipped and summed one after another: the same DP step in less memory. Half the physical
+    batch the trial had (its own setting, else its expected logical batch qN) is suggested.
+    """
+    physical = config.max_physical_batch_size or max(1, math.ceil(plan.sample_rate * train_size))
+    setting = (
+        f"max_physical_batch_size={config.max_physical_batch_size}"
+        if config.max_physical_batch_size
+        else (f"no max_physical_batch_size: whole logical batches of about {physical}")
+    )
+    what = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    return (
+        f"trial {trial} ran out of GPU memory ({setting}): {what}. Set max_physical_batch_size "
+        f"smaller, e.g. max_physical_batch_size: {max(1, physical // 2)} in the space's fixed keys "
+        "(the same DP step, in chunks); it is not retried unchanged."
+    )
+
+
 def _hold_if_asked(template: str, *, trial: str, epoch: int) -> None:
     """Wait while ``template``'s file for this trial and epoch exists (HOLD_FILE_ENV)."""
     hold = Path(template.format(trial=trial, epoch=epoch))
@@ -109,7 +142,9 @@ def _hold_if_asked(template: str, *, trial: str, epoch: int) -> None:
 def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
     """Runs one dp_core trial (:data:`sweeps.workers.trainable.RUNNERS`), reporting every epoch.
 
-    A diverged run (NaN loss) is reported, not raised: retrying it would only diverge again.
+    A diverged run (NaN loss) is reported, not raised: retrying it would only diverge again. So is
+    a run out of GPU memory (``torch.OutOfMemoryError``, the outcome ``failed_oom``), with the
+    ``max_physical_batch_size`` that fixes it (:func:`out_of_memory_message`).
     With ``tune_config[KEEP_BEST_MODEL_FIELD]``, the model of its best epoch so far is saved with
     a checkpoint at every epoch that improves it, so that the latest checkpoint in the sweep's Ray
     storage holds the model of the trial's best epoch, however the trial ended.
@@ -170,13 +205,22 @@ def run_central_trial(unit: TrialSpec, tune_config: dict[str, Any]) -> None:
             on_epoch=on_epoch,
             checkpoint_path=state_file,
             data=data,
-            checkpoint_every_seconds=CHECKPOINT_EVERY_SECONDS,
+            checkpoint_every_seconds=float(tune_config.get(CHECKPOINT_EVERY_FIELD, CHECKPOINT_EVERY_SECONDS)),
             plan=plan,
             evaluate_test=False,
             best_model_path=best_model,
         )
     except TrainingDiverged as error:
         tune.report(EpochRow.of_divergence(str(error), epochs_planned=config.epochs, started_ms=started_ms).to_result())
+    except torch.OutOfMemoryError as error:  # torch.cuda.OutOfMemoryError is this class
+        # Reported as the outcome failed_oom, not raised: Ray Tune (FailureConfig) would retry the
+        # trial unchanged, and it would run out of memory again.
+        reason = out_of_memory_message(unit.name, config, plan, train_size=len(data.train), error=error)
+        row = EpochRow.of_divergence(reason, epochs_planned=config.epochs, started_ms=started_ms, out_of_memory=True)
+        del error  # its traceback holds the failed step's tensors
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the worker goes on to other trials (reuse_actors)
+        tune.report(row.to_result())
     else:
         if epochs_reported == 0 and restored_row is not None:
             # Restored at its end: nothing was trained, and without a row the driver would count

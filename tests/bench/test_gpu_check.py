@@ -33,8 +33,9 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     (written,) = tmp_path.glob("gpu-check-dryrun-cpu-*.json")
     report = json.loads(written.read_text())
     assert report["dry_run"] is True and "CPU (dry run)" in report["device_name"]
-    assert {k: report[k]["status"] for k in ("engines", "sweep", "packs")} == {
+    assert {k: report[k]["status"] for k in ("engines", "precision", "sweep", "packs")} == {
         "engines": "ok",
+        "precision": "ok",
         "sweep": "ok",
         "packs": "ok",
     }
@@ -44,6 +45,20 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     assert all(
         c["auto_engine"] == "bk" and c["auto_time_ratio"] > 0 and c["auto_memory_ratio"] > 0 for c in cases.values()
     )
+    # 1b. precision and layout: the non-private and the default engine's step, with and without channels_last,
+    # in every precision dp_core.bench was asked for; and steps/s with sampling on the device and on the host.
+    precision = report["precision"]
+    timed = {
+        (c["precision"], c["channels_last"], c["engine"]) for c in precision["cases"] if c.get("ms_per_step", 0) > 0
+    }
+    precisions = (precision["precisions"] or "fp32").split(",")
+    assert timed == {(p, layout, engine) for p in precisions for layout in (False, True) for engine in ("none", "bk")}
+    assert all(c["model"] == "cifar_cnn" and c["batch_size"] == 2 and c["peak_mb"] > 0 for c in precision["cases"])
+    assert {(s["channels_last"], s["engine"]) for s in precision["sampling"] if s["precision"] == "fp32"} == {
+        (False, "bk"),
+        (True, "bk"),
+    }
+    assert all(s["device_steps_per_s"] > 0 and s["host_steps_per_s"] > 0 for s in precision["sampling"])
     # 2. the sweep: the launcher's time split and throughput, read back from its MLflow parent run.
     sweep = report["sweep"]
     assert sweep["space"]["fixed"]["dataset"] == "synthetic_cifar10" and sweep["space"]["fixed"]["lr_schedule"] == "cos"

@@ -116,6 +116,60 @@ def test_poisson_batches_sample_each_example_with_probability_q() -> None:
     assert 30 < variance < 70
 
 
+def _memberships(device: str, *, num_examples: int, sample_rate: float, steps: int) -> torch.Tensor:
+    """(steps, N) 0/1 matrix: whether example i was in the batch of step t, as poisson_batches drew them."""
+    generator = torch.Generator(device=device).manual_seed(11)
+    rows = []
+    for indices, ends_step in poisson_batches(
+        num_examples=num_examples, sample_rate=sample_rate, steps=steps, generator=generator
+    ):
+        assert ends_step and indices.device.type == device and indices.dtype == torch.long
+        row = torch.zeros(num_examples)
+        row[indices.cpu()] = 1.0
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return ((a * b).mean() / (a.std(unbiased=False) * b.std(unbiased=False))).item()
+
+
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_poisson_masks_drawn_on_the_device_have_rate_q_and_independent_memberships(device: str) -> None:
+    """The sampled Gaussian mechanism the accountant assumes: every example joins every step's batch
+    independently with probability q. Over T steps and N examples: the mean batch size is qN (within
+    4 standard errors of the binomial mean), and membership is uncorrelated between consecutive steps
+    of one example and between two examples in one step (|r| within 5/√pairs, r's standard error
+    being 1/√pairs under independence)."""
+    num_examples, sample_rate, steps = 200, 0.1, 2000
+    member = _memberships(device, num_examples=num_examples, sample_rate=sample_rate, steps=steps)
+    sizes = member.sum(dim=1)
+    standard_error = math.sqrt(num_examples * sample_rate * (1 - sample_rate) / steps)
+    assert abs(sizes.mean().item() - sample_rate * num_examples) < 4 * standard_error
+    assert abs(member.mean().item() - sample_rate) < 4 * math.sqrt(sample_rate * (1 - sample_rate) / member.numel())
+    consecutive = _correlation(member[:-1].flatten(), member[1:].flatten())
+    assert abs(consecutive) < 5 / math.sqrt((steps - 1) * num_examples)
+    neighbours = _correlation(member[:, :-1].flatten(), member[:, 1:].flatten())
+    assert abs(neighbours) < 5 / math.sqrt(steps * (num_examples - 1))
+    # A dependence the pooled figures could average out: no single example's lag-1 correlation is far off.
+    per_example = [_correlation(member[:-1, i], member[1:, i]) for i in range(0, num_examples, 20)]
+    assert max(abs(r) for r in per_example) < 5 / math.sqrt(steps - 1)
+
+
+def test_poisson_masks_on_the_cpu_are_opacus_uniform_sampler_batches() -> None:
+    """On the CPU the draw is Opacus' UniformWithReplacementSampler's, batch for batch: a seed gives
+    the runs it gave before sampling moved to the trainer's device."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    opacus_batches = UniformWithReplacementSampler(
+        num_samples=300, sample_rate=0.05, generator=torch.Generator().manual_seed(3), steps=40
+    )
+    ours = poisson_batches(num_examples=300, sample_rate=0.05, steps=40, generator=torch.Generator().manual_seed(3))
+    for theirs, (mine, _) in zip(opacus_batches, ours, strict=True):
+        assert mine.tolist() == list(theirs)
+
+
 def test_virtual_batches_equal_one_physical_batch() -> None:
     """Splitting a logical batch into chunks (BatchMemoryManager style) changes nothing."""
     x = torch.randn(40, 1, 8, 8)

@@ -68,3 +68,18 @@ def test_trials_on_an_optuna_space_says_nothing(capsys) -> None:
     prepared = argparse.Namespace(space=argparse.Namespace(search="optuna"))
     launch._say_what_trials_does(SweepRequest(space="x", trials=5), prepared)
     assert capsys.readouterr().err == ""
+
+
+def test_the_launcher_says_the_checkpoint_volume_before_it_starts(tmp_path, capsys) -> None:
+    from dp_core.config import TrainConfig
+    from sweeps.driver.checkpoint_volume import checkpoint_bytes
+
+    prepared = prepare_sweep(SweepRequest(space="digits_quick", results_dir=tmp_path))
+    capsys.readouterr()
+    launch._say_checkpoint_volume(prepared)
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    one = checkpoint_bytes(
+        TrainConfig.from_dict(prepared.runnable[0].train_config), input_shape=(1, 8, 8), num_classes=10
+    )
+    assert line.startswith(f"checkpoints: one is about {one / 1000:.3g} kB (mlp")
+    assert f"{len(prepared.runnable)} trial(s) save every 10 min" in line and "at most 20 each" in line

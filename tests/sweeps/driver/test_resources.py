@@ -53,6 +53,13 @@ def test_with_resources_replaces_the_spaces_per_trial_resources() -> None:
     assert smaller.axes == space.axes and smaller.fixed == space.fixed
 
 
+def test_with_resources_refuses_more_than_one_gpu_per_trial_for_a_trial_on_one_device() -> None:
+    space = load_space("cifar10_grid")
+    with pytest.raises(ConfigError, match=r"at most 1 GPU per trial.*--resources cpus=4,gpus=2\..*gpus: 0.25"):
+        with_resources(space, "cpus=4,gpus=2")
+    assert with_resources(space, "gpus=1").gpus_per_trial == 1
+
+
 # ---- the decision ---------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from sweeps.privacy.ledger import PrivacyLedger
 from sweeps.privacy.mechanism import TrialMechanism
 from sweeps.protocol import EpochRow, encode_rows, unit_of
 from sweeps.space import load_space
+from sweeps.workers.trial import CHECKPOINT_EVERY_FIELD
 
 SPACE = """
 name: searched
@@ -64,6 +65,8 @@ def test_a_pack_member_is_told_to_optuna_when_it_ends_not_when_its_pack_does(tmp
     searcher.slots = 1
     try:
         config = searcher.suggest("pack-1")
+        # The space's checkpoint_every_minutes (the default here), in seconds, as the grid's trials get it.
+        assert config[CHECKPOINT_EVERY_FIELD] == 60.0 * space.checkpoint_every_minutes == 600.0
         first, second = (spec.key for spec in unit_of(config).members)
         study = optuna.load_study(study_name="searched", storage=journal_storage(tmp_path / "study.journal"))
         assert [t.state for t in study.trials[:2]] == [optuna.trial.TrialState.RUNNING] * 2

@@ -249,7 +249,7 @@ def _first_report(trial: PlannedTrial) -> EpochReport:
 
 def test_each_way_a_lone_trial_ends_is_its_outcome(tmp_path: Path) -> None:
     tracker = _tracker(tmp_path)
-    callback, out = _callback(tracker, total=4)
+    callback, out = _callback(tracker, total=5)
     completed = _planned("trial_0000", noise=1.0)
     pruned = _planned("trial_0001", noise=1.2)  # the scheduler stops it after its second epoch
     # An in-trial ε budget reached two steps into the third epoch: dp_core.train stops there and
@@ -258,6 +258,8 @@ def test_each_way_a_lone_trial_ends_is_its_outcome(tmp_path: Path) -> None:
     budget_stop = 2 * budget.plan.steps_per_epoch + 2
     diverged = _planned("trial_0003", noise=1.6, lr=50.0)
     reason = "the loss became non-finite in epoch 3 (lr=50.0, max_grad_norm=1.0); lower the learning rate."
+    out_of_memory = _planned("trial_0004", noise=1.8)
+    oom_reason = "trial trial_0004 ran out of GPU memory (...). Set max_physical_batch_size smaller, e.g. ..."
     reports = [
         (completed, [_row(completed, e, 0.5 + e / 10) for e in range(1, EPOCHS + 1)]),
         (pruned, [_row(pruned, e, 0.2) for e in (1, 2)]),
@@ -273,6 +275,14 @@ def test_each_way_a_lone_trial_ends_is_its_outcome(tmp_path: Path) -> None:
         (
             diverged,
             [_row(diverged, 1, 0.3), _row(diverged, 2, 0.1), EpochRow.of_divergence(reason, epochs_planned=EPOCHS)],
+        ),
+        # ... and running out of GPU memory too (retrying unchanged would only run out again).
+        (
+            out_of_memory,
+            [
+                _row(out_of_memory, 1, 0.4),
+                EpochRow.of_divergence(oom_reason, epochs_planned=EPOCHS, out_of_memory=True),
+            ],
         ),
     ]
     for planned, rows in reports:
@@ -291,12 +301,14 @@ def test_each_way_a_lone_trial_ends_is_its_outcome(tmp_path: Path) -> None:
         "trial_0001": "pruned",
         "trial_0002": "stopped_by_budget",
         "trial_0003": "failed",
+        "trial_0004": "failed_oom",
     }
     assert {name: run.info.status for name, run in runs.items()} == {
         "trial_0000": "FINISHED",
         "trial_0001": "FINISHED",
         "trial_0002": "FINISHED",
         "trial_0003": "FAILED",
+        "trial_0004": "FAILED",
     }
     assert [step for step, _ in _history(tracker, runs["trial_0001"], "val_accuracy")] == [1, 2]
     assert [step for step, _ in _history(tracker, runs["trial_0002"], "val_accuracy")] == [1, 2, 3]
@@ -306,9 +318,11 @@ def test_each_way_a_lone_trial_ends_is_its_outcome(tmp_path: Path) -> None:
     assert runs["trial_0003"].data.tags["dpsweep.failure"] == reason
     assert _history(tracker, runs["trial_0003"], "val_accuracy") == [(1, 0.3), (2, 0.1)]
     assert all("dpsweep.failure" not in runs[name].data.tags for name in ("trial_0000", "trial_0001", "trial_0002"))
-    assert callback.outcomes == {"completed": 1, "pruned": 1, "stopped_by_budget": 1, "failed": 1}
-    assert not [p for p in callback.points if p.trial == "trial_0003" and p.epoch == 0]
-    assert reason in out.getvalue()
+    assert runs["trial_0004"].data.tags["dpsweep.failure"] == oom_reason
+    assert _history(tracker, runs["trial_0004"], "val_accuracy") == [(1, 0.4)]
+    assert callback.outcomes == {"completed": 1, "pruned": 1, "stopped_by_budget": 1, "failed": 1, "failed_oom": 1}
+    assert not [p for p in callback.points if p.trial in ("trial_0003", "trial_0004") and p.epoch == 0]
+    assert reason in out.getvalue() and oom_reason in out.getvalue() and "failed_oom" in out.getvalue()
 
 
 def test_a_trial_restored_at_its_end_keeps_its_epochs_and_is_completed_not_pruned(tmp_path: Path) -> None:

@@ -487,6 +487,53 @@ def test_negative_gpus(tmp_path: Path) -> None:
     assert "resources.gpus=-1" in message and ">= 0" in message
 
 
+@pytest.mark.parametrize("gpus", [2, 1.5, 8])
+def test_more_than_one_gpu_per_trial_is_refused_with_the_fix(tmp_path: Path, gpus: float) -> None:
+    """A trial trains on one device: a second GPU would sit idle. The message says what to write instead."""
+    message = load_error(write_good(tmp_path, append=f"resources: {{cpus: 4, gpus: {gpus}}}\n"))
+    assert f"resources.gpus={gpus:g}" in message and "at most 1 GPU per trial" in message
+    assert "gpus: 1" in message and "gpus: 0.25" in message and "side by side" in message
+
+
+def test_one_gpu_or_a_fraction_per_trial_loads(tmp_path: Path) -> None:
+    for gpus in (1, 0.25, 0):
+        space = load_space(str(write_good(tmp_path, append=f"resources: {{cpus: 1, gpus: {gpus}}}\n")))
+        assert space.gpus_per_trial == gpus
+
+
+def test_the_launcher_refuses_two_gpus_per_trial_with_exit_2_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sweeps.launch import main
+
+    space = write_good(tmp_path, append="resources: {cpus: 1, gpus: 2}\n")
+    results = tmp_path / "results"
+    assert (
+        main(["--space", str(space), "--results-dir", str(results), "--tracking-uri", f"file:{tmp_path}/mlruns"]) == 2
+    )
+    error = capsys.readouterr().err
+    assert "at most 1 GPU per trial" in error and str(space) in error
+    assert not results.exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_channels_last_with_an_engine_it_breaks_is_refused_when_the_space_loads(tmp_path: Path) -> None:
+    path = write_good(
+        tmp_path, replace=("  epochs: 2\n", "  epochs: 2\n  channels_last: true\n  grad_sample_mode: hooks\n")
+    )
+    message = load_error(path)
+    assert "grad_sample_mode='hooks' with channels_last=True" in message
+
+
+def test_checkpoint_every_minutes_defaults_to_ten_and_must_be_positive(tmp_path: Path) -> None:
+    assert load_space(str(write_good(tmp_path))).checkpoint_every_minutes == 10.0
+    every_two = load_space(str(write_good(tmp_path, append="checkpoint_every_minutes: 2.5\n", name="c")))
+    assert every_two.checkpoint_every_minutes == 2.5
+    assert pickle.loads(pickle.dumps(every_two)).checkpoint_every_minutes == 2.5  # as Ray ships it
+    for bad in ("0", "-1", "often"):
+        message = load_error(write_good(tmp_path, append=f"checkpoint_every_minutes: {bad}\n", name="b"))
+        assert "but got checkpoint_every_minutes=" in message and bad in message and "> 0" in message
+
+
 def test_zero_cpus_and_unknown_resource(tmp_path: Path) -> None:
     message = load_error(write_good(tmp_path, append="resources: {cpus: 0}\n"))
     assert "resources.cpus=0" in message and "> 0" in message
