@@ -39,6 +39,7 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
         "sweep": "ok",
         "packs": "ok",
     }
+    assert report["recipe"]["status"] == "ok"
     # 1. the DP step against the non-private step, for both GPU models, time and memory.
     cases = {(c["model"], c["batch_size"]): c for c in report["engines"]["cases"]}
     assert set(cases) == {("resnet18_gn", 2), ("wrn16_4", 2)}
@@ -51,7 +52,8 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     timed = {
         (c["precision"], c["channels_last"], c["engine"]) for c in precision["cases"] if c.get("ms_per_step", 0) > 0
     }
-    precisions = (precision["precisions"] or "fp32").split(",")
+    precisions = precision["precisions"].split(",")
+    assert precisions == ["fp32", "bf16"]  # tf32 needs CUDA: a dry run asks for the two a CPU has
     assert timed == {(p, layout, engine) for p in precisions for layout in (False, True) for engine in ("none", "bk")}
     assert all(c["model"] == "cifar_cnn" and c["batch_size"] == 2 and c["peak_mb"] > 0 for c in precision["cases"])
     assert {(s["channels_last"], s["engine"]) for s in precision["sampling"] if s["precision"] == "fp32"} == {
@@ -68,5 +70,9 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path: Path) -> None:
     # 3. packs of CNN trials against one after another.
     assert [row["group_size"] for row in report["packs"]["results"]] == [1, 2]
     assert isinstance(report["packs"]["packs_pay"], bool)
+    # 4. the cifar10_sota recipe: the shipped space's keys (augmult, EMA, WRN-WS) at a tiny size, timed steps.
+    recipe = report["recipe"]["result"]
+    assert recipe["engine"] == "bk" and recipe["steps_timed"] == 2 and recipe["examples_per_second"] > 0
+    assert recipe["projected_minutes_for_875_steps"] > 0 and recipe["projected_at_most_80_minutes"] is None
     # The targets are for a GPU: not judged on a dry run.
     assert set(report["targets"].values()) == {None}

@@ -172,3 +172,56 @@ def test_a_dataset_that_cannot_be_fetched_is_one_error_before_anything_runs(tmp_
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stderr.count("Could not fetch dataset 'mnist'") == 1 and "Without network access" in done.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
+
+
+def test_cifar10_sota_end_to_end_at_tiny_scale_on_synthetic_images(tmp_path: Path, ray_cluster: RayCluster) -> None:
+    """The shipped recipe's keys (wrn with weight standardisation and GroupNorm(16), augmult with flips,
+    EMA, C = 1, no momentum, target ε bounds) through the launcher, on 192 CIFAR-shaped synthetic
+    images in an npz file: the model cut to WRN-10-1, augmult to 2, one epoch."""
+    import numpy as np
+
+    from dp_core.synthetic import synthetic_tensors
+
+    x_train, y_train = synthetic_tensors("synthetic_cifar10", split="train")
+    x_test, y_test = synthetic_tensors("synthetic_cifar10", split="test")
+    np.savez(
+        tmp_path / "tiny.npz",
+        x_train=x_train[:192].numpy(),
+        y_train=y_train[:192].numpy(),
+        x_test=x_test[:64].numpy(),
+        y_test=y_test[:64].numpy(),
+    )
+    dataset = {"format": "npz", "path": "tiny.npz", "classes": 10, "horizontal_flip": True, "name": "tiny_cifar"}
+    space = _derived_space(
+        tmp_path,
+        "cifar10_sota",
+        fixed={
+            "dataset": dataset,
+            "download": False,
+            "model_kwargs": {"depth": 10, "width": 1},
+            "batch_size": 32,
+            "max_physical_batch_size": 16,
+            "augmult": 2,
+        },
+        axes={"target_epsilon": [4.0, 8.0], "lr": [2.0], "epochs": [1]},
+    )
+    done = _launch(tmp_path, "--space", str(space), "--resources", "cpus=2,gpus=0", "--address", ray_cluster.address)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client, parent, trials = _trial_runs(tmp_path)
+    assert len(trials) == 2
+    for run in trials:
+        params = run.data.params
+        assert run.data.tags["dpsweep.outcome"] == "completed"
+        assert {k: params[k] for k in ("model", "gn_groups", "augmult", "ema_decay", "momentum", "max_grad_norm")} == {
+            "model": "wrn",
+            "gn_groups": "16",
+            "augmult": "2",
+            "ema_decay": "0.999999",
+            "momentum": "0.0",
+            "max_grad_norm": "1.0",
+        }
+        (epsilon,) = client.get_metric_history(run.info.run_id, "epsilon")
+        assert 0 < epsilon.value <= float(params["axis.target_epsilon"]) + 1e-9
+        # With EMA on, the last iterate's accuracy is logged beside the averaged model's.
+        assert client.get_metric_history(run.info.run_id, "val_accuracy_raw")
+    assert sorted(float(r.data.params["axis.target_epsilon"]) for r in trials) == [4.0, 8.0]
