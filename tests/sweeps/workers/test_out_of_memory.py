@@ -8,6 +8,7 @@ with the sweep's FailureConfig, the sweep's trainable, dp_core.train.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,19 @@ class _OutOfMemoryInTraining(nn.Module):
         return self.linear(images.flatten(1))
 
 
-if OUT_OF_MEMORY_MODEL not in MODELS:  # this module is imported by the test and by Ray's worker alike
-    register_model(OUT_OF_MEMORY_MODEL, _OutOfMemoryInTraining)
+def _ensure_registered() -> None:
+    if OUT_OF_MEMORY_MODEL not in MODELS:
+        register_model(OUT_OF_MEMORY_MODEL, _OutOfMemoryInTraining)
+
+
+@pytest.fixture(autouse=True)
+def _out_of_memory_model() -> Iterator[None]:
+    """Registered for this module's tests only: registered at import, it would be in the registry of every
+    test collected beside this module (tests/dp_core/test_models.py checks the built-in names)."""
+    _ensure_registered()
+    yield
+    MODELS.unregister(OUT_OF_MEMORY_MODEL)
+
 
 TRAIN = {
     "dataset": "digits",
@@ -60,6 +72,7 @@ def _counted(config: dict[str, Any]) -> None:
     """The sweep's trainable, counting its starts (a retry would start it again)."""
     with Path(config["starts"]).open("a") as starts:
         starts.write("start\n")
+    _ensure_registered()  # in Ray's worker process
     run_trial(config)
 
 
