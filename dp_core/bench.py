@@ -493,13 +493,14 @@ def run_benchmark(
             log(f"skipping precision {name}: {error}")
     results = []
     for case in cases:
+        first_of_case = len(results)
         for precision in resolved:
             log(f"{case.model} B={case.batch_size} {precision.name} ...")
             results.append(
                 benchmark_case(case, engines, device=device, warmup=warmup, repeats=repeats, precision=precision)
             )
-        if sampling_steps:
-            results[-1]["sampling"] = sampling_steps_per_second(
+        if sampling_steps:  # timed in the first precision asked for (fp32 by default), beside its result
+            results[first_of_case]["sampling"] = sampling_steps_per_second(
                 case, device=device, warmup=warmup, steps=sampling_steps
             )
     report = {

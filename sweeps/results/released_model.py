@@ -103,6 +103,11 @@ def save_weights(path: Path, model: TrainedModel, *, train: Mapping[str, Any], r
             "num_classes": model.num_classes,
             "model": config.model.model,
             "gn_groups": config.model.gn_groups,
+            # The builder's own arguments (a WRN's depth, an own model's width) and where its code lives:
+            # without them the architecture built again is the builder's default, not the trained one.
+            "model_kwargs": dict(config.model.model_kwargs),
+            "fix_model": config.model.fix_model,
+            "code": list(config.code),
             "run_key": run_key,
         },
         partial,
@@ -118,6 +123,9 @@ def load_weights(path: Path) -> KeptModel:
         input_shape=tuple(kept["input_shape"]),
         num_classes=kept["num_classes"],
         gn_groups=kept["gn_groups"],
+        model_kwargs=kept.get("model_kwargs"),  # files kept before these keys existed: zoo defaults
+        fix_model=kept.get("fix_model", False),
+        code=tuple(kept.get("code", ())),
     )
     model.load_state_dict(kept["state_dict"])
     return KeptModel(model=model.eval(), input_shape=tuple(kept["input_shape"]), run_key=kept["run_key"])

@@ -176,8 +176,9 @@ def test_a_dataset_that_cannot_be_fetched_is_one_error_before_anything_runs(tmp_
 
 def test_cifar10_sota_end_to_end_at_tiny_scale_on_synthetic_images(tmp_path: Path, ray_cluster: RayCluster) -> None:
     """The shipped recipe's keys (wrn with weight standardisation and GroupNorm(16), augmult with flips,
-    EMA, C = 1, no momentum, target ε bounds) through the launcher, on 192 CIFAR-shaped synthetic
-    images in an npz file: the model cut to WRN-10-1, augmult to 2, one epoch."""
+    EMA, C = 1, no momentum, a target ε) through the launcher, on 192 CIFAR-shaped synthetic images in
+    an npz file: the model cut to WRN-10-1, augmult to 2, one epoch; EMA off and on as an axis, and the
+    confirmation stage and refit on (two seeds) so that they carry it too."""
     import numpy as np
 
     from dp_core.synthetic import synthetic_tensors
@@ -203,8 +204,12 @@ def test_cifar10_sota_end_to_end_at_tiny_scale_on_synthetic_images(tmp_path: Pat
             "max_physical_batch_size": 16,
             "augmult": 2,
         },
-        axes={"target_epsilon": [4.0, 8.0], "lr": [2.0], "epochs": [1]},
+        axes={"ema_decay": [None, 0.999999], "target_epsilon": [8.0], "lr": [2.0], "epochs": [1]},
     )
+    spec = yaml.safe_load(space.read_text())
+    assert spec["fixed"].pop("ema_decay") == 0.999999  # the shipped value, swept here against off
+    spec["confirm"] = {"top": 1, "seeds": 2}
+    space.write_text(yaml.safe_dump(spec, sort_keys=False))
     done = _launch(tmp_path, "--space", str(space), "--resources", "cpus=2,gpus=0", "--address", ray_cluster.address)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     client, parent, trials = _trial_runs(tmp_path)
@@ -212,16 +217,26 @@ def test_cifar10_sota_end_to_end_at_tiny_scale_on_synthetic_images(tmp_path: Pat
     for run in trials:
         params = run.data.params
         assert run.data.tags["dpsweep.outcome"] == "completed"
-        assert {k: params[k] for k in ("model", "gn_groups", "augmult", "ema_decay", "momentum", "max_grad_norm")} == {
+        assert {k: params[k] for k in ("model", "gn_groups", "augmult", "momentum", "max_grad_norm")} == {
             "model": "wrn",
             "gn_groups": "16",
             "augmult": "2",
-            "ema_decay": "0.999999",
             "momentum": "0.0",
             "max_grad_norm": "1.0",
         }
         (epsilon,) = client.get_metric_history(run.info.run_id, "epsilon")
-        assert 0 < epsilon.value <= float(params["axis.target_epsilon"]) + 1e-9
-        # With EMA on, the last iterate's accuracy is logged beside the averaged model's.
-        assert client.get_metric_history(run.info.run_id, "val_accuracy_raw")
-    assert sorted(float(r.data.params["axis.target_epsilon"]) for r in trials) == [4.0, 8.0]
+        assert 0 < epsilon.value <= 8.0 + 1e-9
+        # With EMA on, the last iterate's accuracy is logged beside the averaged model's; off, it is not.
+        raw = client.get_metric_history(run.info.run_id, "val_accuracy_raw")
+        assert bool(raw) == (params["ema_decay"] == "0.999999"), params["ema_decay"]
+    assert sorted(r.data.params["ema_decay"] for r in trials) == ["0.999999", "None"]
+    # The confirmation stage and the refit retrained the chosen configuration with its ema_decay.
+    experiment = client.get_experiment_by_name("dpsweep").experiment_id
+    roles = {}
+    for run in client.search_runs([experiment]):
+        roles.setdefault(run.data.tags.get("dpsweep.role"), []).append(run)
+    chosen = {r.data.params.get("ema_decay") for r in roles.get("refit", [])}
+    assert roles.get("confirmation") and len(chosen) == 1, sorted(roles)
+    (ema,) = chosen
+    refit = roles["refit"][0]
+    assert ("test_accuracy_raw" in refit.data.metrics) == (ema == "0.999999"), (ema, refit.data.metrics)
