@@ -46,7 +46,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from dp_core.dataset_facts import DATASETS
-from dp_core.dpsgd import PlainStep, make_private_step, poisson_batches
+from dp_core.dpsgd import PlainStep, PrivateStep, make_private_step, poisson_batches
 from dp_core.engines import ENGINES, choose_engine
 from dp_core.errors import ConfigError
 from dp_core.models import build_model
@@ -105,6 +105,22 @@ def default_cases(device: str, *, quick: bool) -> list[Case]:
 def _build(case: Case, device: torch.device) -> nn.Module:
     torch.manual_seed(0)  # every variant starts from the same weights
     return build_model(case.model, input_shape=case.input_shape, num_classes=10).to(device, memory_format=case.layout)
+
+
+def _timed_step(
+    model: nn.Module, case: Case, device: torch.device, *, grad_sample_mode: str = "auto", precision: str = "fp32"
+) -> PrivateStep:
+    """The DP step a timing runs: σ = 1, C = 1, SGD at lr 0.01, the noise seeded (what it costs, not what it learns)."""
+    return make_private_step(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=case.batch_size,
+        grad_sample_mode=grad_sample_mode,
+        noise_generator=torch.Generator(device=device).manual_seed(0),
+        precision=precision,
+    )
 
 
 def _batch(case: Case, size: int, device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,16 +325,7 @@ def benchmark_case(
         rows[engine] = {"status": "ok" if check.correct else "failed", **dataclasses.asdict(check)}
         if check.correct:
             model = _build(case, device)
-            step = make_private_step(
-                model,
-                torch.optim.SGD(model.parameters(), lr=0.01),
-                noise_multiplier=1.0,
-                max_grad_norm=1.0,
-                expected_batch_size=case.batch_size,
-                grad_sample_mode=engine,
-                noise_generator=torch.Generator(device=device).manual_seed(0),
-                precision=precision.name,
-            )
+            step = _timed_step(model, case, device, grad_sample_mode=engine, precision=precision.name)
             run = _step_fn(step, images, labels, precision)
             try:
                 run()  # e.g. out of memory at this batch size: report it rather than lose the whole run
@@ -373,14 +380,7 @@ def sampling_steps_per_second(case: Case, *, device: torch.device, warmup: int, 
     measured: dict[str, Any] = {"num_examples": num_examples, "steps": steps}
     for where in ("host", "device"):
         model = _build(case, device)
-        step = make_private_step(
-            model,
-            torch.optim.SGD(model.parameters(), lr=0.01),
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            expected_batch_size=case.batch_size,
-            noise_generator=torch.Generator(device=device).manual_seed(0),
-        )
+        step = _timed_step(model, case, device)
         sampling = torch.Generator(device="cpu" if where == "host" else device).manual_seed(1)
         train = functools.partial(_sampled_steps, step, images, labels, generator=sampling, host=where == "host")
         train(steps=warmup, sample_rate=case.batch_size / num_examples)
