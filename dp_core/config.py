@@ -349,26 +349,12 @@ class TrainConfig:
         require_choice(self.precision, key="precision", choices=PRECISIONS)
         _require_int(self.test_batch_size, key="test_batch_size", low=1)
         _require_bool(self.channels_last, key="channels_last")
-        if self.channels_last and self.privacy.is_private and self.privacy.grad_sample_mode != "auto":
-            from dp_core.engines import require_channels_last  # imported here: engines imports torch and Opacus
+        if self.privacy.is_private and self.privacy.grad_sample_mode != "auto":  # auto's choice: dp_core.train
+            from dp_core.engines import require_augmult, require_channels_last  # they import torch and Opacus
 
-            require_channels_last(self.privacy.grad_sample_mode)  # auto's choice is checked by dp_core.train
-        self._check_augmult_engine()
-
-    def _check_augmult_engine(self) -> None:
-        """augmult averages per-view gradients before clipping: a named engine must be able to (auto picks one)."""
-        from dp_core.engines import ENGINES  # imported here: engines imports torch and Opacus
-
-        mode = self.privacy.grad_sample_mode
-        if self.data.augmult > 1 and self.privacy.is_private and mode != "auto":
-            engine = ENGINES.get(mode)
-            if not engine.supports_augmult:
-                raise ConfigError(
-                    f"Expected a grad_sample_mode that averages an example's gradient over its augmult views "
-                    f"before clipping ({', '.join(n for n, e in ENGINES.items() if e.supports_augmult)}, or auto), "
-                    f"but got grad_sample_mode={mode!r} with augmult={self.data.augmult}: {mode} clips every "
-                    "row of its batch inside Opacus' backward, and would clip each view as an example of its own."
-                )
+            require_augmult(self.privacy.grad_sample_mode, self.data.augmult)
+            if self.channels_last:
+                require_channels_last(self.privacy.grad_sample_mode)
 
     # ---- building -----------------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ __all__ = [
     "StepMechanism",
     "choose_engine",
     "make_dp_optimizer",
+    "require_augmult",
     "require_channels_last",
 ]
 
@@ -541,6 +542,24 @@ ENGINES: Registry[Engine] = Registry("grad_sample_mode")
 AUTO_ORDER: tuple[str, ...] = ("bk", "hooks")
 
 
+def _cannot_average_views(name: str, augmult: int) -> str:
+    return (
+        f"{name} clips every row of its batch inside Opacus' backward, so it cannot average an "
+        f"example's gradient over its augmult={augmult} views before clipping"
+    )
+
+
+def require_augmult(grad_sample_mode: str, augmult: int) -> None:
+    """Refuse ``augmult`` > 1 with a named engine that would clip each view as an example of its own."""
+    if augmult > 1 and not ENGINES.get(grad_sample_mode).supports_augmult:
+        allowed = [name for name in ENGINES if ENGINES.get(name).supports_augmult]
+        raise ConfigError(
+            f"Expected a grad_sample_mode that averages an example's gradient over its augmult views before "
+            f"clipping ({', '.join(allowed)}, or auto), but got grad_sample_mode={grad_sample_mode!r} with "
+            f"augmult={augmult}: {_cannot_average_views(grad_sample_mode, augmult)}."
+        )
+
+
 def require_channels_last(grad_sample_mode: str) -> None:
     """Refuse ``channels_last`` with an engine whose per-sample gradients are wrong in that layout."""
     if not ENGINES.get(grad_sample_mode).supports_channels_last:
@@ -573,10 +592,7 @@ def choose_engine(
     def reasons_against(engine: Engine) -> list[str]:
         reasons = engine.unsupported(model, clipping=clipping) + engine.unsupported_precision(precision)
         if augmult > 1 and not engine.supports_augmult:
-            reasons.append(
-                f"{engine.name} clips every row of its batch inside Opacus' backward, so it cannot average an "
-                f"example's gradient over its augmult={augmult} views before clipping"
-            )
+            reasons.append(_cannot_average_views(engine.name, augmult))
         return reasons
 
     if grad_sample_mode == "auto":
