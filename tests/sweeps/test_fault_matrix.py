@@ -56,9 +56,10 @@ KINDS = [
         "grid_unpacked",
         epochs=4,
         held="trial_0003",
+        batch_size=32,
         space="""{fixed}
 axes:
-  noise_multiplier: [1.5, 2.5]
+  noise_multiplier: [2.5, 4.0]
   lr: [0.5, 2.0]
 # Every trial spends ε < 0.6: a budget of 1 keeps the confirmation stage to the bounds 0.5 and 1
 # (at 50, its nine bounds made 54 confirmation and refit runs, most of the cell's time).
@@ -75,6 +76,7 @@ confirm: {{top: 1, seeds: 2}}
         "grid_packed",
         epochs=8,
         packed_completed=(1, 5),
+        batch_size=16,
         space="""{fixed}
 axes:
   noise_multiplier: [1.5, 2.0, 2.5]
@@ -93,6 +95,7 @@ confirm: off  # grid_unpacked covers the confirmation stage
         "optuna_single_packed",
         epochs=8,
         packed_completed=(3, 7),
+        batch_size=16,
         space="""{fixed}
 axes:
   noise_multiplier: {{low: 1.5, high: 3.0, log: true}}
@@ -111,6 +114,7 @@ confirm: off  # grid_unpacked covers the confirmation stage
         "optuna_multi_unpacked",
         epochs=4,
         held="trial_0002",
+        batch_size=32,
         space="""{fixed}
 axes:
   noise_multiplier: {{low: 1.5, high: 3.0, log: true}}
@@ -131,6 +135,7 @@ confirm: off
         "private_selection",
         epochs=4,
         held="last",
+        batch_size=32,
         space="""{fixed}
 axes:
   noise_multiplier: [1.5, 2.5]
