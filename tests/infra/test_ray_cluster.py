@@ -29,6 +29,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
+from tests._mlflow_store import empty_sqlite_store
 from tests.infra._infra_support import (
     TrackingServer,
     account_env,
@@ -348,7 +349,7 @@ def test_a_submitted_sweep_the_heads_account_may_not_log_exits_2_before_any_tria
 def test_launch_with_address_attaches_to_the_running_cluster(cluster: LocalCluster, tmp_path: Path) -> None:
     space = tmp_path / "attached_tiny.yaml"
     space.write_text(SPACE.format(name="attached_tiny", epochs=2))
-    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking_uri = empty_sqlite_store(tmp_path / "mlflow.db")
     done = subprocess.run(
         [
             sys.executable,

@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.tracking import SweepTracker
+from tests._mlflow_store import empty_sqlite_store
 from tests.sweeps._sweep_harness import ENV, RayCluster
 
 pytestmark = pytest.mark.slow
@@ -47,7 +48,7 @@ def _run(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedPro
 def two_sweeps(tmp_path_factory: pytest.TempPathFactory, _session_ray_cluster: RayCluster) -> tuple[Path, list]:
     """Two finished sweeps (their parent runs) in one sqlite store."""
     folder = tmp_path_factory.mktemp("compare")
-    uri = f"sqlite:///{folder}/mlflow.db"
+    uri = empty_sqlite_store(folder / "mlflow.db")
     for name, lr in (("tiny_old", "0.05"), ("tiny_new", "2.0")):
         _session_ray_cluster.ensure_running()
         _session_ray_cluster.wait_idle()

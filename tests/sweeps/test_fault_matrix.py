@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.tracking.model_registry import HOLD_REGISTRATION_ENV
+from tests._mlflow_store import empty_sqlite_store
 from tests.sweeps._sweep_checks import Kind, check_sweep, half_way
 from tests.sweeps._sweep_harness import ENV, Launch, MlflowServer, RayCluster, TcpProxy, launched, wait_for
 
@@ -184,7 +184,7 @@ BEYOND_CI = {
 }
 
 
-# ---- fixtures: one MLflow schema, one MLflow server for the whole module (the Ray cluster: the session's) --
+# ---- fixtures: one MLflow server for the module (stores: tests._mlflow_store; Ray: the session's) ----
 
 
 @pytest.fixture
@@ -201,14 +201,6 @@ def hold(request: pytest.FixtureRequest, ray_holds: Path, tmp_path: Path) -> Ite
     path.touch()
     yield path
     path.unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="module")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow sqlite store, copied into each cell: creating the schema takes seconds."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +258,6 @@ def test_sweep_finishes_whole_after_fault(
     fault: str,
     tmp_path: Path,
     ray_cluster: RayCluster,
-    mlflow_template: Path,
     frontiers: dict[str, dict],
     hold: Path | None,
     request: pytest.FixtureRequest,
@@ -292,8 +283,7 @@ def test_sweep_finishes_whole_after_fault(
         server, proxy = request.getfixturevalue("mlflow_behind_proxy")
         uri, read_uri = proxy.uri, server.uri  # the sweep goes through the proxy, the test does not
     else:
-        shutil.copy(mlflow_template, tmp_path / "mlflow.db")
-        uri = read_uri = f"sqlite:///{tmp_path}/mlflow.db"
+        uri = read_uri = empty_sqlite_store(tmp_path / "mlflow.db")
     results = tmp_path / "results"
     arguments = [
         "--space",

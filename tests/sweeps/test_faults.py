@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests._mlflow_store import empty_sqlite_store
 from tests.sweeps._sweep_harness import ENV as CLUSTER_ENV
 from tests.sweeps._sweep_harness import RayCluster
 
@@ -73,7 +74,7 @@ def _children(uri: str) -> tuple[MlflowClient, list]:
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path: Path, ray_cluster: RayCluster) -> None:
     space = _space(tmp_path, "nan", epochs=3, batch=256, lrs="[2.0, 1.0e+30]")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_sqlite_store(tmp_path / "mlflow.db")
     done = subprocess.run(
         _command(tmp_path, space, uri, "--address", ray_cluster.address),
         cwd=tmp_path,

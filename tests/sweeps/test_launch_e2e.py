@@ -26,6 +26,7 @@ from sweeps.privacy import sweep_secret
 from sweeps.results.frontier import Point, pareto_front
 from sweeps.results.released_model import bound_alias
 from sweeps.space import load_space
+from tests._mlflow_store import empty_sqlite_store
 from tests.sweeps._sweep_harness import ENV, RayCluster, launched, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -373,7 +374,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
         "--address",
         ray_cluster.address,
         "--tracking-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
+        empty_sqlite_store(tmp_path / "mlflow.db"),
         "--results-dir",
         str(tmp_path / "results"),
     ]

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests._mlflow_store import empty_sqlite_store
 from tests._own_data import write_npz
 from tests.sweeps._sweep_harness import ENV, ROOT, RayCluster
 
@@ -66,7 +67,7 @@ def test_an_own_model_sweeps_on_local_ray_and_retrains_from_best_per_epsilon(
     space_dir = tmp_path / "project"
     space_dir.mkdir()
     space = own_model_space(space_dir, "e2e_own_net")
-    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking = empty_sqlite_store(tmp_path / "mlflow.db")
     done = subprocess.run(
         [sys.executable, "-m", "sweeps.launch", "--space", str(space), "--address", ray_cluster.address]
         + ["--tracking-uri", tracking, "--results-dir", str(tmp_path / "results")],

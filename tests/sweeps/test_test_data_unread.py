@@ -22,6 +22,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests._mlflow_store import empty_sqlite_store
+
 pytestmark = pytest.mark.slow
 
 SITECUSTOMIZE = """
@@ -80,7 +82,7 @@ def _sweep(folder: Path, template: str, *, permuted: bool) -> dict:
             "--space",
             str(space),
             "--tracking-uri",
-            f"sqlite:///{folder}/mlflow.db",
+            empty_sqlite_store(folder / "mlflow.db"),
         ],
         cwd=folder,
         env=env,

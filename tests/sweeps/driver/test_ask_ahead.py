@@ -14,6 +14,7 @@ import pytest
 
 from sweeps.driver.search import journal_storage
 from sweeps.planning.packing import AUTO_MODELS
+from tests._mlflow_store import empty_sqlite_store
 from tests.sweeps._sweep_harness import ENV, RayCluster
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -59,7 +60,7 @@ def test_an_optuna_cnn_sweep_asks_at_most_the_slots_and_one_before_its_first_res
             "--space",
             str(tmp_path / "cnnask.yaml"),
             "--tracking-uri",
-            f"sqlite:///{tmp_path}/mlflow.db",
+            empty_sqlite_store(tmp_path / "mlflow.db"),
             "--results-dir",
             str(tmp_path / "results"),
             "--address",

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests._mlflow_store import empty_sqlite_store
 from tests._own_data import digits_arrays, write_csv, write_image_folder, write_loader, write_npz
 from tests.sweeps._sweep_harness import ENV, ROOT, RayCluster
 
@@ -45,7 +46,7 @@ def _launch(folder: Path, space: dict | Path, cluster: RayCluster, *extra: str) 
     return subprocess.run(
         [
             sys.executable, "-m", "sweeps.launch", "--space", str(file),
-            "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", "--results-dir", str(folder / "results"),
+            "--tracking-uri", empty_sqlite_store(folder / "mlflow.db"), "--results-dir", str(folder / "results"),
             "--address", cluster.address, *extra,
         ],
         cwd=folder, env=ENV, capture_output=True, text=True, timeout=600,

@@ -20,6 +20,7 @@ from sweeps.privacy.statement import SelectionPrivacy
 from sweeps.results.frontier import Point
 from sweeps.results.released_model import load_weights, selected_release, weights_path
 from sweeps.tracking import SweepTracker
+from tests._mlflow_store import empty_sqlite_store
 
 TRAIN = {
     "dataset": "digits",
@@ -54,7 +55,7 @@ def kept_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def _sweep(tmp_path: Path) -> tuple[SweepTracker, object]:
     trial = plan_trial(TRAIN, name="trial_0001_draw00000000ab", axis_values={"noise_multiplier": 1.0})
-    tracker = SweepTracker(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="dpsweep")
+    tracker = SweepTracker(tracking_uri=empty_sqlite_store(tmp_path / "mlflow.db"), experiment="dpsweep")
     tracker.start_sweep(sweep_id="s1", run_name="s1", params={"space": "t"}, tags={})
     tracker.log_trial(key=trial.key, name=trial.name, params={"lr": 0.5}, outcome="completed")
     return tracker, trial

@@ -28,6 +28,7 @@ from sweeps.planning.packing import pack_spec
 from sweeps.protocol import TRIAL_FIELD, EpochRow, encode_rows, encode_unit
 from sweeps.tracking import SweepTracker
 from sweeps.workers.trial import epoch_row
+from tests._mlflow_store import empty_sqlite_store
 
 # Ray trials need a session directory (Tune's trial paths live under it): the one-CPU local Ray.
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -125,7 +126,7 @@ def _pack_result(trial: Trial, rows: dict[str, list[EpochRow]], iteration: int) 
 
 
 def _tracker(tmp_path: Path) -> SweepTracker:
-    tracker = SweepTracker(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="dpsweep")
+    tracker = SweepTracker(tracking_uri=empty_sqlite_store(tmp_path / "mlflow.db"), experiment="dpsweep")
     tracker.start_sweep(sweep_id="sweep", run_name="sweep", params={"space": "test"}, tags={})
     return tracker
 

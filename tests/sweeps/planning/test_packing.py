@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from sweeps.planning import plan_trial
 from sweeps.planning.packing import AUTO_PACK_SIZE, PACK_DEPTH, group_key, pack_limit, pack_size, pack_spec, pack_trials
 from sweeps.protocol import decode_unit, encode_unit
+from tests._mlflow_store import empty_sqlite_store
 from tests.sweeps._sweep_harness import ENV, RayCluster
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -115,7 +116,7 @@ seed: 0  # the packed and the lone sweep draw the same streams (a secret root wo
 
 def _launch(folder: Path, space: Path, cluster: RayCluster) -> tuple[MlflowClient, list]:
     """``python -m sweeps.launch`` on ``space`` with a sqlite MLflow store in ``folder``; its runs."""
-    uri = f"sqlite:///{folder}/mlflow.db"
+    uri = empty_sqlite_store(folder / "mlflow.db")
     done = subprocess.run(
         # The session's cluster of 2 CPUs: the slots, and so the packs and what the board prunes, of a
         # 2-core machine, on any.

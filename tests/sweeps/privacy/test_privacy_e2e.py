@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.privacy.ledger import LEDGER_FILE, PrivacyLedger
+from tests._mlflow_store import empty_sqlite_store
 from tests.sweeps._sweep_harness import ENV, RayCluster
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -45,7 +46,7 @@ def _launch(
 ) -> tuple[subprocess.CompletedProcess, list]:
     space = tmp_path / f"{name}.yaml"
     space.write_text(SPACE.format(name=name, **fields))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_sqlite_store(tmp_path / "mlflow.db")
     done = subprocess.run(
         [
             sys.executable,

@@ -23,13 +23,14 @@ from sweeps.protocol import TrainedModel
 from sweeps.results.released_model import bound_alias, save_weights, weights_path
 from sweeps.tracking import SweepTracker
 from sweeps.tracking.model_registry import RUN_ID_TAG, has_no_registry
+from tests._mlflow_store import empty_sqlite_store
 
 TRAIN = {"dataset": "digits", "model": "mlp", "epochs": 2, "seed": 7}
 
 
 def _refit_run(tmp_path: Path) -> tuple[SweepTracker, Path, torch.nn.Module]:
     """A sweep with one finished refit run and its model kept in the sweep folder, as the driver leaves them."""
-    tracker = SweepTracker(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="dpsweep")
+    tracker = SweepTracker(tracking_uri=empty_sqlite_store(tmp_path / "mlflow.db"), experiment="dpsweep")
     tracker.start_sweep(sweep_id="s1", run_name="s1", params={"space": "t"}, tags={})
     tracker.log_trial(
         key="refit-key",

@@ -17,6 +17,7 @@ from sweeps.tracking.tags import (
     frontier_tags,
     sweep_note,
 )
+from tests._mlflow_store import empty_sqlite_store
 from tests.sweeps._sweep_harness import MlflowServer, TcpProxy
 
 
@@ -77,7 +78,7 @@ def _names(client: MlflowClient, experiment_id: str, filter_string: str) -> list
 
 
 def test_the_documented_filters_find_exactly_the_tagged_runs_in_mlflow(tmp_path: Path) -> None:
-    tracker = SweepTracker(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="dpsweep")
+    tracker = SweepTracker(tracking_uri=empty_sqlite_store(tmp_path / "mlflow.db"), experiment="dpsweep")
     points = _with_run_ids(_sweep(tracker, ["a", "b", "c", "d", "e"]))
     tracker.tag_runs(frontier_tags(pareto_front(points), best_per_bucket(points, BUCKETS)))
     client = MlflowClient(tracking_uri=tracker.tracking_uri)
@@ -107,7 +108,7 @@ def test_the_note_holds_the_summary_and_the_filters_and_fits_mlflow(tmp_path: Pa
     long = sweep_note(title="t", summary="\n".join(["header", *rows, "", "  best with ε ≤ 8: acc 0.97"]))
     assert len(long) <= MAX_NOTE_CHARS and "lines left out: frontier.csv has them all" in long
     assert "header" in long and "best with ε ≤ 8: acc 0.97" in long and rows[0] in long
-    tracker = SweepTracker(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="dpsweep")
+    tracker = SweepTracker(tracking_uri=empty_sqlite_store(tmp_path / "mlflow.db"), experiment="dpsweep")
     _sweep(tracker, [])
     tracker.log_sweep_tags({"mlflow.note.content": long})
     stored = MlflowClient(tracking_uri=tracker.tracking_uri).get_run(tracker.parent_run_id)

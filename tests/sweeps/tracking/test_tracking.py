@@ -9,12 +9,13 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from sweeps.tracking import SweepTracker
+from tests._mlflow_store import empty_sqlite_store
 
 PARAMS = {"lr": 0.5, "max_grad_norm": 1.0, "seed": None}
 
 
 def _tracker(tmp_path: Path) -> SweepTracker:
-    tracker = SweepTracker(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="dpsweep")
+    tracker = SweepTracker(tracking_uri=empty_sqlite_store(tmp_path / "mlflow.db"), experiment="dpsweep")
     tracker.start_sweep(sweep_id="s1", run_name="s1", params={"space": "t"}, tags={})
     return tracker
 

@@ -22,6 +22,7 @@ from sweeps.protocol import decode_unit, encode_unit
 from sweeps.results.frontier import Point, pareto_front
 from sweeps.space import Range, list_spaces, load_space
 from sweeps.workers.federated_actors import RayClientExecutor, trial_resources
+from tests._mlflow_store import empty_sqlite_store
 from tests.sweeps._sweep_harness import ENV, RayCluster
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -239,7 +240,7 @@ def test_tiny_federated_sweep_logs_rounds_client_epsilons_and_the_frontier(
             "--space",
             str(space),
             "--tracking-uri",
-            f"sqlite:///{tmp_path}/mlflow.db",
+            empty_sqlite_store(tmp_path / "mlflow.db"),
             "--results-dir",
             str(tmp_path / "results"),
             "--address",
