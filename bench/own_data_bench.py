@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -136,22 +137,26 @@ def run_sweep(folder: Path, seconds: float, table: str, **confirm: Any) -> dict[
     }
 
 
-def retrain(reported: list[dict[str, Any]], seeds: int, folder: Path) -> list[dict[str, Any]]:
-    """Each reported configuration trained ``seeds`` times by ``python -m dp_core.train --config``, fresh seeds."""
+def retrain(reported: list[dict[str, Any]], seeds: int, folder: Path, jobs: int = 1) -> list[dict[str, Any]]:
+    """Each reported configuration trained ``seeds`` times by ``python -m dp_core.train --config``, fresh seeds,
+    ``jobs`` processes at a time (each is one process, its own fresh seed, whatever runs beside it)."""
+
+    def train_once(config: Path, out: Path) -> float:
+        done = subprocess.run(
+            [sys.executable, "-m", "dp_core.train", "--config", str(config), "--metrics-json", str(out)],
+            cwd=folder, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"retraining failed:\n{done.stderr[-3000:]}")
+        return json.loads(out.read_text())["test_accuracy"]
+
     rows = []
     for chosen in reported:
         config = folder / f"best-{chosen['epsilon_at_most']:g}.yaml"
         config.write_text(yaml.safe_dump(chosen["train_config"]))
-        accuracies = []
-        for run in range(seeds):
-            out = folder / f"retrain-{chosen['epsilon_at_most']:g}-{run}.json"
-            done = subprocess.run(
-                [sys.executable, "-m", "dp_core.train", "--config", str(config), "--metrics-json", str(out)],
-                cwd=folder, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )  # fmt: skip
-            if done.returncode != 0:
-                raise RuntimeError(f"retraining failed:\n{done.stderr[-3000:]}")
-            accuracies.append(json.loads(out.read_text())["test_accuracy"])
+        outs = [folder / f"retrain-{chosen['epsilon_at_most']:g}-{run}.json" for run in range(seeds)]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            accuracies = list(pool.map(lambda out, config=config: train_once(config, out), outs))
         mean = statistics.fmean(accuracies)
         rows.append(
             {
@@ -180,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confirm-seeds", type=int, default=None,
                         help="seeds of the confirmation stage and of the refit (default 3; 8 with --as-digits-truth): "
                         "a reported mean of more refit runs has a smaller standard error")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="retraining processes at a time (default 1; 2 on 2 cores halves the wait)")  # fmt: skip
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.confirm_seeds is not None:
             confirm["confirm_seeds"] = args.confirm_seeds
         sweep = run_sweep(Path(tmp), args.seconds, args.table, **confirm)
-        sweep["retrained"] = retrain(sweep.pop("reported"), args.seeds, Path(tmp))
+        sweep["retrained"] = retrain(sweep.pop("reported"), args.seeds, Path(tmp), jobs=args.jobs)
     result = {
         "benchmark": f"own CSV data: tabular_mlp on {args.table}, Optuna under --time-budget, then retrained",
         "table": args.table,
         "date": time.strftime("%Y-%m-%d"),
         "search_seconds": args.seconds,
         "seeds": args.seeds,
+        "retrain_jobs": args.jobs,
         "confirmation": bench_space(Path("-"), args.table, **confirm)["confirm"],
         "validation_fraction": confirm.get("validation_fraction", 0.1),
         "machine": {
