@@ -20,6 +20,7 @@ Written to ``bench/results/own-data-<table>-*.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -156,7 +157,7 @@ def retrain(reported: list[dict[str, Any]], seeds: int, folder: Path, jobs: int 
         config.write_text(yaml.safe_dump(chosen["train_config"]))
         outs = [folder / f"retrain-{chosen['epsilon_at_most']:g}-{run}.json" for run in range(seeds)]
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            accuracies = list(pool.map(lambda out, config=config: train_once(config, out), outs))
+            accuracies = list(pool.map(functools.partial(train_once, config), outs))
         mean = statistics.fmean(accuracies)
         rows.append(
             {

@@ -8,26 +8,24 @@ and copies the file; the store a test then opens is what a new one would be.
 from __future__ import annotations
 
 import atexit
+import functools
 import shutil
 import tempfile
 from pathlib import Path
 
 __all__ = ["empty_sqlite_store"]
 
-_template: Path | None = None
 
-
+@functools.cache
 def _schema() -> Path:
-    global _template
-    if _template is None:
-        from mlflow.tracking import MlflowClient
+    """The empty store this process copies, made on first use."""
+    from mlflow.tracking import MlflowClient
 
-        folder = Path(tempfile.mkdtemp(prefix="dpsweep-mlflow-schema-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        path = folder / "mlflow.db"
-        MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-        _template = path
-    return _template
+    folder = Path(tempfile.mkdtemp(prefix="dpsweep-mlflow-schema-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
 
 
 def empty_sqlite_store(path: Path) -> str:
