@@ -159,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    from sweeps.space import load_space
+
+    # The space file first: it is checked without torch, Ray or MLflow (a typo answers in a second).
+    space = load_space(args.space)
     from sweeps.driver.preparation import SweepRequest, prepare_sweep
 
     request = SweepRequest.from_args(args)
@@ -166,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
     # Everything the sweep writes (Tune's state with the trials' seeds, the secret, the ledger,
     # Ray's session files) is for its owner only.
     os.umask(0o077)
-    prepared = prepare_sweep(request)
+    prepared = prepare_sweep(request, space=space)
     _say_what_trials_does(request, prepared)
     _say_checkpoint_volume(prepared, time_budget_s=request.time_budget)
 

@@ -10,7 +10,10 @@ Start with :func:`train_federated` or ``python -m dp_core.federated --dataset di
 elsewhere (``sweeps.workers.federated_actors.RayClientExecutor`` runs them as Ray actors).
 """
 
-from dp_core.federated._client import ClientSetup, ClientUpdate, LocalClient, client_seed
+from typing import TYPE_CHECKING, Any
+
+# The configuration and the privacy plan are torch-free: a sweep's space (sweeps.space) reads them
+# without loading torch and Opacus (seconds), so that `--list` and a bad space file answer at once.
 from dp_core.federated._config import (
     FEDERATED_KEYS,
     KIND,
@@ -20,10 +23,37 @@ from dp_core.federated._config import (
     split_flat,
     to_flat,
 )
-from dp_core.federated._executor import ClientExecutor, InProcessExecutor
-from dp_core.federated._partition import partition
 from dp_core.federated._plan import ClientPrivacy, FederatedPlan, plan_federated
-from dp_core.federated._server import FederatedResult, RoundReport, fed_avg, partition_data, train_federated
+
+if TYPE_CHECKING:
+    from dp_core.federated._client import ClientSetup, ClientUpdate, LocalClient, client_seed
+    from dp_core.federated._executor import ClientExecutor, InProcessExecutor
+    from dp_core.federated._partition import partition
+    from dp_core.federated._server import FederatedResult, RoundReport, fed_avg, partition_data, train_federated
+
+#: The names that need torch, and the module of each: imported on first use (PEP 562).
+_TORCH_NAMES = {
+    **dict.fromkeys(("ClientSetup", "ClientUpdate", "LocalClient", "client_seed"), "_client"),
+    **dict.fromkeys(("ClientExecutor", "InProcessExecutor"), "_executor"),
+    "partition": "_partition",
+    **dict.fromkeys(("FederatedResult", "RoundReport", "fed_avg", "partition_data", "train_federated"), "_server"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _TORCH_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # once: later lookups are plain module attributes
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "KIND",

@@ -124,10 +124,13 @@ class PreparedSweep:
         return EpsilonBudget(self.space.epsilon_budget)
 
 
-def prepare_sweep(request: SweepRequest) -> PreparedSweep:
+def prepare_sweep(request: SweepRequest, *, space: SearchSpace | None = None) -> PreparedSweep:
     """Load and override the space, prepare its data here when planning needs it, draw or read the
-    secret seed, and plan every grid trial (raises ConfigError on anything no sweep can run)."""
-    space = load_space(request.space)
+    secret seed, and plan every grid trial (raises ConfigError on anything no sweep can run).
+
+    ``space``: ``request.space`` already loaded (the launcher loads it before importing this module).
+    """
+    space = space if space is not None else load_space(request.space)
     if request.search or request.trials:
         space = space.with_overrides(search=request.search, trials=request.trials)
     if request.resources:

@@ -12,7 +12,9 @@ what was asked, what is there and the ways out. On an autoscaling cluster the la
 (``ray.autoscaler.sdk.request_resources``) and the nodes are read again until one fits or the
 time is up, which ends with the same kind of message.
 
-:func:`shortfall` is the pure decision; :func:`require_fit` reads the cluster (Ray).
+:func:`shortfall` is the pure decision; :func:`require_fit` reads the cluster (Ray). For local
+Ray the launcher decides once before starting it too, from :func:`this_machine` (at most what Ray
+will find here): a trial too large for this machine stops the sweep in a second, not after Ray's start.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import platform
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +38,7 @@ __all__ = [
     "parse_resources",
     "require_fit",
     "shortfall",
+    "this_machine",
     "with_resources",
 ]
 
@@ -160,6 +164,20 @@ def cluster_nodes() -> list[NodeResources]:
         )
         for node in ray.nodes()
         if node.get("Alive")
+    ]
+
+
+def this_machine(num_cpus: int | None = None) -> list[NodeResources]:
+    """The node local Ray would start here, at most: ``num_cpus`` (``--num-cpus``) or this machine's CPUs,
+    and the GPUs torch sees. Ray counts no more (it may count fewer CPUs, under a container's quota)."""
+    import torch
+
+    return [
+        NodeResources(
+            name=platform.node(),
+            cpus=float(num_cpus or os.cpu_count() or 1),
+            gpus=float(torch.cuda.device_count()),
+        )
     ]
 
 

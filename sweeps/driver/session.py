@@ -15,7 +15,7 @@ from dp_core.config import ConfigError
 from sweeps.driver import prepare_data, runner
 from sweeps.driver.preparation import PreparedSweep, SweepRequest, sweep_filter
 from sweeps.driver.progress import SweepProgress
-from sweeps.driver.resources import TrialResources, require_fit
+from sweeps.driver.resources import NodeResources, TrialResources, cluster_nodes, require_fit, this_machine
 from sweeps.driver.search import BudgetedOptunaSearch
 from sweeps.planning import plan_trial
 from sweeps.privacy import sweep_secret
@@ -53,6 +53,8 @@ def open_sweep(request: SweepRequest, prepared: PreparedSweep) -> OpenSweep:
     delta, accountant = prepared.delta, prepared.accountant
     tracking_uri = request.tracking_uri or default_tracking_uri()
     cluster_first = not tracking_uri.startswith(("http://", "https://"))
+    if _cluster_address(request) is None:  # local Ray: a trial this machine can never hold stops before it starts
+        _require_fit(space, request, read_nodes=lambda: this_machine(request.num_cpus))
     if cluster_first:
         runner.connect_ray(request.address, num_cpus=request.num_cpus, runtime_env=prepared.runtime_env)
         _ready_cluster(space, request, download=prepared.download)
@@ -221,18 +223,30 @@ def _ready_cluster(space: Any, args: SweepRequest, *, download: bool) -> None:
         raise ConfigError(
             f"Expected --wait-for-resources >= 0, but got --wait-for-resources {args.wait_for_resources:g}."
         )
-    where = f"--resources {args.resources}" if args.resources else f"resources: in {space.source}"
-    # A Ray Job's driver attaches to its cluster through RAY_ADDRESS, without --address.
-    address = args.address or os.environ.get("RAY_ADDRESS") or None
-    require_fit(
-        TrialResources(cpus=space.cpus_per_trial, gpus=space.gpus_per_trial),
-        where=where,
-        address=address,
-        wait_seconds=args.wait_for_resources,
-        spread=space.kind == "federated",
-    )
+    _require_fit(space, args)
+    address = _cluster_address(args)
     names, root = prepare_data.datasets_of(space), space.fixed.get("data_root")
     if address is not None:
         prepare_data.prepare_on_nodes(names, root=root, download=download)
     elif space.kind != "federated":  # a federated space's data was prepared before planning
         prepare_data.prepare_here(names, root=root, download=download)
+
+
+def _cluster_address(args: SweepRequest) -> str | None:
+    """The Ray cluster the sweep attaches to; None for local Ray. A Ray Job's driver attaches to its
+    cluster through RAY_ADDRESS, without --address."""
+    return args.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _require_fit(
+    space: Any, args: SweepRequest, *, read_nodes: Callable[[], list[NodeResources]] = cluster_nodes
+) -> None:
+    where = f"--resources {args.resources}" if args.resources else f"resources: in {space.source}"
+    require_fit(
+        TrialResources(cpus=space.cpus_per_trial, gpus=space.gpus_per_trial),
+        where=where,
+        address=_cluster_address(args),
+        wait_seconds=args.wait_for_resources,
+        spread=space.kind == "federated",
+        read_nodes=read_nodes,
+    )

@@ -143,12 +143,14 @@ def test_mnist_grid_on_cpu_with_the_synthetic_stand_in(tmp_path: Path, ray_clust
     reason="this machine can hold a cifar10_grid trial (4 CPUs, half a GPU)",
 )
 def test_cifar10_grid_as_shipped_exits_2_with_the_fix_on_a_machine_without_a_gpu(tmp_path: Path) -> None:
-    done = _launch(tmp_path, "--space", "cifar10_grid")
+    ray_files = tmp_path / "ray"  # where local Ray would keep its session, had it started
+    done = _launch(tmp_path, "--space", "cifar10_grid", env={**ENV, "RAY_TMPDIR": str(ray_files)})
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
     assert "4 CPUs and 0.5 GPUs" in done.stderr and "no trial could ever start" in done.stderr
     assert "--resources cpus=" in done.stderr and "--address" in done.stderr
-    # Nothing created: no MLflow store, no sweep folder, no download.
+    # Nothing created: no MLflow store, no sweep folder, no download; decided before Ray started.
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
+    assert not ray_files.exists()
 
 
 def test_a_dataset_that_cannot_be_fetched_is_one_error_before_anything_runs(tmp_path: Path) -> None:

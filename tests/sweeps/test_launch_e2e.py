@@ -309,6 +309,22 @@ def test_bad_space_stops_before_anything_runs(tmp_path: Path) -> None:
     unknown = _launch(tmp_path, "--space", "no_such_space", timeout=120)
     assert unknown.returncode == 2 and "digits_quick" in unknown.stderr
 
+    # A space file is checked before torch, Ray or MLflow load: a typo answers in about a second.
+    imports = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "sweeps.launch", "--space", str(space)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert imports.returncode == 2 and "noise_multiplyer" in imports.stderr
+    loaded = {
+        line.rsplit("|", 1)[-1].strip() for line in imports.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "sweeps.space" in loaded and not loaded & {"torch", "ray", "mlflow", "optuna"}
+
 
 def test_num_cpus_is_for_local_ray_only(tmp_path: Path) -> None:
     space = tmp_path / "cluster.yaml"
