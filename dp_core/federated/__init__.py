@@ -13,7 +13,7 @@ elsewhere (``sweeps.workers.federated_actors.RayClientExecutor`` runs them as Ra
 from typing import TYPE_CHECKING, Any
 
 # The configuration and the privacy plan are torch-free: a sweep's space (sweeps.space) reads them
-# without loading torch and Opacus (seconds), so that `--list` and a bad space file answer at once.
+# without loading torch and Opacus (seconds), so that a space file with a typo is refused at once.
 from dp_core.federated._config import (
     FEDERATED_KEYS,
     KIND,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 
@@ -13,6 +14,7 @@ from sweeps.driver.resources import (
     parse_resources,
     require_fit,
     shortfall,
+    this_machine,
     with_resources,
 )
 from sweeps.space import load_space
@@ -113,11 +115,24 @@ def test_a_fixed_cluster_is_told_about_waiting_and_a_fitting_one_passes() -> Non
 
 
 @pytest.mark.slow
+def test_this_machine_is_its_cpus_or_those_asked_for_and_the_gpus_torch_sees() -> None:
+    import torch
+
+    (here,) = this_machine()
+    assert (here.cpus, here.gpus) == (os.cpu_count(), torch.cuda.device_count())
+    assert this_machine(3)[0].cpus == 3
+    with pytest.raises(ConfigError, match=r"no trial could ever start"):
+        require_fit(TrialResources(cpus=here.cpus + 1, gpus=0), where="x", address=None, read_nodes=this_machine)
+
+
 def test_reads_the_real_cluster(local_ray) -> None:
     from sweeps.driver.resources import cluster_nodes
 
     nodes = cluster_nodes()
     assert len(nodes) == 1 and nodes[0].cpus == 1 and nodes[0].gpus == 0
+    # What the launcher decides from before local Ray starts is what Ray then finds (1 CPU asked for here).
+    (here,) = this_machine(1)
+    assert (here.cpus, here.gpus) == (nodes[0].cpus, nodes[0].gpus)
     assert require_fit(TrialResources(cpus=1, gpus=0), where="x", address=None) == nodes
     with pytest.raises(ConfigError, match=r"--resources cpus=1,gpus=0"):
         require_fit(TrialResources(cpus=2, gpus=0.5), where="x", address=None)
