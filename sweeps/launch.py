@@ -207,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
 def _check_local_ray(request: SweepRequest) -> None:
     if request.num_cpus is None:
         return
-    if request.address or os.environ.get("RAY_ADDRESS"):
+    if request.cluster_address is not None:
         raise ConfigError(
             "Expected --num-cpus only with local Ray, but got it with "
             + ("--address" if request.address else "RAY_ADDRESS set")

@@ -10,6 +10,7 @@ Start with :func:`train_federated` or ``python -m dp_core.federated --dataset di
 elsewhere (``sweeps.workers.federated_actors.RayClientExecutor`` runs them as Ray actors).
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 # The configuration and the privacy plan are torch-free: a sweep's space (sweeps.space) reads them
@@ -44,8 +45,6 @@ def __getattr__(name: str) -> Any:
     module = _TORCH_NAMES.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value  # once: later lookups are plain module attributes
     return value

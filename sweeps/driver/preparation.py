@@ -8,6 +8,7 @@ is a :class:`PreparedSweep`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,12 @@ class SweepRequest:
             AttributeError: ``args`` lacks a field (a parser that is not the launcher's).
         """
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    @property
+    def cluster_address(self) -> str | None:
+        """The Ray cluster the sweep attaches to: ``address``, or RAY_ADDRESS (a Ray Job's driver
+        attaches to its cluster through it, without --address); None for local Ray."""
+        return self.address or os.environ.get("RAY_ADDRESS") or None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

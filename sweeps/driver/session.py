@@ -4,7 +4,6 @@ refusal; then its skipped trials, its progress display and, for Optuna, its sear
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 from collections.abc import Callable
 from importlib import metadata
@@ -53,7 +52,7 @@ def open_sweep(request: SweepRequest, prepared: PreparedSweep) -> OpenSweep:
     delta, accountant = prepared.delta, prepared.accountant
     tracking_uri = request.tracking_uri or default_tracking_uri()
     cluster_first = not tracking_uri.startswith(("http://", "https://"))
-    if _cluster_address(request) is None:  # local Ray: a trial this machine can never hold stops before it starts
+    if request.cluster_address is None:  # local Ray: a trial this machine can never hold stops before it starts
         _require_fit(space, request, read_nodes=lambda: this_machine(request.num_cpus))
     if cluster_first:
         runner.connect_ray(request.address, num_cpus=request.num_cpus, runtime_env=prepared.runtime_env)
@@ -224,18 +223,12 @@ def _ready_cluster(space: Any, args: SweepRequest, *, download: bool) -> None:
             f"Expected --wait-for-resources >= 0, but got --wait-for-resources {args.wait_for_resources:g}."
         )
     _require_fit(space, args)
-    address = _cluster_address(args)
+    address = args.cluster_address
     names, root = prepare_data.datasets_of(space), space.fixed.get("data_root")
     if address is not None:
         prepare_data.prepare_on_nodes(names, root=root, download=download)
     elif space.kind != "federated":  # a federated space's data was prepared before planning
         prepare_data.prepare_here(names, root=root, download=download)
-
-
-def _cluster_address(args: SweepRequest) -> str | None:
-    """The Ray cluster the sweep attaches to; None for local Ray. A Ray Job's driver attaches to its
-    cluster through RAY_ADDRESS, without --address."""
-    return args.address or os.environ.get("RAY_ADDRESS") or None
 
 
 def _require_fit(
@@ -245,7 +238,7 @@ def _require_fit(
     require_fit(
         TrialResources(cpus=space.cpus_per_trial, gpus=space.gpus_per_trial),
         where=where,
-        address=_cluster_address(args),
+        address=args.cluster_address,
         wait_seconds=args.wait_for_resources,
         spread=space.kind == "federated",
         read_nodes=read_nodes,
